@@ -1,0 +1,100 @@
+//! Plain data that crosses the step loop's boundaries:
+//! scheduler -> model runner -> scheduler.
+
+use std::sync::Arc;
+
+use crate::sampling_params::SamplingParams;
+
+/// A request's identity, unique among live requests.
+pub type RequestId = Arc<str>;
+
+/// One sequence's share of a step.
+#[derive(Clone, Debug)]
+pub struct ScheduledSeq {
+    /// Which request.
+    pub request_id: RequestId,
+    /// Tokens to compute this step; the first sits at position `num_computed_tokens`.
+    pub token_ids: Vec<u32>,
+    /// Tokens whose K/V is already in the cache (prefix hits and earlier steps).
+    pub num_computed_tokens: usize,
+    /// All cache blocks of the request, in sequence order.
+    pub block_ids: Vec<u32>,
+    /// True when this chunk ends at the request's last known token, so a new token is sampled.
+    pub sample: bool,
+    /// The request's sampling parameters (shared, not copied per step).
+    pub sampling_params: Arc<SamplingParams>,
+    /// Tokens generated so far; the token sampled this step gets index `num_output_tokens`.
+    pub num_output_tokens: usize,
+    /// The request's effective random seed (its own, or one derived from the engine seed).
+    pub seed: u64,
+}
+
+/// What the scheduler decided for one step.
+#[derive(Clone, Debug, Default)]
+pub struct SchedulerOutput {
+    /// Sequences to run, in batch order.
+    pub seqs: Vec<ScheduledSeq>,
+    /// Sum of `token_ids.len()` over `seqs`.
+    pub num_batched_tokens: usize,
+    /// Requests that ended (finished, aborted or preempted) since the last step: the runner
+    /// drops per-request state it keeps for them.
+    pub released_ids: Vec<RequestId>,
+}
+
+/// One sampled token with optional log-probabilities.
+#[derive(Clone, Debug, PartialEq)]
+pub struct SampledToken {
+    /// Which request.
+    pub request_id: RequestId,
+    /// The chosen token.
+    pub token_id: u32,
+    /// Log-probability of the chosen token (under the processed distribution).
+    pub logprob: f32,
+    /// Top alternatives `(token_id, logprob)`, best first, when asked for.
+    pub top_logprobs: Vec<(u32, f32)>,
+}
+
+/// What the model runner produced for one step: one token per sequence with `sample == true`,
+/// in batch order.
+#[derive(Clone, Debug, Default)]
+pub struct ModelRunnerOutput {
+    /// Sampled tokens.
+    pub sampled: Vec<SampledToken>,
+}
+
+/// Why a request stopped generating.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Hash)]
+pub enum FinishReason {
+    /// An end-of-sequence token or a stop condition matched.
+    Stop,
+    /// `max_tokens` or `max_model_len` was reached.
+    Length,
+    /// The request was aborted.
+    Abort,
+}
+
+impl FinishReason {
+    /// The OpenAI / vLLM spelling.
+    pub fn as_str(self) -> &'static str {
+        match self {
+            Self::Stop => "stop",
+            Self::Length => "length",
+            Self::Abort => "abort",
+        }
+    }
+}
+
+/// What changed for one request in a step, as the scheduler reports it.
+#[derive(Clone, Debug, PartialEq)]
+pub struct RequestUpdate {
+    /// Which request.
+    pub request_id: RequestId,
+    /// Tokens appended this step (zero or one today; more with speculative decoding).
+    pub new_tokens: Vec<SampledToken>,
+    /// Set when the request finished this step.
+    pub finish_reason: Option<FinishReason>,
+    /// The token id that stopped it, when it stopped on one.
+    pub stop_token_id: Option<u32>,
+    /// Prompt tokens that were served from the prefix cache.
+    pub num_cached_tokens: usize,
+}
