@@ -45,7 +45,7 @@ impl WeightDType {
     /// Bytes needed for `num_elements` elements, or `None` when the count is not a whole
     /// number of blocks.
     pub const fn bytes_for(self, num_elements: usize) -> Option<usize> {
-        if num_elements % self.block_len() != 0 {
+        if !num_elements.is_multiple_of(self.block_len()) {
             return None;
         }
         Some(num_elements / self.block_len() * self.block_bytes())

@@ -3,16 +3,34 @@
 //! that model code is written against. No device code and no model formats live here.
 
 pub mod backend;
+pub mod block_pool;
+pub mod detokenizer;
 pub mod dtype;
+pub mod kv_cache_manager;
+pub mod request;
+pub mod sampler;
+mod sampler_ops;
 pub mod sampling_params;
+pub mod scheduler;
+pub mod scheduler_config;
+pub mod scheduler_stats;
 pub mod step;
+pub mod waiting_queue;
 pub mod weight;
 
 pub use backend::{
     AttentionShape, Backend, BackendError, BackendResult, KvCacheSpec, Rope, RopeStyle, StepMetadata,
 };
+pub use block_pool::{BlockHash, BlockPool};
+pub use detokenizer::{IncrementalDetokenizer, StopStringMatch, StopStrings, StopUpdate, TokenVocab};
 pub use dtype::WeightDType;
+pub use kv_cache_manager::KvCacheManager;
+pub use request::{Request, RequestStatus};
+pub use sampler::{mask_stop_tokens_before_min, sample, Sample};
 pub use sampling_params::{InvalidParam, SamplingParams};
+pub use scheduler::Scheduler;
+pub use scheduler_config::{AddRequestError, ConfigError, SchedulerConfig, SchedulingPolicy};
+pub use scheduler_stats::SchedulerStats;
 pub use step::{
     FinishReason, ModelRunnerOutput, RequestId, RequestUpdate, SampledToken, ScheduledSeq, SchedulerOutput,
 };

@@ -42,8 +42,10 @@ pub struct SamplingParams {
     pub ignore_eos: bool,
     /// Extra token ids that end the request.
     pub stop_token_ids: Vec<u32>,
-    /// Strings that end the request (not included in the text).
+    /// Strings that end the request.
     pub stop: Vec<String>,
+    /// Keep the matched stop string at the end of the text.
+    pub include_stop_str_in_output: bool,
     /// Top log-probabilities to return per generated token.
     pub logprobs: Option<usize>,
     /// Leave special tokens out of the decoded text.
@@ -64,6 +66,7 @@ impl Default for SamplingParams {
             ignore_eos: false,
             stop_token_ids: Vec::new(),
             stop: Vec::new(),
+            include_stop_str_in_output: false,
             logprobs: None,
             skip_special_tokens: true,
         }

@@ -48,7 +48,7 @@ pub struct SampledToken {
     pub request_id: RequestId,
     /// The chosen token.
     pub token_id: u32,
-    /// Log-probability of the chosen token (under the processed distribution).
+    /// Log-probability of the chosen token: log-softmax of the raw logits (vLLM's default).
     pub logprob: f32,
     /// Top alternatives `(token_id, logprob)`, best first, when asked for.
     pub top_logprobs: Vec<(u32, f32)>,

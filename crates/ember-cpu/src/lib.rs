@@ -1,1 +1,34 @@
-//! CPU backend.
+//! Ember's CPU backend: quantized (Q8_0/Q4_0/Q4_1) and float matmuls with AVX2 / AVX-512
+//! VNNI kernels and a scalar reference, paged attention, norms, RoPE and activations,
+//! parallelized on the backend's own rayon pool.
+//!
+//! Numerics: quantized matmuls quantize activations per 32-element block to 8 bits like
+//! ggml (Q8_0 / Q8_1) and follow llama.cpp's arithmetic; every kernel family gives
+//! bit-identical results, independent of batch composition and thread count.
+
+mod alloc;
+mod attention;
+mod backend;
+mod dot_scalar;
+mod dot_x86;
+mod elementwise;
+pub mod kv_cache;
+pub mod matmul;
+pub mod matrix;
+mod norm;
+mod quant;
+mod rope;
+pub mod tensor;
+
+pub use backend::CpuBackend;
+pub use kv_cache::CpuKvCache;
+pub use matmul::Isa;
+pub use matrix::CpuMatrix;
+pub use tensor::CpuTensor;
+
+#[cfg(test)]
+mod attention_tests;
+#[cfg(test)]
+mod matmul_tests;
+#[cfg(test)]
+mod test_util;

@@ -1,1 +1,16 @@
-//! Model layer.
+//! Ember's model layer: model configs, GGUF and safetensors weight loading, tokenizers and
+//! chat templates, the architectures (written once over `ember_core::Backend`) and the engine.
+
+pub mod chat_template;
+pub mod config;
+pub mod engine;
+pub mod engine_args;
+pub mod executor;
+pub mod gguf;
+pub mod llama;
+pub mod loader;
+pub mod model_files;
+pub mod runner;
+pub mod safetensors;
+pub mod tokenizer;
+pub mod weights;

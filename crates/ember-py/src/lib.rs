@@ -1,1 +1,29 @@
-//! Python binding.
+//! `ember._core`: the thin Python binding. It converts arguments, maps errors to Python
+//! exceptions and releases the GIL while the engine computes; logic lives in the core crates.
+
+mod engine;
+mod errors;
+mod logger;
+mod params;
+mod tokenizer;
+
+use pyo3::prelude::*;
+use pyo3::types::PyDict;
+
+/// Raises InvalidRequestError when a sampling parameter is out of range.
+#[pyfunction]
+fn validate_sampling_params(params: &Bound<'_, PyDict>) -> PyResult<()> {
+    params::sampling_params_from_dict(params).map(|_| ())
+}
+
+#[pymodule]
+fn _core(py: Python<'_>, module: &Bound<'_, PyModule>) -> PyResult<()> {
+    logger::init();
+    errors::register(py, module)?;
+    module.add("__version__", env!("CARGO_PKG_VERSION"))?;
+    module.add_class::<engine::PyEngine>()?;
+    module.add_class::<engine::PyStepOutput>()?;
+    module.add_class::<tokenizer::PyTokenizer>()?;
+    module.add_function(wrap_pyfunction!(validate_sampling_params, module)?)?;
+    Ok(())
+}

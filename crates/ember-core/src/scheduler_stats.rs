@@ -1,0 +1,48 @@
+//! A snapshot of the scheduler's counters and gauges, for logs and `/metrics`.
+
+/// Scheduler gauges (now) and counters (since start).
+#[derive(Clone, Debug, Default, PartialEq)]
+pub struct SchedulerStats {
+    /// Requests holding cache blocks and being scheduled.
+    pub num_running: usize,
+    /// Requests queued (new or preempted).
+    pub num_waiting: usize,
+    /// Fraction of KV-cache blocks held by requests, in `[0, 1]`.
+    pub kv_cache_usage: f32,
+    /// Tokens looked up in the prefix cache when requests were admitted.
+    pub prefix_cache_queries: u64,
+    /// Of those, tokens found in the cache.
+    pub prefix_cache_hits: u64,
+    /// Times a running request was preempted.
+    pub num_preemptions: u64,
+    /// Prompt tokens computed (prefix hits not counted; recomputation after preemption counted).
+    pub num_prompt_tokens: u64,
+    /// Tokens generated.
+    pub num_generation_tokens: u64,
+}
+
+impl SchedulerStats {
+    /// `prefix_cache_hits / prefix_cache_queries`, or 0 before any query.
+    pub fn prefix_cache_hit_rate(&self) -> f64 {
+        if self.prefix_cache_queries == 0 {
+            0.0
+        } else {
+            self.prefix_cache_hits as f64 / self.prefix_cache_queries as f64
+        }
+    }
+
+    /// Every counter as `(name, value)`, for metrics exporters and the Python `stats()` dict.
+    pub fn as_pairs(&self) -> [(&'static str, f64); 9] {
+        [
+            ("num_running", self.num_running as f64),
+            ("num_waiting", self.num_waiting as f64),
+            ("kv_cache_usage", f64::from(self.kv_cache_usage)),
+            ("prefix_cache_queries", self.prefix_cache_queries as f64),
+            ("prefix_cache_hits", self.prefix_cache_hits as f64),
+            ("prefix_cache_hit_rate", self.prefix_cache_hit_rate()),
+            ("num_preemptions", self.num_preemptions as f64),
+            ("num_prompt_tokens", self.num_prompt_tokens as f64),
+            ("num_generation_tokens", self.num_generation_tokens as f64),
+        ]
+    }
+}

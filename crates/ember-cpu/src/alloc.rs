@@ -1,0 +1,60 @@
+//! Fallible allocation helpers: buffers that report `OutOfMemory` instead of aborting.
+
+use ember_core::{BackendError, BackendResult};
+
+/// A 64-byte aligned chunk, the unit of [`AlignedBytes`].
+#[derive(Clone, Copy)]
+#[repr(C, align(64))]
+struct Chunk([u8; 64]);
+
+/// An immutable byte buffer whose start is 64-byte aligned (cache line and AVX-512 width).
+pub struct AlignedBytes {
+    /// Backing storage; `len` bytes of it are meaningful, the rest is zero padding.
+    chunks: Vec<Chunk>,
+    len: usize,
+}
+
+impl AlignedBytes {
+    /// Copies `bytes` into a new aligned buffer; `what` names it in the error.
+    pub fn copy_from(bytes: &[u8], what: &str) -> BackendResult<Self> {
+        let num_chunks = bytes.len().div_ceil(64);
+        let mut chunks = Vec::new();
+        chunks
+            .try_reserve_exact(num_chunks)
+            .map_err(|_| oom(what, bytes.len()))?;
+        chunks.resize(num_chunks, Chunk([0; 64]));
+        // SAFETY: `chunks` holds `num_chunks * 64 >= bytes.len()` initialized bytes, `Chunk`
+        // is plain bytes (repr(C), no padding), and the two regions do not overlap.
+        unsafe {
+            std::ptr::copy_nonoverlapping(bytes.as_ptr(), chunks.as_mut_ptr().cast::<u8>(), bytes.len());
+        }
+        Ok(Self {
+            chunks,
+            len: bytes.len(),
+        })
+    }
+
+    /// The stored bytes.
+    pub fn as_slice(&self) -> &[u8] {
+        // SAFETY: the vector owns `chunks.len() * 64 >= len` initialized bytes.
+        unsafe { std::slice::from_raw_parts(self.chunks.as_ptr().cast::<u8>(), self.len) }
+    }
+}
+
+/// The `OutOfMemory` error for `bytes` bytes of `what`.
+pub fn oom(what: &str, bytes: usize) -> BackendError {
+    BackendError::OutOfMemory {
+        what: what.to_string(),
+        requested_bytes: bytes as u64,
+        available_bytes: 0,
+    }
+}
+
+/// A vector of `len` default (zero) values, or `OutOfMemory`.
+pub fn try_zeroed_vec<T: Default + Clone>(len: usize, what: &str) -> BackendResult<Vec<T>> {
+    let mut v = Vec::new();
+    v.try_reserve_exact(len)
+        .map_err(|_| oom(what, len.saturating_mul(std::mem::size_of::<T>())))?;
+    v.resize(len, T::default());
+    Ok(v)
+}

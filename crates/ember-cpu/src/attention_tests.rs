@@ -1,0 +1,211 @@
+//! Paged attention against a naive f64 softmax, over shuffled block tables, and its
+//! batch invariance.
+
+use crate::test_util::Rng;
+use crate::{CpuBackend, CpuTensor, Isa};
+use ember_core::{AttentionShape, Backend, KvCacheSpec, StepMetadata};
+
+/// One test sequence: its context length and how many of its last tokens are queried.
+struct Seq {
+    len: usize,
+    num_new: usize,
+}
+
+struct Case {
+    meta: StepMetadata,
+    query: CpuTensor,
+}
+
+/// Builds step metadata for `seqs` whose blocks come from `blocks` (consumed in order).
+fn build_case(rng: &mut Rng, seqs: &[(usize, usize, Vec<u32>)], width: usize, max_blocks: usize) -> Case {
+    let mut meta = StepMetadata {
+        max_blocks_per_seq: max_blocks,
+        query_start_loc: vec![0],
+        ..Default::default()
+    };
+    for (len, num_new, table) in seqs {
+        for pos in len - num_new..*len {
+            meta.positions.push(pos as u32);
+        }
+        meta.query_start_loc.push(meta.positions.len() as u32);
+        meta.seq_lens.push(*len as u32);
+        let mut row = table.clone();
+        row.resize(max_blocks, 0);
+        meta.block_tables.extend(row);
+    }
+    let n = meta.positions.len();
+    Case {
+        query: CpuTensor::from_vec(n, width, rng.vec(n * width, 1.0)).unwrap(),
+        meta,
+    }
+}
+
+#[test]
+fn attention_matches_naive_f64_and_is_batch_invariant() {
+    let seqs = [
+        Seq { len: 1, num_new: 1 },
+        Seq { len: 15, num_new: 15 },
+        Seq { len: 16, num_new: 1 },
+        Seq { len: 17, num_new: 5 },
+        Seq { len: 100, num_new: 3 },
+    ];
+    let backend = CpuBackend::with_isa(Some(2), Isa::detect());
+    let mut rng = Rng::new(21);
+    for block_size in [16, 4] {
+        for (num_heads, num_kv_heads) in [(2, 2), (6, 2)] {
+            let head_dim = 68;
+            let max_blocks = 100usize.div_ceil(block_size);
+            let num_blocks = seqs.iter().map(|s| s.len.div_ceil(block_size)).sum::<usize>() + 3;
+            let spec = KvCacheSpec {
+                num_layers: 2,
+                num_blocks,
+                block_size,
+                num_kv_heads,
+                head_dim,
+            };
+            let mut cache = backend.allocate_kv_cache(&spec).unwrap();
+            // Shuffled block ids.
+            let mut ids: Vec<u32> = (0..num_blocks as u32).collect();
+            for i in (1..ids.len()).rev() {
+                ids.swap(i, rng.below(i + 1));
+            }
+            let kv_width = num_kv_heads * head_dim;
+            let mut tables = Vec::new();
+            let mut next = 0;
+            for s in &seqs {
+                let nb = s.len.div_ceil(block_size);
+                let table = ids[next..next + nb].to_vec();
+                next += nb;
+                let slots: Vec<u32> = (0..s.len)
+                    .map(|p| table[p / block_size] * block_size as u32 + (p % block_size) as u32)
+                    .collect();
+                let k = CpuTensor::from_vec(s.len, kv_width, rng.vec(s.len * kv_width, 1.0)).unwrap();
+                let v = CpuTensor::from_vec(s.len, kv_width, rng.vec(s.len * kv_width, 1.0)).unwrap();
+                backend.write_kv(&mut cache, 1, &k, &v, &slots).unwrap();
+                tables.push((s.len, s.num_new, table));
+            }
+            let shape = AttentionShape {
+                num_heads,
+                num_kv_heads,
+                head_dim,
+            };
+            let scale = 1.0 / (head_dim as f32).sqrt();
+            let width = num_heads * head_dim;
+            let case = build_case(&mut rng, &tables, width, max_blocks);
+            let out = backend
+                .attention(&case.query, &cache, 1, shape, scale, &case.meta)
+                .unwrap();
+            // Naive f64 reference.
+            let (keys, values) = (cache.keys(1), cache.values(1));
+            for (s, (len, num_new, table)) in tables.iter().enumerate() {
+                for i in 0..*num_new {
+                    let t = case.meta.query_start_loc[s] as usize + i;
+                    let pos = len - num_new + i;
+                    for h in 0..num_heads {
+                        let kvh = h / (num_heads / num_kv_heads);
+                        let q = &case.query.row(t)[h * head_dim..(h + 1) * head_dim];
+                        let offs: Vec<usize> = (0..=pos)
+                            .map(|j| {
+                                let slot = table[j / block_size] as usize * block_size + j % block_size;
+                                slot * kv_width + kvh * head_dim
+                            })
+                            .collect();
+                        let scores: Vec<f64> = offs
+                            .iter()
+                            .map(|&o| {
+                                let d: f64 = (0..head_dim)
+                                    .map(|e| f64::from(q[e]) * f64::from(keys[o + e]))
+                                    .sum();
+                                d * f64::from(scale)
+                            })
+                            .collect();
+                        let m = scores.iter().cloned().fold(f64::NEG_INFINITY, f64::max);
+                        let w: Vec<f64> = scores.iter().map(|s| (s - m).exp()).collect();
+                        let z: f64 = w.iter().sum();
+                        for e in 0..head_dim {
+                            let want: f64 = offs
+                                .iter()
+                                .zip(&w)
+                                .map(|(&o, &p)| p * f64::from(values[o + e]))
+                                .sum::<f64>()
+                                / z;
+                            let got = f64::from(out.row(t)[h * head_dim + e]);
+                            assert!(
+                                (got - want).abs() < 2e-5,
+                                "bs={block_size} heads={num_heads} seq={s} t={t} h={h}: {got} vs {want}"
+                            );
+                        }
+                    }
+                }
+            }
+            // Each sequence alone gives bit-identical rows.
+            for (s, seq) in tables.iter().enumerate() {
+                let mut alone = build_case(&mut rng, std::slice::from_ref(seq), width, max_blocks);
+                let start = case.meta.query_start_loc[s] as usize;
+                let rows: Vec<f32> = case.query.as_slice()[start * width..(start + seq.1) * width].to_vec();
+                alone.query = CpuTensor::from_vec(seq.1, width, rows).unwrap();
+                let got = backend
+                    .attention(&alone.query, &cache, 1, shape, scale, &alone.meta)
+                    .unwrap();
+                for i in 0..seq.1 {
+                    let same = got
+                        .row(i)
+                        .iter()
+                        .zip(out.row(start + i))
+                        .all(|(a, b)| a.to_bits() == b.to_bits());
+                    assert!(same, "sequence {s} row {i} depends on the batch");
+                }
+            }
+        }
+    }
+}
+
+#[test]
+fn attention_rejects_bad_metadata() {
+    let backend = CpuBackend::new(Some(1));
+    let spec = KvCacheSpec {
+        num_layers: 1,
+        num_blocks: 2,
+        block_size: 4,
+        num_kv_heads: 1,
+        head_dim: 8,
+    };
+    let cache = backend.allocate_kv_cache(&spec).unwrap();
+    let shape = AttentionShape {
+        num_heads: 1,
+        num_kv_heads: 1,
+        head_dim: 8,
+    };
+    let q = CpuTensor::from_vec(1, 8, vec![0.0; 8]).unwrap();
+    let meta = StepMetadata {
+        positions: vec![5],
+        slot_mapping: vec![5],
+        query_start_loc: vec![0, 1],
+        seq_lens: vec![6],
+        block_tables: vec![0, 7],
+        max_blocks_per_seq: 2,
+        logits_indices: vec![0],
+    };
+    assert!(
+        backend.attention(&q, &cache, 0, shape, 1.0, &meta).is_err(),
+        "block id 7 of 2"
+    );
+    let meta = StepMetadata {
+        positions: vec![6],
+        block_tables: vec![0, 1],
+        ..meta
+    };
+    assert!(
+        backend.attention(&q, &cache, 0, shape, 1.0, &meta).is_err(),
+        "position past seq_len"
+    );
+    let meta = StepMetadata {
+        positions: vec![5],
+        ..meta
+    };
+    assert!(backend.attention(&q, &cache, 0, shape, 1.0, &meta).is_ok());
+    assert!(
+        backend.attention(&q, &cache, 1, shape, 1.0, &meta).is_err(),
+        "layer out of range"
+    );
+}

@@ -1,0 +1,370 @@
+//! [`CpuBackend`]: the `ember_core::Backend` implementation on the CPU.
+
+use crate::kv_cache::CpuKvCache;
+use crate::matmul::Isa;
+use crate::matrix::CpuMatrix;
+use crate::tensor::CpuTensor;
+use crate::{attention, elementwise, matmul, norm, quant, rope};
+use ember_core::{
+    AttentionShape, Backend, BackendError, BackendResult, KvCacheSpec, Rope, StepMetadata, WeightView,
+};
+use rayon::prelude::*;
+use rayon::ThreadPool;
+
+/// Elements above which row-wise elementwise ops use the thread pool.
+const PAR_ELEMENTS: usize = 1 << 16;
+
+/// The CPU backend: SIMD kernels (chosen at run time) on its own rayon thread pool.
+pub struct CpuBackend {
+    pool: ThreadPool,
+    isa: Isa,
+}
+
+impl CpuBackend {
+    /// A backend with `num_threads` workers (default: `available_parallelism`) and the best
+    /// kernels this CPU supports. Falls back to one worker if the pool cannot be built.
+    pub fn new(num_threads: Option<usize>) -> Self {
+        Self::with_isa(num_threads, Isa::detect())
+    }
+
+    /// Like [`CpuBackend::new`], with a chosen kernel family (downgraded to scalar when the
+    /// CPU lacks it); for benchmarks and tests.
+    pub fn with_isa(num_threads: Option<usize>, isa: Isa) -> Self {
+        let threads = num_threads
+            .unwrap_or_else(|| std::thread::available_parallelism().map_or(1, |n| n.get()))
+            .max(1);
+        let build = |n: usize| {
+            rayon::ThreadPoolBuilder::new()
+                .num_threads(n)
+                .thread_name(|i| format!("ember-cpu-{i}"))
+                .build()
+        };
+        let pool = match build(threads) {
+            Ok(pool) => pool,
+            Err(e) => {
+                log::warn!("cannot start {threads} CPU worker threads ({e}); using one");
+                // A pool of one thread failing too means the process cannot spawn threads at all.
+                build(1).unwrap_or_else(|e| panic!("cannot start a CPU worker thread: {e}"))
+            }
+        };
+        let isa = if isa.is_supported() { isa } else { Isa::Scalar };
+        Self { pool, isa }
+    }
+
+    /// Worker threads in the pool.
+    pub fn num_threads(&self) -> usize {
+        self.pool.current_num_threads()
+    }
+
+    /// The kernel family in use.
+    pub fn isa(&self) -> Isa {
+        self.isa
+    }
+
+    /// Applies `f(input_row, output_row)` to every row, on the pool when the tensor is large.
+    fn map_rows(&self, x: &CpuTensor, out: &mut CpuTensor, f: impl Fn(usize, &[f32], &mut [f32]) + Sync) {
+        let cols = x.cols().max(1);
+        if x.rows() * x.cols() < PAR_ELEMENTS {
+            for (r, o) in out.as_mut_slice().chunks_mut(cols).enumerate() {
+                f(r, x.row(r), o);
+            }
+        } else {
+            self.pool.install(|| {
+                out.as_mut_slice()
+                    .par_chunks_mut(cols)
+                    .enumerate()
+                    .for_each(|(r, o)| f(r, x.row(r), o))
+            });
+        }
+    }
+}
+
+fn shape_err(op: &str, detail: String) -> BackendError {
+    BackendError::Device(format!("{op}: {detail}"))
+}
+
+fn same_shape(op: &str, a: &CpuTensor, b: &CpuTensor) -> BackendResult<()> {
+    if a.rows() != b.rows() || a.cols() != b.cols() {
+        return Err(shape_err(
+            op,
+            format!(
+                "shapes [{}, {}] and [{}, {}] differ",
+                a.rows(),
+                a.cols(),
+                b.rows(),
+                b.cols()
+            ),
+        ));
+    }
+    Ok(())
+}
+
+fn check_weight(op: &str, weight: &[f32], cols: usize) -> BackendResult<()> {
+    if weight.len() != cols {
+        return Err(shape_err(
+            op,
+            format!("weight has {} elements, rows have {cols}", weight.len()),
+        ));
+    }
+    Ok(())
+}
+
+impl Backend for CpuBackend {
+    type Tensor = CpuTensor;
+    type Matrix = CpuMatrix;
+    type Vector = Vec<f32>;
+    type KvCache = CpuKvCache;
+
+    fn name(&self) -> &'static str {
+        "cpu"
+    }
+
+    fn load_matrix(&self, weight: &WeightView<'_>) -> BackendResult<CpuMatrix> {
+        CpuMatrix::from_view(weight)
+    }
+
+    fn load_vector(&self, weight: &WeightView<'_>) -> BackendResult<Vec<f32>> {
+        let bad = |detail: String| BackendError::BadWeight {
+            name: weight.name.to_string(),
+            detail,
+        };
+        let &[len] = weight.shape else {
+            return Err(bad(format!(
+                "expected a 1-D vector, got shape {:?}",
+                weight.shape
+            )));
+        };
+        let expected = weight.dtype.bytes_for(len);
+        if expected != Some(weight.bytes.len()) {
+            return Err(bad(format!(
+                "{len} elements in {} need {expected:?} bytes, got {}",
+                weight.dtype,
+                weight.bytes.len()
+            )));
+        }
+        let mut out = crate::alloc::try_zeroed_vec(len, weight.name)?;
+        quant::dequantize_row(weight.dtype, weight.bytes, &mut out);
+        Ok(out)
+    }
+
+    fn allocate_kv_cache(&self, spec: &KvCacheSpec) -> BackendResult<CpuKvCache> {
+        CpuKvCache::allocate(spec)
+    }
+
+    fn kv_cache_bytes_per_element(&self) -> usize {
+        4
+    }
+
+    fn embed(&self, table: &CpuMatrix, token_ids: &[u32]) -> BackendResult<CpuTensor> {
+        if let Some(&bad) = token_ids.iter().find(|&&t| t as usize >= table.rows()) {
+            return Err(shape_err(
+                "embed",
+                format!("token id {bad} out of range (vocabulary {})", table.rows()),
+            ));
+        }
+        let mut out = CpuTensor::zeros(token_ids.len(), table.cols())?;
+        for (row, &id) in out.as_mut_slice().chunks_mut(table.cols().max(1)).zip(token_ids) {
+            table.dequantize_row_into(id as usize, row);
+        }
+        Ok(out)
+    }
+
+    fn rms_norm(&self, x: &CpuTensor, weight: &Vec<f32>, eps: f32) -> BackendResult<CpuTensor> {
+        check_weight("rms_norm", weight, x.cols())?;
+        let mut out = CpuTensor::zeros(x.rows(), x.cols())?;
+        self.map_rows(x, &mut out, |_, xr, o| norm::rms_norm_row(xr, weight, eps, o));
+        Ok(out)
+    }
+
+    fn add_rms_norm(
+        &self,
+        residual: &mut CpuTensor,
+        x: &CpuTensor,
+        weight: &Vec<f32>,
+        eps: f32,
+    ) -> BackendResult<CpuTensor> {
+        self.add_assign(residual, x)?;
+        self.rms_norm(residual, weight, eps)
+    }
+
+    fn matmul(&self, x: &CpuTensor, weight: &CpuMatrix, bias: Option<&Vec<f32>>) -> BackendResult<CpuTensor> {
+        matmul::matmul(&self.pool, self.isa, x, weight, bias.map(|b| b.as_slice()))
+    }
+
+    fn rope(&self, x: &mut CpuTensor, num_heads: usize, positions: &[u32], rope: &Rope) -> BackendResult<()> {
+        let rotary_dim = 2 * rope.inv_freq.len();
+        if num_heads == 0 || !x.cols().is_multiple_of(num_heads) || rotary_dim > x.cols() / num_heads {
+            return Err(shape_err(
+                "rope",
+                format!("{} columns, {num_heads} heads, rotary dim {rotary_dim}", x.cols()),
+            ));
+        }
+        if positions.len() != x.rows() {
+            return Err(shape_err(
+                "rope",
+                format!("{} positions for {} rows", positions.len(), x.rows()),
+            ));
+        }
+        let cols = x.cols().max(1);
+        let mut scratch = vec![0.0f32; rotary_dim];
+        for (row, &pos) in x.as_mut_slice().chunks_mut(cols).zip(positions) {
+            rope::rope_row(row, num_heads, pos, rope, &mut scratch);
+        }
+        Ok(())
+    }
+
+    fn write_kv(
+        &self,
+        cache: &mut CpuKvCache,
+        layer: usize,
+        key: &CpuTensor,
+        value: &CpuTensor,
+        slot_mapping: &[u32],
+    ) -> BackendResult<()> {
+        cache.write(layer, key, value, slot_mapping)
+    }
+
+    fn attention(
+        &self,
+        query: &CpuTensor,
+        cache: &CpuKvCache,
+        layer: usize,
+        shape: AttentionShape,
+        scale: f32,
+        meta: &StepMetadata,
+    ) -> BackendResult<CpuTensor> {
+        attention::attention(&self.pool, query, cache, layer, shape, scale, meta)
+    }
+
+    fn silu_mul(&self, gate: &CpuTensor, up: &CpuTensor) -> BackendResult<CpuTensor> {
+        same_shape("silu_mul", gate, up)?;
+        let mut out = CpuTensor::zeros(gate.rows(), gate.cols())?;
+        self.map_rows(gate, &mut out, |r, g, o| elementwise::silu_mul(g, up.row(r), o));
+        Ok(out)
+    }
+
+    fn add_assign(&self, x: &mut CpuTensor, y: &CpuTensor) -> BackendResult<()> {
+        same_shape("add_assign", x, y)?;
+        x.as_mut_slice()
+            .iter_mut()
+            .zip(y.as_slice())
+            .for_each(|(a, &b)| *a += b);
+        Ok(())
+    }
+
+    fn gather_rows(&self, x: &CpuTensor, rows: &[u32]) -> BackendResult<CpuTensor> {
+        if let Some(&bad) = rows.iter().find(|&&r| r as usize >= x.rows()) {
+            return Err(shape_err(
+                "gather_rows",
+                format!("row {bad} out of range ({} rows)", x.rows()),
+            ));
+        }
+        let mut data = crate::alloc::try_zeroed_vec(rows.len() * x.cols(), "gathered rows")?;
+        for (o, &r) in data.chunks_mut(x.cols().max(1)).zip(rows) {
+            o.copy_from_slice(x.row(r as usize));
+        }
+        CpuTensor::from_vec(rows.len(), x.cols(), data)
+    }
+
+    fn to_host(&self, x: &CpuTensor) -> BackendResult<Vec<f32>> {
+        Ok(x.as_slice().to_vec())
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::test_util::{random_weight_bytes, Rng, ALL_DTYPES};
+    use ember_core::WeightDType;
+
+    #[test]
+    fn embed_dequantizes_rows_of_every_dtype() {
+        let backend = CpuBackend::new(Some(1));
+        let mut rng = Rng::new(1);
+        for dtype in ALL_DTYPES {
+            let bytes = random_weight_bytes(&mut rng, dtype, 5, 64);
+            let shape = [5, 64];
+            let table = backend
+                .load_matrix(&WeightView {
+                    name: "emb",
+                    dtype,
+                    shape: &shape,
+                    bytes: &bytes,
+                })
+                .unwrap();
+            let out = backend.embed(&table, &[3, 0, 3]).unwrap();
+            let row_bytes = bytes.len() / 5;
+            let mut want = vec![0.0; 64];
+            quant::dequantize_row(dtype, &bytes[3 * row_bytes..4 * row_bytes], &mut want);
+            assert_eq!(out.row(0), &want[..]);
+            assert_eq!(out.row(2), &want[..]);
+            assert!(backend.embed(&table, &[5]).is_err());
+        }
+    }
+
+    #[test]
+    fn vectors_elementwise_and_gather() {
+        let backend = CpuBackend::new(Some(2));
+        let bytes: Vec<u8> = [1.0f32, 2.0, 3.0].iter().flat_map(|v| v.to_le_bytes()).collect();
+        let v = backend
+            .load_vector(&WeightView {
+                name: "norm",
+                dtype: WeightDType::F32,
+                shape: &[3],
+                bytes: &bytes,
+            })
+            .unwrap();
+        assert_eq!(v, vec![1.0, 2.0, 3.0]);
+        let short = WeightView {
+            name: "norm",
+            dtype: WeightDType::F32,
+            shape: &[4],
+            bytes: &bytes,
+        };
+        assert!(backend
+            .load_vector(&short)
+            .err()
+            .unwrap()
+            .to_string()
+            .contains("norm"));
+        let mut residual = CpuTensor::from_vec(2, 3, vec![1.0, 1.0, 1.0, 0.0, 0.0, 2.0]).unwrap();
+        let x = CpuTensor::from_vec(2, 3, vec![1.0, 1.0, 1.0, 0.0, 0.0, 0.0]).unwrap();
+        let normed = backend.add_rms_norm(&mut residual, &x, &v, 0.0).unwrap();
+        assert_eq!(residual.row(0), &[2.0, 2.0, 2.0]);
+        assert_eq!(normed.row(0), &[1.0, 2.0, 3.0]);
+        let g = backend.gather_rows(&residual, &[1, 1, 0]).unwrap();
+        assert_eq!(g.row(0), residual.row(1));
+        assert!(backend.gather_rows(&residual, &[2]).is_err());
+        assert!(backend.silu_mul(&x, &g).is_err());
+        assert_eq!(backend.to_host(&x).unwrap(), x.as_slice());
+    }
+
+    #[test]
+    fn kv_cache_allocation_and_writes_are_checked() {
+        let backend = CpuBackend::new(Some(1));
+        let huge = KvCacheSpec {
+            num_layers: 1,
+            num_blocks: usize::MAX / 8,
+            block_size: 16,
+            num_kv_heads: 1,
+            head_dim: 64,
+        };
+        assert!(matches!(
+            backend.allocate_kv_cache(&huge),
+            Err(BackendError::OutOfMemory { .. })
+        ));
+        let spec = KvCacheSpec {
+            num_layers: 1,
+            num_blocks: 2,
+            block_size: 4,
+            num_kv_heads: 1,
+            head_dim: 2,
+        };
+        let mut cache = backend.allocate_kv_cache(&spec).unwrap();
+        let k = CpuTensor::from_vec(1, 2, vec![1.0, 2.0]).unwrap();
+        backend.write_kv(&mut cache, 0, &k, &k, &[5]).unwrap();
+        assert_eq!(&cache.keys(0)[10..12], &[1.0, 2.0]);
+        assert!(backend.write_kv(&mut cache, 0, &k, &k, &[8]).is_err());
+        assert!(backend.write_kv(&mut cache, 1, &k, &k, &[0]).is_err());
+    }
+}

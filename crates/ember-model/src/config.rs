@@ -1,0 +1,244 @@
+//! Model hyperparameters from a Hugging Face `config.json` (plus `generation_config.json`)
+//! or from GGUF metadata, and the rotary inverse frequencies they imply.
+
+use std::fmt;
+use std::path::PathBuf;
+
+use ember_core::RopeStyle;
+use thiserror::Error;
+
+mod gguf_config;
+mod hf_config;
+
+/// A model configuration that cannot be read or is not supported.
+#[derive(Debug, Error)]
+pub enum ConfigError {
+    /// A config file could not be read.
+    #[error("cannot read {path}: {source}")]
+    Io {
+        /// File path.
+        path: PathBuf,
+        /// Underlying error.
+        source: std::io::Error,
+    },
+    /// A config file is not valid JSON.
+    #[error("invalid JSON in {path}: {source}")]
+    Json {
+        /// File path.
+        path: PathBuf,
+        /// Underlying error.
+        source: serde_json::Error,
+    },
+    /// The architecture is not one Ember runs.
+    #[error("unsupported architecture {name}; supported: {supported}")]
+    UnsupportedArchitecture {
+        /// The name found.
+        name: String,
+        /// The supported names.
+        supported: &'static str,
+    },
+    /// A required field is absent or has the wrong type.
+    #[error("{source_name}: missing or invalid field {field}")]
+    MissingField {
+        /// The config file or GGUF file.
+        source_name: String,
+        /// The field or metadata key.
+        field: String,
+    },
+    /// A field has a value Ember does not support or that is inconsistent.
+    #[error("{source_name}: {detail}")]
+    Invalid {
+        /// The config file or GGUF file.
+        source_name: String,
+        /// What is wrong.
+        detail: String,
+    },
+}
+
+/// Architecture family; the math is Llama's for all of them (Qwen2 adds q/k/v biases).
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Hash)]
+pub enum Architecture {
+    /// Llama 2/3, SmolLM and other Llama-shaped models.
+    Llama,
+    /// Qwen2 / Qwen2.5.
+    Qwen2,
+    /// Mistral (Llama math).
+    Mistral,
+}
+
+impl Architecture {
+    /// Lower-case family name, e.g. "qwen2".
+    pub fn name(self) -> &'static str {
+        match self {
+            Self::Llama => "llama",
+            Self::Qwen2 => "qwen2",
+            Self::Mistral => "mistral",
+        }
+    }
+}
+
+impl fmt::Display for Architecture {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.write_str(self.name())
+    }
+}
+
+/// RoPE frequency scaling.
+#[derive(Clone, Debug, PartialEq)]
+pub enum RopeScaling {
+    /// Plain RoPE.
+    None,
+    /// Position interpolation: every inverse frequency divided by `factor`.
+    Linear {
+        /// Divisor.
+        factor: f32,
+    },
+    /// Llama 3.1 frequency-dependent scaling.
+    Llama3 {
+        /// Divisor for low frequencies.
+        factor: f32,
+        /// Wavelengths above `original / low_freq_factor` are fully scaled.
+        low_freq_factor: f32,
+        /// Wavelengths below `original / high_freq_factor` are unscaled.
+        high_freq_factor: f32,
+        /// Context length the model was pre-trained with.
+        original_max_position_embeddings: usize,
+    },
+    /// Per-frequency divisors as stored in a GGUF `rope_freqs.weight` tensor (llama.cpp's
+    /// form of Llama 3 scaling): `inv_freq[i] / factors[i]`.
+    FreqFactors {
+        /// One divisor per dimension pair.
+        factors: Vec<f32>,
+    },
+}
+
+/// Hyperparameters of a Llama-family decoder.
+#[derive(Clone, Debug, PartialEq)]
+pub struct ModelConfig {
+    /// Architecture family.
+    pub architecture: Architecture,
+    /// Residual stream width.
+    pub hidden_size: usize,
+    /// MLP inner width.
+    pub intermediate_size: usize,
+    /// Decoder layers.
+    pub num_layers: usize,
+    /// Query heads.
+    pub num_heads: usize,
+    /// Key/value heads.
+    pub num_kv_heads: usize,
+    /// Dimensions per head (all of them rotated).
+    pub head_dim: usize,
+    /// Vocabulary size (rows of the embedding).
+    pub vocab_size: usize,
+    /// RMSNorm epsilon.
+    pub rms_norm_eps: f32,
+    /// RoPE base.
+    pub rope_theta: f32,
+    /// RoPE frequency scaling.
+    pub rope_scaling: RopeScaling,
+    /// Longest context the model supports.
+    pub max_position_embeddings: usize,
+    /// True when the output projection reuses the token embedding.
+    pub tie_word_embeddings: bool,
+    /// True when q/k/v projections have biases (always for Qwen2).
+    pub attention_bias: bool,
+    /// True when the output projection `o_proj` has a bias (Llama `attention_bias: true`).
+    pub o_proj_bias: bool,
+    /// RoPE pair layout the stored Q/K weights expect.
+    pub rope_style: RopeStyle,
+    /// Beginning-of-sequence token, when the model defines one.
+    pub bos_token_id: Option<u32>,
+    /// Every token id that ends generation.
+    pub eos_token_ids: Vec<u32>,
+}
+
+impl ModelConfig {
+    /// RoPE inverse frequencies (`head_dim / 2` of them), computed in float32 exactly as
+    /// Hugging Face transformers does, with the configured scaling applied.
+    pub fn rope_inv_freq(&self) -> Vec<f32> {
+        let dim = self.head_dim as f32;
+        let base = self.rope_theta as f64;
+        // transformers: 1.0 / (base ** (arange(0, dim, 2).float() / dim)), all float32;
+        // the power is rounded once from float64, i.e. correctly rounded.
+        let inv_freq = (0..self.head_dim)
+            .step_by(2)
+            .map(|i| 1.0f32 / (base.powf(f64::from(i as f32 / dim)) as f32));
+        match &self.rope_scaling {
+            RopeScaling::None => inv_freq.collect(),
+            RopeScaling::Linear { factor } => inv_freq.map(|f| f / factor).collect(),
+            RopeScaling::FreqFactors { factors } => inv_freq
+                .zip(factors.iter().chain(std::iter::repeat(&1.0)))
+                .map(|(f, d)| f / d)
+                .collect(),
+            RopeScaling::Llama3 {
+                factor,
+                low_freq_factor,
+                high_freq_factor,
+                original_max_position_embeddings,
+            } => {
+                let old_len = *original_max_position_embeddings as f32;
+                let low_freq_wavelen = old_len / low_freq_factor;
+                let high_freq_wavelen = old_len / high_freq_factor;
+                let two_pi = 2.0 * std::f32::consts::PI;
+                inv_freq
+                    .map(|f| {
+                        // `scalar / tensor` in PyTorch is `reciprocal(tensor) * scalar`.
+                        let wavelen = (1.0 / f) * two_pi;
+                        let scaled = if wavelen > low_freq_wavelen { f / factor } else { f };
+                        if wavelen < high_freq_wavelen || wavelen > low_freq_wavelen {
+                            return scaled;
+                        }
+                        let smooth = ((1.0 / wavelen) * old_len - low_freq_factor)
+                            / (high_freq_factor - low_freq_factor);
+                        (1.0 - smooth) * scaled / factor + smooth * scaled
+                    })
+                    .collect()
+            }
+        }
+    }
+
+    fn validate(&self, source_name: &str) -> Result<(), ConfigError> {
+        let invalid = |detail: String| ConfigError::Invalid {
+            source_name: source_name.to_string(),
+            detail,
+        };
+        if self.num_heads == 0 || self.num_kv_heads == 0 || !self.num_heads.is_multiple_of(self.num_kv_heads)
+        {
+            return Err(invalid(format!(
+                "{} query heads is not a multiple of {} key/value heads",
+                self.num_heads, self.num_kv_heads
+            )));
+        }
+        if self.head_dim == 0 || !self.head_dim.is_multiple_of(2) {
+            return Err(invalid(format!(
+                "head_dim {} must be even and positive",
+                self.head_dim
+            )));
+        }
+        if let RopeScaling::FreqFactors { factors } = &self.rope_scaling {
+            if factors.len() != self.head_dim / 2 {
+                return Err(invalid(format!(
+                    "rope_freqs has {} factors, expected head_dim / 2 = {}",
+                    factors.len(),
+                    self.head_dim / 2
+                )));
+            }
+        }
+        Ok(())
+    }
+}
+
+fn div_exact(hidden_size: usize, num_heads: usize, source_name: &str) -> Result<usize, ConfigError> {
+    if num_heads == 0 || !hidden_size.is_multiple_of(num_heads) {
+        return Err(ConfigError::Invalid {
+            source_name: source_name.to_string(),
+            detail: format!("hidden size {hidden_size} is not a multiple of {num_heads} heads"),
+        });
+    }
+    Ok(hidden_size / num_heads)
+}
+
+#[cfg(test)]
+#[path = "config_tests.rs"]
+pub(crate) mod tests;

@@ -1,0 +1,418 @@
+//! The engine: tokenizer, scheduler and model runner behind one step loop.
+
+use std::collections::HashMap;
+use std::sync::Arc;
+use std::time::{SystemTime, UNIX_EPOCH};
+
+use ember_core::{
+    Backend, BackendError, FinishReason, IncrementalDetokenizer, InvalidParam, KvCacheSpec, Request,
+    RequestId, RequestUpdate, SamplingParams, Scheduler, SchedulerConfig, SchedulerStats, StopStrings,
+};
+use ember_cpu::CpuBackend;
+use thiserror::Error;
+
+use crate::chat_template::{ChatMessage, ChatTemplate};
+use crate::engine_args::{
+    available_memory_bytes, default_cpu_kv_cache_bytes, EngineArgs, DEFAULT_MAX_NUM_BATCHED_TOKENS,
+};
+use crate::executor::StepExecutor;
+use crate::llama::LlamaModel;
+use crate::loader::open_model;
+use crate::runner::ModelRunner;
+use crate::tokenizer::Tokenizer;
+use crate::weights::LoadError;
+
+/// Anything that can go wrong building or driving the engine.
+#[derive(Debug, Error)]
+pub enum EngineError {
+    /// The model could not be opened or loaded.
+    #[error(transparent)]
+    Load(#[from] LoadError),
+    /// A request or engine option is invalid; the message names the field and the limit.
+    #[error("{0}")]
+    InvalidRequest(String),
+    /// The device failed (including running out of memory).
+    #[error(transparent)]
+    Backend(#[from] BackendError),
+}
+
+impl From<InvalidParam> for EngineError {
+    fn from(err: InvalidParam) -> Self {
+        Self::InvalidRequest(err.to_string())
+    }
+}
+
+/// Why a request stopped, when a stop condition (not a length limit) ended it.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub enum StopReason {
+    /// A stop token id (EOS or one of `stop_token_ids`).
+    Token(u32),
+    /// A stop string.
+    Text(String),
+}
+
+/// One generated token's log-probability and its top alternatives `(token_id, logprob)`.
+pub type TokenLogprobs = (f32, Vec<(u32, f32)>);
+
+/// What one request gained in one step.
+#[derive(Clone, Debug, PartialEq)]
+pub struct StepOutput {
+    /// Which request.
+    pub request_id: RequestId,
+    /// Tokens appended this step.
+    pub new_token_ids: Vec<u32>,
+    /// Text those tokens completed (may be empty while a multi-byte character or a possible
+    /// stop string is pending).
+    pub new_text: String,
+    /// Set once the request finished.
+    pub finish_reason: Option<FinishReason>,
+    /// What stopped it, for `finish_reason == Stop`.
+    pub stop_reason: Option<StopReason>,
+    /// Prompt tokens served from the prefix cache.
+    pub num_cached_tokens: usize,
+    /// Prompt length in tokens.
+    pub num_prompt_tokens: usize,
+    /// Per new token: its logprob and the top alternatives, when the request asked for them.
+    pub new_logprobs: Option<Vec<TokenLogprobs>>,
+}
+
+struct RequestState {
+    detokenizer: IncrementalDetokenizer,
+    stop_strings: StopStrings,
+    stop: Vec<String>,
+    num_prompt_tokens: usize,
+    want_logprobs: bool,
+}
+
+/// The engine: owns the model runner, the scheduler and the tokenizer.
+pub struct LlmEngine {
+    executor: Box<dyn StepExecutor>,
+    scheduler: Scheduler,
+    tokenizer: Arc<Tokenizer>,
+    chat_template: Option<Arc<ChatTemplate>>,
+    eos_token_ids: Vec<u32>,
+    requests: HashMap<RequestId, RequestState>,
+    pending: Vec<StepOutput>,
+    max_model_len: usize,
+    block_size: usize,
+    num_blocks: usize,
+    seed: u64,
+    num_requests_added: u64,
+    model_name: String,
+}
+
+fn invalid(message: String) -> EngineError {
+    EngineError::InvalidRequest(message)
+}
+
+impl LlmEngine {
+    /// Opens the model, loads it onto the CPU backend and sizes the KV cache.
+    pub fn new(args: &EngineArgs) -> Result<Self, EngineError> {
+        if !(args.block_size.is_power_of_two() && (1..=256).contains(&args.block_size)) {
+            return Err(invalid(format!(
+                "block_size must be a power of two in [1, 256], got {}",
+                args.block_size
+            )));
+        }
+        if args.max_num_seqs == 0 {
+            return Err(invalid("max_num_seqs must be at least 1, got 0".into()));
+        }
+        if !matches!(args.dtype.as_str(), "auto" | "float32") {
+            return Err(invalid(format!(
+                "dtype must be \"auto\" or \"float32\" on the CPU backend, got \"{}\"",
+                args.dtype
+            )));
+        }
+        let opened = open_model(&args.model_path)?;
+        let config = opened.config;
+        let backend = CpuBackend::new(args.num_threads);
+        log::info!(
+            "loading {} ({:?}, {} layers, hidden {}) on the CPU with {} threads",
+            opened.name,
+            config.architecture,
+            config.num_layers,
+            config.hidden_size,
+            backend.num_threads()
+        );
+        let model = LlamaModel::load(&backend, &config, &opened.weights)?;
+        drop(opened.weights);
+
+        let kv_bytes = args
+            .kv_cache_memory_bytes
+            .unwrap_or_else(|| default_cpu_kv_cache_bytes(available_memory_bytes()));
+        let mut kv_spec = KvCacheSpec {
+            num_layers: config.num_layers,
+            num_blocks: 0,
+            block_size: args.block_size,
+            num_kv_heads: config.num_kv_heads,
+            head_dim: config.head_dim,
+        };
+        let block_bytes = kv_spec.bytes_per_block(backend.kv_cache_bytes_per_element()) as u64;
+        kv_spec.num_blocks = (kv_bytes / block_bytes) as usize;
+        if kv_spec.num_blocks == 0 {
+            return Err(invalid(format!(
+                "kv_cache_memory_bytes ({kv_bytes}) is smaller than one KV-cache block ({block_bytes} bytes)"
+            )));
+        }
+        let cache_tokens = kv_spec.num_blocks * args.block_size;
+        let model_len_limit = config.max_position_embeddings;
+        let max_model_len = match args.max_model_len {
+            Some(0) => return Err(invalid("max_model_len must be at least 1, got 0".into())),
+            Some(len) if len > model_len_limit => {
+                return Err(invalid(format!(
+                    "max_model_len ({len}) is larger than the model's context length ({model_len_limit})"
+                )))
+            }
+            Some(len) => len,
+            None => model_len_limit.min(cache_tokens),
+        };
+        log::info!(
+            "KV cache: {} blocks of {} tokens ({:.1} MiB, {} tokens); max_model_len {}; max concurrency {:.2}x",
+            kv_spec.num_blocks,
+            args.block_size,
+            (kv_spec.num_blocks as u64 * block_bytes) as f64 / (1 << 20) as f64,
+            cache_tokens,
+            max_model_len,
+            cache_tokens as f64 / max_model_len as f64
+        );
+        let runner = ModelRunner::new(backend, model, kv_spec, config.vocab_size)?;
+        let scheduler = Scheduler::new(SchedulerConfig {
+            max_num_seqs: args.max_num_seqs,
+            max_num_batched_tokens: args
+                .max_num_batched_tokens
+                .unwrap_or(DEFAULT_MAX_NUM_BATCHED_TOKENS),
+            max_model_len,
+            block_size: args.block_size,
+            num_blocks: kv_spec.num_blocks,
+            enable_prefix_caching: args.enable_prefix_caching,
+            ..SchedulerConfig::default()
+        });
+        Ok(Self {
+            executor: Box::new(runner),
+            scheduler,
+            tokenizer: Arc::new(opened.tokenizer),
+            chat_template: opened.chat_template.map(Arc::new),
+            eos_token_ids: config.eos_token_ids.clone(),
+            requests: HashMap::new(),
+            pending: Vec::new(),
+            max_model_len,
+            block_size: args.block_size,
+            num_blocks: kv_spec.num_blocks,
+            seed: args.seed,
+            num_requests_added: 0,
+            model_name: opened.name,
+        })
+    }
+
+    /// The model's tokenizer.
+    pub fn tokenizer(&self) -> &Arc<Tokenizer> {
+        &self.tokenizer
+    }
+
+    /// The model's chat template, when it ships one.
+    pub fn chat_template(&self) -> Option<&Arc<ChatTemplate>> {
+        self.chat_template.as_ref()
+    }
+
+    /// Renders a conversation with the model's chat template.
+    pub fn apply_chat_template(
+        &self,
+        messages: &[ChatMessage],
+        add_generation_prompt: bool,
+    ) -> Result<String, EngineError> {
+        let template = self
+            .chat_template
+            .as_ref()
+            .ok_or_else(|| invalid(format!("model {} has no chat template", self.model_name)))?;
+        template
+            .render(messages, add_generation_prompt)
+            .map_err(|e| invalid(format!("chat template: {e}")))
+    }
+
+    /// End-of-sequence token ids of the model.
+    pub fn eos_token_ids(&self) -> &[u32] {
+        &self.eos_token_ids
+    }
+
+    /// Longest sequence the engine accepts (prompt + output).
+    pub fn max_model_len(&self) -> usize {
+        self.max_model_len
+    }
+
+    /// Number of KV-cache blocks.
+    pub fn num_blocks(&self) -> usize {
+        self.num_blocks
+    }
+
+    /// Tokens per KV-cache block.
+    pub fn block_size(&self) -> usize {
+        self.block_size
+    }
+
+    /// Display name of the loaded model.
+    pub fn model_name(&self) -> &str {
+        &self.model_name
+    }
+
+    /// Queues a request; invalid parameters or lengths are rejected at once.
+    pub fn add_request(
+        &mut self,
+        request_id: &str,
+        prompt_token_ids: Vec<u32>,
+        params: SamplingParams,
+        priority: i32,
+    ) -> Result<(), EngineError> {
+        params.validate()?;
+        let vocab_size = self.tokenizer.vocab_size() as u32;
+        if let Some(bad) = prompt_token_ids.iter().find(|&&id| id >= vocab_size) {
+            return Err(invalid(format!(
+                "prompt token id {bad} is out of range (vocab_size {vocab_size})"
+            )));
+        }
+        let request_id: RequestId = Arc::from(request_id);
+        if self.requests.contains_key(&request_id) {
+            return Err(invalid(format!("request_id '{request_id}' is already in use")));
+        }
+        let seed = params
+            .seed
+            .unwrap_or_else(|| derive_seed(self.seed, self.num_requests_added));
+        let state = RequestState {
+            detokenizer: IncrementalDetokenizer::new(params.skip_special_tokens),
+            stop_strings: StopStrings::new(params.stop.clone(), params.include_stop_str_in_output),
+            stop: params.stop.clone(),
+            num_prompt_tokens: prompt_token_ids.len(),
+            want_logprobs: params.logprobs.is_some(),
+        };
+        let request = Request::new(
+            request_id.clone(),
+            prompt_token_ids,
+            Arc::new(params),
+            self.eos_token_ids.clone(),
+            seed,
+            priority,
+            now_s(),
+        );
+        self.scheduler
+            .add_request(request)
+            .map_err(|e| invalid(e.to_string()))?;
+        self.num_requests_added += 1;
+        self.requests.insert(request_id, state);
+        Ok(())
+    }
+
+    /// Aborts a request; its blocks are freed at once and its final output (finish reason
+    /// "abort") comes with the next step. Returns false when the id is unknown or finished.
+    pub fn abort(&mut self, request_id: &str) -> bool {
+        match self.scheduler.finish_request(request_id, FinishReason::Abort) {
+            Some(update) => {
+                let output = self.apply_update(update);
+                self.pending.extend(output);
+                true
+            }
+            None => false,
+        }
+    }
+
+    /// True while any request is queued, running, or has output not yet returned.
+    pub fn has_unfinished_requests(&self) -> bool {
+        self.scheduler.has_unfinished_requests() || !self.pending.is_empty()
+    }
+
+    /// Scheduler and cache counters.
+    pub fn stats(&self) -> SchedulerStats {
+        self.scheduler.stats()
+    }
+
+    /// Forgets every cached prefix; false when blocks are still in use.
+    pub fn reset_prefix_cache(&mut self) -> bool {
+        self.scheduler.reset_prefix_cache()
+    }
+
+    /// Logits at every position of one prompt, outside the scheduler (for testing against
+    /// reference implementations); `[len][vocab_size]`.
+    pub fn score(&self, token_ids: &[u32]) -> Result<Vec<Vec<f32>>, EngineError> {
+        if token_ids.is_empty() || token_ids.len() > self.max_model_len {
+            return Err(invalid(format!(
+                "prompt_token_ids must have 1 to max_model_len ({}) tokens, got {}",
+                self.max_model_len,
+                token_ids.len()
+            )));
+        }
+        let logits = self.executor.score(token_ids)?;
+        let vocab_size = logits.len() / token_ids.len();
+        Ok(logits.chunks(vocab_size).map(<[f32]>::to_vec).collect())
+    }
+
+    /// Runs one step: schedule, execute, update; returns what changed for each request.
+    pub fn step(&mut self) -> Result<Vec<StepOutput>, EngineError> {
+        let mut outputs = std::mem::take(&mut self.pending);
+        let scheduled = self.scheduler.schedule();
+        let runner_output = self.executor.execute(&scheduled)?;
+        for update in self.scheduler.update(&scheduled, &runner_output) {
+            if let Some(output) = self.apply_update(update) {
+                outputs.push(output);
+            }
+        }
+        Ok(outputs)
+    }
+
+    /// Detokenizes a request's new tokens, applies stop strings and builds its output.
+    fn apply_update(&mut self, update: RequestUpdate) -> Option<StepOutput> {
+        let state = self.requests.get_mut(&update.request_id)?;
+        let mut new_text = String::new();
+        let mut matched_stop = None;
+        let mut new_logprobs = state.want_logprobs.then(Vec::new);
+        for token in &update.new_tokens {
+            if let Some(logprobs) = new_logprobs.as_mut() {
+                logprobs.push((token.logprob, token.top_logprobs.clone()));
+            }
+            let delta = state.detokenizer.push(self.tokenizer.as_ref(), token.token_id);
+            let released = state.stop_strings.update(state.detokenizer.text(), delta.len());
+            new_text.push_str(&released.text);
+            if let Some(matched) = released.matched {
+                matched_stop = Some(state.stop[matched.stop_index].clone());
+                break;
+            }
+        }
+        let mut finish_reason = update.finish_reason;
+        let mut stop_reason = update.stop_token_id.map(StopReason::Token);
+        if let Some(stop) = matched_stop {
+            if finish_reason.is_none() {
+                self.scheduler
+                    .finish_request(&update.request_id, FinishReason::Stop);
+            }
+            finish_reason = Some(FinishReason::Stop);
+            stop_reason = Some(StopReason::Text(stop));
+        } else if finish_reason.is_some() {
+            let tail = state.detokenizer.flush();
+            let released = state.stop_strings.update(state.detokenizer.text(), tail.len());
+            new_text.push_str(&released.text);
+            new_text.push_str(&state.stop_strings.flush(state.detokenizer.text()));
+        }
+        let num_prompt_tokens = state.num_prompt_tokens;
+        if finish_reason.is_some() {
+            self.requests.remove(&update.request_id);
+        }
+        Some(StepOutput {
+            request_id: update.request_id,
+            new_token_ids: update.new_tokens.iter().map(|t| t.token_id).collect(),
+            new_text,
+            finish_reason,
+            stop_reason,
+            num_cached_tokens: update.num_cached_tokens,
+            num_prompt_tokens,
+            new_logprobs,
+        })
+    }
+}
+
+/// A request seed derived from the engine seed and the request's arrival index.
+fn derive_seed(engine_seed: u64, index: u64) -> u64 {
+    ember_core::sampler::splitmix64(engine_seed ^ ember_core::sampler::splitmix64(index))
+}
+
+fn now_s() -> f64 {
+    SystemTime::now()
+        .duration_since(UNIX_EPOCH)
+        .map_or(0.0, |d| d.as_secs_f64())
+}

@@ -1,0 +1,183 @@
+//! The Llama family (Llama 2/3, Mistral, Qwen2/2.5 with qkv bias, SmolLM), written once over
+//! [`Backend`].
+
+use ember_core::{AttentionShape, Backend, BackendResult, Rope, StepMetadata};
+
+use crate::config::ModelConfig;
+use crate::weights::{LoadError, WeightSource};
+
+/// Weights of one decoder layer.
+struct LlamaLayer<B: Backend> {
+    input_norm: B::Vector,
+    q_proj: B::Matrix,
+    k_proj: B::Matrix,
+    v_proj: B::Matrix,
+    q_bias: Option<B::Vector>,
+    k_bias: Option<B::Vector>,
+    v_bias: Option<B::Vector>,
+    o_proj: B::Matrix,
+    o_bias: Option<B::Vector>,
+    post_attention_norm: B::Vector,
+    gate_proj: B::Matrix,
+    up_proj: B::Matrix,
+    down_proj: B::Matrix,
+}
+
+/// A loaded Llama-family decoder.
+pub struct LlamaModel<B: Backend> {
+    embed_tokens: B::Matrix,
+    layers: Vec<LlamaLayer<B>>,
+    norm: B::Vector,
+    /// `None` when the output projection is tied to `embed_tokens`.
+    lm_head: Option<B::Matrix>,
+    shape: AttentionShape,
+    rope: Rope,
+    rms_norm_eps: f32,
+    attention_scale: f32,
+}
+
+fn load_optional_vector<B: Backend>(
+    backend: &B,
+    weights: &WeightSource,
+    name: &str,
+) -> Result<Option<B::Vector>, LoadError> {
+    if !weights.contains(name) {
+        return Ok(None);
+    }
+    Ok(Some(backend.load_vector(&weights.get(name)?)?))
+}
+
+fn shape_error(name: &str, expected: &[usize], found: &[usize]) -> LoadError {
+    LoadError::BadTensor {
+        tensor: name.to_string(),
+        detail: format!("shape {found:?} does not match the config's {expected:?}"),
+    }
+}
+
+impl<B: Backend> LlamaModel<B> {
+    /// Loads every weight of `config` from `weights` into `backend`, checking shapes.
+    pub fn load(backend: &B, config: &ModelConfig, weights: &WeightSource) -> Result<Self, LoadError> {
+        let matrix = |name: &str, rows: usize, cols: usize| -> Result<B::Matrix, LoadError> {
+            let view = weights.get(name)?;
+            if view.shape != [rows, cols] {
+                return Err(shape_error(name, &[rows, cols], view.shape));
+            }
+            Ok(backend.load_matrix(&view)?)
+        };
+        let vector = |name: &str, len: usize| -> Result<B::Vector, LoadError> {
+            let view = weights.get(name)?;
+            if view.shape != [len] {
+                return Err(shape_error(name, &[len], view.shape));
+            }
+            Ok(backend.load_vector(&view)?)
+        };
+        let hidden = config.hidden_size;
+        let q_dim = config.num_heads * config.head_dim;
+        let kv_dim = config.num_kv_heads * config.head_dim;
+        let mut layers = Vec::with_capacity(config.num_layers);
+        for i in 0..config.num_layers {
+            let name = |suffix: &str| format!("layers.{i}.{suffix}");
+            layers.push(LlamaLayer {
+                input_norm: vector(&name("input_layernorm"), hidden)?,
+                q_proj: matrix(&name("q_proj"), q_dim, hidden)?,
+                k_proj: matrix(&name("k_proj"), kv_dim, hidden)?,
+                v_proj: matrix(&name("v_proj"), kv_dim, hidden)?,
+                q_bias: load_optional_vector(backend, weights, &name("q_proj.bias"))?,
+                k_bias: load_optional_vector(backend, weights, &name("k_proj.bias"))?,
+                v_bias: load_optional_vector(backend, weights, &name("v_proj.bias"))?,
+                o_proj: matrix(&name("o_proj"), hidden, q_dim)?,
+                o_bias: load_optional_vector(backend, weights, &name("o_proj.bias"))?,
+                post_attention_norm: vector(&name("post_attention_layernorm"), hidden)?,
+                gate_proj: matrix(&name("gate_proj"), config.intermediate_size, hidden)?,
+                up_proj: matrix(&name("up_proj"), config.intermediate_size, hidden)?,
+                down_proj: matrix(&name("down_proj"), hidden, config.intermediate_size)?,
+            });
+        }
+        let lm_head = if config.tie_word_embeddings && !weights.contains("lm_head") {
+            None
+        } else {
+            Some(matrix("lm_head", config.vocab_size, hidden)?)
+        };
+        Ok(Self {
+            embed_tokens: matrix("embed_tokens", config.vocab_size, hidden)?,
+            layers,
+            norm: vector("norm", hidden)?,
+            lm_head,
+            shape: AttentionShape {
+                num_heads: config.num_heads,
+                num_kv_heads: config.num_kv_heads,
+                head_dim: config.head_dim,
+            },
+            rope: Rope {
+                style: config.rope_style,
+                inv_freq: config.rope_inv_freq(),
+            },
+            rms_norm_eps: config.rms_norm_eps,
+            attention_scale: 1.0 / (config.head_dim as f32).sqrt(),
+        })
+    }
+
+    /// Head geometry of every layer.
+    pub fn attention_shape(&self) -> AttentionShape {
+        self.shape
+    }
+
+    /// Number of decoder layers.
+    pub fn num_layers(&self) -> usize {
+        self.layers.len()
+    }
+
+    /// Runs the step's tokens through the model, writing their K/V into `kv_cache`, and
+    /// returns the logits `[meta.logits_indices.len(), vocab_size]`.
+    pub fn forward(
+        &self,
+        backend: &B,
+        kv_cache: &mut B::KvCache,
+        token_ids: &[u32],
+        meta: &StepMetadata,
+    ) -> BackendResult<B::Tensor> {
+        let mut residual = backend.embed(&self.embed_tokens, token_ids)?;
+        let mut hidden = backend.rms_norm(&residual, &self.layers[0].input_norm, self.rms_norm_eps)?;
+        for (index, layer) in self.layers.iter().enumerate() {
+            let attn_out = self.attention(backend, kv_cache, index, layer, &hidden, meta)?;
+            hidden = backend.add_rms_norm(
+                &mut residual,
+                &attn_out,
+                &layer.post_attention_norm,
+                self.rms_norm_eps,
+            )?;
+            let gate = backend.matmul(&hidden, &layer.gate_proj, None)?;
+            let up = backend.matmul(&hidden, &layer.up_proj, None)?;
+            let mlp_out = backend.matmul(&backend.silu_mul(&gate, &up)?, &layer.down_proj, None)?;
+            match self.layers.get(index + 1) {
+                Some(next) => {
+                    hidden =
+                        backend.add_rms_norm(&mut residual, &mlp_out, &next.input_norm, self.rms_norm_eps)?;
+                }
+                None => backend.add_assign(&mut residual, &mlp_out)?,
+            }
+        }
+        let last_rows = backend.gather_rows(&residual, &meta.logits_indices)?;
+        let normed = backend.rms_norm(&last_rows, &self.norm, self.rms_norm_eps)?;
+        backend.matmul(&normed, self.lm_head.as_ref().unwrap_or(&self.embed_tokens), None)
+    }
+
+    fn attention(
+        &self,
+        backend: &B,
+        kv_cache: &mut B::KvCache,
+        index: usize,
+        layer: &LlamaLayer<B>,
+        hidden: &B::Tensor,
+        meta: &StepMetadata,
+    ) -> BackendResult<B::Tensor> {
+        let mut query = backend.matmul(hidden, &layer.q_proj, layer.q_bias.as_ref())?;
+        let mut key = backend.matmul(hidden, &layer.k_proj, layer.k_bias.as_ref())?;
+        let value = backend.matmul(hidden, &layer.v_proj, layer.v_bias.as_ref())?;
+        backend.rope(&mut query, self.shape.num_heads, &meta.positions, &self.rope)?;
+        backend.rope(&mut key, self.shape.num_kv_heads, &meta.positions, &self.rope)?;
+        backend.write_kv(kv_cache, index, &key, &value, &meta.slot_mapping)?;
+        let context = backend.attention(&query, kv_cache, index, self.shape, self.attention_scale, meta)?;
+        backend.matmul(&context, &layer.o_proj, layer.o_bias.as_ref())
+    }
+}

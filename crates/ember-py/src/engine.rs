@@ -1,0 +1,210 @@
+//! `ember._core.Engine`: the Rust engine behind a mutex, stepped with the GIL released.
+
+use std::sync::{Arc, Mutex, MutexGuard};
+
+use ember_model::engine::{LlmEngine, StepOutput, StopReason, TokenLogprobs};
+use ember_model::engine_args::EngineArgs;
+use pyo3::prelude::*;
+use pyo3::types::PyDict;
+
+use crate::errors::{engine_error, py_error, ErrorKind};
+use crate::params::sampling_params_from_dict;
+use crate::tokenizer::PyTokenizer;
+
+/// What one request gained in one engine step.
+#[pyclass(name = "StepOutput", module = "ember._core", frozen, get_all)]
+pub struct PyStepOutput {
+    request_id: String,
+    new_token_ids: Vec<u32>,
+    new_text: String,
+    finish_reason: Option<&'static str>,
+    stop_reason: Option<Py<PyAny>>,
+    num_cached_tokens: usize,
+    num_prompt_tokens: usize,
+    new_logprobs: Option<Vec<TokenLogprobs>>,
+}
+
+impl PyStepOutput {
+    fn new(py: Python<'_>, output: StepOutput) -> PyResult<Self> {
+        let stop_reason = match output.stop_reason {
+            Some(StopReason::Token(id)) => Some(id.into_pyobject(py)?.into_any().unbind()),
+            Some(StopReason::Text(text)) => Some(text.into_pyobject(py)?.into_any().unbind()),
+            None => None,
+        };
+        Ok(Self {
+            request_id: output.request_id.to_string(),
+            new_token_ids: output.new_token_ids,
+            new_text: output.new_text,
+            finish_reason: output.finish_reason.map(|r| r.as_str()),
+            stop_reason,
+            num_cached_tokens: output.num_cached_tokens,
+            num_prompt_tokens: output.num_prompt_tokens,
+            new_logprobs: output.new_logprobs,
+        })
+    }
+}
+
+#[pymethods]
+impl PyStepOutput {
+    fn __repr__(&self) -> String {
+        format!(
+            "StepOutput(request_id={:?}, new_token_ids={:?}, new_text={:?}, finish_reason={:?})",
+            self.request_id, self.new_token_ids, self.new_text, self.finish_reason
+        )
+    }
+}
+
+/// The Rust engine: owns the model, the KV cache, the scheduler and the tokenizer.
+#[pyclass(name = "Engine", module = "ember._core", frozen)]
+pub struct PyEngine {
+    inner: Mutex<LlmEngine>,
+    tokenizer: Py<PyTokenizer>,
+    max_model_len: usize,
+    num_blocks: usize,
+    block_size: usize,
+    model_name: String,
+}
+
+impl PyEngine {
+    fn lock(&self) -> PyResult<MutexGuard<'_, LlmEngine>> {
+        self.inner
+            .lock()
+            .map_err(|_| py_error(ErrorKind::Ember, "the engine is unusable after an internal panic"))
+    }
+}
+
+#[pymethods]
+impl PyEngine {
+    /// Loads a model (GGUF file or Hugging Face folder) and sizes the KV cache.
+    #[new]
+    #[pyo3(signature = (model_path, *, max_model_len=None, max_num_seqs=256, max_num_batched_tokens=None,
+        kv_cache_memory_bytes=None, block_size=16, seed=0, dtype="auto".to_string(), num_threads=None,
+        enable_prefix_caching=true))]
+    #[allow(clippy::too_many_arguments)]
+    fn new(
+        py: Python<'_>,
+        model_path: String,
+        max_model_len: Option<usize>,
+        max_num_seqs: usize,
+        max_num_batched_tokens: Option<usize>,
+        kv_cache_memory_bytes: Option<u64>,
+        block_size: usize,
+        seed: u64,
+        dtype: String,
+        num_threads: Option<usize>,
+        enable_prefix_caching: bool,
+    ) -> PyResult<Self> {
+        let args = EngineArgs {
+            max_model_len,
+            max_num_seqs,
+            max_num_batched_tokens,
+            kv_cache_memory_bytes,
+            block_size,
+            seed,
+            dtype,
+            num_threads,
+            enable_prefix_caching,
+            ..EngineArgs::new(model_path)
+        };
+        let engine = py.detach(|| LlmEngine::new(&args)).map_err(engine_error)?;
+        let tokenizer = PyTokenizer::new(Arc::clone(engine.tokenizer()), engine.chat_template().cloned());
+        Ok(Self {
+            tokenizer: Py::new(py, tokenizer)?,
+            max_model_len: engine.max_model_len(),
+            num_blocks: engine.num_blocks(),
+            block_size: engine.block_size(),
+            model_name: engine.model_name().to_string(),
+            inner: Mutex::new(engine),
+        })
+    }
+
+    /// The model's tokenizer.
+    #[getter]
+    fn tokenizer(&self, py: Python<'_>) -> Py<PyTokenizer> {
+        self.tokenizer.clone_ref(py)
+    }
+
+    /// Longest sequence (prompt + output) the engine accepts.
+    #[getter]
+    fn max_model_len(&self) -> usize {
+        self.max_model_len
+    }
+
+    /// Number of KV-cache blocks.
+    #[getter]
+    fn num_blocks(&self) -> usize {
+        self.num_blocks
+    }
+
+    /// Tokens per KV-cache block.
+    #[getter]
+    fn block_size(&self) -> usize {
+        self.block_size
+    }
+
+    /// Display name of the model.
+    #[getter]
+    fn model_name(&self) -> &str {
+        &self.model_name
+    }
+
+    /// End-of-sequence token ids of the model.
+    #[getter]
+    fn eos_token_ids(&self) -> PyResult<Vec<u32>> {
+        Ok(self.lock()?.eos_token_ids().to_vec())
+    }
+
+    /// Queues a request; raises InvalidRequestError naming the field and limit.
+    #[pyo3(signature = (request_id, prompt_token_ids, params, priority=0))]
+    fn add_request(
+        &self,
+        request_id: &str,
+        prompt_token_ids: Vec<u32>,
+        params: &Bound<'_, PyDict>,
+        priority: i32,
+    ) -> PyResult<()> {
+        let params = sampling_params_from_dict(params)?;
+        self.lock()?
+            .add_request(request_id, prompt_token_ids, params, priority)
+            .map_err(engine_error)
+    }
+
+    /// Runs one scheduler step with the GIL released.
+    fn step(&self, py: Python<'_>) -> PyResult<Vec<PyStepOutput>> {
+        let outputs =
+            py.detach(|| -> PyResult<Vec<StepOutput>> { self.lock()?.step().map_err(engine_error) })?;
+        outputs.into_iter().map(|o| PyStepOutput::new(py, o)).collect()
+    }
+
+    /// Aborts a request; False when the id is unknown or already finished.
+    fn abort(&self, request_id: &str) -> PyResult<bool> {
+        Ok(self.lock()?.abort(request_id))
+    }
+
+    /// True while any request is queued, running, or has output not yet returned.
+    fn has_unfinished_requests(&self) -> PyResult<bool> {
+        Ok(self.lock()?.has_unfinished_requests())
+    }
+
+    /// Scheduler and KV-cache counters.
+    fn stats<'py>(&self, py: Python<'py>) -> PyResult<Bound<'py, PyDict>> {
+        let stats = self.lock()?.stats();
+        let dict = PyDict::new(py);
+        for (key, value) in stats.as_pairs() {
+            dict.set_item(key, value)?;
+        }
+        Ok(dict)
+    }
+
+    /// Forgets every cached prefix; False when blocks are still in use.
+    fn reset_prefix_cache(&self) -> PyResult<bool> {
+        Ok(self.lock()?.reset_prefix_cache())
+    }
+
+    /// Logits at every position of one prompt (a prefill outside the scheduler; for tests).
+    fn score(&self, py: Python<'_>, prompt_token_ids: Vec<u32>) -> PyResult<Vec<Vec<f32>>> {
+        py.detach(|| -> PyResult<Vec<Vec<f32>>> {
+            self.lock()?.score(&prompt_token_ids).map_err(engine_error)
+        })
+    }
+}

@@ -1,0 +1,113 @@
+//! `ember._core.Tokenizer`: the model's tokenizer and chat template.
+
+use std::sync::Arc;
+
+use ember_model::chat_template::{ChatMessage, ChatTemplate};
+use ember_model::tokenizer::Tokenizer;
+use pyo3::prelude::*;
+use pyo3::types::PyDict;
+
+use crate::errors::invalid_request;
+
+/// The model's tokenizer (from GGUF metadata or tokenizer.json) and chat template.
+#[pyclass(name = "Tokenizer", module = "ember._core", frozen)]
+pub struct PyTokenizer {
+    tokenizer: Arc<Tokenizer>,
+    chat_template: Option<Arc<ChatTemplate>>,
+}
+
+impl PyTokenizer {
+    /// Wraps the engine's tokenizer and template.
+    pub fn new(tokenizer: Arc<Tokenizer>, chat_template: Option<Arc<ChatTemplate>>) -> Self {
+        Self {
+            tokenizer,
+            chat_template,
+        }
+    }
+}
+
+fn message_from_dict(index: usize, message: &Bound<'_, PyAny>) -> PyResult<ChatMessage> {
+    let dict = message.cast::<PyDict>().map_err(|_| {
+        invalid_request(format!(
+            "messages[{index}] must be a dict with 'role' and 'content'"
+        ))
+    })?;
+    let text = |key: &str| -> PyResult<String> {
+        let value = dict
+            .get_item(key)?
+            .ok_or_else(|| invalid_request(format!("messages[{index}] has no '{key}'")))?;
+        value
+            .extract()
+            .map_err(|_| invalid_request(format!("messages[{index}]['{key}'] must be a string")))
+    };
+    Ok(ChatMessage {
+        role: text("role")?,
+        content: text("content")?,
+    })
+}
+
+#[pymethods]
+impl PyTokenizer {
+    /// Number of tokens in the vocabulary.
+    #[getter]
+    fn vocab_size(&self) -> usize {
+        self.tokenizer.vocab_size()
+    }
+
+    /// Beginning-of-sequence token id, if the model has one.
+    #[getter]
+    fn bos_token_id(&self) -> Option<u32> {
+        self.tokenizer.bos_token_id()
+    }
+
+    /// End-of-sequence token id of the tokenizer, if any.
+    #[getter]
+    fn eos_token_id(&self) -> Option<u32> {
+        self.tokenizer.eos_token_id()
+    }
+
+    /// Token ids of `text`; special tokens written in the text are recognized.
+    #[pyo3(signature = (text, add_special_tokens = false))]
+    fn encode(&self, py: Python<'_>, text: &str, add_special_tokens: bool) -> Vec<u32> {
+        let text = text.to_owned();
+        py.detach(|| self.tokenizer.encode(&text, add_special_tokens))
+    }
+
+    /// Text of `token_ids`.
+    #[pyo3(signature = (token_ids, skip_special_tokens = true))]
+    fn decode(&self, token_ids: Vec<u32>, skip_special_tokens: bool) -> PyResult<String> {
+        let vocab_size = self.tokenizer.vocab_size() as u32;
+        if let Some(bad) = token_ids.iter().find(|&&id| id >= vocab_size) {
+            return Err(invalid_request(format!(
+                "token id {bad} is out of range (vocab_size {vocab_size})"
+            )));
+        }
+        Ok(self.tokenizer.decode(&token_ids, skip_special_tokens))
+    }
+
+    /// The id of a token's text form, if it is in the vocabulary.
+    fn token_to_id(&self, token: &str) -> Option<u32> {
+        self.tokenizer.token_to_id(token)
+    }
+
+    /// Renders a conversation (a list of {"role", "content"} dicts) with the chat template.
+    #[pyo3(signature = (messages, add_generation_prompt = true))]
+    fn apply_chat_template(
+        &self,
+        messages: Vec<Bound<'_, PyAny>>,
+        add_generation_prompt: bool,
+    ) -> PyResult<String> {
+        let template = self
+            .chat_template
+            .as_ref()
+            .ok_or_else(|| invalid_request("the model has no chat template"))?;
+        let messages = messages
+            .iter()
+            .enumerate()
+            .map(|(i, m)| message_from_dict(i, m))
+            .collect::<PyResult<Vec<_>>>()?;
+        template
+            .render(&messages, add_generation_prompt)
+            .map_err(|e| invalid_request(format!("chat template: {e}")))
+    }
+}
