@@ -1,0 +1,30 @@
+"""Ember: an LLM inference engine with a Rust core and a small Python API.
+
+>>> from ember import Engine, SamplingParams
+>>> engine = Engine("smollm2-135m-instruct")
+>>> outs = engine.generate(["The capital of France is"], SamplingParams(max_tokens=8, temperature=0.0))
+"""
+
+from ember._core import (
+    EmberError,
+    InvalidRequestError,
+    ModelLoadError,
+    OutOfMemoryError,
+    __version__,
+)
+from ember.engine import Engine
+from ember.outputs import CompletionOutput, Logprob, RequestOutput
+from ember.sampling_params import SamplingParams
+
+__all__ = [
+    "CompletionOutput",
+    "EmberError",
+    "Engine",
+    "InvalidRequestError",
+    "Logprob",
+    "ModelLoadError",
+    "OutOfMemoryError",
+    "RequestOutput",
+    "SamplingParams",
+    "__version__",
+]

@@ -1,0 +1,83 @@
+"""Type stubs for ember._core, the Rust extension module (crates/ember-py)."""
+
+from collections.abc import Sequence
+from typing import Any
+
+__version__: str
+
+class EmberError(Exception):
+    """Base class of every error Ember raises."""
+
+class InvalidRequestError(EmberError, ValueError):
+    """A request or parameter is invalid; the message names the field and the limit."""
+
+class ModelLoadError(EmberError):
+    """A model file is missing, corrupt or unsupported; the message names it."""
+
+class OutOfMemoryError(EmberError, MemoryError):
+    """Not enough memory for the weights or the KV cache; the message has the numbers."""
+
+def validate_sampling_params(params: dict[str, Any]) -> None:
+    """Raises InvalidRequestError when a field is out of range."""
+
+class StepOutput:
+    """What one request gained in one engine step."""
+
+    request_id: str
+    new_token_ids: list[int]
+    new_text: str
+    finish_reason: str | None  # "stop" | "length" | "abort"
+    stop_reason: int | str | None
+    num_cached_tokens: int
+    num_prompt_tokens: int
+    # one entry per new token: (token logprob, [(token_id, logprob), ...] top alternatives)
+    new_logprobs: list[tuple[float, list[tuple[int, float]]]] | None
+
+class Tokenizer:
+    """The model's tokenizer (from GGUF metadata or tokenizer.json)."""
+
+    vocab_size: int
+    bos_token_id: int | None
+    eos_token_ids: list[int]
+    def encode(self, text: str, add_special_tokens: bool = False) -> list[int]: ...
+    def decode(self, token_ids: Sequence[int], skip_special_tokens: bool = True) -> str: ...
+    def token_to_id(self, token: str) -> int | None: ...
+    def apply_chat_template(self, messages: list[dict[str, Any]], add_generation_prompt: bool = True) -> str: ...
+
+class Engine:
+    """The Rust engine: owns the model, the KV cache, the scheduler and the tokenizer."""
+
+    def __init__(
+        self,
+        model_path: str,
+        *,
+        max_model_len: int | None = None,
+        max_num_seqs: int = 256,
+        max_num_batched_tokens: int | None = None,
+        kv_cache_memory_bytes: int | None = None,
+        block_size: int = 16,
+        seed: int = 0,
+        dtype: str = "auto",
+        num_threads: int | None = None,
+        enable_prefix_caching: bool = True,
+    ) -> None: ...
+    tokenizer: Tokenizer
+    max_model_len: int
+    num_blocks: int
+    block_size: int
+    model_name: str
+    def add_request(
+        self,
+        request_id: str,
+        prompt_token_ids: list[int],
+        params: dict[str, Any],
+        priority: int = 0,
+    ) -> None: ...
+    def step(self) -> list[StepOutput]:
+        """Runs one scheduler step with the GIL released."""
+    def abort(self, request_id: str) -> bool: ...
+    def has_unfinished_requests(self) -> bool: ...
+    def stats(self) -> dict[str, float]: ...
+    def reset_prefix_cache(self) -> bool: ...
+    def score(self, prompt_token_ids: list[int]) -> list[list[float]]:
+        """Logits at every position of one prompt (a prefill outside the scheduler; for tests)."""

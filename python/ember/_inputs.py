@@ -1,0 +1,96 @@
+"""Normalizing the flexible prompt, parameter and conversation arguments of `Engine`."""
+
+from __future__ import annotations
+
+from collections.abc import Sequence
+from dataclasses import dataclass
+from typing import Any, cast
+
+from ember._core import InvalidRequestError, Tokenizer
+from ember.sampling_params import SamplingParams
+
+PromptType = str | Sequence[int]
+"""One prompt: text, or token ids."""
+Conversation = Sequence[dict[str, Any]]
+"""One chat: a list of {"role": ..., "content": ...} messages."""
+
+
+@dataclass(frozen=True)
+class Prompt:
+    """A prompt ready for the engine: its text (None when given as ids) and token ids."""
+
+    text: str | None
+    token_ids: list[int]
+
+
+def _is_token_ids(value: object) -> bool:
+    """Whether `value` is a non-empty sequence of ints (one tokenized prompt)."""
+    return (
+        isinstance(value, Sequence)
+        and not isinstance(value, str)
+        and len(value) > 0
+        and all(isinstance(t, int) for t in value)
+    )
+
+
+def normalize_prompts(prompts: PromptType | Sequence[PromptType], tokenizer: Tokenizer) -> list[Prompt]:
+    """Turns str | list[str] | list[int] | list[list[int]] into a list of Prompts (text encoded with BOS)."""
+    items: Sequence[Any]
+    if isinstance(prompts, str) or _is_token_ids(prompts):
+        items = [prompts]
+    elif isinstance(prompts, Sequence):
+        items = prompts
+    else:
+        raise InvalidRequestError(
+            f"prompts must be a str, a list of str or token id lists, got {type(prompts).__name__}"
+        )
+    if len(items) == 0:
+        raise InvalidRequestError("prompts must not be empty")
+    result = []
+    for i, item in enumerate(items):
+        if isinstance(item, str):
+            result.append(Prompt(item, tokenizer.encode(item, add_special_tokens=True)))
+        elif isinstance(item, Sequence) and all(isinstance(t, int) for t in item):
+            result.append(Prompt(None, list(item)))
+        else:
+            raise InvalidRequestError(f"prompts[{i}] must be a str or a list of token ids, got {type(item).__name__}")
+    return result
+
+
+def normalize_conversations(
+    conversations: Conversation | Sequence[Conversation],
+    tokenizer: Tokenizer,
+    add_generation_prompt: bool,
+) -> list[Prompt]:
+    """Renders one conversation or a list of them with the model's chat template and encodes them."""
+    if len(conversations) == 0:
+        raise InvalidRequestError("messages must not be empty")
+    convs = cast("Sequence[Conversation]", [conversations] if isinstance(conversations[0], dict) else conversations)
+    result = []
+    for i, conv in enumerate(convs):
+        if len(conv) == 0 or not all(isinstance(m, dict) for m in conv):
+            raise InvalidRequestError(f"conversation {i} must be a non-empty list of {{'role', 'content'}} dicts")
+        text = tokenizer.apply_chat_template(list(conv), add_generation_prompt=add_generation_prompt)
+        # The template already writes the special tokens it needs (BOS, role markers).
+        result.append(Prompt(text, tokenizer.encode(text, add_special_tokens=False)))
+    return result
+
+
+def normalize_params(
+    sampling_params: SamplingParams | Sequence[SamplingParams] | None, num_prompts: int
+) -> list[SamplingParams]:
+    """One SamplingParams per prompt: defaults for None, one shared, or a list whose length must match."""
+    if sampling_params is None:
+        return [SamplingParams()] * num_prompts
+    if isinstance(sampling_params, SamplingParams):
+        return [sampling_params] * num_prompts
+    params = list(sampling_params)
+    if len(params) != num_prompts:
+        raise InvalidRequestError(
+            f"sampling_params has {len(params)} entries but there are {num_prompts} prompts; "
+            "pass one SamplingParams or exactly one per prompt"
+        )
+    for i, p in enumerate(params):
+        if not isinstance(p, SamplingParams):
+            raise InvalidRequestError(f"sampling_params[{i}] must be a SamplingParams, got {type(p).__name__}")
+    return params

@@ -1,0 +1,138 @@
+"""Accumulating the engine's per-step outputs into vLLM-style request outputs."""
+
+from __future__ import annotations
+
+from collections.abc import Callable
+
+from ember._core import StepOutput
+from ember._inputs import Prompt
+from ember.outputs import CompletionOutput, Logprob, RequestOutput
+
+DecodeToken = Callable[[int], str]
+"""Decodes one token id to its text (special tokens kept)."""
+
+
+def _to_logprob_dicts(
+    new_logprobs: list[tuple[float, list[tuple[int, float]]]], token_ids: list[int], decode: DecodeToken
+) -> list[dict[int, Logprob]]:
+    """Per token: {sampled id: Logprob, alternative ids: Logprob with rank 1..k}."""
+    result = []
+    for token_id, (token_lp, alternatives) in zip(token_ids, new_logprobs, strict=True):
+        ranks = {tid: rank for rank, (tid, _) in enumerate(alternatives, start=1)}
+        entry = {tid: Logprob(lp, rank, decode(tid)) for rank, (tid, lp) in enumerate(alternatives, start=1)}
+        entry[token_id] = Logprob(token_lp, ranks.get(token_id), decode(token_id))
+        result.append(entry)
+    return result
+
+
+class CompletionState:
+    """The growing state of one completion (one engine sub-request), plus what is new since last taken."""
+
+    def __init__(self, index: int, want_logprobs: bool) -> None:
+        self.index = index
+        self.token_ids: list[int] = []
+        self.text = ""
+        self.logprobs: list[dict[int, Logprob]] | None = [] if want_logprobs else None
+        self.cumulative_logprob: float | None = 0.0 if want_logprobs else None
+        self.finish_reason: str | None = None
+        self.stop_reason: int | str | None = None
+        self._delta_tokens = 0
+        self._delta_chars = 0
+        self._delta_pending = False
+
+    def add(self, out: StepOutput | None, decode: DecodeToken) -> None:
+        """Appends one step's output; None means the request was aborted."""
+        if self.finished:
+            return
+        self._delta_pending = True
+        if out is None:
+            self.finish_reason = "abort"
+            return
+        new_ids = list(out.new_token_ids)
+        self.token_ids.extend(new_ids)
+        self.text += out.new_text
+        if self.logprobs is not None and out.new_logprobs is not None:
+            self.logprobs.extend(_to_logprob_dicts(out.new_logprobs, new_ids, decode))
+            self.cumulative_logprob = (self.cumulative_logprob or 0.0) + sum(lp for lp, _ in out.new_logprobs)
+        if out.finish_reason is not None:
+            self.finish_reason = out.finish_reason
+            self.stop_reason = out.stop_reason
+
+    @property
+    def finished(self) -> bool:
+        """Whether the completion has ended."""
+        return self.finish_reason is not None
+
+    def output(self) -> CompletionOutput:
+        """Everything generated so far."""
+        return CompletionOutput(
+            index=self.index,
+            text=self.text,
+            token_ids=list(self.token_ids),
+            cumulative_logprob=self.cumulative_logprob,
+            logprobs=None if self.logprobs is None else list(self.logprobs),
+            finish_reason=self.finish_reason,
+            stop_reason=self.stop_reason,
+        )
+
+    def take_delta(self) -> CompletionOutput | None:
+        """What was added since the last call (None if nothing); text and token_ids hold only the new part."""
+        if not self._delta_pending:
+            return None
+        start_tok, start_chr = self._delta_tokens, self._delta_chars
+        self._delta_tokens, self._delta_chars = len(self.token_ids), len(self.text)
+        self._delta_pending = False
+        return CompletionOutput(
+            index=self.index,
+            text=self.text[start_chr:],
+            token_ids=self.token_ids[start_tok:],
+            cumulative_logprob=self.cumulative_logprob,
+            logprobs=None if self.logprobs is None else self.logprobs[start_tok:],
+            finish_reason=self.finish_reason,
+            stop_reason=self.stop_reason,
+        )
+
+
+class RequestState:
+    """One user-facing request: its prompt and its n completions, keyed by engine sub-request id."""
+
+    def __init__(self, request_id: str, prompt: Prompt, n: int, want_logprobs: bool) -> None:
+        self.request_id = request_id
+        self.prompt = prompt
+        self.child_ids = [request_id] if n == 1 else [f"{request_id}-{i}" for i in range(n)]
+        self.completions = {cid: CompletionState(i, want_logprobs) for i, cid in enumerate(self.child_ids)}
+        self.num_cached_tokens = 0
+
+    def add(self, child_id: str, out: StepOutput | None, decode: DecodeToken) -> None:
+        """Records one step output (None: aborted) of sub-request `child_id`."""
+        if out is not None:
+            self.num_cached_tokens = max(self.num_cached_tokens, out.num_cached_tokens)
+        self.completions[child_id].add(out, decode)
+
+    def unfinished_child_ids(self) -> list[str]:
+        """Sub-requests still running."""
+        return [cid for cid, c in self.completions.items() if not c.finished]
+
+    @property
+    def finished(self) -> bool:
+        """Whether every completion has ended."""
+        return all(c.finished for c in self.completions.values())
+
+    def output(self) -> RequestOutput:
+        """The full request output so far."""
+        return self._request_output([c.output() for c in self.completions.values()])
+
+    def take_delta(self) -> RequestOutput | None:
+        """A RequestOutput holding only the completions that changed, each with only its new part."""
+        deltas = [d for c in self.completions.values() if (d := c.take_delta()) is not None]
+        return self._request_output(deltas) if deltas else None
+
+    def _request_output(self, outputs: list[CompletionOutput]) -> RequestOutput:
+        return RequestOutput(
+            request_id=self.request_id,
+            prompt=self.prompt.text,
+            prompt_token_ids=list(self.prompt.token_ids),
+            outputs=outputs,
+            finished=self.finished,
+            num_cached_tokens=self.num_cached_tokens,
+        )

@@ -1,0 +1,122 @@
+"""The `ember` command: generate or chat from the terminal, streaming tokens as they come."""
+
+from __future__ import annotations
+
+import argparse
+import sys
+from collections.abc import Iterator, Sequence
+
+from ember._core import EmberError
+from ember.engine import Engine
+from ember.models import DEFAULT_MODEL, KNOWN_MODELS
+from ember.outputs import RequestOutput
+from ember.sampling_params import SamplingParams
+
+DEFAULT_SYSTEM_PROMPT = "You are a helpful assistant."
+"""The chat command's system message: SmolLM2's template default makes the small model answer worse."""
+
+
+def _common_options() -> argparse.ArgumentParser:
+    """The options shared by every subcommand."""
+    p = argparse.ArgumentParser(add_help=False)
+    p.add_argument(
+        "--model",
+        default=DEFAULT_MODEL,
+        help=f"a GGUF file, a Hugging Face model folder, or a known name ({', '.join(KNOWN_MODELS)}); "
+        "default: %(default)s, downloaded on first use",
+    )
+    p.add_argument(
+        "--temperature",
+        type=float,
+        default=0.0,
+        help="sampling temperature; the default 0.0 is greedy decoding, so output is reproducible",
+    )
+    p.add_argument(
+        "--top-p", type=float, default=1.0, help="nucleus sampling probability mass, in (0, 1] (default: 1.0, off)"
+    )
+    p.add_argument("--top-k", type=int, default=0, help="sample only from the k most likely tokens (default: 0, off)")
+    p.add_argument("--seed", type=int, default=None, help="random seed for sampling (default: none)")
+    p.add_argument(
+        "--max-model-len",
+        type=int,
+        default=None,
+        help="longest sequence, prompt plus output, in tokens (default: the model's context length)",
+    )
+    p.add_argument("--threads", type=int, default=None, help="CPU threads for the engine (default: all cores)")
+    return p
+
+
+def build_parser() -> argparse.ArgumentParser:
+    """The argument parser of the `ember` command."""
+    parser = argparse.ArgumentParser(
+        prog="ember",
+        description="Run an LLM with Ember. Output streams to stdout; progress and errors go to stderr.",
+        epilog="Run `ember COMMAND --help` for the options of a command (model, sampling, limits, threads).",
+    )
+    sub = parser.add_subparsers(dest="command", required=True, metavar="COMMAND")
+    common = _common_options()
+    gen = sub.add_parser(
+        "generate", parents=[common], help="continue a text prompt", description="Continue a text prompt."
+    )
+    gen.add_argument("prompt", metavar="PROMPT", help="the text to continue")
+    gen.add_argument("--max-tokens", type=int, default=64, help="most tokens to generate (default: %(default)s)")
+    chat = sub.add_parser(
+        "chat",
+        parents=[common],
+        help="answer one user message with the model's chat template",
+        description="Answer one user message, rendered with the model's chat template.",
+    )
+    chat.add_argument("message", metavar="MESSAGE", help="the user's message")
+    chat.add_argument(
+        "--system",
+        default=DEFAULT_SYSTEM_PROMPT,
+        help="the system message (default: %(default)r); pass '' to use the chat template's own default",
+    )
+    chat.add_argument("--max-tokens", type=int, default=256, help="most tokens to generate (default: %(default)s)")
+    return parser
+
+
+def _print_stream(chunks: Iterator[RequestOutput]) -> None:
+    """Writes each text delta to stdout as it arrives, then a newline."""
+    for chunk in chunks:
+        for completion in chunk.outputs:
+            sys.stdout.write(completion.text)
+        sys.stdout.flush()
+    sys.stdout.write("\n")
+    sys.stdout.flush()
+
+
+def run(args: argparse.Namespace) -> None:
+    """Loads the model and runs the chosen subcommand."""
+    params = SamplingParams(
+        max_tokens=args.max_tokens,
+        temperature=args.temperature,
+        top_p=args.top_p,
+        top_k=args.top_k,
+        seed=args.seed,
+    )
+    print(f"ember: loading {args.model}...", file=sys.stderr, flush=True)
+    engine = Engine(args.model, max_model_len=args.max_model_len, num_threads=args.threads)
+    if args.command == "chat":
+        system = [{"role": "system", "content": args.system}] if args.system else []
+        _print_stream(engine.chat_stream([*system, {"role": "user", "content": args.message}], params))
+    else:
+        _print_stream(engine.generate_stream(args.prompt, params))
+
+
+def main(argv: Sequence[str] | None = None) -> int:
+    """Entry point of the `ember` console script; returns the exit status."""
+    args = build_parser().parse_args(argv)
+    try:
+        run(args)
+    except EmberError as e:
+        print(f"ember: error: {e}", file=sys.stderr)
+        return 1
+    except KeyboardInterrupt:
+        print("ember: interrupted", file=sys.stderr)
+        return 130
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())

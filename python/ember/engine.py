@@ -1,0 +1,264 @@
+"""`Engine`: the synchronous Python API over the Rust engine."""
+
+from __future__ import annotations
+
+import itertools
+import os
+import threading
+from collections.abc import Iterable, Iterator, Sequence
+
+from ember import _core
+from ember._core import EmberError, InvalidRequestError, StepOutput, Tokenizer
+from ember._inputs import (
+    Conversation,
+    Prompt,
+    PromptType,
+    normalize_conversations,
+    normalize_params,
+    normalize_prompts,
+)
+from ember._progress import PromptProgress
+from ember._tracking import RequestState
+from ember.models import resolve_model
+from ember.outputs import RequestOutput
+from ember.sampling_params import SamplingParams
+
+
+class Engine:
+    """An LLM loaded for generation: batched `generate`/`chat`, and streaming variants.
+
+    `model` is None or a known name (the default SmolLM2-135M-Instruct, fetched on
+    first use), a GGUF file, or a Hugging Face model folder. The other arguments
+    size the engine; see `ember._core.Engine`. Safe to share between threads: the
+    Rust engine releases the GIL while it computes, and one lock serializes calls
+    into it.
+    """
+
+    def __init__(
+        self,
+        model: str | os.PathLike[str] | None = None,
+        *,
+        max_model_len: int | None = None,
+        max_num_seqs: int = 256,
+        max_num_batched_tokens: int | None = None,
+        kv_cache_memory_bytes: int | None = None,
+        block_size: int = 16,
+        seed: int = 0,
+        dtype: str = "auto",
+        num_threads: int | None = None,
+        enable_prefix_caching: bool = True,
+    ) -> None:
+        self.model_path = resolve_model(model)
+        """The local file or folder the model was loaded from."""
+        self._core = _core.Engine(
+            self.model_path,
+            max_model_len=max_model_len,
+            max_num_seqs=max_num_seqs,
+            max_num_batched_tokens=max_num_batched_tokens,
+            kv_cache_memory_bytes=kv_cache_memory_bytes,
+            block_size=block_size,
+            seed=seed,
+            dtype=dtype,
+            num_threads=num_threads,
+            enable_prefix_caching=enable_prefix_caching,
+        )
+        self._lock = threading.Lock()
+        self._request_counter = itertools.count()
+        # Step outputs waiting for the caller that owns each sub-request (None = aborted).
+        self._mailboxes: dict[str, list[StepOutput | None]] = {}
+        self._child_ids: dict[str, list[str]] = {}
+
+    @property
+    def tokenizer(self) -> Tokenizer:
+        """The model's tokenizer."""
+        return self._core.tokenizer
+
+    @property
+    def max_model_len(self) -> int:
+        """The longest sequence (prompt plus generated tokens) a request may reach."""
+        return self._core.max_model_len
+
+    def generate(
+        self,
+        prompts: PromptType | Sequence[PromptType],
+        sampling_params: SamplingParams | Sequence[SamplingParams] | None = None,
+        *,
+        use_tqdm: bool = True,
+    ) -> list[RequestOutput]:
+        """Completes each prompt (str | list[str] | list[int] | list[list[int]]); results in input order.
+
+        `sampling_params` is None (defaults), one SamplingParams for all prompts,
+        or a list with one per prompt. Text is encoded with the model's special
+        tokens (BOS) added.
+        """
+        batch = normalize_prompts(prompts, self.tokenizer)
+        return self._run_batch(batch, normalize_params(sampling_params, len(batch)), use_tqdm)
+
+    def chat(
+        self,
+        messages: Conversation | Sequence[Conversation],
+        sampling_params: SamplingParams | Sequence[SamplingParams] | None = None,
+        *,
+        use_tqdm: bool = True,
+        add_generation_prompt: bool = True,
+    ) -> list[RequestOutput]:
+        """Answers one conversation (a list of {"role", "content"} dicts) or a list of them.
+
+        Each conversation is rendered with the model's chat template.
+        """
+        batch = normalize_conversations(messages, self.tokenizer, add_generation_prompt)
+        return self._run_batch(batch, normalize_params(sampling_params, len(batch)), use_tqdm)
+
+    def generate_stream(
+        self, prompt: PromptType, sampling_params: SamplingParams | None = None
+    ) -> Iterator[RequestOutput]:
+        """Streams one prompt's completion as it is produced.
+
+        Yields RequestOutputs whose `outputs` hold only the completions that
+        changed, each with only the new text and token ids (a delta); for n=1,
+        `outputs[0].text` is the new text. The last one has `finished=True` and
+        the finish reason. The request starts at the first `next()` (errors are
+        raised there); closing the iterator early aborts it.
+        """
+        if not isinstance(prompt, str) and not all(isinstance(t, int) for t in prompt):
+            raise InvalidRequestError("generate_stream takes one prompt: a str or a list of token ids")
+        (item,) = normalize_prompts([prompt], self.tokenizer)
+        yield from self._stream(item, sampling_params or SamplingParams())
+
+    def chat_stream(
+        self,
+        messages: Conversation,
+        sampling_params: SamplingParams | None = None,
+        *,
+        add_generation_prompt: bool = True,
+    ) -> Iterator[RequestOutput]:
+        """Streams the answer to one conversation; yields deltas like `generate_stream`."""
+        if len(messages) > 0 and not isinstance(messages[0], dict):
+            raise InvalidRequestError("chat_stream takes one conversation (a list of message dicts)")
+        (item,) = normalize_conversations(messages, self.tokenizer, add_generation_prompt)
+        yield from self._stream(item, sampling_params or SamplingParams())
+
+    def abort(self, request_id: str) -> bool:
+        """Stops a running request (its output finishes with reason "abort"); False if unknown or done."""
+        with self._lock:
+            child_ids = self._child_ids.pop(request_id, None)
+            if child_ids is None:
+                return False
+            aborted = False
+            for child_id in child_ids:
+                aborted |= self._core.abort(child_id)
+                if child_id in self._mailboxes:
+                    self._mailboxes[child_id].append(None)
+            return aborted
+
+    def stats(self) -> dict[str, float]:
+        """Engine counters and gauges (requests, tokens, KV-cache usage, prefix-cache hits)."""
+        with self._lock:
+            return self._core.stats()
+
+    def reset_prefix_cache(self) -> bool:
+        """Forgets cached prefixes; False if blocks are in use and nothing was reset."""
+        with self._lock:
+            return self._core.reset_prefix_cache()
+
+    def score(self, prompt_token_ids: Sequence[int]) -> list[list[float]]:
+        """The logits at every position of one prompt, [num_tokens][vocab_size] (for tests and evaluation)."""
+        with self._lock:
+            return self._core.score(list(prompt_token_ids))
+
+    def _run_batch(self, batch: list[Prompt], params: list[SamplingParams], use_tqdm: bool) -> list[RequestOutput]:
+        """Adds every request, steps until all finish, and returns their outputs in order."""
+        states = self._add_requests(batch, params)
+        try:
+            with PromptProgress(len(states), use_tqdm) as progress:
+                running = {cid: s for s in states for cid in s.child_ids}
+                while running:
+                    for child_id, out in self._next_outputs(running.keys()):
+                        state = running[child_id]
+                        state.add(child_id, out, self._decode_token)
+                        if state.completions[child_id].finished:
+                            del running[child_id]
+                            if state.finished:
+                                num_out = sum(len(c.token_ids) for c in state.completions.values())
+                                progress.prompt_done(len(state.prompt.token_ids), num_out)
+        finally:
+            self._abort_unfinished(states)
+        return [s.output() for s in states]
+
+    def _stream(self, item: Prompt, params: SamplingParams) -> Iterator[RequestOutput]:
+        """Adds one request and yields its deltas until it finishes; aborts it if closed early."""
+        (state,) = self._add_requests([item], [params])
+        try:
+            while not state.finished:
+                for child_id, out in self._next_outputs(state.unfinished_child_ids()):
+                    state.add(child_id, out, self._decode_token)
+                delta = state.take_delta()
+                if delta is not None:
+                    yield delta
+        finally:
+            self._abort_unfinished([state])
+
+    def _add_requests(self, batch: list[Prompt], params: list[SamplingParams]) -> list[RequestState]:
+        """Adds the requests to the engine; if one is rejected, aborts the others and re-raises."""
+        states: list[RequestState] = []
+        with self._lock:
+            try:
+                for item, p in zip(batch, params, strict=True):
+                    state = RequestState(str(next(self._request_counter)), item, p.n, p.logprobs is not None)
+                    states.append(state)
+                    self._child_ids[state.request_id] = state.child_ids
+                    for i, child_id in enumerate(state.child_ids):
+                        child_params = p if p.n == 1 else p.for_child(i)
+                        self._core.add_request(child_id, item.token_ids, child_params.to_dict())
+                        self._mailboxes[child_id] = []
+            except BaseException:
+                for state in states:
+                    for child_id in state.child_ids:
+                        if self._mailboxes.pop(child_id, None) is not None:
+                            self._core.abort(child_id)
+                    self._child_ids.pop(state.request_id, None)
+                raise
+        return states
+
+    def _next_outputs(self, child_ids: Iterable[str]) -> list[tuple[str, StepOutput | None]]:
+        """New outputs for these sub-requests, stepping the engine when none are waiting.
+
+        Whoever holds the lock steps the engine for everyone and files each
+        output in its owner's mailbox, so several threads can generate at once.
+        """
+        ids = list(child_ids)
+        with self._lock:
+            ready = self._take(ids)
+            while not ready:
+                if not self._core.has_unfinished_requests():
+                    raise EmberError(f"the engine stopped with requests {ids[:4]} unfinished")
+                for out in self._core.step():
+                    box = self._mailboxes.get(out.request_id)
+                    if box is not None:
+                        box.append(out)
+                ready = self._take(ids)
+        return ready
+
+    def _take(self, child_ids: list[str]) -> list[tuple[str, StepOutput | None]]:
+        """Empties the mailboxes of these sub-requests (caller holds the lock)."""
+        taken: list[tuple[str, StepOutput | None]] = []
+        for child_id in child_ids:
+            box = self._mailboxes.get(child_id)
+            if box:
+                taken.extend((child_id, out) for out in box)
+                box.clear()
+        return taken
+
+    def _abort_unfinished(self, states: list[RequestState]) -> None:
+        """Aborts whatever is still running of these requests (after an error or an early close)."""
+        with self._lock:
+            for state in states:
+                for child_id in state.unfinished_child_ids():
+                    self._core.abort(child_id)
+                self._child_ids.pop(state.request_id, None)
+                for child_id in state.child_ids:
+                    self._mailboxes.pop(child_id, None)
+
+    def _decode_token(self, token_id: int) -> str:
+        """One token's text, special tokens kept (for logprobs)."""
+        return self.tokenizer.decode([token_id], skip_special_tokens=False)

@@ -1,0 +1,80 @@
+#!/usr/bin/env bash
+# Sets up everything the tests need (idempotent, cached under .venv/ and .cache/), then runs
+# cargo fmt, clippy, the Rust tests and the Python tests. Exits non-zero on the first failure.
+set -euo pipefail
+cd "$(dirname "$0")/.."
+ROOT=$PWD
+LLAMA_CPP_PYTHON=llama-cpp-python==0.3.36
+
+stage() { printf '\n==> %s\n' "$*"; }
+
+stage "python venv (.venv)"
+if [[ ! -x .venv/bin/python ]]; then
+    python3 -m venv .venv
+fi
+PY=$ROOT/.venv/bin/python
+"$PY" --version
+
+stage "test dependencies (requirements/test.txt)"
+stamp=.venv/.requirements-test.sha256
+want=$(sha256sum requirements/test.txt | cut -d' ' -f1)
+if [[ ! -f $stamp || $(cat "$stamp") != "$want" ]]; then
+    # llama-cpp-python builds llama.cpp from source; pip's wheel cache makes later runs fast.
+    CMAKE_BUILD_PARALLEL_LEVEL=2 "$PY" -m pip install --disable-pip-version-check -r requirements/test.txt
+    echo "$want" >"$stamp"
+else
+    echo "up to date"
+fi
+
+stage "tokenizer conformance vocabularies (.cache/vocab from the $LLAMA_CPP_PYTHON sdist)"
+if [[ ! -d .cache/vocab ]]; then
+    rm -rf .cache/vocab.partial && mkdir -p .cache/sdist .cache/vocab.partial
+    # --no-binary for this package only: build dependencies may still come as wheels.
+    "$PY" -m pip download --disable-pip-version-check --no-deps --no-binary llama-cpp-python \
+        "$LLAMA_CPP_PYTHON" -d .cache/sdist
+    "$PY" - <<'PYEOF'
+import fnmatch, glob, os, tarfile
+(sdist,) = glob.glob(".cache/sdist/llama_cpp_python-0.3.36.tar.gz")
+with tarfile.open(sdist) as tar:
+    for member in tar:
+        if member.isfile() and fnmatch.fnmatch(member.name, "*/vendor/llama.cpp/models/ggml-vocab-*"):
+            with tar.extractfile(member) as src, open(f".cache/vocab.partial/{os.path.basename(member.name)}", "wb") as dst:
+                dst.write(src.read())
+PYEOF
+    mv .cache/vocab.partial .cache/vocab
+fi
+export EMBER_VOCAB_DIR=$ROOT/.cache/vocab
+echo "EMBER_VOCAB_DIR=$EMBER_VOCAB_DIR ($(ls .cache/vocab | wc -l) files)"
+
+stage "cargo fmt --all --check; ruff format --check; ruff check"
+cargo fmt --all --check
+"$ROOT/.venv/bin/ruff" format --check python tests bench
+"$ROOT/.venv/bin/ruff" check python tests bench
+
+stage "pip install . (maturin, release build)"
+"$PY" -m pip install --disable-pip-version-check --no-build-isolation .
+
+stage "default model"
+export EMBER_CACHE=${EMBER_CACHE:-$ROOT/.cache/models}
+EMBER_SMOLLM2_GGUF=$("$PY" -c "from ember.models import ensure_default_model; print(ensure_default_model())")
+export EMBER_SMOLLM2_GGUF
+echo "EMBER_SMOLLM2_GGUF=$EMBER_SMOLLM2_GGUF"
+
+stage "cargo clippy --workspace --all-targets -- -D warnings"
+cargo clippy --workspace --all-targets -- -D warnings
+
+stage "cargo test --workspace"
+cargo test --workspace 2>&1 | tee .cache/cargo-test.log
+
+stage "pytest tests -q -ra"
+set +e
+"$PY" -m pytest tests -q -ra 2>&1 | tee .cache/pytest.log
+pytest_status=${PIPESTATUS[0]}
+set -e
+
+stage "summary"
+awk '/^test result:/ { n++; passed += $4; failed += $6; ignored += $8 }
+     END { printf "cargo test: %d passed; %d failed; %d ignored (%d test binaries)\n", passed, failed, ignored, n }' \
+    .cache/cargo-test.log
+echo "pytest: $(tail -n 1 .cache/pytest.log)"
+exit "$pytest_status"

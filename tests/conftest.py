@@ -1,0 +1,27 @@
+"""Shared fixtures: the default model's file and a session-wide engine on it."""
+
+from __future__ import annotations
+
+import os
+from pathlib import Path
+
+import pytest
+
+from ember import Engine
+from ember.models import resolve_model
+
+KV_CACHE_MEMORY_BYTES = 256 << 20
+MAX_MODEL_LEN = 2048
+
+
+@pytest.fixture(scope="session")
+def default_gguf() -> Path:
+    """The default model's GGUF file: $EMBER_SMOLLM2_GGUF, else fetched into the cache."""
+    env = os.environ.get("EMBER_SMOLLM2_GGUF")
+    return Path(env) if env else Path(resolve_model(None))
+
+
+@pytest.fixture(scope="session")
+def engine(default_gguf: Path) -> Engine:
+    """One engine on the default model, shared by the whole session (small KV cache)."""
+    return Engine(str(default_gguf), kv_cache_memory_bytes=KV_CACHE_MEMORY_BYTES, max_model_len=MAX_MODEL_LEN)

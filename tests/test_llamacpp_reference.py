@@ -1,0 +1,142 @@
+"""The default model (SmolLM2 Q4_1 GGUF) against independent references on the same file.
+
+Why exact token equality with transformers is not expected: llama.cpp computes
+its Q4_1 dot products against activations quantized to 8 bits (Q8_1 blocks),
+and so does Ember; transformers dequantizes the weights to float32 and keeps
+float32 activations. Both are correct, but logits differ in the third or fourth
+digit, so a greedy continuation diverges from transformers' wherever two
+candidates are nearly tied (on 16-token continuations they agree on about 5 of
+8 prompts). Hence: against llama.cpp (same arithmetic) we compare greedy tokens
+and teacher-forced top-1 tokens; against transformers only teacher-forced top-1
+tokens, position by position, where a near-tie flips just that one position.
+Measured on NATURAL_TEXT (369 tokens, 2026-11-23): llama.cpp and transformers
+agree on 96.7% of the positions, so the bar for transformers is 95%, not more.
+"""
+
+from __future__ import annotations
+
+import itertools
+from pathlib import Path
+from typing import Any
+
+import pytest
+
+from ember import Engine, SamplingParams
+
+from references import require
+
+TOKENIZER_TEXTS = [
+    "Hello world",
+    "naïve café, déjà vu, Ångström, façade",
+    "emoji 🎉🔥👩‍👩‍👧 and symbols ∑ ≤ → ©",
+    "中文测试，日本語のテキスト、한국어 문장",
+    "def f(x):\n\treturn x ** 2  # square\n",
+    "many     spaces    and\n\n\nnewlines   ",
+    "Windows\r\nline\r\nendings\r\n",
+    "numbers 1234567890 3.14159 1e-10 007",
+    "<|im_start|>system\nYou are helpful.<|im_end|>\n<|im_start|>user\nHi!<|im_end|>\n<|im_start|>assistant\n",
+    "   leading spaces and trailing ones   ",
+    "MiXeD CaSe, punctuation!!! ...? (parens) [brackets] {braces}",
+    "",
+]
+
+GREEDY_PROMPTS = [
+    "The capital of France is",
+    "def fibonacci(n):",
+    "Once upon a time, in a small village,",
+    "The three primary colors are",
+    "Water boils at a temperature of",
+    "<|im_start|>user\nWhat is 2+2?<|im_end|>\n<|im_start|>assistant\n",
+    "Python is a programming language that",
+    "The largest planet in the solar system is",
+]
+NUM_GREEDY_TOKENS = 16
+MIN_GREEDY_MATCHES = 6
+
+NATURAL_TEXT = (
+    "The history of the bicycle begins in the early nineteenth century, when inventors in Europe "
+    "experimented with two-wheeled machines that riders pushed along with their feet. These early "
+    "designs had no pedals, and they were heavy, uncomfortable and difficult to steer. Over the "
+    "following decades, engineers added cranks and pedals to the front wheel, which made the machine "
+    "faster but also more dangerous, because the front wheel grew larger and larger to increase speed. "
+    "The so-called safety bicycle, introduced in the 1880s, solved this problem with two wheels of "
+    "equal size and a chain that drove the rear wheel. Pneumatic tires, invented soon afterwards, "
+    "made riding far more comfortable, and the bicycle quickly became popular with workers, students "
+    "and women, for whom it offered a new kind of independence. Today, bicycles are used all over the "
+    "world for transport, exercise and sport. Cities build dedicated lanes to make cycling safer, and "
+    "electric motors help riders climb hills and travel longer distances. Researchers continue to "
+    "study the physics of balance and steering, which turn out to be surprisingly subtle: a moving "
+    "bicycle stays upright mostly because the rider steers into the direction of a fall, while the "
+    "geometry of the front fork helps the wheel turn by itself. "
+    "Bread is one of the oldest prepared foods. Its basic recipe has hardly changed in thousands of "
+    "years: flour, water, salt and a leavening agent such as yeast. When the dough is kneaded, proteins "
+    "in the flour form a network called gluten, which traps the gas produced by the yeast and lets the "
+    "loaf rise. Baking then sets this structure and browns the crust, creating hundreds of aroma "
+    "compounds. Different regions developed their own traditions, from flat breads cooked on hot stones "
+    "to dense rye loaves and light, crusty baguettes, and many families still bake bread at home."
+)
+MIN_TOP1_AGREEMENT_TRANSFORMERS = 0.95
+MIN_TOP1_AGREEMENT_LLAMA_CPP = 0.99
+
+
+@pytest.fixture(scope="module")
+def llama_cpp() -> Any:
+    """The llama_cpp module (llama-cpp-python, which builds llama.cpp from source)."""
+    return require("llama_cpp")
+
+
+def test_tokenization_equals_llama_cpp(engine: Engine, default_gguf: Path, llama_cpp: Any) -> None:
+    vocab = llama_cpp.Llama(str(default_gguf), vocab_only=True, verbose=False)
+    mismatches = []
+    for text in TOKENIZER_TEXTS:
+        expected = vocab.tokenize(text.encode(), add_bos=False, special=True)
+        ours = engine.tokenizer.encode(text, add_special_tokens=False)
+        if ours != expected:
+            mismatches.append((text, ours, expected))
+    assert not mismatches, "\n".join(f"{t!r}: ours {o} llama.cpp {e}" for t, o, e in mismatches)
+
+
+def test_greedy_continuations_match_llama_cpp(engine: Engine, default_gguf: Path, llama_cpp: Any) -> None:
+    llm = llama_cpp.Llama(str(default_gguf), n_ctx=512, n_threads=2, seed=0, verbose=False)
+    prompt_ids = [engine.tokenizer.encode(p, add_special_tokens=True) for p in GREEDY_PROMPTS]
+    params = SamplingParams(temperature=0.0, max_tokens=NUM_GREEDY_TOKENS, ignore_eos=True)
+    ours = [o.outputs[0].token_ids for o in engine.generate(prompt_ids, params, use_tqdm=False)]
+    num_matches = 0
+    for prompt, ids, our_tokens in zip(GREEDY_PROMPTS, prompt_ids, ours, strict=True):
+        expected = list(itertools.islice(llm.generate(ids, temp=0.0, top_k=1, reset=True), NUM_GREEDY_TOKENS))
+        agree = next(
+            (i for i, (a, b) in enumerate(zip(our_tokens, expected, strict=True)) if a != b), NUM_GREEDY_TOKENS
+        )
+        num_matches += agree == NUM_GREEDY_TOKENS
+        print(f"{agree:2d}/{NUM_GREEDY_TOKENS} tokens agree before diverging: {prompt!r}")
+    print(f"{num_matches}/{len(GREEDY_PROMPTS)} prompts match llama.cpp for {NUM_GREEDY_TOKENS} tokens")
+    assert num_matches >= MIN_GREEDY_MATCHES
+
+
+def test_teacher_forced_top1_agrees_with_transformers(engine: Engine, default_gguf: Path) -> None:
+    torch = require("torch")
+    transformers = require("transformers")
+    require("gguf")
+    model = transformers.AutoModelForCausalLM.from_pretrained(
+        str(default_gguf.parent), gguf_file=default_gguf.name, dtype=torch.float32
+    ).eval()
+    ids = engine.tokenizer.encode(NATURAL_TEXT, add_special_tokens=True)
+    assert len(ids) >= 200
+    ours = torch.tensor(engine.score(ids)).argmax(dim=-1)
+    with torch.no_grad():
+        ref = model(torch.tensor([ids])).logits[0].argmax(dim=-1)
+    agreement = (ours == ref).float().mean().item()
+    print(f"teacher-forced top-1 agreement with transformers: {agreement:.4f} over {len(ids)} positions")
+    assert agreement >= MIN_TOP1_AGREEMENT_TRANSFORMERS
+
+
+def test_teacher_forced_top1_agrees_with_llama_cpp(engine: Engine, default_gguf: Path, llama_cpp: Any) -> None:
+    np = require("numpy")
+    llm = llama_cpp.Llama(str(default_gguf), n_ctx=1024, n_threads=2, logits_all=True, verbose=False)
+    ids = engine.tokenizer.encode(NATURAL_TEXT, add_special_tokens=True)
+    llm.eval(ids)
+    ref = np.asarray(llm.scores[: len(ids)]).argmax(axis=-1)
+    ours = np.asarray(engine.score(ids)).argmax(axis=-1)
+    agreement = float((ours == ref).mean())
+    print(f"teacher-forced top-1 agreement with llama.cpp: {agreement:.4f} over {len(ids)} positions")
+    assert agreement >= MIN_TOP1_AGREEMENT_LLAMA_CPP

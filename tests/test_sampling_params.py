@@ -1,0 +1,58 @@
+"""SamplingParams: vLLM defaults, normalization, and validation errors that name the field."""
+
+from __future__ import annotations
+
+import pytest
+
+from ember import EmberError, InvalidRequestError, SamplingParams
+
+
+def test_defaults_follow_vllm() -> None:
+    p = SamplingParams()
+    assert (p.n, p.max_tokens, p.min_tokens, p.temperature, p.top_p, p.top_k, p.min_p) == (1, 16, 0, 1.0, 1.0, 0, 0.0)
+    assert p.seed is None and p.stop is None and p.stop_token_ids is None and p.logprobs is None
+    assert p.ignore_eos is False and p.skip_special_tokens is True
+
+
+def test_stop_string_becomes_list_and_to_dict_has_every_field() -> None:
+    p = SamplingParams(stop="\n", stop_token_ids=(5, 6))
+    assert p.stop == ["\n"] and p.stop_token_ids == [5, 6]
+    d = p.to_dict()
+    assert d["stop"] == ["\n"] and d["max_tokens"] == 16
+    assert set(d) == {
+        "n", "max_tokens", "min_tokens", "temperature", "top_p", "top_k", "min_p", "seed",
+        "stop", "stop_token_ids", "ignore_eos", "logprobs", "skip_special_tokens",
+    }  # fmt: skip
+
+
+def test_children_of_seeded_request_get_consecutive_seeds() -> None:
+    p = SamplingParams(n=3, seed=10)
+    assert [p.for_child(i).seed for i in range(3)] == [10, 11, 12]
+    assert all(p.for_child(i).n == 1 for i in range(3))
+    assert SamplingParams(n=2).for_child(1).seed is None
+
+
+@pytest.mark.parametrize(
+    ("field", "value"),
+    [
+        ("temperature", -1.0),
+        ("top_p", 0.0),
+        ("top_p", 1.5),
+        ("top_k", -2),
+        ("n", 0),
+        ("max_tokens", 0),
+        ("logprobs", 21),
+    ],
+)
+def test_out_of_range_value_names_the_field(field: str, value: float) -> None:
+    with pytest.raises(InvalidRequestError) as info:
+        SamplingParams(**{field: value})
+    assert field in str(info.value)
+    assert isinstance(info.value, ValueError) and isinstance(info.value, EmberError)
+
+
+@pytest.mark.parametrize(
+    "kwargs", [{"temperature": 0.0}, {"top_k": -1}, {"top_p": 1.0}, {"logprobs": 20}, {"logprobs": 0}]
+)
+def test_boundary_values_are_accepted(kwargs: dict[str, float]) -> None:
+    SamplingParams(**kwargs)

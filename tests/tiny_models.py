@@ -1,0 +1,117 @@
+"""Small random Llama-family models written with transformers, for exact comparisons.
+
+Each variant is saved as a Hugging Face folder (config.json, model.safetensors,
+generation_config.json, tokenizer.json, tokenizer_config.json) with a byte-level
+BPE tokenizer: 256 byte tokens, a few merges, and ChatML special tokens.
+"""
+
+from __future__ import annotations
+
+import json
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+VOCAB_SIZE = 300
+SPECIAL_TOKENS = ["<|endoftext|>", "<|im_start|>", "<|im_end|>"]
+MERGES = [("Ġ", "t"), ("h", "e"), ("Ġt", "he"), ("i", "n"), ("Ġ", "a"), ("e", "r"), ("o", "n"), ("Ġ", "s"), ("r", "e")]
+CHAT_TEMPLATE = (
+    "{% for m in messages %}<|im_start|>{{ m['role'] }}\n{{ m['content'] }}<|im_end|>\n{% endfor %}"
+    "{% if add_generation_prompt %}<|im_start|>assistant\n{% endif %}"
+)
+
+
+@dataclass(frozen=True)
+class Variant:
+    """One tiny architecture to test: family, KV heads (GQA when < 4), tied embeddings, RoPE base."""
+
+    name: str
+    family: str  # "llama" | "qwen2"
+    num_key_value_heads: int
+    tie_word_embeddings: bool
+    rope_theta: float
+
+
+VARIANTS = [
+    Variant("llama-gqa-tied-rope1e4", "llama", 2, True, 10_000.0),
+    Variant("llama-mha-untied-rope5e5", "llama", 4, False, 500_000.0),
+    Variant("llama-gqa-untied-rope5e5", "llama", 2, False, 500_000.0),
+    Variant("qwen2-qkvbias-gqa-untied", "qwen2", 2, False, 10_000.0),
+    Variant("qwen2-qkvbias-mha-tied-rope5e5", "qwen2", 4, True, 500_000.0),
+]
+
+
+def _bytes_to_unicode() -> dict[int, str]:
+    """GPT-2's reversible map from bytes to printable characters (byte b gets token id b)."""
+    printable = (
+        list(range(ord("!"), ord("~") + 1)) + list(range(ord("¡"), ord("¬") + 1)) + list(range(ord("®"), ord("ÿ") + 1))
+    )
+    chars = {b: chr(b) for b in printable}
+    extra = 0
+    for b in range(256):
+        if b not in chars:
+            chars[b] = chr(256 + extra)
+            extra += 1
+    return chars
+
+
+def write_tokenizer(folder: Path) -> int:
+    """Writes tokenizer.json and tokenizer_config.json; returns the EOS id."""
+    from tokenizers import Tokenizer, decoders, models, pre_tokenizers
+
+    byte_chars = _bytes_to_unicode()
+    vocab = {byte_chars[b]: b for b in range(256)}
+    for left, right in MERGES:
+        vocab[left + right] = len(vocab)
+    tokenizer = Tokenizer(models.BPE(vocab=vocab, merges=MERGES))
+    tokenizer.pre_tokenizer = pre_tokenizers.ByteLevel(add_prefix_space=False, use_regex=True)
+    tokenizer.decoder = decoders.ByteLevel()
+    tokenizer.add_special_tokens(SPECIAL_TOKENS)
+    tokenizer.save(str(folder / "tokenizer.json"))
+    eos_id = tokenizer.token_to_id("<|endoftext|>")
+    config = {
+        "tokenizer_class": "PreTrainedTokenizerFast",
+        "bos_token": None,
+        "eos_token": "<|endoftext|>",
+        "unk_token": None,
+        "add_bos_token": False,
+        "model_max_length": 256,
+        "chat_template": CHAT_TEMPLATE,
+    }
+    (folder / "tokenizer_config.json").write_text(json.dumps(config, indent=2))
+    return eos_id
+
+
+def write_model(variant: Variant, folder: Path, seed: int = 0) -> Any:
+    """Builds the variant with random float32 weights (seeded), saves it to `folder`, returns the torch model."""
+    import torch
+    from transformers import GenerationConfig, LlamaConfig, LlamaForCausalLM, Qwen2Config, Qwen2ForCausalLM
+
+    folder.mkdir(parents=True, exist_ok=True)
+    eos_id = write_tokenizer(folder)
+    common = dict(
+        hidden_size=64,
+        intermediate_size=128,
+        num_hidden_layers=2,
+        num_attention_heads=4,
+        num_key_value_heads=variant.num_key_value_heads,
+        vocab_size=VOCAB_SIZE,
+        max_position_embeddings=256,
+        rope_theta=variant.rope_theta,
+        tie_word_embeddings=variant.tie_word_embeddings,
+        rms_norm_eps=1e-6,
+        bos_token_id=None,
+        eos_token_id=eos_id,
+        # Larger than the default 0.02 so logits are well separated and greedy choices are not near-ties.
+        initializer_range=0.2,
+        dtype="float32",
+    )
+    torch.manual_seed(seed)
+    if variant.family == "llama":
+        model = LlamaForCausalLM(LlamaConfig(**common))
+    else:
+        model = Qwen2ForCausalLM(Qwen2Config(**common, use_sliding_window=False))
+    model = model.float().eval()
+    model.generation_config = GenerationConfig(eos_token_id=eos_id, bos_token_id=None)
+    model.save_pretrained(str(folder), safe_serialization=True)
+    return model
