@@ -2,13 +2,13 @@
 //!
 //! Token `t` of sequence `s` at position `p` attends to context positions `0..=p` of `s`,
 //! found through `s`'s block table. Query head `h` reads KV head `h / (num_heads / num_kv_heads)`.
-//! Softmax is online in f32; each (token, head) pair is computed independently in a fixed
-//! order, so results do not depend on the batch or the thread split.
+//! Softmax is two-pass in f32 (scores and their max, then `exp` and the weighted values);
+//! each (token, head) pair is computed independently in a fixed order, so results do not
+//! depend on the batch or the thread split.
 
 use crate::kv_cache::CpuKvCache;
 use crate::tensor::CpuTensor;
 use ember_core::{AttentionShape, BackendError, BackendResult, StepMetadata};
-use rayon::prelude::*;
 use rayon::ThreadPool;
 
 /// Validated per-token context: sequence index and position.
@@ -37,46 +37,77 @@ pub fn attention(
     let group = num_heads / num_kv_heads;
     let (keys, values) = (cache.keys(layer), cache.values(layer));
     let mut out = CpuTensor::zeros(tokens.len(), num_heads * head_dim)?;
-    let run = |(idx, acc): (usize, &mut [f32])| {
-        let (t, h) = (idx / num_heads, idx % num_heads);
-        let ctx = &tokens[t];
-        let q = &query.row(t)[h * head_dim..(h + 1) * head_dim];
-        let table = meta.block_table(ctx.seq);
-        let kv_off = (h / group) * head_dim;
-        let mut max = f32::NEG_INFINITY;
-        let mut denom = 0.0f32;
-        for j in 0..=ctx.pos {
-            let slot = table[j / spec.block_size] as usize * spec.block_size + j % spec.block_size;
-            let off = slot * num_kv_heads * head_dim + kv_off;
-            let score = dot(q, &keys[off..off + head_dim]) * scale;
-            if score > max {
-                let corr = (max - score).exp();
-                denom *= corr;
-                acc.iter_mut().for_each(|a| *a *= corr);
-                max = score;
+    let total = tokens.len() * num_heads;
+    if total == 0 || head_dim == 0 {
+        return Ok(out);
+    }
+    let out_ptr = OutPtr(out.as_mut_slice().as_mut_ptr());
+    // (token, head) pairs `start..end`; each pair is computed alone in a fixed order.
+    let run = |start: usize, end: usize| {
+        let mut scores = Vec::new();
+        for idx in start..end {
+            let (t, h) = (idx / num_heads, idx % num_heads);
+            let ctx = &tokens[t];
+            let q = &query.row(t)[h * head_dim..(h + 1) * head_dim];
+            let table = meta.block_table(ctx.seq);
+            let kv_off = (h / group) * head_dim;
+            let off = |j: usize| {
+                let slot = table[j / spec.block_size] as usize * spec.block_size + j % spec.block_size;
+                slot * num_kv_heads * head_dim + kv_off
+            };
+            // Pass 1: scores and their maximum.
+            scores.clear();
+            let mut max = f32::NEG_INFINITY;
+            for j in 0..=ctx.pos {
+                let o = off(j);
+                let score = dot(q, &keys[o..o + head_dim]) * scale;
+                max = max.max(score);
+                scores.push(score);
             }
-            let p = (score - max).exp();
-            denom += p;
-            for (a, &v) in acc.iter_mut().zip(&values[off..off + head_dim]) {
-                *a += p * v;
+            // Pass 2: unnormalized probabilities, their sum, and the weighted values.
+            // SAFETY: pair `idx` owns output elements `idx * head_dim..(idx + 1) * head_dim`,
+            // inside the `[tokens, heads * head_dim]` buffer; no other task writes them.
+            let acc = unsafe { std::slice::from_raw_parts_mut(out_ptr.get().add(idx * head_dim), head_dim) };
+            let mut denom = 0.0f32;
+            for (j, score) in scores.iter().enumerate() {
+                let p = (score - max).exp();
+                denom += p;
+                let o = off(j);
+                for (a, &v) in acc.iter_mut().zip(&values[o..o + head_dim]) {
+                    *a += p * v;
+                }
             }
+            let inv = 1.0 / denom;
+            acc.iter_mut().for_each(|a| *a *= inv);
         }
-        acc.iter_mut().for_each(|a| *a /= denom);
     };
     let work: usize = tokens.iter().map(|c| c.pos + 1).sum::<usize>() * num_heads * head_dim;
-    let chunks = out.as_mut_slice().chunks_mut(head_dim.max(1)).enumerate();
-    if work < (1 << 16) || pool.current_num_threads() <= 1 {
-        chunks.for_each(run);
+    let threads = pool.current_num_threads();
+    if work < (1 << 16) || threads <= 1 {
+        run(0, total);
     } else {
-        pool.install(|| {
-            out.as_mut_slice()
-                .par_chunks_mut(head_dim.max(1))
-                .enumerate()
-                .for_each(run)
+        let chunk = total.div_ceil(threads);
+        crate::par::for_each_chunk(pool, total.div_ceil(chunk), |i| {
+            run(i * chunk, ((i + 1) * chunk).min(total))
         });
     }
     Ok(out)
 }
+
+/// Output pointer shared by the tasks; each writes a disjoint range.
+#[derive(Clone, Copy)]
+struct OutPtr(*mut f32);
+
+impl OutPtr {
+    /// The pointer (a method, so closures capture the `Sync` wrapper, not the raw field).
+    fn get(self) -> *mut f32 {
+        self.0
+    }
+}
+// SAFETY: tasks write disjoint ranges of the output and the buffer outlives them.
+unsafe impl Send for OutPtr {}
+// SAFETY: as above.
+unsafe impl Sync for OutPtr {}
 
 /// Dot product with 8 independent lanes (vectorizes without reassociation; fixed order).
 #[inline]

@@ -6,7 +6,8 @@ use crate::matrix::CpuMatrix;
 use crate::tensor::CpuTensor;
 use crate::{attention, elementwise, matmul, norm, quant, rope};
 use ember_core::{
-    AttentionShape, Backend, BackendError, BackendResult, KvCacheSpec, Rope, StepMetadata, WeightView,
+    AttentionShape, Backend, BackendError, BackendResult, KvCacheSpec, Rope, StepMetadata, WeightDType,
+    WeightView,
 };
 use rayon::prelude::*;
 use rayon::ThreadPool;
@@ -18,6 +19,7 @@ const PAR_ELEMENTS: usize = 1 << 16;
 pub struct CpuBackend {
     pool: ThreadPool,
     isa: Isa,
+    f32_weights: bool,
 }
 
 impl CpuBackend {
@@ -48,7 +50,19 @@ impl CpuBackend {
             }
         };
         let isa = if isa.is_supported() { isa } else { Isa::Scalar };
-        Self { pool, isa }
+        Self {
+            pool,
+            isa,
+            f32_weights: false,
+        }
+    }
+
+    /// With `on`, every matrix is dequantized to f32 at load and all arithmetic is f32 (no
+    /// 8-bit activation quantization): the reference-exact mode, at 4-8x the weight memory of
+    /// quantized files.
+    pub fn with_f32_weights(mut self, on: bool) -> Self {
+        self.f32_weights = on;
+        self
     }
 
     /// Worker threads in the pool.
@@ -120,7 +134,22 @@ impl Backend for CpuBackend {
     }
 
     fn load_matrix(&self, weight: &WeightView<'_>) -> BackendResult<CpuMatrix> {
-        CpuMatrix::from_view(weight)
+        let stored = CpuMatrix::from_view(weight)?;
+        if !self.f32_weights || weight.dtype == WeightDType::F32 {
+            return Ok(stored);
+        }
+        let (rows, cols) = (stored.rows(), stored.cols());
+        let mut bytes = Vec::with_capacity(rows * cols * 4);
+        let mut row = vec![0.0f32; cols];
+        for r in 0..rows {
+            stored.dequantize_row_into(r, &mut row);
+            bytes.extend(row.iter().flat_map(|x| x.to_le_bytes()));
+        }
+        CpuMatrix::from_view(&WeightView {
+            dtype: WeightDType::F32,
+            bytes: &bytes,
+            ..*weight
+        })
     }
 
     fn load_vector(&self, weight: &WeightView<'_>) -> BackendResult<Vec<f32>> {

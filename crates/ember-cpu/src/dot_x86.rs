@@ -1,197 +1,64 @@
-//! x86-64 SIMD tile kernels: one call computes a tile of `R` activation rows x `C` weight
-//! rows (`R * C == 8` outputs), output `(r, c)` in lane `c * R + r`.
+//! x86-64 SIMD tile kernels. A tile is `R` activation rows x `C` weight rows.
 //!
-//! Each output is accumulated in its own f32 lane in the order `dot_scalar` defines, and
-//! the per-block integer dot products are exact, so every kernel here is bit-identical to
-//! the scalar reference and independent of the tile shape (batch invariance).
-//! `avx2` uses `maddubs`+`madd`; `vnni` uses AVX-512 VNNI `vpdpbusd` on 256-bit vectors.
+//! Quantized kernels follow llama.cpp's scheme: per block, the integer dot of the 32 byte
+//! pairs is left in a vector of int32 lanes (no horizontal reduction), converted to f32 and
+//! multiplied-accumulated with the block's scale product into a per-(row, weight row)
+//! vector accumulator; one fixed-order horizontal sum at the very end. Each (activation row,
+//! weight row) pair runs the same instruction sequence whatever the tile shape, so results
+//! are batch invariant; they differ from the scalar reference only by f32 rounding.
+//!
+//! * `avx2`: 256-bit, one block per vector, `maddubs` + `madd` (Q8_0 via the sign trick).
+//! * `vnni`: 512-bit, two blocks per vector, AVX-512 VNNI `vpdpbusd` (unsigned weights; the
+//!   Q8_0 / Q4_0 offset is corrected by starting the dot from `-(sum(x) << shift)`). The
+//!   scale products `d_w * d_x` and Q4_1's `m_w * s_x` of both blocks come from one 128-bit
+//!   multiply; `m * s` is summed in a small side accumulator added after the final sum.
+//!
+//! Float kernels accumulate each output in its own f32 lanes in `dot_scalar`'s order and are
+//! bit-identical to the scalar reference.
 
 #![allow(clippy::missing_safety_doc)]
 
-/// Rows of quantized activations handed to a tile.
+/// Rows of quantized activations handed to a tile (see `quant::QuantActs`).
 pub struct ActRows<'a> {
     /// `[rows, nb * 32]`.
     pub qs: &'a [i8],
-    /// `[nb, rows]`.
-    pub d: &'a [f32],
-    /// `[nb, rows]`.
-    pub s: &'a [f32],
-    /// `[nb, rows]`.
-    pub sum_q: &'a [i32],
+    /// `[rows, nbp, 8]`: block scale in every lane.
+    pub lanes_d: &'a [f32],
+    /// `[rows, nbp, 8]`: `s / 8` in every lane.
+    pub lanes_s: &'a [f32],
+    /// `[rows, nbp, 8]`: offset correction in lane 0.
+    pub lanes_corr: &'a [i32],
+    /// `[rows, nbp, 2]`: `(d, s)` per block.
+    pub pairs_ds: &'a [f32],
     /// Blocks per row.
     pub nb: usize,
+    /// Blocks per row rounded up to even.
+    pub nbp: usize,
     /// Rows.
     pub rows: usize,
 }
 
-macro_rules! tile_kernels {
-    ($feat:literal) => {
-        /// Sums each of the 8 vectors; lane `o` of the result is the sum of `p[o]`.
-        #[target_feature(enable = $feat)]
-        #[inline]
-        fn reduce8(p: &[__m256i; 8]) -> __m256i {
-            let pair = |a: __m256i, b: __m256i| {
-                _mm256_add_epi32(_mm256_unpacklo_epi32(a, b), _mm256_unpackhi_epi32(a, b))
-            };
-            let quad = |a: __m256i, b: __m256i| {
-                _mm256_add_epi32(_mm256_unpacklo_epi64(a, b), _mm256_unpackhi_epi64(a, b))
-            };
-            let s0 = quad(pair(p[0], p[1]), pair(p[2], p[3]));
-            let s1 = quad(pair(p[4], p[5]), pair(p[6], p[7]));
-            let lo = _mm256_permute2x128_si256(s0, s1, 0x20);
-            let hi = _mm256_permute2x128_si256(s0, s1, 0x31);
-            _mm256_add_epi32(lo, hi)
+impl ActRows<'_> {
+    /// Asserts that the tile's rows and weight rows are in bounds.
+    fn check<const R: usize, const C: usize>(&self, w: &[&[u8]; C], r0: usize, block_bytes: usize) {
+        for wc in w {
+            assert!(wc.len() >= self.nb * block_bytes);
         }
+        assert!(self.nbp >= self.nb && self.nbp.is_multiple_of(2));
+        assert!(r0 + R <= self.rows && self.qs.len() >= self.rows * self.nb * 32);
+        let lanes = self.rows * self.nbp * 8;
+        assert!(self.lanes_d.len() >= lanes && self.lanes_s.len() >= lanes && self.lanes_corr.len() >= lanes);
+        assert!(self.pairs_ds.len() >= self.rows * self.nbp * 2);
+    }
+}
 
-        /// The 32 nibbles of a Q4 block (`p`: 16 bytes) as bytes: low nibbles, then high.
-        #[target_feature(enable = $feat)]
-        #[inline]
-        unsafe fn nibbles(p: *const u8) -> __m256i {
-            // SAFETY: the caller guarantees 16 readable bytes at `p`.
-            let tmp = unsafe { _mm_loadu_si128(p.cast()) };
-            let both = _mm256_broadcastsi128_si256(tmp);
-            let shifted = _mm256_srlv_epi64(both, _mm256_setr_epi64x(0, 0, 4, 4));
-            _mm256_and_si256(shifted, _mm256_set1_epi8(0x0f))
-        }
-
-        /// Per-lane weight scales from each column's first 4 block bytes (`d`, then `m` for
-        /// Q4_1): lane `o` gets column `o / R`. Returns `(d, m)` as f32.
-        #[target_feature(enable = $feat)]
-        #[inline]
-        fn weight_lanes<const R: usize, const C: usize>(dm: &[u32; C]) -> (__m256, __m256) {
-            if C == 8 {
-                let a = _mm_setr_epi32(dm[0] as i32, dm[1] as i32, dm[2] as i32, dm[3] as i32);
-                let b = _mm_setr_epi32(
-                    dm[4 % C] as i32,
-                    dm[5 % C] as i32,
-                    dm[6 % C] as i32,
-                    dm[7 % C] as i32,
-                );
-                let lo16 = _mm_set1_epi32(0xffff);
-                let d = _mm_packus_epi32(_mm_and_si128(a, lo16), _mm_and_si128(b, lo16));
-                let m = _mm_packus_epi32(_mm_srli_epi32(a, 16), _mm_srli_epi32(b, 16));
-                return (_mm256_cvtph_ps(d), _mm256_cvtph_ps(m));
-            }
-            let mut v = [0i32; 4];
-            for c in 0..C.min(4) {
-                v[c] = dm[c] as i32;
-            }
-            let v = _mm_setr_epi32(v[0], v[1], v[2], v[3]);
-            let mut dmask = [0i8; 16];
-            for (i, byte) in dmask.iter_mut().enumerate() {
-                *byte = (4 * ((i / 2) / R) + i % 2) as i8;
-            }
-            // SAFETY: reads the 16-byte local array.
-            let dmask = unsafe { _mm_loadu_si128(dmask.as_ptr().cast()) };
-            let mmask = _mm_add_epi8(dmask, _mm_set1_epi8(2));
-            (
-                _mm256_cvtph_ps(_mm_shuffle_epi8(v, dmask)),
-                _mm256_cvtph_ps(_mm_shuffle_epi8(v, mmask)),
-            )
-        }
-
-        /// `v[o % R]` per lane from `R` adjacent values at `p`.
-        #[target_feature(enable = $feat)]
-        #[inline]
-        unsafe fn act_lanes<const R: usize>(p: *const f32) -> __m256 {
-            // SAFETY: the caller guarantees `R` readable values at `p`.
-            unsafe {
-                match R {
-                    1 => _mm256_set1_ps(p.read()),
-                    2 => _mm256_castpd_ps(_mm256_set1_pd(p.cast::<f64>().read_unaligned())),
-                    4 => {
-                        let v = p.cast::<__m128>().read_unaligned();
-                        _mm256_set_m128(v, v)
-                    }
-                    _ => _mm256_loadu_ps(p),
-                }
-            }
-        }
-
-        /// Quantized tile: weight rows `w[c]` (`block_bytes * nb` bytes each) against
-        /// activation rows `r0..r0 + R` of `a`; returns the 8 outputs in lane order.
-        ///
-        /// # Safety
-        /// The CPU supports this module's features; `block_bytes` matches the format
-        /// (`Q8_0`: 34, `Q4_0`: 18, `Q4_1`: 20).
-        #[target_feature(enable = $feat)]
-        pub unsafe fn quant_tile<const R: usize, const C: usize, const FMT: u8>(
-            w: &[&[u8]; C],
-            a: &ActRows<'_>,
-            r0: usize,
-        ) -> [f32; 8] {
-            const { assert!(R * C == 8) };
-            let nb = a.nb;
-            let k = nb * 32;
-            let block_bytes = match FMT {
-                FMT_Q8_0 => 34,
-                FMT_Q4_0 => 18,
-                _ => 20,
-            };
-            for wc in w {
-                assert!(wc.len() >= nb * block_bytes);
-            }
-            assert!(r0 + R <= a.rows && a.qs.len() >= a.rows * k);
-            assert!(a.d.len() >= nb * a.rows && a.s.len() >= nb * a.rows && a.sum_q.len() >= nb * a.rows);
-            let zero = _mm256_setzero_si256();
-            let mut acc = _mm256_setzero_ps();
-            for b in 0..nb {
-                let mut wq = [zero; C];
-                let mut dm = [0u32; C];
-                for c in 0..C {
-                    // SAFETY: block `b < nb` of row `c` lies inside `w[c]` (asserted above).
-                    unsafe {
-                        let p = w[c].as_ptr().add(b * block_bytes);
-                        dm[c] = p.cast::<u32>().read_unaligned();
-                        wq[c] = match FMT {
-                            FMT_Q8_0 => _mm256_loadu_si256(p.add(2).cast()),
-                            FMT_Q4_0 => nibbles(p.add(2)),
-                            _ => nibbles(p.add(4)),
-                        };
-                    }
-                }
-                let mut xq = [zero; R];
-                for r in 0..R {
-                    // SAFETY: row `r0 + r` block `b` lies inside `a.qs` (asserted above).
-                    xq[r] = unsafe { _mm256_loadu_si256(a.qs.as_ptr().add((r0 + r) * k + b * 32).cast()) };
-                }
-                let i = b * a.rows + r0;
-                let mut p = [zero; 8];
-                for c in 0..C {
-                    let u = if FMT == FMT_Q8_0 {
-                        q8_weight(wq[c])
-                    } else {
-                        wq[c]
-                    };
-                    for r in 0..R {
-                        p[c * R + r] = if FMT == FMT_Q8_0 {
-                            q8_dot(u, wq[c], xq[r])
-                        } else {
-                            dot(u, xq[r])
-                        };
-                    }
-                }
-                let mut isum = reduce8(&p);
-                // SAFETY (act_lanes): `i + R <= nb * rows`, asserted above.
-                if FMT == FMT_Q4_0 || (FMT == FMT_Q8_0 && Q8_OFFSET) {
-                    let sums = _mm256_castps_si256(unsafe { act_lanes::<R>(a.sum_q.as_ptr().add(i).cast()) });
-                    let shift = if FMT == FMT_Q4_0 { 3 } else { 7 };
-                    isum = _mm256_sub_epi32(isum, _mm256_sll_epi32(sums, _mm_cvtsi32_si128(shift)));
-                }
-                let (dw, mw) = weight_lanes::<R, C>(&dm);
-                let dx = unsafe { act_lanes::<R>(a.d.as_ptr().add(i)) };
-                acc = _mm256_fmadd_ps(_mm256_mul_ps(dw, dx), _mm256_cvtepi32_ps(isum), acc);
-                if FMT == FMT_Q4_1 {
-                    let sx = unsafe { act_lanes::<R>(a.s.as_ptr().add(i)) };
-                    acc = _mm256_fmadd_ps(mw, sx, acc);
-                }
-            }
-            let mut out = [0.0f32; 8];
-            // SAFETY: `out` has room for 8 f32.
-            unsafe { _mm256_storeu_ps(out.as_mut_ptr(), acc) };
-            out
-        }
-    };
+/// Bytes per block of a quantized format tag.
+const fn block_bytes(fmt: u8) -> usize {
+    match fmt {
+        FMT_Q8_0 => 34,
+        FMT_Q4_0 => 18,
+        _ => 20,
+    }
 }
 
 macro_rules! float_kernels {
@@ -298,65 +165,241 @@ pub fn dt_of(dt: u8) -> ember_core::WeightDType {
 
 /// AVX2 + FMA + F16C kernels.
 pub mod avx2 {
-    use super::{dt_of, ActRows, DT_F16, DT_F32, FMT_Q4_0, FMT_Q4_1, FMT_Q8_0};
+    use super::{block_bytes, dt_of, ActRows, DT_F16, DT_F32, FMT_Q4_0, FMT_Q4_1, FMT_Q8_0};
     use std::arch::x86_64::*;
 
-    /// Q8_0 weights use the sign trick (`|w|` times `x * sign(w)`), exact for `|x| <= 127`.
-    const Q8_OFFSET: bool = false;
-
-    /// Exact dot of unsigned bytes `u` (<= 128) with signed bytes `s` (|s| <= 127), 8 lanes.
+    /// The 32 nibbles of a Q4 block (`p`: 16 bytes) as bytes: low nibbles, then high.
     #[target_feature(enable = "avx2,fma,f16c")]
     #[inline]
-    fn dot(u: __m256i, s: __m256i) -> __m256i {
-        _mm256_madd_epi16(_mm256_maddubs_epi16(u, s), _mm256_set1_epi16(1))
+    unsafe fn nibbles(p: *const u8) -> __m256i {
+        // SAFETY: the caller guarantees 16 readable bytes at `p`.
+        let tmp = unsafe { _mm_loadu_si128(p.cast()) };
+        let both = _mm256_broadcastsi128_si256(tmp);
+        let shifted = _mm256_srlv_epi64(both, _mm256_setr_epi64x(0, 0, 4, 4));
+        _mm256_and_si256(shifted, _mm256_set1_epi8(0x0f))
     }
 
-    /// The unsigned operand for Q8_0 weights: `|w|`.
+    /// Quantized tile: weight rows `w[c]` (format `FMT`) against activation rows
+    /// `r0..r0 + R` of `a`; returns `out[c][r]`.
+    ///
+    /// # Safety
+    /// The CPU supports AVX2, FMA and F16C.
     #[target_feature(enable = "avx2,fma,f16c")]
-    #[inline]
-    fn q8_weight(w: __m256i) -> __m256i {
-        _mm256_sign_epi8(w, w)
+    #[allow(clippy::needless_range_loop)]
+    pub unsafe fn quant_tile<const R: usize, const C: usize, const FMT: u8>(
+        w: &[&[u8]; C],
+        a: &ActRows<'_>,
+        r0: usize,
+    ) -> [[f32; R]; C] {
+        let bb = block_bytes(FMT);
+        a.check::<R, C>(w, r0, bb);
+        let (nb, nbp, k) = (a.nb, a.nbp, a.nb * 32);
+        let ones = _mm256_set1_epi16(1);
+        let mut acc = [[_mm256_setzero_ps(); R]; C];
+        for b in 0..nb {
+            let mut wq = [_mm256_setzero_si256(); C];
+            let mut dw = [_mm256_setzero_ps(); C];
+            let mut mw = [_mm256_setzero_ps(); C];
+            for c in 0..C {
+                // SAFETY: block `b < nb` of row `c` lies inside `w[c]` (checked above).
+                unsafe {
+                    let p = w[c].as_ptr().add(b * bb);
+                    let h = if FMT == FMT_Q4_1 {
+                        p.cast::<u32>().read_unaligned()
+                    } else {
+                        u32::from(p.cast::<u16>().read_unaligned())
+                    };
+                    let f = _mm_cvtph_ps(_mm_cvtsi32_si128(h as i32));
+                    dw[c] = _mm256_broadcastss_ps(f);
+                    if FMT == FMT_Q4_1 {
+                        mw[c] = _mm256_broadcastss_ps(_mm_movehdup_ps(f));
+                    }
+                    wq[c] = match FMT {
+                        FMT_Q8_0 => _mm256_loadu_si256(p.add(2).cast()),
+                        FMT_Q4_0 => nibbles(p.add(2)),
+                        _ => nibbles(p.add(4)),
+                    };
+                }
+            }
+            for r in 0..R {
+                let row = r0 + r;
+                let l = (row * nbp + b) * 8;
+                // SAFETY: row `row` block `b` lies inside the activation arrays (checked above).
+                let (xq, xd, xs, corr) = unsafe {
+                    (
+                        _mm256_loadu_si256(a.qs.as_ptr().add(row * k + b * 32).cast()),
+                        _mm256_loadu_ps(a.lanes_d.as_ptr().add(l)),
+                        _mm256_loadu_ps(a.lanes_s.as_ptr().add(l)),
+                        _mm256_loadu_si256(a.lanes_corr.as_ptr().add(l).cast()),
+                    )
+                };
+                for c in 0..C {
+                    let prod = if FMT == FMT_Q8_0 {
+                        _mm256_maddubs_epi16(_mm256_sign_epi8(wq[c], wq[c]), _mm256_sign_epi8(xq, wq[c]))
+                    } else {
+                        _mm256_maddubs_epi16(wq[c], xq)
+                    };
+                    let mut dot = _mm256_madd_epi16(prod, ones);
+                    if FMT == FMT_Q4_0 {
+                        dot = _mm256_add_epi32(dot, corr);
+                    }
+                    let scale = _mm256_mul_ps(dw[c], xd);
+                    acc[c][r] = _mm256_fmadd_ps(scale, _mm256_cvtepi32_ps(dot), acc[c][r]);
+                    if FMT == FMT_Q4_1 {
+                        acc[c][r] = _mm256_fmadd_ps(mw[c], xs, acc[c][r]);
+                    }
+                }
+            }
+        }
+        let mut out = [[0.0f32; R]; C];
+        for c in 0..C {
+            for r in 0..R {
+                out[c][r] = hsum(acc[c][r]);
+            }
+        }
+        out
     }
 
-    /// Q8_0 block dot: `|w| . (x * sign(w))`.
-    #[target_feature(enable = "avx2,fma,f16c")]
-    #[inline]
-    fn q8_dot(u: __m256i, w: __m256i, x: __m256i) -> __m256i {
-        dot(u, _mm256_sign_epi8(x, w))
-    }
-
-    tile_kernels!("avx2,fma,f16c");
     float_kernels!("avx2,fma,f16c");
 }
 
-/// AVX-512 VNNI kernels (256-bit `vpdpbusd`, so lanes match the AVX2 kernels).
+/// AVX-512 VNNI kernels: two blocks per 512-bit vector (lanes 0..8 block `b`, 8..16 block
+/// `b + 1`), `vpdpbusd` integer dots.
 pub mod vnni {
-    use super::{ActRows, FMT_Q4_0, FMT_Q4_1, FMT_Q8_0};
+    use super::{block_bytes, ActRows, FMT_Q4_1, FMT_Q8_0};
     use std::arch::x86_64::*;
 
-    /// Q8_0 weights use the offset trick: `(w + 128) . x - 128 * sum(x)`.
-    const Q8_OFFSET: bool = true;
-
-    /// Exact dot of unsigned bytes `u` with signed bytes `s`, 8 lanes.
+    /// Weights of blocks `b` and (when `two`) `b + 1` starting at `p`: the unsigned byte
+    /// operand, and `[d_b, m_b, d_b+1, m_b+1]` (`m` = 0 unless Q4_1). A missing second block
+    /// is zero.
     #[target_feature(enable = "avx2,fma,f16c,avx512f,avx512bw,avx512vl,avx512vnni")]
     #[inline]
-    fn dot(u: __m256i, s: __m256i) -> __m256i {
-        _mm256_dpbusd_epi32(_mm256_setzero_si256(), u, s)
+    unsafe fn weights<const FMT: u8>(p: *const u8, two: bool) -> (__m512i, __m128) {
+        let bb = block_bytes(FMT);
+        // SAFETY: the caller guarantees block `b` (and `b + 1` when `two`) are readable at `p`.
+        unsafe {
+            let q = p.add(bb);
+            let half = |p: *const u8| -> i32 {
+                if FMT == FMT_Q4_1 {
+                    p.cast::<u32>().read_unaligned() as i32
+                } else {
+                    i32::from(p.cast::<u16>().read_unaligned())
+                }
+            };
+            let h1 = if two { half(q) } else { 0 };
+            let f = _mm_cvtph_ps(_mm_insert_epi32(_mm_cvtsi32_si128(half(p)), h1, 1));
+            let wq = if FMT == FMT_Q8_0 {
+                let lo = _mm256_loadu_si256(p.add(2).cast());
+                let hi = if two {
+                    _mm256_loadu_si256(q.add(2).cast())
+                } else {
+                    _mm256_setzero_si256()
+                };
+                let v = _mm512_inserti64x4(_mm512_castsi256_si512(lo), hi, 1);
+                _mm512_xor_si512(v, _mm512_set1_epi8(-128))
+            } else {
+                let off = if FMT == FMT_Q4_1 { 4 } else { 2 };
+                let lo = _mm256_broadcastsi128_si256(_mm_loadu_si128(p.add(off).cast()));
+                let hi = if two {
+                    _mm256_broadcastsi128_si256(_mm_loadu_si128(q.add(off).cast()))
+                } else {
+                    _mm256_setzero_si256()
+                };
+                let v = _mm512_inserti64x4(_mm512_castsi256_si512(lo), hi, 1);
+                let v = _mm512_srlv_epi64(v, _mm512_setr_epi64(0, 0, 4, 4, 0, 0, 4, 4));
+                _mm512_and_si512(v, _mm512_set1_epi8(0x0f))
+            };
+            (wq, f)
+        }
     }
 
-    /// The unsigned operand for Q8_0 weights: `w + 128`.
+    /// Horizontal sum of 16 lanes in a fixed order.
     #[target_feature(enable = "avx2,fma,f16c,avx512f,avx512bw,avx512vl,avx512vnni")]
     #[inline]
-    fn q8_weight(w: __m256i) -> __m256i {
-        _mm256_xor_si256(w, _mm256_set1_epi8(-128))
+    fn hsum(v: __m512) -> f32 {
+        let h = _mm256_add_ps(
+            _mm512_castps512_ps256(v),
+            _mm256_castpd_ps(_mm512_extractf64x4_pd::<1>(_mm512_castps_pd(v))),
+        );
+        let t = _mm_add_ps(_mm256_castps256_ps128(h), _mm256_extractf128_ps(h, 1));
+        let u = _mm_add_ps(t, _mm_movehl_ps(t, t));
+        _mm_cvtss_f32(_mm_add_ss(u, _mm_shuffle_ps(u, u, 1)))
     }
 
-    /// Q8_0 block dot before the offset correction: `(w + 128) . x`.
+    /// Quantized tile: weight rows `w[c]` (format `FMT`) against activation rows
+    /// `r0..r0 + R` of `a`; returns `out[c][r]`. Activations must carry the offset
+    /// correction for `FMT` (`Q8_0`: shift 7, `Q4_0`: shift 3).
+    ///
+    /// # Safety
+    /// The CPU supports AVX2, FMA, F16C and AVX-512 F/BW/VL/VNNI.
     #[target_feature(enable = "avx2,fma,f16c,avx512f,avx512bw,avx512vl,avx512vnni")]
-    #[inline]
-    fn q8_dot(u: __m256i, _w: __m256i, x: __m256i) -> __m256i {
-        dot(u, x)
+    #[allow(clippy::needless_range_loop)]
+    pub unsafe fn quant_tile<const R: usize, const C: usize, const FMT: u8>(
+        w: &[&[u8]; C],
+        a: &ActRows<'_>,
+        r0: usize,
+    ) -> [[f32; R]; C] {
+        let bb = block_bytes(FMT);
+        a.check::<R, C>(w, r0, bb);
+        let (nb, nbp, k) = (a.nb, a.nbp, a.nb * 32);
+        let mut acc = [[_mm512_setzero_ps(); R]; C];
+        // Lanes 1 and 3 accumulate `m * s` of even and odd blocks (Q4_1); 0 and 2 are unused.
+        let mut acc_ms = [[_mm_setzero_ps(); R]; C];
+        let spread = _mm512_setr_epi32(0, 0, 0, 0, 0, 0, 0, 0, 2, 2, 2, 2, 2, 2, 2, 2);
+        for b in (0..nb).step_by(2) {
+            let two = b + 1 < nb;
+            let mut wq = [_mm512_setzero_si512(); C];
+            let mut dm = [_mm_setzero_ps(); C];
+            for c in 0..C {
+                // SAFETY: blocks `b` and, when `two`, `b + 1` of row `c` lie inside `w[c]`.
+                (wq[c], dm[c]) = unsafe { weights::<FMT>(w[c].as_ptr().add(b * bb), two) };
+            }
+            for r in 0..R {
+                let row = r0 + r;
+                let l = (row * nbp + b) * 8;
+                // SAFETY: row `row` blocks `b..b + 2` lie inside the (padded) activation
+                // arrays; `qs` holds block `b + 1` only when `two`.
+                let (xq, ds, corr) = unsafe {
+                    let pq = a.qs.as_ptr().add(row * k + b * 32);
+                    let xq = if two {
+                        _mm512_loadu_si512(pq.cast())
+                    } else {
+                        _mm512_zextsi256_si512(_mm256_loadu_si256(pq.cast()))
+                    };
+                    (
+                        xq,
+                        _mm_loadu_ps(a.pairs_ds.as_ptr().add((row * nbp + b) * 2)),
+                        _mm512_loadu_si512(a.lanes_corr.as_ptr().add(l).cast()),
+                    )
+                };
+                for c in 0..C {
+                    let init = if FMT == FMT_Q4_1 {
+                        _mm512_setzero_si512()
+                    } else {
+                        corr
+                    };
+                    let dot = _mm512_dpbusd_epi32(init, wq[c], xq);
+                    // [d_w d_x, m_w s_x] for both blocks, then d_w d_x over each block's lanes.
+                    let prod = _mm_mul_ps(dm[c], ds);
+                    let scale = _mm512_permutexvar_ps(spread, _mm512_castps128_ps512(prod));
+                    acc[c][r] = _mm512_fmadd_ps(scale, _mm512_cvtepi32_ps(dot), acc[c][r]);
+                    if FMT == FMT_Q4_1 {
+                        acc_ms[c][r] = _mm_add_ps(acc_ms[c][r], prod);
+                    }
+                }
+            }
+        }
+        let mut out = [[0.0f32; R]; C];
+        for c in 0..C {
+            for r in 0..R {
+                out[c][r] = hsum(acc[c][r]);
+                if FMT == FMT_Q4_1 {
+                    let m = acc_ms[c][r];
+                    let odd = _mm_cvtss_f32(_mm_shuffle_ps::<0b11>(m, m));
+                    out[c][r] += _mm_cvtss_f32(_mm_movehdup_ps(m)) + odd;
+                }
+            }
+        }
+        out
     }
-
-    tile_kernels!("avx2,fma,f16c,avx512f,avx512bw,avx512vl,avx512vnni");
 }

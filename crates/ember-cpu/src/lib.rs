@@ -3,8 +3,9 @@
 //! parallelized on the backend's own rayon pool.
 //!
 //! Numerics: quantized matmuls quantize activations per 32-element block to 8 bits like
-//! ggml (Q8_0 / Q8_1) and follow llama.cpp's arithmetic; every kernel family gives
-//! bit-identical results, independent of batch composition and thread count.
+//! ggml (Q8_0 / Q8_1) and follow llama.cpp's arithmetic. Every result is independent of
+//! batch composition and thread count (batch invariance); the quantized SIMD kernel families
+//! differ from the scalar reference (and from each other) by f32 rounding only.
 
 mod alloc;
 mod attention;
@@ -16,6 +17,7 @@ pub mod kv_cache;
 pub mod matmul;
 pub mod matrix;
 mod norm;
+mod par;
 mod quant;
 mod rope;
 pub mod tensor;

@@ -73,6 +73,11 @@ impl CpuMatrix {
         self.row_bytes
     }
 
+    /// All stored bytes, `[rows, row_bytes]`.
+    pub fn as_bytes(&self) -> &[u8] {
+        self.data.as_slice()
+    }
+
     /// The stored bytes of row `r`.
     pub fn row(&self, r: usize) -> &[u8] {
         &self.data.as_slice()[r * self.row_bytes..(r + 1) * self.row_bytes]

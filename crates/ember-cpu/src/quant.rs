@@ -87,45 +87,54 @@ pub fn dequantize_row(dtype: WeightDType, bytes: &[u8], out: &mut [f32]) {
 }
 
 /// Activation rows quantized to 8 bits per 32-element block (ggml's Q8_0 / Q8_1 arithmetic).
+///
+/// Besides the plain per-block values, every block's scalars are also stored pre-broadcast
+/// as 8-lane vectors (`lanes_*`, `[rows, padded_blocks, 8]`) so the SIMD kernels read a
+/// block's scale with one vector load (two adjacent blocks with one 512-bit load); rows are
+/// padded to an even number of blocks with zeros.
 #[derive(Clone, Debug)]
 pub struct QuantActs {
     /// Number of rows.
     pub rows: usize,
     /// Blocks per row (`cols / 32`).
     pub blocks_per_row: usize,
+    /// Blocks per row rounded up to even (the `lanes_*` row stride in blocks).
+    pub padded_blocks: usize,
     /// Quantized values; `[rows, blocks_per_row * 32]`, each in `-127..=127`.
     pub qs: Vec<i8>,
-    /// Block scales rounded to f16, as f32; block-major `[blocks_per_row, rows]` so that a
-    /// tile's consecutive rows are adjacent.
+    /// Block scales rounded to f16, as f32; block-major `[blocks_per_row, rows]`.
     pub d: Vec<f32>,
     /// `f16(d * sum(q))` per block (Q8_1's `s`), as f32; `[blocks_per_row, rows]`.
     pub s: Vec<f32>,
     /// Exact `sum(q)` per block; `[blocks_per_row, rows]`.
     pub sum_q: Vec<i32>,
+    /// `d` in all 8 lanes; `[rows, padded_blocks, 8]`.
+    pub lanes_d: Vec<f32>,
+    /// `s / 8` in all 8 lanes (the 8 lanes sum to `s`); `[rows, padded_blocks, 8]`.
+    pub lanes_s: Vec<f32>,
+    /// `(d, s)` per block; `[rows, padded_blocks, 2]`.
+    pub pairs_ds: Vec<f32>,
+    /// `-(sum(q) << corr_shift)` in lane 0, zeros elsewhere: the offset correction for
+    /// unsigned-by-signed byte dots; `[rows, padded_blocks, 8]`.
+    pub lanes_corr: Vec<i32>,
 }
 
 impl QuantActs {
-    /// Quantizes `x` (`[rows, cols]`, `cols` a multiple of 32).
+    /// Quantizes `x` (`[rows, cols]`, `cols` a multiple of 32) with no offset correction.
+    #[cfg(test)]
     pub fn quantize(x: &[f32], rows: usize, cols: usize) -> Self {
-        debug_assert_eq!(cols % QK, 0);
-        debug_assert_eq!(x.len(), rows * cols);
-        let nb = cols / QK;
-        let mut acts = Self {
-            rows,
-            blocks_per_row: nb,
-            qs: vec![0; rows * cols],
-            d: vec![0.0; rows * nb],
-            s: vec![0.0; rows * nb],
-            sum_q: vec![0; rows * nb],
-        };
-        for (i, (xb, qb)) in x.chunks_exact(QK).zip(acts.qs.chunks_exact_mut(QK)).enumerate() {
-            let (d, s, sum_q) = quantize_block(xb, qb);
-            let i = (i % nb) * rows + i / nb;
-            acts.d[i] = d;
-            acts.s[i] = s;
-            acts.sum_q[i] = sum_q;
+        Self::quantize_with(x, rows, cols, None)
+    }
+
+    /// Quantizes `x`; `corr_shift` sets `lanes_corr` to `-(sum(q) << shift)` (zeros if `None`).
+    /// The values do not depend on the CPU features used to compute them.
+    pub fn quantize_with(x: &[f32], rows: usize, cols: usize, corr_shift: Option<u32>) -> Self {
+        #[cfg(target_arch = "x86_64")]
+        if is_x86_feature_detected!("avx2") && is_x86_feature_detected!("fma") {
+            // SAFETY: the features were just detected.
+            return unsafe { quantize_avx2(x, rows, cols, corr_shift) };
         }
-        acts
+        quantize_generic(x, rows, cols, corr_shift)
     }
 
     /// Index of row `r`, block `b` in `d`, `s` and `sum_q`.
@@ -140,7 +149,53 @@ impl QuantActs {
     }
 }
 
+/// `quantize_generic` compiled with AVX2 (so rounding uses `vroundps`, not a libm call).
+#[cfg(target_arch = "x86_64")]
+#[target_feature(enable = "avx2,fma")]
+unsafe fn quantize_avx2(x: &[f32], rows: usize, cols: usize, corr_shift: Option<u32>) -> QuantActs {
+    quantize_generic(x, rows, cols, corr_shift)
+}
+
+#[inline(always)]
+fn quantize_generic(x: &[f32], rows: usize, cols: usize, corr_shift: Option<u32>) -> QuantActs {
+    debug_assert_eq!(cols % QK, 0);
+    debug_assert_eq!(x.len(), rows * cols);
+    let nb = cols / QK;
+    let nbp = nb.div_ceil(2) * 2;
+    let mut acts = QuantActs {
+        rows,
+        blocks_per_row: nb,
+        padded_blocks: nbp,
+        qs: vec![0; rows * cols],
+        d: vec![0.0; rows * nb],
+        s: vec![0.0; rows * nb],
+        sum_q: vec![0; rows * nb],
+        lanes_d: vec![0.0; rows * nbp * 8],
+        lanes_s: vec![0.0; rows * nbp * 8],
+        lanes_corr: vec![0; rows * nbp * 8],
+        pairs_ds: vec![0.0; rows * nbp * 2],
+    };
+    for (i, (xb, qb)) in x.chunks_exact(QK).zip(acts.qs.chunks_exact_mut(QK)).enumerate() {
+        let (d, s, sum_q) = quantize_block(xb, qb);
+        let (r, b) = (i / nb, i % nb);
+        let j = b * rows + r;
+        acts.d[j] = d;
+        acts.s[j] = s;
+        acts.sum_q[j] = sum_q;
+        let l = (r * nbp + b) * 8;
+        acts.lanes_d[l..l + 8].fill(d);
+        acts.lanes_s[l..l + 8].fill(s * 0.125);
+        acts.pairs_ds[(r * nbp + b) * 2] = d;
+        acts.pairs_ds[(r * nbp + b) * 2 + 1] = s;
+        if let Some(shift) = corr_shift {
+            acts.lanes_corr[l] = -(sum_q << shift);
+        }
+    }
+    acts
+}
+
 /// Quantizes one block; returns `(f16-rounded d, f16-rounded d*sum(q), sum(q))`.
+#[inline(always)]
 fn quantize_block(x: &[f32], q: &mut [i8]) -> (f32, f32, i32) {
     let amax = x.iter().fold(0.0f32, |m, v| m.max(v.abs()));
     let d = amax / 127.0;

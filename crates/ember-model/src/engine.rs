@@ -11,7 +11,7 @@ use ember_core::{
 use ember_cpu::CpuBackend;
 use thiserror::Error;
 
-use crate::chat_template::{ChatMessage, ChatTemplate};
+use crate::chat_template::ChatTemplate;
 use crate::engine_args::{
     available_memory_bytes, default_cpu_kv_cache_bytes, EngineArgs, DEFAULT_MAX_NUM_BATCHED_TOKENS,
 };
@@ -125,7 +125,9 @@ impl LlmEngine {
         }
         let opened = open_model(&args.model_path)?;
         let config = opened.config;
-        let backend = CpuBackend::new(args.num_threads);
+        // "float32" dequantizes quantized weights at load so every product is f32 (reference
+        // exact); "auto" keeps them quantized and multiplies with 8-bit activations, like llama.cpp.
+        let backend = CpuBackend::new(args.num_threads).with_f32_weights(args.dtype == "float32");
         log::info!(
             "loading {} ({:?}, {} layers, hidden {}) on the CPU with {} threads",
             opened.name,
@@ -212,21 +214,6 @@ impl LlmEngine {
     /// The model's chat template, when it ships one.
     pub fn chat_template(&self) -> Option<&Arc<ChatTemplate>> {
         self.chat_template.as_ref()
-    }
-
-    /// Renders a conversation with the model's chat template.
-    pub fn apply_chat_template(
-        &self,
-        messages: &[ChatMessage],
-        add_generation_prompt: bool,
-    ) -> Result<String, EngineError> {
-        let template = self
-            .chat_template
-            .as_ref()
-            .ok_or_else(|| invalid(format!("model {} has no chat template", self.model_name)))?;
-        template
-            .render(messages, add_generation_prompt)
-            .map_err(|e| invalid(format!("chat template: {e}")))
     }
 
     /// End-of-sequence token ids of the model.

@@ -26,7 +26,8 @@ pub struct EngineArgs {
     pub block_size: usize,
     /// Seed from which requests without their own seed derive one.
     pub seed: u64,
-    /// Activation dtype: "auto" or "float32" on the CPU.
+    /// Compute dtype on the CPU: "auto" (quantized weights stay quantized, 8-bit activations in
+    /// their products, like llama.cpp) or "float32" (weights dequantized at load, f32 throughout).
     pub dtype: String,
     /// CPU threads; `None` uses every available core.
     pub num_threads: Option<usize>,

@@ -1,0 +1,173 @@
+//! Low-overhead fork-join for the small, frequent kernels of decode.
+//!
+//! A decode step runs ~200 matmuls of a few to a few hundred microseconds each. Handing
+//! each to rayon costs a futex wake-up and a context switch whenever the workers have gone to
+//! sleep in between, so parallel regions run on the calling thread plus process-wide
+//! helper threads that spin briefly (about a millisecond) on an epoch counter before
+//! parking, like llama.cpp's thread pool. Chunks are handed out by an atomic counter, so a
+//! helper that starts late or shares its core does less; which thread runs a chunk never
+//! affects its result. When another thread is already dispatching, the backend's rayon
+//! pool runs the chunks instead.
+
+use rayon::ThreadPool;
+use std::cell::UnsafeCell;
+use std::sync::atomic::{AtomicBool, AtomicU64, AtomicUsize, Ordering};
+use std::sync::{Arc, Mutex, OnceLock};
+use std::thread::Thread;
+use std::time::{Duration, Instant};
+
+/// How long an idle helper spins before parking.
+const SPIN: Duration = Duration::from_millis(1);
+
+/// Runs `f(i)` for every `i < num_chunks`, on the calling thread and up to
+/// `pool.current_num_threads() - 1` helpers.
+pub fn for_each_chunk(pool: &ThreadPool, num_chunks: usize, f: impl Fn(usize) + Sync) {
+    let helpers = pool
+        .current_num_threads()
+        .saturating_sub(1)
+        .min(num_chunks.saturating_sub(1));
+    if helpers == 0 {
+        (0..num_chunks).for_each(f);
+        return;
+    }
+    let next = AtomicUsize::new(0);
+    let work = || loop {
+        let i = next.fetch_add(1, Ordering::Relaxed);
+        if i >= num_chunks {
+            break;
+        }
+        f(i);
+    };
+    let spin = SPIN_POOL.get_or_init(|| Mutex::new(Helpers::default()));
+    match spin.try_lock() {
+        Ok(mut h) => h.run(helpers, &work),
+        Err(_) => pool.in_place_scope(|s| {
+            for _ in 0..helpers {
+                s.spawn(|_| work());
+            }
+            work();
+        }),
+    }
+}
+
+static SPIN_POOL: OnceLock<Mutex<Helpers>> = OnceLock::new();
+
+/// State shared by the dispatcher and the helper threads.
+struct Shared {
+    /// `epoch << 16 | active helpers`; the epoch is bumped (Release) after `job` is set
+    /// for a new parallel region, helpers with index below the count take part.
+    epoch: AtomicU64,
+    /// The region's work; valid from an epoch bump until `remaining` drops to 0.
+    job: UnsafeCell<Option<&'static (dyn Fn() + Sync)>>,
+    /// Active helpers that have not finished the current region.
+    remaining: AtomicUsize,
+    /// Set when the work panicked on a helper.
+    panicked: AtomicBool,
+}
+
+// SAFETY: `job` is written only by the dispatcher while no region is in flight (under the
+// `SPIN_POOL` lock, after `remaining` reached 0) and read by helpers only between the
+// epoch bump that publishes it and their decrement of `remaining`.
+unsafe impl Sync for Shared {}
+
+#[derive(Default)]
+struct Helpers {
+    shared: Option<Arc<Shared>>,
+    threads: Vec<Thread>,
+}
+
+impl Helpers {
+    /// Runs `work` on this thread and `n` helpers; returns when all are done.
+    fn run(&mut self, n: usize, work: &(dyn Fn() + Sync)) {
+        let shared = self
+            .shared
+            .get_or_insert_with(|| {
+                Arc::new(Shared {
+                    epoch: AtomicU64::new(0),
+                    job: UnsafeCell::new(None),
+                    remaining: AtomicUsize::new(0),
+                    panicked: AtomicBool::new(false),
+                })
+            })
+            .clone();
+        while self.threads.len() < n {
+            let index = self.threads.len();
+            let s = shared.clone();
+            // The helper must treat the next bump as new even if it starts after it.
+            let seen = shared.epoch.load(Ordering::Relaxed);
+            let spawned = std::thread::Builder::new()
+                .name(format!("ember-cpu-spin-{index}"))
+                .spawn(move || helper_loop(&s, index, seen));
+            match spawned {
+                Ok(handle) => self.threads.push(handle.thread().clone()),
+                Err(_) => break,
+            }
+        }
+        let n = n.min(self.threads.len()).min(0xffff);
+        // SAFETY: the region's work outlives the region: this function does not return
+        // before every active helper has finished with it (`remaining == 0`) and the
+        // reference is cleared before returning. No region is in flight now (we hold the lock
+        // and the previous `run` waited for `remaining == 0`).
+        unsafe {
+            *shared.job.get() = Some(std::mem::transmute::<
+                &(dyn Fn() + Sync),
+                &'static (dyn Fn() + Sync),
+            >(work));
+        }
+        shared.remaining.store(n, Ordering::Relaxed);
+        let epoch = (shared.epoch.load(Ordering::Relaxed) >> 16) + 1;
+        shared.epoch.store(epoch << 16 | n as u64, Ordering::Release);
+        for t in &self.threads[..n] {
+            t.unpark();
+        }
+        work();
+        // Spin while the helpers finish; yield if one seems descheduled (a shared core).
+        let mut spins = 0u32;
+        while shared.remaining.load(Ordering::Acquire) != 0 {
+            spins = spins.saturating_add(1);
+            if spins > 1 << 14 {
+                std::thread::yield_now();
+            } else {
+                std::hint::spin_loop();
+            }
+        }
+        // SAFETY: every helper is done with the job (see above).
+        unsafe { *shared.job.get() = None };
+        if shared.panicked.swap(false, Ordering::Relaxed) {
+            panic!("a parallel CPU kernel panicked on a helper thread");
+        }
+    }
+}
+
+/// A helper: waits for epochs, runs the job when it is among the active helpers.
+fn helper_loop(s: &Shared, index: usize, mut seen: u64) {
+    loop {
+        let start = Instant::now();
+        let mut spins = 0u32;
+        let epoch = loop {
+            let e = s.epoch.load(Ordering::Acquire);
+            if e >> 16 != seen >> 16 {
+                break e;
+            }
+            spins = spins.wrapping_add(1);
+            if spins.is_multiple_of(256) && start.elapsed() > SPIN {
+                std::thread::park_timeout(Duration::from_millis(50));
+            } else {
+                std::hint::spin_loop();
+            }
+        };
+        seen = epoch;
+        if (index as u64) < epoch & 0xffff {
+            // SAFETY: published by the epoch bump (Acquire above) and kept alive until this
+            // helper decrements `remaining`; the next region cannot start before that, so
+            // this is the job of the epoch just read.
+            let job = unsafe { *s.job.get() };
+            if let Some(job) = job {
+                if std::panic::catch_unwind(std::panic::AssertUnwindSafe(job)).is_err() {
+                    s.panicked.store(true, Ordering::Relaxed);
+                }
+            }
+            s.remaining.fetch_sub(1, Ordering::Release);
+        }
+    }
+}
