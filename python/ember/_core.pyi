@@ -38,7 +38,7 @@ class Tokenizer:
 
     vocab_size: int
     bos_token_id: int | None
-    eos_token_ids: list[int]
+    eos_token_id: int | None
     def encode(self, text: str, add_special_tokens: bool = False) -> list[int]: ...
     def decode(self, token_ids: Sequence[int], skip_special_tokens: bool = True) -> str: ...
     def token_to_id(self, token: str) -> int | None: ...
@@ -66,6 +66,7 @@ class Engine:
     num_blocks: int
     block_size: int
     model_name: str
+    eos_token_ids: list[int]
     def add_request(
         self,
         request_id: str,

@@ -1,6 +1,6 @@
 //! Ember's CPU backend: quantized (Q8_0/Q4_0/Q4_1) and float matmuls with AVX2 / AVX-512
 //! VNNI kernels and a scalar reference, paged attention, norms, RoPE and activations,
-//! parallelized on the backend's own rayon pool.
+//! parallelized by a low-overhead spinning fork-join (`par`) over the backend's own rayon pool.
 //!
 //! Numerics: quantized matmuls quantize activations per 32-element block to 8 bits like
 //! ggml (Q8_0 / Q8_1) and follow llama.cpp's arithmetic. Every result is independent of
