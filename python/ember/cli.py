@@ -12,8 +12,10 @@ from ember.models import DEFAULT_MODEL, KNOWN_MODELS
 from ember.outputs import RequestOutput
 from ember.sampling_params import SamplingParams
 
-DEFAULT_SYSTEM_PROMPT = "You are a helpful assistant."
-"""The chat command's system message: SmolLM2's template default makes the small model answer worse."""
+DEFAULT_SYSTEM_PROMPT = "You are a helpful AI assistant."
+"""The chat command's system message. SmolLM2's template default ("...named SmolLM, trained by
+Hugging Face") makes the 135M model answer in broken French to simple questions with 8-bit
+activations (llama.cpp greedily gives the same tokens); this plain one does not."""
 
 
 def _common_options() -> argparse.ArgumentParser:
@@ -43,6 +45,13 @@ def _common_options() -> argparse.ArgumentParser:
         help="longest sequence, prompt plus output, in tokens (default: the model's context length)",
     )
     p.add_argument("--threads", type=int, default=None, help="CPU threads for the engine (default: all cores)")
+    p.add_argument(
+        "--dtype",
+        choices=["auto", "float32"],
+        default="auto",
+        help="CPU arithmetic: auto keeps quantized weights quantized with 8-bit activations (fast, like "
+        "llama.cpp); float32 dequantizes weights at load and computes in f32 (exact, 4 bytes per weight)",
+    )
     return p
 
 
@@ -96,7 +105,7 @@ def run(args: argparse.Namespace) -> None:
         seed=args.seed,
     )
     print(f"ember: loading {args.model}...", file=sys.stderr, flush=True)
-    engine = Engine(args.model, max_model_len=args.max_model_len, num_threads=args.threads)
+    engine = Engine(args.model, max_model_len=args.max_model_len, num_threads=args.threads, dtype=args.dtype)
     if args.command == "chat":
         system = [{"role": "system", "content": args.system}] if args.system else []
         _print_stream(engine.chat_stream([*system, {"role": "user", "content": args.message}], params))
