@@ -13,7 +13,7 @@ from ember._core import (
     __version__,
 )
 from ember.engine import Engine
-from ember.outputs import CompletionOutput, Logprob, RequestOutput
+from ember.outputs import CompletionOutput, Logprob, RequestMetrics, RequestOutput
 from ember.sampling_params import SamplingParams
 
 __all__ = [
@@ -24,6 +24,7 @@ __all__ = [
     "Logprob",
     "ModelLoadError",
     "OutOfMemoryError",
+    "RequestMetrics",
     "RequestOutput",
     "SamplingParams",
     "__version__",

@@ -94,3 +94,23 @@ def normalize_params(
         if not isinstance(p, SamplingParams):
             raise InvalidRequestError(f"sampling_params[{i}] must be a SamplingParams, got {type(p).__name__}")
     return params
+
+
+def normalize_priority(priority: int | Sequence[int] | None, num_prompts: int) -> list[int]:
+    """One scheduling priority per prompt (lower runs first): 0 for None, one shared int, or one per prompt."""
+    if priority is None:
+        return [0] * num_prompts
+    if isinstance(priority, int) and not isinstance(priority, bool):
+        return [priority] * num_prompts
+    if isinstance(priority, str | bytes) or not isinstance(priority, Sequence):
+        raise InvalidRequestError(f"priority must be an int or a list of ints, got {type(priority).__name__}")
+    priorities = list(priority)
+    if len(priorities) != num_prompts:
+        raise InvalidRequestError(
+            f"priority has {len(priorities)} entries but there are {num_prompts} prompts; "
+            "pass one int or exactly one per prompt"
+        )
+    for i, p in enumerate(priorities):
+        if not isinstance(p, int) or isinstance(p, bool):
+            raise InvalidRequestError(f"priority[{i}] must be an int, got {type(p).__name__}")
+    return priorities

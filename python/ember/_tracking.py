@@ -2,11 +2,13 @@
 
 from __future__ import annotations
 
+import time
 from collections.abc import Callable
+from dataclasses import replace
 
 from ember._core import StepOutput
 from ember._inputs import Prompt
-from ember.outputs import CompletionOutput, Logprob, RequestOutput
+from ember.outputs import CompletionOutput, Logprob, RequestMetrics, RequestOutput
 
 DecodeToken = Callable[[int], str]
 """Decodes one token id to its text (special tokens kept)."""
@@ -102,12 +104,18 @@ class RequestState:
         self.child_ids = [request_id] if n == 1 else [f"{request_id}-{i}" for i in range(n)]
         self.completions = {cid: CompletionState(i, want_logprobs) for i, cid in enumerate(self.child_ids)}
         self.num_cached_tokens = 0
+        self.metrics = RequestMetrics(arrival_time=time.time())
 
     def add(self, child_id: str, out: StepOutput | None, decode: DecodeToken) -> None:
         """Records one step output (None: aborted) of sub-request `child_id`."""
         if out is not None:
             self.num_cached_tokens = max(self.num_cached_tokens, out.num_cached_tokens)
         self.completions[child_id].add(out, decode)
+        now = time.time()
+        if self.metrics.first_token_time is None and out is not None and out.new_token_ids:
+            self.metrics.first_token_time = now
+        if self.metrics.finish_time is None and self.finished:
+            self.metrics.finish_time = now
 
     def unfinished_child_ids(self) -> list[str]:
         """Sub-requests still running."""
@@ -135,4 +143,5 @@ class RequestState:
             outputs=outputs,
             finished=self.finished,
             num_cached_tokens=self.num_cached_tokens,
+            metrics=replace(self.metrics),
         )

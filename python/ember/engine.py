@@ -15,6 +15,7 @@ from ember._inputs import (
     PromptType,
     normalize_conversations,
     normalize_params,
+    normalize_priority,
     normalize_prompts,
 )
 from ember._progress import PromptProgress
@@ -84,15 +85,19 @@ class Engine:
         sampling_params: SamplingParams | Sequence[SamplingParams] | None = None,
         *,
         use_tqdm: bool = True,
+        priority: int | Sequence[int] | None = None,
     ) -> list[RequestOutput]:
         """Completes each prompt (str | list[str] | list[int] | list[list[int]]); results in input order.
 
         `sampling_params` is None (defaults), one SamplingParams for all prompts,
-        or a list with one per prompt. Text is encoded with the model's special
-        tokens (BOS) added.
+        or a list with one per prompt. `priority` is None (0), one int for all
+        prompts, or a list with one per prompt; lower values are preferred (the
+        scheduler preempts higher values first). Text is encoded with the
+        model's special tokens (BOS) added.
         """
         batch = normalize_prompts(prompts, self.tokenizer)
-        return self._run_batch(batch, normalize_params(sampling_params, len(batch)), use_tqdm)
+        params = normalize_params(sampling_params, len(batch))
+        return self._run_batch(batch, params, use_tqdm, normalize_priority(priority, len(batch)))
 
     def chat(
         self,
@@ -166,9 +171,11 @@ class Engine:
         with self._lock:
             return self._core.score(list(prompt_token_ids))
 
-    def _run_batch(self, batch: list[Prompt], params: list[SamplingParams], use_tqdm: bool) -> list[RequestOutput]:
+    def _run_batch(
+        self, batch: list[Prompt], params: list[SamplingParams], use_tqdm: bool, priorities: list[int] | None = None
+    ) -> list[RequestOutput]:
         """Adds every request, steps until all finish, and returns their outputs in order."""
-        states = self._add_requests(batch, params)
+        states = self._add_requests(batch, params, priorities)
         try:
             with PromptProgress(len(states), use_tqdm) as progress:
                 running = {cid: s for s in states for cid in s.child_ids}
@@ -198,18 +205,21 @@ class Engine:
         finally:
             self._abort_unfinished([state])
 
-    def _add_requests(self, batch: list[Prompt], params: list[SamplingParams]) -> list[RequestState]:
+    def _add_requests(
+        self, batch: list[Prompt], params: list[SamplingParams], priorities: list[int] | None = None
+    ) -> list[RequestState]:
         """Adds the requests to the engine; if one is rejected, aborts the others and re-raises."""
         states: list[RequestState] = []
+        priorities = priorities or [0] * len(batch)
         with self._lock:
             try:
-                for item, p in zip(batch, params, strict=True):
+                for item, p, priority in zip(batch, params, priorities, strict=True):
                     state = RequestState(str(next(self._request_counter)), item, p.n, p.logprobs is not None)
                     states.append(state)
                     self._child_ids[state.request_id] = state.child_ids
                     for i, child_id in enumerate(state.child_ids):
                         child_params = p if p.n == 1 else p.for_child(i)
-                        self._core.add_request(child_id, item.token_ids, child_params.to_dict())
+                        self._core.add_request(child_id, item.token_ids, child_params.to_dict(), priority)
                         self._mailboxes[child_id] = []
             except BaseException:
                 for state in states:

@@ -2,7 +2,7 @@
 
 from __future__ import annotations
 
-from dataclasses import dataclass, field
+from dataclasses import dataclass
 
 
 @dataclass
@@ -39,8 +39,22 @@ class CompletionOutput:
 
 
 @dataclass
+class RequestMetrics:
+    """When a request arrived, produced its first token and finished (`time.time()` seconds)."""
+
+    arrival_time: float
+    first_token_time: float | None = None
+    finish_time: float | None = None
+
+    @property
+    def time_to_first_token(self) -> float | None:
+        """Seconds from arrival to the first generated token, or None before it."""
+        return None if self.first_token_time is None else self.first_token_time - self.arrival_time
+
+
+@dataclass
 class RequestOutput:
-    """A request's prompt and its completions (one per `SamplingParams.n`)."""
+    """A request's prompt and its completions (one per `SamplingParams.n`), with its timings."""
 
     request_id: str
     prompt: str | None
@@ -48,4 +62,4 @@ class RequestOutput:
     outputs: list[CompletionOutput]
     finished: bool
     num_cached_tokens: int = 0
-    metrics: dict[str, float] | None = field(default=None)
+    metrics: RequestMetrics | None = None

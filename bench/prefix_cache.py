@@ -1,0 +1,143 @@
+"""What prefix caching buys on requests that share a long system prompt.
+
+Runs the same workload on two engines with identical settings, prefix caching on
+and off: 64 requests (seeded) that share a 1,000-token system prompt of synthetic
+words, each followed by a distinct short question, 16 greedy tokens each, all
+submitted in one `generate` call. Reports time to first token (mean and p50,
+from `RequestOutput.metrics`), prefix-cache hit rate and total throughput.
+
+    python bench/prefix_cache.py [--model PATH] [--threads 2] [--quick]
+
+Prints a table and writes bench/out/prefix-cache-<date>.json.
+"""
+
+from __future__ import annotations
+
+import argparse
+import datetime as dt
+import json
+import platform
+import random
+import statistics
+import time
+from pathlib import Path
+from typing import Any
+
+WORDS = [
+    "the",
+    "of",
+    "and",
+    "river",
+    "city",
+    "garden",
+    "market",
+    "engine",
+    "history",
+    "music",
+    "light",
+    "water",
+    "mountain",
+    "story",
+    "quiet",
+    "ancient",
+]
+SUBJECTS = ["rivers", "cities", "gardens", "markets", "engines", "music", "light", "water", "mountains", "stories"]
+SYSTEM_TOKENS = 1000
+MAX_TOKENS = 16
+KV_CACHE_MEMORY_BYTES = 1 << 30
+MAX_MODEL_LEN = 2048
+
+
+def workload(tokenizer: Any, num_requests: int, seed: int) -> list[list[int]]:
+    """Token-id prompts: one shared SYSTEM_TOKENS-token system prompt plus a distinct question each."""
+    rng = random.Random(seed)
+    system_text = " ".join(rng.choice(WORDS) for _ in range(2 * SYSTEM_TOKENS))
+    system = tokenizer.encode(system_text, add_special_tokens=True)[:SYSTEM_TOKENS]
+    questions = [
+        f"\nQuestion {i}: what do you know about {rng.choice(SUBJECTS)}?\nAnswer:" for i in range(num_requests)
+    ]
+    return [system + tokenizer.encode(q) for q in questions]
+
+
+def run(model: str, prefix_caching: bool, num_requests: int, args: argparse.Namespace) -> dict[str, float]:
+    """Loads an engine, warms it up, runs the workload once and returns its numbers."""
+    from ember import Engine, SamplingParams
+
+    engine = Engine(
+        model,
+        kv_cache_memory_bytes=KV_CACHE_MEMORY_BYTES,
+        max_model_len=MAX_MODEL_LEN,
+        num_threads=args.threads,
+        enable_prefix_caching=prefix_caching,
+    )
+    params = SamplingParams(temperature=0.0, max_tokens=MAX_TOKENS, ignore_eos=True)
+    engine.generate("Warm-up.", params, use_tqdm=False)
+    prompts = workload(engine.tokenizer, num_requests, args.seed)
+    before = engine.stats()
+    start = time.perf_counter()
+    outs = engine.generate(prompts, params, use_tqdm=False)
+    elapsed = time.perf_counter() - start
+    after = engine.stats()
+    ttfts = [o.metrics.time_to_first_token for o in outs if o.metrics and o.metrics.time_to_first_token is not None]
+    prompt_tokens = sum(len(p) for p in prompts)
+    generated = sum(len(o.outputs[0].token_ids) for o in outs)
+    queries = after["prefix_cache_queries"] - before["prefix_cache_queries"]
+    hits = after["prefix_cache_hits"] - before["prefix_cache_hits"]
+    return {
+        "ttft_mean_s": statistics.fmean(ttfts),
+        "ttft_p50_s": statistics.median(ttfts),
+        "wall_s": elapsed,
+        "total_tok_s": (prompt_tokens + generated) / elapsed,
+        "generated_tok_s": generated / elapsed,
+        "prefix_cache_hit_rate": hits / queries if queries else 0.0,
+        "cached_tokens_mean": statistics.fmean(o.num_cached_tokens for o in outs),
+        "prompt_tokens": prompt_tokens,
+        "generated_tokens": generated,
+    }
+
+
+def main() -> None:
+    """Runs the benchmark with prefix caching on and off, prints the table, writes the JSON result."""
+    parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    parser.add_argument("--model", default=None, help="GGUF file (default: the default model, SmolLM2-135M Q4_1)")
+    parser.add_argument("--threads", type=int, default=2, help="engine threads (default: 2)")
+    parser.add_argument("--seed", type=int, default=0, help="seed for the prompts (default: 0)")
+    parser.add_argument("--quick", action="store_true", help="a small smoke run: 8 requests instead of 64")
+    parser.add_argument("--out", type=Path, default=Path(__file__).parent / "out", help="folder for the JSON result")
+    args = parser.parse_args()
+    num_requests = 8 if args.quick else 64
+
+    import ember
+    from ember.models import resolve_model
+
+    model = resolve_model(args.model)
+    results = {name: run(model, on, num_requests, args) for name, on in (("cache_on", True), ("cache_off", False))}
+
+    print(
+        f"\n{num_requests} requests, {SYSTEM_TOKENS}-token shared prefix, {MAX_TOKENS} tokens, {args.threads} threads"
+    )
+    print(f"{'metric':<24}{'cache on':>12}{'cache off':>12}")
+    for key in results["cache_on"]:
+        print(f"{key:<24}{results['cache_on'][key]:>12.3f}{results['cache_off'][key]:>12.3f}")
+
+    now = dt.datetime.now(dt.timezone.utc)
+    record = {
+        "date": now.isoformat(timespec="seconds"),
+        "threads": args.threads,
+        "quick": args.quick,
+        "seed": args.seed,
+        "model": str(model),
+        "num_requests": num_requests,
+        "system_tokens": SYSTEM_TOKENS,
+        "max_tokens": MAX_TOKENS,
+        "versions": {"ember": ember.__version__, "python": platform.python_version()},
+        "results": results,
+    }
+    args.out.mkdir(parents=True, exist_ok=True)
+    path = args.out / f"prefix-cache-{now:%Y%m%d-%H%M%S}.json"
+    path.write_text(json.dumps(record, indent=2) + "\n")
+    print(f"wrote {path}")
+
+
+if __name__ == "__main__":
+    main()

@@ -1,0 +1,36 @@
+"""Engine statistics in the Prometheus text exposition format."""
+
+from __future__ import annotations
+
+# (metric name, type, stats() key, help text)
+_METRICS: tuple[tuple[str, str, str, str], ...] = (
+    ("ember_num_requests_running", "gauge", "num_running", "Requests currently scheduled."),
+    ("ember_num_requests_waiting", "gauge", "num_waiting", "Requests waiting to be scheduled."),
+    ("ember_kv_cache_usage_ratio", "gauge", "kv_cache_usage", "Fraction of KV-cache blocks in use (0 to 1)."),
+    ("ember_prefix_cache_hit_rate", "gauge", "prefix_cache_hit_rate", "Prefix-cache hits per queried token."),
+    (
+        "ember_prefix_cache_queries_total",
+        "counter",
+        "prefix_cache_queries",
+        "Prompt tokens looked up in the prefix cache.",
+    ),
+    ("ember_prefix_cache_hits_total", "counter", "prefix_cache_hits", "Prompt tokens found in the prefix cache."),
+    ("ember_num_preemptions_total", "counter", "num_preemptions", "Requests preempted for lack of KV-cache space."),
+    ("ember_prompt_tokens_total", "counter", "num_prompt_tokens", "Prompt tokens processed."),
+    ("ember_generation_tokens_total", "counter", "num_generation_tokens", "Tokens generated."),
+)
+
+
+def _format_value(value: float) -> str:
+    """A sample value as Prometheus writes it (integers without a fraction)."""
+    return str(int(value)) if float(value).is_integer() else repr(float(value))
+
+
+def render_prometheus(stats: dict[str, float]) -> str:
+    """The text exposition of `Engine.stats()`: # HELP, # TYPE and one sample per metric; missing keys are skipped."""
+    lines: list[str] = []
+    for name, kind, key, help_text in _METRICS:
+        if key not in stats:
+            continue
+        lines += [f"# HELP {name} {help_text}", f"# TYPE {name} {kind}", f"{name} {_format_value(stats[key])}"]
+    return "\n".join(lines) + "\n"
