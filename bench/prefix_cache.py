@@ -14,14 +14,12 @@ Prints a table and writes bench/out/prefix-cache-<date>.json.
 from __future__ import annotations
 
 import argparse
-import datetime as dt
-import json
-import platform
 import random
 import statistics
 import time
-from pathlib import Path
 from typing import Any
+
+from _common import common_parser, write_record
 
 WORDS = [
     "the",
@@ -98,12 +96,11 @@ def run(model: str, prefix_caching: bool, num_requests: int, args: argparse.Name
 
 def main() -> None:
     """Runs the benchmark with prefix caching on and off, prints the table, writes the JSON result."""
-    parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
-    parser.add_argument("--model", default=None, help="GGUF file (default: the default model, SmolLM2-135M Q4_1)")
-    parser.add_argument("--threads", type=int, default=2, help="engine threads (default: 2)")
-    parser.add_argument("--seed", type=int, default=0, help="seed for the prompts (default: 0)")
-    parser.add_argument("--quick", action="store_true", help="a small smoke run: 8 requests instead of 64")
-    parser.add_argument("--out", type=Path, default=Path(__file__).parent / "out", help="folder for the JSON result")
+    parser = common_parser(
+        __doc__,
+        threads_help="engine threads (default: 2)",
+        quick_help="a small smoke run: 8 requests instead of 64",
+    )
     args = parser.parse_args()
     num_requests = 8 if args.quick else 64
 
@@ -120,23 +117,21 @@ def main() -> None:
     for key in results["cache_on"]:
         print(f"{key:<24}{results['cache_on'][key]:>12.3f}{results['cache_off'][key]:>12.3f}")
 
-    now = dt.datetime.now(dt.timezone.utc)
-    record = {
-        "date": now.isoformat(timespec="seconds"),
-        "threads": args.threads,
-        "quick": args.quick,
-        "seed": args.seed,
-        "model": str(model),
-        "num_requests": num_requests,
-        "system_tokens": SYSTEM_TOKENS,
-        "max_tokens": MAX_TOKENS,
-        "versions": {"ember": ember.__version__, "python": platform.python_version()},
-        "results": results,
-    }
-    args.out.mkdir(parents=True, exist_ok=True)
-    path = args.out / f"prefix-cache-{now:%Y%m%d-%H%M%S}.json"
-    path.write_text(json.dumps(record, indent=2) + "\n")
-    print(f"wrote {path}")
+    write_record(
+        args.out,
+        "prefix-cache",
+        {
+            "threads": args.threads,
+            "quick": args.quick,
+            "seed": args.seed,
+            "model": str(model),
+            "num_requests": num_requests,
+            "system_tokens": SYSTEM_TOKENS,
+            "max_tokens": MAX_TOKENS,
+            "results": results,
+        },
+        {"ember": ember.__version__},
+    )
 
 
 if __name__ == "__main__":

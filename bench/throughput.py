@@ -16,16 +16,14 @@ from __future__ import annotations
 
 import argparse
 import ctypes
-import datetime as dt
-import json
-import platform
 import random
 import time
 from collections.abc import Callable
-from pathlib import Path
 from typing import Any
 
 import numpy as np
+
+from _common import common_parser, cpu_model, write_record
 
 WORDS = [
     "the",
@@ -191,17 +189,6 @@ class LlamaCppRunner:
         return len(prompts_ids) * num_tokens / (stamps[-1] - start)
 
 
-def cpu_model() -> str:
-    """The CPU's model name from /proc/cpuinfo."""
-    try:
-        for line in Path("/proc/cpuinfo").read_text().splitlines():
-            if line.startswith("model name"):
-                return line.split(":", 1)[1].strip()
-    except OSError:
-        pass
-    return platform.processor() or "unknown"
-
-
 def measure(
     runner: Any, prefill_ids: list[int], short_ids: list[list[int]], args: argparse.Namespace
 ) -> dict[str, float]:
@@ -220,12 +207,11 @@ def measure(
 
 def main() -> None:
     """Runs the benchmark, prints the table, writes the JSON result."""
-    parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
-    parser.add_argument("--model", default=None, help="GGUF file (default: the default model, SmolLM2-135M Q4_1)")
-    parser.add_argument("--threads", type=int, default=2, help="threads for both engines (default: 2)")
-    parser.add_argument("--seed", type=int, default=0, help="seed for the prompts (default: 0)")
-    parser.add_argument("--quick", action="store_true", help="a small smoke run: 16 tokens, 1 repeat, 16 streams")
-    parser.add_argument("--out", type=Path, default=Path(__file__).parent / "out", help="folder for the JSON result")
+    parser = common_parser(
+        __doc__,
+        threads_help="threads for both engines (default: 2)",
+        quick_help="a small smoke run: 16 tokens, 1 repeat, 16 streams",
+    )
     args = parser.parse_args()
     args.decode_tokens, args.repeats, args.streams = (16, 1, [16]) if args.quick else (128, 3, [16, 64])
 
@@ -252,28 +238,21 @@ def main() -> None:
         a, b = results["ember"][key], results["llama.cpp"][key]
         print(f"{key:<28}{a:>12.1f}{b:>12.1f}{a / b:>8.2f}")
 
-    now = dt.datetime.now(dt.timezone.utc)
-    record = {
-        "date": now.isoformat(timespec="seconds"),
-        "cpu": cpu_model(),
-        "threads": args.threads,
-        "quick": args.quick,
-        "seed": args.seed,
-        "model": str(model),
-        "prefill_tokens": len(prefill_ids),
-        "decode_tokens": args.decode_tokens,
-        "repeats": args.repeats,
-        "versions": {
-            "ember": ember.__version__,
-            "llama_cpp_python": llama_cpp.__version__,
-            "python": platform.python_version(),
+    write_record(
+        args.out,
+        "throughput",
+        {
+            "threads": args.threads,
+            "quick": args.quick,
+            "seed": args.seed,
+            "model": str(model),
+            "prefill_tokens": len(prefill_ids),
+            "decode_tokens": args.decode_tokens,
+            "repeats": args.repeats,
+            "results": results,
         },
-        "results": results,
-    }
-    args.out.mkdir(parents=True, exist_ok=True)
-    path = args.out / f"throughput-{now:%Y%m%d-%H%M%S}.json"
-    path.write_text(json.dumps(record, indent=2) + "\n")
-    print(f"wrote {path}")
+        {"ember": ember.__version__, "llama_cpp_python": llama_cpp.__version__},
+    )
 
 
 if __name__ == "__main__":
