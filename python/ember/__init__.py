@@ -12,11 +12,13 @@ from ember._core import (
     OutOfMemoryError,
     __version__,
 )
+from ember.async_engine import AsyncEngine
 from ember.engine import Engine
 from ember.outputs import CompletionOutput, Logprob, RequestMetrics, RequestOutput
 from ember.sampling_params import SamplingParams
 
 __all__ = [
+    "AsyncEngine",
     "CompletionOutput",
     "EmberError",
     "Engine",

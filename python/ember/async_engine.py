@@ -1,0 +1,191 @@
+"""`AsyncEngine`: the asyncio API for serving stacks, with the engine loop on a background thread."""
+
+from __future__ import annotations
+
+import asyncio
+import itertools
+import os
+import threading
+from collections.abc import AsyncIterator, Callable
+from dataclasses import replace
+from typing import Any
+
+from ember import _core
+from ember._core import InvalidRequestError, Tokenizer
+from ember._engine_loop import AbortCommand, AddCommand, CallCommand, EngineLoop, Sink
+from ember._inputs import Conversation, Prompt, PromptType, normalize_conversations, normalize_prompts
+from ember._tracking import RequestState
+from ember.models import resolve_model
+from ember.outputs import RequestOutput
+from ember.sampling_params import SamplingParams
+
+
+class AsyncEngine:
+    """An LLM for asyncio code: `async for out in engine.generate(...)` streams one request.
+
+    Takes the same arguments as `ember.Engine`. The model is loaded in the
+    constructor; then a daemon thread steps the engine whenever a request is
+    unfinished, with the GIL released while it computes, so the event loop
+    stays free. Every method may be called from any thread and any event loop.
+    Cancelling a consumer (task cancel, `aclose()`, leaving the `async for`)
+    aborts its request and frees its KV-cache blocks.
+
+    >>> async with AsyncEngine() as engine:
+    ...     async for out in engine.generate("Hello", SamplingParams(max_tokens=8)):
+    ...         print(out.outputs[0].text)
+    """
+
+    def __init__(self, model: str | os.PathLike[str] | None = None, **engine_args: Any) -> None:
+        self.model_path = resolve_model(model)
+        """The local file or folder the model was loaded from."""
+        core = _core.Engine(self.model_path, **engine_args)
+        self.tokenizer: Tokenizer = core.tokenizer
+        """The model's tokenizer."""
+        self.max_model_len: int = core.max_model_len
+        """The longest sequence (prompt plus generated tokens) a request may reach."""
+        self.model_name: str = core.model_name
+        """The model's display name."""
+        self._loop = EngineLoop(core)
+        self._counter = itertools.count()
+        self._ids_lock = threading.Lock()
+        self._live: dict[str, list[str]] = {}
+
+    async def generate(
+        self,
+        prompt: PromptType,
+        sampling_params: SamplingParams | None = None,
+        *,
+        request_id: str | None = None,
+        priority: int = 0,
+        delta: bool = False,
+    ) -> AsyncIterator[RequestOutput]:
+        """Streams one prompt's completion (a str or a list of token ids).
+
+        Yields cumulative RequestOutputs (everything so far) as tokens arrive;
+        with `delta=True` each holds only the completions that changed and only
+        their new text and tokens. The last one has `finished=True`. Invalid
+        parameters raise `InvalidRequestError` at the first iteration. If the
+        consumer yields fewer times than the engine steps, outputs are merged.
+        """
+        if not isinstance(prompt, str) and not all(isinstance(t, int) for t in prompt):
+            raise InvalidRequestError("generate takes one prompt: a str or a list of token ids")
+        (item,) = normalize_prompts([prompt], self.tokenizer)
+        async for out in self._run(item, sampling_params, request_id, priority, delta):
+            yield out
+
+    async def chat(
+        self,
+        messages: Conversation,
+        sampling_params: SamplingParams | None = None,
+        *,
+        request_id: str | None = None,
+        priority: int = 0,
+        delta: bool = False,
+        add_generation_prompt: bool = True,
+    ) -> AsyncIterator[RequestOutput]:
+        """Streams the answer to one conversation (rendered with the chat template); like `generate`."""
+        if len(messages) > 0 and not isinstance(messages[0], dict):
+            raise InvalidRequestError("chat takes one conversation (a list of message dicts)")
+        (item,) = normalize_conversations(messages, self.tokenizer, add_generation_prompt)
+        async for out in self._run(item, sampling_params, request_id, priority, delta):
+            yield out
+
+    def abort(self, request_id: str) -> bool:
+        """Aborts a running request (its stream ends with finish_reason "abort"); False if unknown."""
+        with self._ids_lock:
+            child_ids = self._live.get(request_id)
+        if child_ids is None:
+            return False
+        self._loop.post(AbortCommand(list(child_ids)))
+        return True
+
+    def abort_all(self) -> None:
+        """Aborts every request in flight; their streams end with finish_reason "abort"."""
+        self._loop.post(AbortCommand(None))
+
+    def stats(self) -> dict[str, float]:
+        """Engine counters and gauges as of the last step (never waits for the engine)."""
+        return self._loop.stats
+
+    async def call(self, fn: Callable[[_core.Engine], Any]) -> Any:
+        """Runs `fn(core_engine)` on the engine thread between steps and returns its result."""
+        future: asyncio.Future[Any] = asyncio.get_running_loop().create_future()
+        self._loop.post(CallCommand(fn, future))
+        return await future
+
+    async def reset_prefix_cache(self) -> bool:
+        """Forgets cached prefixes; False if blocks are in use and nothing was reset."""
+        return bool(await self.call(lambda core: core.reset_prefix_cache()))
+
+    @property
+    def alive(self) -> bool:
+        """Whether the engine thread runs (False after shutdown or an internal error)."""
+        return self._loop.alive
+
+    @property
+    def num_unfinished_requests(self) -> int:
+        """Requests whose streams have not ended yet."""
+        with self._ids_lock:
+            return len(self._live)
+
+    async def shutdown(self) -> None:
+        """Aborts every request in flight (their streams end with "abort") and stops the engine thread."""
+        self._loop.stop()
+        await asyncio.to_thread(self._loop.join)
+
+    async def __aenter__(self) -> AsyncEngine:
+        return self
+
+    async def __aexit__(self, *exc_info: object) -> None:
+        await self.shutdown()
+
+    async def _run(
+        self,
+        item: Prompt,
+        sampling_params: SamplingParams | None,
+        request_id: str | None,
+        priority: int,
+        delta: bool,
+    ) -> AsyncIterator[RequestOutput]:
+        """Submits one request and yields its outputs until it finishes; aborts it if left early."""
+        params = sampling_params or SamplingParams()
+        if not isinstance(params, SamplingParams):
+            raise InvalidRequestError(f"sampling_params must be a SamplingParams, got {type(params).__name__}")
+        if not isinstance(priority, int) or isinstance(priority, bool):
+            raise InvalidRequestError(f"priority must be an int, got {type(priority).__name__}")
+        user_id = request_id if request_id is not None else f"req-{next(self._counter)}"
+        # Sub-request ids are internal, so user ids like "a" and "a-0" never collide.
+        state = RequestState(f"{next(self._counter)}", item, params.n, params.logprobs is not None)
+        self._register(user_id, state.child_ids)
+        sink = Sink(asyncio.get_running_loop())
+        child_params = [(params if params.n == 1 else params.for_child(i)).to_dict() for i in range(params.n)]
+        try:
+            self._loop.post(AddCommand(state.child_ids, list(item.token_ids), child_params, priority, sink))
+            while not state.finished:
+                items = [await sink.queue.get()]
+                while not sink.queue.empty():
+                    items.append(sink.queue.get_nowait())
+                for batch in items:
+                    if isinstance(batch, BaseException):
+                        raise batch
+                    for child_id, out in batch:
+                        state.add(child_id, out, self._decode_token)
+                out = state.take_delta() if delta else state.output()
+                if out is not None:
+                    yield replace(out, request_id=user_id)
+        finally:
+            with self._ids_lock:
+                self._live.pop(user_id, None)
+            if not state.finished and self._loop.alive:
+                self._loop.post(AbortCommand(state.unfinished_child_ids()))
+
+    def _register(self, user_id: str, child_ids: list[str]) -> None:
+        """Marks a request id live; two live requests may not share one."""
+        with self._ids_lock:
+            if user_id in self._live:
+                raise InvalidRequestError(f"request_id '{user_id}' is already in use")
+            self._live[user_id] = child_ids
+
+    def _decode_token(self, token_id: int) -> str:
+        """One token's text, special tokens kept (for logprobs)."""
+        return self.tokenizer.decode([token_id], skip_special_tokens=False)
