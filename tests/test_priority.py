@@ -1,4 +1,4 @@
-"""Engine.generate(priority=...): one int or one per prompt, validated before anything runs."""
+"""Engine.generate and Engine.chat (priority=...): one int or one per prompt, validated before anything runs."""
 
 from __future__ import annotations
 
@@ -23,3 +23,12 @@ def test_bad_priority_raises(engine: Engine, priority: object) -> None:
     with pytest.raises(InvalidRequestError, match="priority"):
         engine.generate(PROMPTS, GREEDY, use_tqdm=False, priority=priority)  # type: ignore[arg-type]
     assert engine.stats()["num_waiting"] == 0 and engine.stats()["num_running"] == 0
+
+
+def test_chat_takes_priority_too(engine: Engine) -> None:
+    conversations = [[{"role": "user", "content": p}] for p in PROMPTS]
+    plain = engine.chat(conversations, GREEDY, use_tqdm=False)
+    ranked = engine.chat(conversations, GREEDY, use_tqdm=False, priority=[3, -1])
+    assert [o.outputs[0].token_ids for o in plain] == [o.outputs[0].token_ids for o in ranked]
+    with pytest.raises(InvalidRequestError, match="priority"):
+        engine.chat(conversations, GREEDY, use_tqdm=False, priority=[1])

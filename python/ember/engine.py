@@ -106,13 +106,16 @@ class Engine:
         *,
         use_tqdm: bool = True,
         add_generation_prompt: bool = True,
+        priority: int | Sequence[int] | None = None,
     ) -> list[RequestOutput]:
         """Answers one conversation (a list of {"role", "content"} dicts) or a list of them.
 
-        Each conversation is rendered with the model's chat template.
+        Each conversation is rendered with the model's chat template. `priority` is
+        as in `generate`.
         """
         batch = normalize_conversations(messages, self.tokenizer, add_generation_prompt)
-        return self._run_batch(batch, normalize_params(sampling_params, len(batch)), use_tqdm)
+        params = normalize_params(sampling_params, len(batch))
+        return self._run_batch(batch, params, use_tqdm, normalize_priority(priority, len(batch)))
 
     def generate_stream(
         self, prompt: PromptType, sampling_params: SamplingParams | None = None
