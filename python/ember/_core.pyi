@@ -60,6 +60,8 @@ class Engine:
         dtype: str = "auto",
         num_threads: int | None = None,
         enable_prefix_caching: bool = True,
+        device: str = "auto",
+        gpu_memory_utilization: float = 0.9,
     ) -> None: ...
     tokenizer: Tokenizer
     max_model_len: int

@@ -48,6 +48,8 @@ class Engine:
         dtype: str = "auto",
         num_threads: int | None = None,
         enable_prefix_caching: bool = True,
+        device: str = "auto",
+        gpu_memory_utilization: float = 0.9,
     ) -> None:
         self.model_path = resolve_model(model)
         """The local file or folder the model was loaded from."""
@@ -62,6 +64,8 @@ class Engine:
             dtype=dtype,
             num_threads=num_threads,
             enable_prefix_caching=enable_prefix_caching,
+            device=device,
+            gpu_memory_utilization=gpu_memory_utilization,
         )
         self._lock = threading.Lock()
         self._request_counter = itertools.count()

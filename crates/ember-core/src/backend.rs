@@ -155,6 +155,12 @@ pub trait Backend: Send + Sync {
     /// Short name for logs and errors ("cpu", "cuda").
     fn name(&self) -> &'static str;
 
+    /// Called once at the start of every forward pass, before its other operations, with the
+    /// step's token ids and metadata (which stay alive for the whole pass); a device backend
+    /// uploads them here in one copy. The default does nothing.
+    fn begin_step(&self, _token_ids: &[u32], _meta: &StepMetadata) -> BackendResult<()> {
+        Ok(())
+    }
     /// Copies or converts a stored matrix into the backend's format.
     fn load_matrix(&self, weight: &WeightView<'_>) -> BackendResult<Self::Matrix>;
     /// Copies or converts a stored vector into the backend's format (f32 on the CPU).

@@ -5,20 +5,16 @@ use std::sync::Arc;
 use std::time::{SystemTime, UNIX_EPOCH};
 
 use ember_core::{
-    Backend, BackendError, FinishReason, IncrementalDetokenizer, InvalidParam, KvCacheSpec, Request,
-    RequestId, RequestUpdate, SamplingParams, Scheduler, SchedulerConfig, SchedulerStats, StopStrings,
+    BackendError, FinishReason, IncrementalDetokenizer, InvalidParam, Request, RequestId, RequestUpdate,
+    SamplingParams, Scheduler, SchedulerConfig, SchedulerStats, StopStrings,
 };
-use ember_cpu::CpuBackend;
 use thiserror::Error;
 
 use crate::chat_template::ChatTemplate;
-use crate::engine_args::{
-    available_memory_bytes, default_cpu_kv_cache_bytes, EngineArgs, DEFAULT_MAX_NUM_BATCHED_TOKENS,
-};
+use crate::device::load_on_device;
+use crate::engine_args::{EngineArgs, DEFAULT_MAX_NUM_BATCHED_TOKENS};
 use crate::executor::StepExecutor;
-use crate::llama::LlamaModel;
 use crate::loader::open_model;
-use crate::runner::ModelRunner;
 use crate::tokenizer::Tokenizer;
 use crate::weights::LoadError;
 
@@ -106,7 +102,7 @@ fn invalid(message: String) -> EngineError {
 }
 
 impl LlmEngine {
-    /// Opens the model, loads it onto the CPU backend and sizes the KV cache.
+    /// Opens the model, loads it onto the chosen device's backend and sizes the KV cache.
     pub fn new(args: &EngineArgs) -> Result<Self, EngineError> {
         if !(args.block_size.is_power_of_two() && (1..=256).contains(&args.block_size)) {
             return Err(invalid(format!(
@@ -125,37 +121,16 @@ impl LlmEngine {
         }
         let opened = open_model(&args.model_path)?;
         let config = opened.config;
-        // "float32" dequantizes quantized weights at load so every product is f32 (reference
-        // exact); "auto" keeps them quantized and multiplies with 8-bit activations, like llama.cpp.
-        let backend = CpuBackend::new(args.num_threads).with_f32_weights(args.dtype == "float32");
         log::info!(
-            "loading {} ({:?}, {} layers, hidden {}) on the CPU with {} threads",
+            "loading {} ({:?}, {} layers, hidden {}) on device \"{}\"",
             opened.name,
             config.architecture,
             config.num_layers,
             config.hidden_size,
-            backend.num_threads()
+            args.device
         );
-        let model = LlamaModel::load(&backend, &config, &opened.weights)?;
+        let (executor, kv_spec) = load_on_device(args, &config, &opened.weights, &opened.name)?;
         drop(opened.weights);
-
-        let kv_bytes = args
-            .kv_cache_memory_bytes
-            .unwrap_or_else(|| default_cpu_kv_cache_bytes(available_memory_bytes()));
-        let mut kv_spec = KvCacheSpec {
-            num_layers: config.num_layers,
-            num_blocks: 0,
-            block_size: args.block_size,
-            num_kv_heads: config.num_kv_heads,
-            head_dim: config.head_dim,
-        };
-        let block_bytes = kv_spec.bytes_per_block(backend.kv_cache_bytes_per_element()) as u64;
-        kv_spec.num_blocks = (kv_bytes / block_bytes) as usize;
-        if kv_spec.num_blocks == 0 {
-            return Err(invalid(format!(
-                "kv_cache_memory_bytes ({kv_bytes}) is smaller than one KV-cache block ({block_bytes} bytes)"
-            )));
-        }
         let cache_tokens = kv_spec.num_blocks * args.block_size;
         let model_len_limit = config.max_position_embeddings;
         let max_model_len = match args.max_model_len {
@@ -169,15 +144,13 @@ impl LlmEngine {
             None => model_len_limit.min(cache_tokens),
         };
         log::info!(
-            "KV cache: {} blocks of {} tokens ({:.1} MiB, {} tokens); max_model_len {}; max concurrency {:.2}x",
+            "KV cache: {} blocks of {} tokens ({} tokens); max_model_len {}; max concurrency {:.2}x",
             kv_spec.num_blocks,
             args.block_size,
-            (kv_spec.num_blocks as u64 * block_bytes) as f64 / (1 << 20) as f64,
             cache_tokens,
             max_model_len,
             cache_tokens as f64 / max_model_len as f64
         );
-        let runner = ModelRunner::new(backend, model, kv_spec, config.vocab_size)?;
         let scheduler = Scheduler::new(SchedulerConfig {
             max_num_seqs: args.max_num_seqs,
             max_num_batched_tokens: args
@@ -190,7 +163,7 @@ impl LlmEngine {
             ..SchedulerConfig::default()
         });
         Ok(Self {
-            executor: Box::new(runner),
+            executor,
             scheduler,
             tokenizer: Arc::new(opened.tokenizer),
             chat_template: opened.chat_template.map(Arc::new),

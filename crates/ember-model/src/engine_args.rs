@@ -33,6 +33,10 @@ pub struct EngineArgs {
     pub num_threads: Option<usize>,
     /// Reuse cached KV blocks of shared prompt prefixes.
     pub enable_prefix_caching: bool,
+    /// Where the model runs: "auto" (CUDA when usable, else CPU), "cuda" or "cpu".
+    pub device: String,
+    /// Fraction of GPU memory the engine may use (weights, workspace and KV cache).
+    pub gpu_memory_utilization: f32,
 }
 
 impl EngineArgs {
@@ -49,6 +53,8 @@ impl EngineArgs {
             dtype: "auto".into(),
             num_threads: None,
             enable_prefix_caching: true,
+            device: "auto".into(),
+            gpu_memory_utilization: 0.9,
         }
     }
 }

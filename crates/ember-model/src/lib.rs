@@ -3,6 +3,7 @@
 
 pub mod chat_template;
 pub mod config;
+pub mod device;
 pub mod engine;
 pub mod engine_args;
 pub mod executor;

@@ -136,6 +136,7 @@ impl<B: Backend> LlamaModel<B> {
         token_ids: &[u32],
         meta: &StepMetadata,
     ) -> BackendResult<B::Tensor> {
+        backend.begin_step(token_ids, meta)?;
         let mut residual = backend.embed(&self.embed_tokens, token_ids)?;
         let mut hidden = backend.rms_norm(&residual, &self.layers[0].input_norm, self.rms_norm_eps)?;
         for (index, layer) in self.layers.iter().enumerate() {

@@ -79,7 +79,7 @@ impl PyEngine {
     #[new]
     #[pyo3(signature = (model_path, *, max_model_len=None, max_num_seqs=256, max_num_batched_tokens=None,
         kv_cache_memory_bytes=None, block_size=16, seed=0, dtype="auto".to_string(), num_threads=None,
-        enable_prefix_caching=true))]
+        enable_prefix_caching=true, device="auto".to_string(), gpu_memory_utilization=0.9))]
     #[allow(clippy::too_many_arguments)]
     fn new(
         py: Python<'_>,
@@ -93,6 +93,8 @@ impl PyEngine {
         dtype: String,
         num_threads: Option<usize>,
         enable_prefix_caching: bool,
+        device: String,
+        gpu_memory_utilization: f32,
     ) -> PyResult<Self> {
         let args = EngineArgs {
             max_model_len,
@@ -104,6 +106,8 @@ impl PyEngine {
             dtype,
             num_threads,
             enable_prefix_caching,
+            device,
+            gpu_memory_utilization,
             ..EngineArgs::new(model_path)
         };
         let engine = py.detach(|| LlmEngine::new(&args)).map_err(engine_error)?;

@@ -1,0 +1,213 @@
+//! Host side of the KV-cache write and the paged attention kernels: checks, kernel choice
+//! (decode when every sequence brings one token, else the tensor-core prefill kernel), splits.
+
+use ember_core::{AttentionShape, BackendError, BackendResult, StepMetadata};
+
+use crate::backend::CudaBackend;
+use crate::device::Arg;
+use crate::launch::{decode_geometry, decode_reduce_geometry, decode_split, prefill_geometry, row_geometry};
+use crate::tensor::{CudaKvCache, CudaTensor};
+
+fn err(op: &str, detail: String) -> BackendError {
+    BackendError::Device(format!("{op}: {detail}"))
+}
+
+/// Writes `key`/`value` rows into `layer` of the cache at `slot_mapping`.
+pub fn write_kv(
+    backend: &CudaBackend,
+    cache: &mut CudaKvCache,
+    layer: usize,
+    key: &CudaTensor,
+    value: &CudaTensor,
+    slot_mapping: &[u32],
+) -> BackendResult<()> {
+    let spec = cache.spec;
+    let width = spec.num_kv_heads * spec.head_dim;
+    let num_slots = spec.num_blocks * spec.block_size;
+    if layer >= spec.num_layers {
+        return Err(err(
+            "write_kv",
+            format!("layer {layer} out of range ({} layers)", spec.num_layers),
+        ));
+    }
+    for (name, t) in [("key", key), ("value", value)] {
+        if t.cols != width || t.rows != slot_mapping.len() {
+            return Err(err(
+                "write_kv",
+                format!(
+                    "{name} is [{}, {}], expected [{}, {width}]",
+                    t.rows,
+                    t.cols,
+                    slot_mapping.len()
+                ),
+            ));
+        }
+    }
+    if let Some(&bad) = slot_mapping.iter().find(|&&s| s as usize >= num_slots) {
+        return Err(err(
+            "write_kv",
+            format!("slot {bad} out of range ({num_slots} slots)"),
+        ));
+    }
+    let d = &backend.device;
+    let slots = backend.step()?.words(d, slot_mapping, "slot_mapping")?;
+    d.launch(
+        "ember_reshape_and_cache_bf16",
+        row_geometry(key.rows, width),
+        &[
+            Arg::Ptr(d.ptr(&cache.keys[layer])),
+            Arg::Ptr(d.ptr(&cache.values[layer])),
+            Arg::Ptr(d.ptr(&key.data)),
+            Arg::Ptr(d.ptr(&value.data)),
+            Arg::Ptr(slots.ptr(d)),
+            Arg::I32(width as i32),
+            Arg::I64(num_slots as i64),
+        ],
+    )
+}
+
+/// Causal attention of the step's queries over the paged cache (see `Backend::attention`).
+pub fn attention(
+    backend: &CudaBackend,
+    query: &CudaTensor,
+    cache: &CudaKvCache,
+    layer: usize,
+    shape: AttentionShape,
+    scale: f32,
+    meta: &StepMetadata,
+) -> BackendResult<CudaTensor> {
+    let spec = cache.spec;
+    let (num_seqs, num_tokens) = (meta.num_seqs(), meta.num_tokens());
+    if layer >= spec.num_layers
+        || shape.num_kv_heads != spec.num_kv_heads
+        || shape.head_dim != spec.head_dim
+        || !shape.num_heads.is_multiple_of(shape.num_kv_heads.max(1))
+    {
+        return Err(err(
+            "attention",
+            format!("layer {layer}, shape {shape:?} do not fit the cache {spec:?}"),
+        ));
+    }
+    let q_dim = shape.num_heads * shape.head_dim;
+    let qsl = &meta.query_start_loc;
+    if query.rows != num_tokens
+        || query.cols != q_dim
+        || qsl.len() != num_seqs + 1
+        || qsl.last().map(|&v| v as usize) != Some(num_tokens)
+        || meta.block_tables.len() < num_seqs * meta.max_blocks_per_seq
+    {
+        return Err(err(
+            "attention",
+            format!(
+                "query [{}, {}] and metadata disagree ({num_tokens} tokens, {num_seqs} sequences)",
+                query.rows, query.cols
+            ),
+        ));
+    }
+    let max_seq_len = meta.seq_lens.iter().copied().max().unwrap_or(0) as usize;
+    if max_seq_len.div_ceil(spec.block_size) > meta.max_blocks_per_seq {
+        return Err(err(
+            "attention",
+            format!(
+                "{max_seq_len} tokens need more than {} blocks",
+                meta.max_blocks_per_seq
+            ),
+        ));
+    }
+    let max_query_len = qsl
+        .windows(2)
+        .map(|w| w[1].saturating_sub(w[0]))
+        .max()
+        .unwrap_or(0) as usize;
+    let out = backend.tensor(num_tokens, q_dim, "attention")?;
+    if num_tokens == 0 {
+        return Ok(out);
+    }
+    let d = &backend.device;
+    let step = backend.step()?;
+    let tables = step.words(d, &meta.block_tables, "block_tables")?;
+    let seq_lens = step.words(d, &meta.seq_lens, "seq_lens")?;
+    drop(step);
+    let suffix = format!("bf16_h{}_b{}", spec.head_dim, spec.block_size);
+    let (kc, vc) = (d.ptr(&cache.keys[layer]), d.ptr(&cache.values[layer]));
+    let common = |a: &mut Vec<Arg>| {
+        a.extend([Arg::Ptr(tables.ptr(d)), Arg::Ptr(seq_lens.ptr(d))]);
+    };
+    if max_query_len == 1 && num_tokens == num_seqs {
+        let split = decode_split(
+            max_seq_len,
+            num_seqs,
+            shape.num_heads,
+            shape.num_kv_heads,
+            d.num_sms(),
+        );
+        let partial_len = if split.num_splits > 1 {
+            num_seqs * shape.num_heads * split.num_splits
+        } else {
+            0
+        };
+        let acc = d.alloc::<f32>(partial_len * shape.head_dim, "decode partials")?;
+        let max = d.alloc::<f32>(partial_len, "decode partials")?;
+        let sum = d.alloc::<f32>(partial_len, "decode partials")?;
+        let mut args = vec![
+            Arg::Ptr(d.ptr(&out.data)),
+            Arg::Ptr(d.ptr(&acc)),
+            Arg::Ptr(d.ptr(&max)),
+            Arg::Ptr(d.ptr(&sum)),
+            Arg::Ptr(d.ptr(&query.data)),
+            Arg::Ptr(kc),
+            Arg::Ptr(vc),
+        ];
+        common(&mut args);
+        args.extend([
+            Arg::I32(meta.max_blocks_per_seq as i32),
+            Arg::I32(shape.num_heads as i32),
+            Arg::I32(shape.num_kv_heads as i32),
+            Arg::F32(scale),
+            Arg::I32(split.partition_size as i32),
+            Arg::I32(split.num_splits as i32),
+        ]);
+        d.launch(
+            &format!("ember_paged_decode_attention_{suffix}"),
+            decode_geometry(num_seqs, shape.num_heads, shape.num_kv_heads, split),
+            &args,
+        )?;
+        if split.num_splits > 1 {
+            d.launch(
+                "ember_paged_decode_reduce_bf16",
+                decode_reduce_geometry(num_seqs, shape.num_heads, shape.head_dim),
+                &[
+                    Arg::Ptr(d.ptr(&out.data)),
+                    Arg::Ptr(d.ptr(&acc)),
+                    Arg::Ptr(d.ptr(&max)),
+                    Arg::Ptr(d.ptr(&sum)),
+                    Arg::Ptr(seq_lens.ptr(d)),
+                    Arg::I32(shape.num_heads as i32),
+                    Arg::I32(shape.head_dim as i32),
+                    Arg::I32(split.partition_size as i32),
+                    Arg::I32(split.num_splits as i32),
+                ],
+            )?;
+        }
+    } else {
+        let qsl_dev = backend.step()?.words(d, qsl, "query_start_loc")?;
+        let (geometry, tiles) = prefill_geometry(num_seqs, max_query_len, shape.num_heads);
+        let mut args = vec![
+            Arg::Ptr(d.ptr(&out.data)),
+            Arg::Ptr(d.ptr(&query.data)),
+            Arg::Ptr(kc),
+            Arg::Ptr(vc),
+        ];
+        common(&mut args);
+        args.extend([
+            Arg::Ptr(qsl_dev.ptr(d)),
+            Arg::I32(meta.max_blocks_per_seq as i32),
+            Arg::I32(shape.num_heads as i32),
+            Arg::I32(shape.num_kv_heads as i32),
+            Arg::F32(scale),
+            Arg::I32(tiles as i32),
+        ]);
+        d.launch(&format!("ember_prefill_attention_{suffix}"), geometry, &args)?;
+    }
+    Ok(out)
+}

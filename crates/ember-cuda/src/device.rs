@@ -1,0 +1,177 @@
+//! One CUDA device: context, stream, the kernel module, cuBLAS, and typed kernel launches.
+
+use std::collections::HashMap;
+use std::sync::{Arc, Mutex};
+
+use cudarc::cublas::CudaBlas;
+use cudarc::driver::{
+    sys, CudaContext, CudaFunction, CudaModule, CudaSlice, CudaStream, DevicePtr, DeviceRepr, LaunchConfig,
+    PushKernelArg, ValidAsZeroBits,
+};
+use ember_core::{BackendError, BackendResult};
+
+use crate::launch::Geometry;
+
+/// A kernel argument (device pointers travel as `u64`).
+#[derive(Clone, Copy, Debug)]
+pub enum Arg {
+    /// A device pointer (0 for null).
+    Ptr(u64),
+    /// A 32-bit integer.
+    I32(i32),
+    /// A 64-bit integer.
+    I64(i64),
+    /// A float.
+    F32(f32),
+}
+
+/// Maps any driver-side error to a backend error naming the operation.
+pub fn device_err(what: &str, e: impl std::fmt::Debug) -> BackendError {
+    BackendError::Device(format!("{what}: {e:?}"))
+}
+
+/// The device a [`crate::CudaBackend`] runs on.
+pub struct Device {
+    ctx: Arc<CudaContext>,
+    stream: Arc<CudaStream>,
+    module: Arc<CudaModule>,
+    functions: Mutex<HashMap<String, CudaFunction>>,
+    blas: CudaBlas,
+    num_sms: usize,
+}
+
+impl Device {
+    /// Opens device `ordinal`, loads the kernels and creates the stream and cuBLAS handle.
+    pub fn open(ordinal: usize) -> BackendResult<Self> {
+        crate::probe::probe().map_err(BackendError::Device)?;
+        let ctx = CudaContext::new(ordinal).map_err(|e| device_err("cuda context", e))?;
+        // One stream, in-order: cudarc's per-allocation event tracking is unnecessary, and its
+        // events would break CUDA-graph capture.
+        // SAFETY: no allocation exists yet, and all work goes to the single stream below.
+        unsafe { ctx.disable_event_tracking() };
+        let stream = ctx.new_stream().map_err(|e| device_err("cuda stream", e))?;
+        let module = crate::module::load_kernels(&ctx).map_err(BackendError::Device)?;
+        let blas = CudaBlas::new(stream.clone()).map_err(|e| device_err("cublas", e))?;
+        let num_sms = ctx
+            .attribute(sys::CUdevice_attribute::CU_DEVICE_ATTRIBUTE_MULTIPROCESSOR_COUNT)
+            .map_err(|e| device_err("device attribute", e))? as usize;
+        Ok(Self {
+            ctx,
+            stream,
+            module,
+            functions: Mutex::new(HashMap::new()),
+            blas,
+            num_sms,
+        })
+    }
+
+    /// The context.
+    pub fn ctx(&self) -> &Arc<CudaContext> {
+        &self.ctx
+    }
+
+    /// The stream every operation runs on.
+    pub fn stream(&self) -> &Arc<CudaStream> {
+        &self.stream
+    }
+
+    /// cuBLAS bound to the stream.
+    pub fn blas(&self) -> &CudaBlas {
+        &self.blas
+    }
+
+    /// Streaming multiprocessors.
+    pub fn num_sms(&self) -> usize {
+        self.num_sms
+    }
+
+    /// `(free, total)` device memory in bytes.
+    pub fn mem_info(&self) -> BackendResult<(u64, u64)> {
+        let (free, total) = self
+            .ctx
+            .mem_get_info()
+            .map_err(|e| device_err("memory info", e))?;
+        Ok((free as u64, total as u64))
+    }
+
+    /// Allocates `len` zeroed elements; out-of-memory becomes [`BackendError::OutOfMemory`].
+    pub fn alloc<T: DeviceRepr + ValidAsZeroBits>(
+        &self,
+        len: usize,
+        what: &str,
+    ) -> BackendResult<CudaSlice<T>> {
+        self.stream.alloc_zeros::<T>(len.max(1)).map_err(|e| {
+            let (free, _) = self.mem_info().unwrap_or((0, 0));
+            if format!("{e:?}").contains("OUT_OF_MEMORY") {
+                BackendError::OutOfMemory {
+                    what: what.to_string(),
+                    requested_bytes: (len * std::mem::size_of::<T>()) as u64,
+                    available_bytes: free,
+                }
+            } else {
+                device_err(what, e)
+            }
+        })
+    }
+
+    /// Copies host data into a new device buffer.
+    pub fn upload<T: DeviceRepr + ValidAsZeroBits>(
+        &self,
+        host: &[T],
+        what: &str,
+    ) -> BackendResult<CudaSlice<T>> {
+        let mut dst = self.alloc::<T>(host.len(), what)?;
+        self.stream
+            .memcpy_htod(host, &mut dst)
+            .map_err(|e| device_err(what, e))?;
+        Ok(dst)
+    }
+
+    /// Copies a device buffer to the host (synchronizing the stream).
+    pub fn download<T: DeviceRepr>(&self, src: &CudaSlice<T>) -> BackendResult<Vec<T>> {
+        self.stream
+            .clone_dtoh(src)
+            .map_err(|e| device_err("device to host copy", e))
+    }
+
+    /// The raw address of a buffer, for kernel arguments.
+    pub fn ptr<T>(&self, slice: &CudaSlice<T>) -> u64 {
+        slice.device_ptr(&self.stream).0
+    }
+
+    /// Launches kernel `name` of the module with `args`.
+    pub fn launch(&self, name: &str, geometry: Geometry, args: &[Arg]) -> BackendResult<()> {
+        let function = {
+            let mut cache = self
+                .functions
+                .lock()
+                .map_err(|_| device_err(name, "poisoned lock"))?;
+            match cache.get(name) {
+                Some(f) => f.clone(),
+                None => {
+                    let f = self.module.load_function(name).map_err(|e| device_err(name, e))?;
+                    cache.insert(name.to_string(), f.clone());
+                    f
+                }
+            }
+        };
+        let mut builder = self.stream.launch_builder(&function);
+        for arg in args {
+            match arg {
+                Arg::Ptr(v) => builder.arg(v),
+                Arg::I32(v) => builder.arg(v),
+                Arg::I64(v) => builder.arg(v),
+                Arg::F32(v) => builder.arg(v),
+            };
+        }
+        let config = LaunchConfig {
+            grid_dim: geometry.grid,
+            block_dim: geometry.block,
+            shared_mem_bytes: 0,
+        };
+        // SAFETY: every kernel's argument list is built by the op in `ops.rs` that matches its
+        // `extern "C"` signature in cuda/ember_kernels.h, with live device pointers.
+        unsafe { builder.launch(config) }.map_err(|e| device_err(name, e))?;
+        Ok(())
+    }
+}

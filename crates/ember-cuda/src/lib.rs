@@ -1,0 +1,25 @@
+//! Ember's CUDA backend: cudarc with dynamic loading (no CUDA needed to build or to run on a
+//! CPU-only machine), the kernels of `cuda/` embedded as one fatbin (or compiled by NVRTC at
+//! run time), cuBLAS bf16 GEMMs with f32 accumulation, and one pinned copy of the step inputs
+//! per step. Layouts and design notes: `cuda/README.md`.
+
+mod attention;
+mod backend;
+mod device;
+mod gemm;
+pub mod graph;
+#[cfg(test)]
+mod kernel_build;
+pub mod launch;
+pub mod memory_plan;
+mod module;
+mod nvrtc_cache;
+mod probe;
+pub mod step_buffer;
+mod step_inputs;
+mod tensor;
+mod weights;
+
+pub use backend::CudaBackend;
+pub use probe::{is_available, probe};
+pub use tensor::{CudaKvCache, CudaMatrix, CudaTensor, CudaVector};

@@ -1,0 +1,52 @@
+//! Device-side data types of the CUDA backend. 16-bit values are stored as raw `u16` bits
+//! (bf16); K/V cache layout per layer: `[num_blocks, block_size, num_kv_heads, head_dim]`.
+
+use cudarc::driver::CudaSlice;
+use ember_core::KvCacheSpec;
+
+/// A row-major bf16 activation `[rows, cols]`.
+pub struct CudaTensor {
+    pub(crate) data: CudaSlice<u16>,
+    pub(crate) rows: usize,
+    pub(crate) cols: usize,
+}
+
+impl CudaTensor {
+    /// Rows.
+    pub fn rows(&self) -> usize {
+        self.rows
+    }
+
+    /// Columns.
+    pub fn cols(&self) -> usize {
+        self.cols
+    }
+}
+
+/// A bf16 weight matrix `[rows = out_features, cols = in_features]` (quantized GGUF weights
+/// are dequantized at load).
+pub struct CudaMatrix {
+    pub(crate) data: CudaSlice<u16>,
+    pub(crate) rows: usize,
+    pub(crate) cols: usize,
+}
+
+/// An f32 weight vector `[len]` (norm scales, biases).
+pub struct CudaVector {
+    pub(crate) data: CudaSlice<f32>,
+    pub(crate) len: usize,
+}
+
+/// The paged K/V cache: per layer, K and V `[num_blocks, block_size, num_kv_heads, head_dim]` bf16.
+pub struct CudaKvCache {
+    pub(crate) keys: Vec<CudaSlice<u16>>,
+    pub(crate) values: Vec<CudaSlice<u16>>,
+    pub(crate) spec: KvCacheSpec,
+}
+
+impl CudaKvCache {
+    /// The geometry it was allocated with.
+    pub fn spec(&self) -> &KvCacheSpec {
+        &self.spec
+    }
+}

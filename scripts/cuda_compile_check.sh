@@ -1,0 +1,58 @@
+#!/usr/bin/env bash
+# Compiles every CUDA kernel file for sm_90a and sm_80 (+ compute_80 PTX) with the pinned
+# CUDA 13.0 compiler from PyPI, then the whole module exactly as crates/ember-cuda/build.rs
+# does. No GPU needed. Warnings are errors (flags in cuda/nvcc_flags.txt, shared with build.rs).
+#
+#   scripts/cuda_compile_check.sh            # uses/creates .cache/cuda-venv
+#   EMBER_CUDA_VENV=/path scripts/cuda_compile_check.sh
+#   NVCC=/path/to/nvcc scripts/cuda_compile_check.sh   # skip the venv
+set -euo pipefail
+root="$(cd "$(dirname "$0")/.." && pwd)"
+cd "$root"
+wheel_spec='cuda-toolkit[nvcc,nvvm,crt,cudart,cccl,nvrtc]==13.0.2'
+venv="${EMBER_CUDA_VENV:-$root/.cache/cuda-venv}"
+if [[ -z "${NVCC:-}" ]]; then
+  NVCC="$(ls "$venv"/lib/python3*/site-packages/nvidia/cu13/bin/nvcc 2>/dev/null | head -n1 || true)"
+  if [[ -z "$NVCC" ]]; then
+    echo "installing $wheel_spec into $venv"
+    python3 -m venv "$venv"
+    "$venv/bin/pip" install --quiet "$wheel_spec"
+    NVCC="$(ls "$venv"/lib/python3*/site-packages/nvidia/cu13/bin/nvcc | head -n1)"
+  fi
+fi
+echo "nvcc: $NVCC ($("$NVCC" --version | tail -n1))"
+mapfile -t flags < cuda/nvcc_flags.txt
+out="$(mktemp -d)"
+trap 'rm -rf "$out"' EXIT
+jobs="${EMBER_CUDA_JOBS:-$(nproc)}"
+
+compile() {  # file -> prints one status line; the log goes to $out/<name>.log
+  local file="$1" name start status
+  name="$(basename "$file" .cu)"
+  start=$(date +%s.%N)
+  if "$NVCC" "${flags[@]}" "$file" -o "$out/$name.fatbin" >"$out/$name.log" 2>&1; then
+    status=ok
+  else
+    status=FAIL
+  fi
+  printf '%-4s %-28s %6.1fs\n' "$status" "$file" "$(echo "$(date +%s.%N) - $start" | bc)"
+  [[ $status == ok ]] || { sed 's/^/     /' "$out/$name.log"; return 1; }
+}
+export -f compile
+export NVCC out
+export flags_str="${flags[*]}"
+
+files=(cuda/*.cu)
+start=$(date +%s)
+failed=0
+# Each op family alone (catches a file that only compiles inside the module), then the module.
+printf '%s\n' "${files[@]}" | grep -v 'ember_kernels.cu$' |
+  xargs -P "$jobs" -I{} bash -c 'flags=($flags_str); compile "$@"' _ {} || failed=1
+bash -c 'flags=($flags_str); compile "$@"' _ cuda/ember_kernels.cu || failed=1
+elapsed=$(( $(date +%s) - start ))
+if [[ $failed == 0 ]]; then
+  echo "summary: all ${#files[@]} files compiled for sm_90a + sm_80 in ${elapsed}s"
+else
+  echo "summary: FAILED (see above) after ${elapsed}s"
+  exit 1
+fi
