@@ -85,3 +85,25 @@ def test_kv_cache_is_empty_after_generate(roomy: Engine) -> None:
     stats = roomy.stats()
     assert stats["kv_cache_usage"] == 0.0
     assert stats["num_running"] == stats["num_waiting"] == 0
+
+
+def test_preemption_keeps_penalized_outputs_and_prompt_logprobs(default_gguf: Path, roomy: Engine) -> None:
+    params = SamplingParams(
+        temperature=0.8,
+        seed=5,
+        max_tokens=48,
+        ignore_eos=True,
+        repetition_penalty=1.3,
+        frequency_penalty=0.4,
+        presence_penalty=0.2,
+        prompt_logprobs=1,
+    )
+    tiny = _engine(default_gguf, num_blocks=TINY_NUM_BLOCKS)
+    got = tiny.generate(PROMPTS, params, use_tqdm=False)
+    assert tiny.stats()["num_preemptions"] > 0
+    want = roomy.generate(PROMPTS, params, use_tqdm=False)
+    assert [o.outputs[0].token_ids for o in got] == [o.outputs[0].token_ids for o in want]
+    for g, w in zip(got, want, strict=True):
+        assert g.prompt_logprobs is not None and len(g.prompt_logprobs) == len(g.prompt_token_ids)
+        assert g.prompt_logprobs == w.prompt_logprobs
+    assert tiny.stats()["kv_cache_usage"] == 0.0

@@ -22,6 +22,8 @@ def test_stop_string_becomes_list_and_to_dict_has_every_field() -> None:
     assert set(d) == {
         "n", "max_tokens", "min_tokens", "temperature", "top_p", "top_k", "min_p", "seed",
         "stop", "stop_token_ids", "ignore_eos", "logprobs", "skip_special_tokens",
+        "presence_penalty", "frequency_penalty", "repetition_penalty", "logit_bias", "prompt_logprobs",
+        "include_stop_str_in_output", "detokenize",
     }  # fmt: skip
 
 
@@ -42,6 +44,13 @@ def test_children_of_seeded_request_get_consecutive_seeds() -> None:
         ("n", 0),
         ("max_tokens", 0),
         ("logprobs", 21),
+        ("prompt_logprobs", 21),
+        ("presence_penalty", 2.5),
+        ("frequency_penalty", -2.01),
+        ("repetition_penalty", 0.0),
+        ("repetition_penalty", -1.0),
+        ("logit_bias", {5: 100.5}),
+        ("logit_bias", {-3: 1.0}),
     ],
 )
 def test_out_of_range_value_names_the_field(field: str, value: float) -> None:
@@ -49,6 +58,38 @@ def test_out_of_range_value_names_the_field(field: str, value: float) -> None:
         SamplingParams(**{field: value})
     assert field in str(info.value)
     assert isinstance(info.value, ValueError) and isinstance(info.value, EmberError)
+
+
+def test_new_fields_have_vllm_defaults() -> None:
+    p = SamplingParams()
+    assert (p.presence_penalty, p.frequency_penalty, p.repetition_penalty) == (0.0, 0.0, 1.0)
+    assert p.logit_bias is None and p.prompt_logprobs is None
+    assert p.include_stop_str_in_output is False and p.detokenize is True
+
+
+def test_stop_needs_detokenize() -> None:
+    with pytest.raises(InvalidRequestError, match=r"stop.*detokenize"):
+        SamplingParams(stop=["x"], detokenize=False)
+    SamplingParams(stop_token_ids=[2], detokenize=False)
+
+
+def test_only_the_first_child_computes_prompt_logprobs() -> None:
+    p = SamplingParams(n=2, prompt_logprobs=1)
+    assert p.for_child(0).prompt_logprobs == 1 and p.for_child(1).prompt_logprobs is None
+
+
+@pytest.mark.parametrize(
+    "kwargs",
+    [
+        {"presence_penalty": -2.0},
+        {"frequency_penalty": 2.0},
+        {"repetition_penalty": 0.01},
+        {"logit_bias": {0: -100, "12": 100}},
+        {"prompt_logprobs": 20},
+    ],
+)
+def test_penalty_boundaries_are_accepted(kwargs: dict[str, object]) -> None:
+    SamplingParams(**kwargs)
 
 
 @pytest.mark.parametrize(

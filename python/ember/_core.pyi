@@ -20,6 +20,39 @@ class OutOfMemoryError(EmberError, MemoryError):
 def validate_sampling_params(params: dict[str, Any]) -> None:
     """Raises InvalidRequestError when a field is out of range."""
 
+# Testing aids: the Rust sampler's own code path on one row of logits, to check against a reference.
+
+def sampling_probs(
+    logits: Sequence[float],
+    params: dict[str, Any],
+    prompt_token_ids: Sequence[int] = (),
+    output_token_ids: Sequence[int] = (),
+    eos_token_ids: Sequence[int] = (),
+) -> list[float]:
+    """Testing aid: the distribution the sampler draws output token len(output_token_ids) from.
+
+    Applies, in order, the min_tokens mask (eos_token_ids and stop_token_ids), logit_bias,
+    repetition/frequency/presence penalties, temperature, top-k, top-p and min-p; zeros for
+    dropped tokens, one-hot at the first argmax when temperature is 0.
+    """
+
+def sample_token(
+    logits: Sequence[float],
+    params: dict[str, Any],
+    prompt_token_ids: Sequence[int] = (),
+    output_token_ids: Sequence[int] = (),
+    seed: int = 0,
+    eos_token_ids: Sequence[int] = (),
+) -> tuple[int, float, int | None, list[tuple[int, float]]]:
+    """Testing aid: one draw of the sampler, (token_id, logprob, rank, top logprobs).
+
+    Logprob, rank (1 + the number of strictly larger logits; None unless params["logprobs"]
+    is set) and the top logprobs describe the raw logits, before any adjustment.
+    """
+
+def token_logprobs(logits: Sequence[float], token_id: int, k: int = 0) -> tuple[float, int, list[tuple[int, float]]]:
+    """Testing aid: (log-softmax at token_id, its rank, the k best (token_id, logprob)) of one row."""
+
 class StepOutput:
     """What one request gained in one engine step."""
 
@@ -30,8 +63,11 @@ class StepOutput:
     stop_reason: int | str | None
     num_cached_tokens: int
     num_prompt_tokens: int
-    # one entry per new token: (token logprob, [(token_id, logprob), ...] top alternatives)
-    new_logprobs: list[tuple[float, list[tuple[int, float]]]] | None
+    # one entry per new token: (token logprob, its rank, [(token_id, logprob), ...] top alternatives)
+    new_logprobs: list[tuple[float, int | None, list[tuple[int, float]]]] | None
+    # prompt logprobs new since the last output, from prompt position 1 on:
+    # (token_id, logprob, rank, [(token_id, logprob), ...] top alternatives)
+    new_prompt_logprobs: list[tuple[int, float, int, list[tuple[int, float]]]] | None
 
 class Tokenizer:
     """The model's tokenizer (from GGUF metadata or tokenizer.json)."""

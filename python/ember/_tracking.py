@@ -9,29 +9,42 @@ from dataclasses import replace
 from ember._core import StepOutput
 from ember._inputs import Prompt
 from ember.outputs import CompletionOutput, Logprob, RequestMetrics, RequestOutput
+from ember.sampling_params import SamplingParams
 
-DecodeToken = Callable[[int], str]
-"""Decodes one token id to its text (special tokens kept)."""
+DecodeToken = Callable[[int], "str | None"]
+"""Decodes one token id to its text (special tokens kept); None when the request does not detokenize."""
+
+
+def _logprob_dict(
+    token_id: int, logprob: float, rank: int | None, alternatives: list[tuple[int, float]], decode: DecodeToken
+) -> dict[int, Logprob]:
+    """{token id: Logprob with its true rank, alternative ids: Logprob with rank 1..k}."""
+    entry = {tid: Logprob(lp, r, decode(tid)) for r, (tid, lp) in enumerate(alternatives, start=1)}
+    entry[token_id] = Logprob(logprob, rank, decode(token_id))
+    return entry
 
 
 def _to_logprob_dicts(
-    new_logprobs: list[tuple[float, list[tuple[int, float]]]], token_ids: list[int], decode: DecodeToken
+    new_logprobs: list[tuple[float, int | None, list[tuple[int, float]]]], token_ids: list[int], decode: DecodeToken
 ) -> list[dict[int, Logprob]]:
-    """Per token: {sampled id: Logprob, alternative ids: Logprob with rank 1..k}."""
-    result = []
-    for token_id, (token_lp, alternatives) in zip(token_ids, new_logprobs, strict=True):
-        ranks = {tid: rank for rank, (tid, _) in enumerate(alternatives, start=1)}
-        entry = {tid: Logprob(lp, rank, decode(tid)) for rank, (tid, lp) in enumerate(alternatives, start=1)}
-        entry[token_id] = Logprob(token_lp, ranks.get(token_id), decode(token_id))
-        result.append(entry)
-    return result
+    """One dict per generated token (see `_logprob_dict`)."""
+    return [
+        _logprob_dict(token_id, lp, rank, alternatives, decode)
+        for token_id, (lp, rank, alternatives) in zip(token_ids, new_logprobs, strict=True)
+    ]
+
+
+def _no_decode(_token_id: int) -> None:
+    """The decoder of a request with detokenize=False."""
+    return None
 
 
 class CompletionState:
     """The growing state of one completion (one engine sub-request), plus what is new since last taken."""
 
-    def __init__(self, index: int, want_logprobs: bool) -> None:
+    def __init__(self, index: int, want_logprobs: bool, detokenize: bool) -> None:
         self.index = index
+        self.detokenize = detokenize
         self.token_ids: list[int] = []
         self.text = ""
         self.logprobs: list[dict[int, Logprob]] | None = [] if want_logprobs else None
@@ -54,8 +67,10 @@ class CompletionState:
         self.token_ids.extend(new_ids)
         self.text += out.new_text
         if self.logprobs is not None and out.new_logprobs is not None:
-            self.logprobs.extend(_to_logprob_dicts(out.new_logprobs, new_ids, decode))
-            self.cumulative_logprob = (self.cumulative_logprob or 0.0) + sum(lp for lp, _ in out.new_logprobs)
+            self.logprobs.extend(
+                _to_logprob_dicts(out.new_logprobs, new_ids, decode if self.detokenize else _no_decode)
+            )
+            self.cumulative_logprob = (self.cumulative_logprob or 0.0) + sum(lp for lp, _, _ in out.new_logprobs)
         if out.finish_reason is not None:
             self.finish_reason = out.finish_reason
             self.stop_reason = out.stop_reason
@@ -98,11 +113,21 @@ class CompletionState:
 class RequestState:
     """One user-facing request: its prompt and its n completions, keyed by engine sub-request id."""
 
-    def __init__(self, request_id: str, prompt: Prompt, n: int, want_logprobs: bool) -> None:
+    def __init__(self, request_id: str, prompt: Prompt, params: SamplingParams) -> None:
         self.request_id = request_id
         self.prompt = prompt
+        n = params.n
         self.child_ids = [request_id] if n == 1 else [f"{request_id}-{i}" for i in range(n)]
-        self.completions = {cid: CompletionState(i, want_logprobs) for i, cid in enumerate(self.child_ids)}
+        self.completions = {
+            cid: CompletionState(i, params.logprobs is not None, params.detokenize)
+            for i, cid in enumerate(self.child_ids)
+        }
+        self.detokenize = params.detokenize
+        # One entry per prompt token (None for the first); filled by sub-request 0 only.
+        self.prompt_logprobs: list[dict[int, Logprob] | None] | None = (
+            [None] if params.prompt_logprobs is not None else None
+        )
+        self._prompt_delta_start = 0
         self.num_cached_tokens = 0
         self.metrics = RequestMetrics(arrival_time=time.time())
 
@@ -110,6 +135,12 @@ class RequestState:
         """Records one step output (None: aborted) of sub-request `child_id`."""
         if out is not None:
             self.num_cached_tokens = max(self.num_cached_tokens, out.num_cached_tokens)
+            if self.prompt_logprobs is not None and out.new_prompt_logprobs and child_id == self.child_ids[0]:
+                dec = decode if self.detokenize else _no_decode
+                self.prompt_logprobs.extend(
+                    _logprob_dict(tid, lp, rank, alternatives, dec)
+                    for tid, lp, rank, alternatives in out.new_prompt_logprobs
+                )
         self.completions[child_id].add(out, decode)
         now = time.time()
         if self.metrics.first_token_time is None and out is not None and out.new_token_ids:
@@ -128,14 +159,24 @@ class RequestState:
 
     def output(self) -> RequestOutput:
         """The full request output so far."""
-        return self._request_output([c.output() for c in self.completions.values()])
+        prompt_logprobs = None if self.prompt_logprobs is None else list(self.prompt_logprobs)
+        return self._request_output([c.output() for c in self.completions.values()], prompt_logprobs)
 
     def take_delta(self) -> RequestOutput | None:
-        """A RequestOutput holding only the completions that changed, each with only its new part."""
+        """A RequestOutput holding only the completions that changed, each with only its new part
+        (prompt_logprobs: the entries not yet sent)."""
         deltas = [d for c in self.completions.values() if (d := c.take_delta()) is not None]
-        return self._request_output(deltas) if deltas else None
+        if not deltas:
+            return None
+        prompt_logprobs = None
+        if self.prompt_logprobs is not None:
+            prompt_logprobs = self.prompt_logprobs[self._prompt_delta_start :]
+            self._prompt_delta_start = len(self.prompt_logprobs)
+        return self._request_output(deltas, prompt_logprobs)
 
-    def _request_output(self, outputs: list[CompletionOutput]) -> RequestOutput:
+    def _request_output(
+        self, outputs: list[CompletionOutput], prompt_logprobs: list[dict[int, Logprob] | None] | None
+    ) -> RequestOutput:
         return RequestOutput(
             request_id=self.request_id,
             prompt=self.prompt.text,
@@ -144,4 +185,5 @@ class RequestState:
             finished=self.finished,
             num_cached_tokens=self.num_cached_tokens,
             metrics=replace(self.metrics),
+            prompt_logprobs=prompt_logprobs,
         )

@@ -221,7 +221,7 @@ class Engine:
         with self._lock:
             try:
                 for item, p, priority in zip(batch, params, priorities, strict=True):
-                    state = RequestState(str(next(self._request_counter)), item, p.n, p.logprobs is not None)
+                    state = RequestState(str(next(self._request_counter)), item, p)
                     states.append(state)
                     self._child_ids[state.request_id] = state.child_ids
                     for i, child_id in enumerate(state.child_ids):

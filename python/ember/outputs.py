@@ -54,7 +54,12 @@ class RequestMetrics:
 
 @dataclass
 class RequestOutput:
-    """A request's prompt and its completions (one per `SamplingParams.n`), with its timings."""
+    """A request's prompt and its completions (one per `SamplingParams.n`), with its timings.
+
+    `prompt_logprobs` is None unless `SamplingParams.prompt_logprobs` was set; then it holds one
+    entry per prompt token: None for the first, then `{token_id: Logprob}` with the prompt token
+    and the top alternatives.
+    """
 
     request_id: str
     prompt: str | None
@@ -63,3 +68,4 @@ class RequestOutput:
     finished: bool
     num_cached_tokens: int = 0
     metrics: RequestMetrics | None = None
+    prompt_logprobs: list[dict[int, Logprob] | None] | None = None

@@ -34,7 +34,7 @@ class SamplingParams:
     seed: int | None = None
     """Per-request random seed; None uses the engine's generator."""
     stop: str | list[str] | None = None
-    """Strings that end a completion when generated (not included in the text)."""
+    """Strings that end a completion when generated (not included in the text unless include_stop_str_in_output)."""
     stop_token_ids: list[int] | None = None
     """Token ids that end a completion when generated."""
     ignore_eos: bool = False
@@ -43,6 +43,20 @@ class SamplingParams:
     """Return this many most likely alternatives (plus the sampled token) per generated token."""
     skip_special_tokens: bool = True
     """Leave special tokens out of the returned text."""
+    presence_penalty: float = 0.0
+    """Subtracted from the logit of every token already generated (-2 <= presence_penalty <= 2)."""
+    frequency_penalty: float = 0.0
+    """Subtracted from a token's logit once per time it was generated (-2 <= frequency_penalty <= 2)."""
+    repetition_penalty: float = 1.0
+    """Tokens in the prompt or output get logit / r if positive, logit * r otherwise (r > 0; 1 disables)."""
+    logit_bias: dict[int, float] | None = None
+    """Added to the logits of these token ids before sampling (-100 <= bias <= 100)."""
+    prompt_logprobs: int | None = None
+    """Return the log probability of each prompt token plus this many most likely alternatives."""
+    include_stop_str_in_output: bool = False
+    """Keep the matched stop string at the end of the text."""
+    detokenize: bool = True
+    """Decode generated tokens to text; False leaves text empty and cannot be combined with stop."""
 
     def __post_init__(self) -> None:
         if isinstance(self.stop, str):
@@ -51,6 +65,8 @@ class SamplingParams:
             self.stop = list(self.stop)
         if self.stop_token_ids is not None:
             self.stop_token_ids = list(self.stop_token_ids)
+        if self.logit_bias is not None:
+            self.logit_bias = dict(self.logit_bias)
         _core.validate_sampling_params(self.to_dict())
 
     def to_dict(self) -> dict[str, Any]:
@@ -58,6 +74,10 @@ class SamplingParams:
         return {f.name: getattr(self, f.name) for f in dataclasses.fields(self)}
 
     def for_child(self, index: int) -> SamplingParams:
-        """The parameters of sub-request `index` of an n > 1 request: n=1, seed+index when seeded."""
+        """The parameters of sub-request `index` of an n > 1 request: n=1, seed+index when seeded.
+
+        Only sub-request 0 computes prompt logprobs (they are the same for every completion).
+        """
         seed = None if self.seed is None else self.seed + index
-        return dataclasses.replace(self, n=1, seed=seed)
+        prompt_logprobs = self.prompt_logprobs if index == 0 else None
+        return dataclasses.replace(self, n=1, seed=seed, prompt_logprobs=prompt_logprobs)

@@ -5,7 +5,7 @@
 use std::time::Instant;
 
 use ember_core::sampler::{sample, uniform};
-use ember_core::SamplingParams;
+use ember_core::{SampleContext, SamplingParams};
 
 fn main() {
     let settings = [
@@ -69,10 +69,19 @@ fn main() {
             let mut checksum = 0u64;
             for i in 0..iters {
                 scratch.copy_from_slice(&row);
-                checksum += u64::from(sample(&mut scratch, params, 1, i).token_id);
+                checksum += u64::from(sample(&mut scratch, params, &ctx(i)).token_id);
             }
             let us = start.elapsed().as_secs_f64() * 1e6 / iters as f64;
             println!("{vocab:>7} {name:>28} {us:>10.1}   (checksum {checksum})");
         }
+    }
+}
+
+/// The context of output token `token_index` of a request with seed 1.
+fn ctx(token_index: usize) -> SampleContext<'static> {
+    SampleContext {
+        seed: 1,
+        token_index,
+        ..Default::default()
     }
 }

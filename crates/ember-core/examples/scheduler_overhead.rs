@@ -59,10 +59,14 @@ fn measure(num_requests: usize, enable_prefix_caching: bool) -> (Duration, Durat
                 request_id: s.request_id.clone(),
                 token_id: 1000 + (s.num_output_tokens as u32 % 7),
                 logprob: 0.0,
+                rank: None,
                 top_logprobs: Vec::new(),
             })
             .collect();
-        let runner_output = ModelRunnerOutput { sampled };
+        let runner_output = ModelRunnerOutput {
+            sampled,
+            ..Default::default()
+        };
         let t2 = Instant::now();
         scheduler.update(&output, &runner_output);
         (t1 - t0, Instant::now() - t2)

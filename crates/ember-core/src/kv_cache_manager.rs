@@ -82,7 +82,12 @@ impl KvCacheManager {
     /// of tokens they cover. Never covers the last token, which is always recomputed so
     /// there is something to sample from. Empty when prefix caching is off.
     pub fn get_computed_blocks(&mut self, request: &Request) -> (Vec<u32>, usize) {
-        if !self.enable_prefix_caching || request.num_tokens() == 0 {
+        // Prompt logprobs need logits at every prompt position, so such a request computes
+        // its whole prompt (its blocks are still cached for others).
+        if !self.enable_prefix_caching
+            || request.num_tokens() == 0
+            || request.sampling_params.prompt_logprobs.is_some()
+        {
             return (Vec::new(), 0);
         }
         let max_blocks = (request.num_tokens() - 1) / self.block_size;
@@ -274,6 +279,22 @@ mod tests {
         assert_eq!(kv.get_computed_blocks(&b).1, 0);
         let c = request("c", vec![1, 2, 3, 4, 5]).with_cache_salt(Some(1));
         assert_eq!(kv.get_computed_blocks(&c).1, 4);
+    }
+
+    #[test]
+    fn prompt_logprobs_requests_skip_the_lookup() {
+        let mut kv = KvCacheManager::new(8, 2, true);
+        let mut a = request("a", vec![1, 2, 3, 4, 5]);
+        kv.allocate_slots(&a, 5, &[]).unwrap();
+        a.num_computed_tokens = 5;
+        kv.cache_full_blocks(&a);
+        let mut b = request("b", vec![1, 2, 3, 4, 5]);
+        b.sampling_params = Arc::new(SamplingParams {
+            prompt_logprobs: Some(0),
+            ..Default::default()
+        });
+        assert_eq!(kv.get_computed_blocks(&b).1, 0);
+        assert_eq!(kv.get_computed_blocks(&request("c", vec![1, 2, 3, 4, 5])).1, 4);
     }
 
     #[test]

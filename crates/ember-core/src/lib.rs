@@ -7,7 +7,10 @@ pub mod block_pool;
 pub mod detokenizer;
 pub mod dtype;
 pub mod kv_cache_manager;
+pub mod logprobs;
+pub mod penalties;
 pub mod request;
+pub mod request_histories;
 pub mod sampler;
 mod sampler_ops;
 pub mod sampling_params;
@@ -25,13 +28,17 @@ pub use block_pool::{BlockHash, BlockPool};
 pub use detokenizer::{IncrementalDetokenizer, StopStringMatch, StopStrings, StopUpdate, TokenVocab};
 pub use dtype::WeightDType;
 pub use kv_cache_manager::KvCacheManager;
+pub use logprobs::{token_logprob, TokenLogprob};
+pub use penalties::TokenHistory;
 pub use request::{Request, RequestStatus};
-pub use sampler::{mask_stop_tokens_before_min, sample, Sample};
+pub use request_histories::RequestHistories;
+pub use sampler::{mask_stop_tokens_before_min, probabilities, sample, Sample, SampleContext};
 pub use sampling_params::{InvalidParam, SamplingParams};
 pub use scheduler::Scheduler;
 pub use scheduler_config::{AddRequestError, ConfigError, SchedulerConfig, SchedulingPolicy};
 pub use scheduler_stats::SchedulerStats;
 pub use step::{
-    FinishReason, ModelRunnerOutput, RequestId, RequestUpdate, SampledToken, ScheduledSeq, SchedulerOutput,
+    FinishReason, ModelRunnerOutput, PromptLogprobs, RequestId, RequestUpdate, SampledToken, ScheduledSeq,
+    SchedulerOutput,
 };
 pub use weight::WeightView;

@@ -5,6 +5,12 @@ use thiserror::Error;
 /// Largest number of top log-probabilities a request may ask for per token.
 pub const MAX_LOGPROBS: usize = 20;
 
+/// Largest magnitude of a `presence_penalty` or `frequency_penalty`.
+pub const MAX_ADDITIVE_PENALTY: f32 = 2.0;
+
+/// Largest magnitude of one `logit_bias` entry.
+pub const MAX_LOGIT_BIAS: f32 = 100.0;
+
 /// A request parameter outside its allowed range; the message names the field and the limit.
 #[derive(Clone, Debug, Error, PartialEq, Eq)]
 #[error("{field} {message}")]
@@ -50,6 +56,18 @@ pub struct SamplingParams {
     pub logprobs: Option<usize>,
     /// Leave special tokens out of the decoded text.
     pub skip_special_tokens: bool,
+    /// Subtracted once from the logit of every token already generated; in [-2, 2].
+    pub presence_penalty: f32,
+    /// Subtracted from a token's logit once per time it was generated; in [-2, 2].
+    pub frequency_penalty: f32,
+    /// Divides positive (multiplies negative) logits of tokens in the prompt or output; > 0.
+    pub repetition_penalty: f32,
+    /// `(token_id, bias)` pairs added to the logits, sorted by id, ids unique; bias in [-100, 100].
+    pub logit_bias: Vec<(u32, f32)>,
+    /// Top log-probabilities to return per prompt token (the prompt token itself always comes).
+    pub prompt_logprobs: Option<usize>,
+    /// Decode generated tokens to text; when false the text stays empty and `stop` is refused.
+    pub detokenize: bool,
 }
 
 impl Default for SamplingParams {
@@ -69,6 +87,12 @@ impl Default for SamplingParams {
             include_stop_str_in_output: false,
             logprobs: None,
             skip_special_tokens: true,
+            presence_penalty: 0.0,
+            frequency_penalty: 0.0,
+            repetition_penalty: 1.0,
+            logit_bias: Vec::new(),
+            prompt_logprobs: None,
+            detokenize: true,
         }
     }
 }
@@ -122,10 +146,80 @@ impl SamplingParams {
                 ));
             }
         }
+        if let Some(prompt_logprobs) = self.prompt_logprobs {
+            if prompt_logprobs > MAX_LOGPROBS {
+                return Err(invalid(
+                    "prompt_logprobs",
+                    format!("must be at most {MAX_LOGPROBS}, got {prompt_logprobs}"),
+                ));
+            }
+        }
         if self.stop.iter().any(String::is_empty) {
             return Err(invalid("stop", "must not contain empty strings".into()));
         }
+        if !self.detokenize && !self.stop.is_empty() {
+            return Err(invalid(
+                "stop",
+                "needs detokenize=True (stop strings are matched on the text)".into(),
+            ));
+        }
+        self.validate_penalties()
+    }
+
+    fn validate_penalties(&self) -> Result<(), InvalidParam> {
+        let additive = [
+            ("presence_penalty", self.presence_penalty),
+            ("frequency_penalty", self.frequency_penalty),
+        ];
+        for (field, value) in additive {
+            if !(-MAX_ADDITIVE_PENALTY..=MAX_ADDITIVE_PENALTY).contains(&value) {
+                return Err(invalid(field, format!("must be in [-2, 2], got {value}")));
+            }
+        }
+        if !(self.repetition_penalty > 0.0 && self.repetition_penalty.is_finite()) {
+            return Err(invalid(
+                "repetition_penalty",
+                format!("must be a finite number > 0, got {}", self.repetition_penalty),
+            ));
+        }
+        if let Some(&(id, bias)) = self
+            .logit_bias
+            .iter()
+            .find(|(_, bias)| !(-MAX_LOGIT_BIAS..=MAX_LOGIT_BIAS).contains(bias))
+        {
+            return Err(invalid(
+                "logit_bias",
+                format!("values must be in [-100, 100], got {bias} for token {id}"),
+            ));
+        }
+        if self.logit_bias.windows(2).any(|w| w[0].0 >= w[1].0) {
+            return Err(invalid(
+                "logit_bias",
+                "must be sorted by token id without repeats".into(),
+            ));
+        }
         Ok(())
+    }
+
+    /// Checks the token ids in `logit_bias` against the model's vocabulary.
+    pub fn validate_token_ids(&self, vocab_size: usize) -> Result<(), InvalidParam> {
+        match self.logit_bias.iter().find(|(id, _)| *id as usize >= vocab_size) {
+            Some((id, _)) => Err(invalid(
+                "logit_bias",
+                format!("token id {id} is out of range (vocab_size {vocab_size})"),
+            )),
+            None => Ok(()),
+        }
+    }
+
+    /// True when presence, frequency or repetition penalties change the logits.
+    pub fn has_penalties(&self) -> bool {
+        self.presence_penalty != 0.0 || self.frequency_penalty != 0.0 || self.repetition_penalty != 1.0
+    }
+
+    /// True when the model runner must know the request's tokens: penalties or prompt logprobs.
+    pub fn needs_token_history(&self) -> bool {
+        self.has_penalties() || self.prompt_logprobs.is_some()
     }
 
     /// True when the request samples greedily (argmax).
@@ -157,5 +251,97 @@ mod tests {
             ..Default::default()
         };
         assert_eq!(params.validate().unwrap_err().field, "temperature");
+    }
+
+    fn error_of(params: SamplingParams) -> InvalidParam {
+        params.validate().unwrap_err()
+    }
+
+    #[test]
+    fn penalties_and_bias_are_range_checked() {
+        for (field, params) in [
+            (
+                "presence_penalty",
+                SamplingParams {
+                    presence_penalty: 2.5,
+                    ..Default::default()
+                },
+            ),
+            (
+                "frequency_penalty",
+                SamplingParams {
+                    frequency_penalty: f32::NAN,
+                    ..Default::default()
+                },
+            ),
+            (
+                "repetition_penalty",
+                SamplingParams {
+                    repetition_penalty: 0.0,
+                    ..Default::default()
+                },
+            ),
+            (
+                "logit_bias",
+                SamplingParams {
+                    logit_bias: vec![(3, 100.5)],
+                    ..Default::default()
+                },
+            ),
+            (
+                "prompt_logprobs",
+                SamplingParams {
+                    prompt_logprobs: Some(MAX_LOGPROBS + 1),
+                    ..Default::default()
+                },
+            ),
+            (
+                "stop",
+                SamplingParams {
+                    stop: vec!["x".into()],
+                    detokenize: false,
+                    ..Default::default()
+                },
+            ),
+        ] {
+            let err = error_of(params);
+            assert_eq!(err.field, field, "{err}");
+        }
+        let err = error_of(SamplingParams {
+            presence_penalty: -3.0,
+            ..Default::default()
+        });
+        assert!(err.to_string().contains("[-2, 2]"), "{err}");
+    }
+
+    #[test]
+    fn logit_bias_ids_are_checked_against_the_vocab() {
+        let params = SamplingParams {
+            logit_bias: vec![(1, 5.0), (99, -5.0)],
+            ..Default::default()
+        };
+        assert_eq!(params.validate(), Ok(()));
+        assert_eq!(params.validate_token_ids(100), Ok(()));
+        let err = params.validate_token_ids(99).unwrap_err();
+        assert_eq!(err.field, "logit_bias");
+        assert!(
+            err.to_string().contains("99") && err.to_string().contains("vocab_size 99"),
+            "{err}"
+        );
+    }
+
+    #[test]
+    fn history_is_needed_only_for_penalties_and_prompt_logprobs() {
+        assert!(!SamplingParams::default().needs_token_history());
+        let penalized = SamplingParams {
+            repetition_penalty: 1.2,
+            ..Default::default()
+        };
+        assert!(penalized.has_penalties() && penalized.needs_token_history());
+        let prompt = SamplingParams {
+            prompt_logprobs: Some(0),
+            ..Default::default()
+        };
+        assert!(!prompt.has_penalties() && prompt.needs_token_history());
     }
 }

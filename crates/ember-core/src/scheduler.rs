@@ -8,8 +8,9 @@
 //! full, the lowest-priority, newest running request is preempted (its blocks freed, its
 //! tokens recomputed later).
 
-use std::collections::{HashMap, HashSet};
+use std::collections::HashMap;
 use std::mem;
+use std::sync::Arc;
 
 use crate::kv_cache_manager::KvCacheManager;
 use crate::request::{Request, RequestStatus};
@@ -19,6 +20,9 @@ use crate::step::{
     FinishReason, ModelRunnerOutput, RequestId, RequestUpdate, SampledToken, ScheduledSeq, SchedulerOutput,
 };
 use crate::waiting_queue::{QueueKey, WaitingQueue};
+
+#[path = "scheduler_invariants.rs"]
+mod invariants;
 
 /// A live request and its admission order.
 #[derive(Debug)]
@@ -153,7 +157,8 @@ impl Scheduler {
     /// admitted ones, within `max_num_batched_tokens` and `max_num_seqs`.
     pub fn schedule(&mut self) -> SchedulerOutput {
         let mut budget = self.config.max_num_batched_tokens;
-        let mut scheduled: Vec<(RequestId, usize)> = Vec::with_capacity(self.running.len());
+        // (id, tokens this step, first step since admission or resumption)
+        let mut scheduled: Vec<(RequestId, usize, bool)> = Vec::with_capacity(self.running.len());
         let mut preempted_any = false;
         let mut i = 0;
         while i < self.running.len() && budget > 0 {
@@ -179,13 +184,13 @@ impl Scheduler {
                 }
                 if victim_idx < i {
                     i -= 1;
-                    if let Some(pos) = scheduled.iter().position(|(s, _)| *s == victim) {
+                    if let Some(pos) = scheduled.iter().position(|(s, ..)| *s == victim) {
                         budget += scheduled.remove(pos).1;
                     }
                 }
             }
             if runs {
-                scheduled.push((id, num_new));
+                scheduled.push((id, num_new, false));
                 budget -= num_new;
                 i += 1;
             }
@@ -195,10 +200,12 @@ impl Scheduler {
         }
         let mut seqs = Vec::with_capacity(scheduled.len());
         let mut num_batched_tokens = 0;
-        for (id, num_new) in scheduled {
+        for (id, num_new, first_step) in scheduled {
             let req = &self.requests[&id].request;
             let start = req.num_computed_tokens;
             num_batched_tokens += num_new;
+            let all_token_ids = (first_step && req.sampling_params.needs_token_history())
+                .then(|| Arc::from(req.token_range(0, req.num_tokens())));
             seqs.push(ScheduledSeq {
                 token_ids: req.token_range(start, start + num_new),
                 num_computed_tokens: start,
@@ -207,6 +214,8 @@ impl Scheduler {
                 sampling_params: req.sampling_params.clone(),
                 num_output_tokens: req.num_output_tokens(),
                 seed: req.seed,
+                num_prompt_tokens: req.num_prompt_tokens(),
+                all_token_ids,
                 request_id: id,
             });
         }
@@ -336,66 +345,6 @@ impl Scheduler {
         self.kv.reset_prefix_cache()
     }
 
-    /// Checks the bookkeeping: queues against request states, block tables against
-    /// reference counts, the free queue and the hash map.
-    pub fn check_invariants(&self) -> Result<(), String> {
-        self.kv.check_invariants()?;
-        let mut seen = HashSet::with_capacity(self.requests.len());
-        for id in &self.running {
-            let entry = self
-                .requests
-                .get(id)
-                .ok_or_else(|| format!("running {id} is not live"))?;
-            let req = &entry.request;
-            if req.status != RequestStatus::Running {
-                return Err(format!("running {id} has status {:?}", req.status));
-            }
-            if self.kv.block_ids(id).len() * self.config.block_size < req.num_computed_tokens {
-                return Err(format!(
-                    "running {id}: {} computed tokens exceed its blocks",
-                    req.num_computed_tokens
-                ));
-            }
-            if req.num_computed_tokens > req.num_tokens() {
-                return Err(format!("running {id}: more computed tokens than tokens"));
-            }
-            if !seen.insert(id) {
-                return Err(format!("{id} is running twice"));
-            }
-        }
-        if self.running.len() > self.config.max_num_seqs {
-            return Err(format!(
-                "{} running, max_num_seqs is {}",
-                self.running.len(),
-                self.config.max_num_seqs
-            ));
-        }
-        for id in self.waiting.ids() {
-            let entry = self
-                .requests
-                .get(id)
-                .ok_or_else(|| format!("waiting {id} is not live"))?;
-            let req = &entry.request;
-            if !matches!(req.status, RequestStatus::Waiting | RequestStatus::Preempted) {
-                return Err(format!("waiting {id} has status {:?}", req.status));
-            }
-            if req.num_computed_tokens != 0 || !self.kv.block_ids(id).is_empty() {
-                return Err(format!("waiting {id} holds blocks or computed tokens"));
-            }
-            if !seen.insert(id) {
-                return Err(format!("{id} is queued twice or both queued and running"));
-            }
-        }
-        if seen.len() != self.requests.len() {
-            return Err(format!(
-                "{} live requests, {} queued or running",
-                self.requests.len(),
-                seen.len()
-            ));
-        }
-        Ok(())
-    }
-
     /// Tokens `request` should compute this step after `num_cached` prefix-hit tokens.
     fn num_new_tokens(&self, request: &Request, num_cached: usize, budget: usize) -> usize {
         let start = request.num_computed_tokens + num_cached;
@@ -432,7 +381,7 @@ impl Scheduler {
     }
 
     /// Admits waiting requests, in queue order, while budget, sequence slots and blocks last.
-    fn admit_waiting(&mut self, budget: &mut usize, scheduled: &mut Vec<(RequestId, usize)>) {
+    fn admit_waiting(&mut self, budget: &mut usize, scheduled: &mut Vec<(RequestId, usize, bool)>) {
         while *budget > 0 && self.running.len() < self.config.max_num_seqs {
             let Some(id) = self.waiting.peek().cloned() else {
                 break;
@@ -460,7 +409,7 @@ impl Scheduler {
             req.num_computed_tokens = num_cached;
             *budget -= num_new;
             self.running.push(id.clone());
-            scheduled.push((id, num_new));
+            scheduled.push((id, num_new, true));
         }
     }
 }

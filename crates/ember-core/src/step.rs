@@ -3,6 +3,7 @@
 
 use std::sync::Arc;
 
+use crate::logprobs::TokenLogprob;
 use crate::sampling_params::SamplingParams;
 
 /// A request's identity, unique among live requests.
@@ -27,6 +28,12 @@ pub struct ScheduledSeq {
     pub num_output_tokens: usize,
     /// The request's effective random seed (its own, or one derived from the engine seed).
     pub seed: u64,
+    /// Prompt length in tokens.
+    pub num_prompt_tokens: usize,
+    /// Every token of the request (prompt, then output), sent only on the first step after
+    /// the request is admitted or resumed after preemption, and only when its sampling needs
+    /// the history (penalties, prompt logprobs); the runner keeps it until the id is released.
+    pub all_token_ids: Option<Arc<[u32]>>,
 }
 
 /// What the scheduler decided for one step.
@@ -50,6 +57,8 @@ pub struct SampledToken {
     pub token_id: u32,
     /// Log-probability of the chosen token: log-softmax of the raw logits (vLLM's default).
     pub logprob: f32,
+    /// Rank of the chosen token among the raw logits (1 = most likely), when logprobs are asked for.
+    pub rank: Option<u32>,
     /// Top alternatives `(token_id, logprob)`, best first, when asked for.
     pub top_logprobs: Vec<(u32, f32)>,
 }
@@ -60,6 +69,20 @@ pub struct SampledToken {
 pub struct ModelRunnerOutput {
     /// Sampled tokens.
     pub sampled: Vec<SampledToken>,
+    /// Prompt log-probabilities computed this step, for requests that asked for them.
+    pub prompt_logprobs: Vec<PromptLogprobs>,
+}
+
+/// Log-probabilities of consecutive prompt tokens of one request, from one step's chunk.
+#[derive(Clone, Debug, PartialEq)]
+pub struct PromptLogprobs {
+    /// Which request.
+    pub request_id: RequestId,
+    /// Prompt position of the token `entries[0]` describes (at least 1: the first prompt
+    /// token has no logprob).
+    pub first_position: usize,
+    /// One per prompt token, in order: its logprob, rank and the top alternatives.
+    pub entries: Vec<TokenLogprob>,
 }
 
 /// Why a request stopped generating.

@@ -1,7 +1,7 @@
 //! Property tests of the sampler: filters are respected, results are deterministic, and
 //! log-probabilities are the raw log-softmax.
 
-use ember_core::{sample, SamplingParams};
+use ember_core::{sample, SampleContext, SamplingParams};
 use proptest::prelude::*;
 
 fn params() -> impl Strategy<Value = SamplingParams> {
@@ -29,8 +29,9 @@ proptest! {
         seed in any::<u64>(),
         index in 0usize..1000,
     ) {
-        let a = sample(&mut row.clone(), &params, seed, index);
-        let b = sample(&mut row.clone(), &params, seed, index);
+        let ctx = SampleContext { seed, token_index: index, ..Default::default() };
+        let a = sample(&mut row.clone(), &params, &ctx);
+        let b = sample(&mut row.clone(), &params, &ctx);
         prop_assert_eq!(&a, &b);
         let token = a.token_id as usize;
         prop_assert!(token < row.len());

@@ -73,7 +73,7 @@ pub fn load_on_device(
                     .num_blocks
             }
         };
-        return runner(backend, model, spec, config.vocab_size);
+        return runner(backend, model, spec, config);
     }
     let backend = CpuBackend::new(args.num_threads).with_f32_weights(args.dtype == "float32");
     log::info!("loading {name} on the CPU with {} threads", backend.num_threads());
@@ -82,14 +82,14 @@ pub fn load_on_device(
         .kv_cache_memory_bytes
         .unwrap_or_else(|| default_cpu_kv_cache_bytes(available_memory_bytes()));
     spec.num_blocks = (kv_bytes / spec.bytes_per_block(backend.kv_cache_bytes_per_element()) as u64) as usize;
-    runner(backend, model, spec, config.vocab_size)
+    runner(backend, model, spec, config)
 }
 
 fn runner<B: Backend + 'static>(
     backend: B,
     model: LlamaModel<B>,
     spec: KvCacheSpec,
-    vocab_size: usize,
+    config: &ModelConfig,
 ) -> Result<(Box<dyn StepExecutor>, KvCacheSpec), EngineError> {
     if spec.num_blocks == 0 {
         return Err(EngineError::InvalidRequest(format!(
@@ -98,7 +98,13 @@ fn runner<B: Backend + 'static>(
         )));
     }
     Ok((
-        Box::new(ModelRunner::new(backend, model, spec, vocab_size)?),
+        Box::new(ModelRunner::new(
+            backend,
+            model,
+            spec,
+            config.vocab_size,
+            config.eos_token_ids.clone(),
+        )?),
         spec,
     ))
 }

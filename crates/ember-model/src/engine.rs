@@ -5,8 +5,8 @@ use std::sync::Arc;
 use std::time::{SystemTime, UNIX_EPOCH};
 
 use ember_core::{
-    BackendError, FinishReason, IncrementalDetokenizer, InvalidParam, Request, RequestId, RequestUpdate,
-    SamplingParams, Scheduler, SchedulerConfig, SchedulerStats, StopStrings,
+    BackendError, FinishReason, InvalidParam, Request, RequestId, RequestUpdate, SamplingParams, Scheduler,
+    SchedulerConfig, SchedulerStats,
 };
 use thiserror::Error;
 
@@ -15,6 +15,8 @@ use crate::device::load_on_device;
 use crate::engine_args::{EngineArgs, DEFAULT_MAX_NUM_BATCHED_TOKENS};
 use crate::executor::StepExecutor;
 use crate::loader::open_model;
+use crate::request_state::RequestState;
+pub use crate::step_output::{StepOutput, StopReason, TokenLogprobs};
 use crate::tokenizer::Tokenizer;
 use crate::weights::LoadError;
 
@@ -38,48 +40,6 @@ impl From<InvalidParam> for EngineError {
     }
 }
 
-/// Why a request stopped, when a stop condition (not a length limit) ended it.
-#[derive(Clone, Debug, PartialEq, Eq)]
-pub enum StopReason {
-    /// A stop token id (EOS or one of `stop_token_ids`).
-    Token(u32),
-    /// A stop string.
-    Text(String),
-}
-
-/// One generated token's log-probability and its top alternatives `(token_id, logprob)`.
-pub type TokenLogprobs = (f32, Vec<(u32, f32)>);
-
-/// What one request gained in one step.
-#[derive(Clone, Debug, PartialEq)]
-pub struct StepOutput {
-    /// Which request.
-    pub request_id: RequestId,
-    /// Tokens appended this step.
-    pub new_token_ids: Vec<u32>,
-    /// Text those tokens completed (may be empty while a multi-byte character or a possible
-    /// stop string is pending).
-    pub new_text: String,
-    /// Set once the request finished.
-    pub finish_reason: Option<FinishReason>,
-    /// What stopped it, for `finish_reason == Stop`.
-    pub stop_reason: Option<StopReason>,
-    /// Prompt tokens served from the prefix cache.
-    pub num_cached_tokens: usize,
-    /// Prompt length in tokens.
-    pub num_prompt_tokens: usize,
-    /// Per new token: its logprob and the top alternatives, when the request asked for them.
-    pub new_logprobs: Option<Vec<TokenLogprobs>>,
-}
-
-struct RequestState {
-    detokenizer: IncrementalDetokenizer,
-    stop_strings: StopStrings,
-    stop: Vec<String>,
-    num_prompt_tokens: usize,
-    want_logprobs: bool,
-}
-
 /// The engine: owns the model runner, the scheduler and the tokenizer.
 pub struct LlmEngine {
     executor: Box<dyn StepExecutor>,
@@ -87,6 +47,7 @@ pub struct LlmEngine {
     tokenizer: Arc<Tokenizer>,
     chat_template: Option<Arc<ChatTemplate>>,
     eos_token_ids: Vec<u32>,
+    vocab_size: usize,
     requests: HashMap<RequestId, RequestState>,
     pending: Vec<StepOutput>,
     max_model_len: usize,
@@ -168,6 +129,7 @@ impl LlmEngine {
             tokenizer: Arc::new(opened.tokenizer),
             chat_template: opened.chat_template.map(Arc::new),
             eos_token_ids: config.eos_token_ids.clone(),
+            vocab_size: config.vocab_size,
             requests: HashMap::new(),
             pending: Vec::new(),
             max_model_len,
@@ -223,6 +185,7 @@ impl LlmEngine {
         priority: i32,
     ) -> Result<(), EngineError> {
         params.validate()?;
+        params.validate_token_ids(self.vocab_size)?;
         let vocab_size = self.tokenizer.vocab_size() as u32;
         if let Some(bad) = prompt_token_ids.iter().find(|&&id| id >= vocab_size) {
             return Err(invalid(format!(
@@ -236,13 +199,7 @@ impl LlmEngine {
         let seed = params
             .seed
             .unwrap_or_else(|| derive_seed(self.seed, self.num_requests_added));
-        let state = RequestState {
-            detokenizer: IncrementalDetokenizer::new(params.skip_special_tokens),
-            stop_strings: StopStrings::new(params.stop.clone(), params.include_stop_str_in_output),
-            stop: params.stop.clone(),
-            num_prompt_tokens: prompt_token_ids.len(),
-            want_logprobs: params.logprobs.is_some(),
-        };
+        let state = RequestState::new(&params, prompt_token_ids.len());
         let request = Request::new(
             request_id.clone(),
             prompt_token_ids,
@@ -307,7 +264,12 @@ impl LlmEngine {
     pub fn step(&mut self) -> Result<Vec<StepOutput>, EngineError> {
         let mut outputs = std::mem::take(&mut self.pending);
         let scheduled = self.scheduler.schedule();
-        let runner_output = self.executor.execute(&scheduled)?;
+        let mut runner_output = self.executor.execute(&scheduled)?;
+        for chunk in std::mem::take(&mut runner_output.prompt_logprobs) {
+            if let Some(state) = self.requests.get_mut(&chunk.request_id) {
+                state.add_prompt_logprobs(chunk);
+            }
+        }
         for update in self.scheduler.update(&scheduled, &runner_output) {
             if let Some(output) = self.apply_update(update) {
                 outputs.push(output);
@@ -319,24 +281,11 @@ impl LlmEngine {
     /// Detokenizes a request's new tokens, applies stop strings and builds its output.
     fn apply_update(&mut self, update: RequestUpdate) -> Option<StepOutput> {
         let state = self.requests.get_mut(&update.request_id)?;
-        let mut new_text = String::new();
-        let mut matched_stop = None;
-        let mut new_logprobs = state.want_logprobs.then(Vec::new);
-        for token in &update.new_tokens {
-            if let Some(logprobs) = new_logprobs.as_mut() {
-                logprobs.push((token.logprob, token.top_logprobs.clone()));
-            }
-            let delta = state.detokenizer.push(self.tokenizer.as_ref(), token.token_id);
-            let released = state.stop_strings.update(state.detokenizer.text(), delta.len());
-            new_text.push_str(&released.text);
-            if let Some(matched) = released.matched {
-                matched_stop = Some(state.stop[matched.stop_index].clone());
-                break;
-            }
-        }
+        let absorbed = state.absorb(&self.tokenizer, &update.new_tokens);
+        let mut new_text = absorbed.new_text;
         let mut finish_reason = update.finish_reason;
         let mut stop_reason = update.stop_token_id.map(StopReason::Token);
-        if let Some(stop) = matched_stop {
+        if let Some(stop) = absorbed.matched_stop {
             if finish_reason.is_none() {
                 self.scheduler
                     .finish_request(&update.request_id, FinishReason::Stop);
@@ -344,12 +293,10 @@ impl LlmEngine {
             finish_reason = Some(FinishReason::Stop);
             stop_reason = Some(StopReason::Text(stop));
         } else if finish_reason.is_some() {
-            let tail = state.detokenizer.flush();
-            let released = state.stop_strings.update(state.detokenizer.text(), tail.len());
-            new_text.push_str(&released.text);
-            new_text.push_str(&state.stop_strings.flush(state.detokenizer.text()));
+            new_text.push_str(&state.flush());
         }
         let num_prompt_tokens = state.num_prompt_tokens;
+        let new_prompt_logprobs = state.take_prompt_logprobs();
         if finish_reason.is_some() {
             self.requests.remove(&update.request_id);
         }
@@ -361,7 +308,8 @@ impl LlmEngine {
             stop_reason,
             num_cached_tokens: update.num_cached_tokens,
             num_prompt_tokens,
-            new_logprobs,
+            new_logprobs: absorbed.new_logprobs,
+            new_prompt_logprobs,
         })
     }
 }

@@ -1,8 +1,12 @@
 //! The model runner: turns a [`SchedulerOutput`] into flat step inputs, runs the model over
-//! the paged KV cache and samples one token per finished chunk.
+//! the paged KV cache, samples one token per finished chunk and computes prompt logprobs.
 
-use ember_core::sampler::sample;
-use ember_core::{Backend, BackendResult, KvCacheSpec, ModelRunnerOutput, SchedulerOutput, StepMetadata};
+use std::ops::Range;
+
+use ember_core::{
+    sample, token_logprob, Backend, BackendResult, KvCacheSpec, ModelRunnerOutput, PromptLogprobs,
+    RequestHistories, SampleContext, SampledToken, ScheduledSeq, SchedulerOutput, StepMetadata, TokenLogprob,
+};
 use rayon::prelude::*;
 
 use crate::llama::LlamaModel;
@@ -16,7 +20,19 @@ pub struct StepInputs {
     pub meta: StepMetadata,
 }
 
-/// Builds the flat inputs of `output` for a cache of `block_size`-token blocks.
+/// Positions in `seq`'s chunk whose logits give prompt logprobs (of the token after each):
+/// empty unless the request asks for prompt logprobs.
+fn prompt_logprob_positions(seq: &ScheduledSeq) -> Range<usize> {
+    if seq.sampling_params.prompt_logprobs.is_none() {
+        return 0..0;
+    }
+    let start = seq.num_computed_tokens;
+    let end = (start + seq.token_ids.len()).min(seq.num_prompt_tokens.saturating_sub(1));
+    start..end.max(start)
+}
+
+/// Builds the flat inputs of `output` for a cache of `block_size`-token blocks. Logits rows
+/// come per sequence in batch order: its prompt-logprob rows, then its sampled row.
 pub fn build_step_inputs(output: &SchedulerOutput, block_size: usize) -> StepInputs {
     let num_tokens = output.num_batched_tokens;
     let max_blocks_per_seq = output.seqs.iter().map(|s| s.block_ids.len()).max().unwrap_or(0);
@@ -52,6 +68,10 @@ pub fn build_step_inputs(output: &SchedulerOutput, block_size: usize) -> StepInp
             meta.block_tables.len() + max_blocks_per_seq - seq.block_ids.len(),
             0,
         );
+        let first_row = end_row - seq.token_ids.len() as u32;
+        for position in prompt_logprob_positions(seq) {
+            meta.logits_indices.push(first_row + (position - start) as u32);
+        }
         if seq.sample {
             meta.logits_indices.push(end_row - 1);
         }
@@ -59,22 +79,70 @@ pub fn build_step_inputs(output: &SchedulerOutput, block_size: usize) -> StepInp
     inputs
 }
 
-/// Owns the backend, the model weights and the KV cache.
+/// What one row of logits is for.
+enum RowJob<'a> {
+    /// Sample the sequence's next token.
+    Sample(&'a ScheduledSeq),
+    /// The logprob of the prompt token at `position + 1`, the row being at `position`.
+    Prompt(&'a ScheduledSeq, usize),
+}
+
+/// What one row of logits gave.
+enum RowResult {
+    Sampled(SampledToken),
+    Prompt(Option<TokenLogprob>),
+}
+
+/// Appends the prompt logprob from the row at `position` of `seq` to this step's chunks. A
+/// missing entry (no history: a bookkeeping bug) ends the request's chunk for this step.
+fn push_prompt_logprob(
+    chunks: &mut Vec<PromptLogprobs>,
+    seq: &ScheduledSeq,
+    position: usize,
+    entry: Option<TokenLogprob>,
+) {
+    let Some(entry) = entry else {
+        log::warn!(
+            "no prompt history for request {} at position {position}",
+            seq.request_id
+        );
+        return;
+    };
+    match chunks.last_mut() {
+        Some(chunk)
+            if chunk.request_id == seq.request_id
+                && chunk.first_position + chunk.entries.len() == position + 1 =>
+        {
+            chunk.entries.push(entry);
+        }
+        _ => chunks.push(PromptLogprobs {
+            request_id: seq.request_id.clone(),
+            first_position: position + 1,
+            entries: vec![entry],
+        }),
+    }
+}
+
+/// Owns the backend, the model weights, the KV cache and the per-request token histories.
 pub struct ModelRunner<B: Backend> {
     backend: B,
     model: LlamaModel<B>,
     kv_cache: B::KvCache,
     kv_spec: KvCacheSpec,
     vocab_size: usize,
+    eos_token_ids: Vec<u32>,
+    histories: RequestHistories,
 }
 
 impl<B: Backend> ModelRunner<B> {
-    /// Allocates the KV cache described by `kv_spec` next to `model`.
+    /// Allocates the KV cache described by `kv_spec` next to `model`; `eos_token_ids` are
+    /// masked before a request's `min_tokens`.
     pub fn new(
         backend: B,
         model: LlamaModel<B>,
         kv_spec: KvCacheSpec,
         vocab_size: usize,
+        eos_token_ids: Vec<u32>,
     ) -> BackendResult<Self> {
         let kv_cache = backend.allocate_kv_cache(&kv_spec)?;
         Ok(Self {
@@ -83,6 +151,8 @@ impl<B: Backend> ModelRunner<B> {
             kv_cache,
             kv_spec,
             vocab_size,
+            eos_token_ids,
+            histories: RequestHistories::default(),
         })
     }
 
@@ -91,8 +161,10 @@ impl<B: Backend> ModelRunner<B> {
         &self.kv_spec
     }
 
-    /// Runs one scheduled step and samples a token for every sequence with `sample == true`.
+    /// Runs one scheduled step: samples a token for every sequence with `sample == true` and
+    /// computes the prompt logprobs of the rows that asked for them.
     pub fn execute(&mut self, output: &SchedulerOutput) -> BackendResult<ModelRunnerOutput> {
+        self.histories.begin_step(output);
         if output.seqs.is_empty() {
             return Ok(ModelRunnerOutput::default());
         }
@@ -101,16 +173,50 @@ impl<B: Backend> ModelRunner<B> {
             self.model
                 .forward(&self.backend, &mut self.kv_cache, &inputs.input_ids, &inputs.meta)?;
         let mut logits = self.backend.to_host(&logits)?;
-        let sampled_seqs: Vec<_> = output.seqs.iter().filter(|s| s.sample).collect();
-        let sampled = logits
+        let mut jobs = Vec::with_capacity(inputs.meta.logits_indices.len());
+        for seq in &output.seqs {
+            jobs.extend(prompt_logprob_positions(seq).map(|p| RowJob::Prompt(seq, p)));
+            if seq.sample {
+                jobs.push(RowJob::Sample(seq));
+            }
+        }
+        let (histories, eos_token_ids) = (&self.histories, self.eos_token_ids.as_slice());
+        let results: Vec<RowResult> = logits
             .par_chunks_mut(self.vocab_size)
-            .zip(sampled_seqs.par_iter())
-            .map(|(row, seq)| {
-                sample(row, &seq.sampling_params, seq.seed, seq.num_output_tokens)
-                    .into_sampled_token(seq.request_id.clone())
+            .zip(jobs.par_iter())
+            .map(|(row, job)| match *job {
+                RowJob::Sample(seq) => {
+                    let ctx = SampleContext {
+                        seed: seq.seed,
+                        token_index: seq.num_output_tokens,
+                        history: histories.get(&seq.request_id),
+                        eos_token_ids,
+                    };
+                    RowResult::Sampled(
+                        sample(row, &seq.sampling_params, &ctx).into_sampled_token(seq.request_id.clone()),
+                    )
+                }
+                RowJob::Prompt(seq, position) => {
+                    let next = histories
+                        .get(&seq.request_id)
+                        .and_then(|h| h.prompt_token_ids().get(position + 1).copied());
+                    let k = seq.sampling_params.prompt_logprobs.unwrap_or(0);
+                    RowResult::Prompt(next.and_then(|token_id| token_logprob(row, token_id, k)))
+                }
             })
             .collect();
-        Ok(ModelRunnerOutput { sampled })
+        let mut out = ModelRunnerOutput::default();
+        for (job, result) in jobs.iter().zip(results) {
+            match (job, result) {
+                (_, RowResult::Sampled(token)) => out.sampled.push(token),
+                (RowJob::Prompt(seq, position), RowResult::Prompt(entry)) => {
+                    push_prompt_logprob(&mut out.prompt_logprobs, seq, *position, entry);
+                }
+                (RowJob::Sample(_), RowResult::Prompt(_)) => {}
+            }
+        }
+        self.histories.record(&out.sampled);
+        Ok(out)
     }
 
     /// Logits at every position of `token_ids` (`[len, vocab_size]`, row-major), computed in a
@@ -137,5 +243,77 @@ impl<B: Backend> ModelRunner<B> {
             .model
             .forward(&self.backend, &mut scratch, token_ids, &meta)?;
         self.backend.to_host(&logits)
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use std::sync::Arc;
+
+    use ember_core::SamplingParams;
+
+    use super::*;
+
+    fn seq(
+        id: &str,
+        start: usize,
+        len: usize,
+        num_prompt: usize,
+        prompt_logprobs: Option<usize>,
+    ) -> ScheduledSeq {
+        ScheduledSeq {
+            request_id: id.into(),
+            token_ids: (0..len as u32).collect(),
+            num_computed_tokens: start,
+            block_ids: vec![0, 1, 2, 3],
+            sample: start + len >= num_prompt,
+            sampling_params: Arc::new(SamplingParams {
+                prompt_logprobs,
+                ..Default::default()
+            }),
+            num_output_tokens: 0,
+            seed: 0,
+            num_prompt_tokens: num_prompt,
+            all_token_ids: None,
+        }
+    }
+
+    #[test]
+    fn logits_rows_cover_prompt_logprob_positions_then_the_sampled_row() {
+        let seqs = vec![
+            seq("a", 0, 3, 3, None),     // rows 0..3: sample row 2
+            seq("b", 4, 4, 10, Some(1)), // rows 3..7: positions 4..8 all prompt rows, no sample
+            seq("c", 6, 4, 10, Some(0)), // rows 7..11: positions 6..9 prompt rows, then row 10 sampled
+        ];
+        let output = SchedulerOutput {
+            num_batched_tokens: seqs.iter().map(|s| s.token_ids.len()).sum(),
+            seqs,
+            released_ids: Vec::new(),
+        };
+        let inputs = build_step_inputs(&output, 4);
+        assert_eq!(inputs.meta.logits_indices, vec![2, 3, 4, 5, 6, 7, 8, 9, 10]);
+        assert_eq!(prompt_logprob_positions(&output.seqs[2]), 6..9);
+        assert_eq!(prompt_logprob_positions(&output.seqs[0]), 0..0);
+    }
+
+    #[test]
+    fn prompt_logprob_chunks_group_consecutive_rows() {
+        let s = seq("a", 0, 4, 6, Some(0));
+        let entry = |token_id| {
+            Some(TokenLogprob {
+                token_id,
+                logprob: 0.0,
+                rank: 1,
+                top_logprobs: Vec::new(),
+            })
+        };
+        let mut chunks = Vec::new();
+        push_prompt_logprob(&mut chunks, &s, 0, entry(5));
+        push_prompt_logprob(&mut chunks, &s, 1, entry(6));
+        push_prompt_logprob(&mut chunks, &s, 2, None);
+        push_prompt_logprob(&mut chunks, &s, 3, entry(8));
+        assert_eq!(chunks.len(), 2);
+        assert_eq!((chunks[0].first_position, chunks[0].entries.len()), (1, 2));
+        assert_eq!((chunks[1].first_position, chunks[1].entries.len()), (4, 1));
     }
 }

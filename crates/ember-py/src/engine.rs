@@ -22,7 +22,11 @@ pub struct PyStepOutput {
     num_cached_tokens: usize,
     num_prompt_tokens: usize,
     new_logprobs: Option<Vec<TokenLogprobs>>,
+    new_prompt_logprobs: Option<Vec<PromptTokenLogprob>>,
 }
+
+/// One prompt token's `(token_id, logprob, rank, top_logprobs)`.
+type PromptTokenLogprob = (u32, f32, u32, Vec<(u32, f32)>);
 
 impl PyStepOutput {
     fn new(py: Python<'_>, output: StepOutput) -> PyResult<Self> {
@@ -40,6 +44,12 @@ impl PyStepOutput {
             num_cached_tokens: output.num_cached_tokens,
             num_prompt_tokens: output.num_prompt_tokens,
             new_logprobs: output.new_logprobs,
+            new_prompt_logprobs: output.new_prompt_logprobs.map(|entries| {
+                entries
+                    .into_iter()
+                    .map(|t| (t.token_id, t.logprob, t.rank, t.top_logprobs))
+                    .collect()
+            }),
         })
     }
 }

@@ -5,6 +5,7 @@ mod engine;
 mod errors;
 mod logger;
 mod params;
+mod sampling;
 mod tokenizer;
 
 use pyo3::prelude::*;
@@ -25,5 +26,8 @@ fn _core(py: Python<'_>, module: &Bound<'_, PyModule>) -> PyResult<()> {
     module.add_class::<engine::PyStepOutput>()?;
     module.add_class::<tokenizer::PyTokenizer>()?;
     module.add_function(wrap_pyfunction!(validate_sampling_params, module)?)?;
+    module.add_function(wrap_pyfunction!(sampling::sampling_probs, module)?)?;
+    module.add_function(wrap_pyfunction!(sampling::sample_token, module)?)?;
+    module.add_function(wrap_pyfunction!(sampling::token_logprobs, module)?)?;
     Ok(())
 }

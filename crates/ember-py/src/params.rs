@@ -3,7 +3,7 @@
 use ember_core::SamplingParams;
 use pyo3::conversion::FromPyObjectOwned;
 use pyo3::prelude::*;
-use pyo3::types::PyDict;
+use pyo3::types::{PyDict, PyString};
 
 use crate::errors::invalid_request;
 
@@ -27,6 +27,30 @@ fn non_negative(value: &Bound<'_, PyAny>, name: &str) -> PyResult<usize> {
     usize::try_from(number).map_err(|_| invalid_request(format!("{name} must be at least 0, got {number}")))
 }
 
+/// Reads `logit_bias`: a dict from token id (an int, or a str of digits as in OpenAI's JSON)
+/// to a bias; returned sorted by id.
+fn logit_bias(value: &Bound<'_, PyAny>) -> PyResult<Vec<(u32, f32)>> {
+    let dict = value
+        .cast::<PyDict>()
+        .map_err(|_| invalid_request("logit_bias must be a dict {token_id: bias}"))?;
+    let mut bias = Vec::with_capacity(dict.len());
+    for (key, value) in dict.iter() {
+        let id: i64 =
+            match key.cast::<PyString>() {
+                Ok(text) => text.to_str()?.trim().parse().map_err(|_| {
+                    invalid_request(format!("logit_bias keys must be token ids, got {text:?}"))
+                })?,
+                Err(_) => field(&key, "logit_bias key", "a token id (int)")?,
+            };
+        let id = u32::try_from(id).map_err(|_| {
+            invalid_request(format!("logit_bias token id {id} is out of range (must be >= 0)"))
+        })?;
+        bias.push((id, field(&value, "logit_bias value", "a number")?));
+    }
+    bias.sort_by_key(|&(id, _)| id);
+    Ok(bias)
+}
+
 /// Reads a sampling-parameter dict (keys as in `ember.SamplingParams`; `None` means default).
 /// Unknown keys and wrong types are rejected with the field's name. `n` is accepted but each
 /// engine request is one sequence: the Python layer fans out `n > 1`.
@@ -41,6 +65,8 @@ pub fn sampling_params_from_dict(dict: &Bound<'_, PyDict>) -> PyResult<SamplingP
                 "max_tokens" => params.max_tokens = None,
                 "seed" => params.seed = None,
                 "logprobs" => params.logprobs = None,
+                "prompt_logprobs" => params.prompt_logprobs = None,
+                "logit_bias" => params.logit_bias.clear(),
                 "stop" | "stop_token_ids" => {}
                 "n"
                 | "min_tokens"
@@ -49,7 +75,12 @@ pub fn sampling_params_from_dict(dict: &Bound<'_, PyDict>) -> PyResult<SamplingP
                 | "top_k"
                 | "min_p"
                 | "ignore_eos"
-                | "skip_special_tokens" => {}
+                | "skip_special_tokens"
+                | "presence_penalty"
+                | "frequency_penalty"
+                | "repetition_penalty"
+                | "include_stop_str_in_output"
+                | "detokenize" => {}
                 other => return Err(invalid_request(format!("unknown sampling parameter '{other}'"))),
             }
             continue;
@@ -80,6 +111,17 @@ pub fn sampling_params_from_dict(dict: &Bound<'_, PyDict>) -> PyResult<SamplingP
                 }
             }
             "logprobs" => params.logprobs = Some(non_negative(&value, "logprobs")?),
+            "prompt_logprobs" => params.prompt_logprobs = Some(non_negative(&value, "prompt_logprobs")?),
+            "presence_penalty" => params.presence_penalty = field(&value, "presence_penalty", "a number")?,
+            "frequency_penalty" => params.frequency_penalty = field(&value, "frequency_penalty", "a number")?,
+            "repetition_penalty" => {
+                params.repetition_penalty = field(&value, "repetition_penalty", "a number")?;
+            }
+            "logit_bias" => params.logit_bias = logit_bias(&value)?,
+            "include_stop_str_in_output" => {
+                params.include_stop_str_in_output = field(&value, "include_stop_str_in_output", "a bool")?;
+            }
+            "detokenize" => params.detokenize = field(&value, "detokenize", "a bool")?,
             other => return Err(invalid_request(format!("unknown sampling parameter '{other}'"))),
         }
     }

@@ -9,8 +9,8 @@ use std::collections::HashMap;
 use std::sync::Arc;
 
 use ember_core::{
-    FinishReason, ModelRunnerOutput, Request, RequestId, RequestUpdate, SampledToken, SamplingParams,
-    Scheduler, SchedulerOutput,
+    sample, FinishReason, ModelRunnerOutput, Request, RequestHistories, RequestId, RequestUpdate,
+    SampleContext, SampledToken, SamplingParams, Scheduler, SchedulerOutput,
 };
 
 /// End-of-sequence token of the fake model.
@@ -28,6 +28,17 @@ pub fn next_token(context: &[u32]) -> u32 {
         h ^= h >> 29;
     }
     (h % u64::from(VOCAB)) as u32
+}
+
+/// A fake row of logits over the vocabulary for `context`: a hash of it, in [-4, 4).
+pub fn fake_logits(context: &[u32]) -> Vec<f32> {
+    let base = u64::from(next_token(context)) << 32 | context.len() as u64;
+    (0..u64::from(VOCAB))
+        .map(|i| {
+            let h = (base ^ (i << 8)).wrapping_mul(0x9E37_79B9_7F4A_7C15);
+            ((h >> 40) % 800) as f32 / 100.0 - 4.0
+        })
+        .collect()
 }
 
 /// Tokens a request generates when nothing interferes: the reference outputs.
@@ -56,6 +67,9 @@ pub struct FakeModel {
     pub tokens: HashMap<RequestId, Vec<u32>>,
     /// Outputs of finished requests and why they finished.
     pub finished: HashMap<RequestId, (Vec<u32>, FinishReason)>,
+    /// Set by [`FakeModel::with_real_sampler`]: sample [`fake_logits`] with the real sampler,
+    /// keeping token histories the way the model runner does.
+    histories: Option<RequestHistories>,
 }
 
 impl FakeModel {
@@ -66,7 +80,61 @@ impl FakeModel {
             block_size,
             tokens: HashMap::new(),
             finished: HashMap::new(),
+            histories: None,
         }
+    }
+
+    /// The same model, sampling with the real sampler (penalties, seeds) over [`fake_logits`].
+    pub fn with_real_sampler(mut self) -> Self {
+        self.histories = Some(RequestHistories::default());
+        self
+    }
+
+    /// The token for `context`: the hash, or a real sample when the real sampler is on (checking
+    /// that the runner-side history matches the record).
+    fn next(&self, seq: &ember_core::ScheduledSeq, context: &[u32]) -> SampledToken {
+        let Some(histories) = &self.histories else {
+            return SampledToken {
+                request_id: seq.request_id.clone(),
+                token_id: next_token(context),
+                logprob: 0.0,
+                rank: None,
+                top_logprobs: Vec::new(),
+            };
+        };
+        let history = histories.get(&seq.request_id);
+        let params = &seq.sampling_params;
+        assert_eq!(
+            history.is_some(),
+            params.needs_token_history(),
+            "{}",
+            seq.request_id
+        );
+        if let Some(history) = history {
+            let num_prompt = seq.num_prompt_tokens;
+            assert_eq!(
+                history.prompt_token_ids(),
+                &context[..num_prompt],
+                "{}",
+                seq.request_id
+            );
+            for &t in &context[num_prompt..] {
+                let count = context[num_prompt..].iter().filter(|&&x| x == t).count() as u32;
+                assert_eq!(
+                    history.output_count(t),
+                    count,
+                    "{}: stale history",
+                    seq.request_id
+                );
+            }
+        }
+        let ctx = SampleContext {
+            seed: seq.seed,
+            token_index: seq.num_output_tokens,
+            history,
+            eos_token_ids: &[EOS],
+        };
+        sample(&mut fake_logits(context), params, &ctx).into_sampled_token(seq.request_id.clone())
     }
 
     /// Adds a request to the scheduler and, when accepted, to the record.
@@ -84,6 +152,9 @@ impl FakeModel {
 
     /// Runs one scheduled step, checking every sequence against the record.
     pub fn execute(&mut self, output: &SchedulerOutput) -> ModelRunnerOutput {
+        if let Some(histories) = self.histories.as_mut() {
+            histories.begin_step(output);
+        }
         let mut sampled = Vec::new();
         let mut total = 0;
         for seq in &output.seqs {
@@ -128,16 +199,17 @@ impl FakeModel {
                     "{}: cache holds the wrong context",
                     seq.request_id
                 );
-                sampled.push(SampledToken {
-                    request_id: seq.request_id.clone(),
-                    token_id: next_token(&context),
-                    logprob: 0.0,
-                    top_logprobs: Vec::new(),
-                });
+                sampled.push(self.next(seq, &context));
             }
         }
         assert_eq!(total, output.num_batched_tokens);
-        ModelRunnerOutput { sampled }
+        if let Some(histories) = self.histories.as_mut() {
+            histories.record(&sampled);
+        }
+        ModelRunnerOutput {
+            sampled,
+            ..Default::default()
+        }
     }
 
     /// Applies the scheduler's updates to the record.
