@@ -63,6 +63,9 @@ echo "EMBER_SMOLLM2_GGUF=$EMBER_SMOLLM2_GGUF"
 stage "cargo clippy --workspace --all-targets -- -D warnings"
 cargo clippy --workspace --all-targets -- -D warnings
 
+stage "CUDA kernels: compile for sm_90a and sm_80 with the pinned nvcc 13.0.2 wheels (no GPU needed)"
+bash scripts/cuda_compile_check.sh
+
 stage "cargo test --workspace"
 cargo test --workspace 2>&1 | tee .cache/cargo-test.log
 

@@ -155,7 +155,7 @@ class AsyncEngine:
             raise InvalidRequestError(f"priority must be an int, got {type(priority).__name__}")
         user_id = request_id if request_id is not None else f"req-{next(self._counter)}"
         # Sub-request ids are internal, so user ids like "a" and "a-0" never collide.
-        state = RequestState(f"{next(self._counter)}", item, params.n, params.logprobs is not None)
+        state = RequestState(f"{next(self._counter)}", item, params)
         self._register(user_id, state.child_ids)
         sink = Sink(asyncio.get_running_loop())
         child_params = [(params if params.n == 1 else params.for_child(i)).to_dict() for i in range(params.n)]

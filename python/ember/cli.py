@@ -1,4 +1,4 @@
-"""The `ember` command: generate or chat from the terminal, streaming tokens as they come."""
+"""The `ember` command: generate or chat from the terminal (streaming tokens as they come), or serve the OpenAI API."""
 
 from __future__ import annotations
 
@@ -7,10 +7,12 @@ import sys
 from collections.abc import Iterator, Sequence
 
 from ember._core import EmberError
+from ember.benchmark import serve as serve_benchmark
 from ember.engine import Engine
 from ember.models import DEFAULT_MODEL, KNOWN_MODELS
 from ember.outputs import RequestOutput
 from ember.sampling_params import SamplingParams
+from ember.server import cli as server_cli
 
 DEFAULT_SYSTEM_PROMPT = "You are a helpful AI assistant."
 """The chat command's system message. SmolLM2's template default ("...named SmolLM, trained by
@@ -82,6 +84,21 @@ def build_parser() -> argparse.ArgumentParser:
         help="the system message (default: %(default)r); pass '' to use the chat template's own default",
     )
     chat.add_argument("--max-tokens", type=int, default=256, help="most tokens to generate (default: %(default)s)")
+    serve = sub.add_parser(
+        "serve",
+        help="run an OpenAI-compatible HTTP server",
+        description="Serve a model over the OpenAI API (/v1/chat/completions, /v1/completions, /v1/models), "
+        "with /health and Prometheus /metrics.",
+    )
+    server_cli.add_arguments(serve)
+    bench = sub.add_parser("bench", help="run a benchmark", description="Run a benchmark.")
+    bench_sub = bench.add_subparsers(dest="bench_command", required=True, metavar="BENCHMARK")
+    bench_serve = bench_sub.add_parser(
+        "serve",
+        help="load-test a running OpenAI-compatible server",
+        description="Load-test a running OpenAI-compatible server: TTFT, TPOT, ITL and E2E percentiles, throughput.",
+    )
+    serve_benchmark.add_arguments(bench_serve)
     return parser
 
 
@@ -117,6 +134,10 @@ def main(argv: Sequence[str] | None = None) -> int:
     """Entry point of the `ember` console script; returns the exit status."""
     args = build_parser().parse_args(argv)
     try:
+        if args.command == "serve":
+            return server_cli.run(args)
+        if args.command == "bench":
+            return serve_benchmark.run(args)
         run(args)
     except EmberError as e:
         print(f"ember: error: {e}", file=sys.stderr)

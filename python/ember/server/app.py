@@ -1,0 +1,226 @@
+"""The OpenAI-compatible HTTP application over an AsyncEngine (FastAPI on Starlette)."""
+
+from __future__ import annotations
+
+from collections.abc import AsyncIterator
+from contextlib import asynccontextmanager
+from dataclasses import dataclass
+from typing import Any
+
+from fastapi import FastAPI, Request
+from fastapi.exceptions import RequestValidationError
+from fastapi.responses import JSONResponse, PlainTextResponse, Response, StreamingResponse
+from starlette.exceptions import HTTPException
+
+from ember._core import EmberError, InvalidRequestError
+from ember.async_engine import AsyncEngine
+from ember.outputs import RequestOutput
+from ember.server.errors import ApiError, error_response
+from ember.server.generation import TrackedStream, merge, resolve_max_tokens, unless_disconnected
+from ember.server.metrics import ServerMetrics
+from ember.server.middleware import ApiMiddleware
+from ember.server.protocol import ChatCompletionRequest, CompletionKind, CompletionRequest, SamplingFields
+from ember.server.responses import ResponseBuilder, sse
+
+
+@dataclass
+class ServerConfig:
+    """How the server presents the engine: its model name, the API key and the queue limit."""
+
+    model_name: str
+    """The name clients pass as `model` (and `/v1/models` lists)."""
+    api_key: str | None = None
+    """When set, /v1 endpoints require `Authorization: Bearer <api_key>`."""
+    max_pending_requests: int = 1024
+    """Requests in flight beyond this are refused with 503."""
+
+
+@dataclass
+class _Job:
+    """One accepted request: its prompts' token ids, texts for echo, and the sampling fields."""
+
+    kind: CompletionKind
+    body: SamplingFields
+    prompts: list[list[int]]
+    echo_texts: list[str] | None
+    max_tokens: int | None
+    logprobs: int | None
+
+
+class OpenAiServer:
+    """The handlers, sharing one engine, one config and one set of metrics."""
+
+    def __init__(self, engine: AsyncEngine, config: ServerConfig) -> None:
+        self.engine = engine
+        self.config = config
+        self.metrics = ServerMetrics()
+
+    def models(self) -> dict[str, Any]:
+        """GET /v1/models."""
+        card = {
+            "id": self.config.model_name,
+            "object": "model",
+            "created": 0,
+            "owned_by": "ember",
+            "max_model_len": self.engine.max_model_len,
+        }
+        return {"object": "list", "data": [card]}
+
+    def chat_job(self, body: ChatCompletionRequest) -> _Job:
+        """Renders the conversation with the model's chat template and encodes it."""
+        messages = [{**(m.model_extra or {}), "role": m.role, "content": m.text()} for m in body.messages]
+        if body.response_format is not None and body.response_format.get("type", "text") != "text":
+            raise ApiError(400, "response_format: only {'type': 'text'} is supported", "response_format")
+        tokenizer = self.engine.tokenizer
+        text = tokenizer.apply_chat_template(messages, add_generation_prompt=body.add_generation_prompt)
+        ids = tokenizer.encode(text, add_special_tokens=False)
+        return _Job("chat", body, [ids], None, body.requested_max_tokens(), body.requested_logprobs())
+
+    def completion_job(self, body: CompletionRequest) -> _Job:
+        """Encodes the prompt(s): text with the model's BOS, or token ids as given."""
+        if body.suffix is not None:
+            raise ApiError(400, "suffix is not supported", "suffix")
+        prompts: list[Any] = [body.prompt] if isinstance(body.prompt, str) or _is_ids(body.prompt) else body.prompt
+        if not prompts:
+            raise ApiError(400, "prompt must not be empty", "prompt")
+        tokenizer = self.engine.tokenizer
+        ids = [tokenizer.encode(p, add_special_tokens=True) if isinstance(p, str) else list(p) for p in prompts]
+        if any(len(p) == 0 for p in ids):
+            raise ApiError(400, "prompt must not be empty", "prompt")
+        echo = [p if isinstance(p, str) else tokenizer.decode(p) for p in prompts] if body.echo else None
+        return _Job("completion", body, ids, echo, body.max_tokens, body.logprobs)
+
+    async def run(self, request: Request, job: _Job) -> Response:
+        """Checks the model and capacity, starts the engine requests, and answers streamed or whole."""
+        body = job.body
+        if body.model is not None and body.model != self.config.model_name:
+            raise ApiError(
+                404, f"The model '{body.model}' does not exist; this server serves '{self.config.model_name}'", "model"
+            )
+        in_flight = self.engine.num_unfinished_requests
+        if in_flight + len(job.prompts) > self.config.max_pending_requests:
+            raise ApiError(
+                503,
+                f"The server is overloaded: {in_flight} requests in flight (limit {self.config.max_pending_requests}). "
+                "Retry later.",
+            )
+        streams = await self._start(job)
+        builder = ResponseBuilder(job.kind, self.config.model_name, job.logprobs or 0)
+        firsts: list[RequestOutput] = []
+        try:
+            firsts = [await s.first() for s in streams]
+        except BaseException:
+            for s in streams:
+                s.abort()
+            raise
+        if body.stream:
+            return StreamingResponse(self._events(job, builder, streams, firsts), media_type="text/event-stream")
+        outputs = await unless_disconnected(request, lambda: _collect(streams, firsts))
+        return JSONResponse(builder.full(outputs, job.echo_texts))
+
+    async def _start(self, job: _Job) -> list[TrackedStream]:
+        """One engine request per prompt (not started until first iterated)."""
+        streams = []
+        for ids in job.prompts:
+            max_tokens = resolve_max_tokens(len(ids), job.max_tokens, self.engine.max_model_len)
+            params = job.body.sampling_params(max_tokens, job.logprobs)
+            delta = job.body.stream
+            streams.append(TrackedStream(self.engine, self.metrics, ids, params, job.body.priority, delta))
+        return streams
+
+    async def _events(
+        self, job: _Job, builder: ResponseBuilder, streams: list[TrackedStream], firsts: list[RequestOutput]
+    ) -> AsyncIterator[str]:
+        """The SSE body: role chunks (chat), delta chunks, an optional usage chunk, then [DONE]."""
+        n = job.body.n
+        try:
+            if job.kind == "chat":
+                yield builder.role_chunk(n)
+            echoed: set[int] = set()
+            async for i, delta in merge(streams, firsts):
+                prefix = ""
+                if job.echo_texts is not None and i not in echoed:
+                    prefix, _ = job.echo_texts[i], echoed.add(i)
+                if delta.outputs:
+                    yield builder.delta_chunk(delta, i * n, prefix)
+            if job.body.include_usage:
+                prompt_tokens = sum(s.num_prompt_tokens for s in streams)
+                yield builder.usage_chunk(prompt_tokens, sum(s.num_generated for s in streams))
+            yield sse("[DONE]")
+        finally:
+            for s in streams:
+                s.abort()
+
+
+def _is_ids(value: object) -> bool:
+    return isinstance(value, list) and len(value) > 0 and all(isinstance(t, int) for t in value)
+
+
+async def _collect(streams: list[TrackedStream], firsts: list[RequestOutput]) -> list[RequestOutput]:
+    """The final cumulative output of every stream."""
+    finals = list(firsts)
+    async for i, out in merge(streams, firsts):
+        finals[i] = out
+    return finals
+
+
+def build_app(engine: AsyncEngine, config: ServerConfig) -> FastAPI:
+    """The FastAPI application; the engine is shut down when the application stops."""
+
+    @asynccontextmanager
+    async def lifespan(_: FastAPI) -> AsyncIterator[None]:
+        yield
+        await engine.shutdown()
+
+    server = OpenAiServer(engine, config)
+    app = FastAPI(title="Ember", lifespan=lifespan, docs_url=None, redoc_url=None)
+    app.state.server = server
+    app.add_middleware(ApiMiddleware, api_key=config.api_key, metrics=server.metrics)
+
+    @app.exception_handler(ApiError)
+    async def api_error(_: Request, exc: ApiError) -> JSONResponse:
+        return exc.response()
+
+    @app.exception_handler(HTTPException)
+    async def http_error(_: Request, exc: HTTPException) -> JSONResponse:
+        return error_response(exc.status_code, str(exc.detail))
+
+    @app.exception_handler(RequestValidationError)
+    async def validation_error(_: Request, exc: RequestValidationError) -> JSONResponse:
+        problems = [f"{'.'.join(str(p) for p in e['loc'] if p != 'body') or 'body'}: {e['msg']}" for e in exc.errors()]
+        first_loc = exc.errors()[0]["loc"] if exc.errors() else ()
+        param = ".".join(str(p) for p in first_loc if p != "body") or None
+        return error_response(400, "; ".join(problems), param)
+
+    async def invalid_request(_: Request, exc: Exception) -> JSONResponse:
+        return error_response(400, str(exc))
+
+    # InvalidRequestError is both an EmberError and a ValueError: register it by name so it wins.
+    app.add_exception_handler(InvalidRequestError, invalid_request)
+    app.add_exception_handler(ValueError, invalid_request)
+
+    @app.exception_handler(EmberError)
+    async def engine_error(_: Request, exc: EmberError) -> JSONResponse:
+        return error_response(500, str(exc))
+
+    @app.get("/health")
+    async def health() -> Response:
+        return Response(status_code=200 if engine.alive else 503)
+
+    @app.get("/metrics")
+    async def metrics() -> PlainTextResponse:
+        return PlainTextResponse(server.metrics.render(engine.stats()), media_type="text/plain; version=0.0.4")
+
+    @app.get("/v1/models")
+    async def models() -> dict[str, Any]:
+        return server.models()
+
+    @app.post("/v1/chat/completions")
+    async def chat_completions(body: ChatCompletionRequest, request: Request) -> Response:
+        return await server.run(request, server.chat_job(body))
+
+    @app.post("/v1/completions")
+    async def completions(body: CompletionRequest, request: Request) -> Response:
+        return await server.run(request, server.completion_job(body))
+
+    return app
