@@ -107,3 +107,26 @@ def test_preemption_keeps_penalized_outputs_and_prompt_logprobs(default_gguf: Pa
         assert g.prompt_logprobs is not None and len(g.prompt_logprobs) == len(g.prompt_token_ids)
         assert g.prompt_logprobs == w.prompt_logprobs
     assert tiny.stats()["kv_cache_usage"] == 0.0
+
+
+def test_n_completions_share_the_prompt_blocks(default_gguf: Path) -> None:
+    """n > 1 computes the prompt once: the other completions share its blocks (even with prefix caching off)
+    and sample exactly what separate requests with seeds seed+i would."""
+    engine = _engine(default_gguf, 256, enable_prefix_caching=False)
+    prompt = SYSTEM + " " + QUESTIONS[0]
+    params = SamplingParams(n=4, temperature=0.9, seed=11, max_tokens=10, ignore_eos=True)
+    (forked,) = engine.generate(prompt, params, use_tqdm=False)
+    stats = engine.stats()
+    num_prompt = len(forked.prompt_token_ids)
+    shared = (num_prompt - 1) // BLOCK_SIZE * BLOCK_SIZE
+    assert stats["num_forked_tokens"] == 3 * shared
+    assert stats["num_prompt_tokens"] == num_prompt + 3 * (num_prompt - shared)
+    one_by_one = [
+        engine.generate(
+            prompt, SamplingParams(temperature=0.9, seed=11 + i, max_tokens=10, ignore_eos=True), use_tqdm=False
+        )[0]
+        for i in range(4)
+    ]
+    assert [c.token_ids for c in forked.outputs] == [o.outputs[0].token_ids for o in one_by_one]
+    assert len({tuple(c.token_ids) for c in forked.outputs}) > 1
+    assert engine.stats()["kv_cache_usage"] == 0.0

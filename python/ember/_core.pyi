@@ -111,7 +111,9 @@ class Engine:
         prompt_token_ids: list[int],
         params: dict[str, Any],
         priority: int = 0,
-    ) -> None: ...
+        fork_of: str | None = None,
+    ) -> None:
+        """Queues a request; `fork_of` names a sibling with the same prompt whose prompt blocks it shares."""
     def step(self) -> list[StepOutput]:
         """Runs one scheduler step with the GIL released."""
     def abort(self, request_id: str) -> bool: ...

@@ -160,8 +160,10 @@ class EngineLoop:
         """Adds the sub-requests; on a rejection, withdraws those already added and tells the caller."""
         added: list[str] = []
         try:
-            for child_id, params in zip(command.child_ids, command.params, strict=True):
-                self._core.add_request(child_id, command.token_ids, params, command.priority)
+            for i, (child_id, params) in enumerate(zip(command.child_ids, command.params, strict=True)):
+                # Completions after the first share its prompt blocks (computed once).
+                fork_of = command.child_ids[0] if i > 0 else None
+                self._core.add_request(child_id, command.token_ids, params, command.priority, fork_of)
                 added.append(child_id)
                 self._sinks[child_id] = command.sink
         except Exception as exc:  # the caller gets the engine's own error

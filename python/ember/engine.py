@@ -226,7 +226,9 @@ class Engine:
                     self._child_ids[state.request_id] = state.child_ids
                     for i, child_id in enumerate(state.child_ids):
                         child_params = p if p.n == 1 else p.for_child(i)
-                        self._core.add_request(child_id, item.token_ids, child_params.to_dict(), priority)
+                        # Completions after the first share its prompt blocks (computed once).
+                        fork_of = state.child_ids[0] if i > 0 else None
+                        self._core.add_request(child_id, item.token_ids, child_params.to_dict(), priority, fork_of)
                         self._mailboxes[child_id] = []
             except BaseException:
                 for state in states:

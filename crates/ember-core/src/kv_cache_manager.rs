@@ -104,6 +104,21 @@ impl KvCacheManager {
         (blocks, num_tokens)
     }
 
+    /// The full blocks of `source`'s prompt that `request` (a fork with the same prompt) can
+    /// share, and the tokens they cover. Like a prefix hit it never covers the last prompt
+    /// token, and only blocks `source` has already computed count.
+    pub fn forkable_blocks(&self, source: &Request, request: &Request) -> (Vec<u32>, usize) {
+        let shared_prompt = source.prompt_token_ids == request.prompt_token_ids;
+        if !shared_prompt || request.sampling_params.prompt_logprobs.is_some() {
+            return (Vec::new(), 0);
+        }
+        let held = self.block_ids(&source.request_id);
+        let num_blocks = ((request.num_tokens() - 1) / self.block_size)
+            .min(source.num_computed_tokens / self.block_size)
+            .min(held.len());
+        (held[..num_blocks].to_vec(), num_blocks * self.block_size)
+    }
+
     /// Grows the request's block table so it can hold `request.num_computed_tokens`, the
     /// prefix-hit `new_computed_blocks` and `num_new_tokens` more tokens. Returns the whole
     /// block table, or `None` (nothing changed) when there are not enough free blocks.

@@ -52,6 +52,9 @@ pub struct Request {
     pub status: RequestStatus,
     /// Extra key mixed into every block hash (cache salt, adapter id); `None` for none.
     pub cache_salt: Option<u64>,
+    /// A sibling with the same prompt (another completion of an `n > 1` request) whose prompt
+    /// blocks this request shares by reference count instead of computing them again.
+    pub fork_of: Option<RequestId>,
 }
 
 impl Request {
@@ -78,7 +81,15 @@ impl Request {
             num_cached_tokens: 0,
             status: RequestStatus::Waiting,
             cache_salt: None,
+            fork_of: None,
         }
+    }
+
+    /// The same request, set to share the prompt blocks of sibling `fork_of` once that sibling
+    /// has computed its prompt (see [`Request::fork_of`]).
+    pub fn with_fork_of(mut self, fork_of: Option<RequestId>) -> Self {
+        self.fork_of = fork_of;
+        self
     }
 
     /// The same request with `cache_salt` mixed into its block hashes.

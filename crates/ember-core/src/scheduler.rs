@@ -21,6 +21,8 @@ use crate::step::{
 };
 use crate::waiting_queue::{QueueKey, WaitingQueue};
 
+#[path = "scheduler_admission.rs"]
+mod admission;
 #[path = "scheduler_invariants.rs"]
 mod invariants;
 
@@ -378,39 +380,6 @@ impl Scheduler {
         self.released_ids.push(id.clone());
         self.stats.num_preemptions += 1;
         log::debug!("preempted request {id}");
-    }
-
-    /// Admits waiting requests, in queue order, while budget, sequence slots and blocks last.
-    fn admit_waiting(&mut self, budget: &mut usize, scheduled: &mut Vec<(RequestId, usize, bool)>) {
-        while *budget > 0 && self.running.len() < self.config.max_num_seqs {
-            let Some(id) = self.waiting.peek().cloned() else {
-                break;
-            };
-            let (computed_blocks, num_cached) = self.kv.get_computed_blocks(&self.requests[&id].request);
-            let num_new = self.num_new_tokens(&self.requests[&id].request, num_cached, *budget);
-            if self
-                .kv
-                .allocate_slots(&self.requests[&id].request, num_new, &computed_blocks)
-                .is_none()
-            {
-                break;
-            }
-            self.waiting.pop();
-            let Some(entry) = self.requests.get_mut(&id) else {
-                continue;
-            };
-            let req = &mut entry.request;
-            if req.status == RequestStatus::Waiting {
-                req.num_cached_tokens = num_cached;
-                self.stats.prefix_cache_queries += req.num_tokens() as u64;
-                self.stats.prefix_cache_hits += num_cached as u64;
-            }
-            req.status = RequestStatus::Running;
-            req.num_computed_tokens = num_cached;
-            *budget -= num_new;
-            self.running.push(id.clone());
-            scheduled.push((id, num_new, true));
-        }
     }
 }
 

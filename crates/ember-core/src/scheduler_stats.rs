@@ -13,6 +13,9 @@ pub struct SchedulerStats {
     pub prefix_cache_queries: u64,
     /// Of those, tokens found in the cache.
     pub prefix_cache_hits: u64,
+    /// Prompt tokens a forked request (`n > 1`) shared from its sibling's blocks instead of
+    /// computing them.
+    pub num_forked_tokens: u64,
     /// Times a running request was preempted.
     pub num_preemptions: u64,
     /// Prompt tokens computed (prefix hits not counted; recomputation after preemption counted).
@@ -32,7 +35,7 @@ impl SchedulerStats {
     }
 
     /// Every counter as `(name, value)`, for metrics exporters and the Python `stats()` dict.
-    pub fn as_pairs(&self) -> [(&'static str, f64); 9] {
+    pub fn as_pairs(&self) -> [(&'static str, f64); 10] {
         [
             ("num_running", self.num_running as f64),
             ("num_waiting", self.num_waiting as f64),
@@ -40,6 +43,7 @@ impl SchedulerStats {
             ("prefix_cache_queries", self.prefix_cache_queries as f64),
             ("prefix_cache_hits", self.prefix_cache_hits as f64),
             ("prefix_cache_hit_rate", self.prefix_cache_hit_rate()),
+            ("num_forked_tokens", self.num_forked_tokens as f64),
             ("num_preemptions", self.num_preemptions as f64),
             ("num_prompt_tokens", self.num_prompt_tokens as f64),
             ("num_generation_tokens", self.num_generation_tokens as f64),

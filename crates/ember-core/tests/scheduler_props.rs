@@ -24,6 +24,8 @@ enum Op {
         ignore_eos: bool,
     },
     Abort(usize),
+    /// Another completion of an earlier request: same prompt and params, sharing its prompt blocks.
+    Fork(usize),
     Step,
 }
 
@@ -40,6 +42,7 @@ fn op() -> impl Strategy<Value = Op> {
                 ignore_eos,
             }),
         1 => (0..64usize).prop_map(Op::Abort),
+        1 => (0..64usize).prop_map(Op::Fork),
         4 => Just(Op::Step),
     ]
 }
@@ -121,6 +124,17 @@ proptest! {
                             model.finish(id, FinishReason::Abort);
                             aborted.insert(id.clone());
                         }
+                    }
+                }
+                Op::Fork(i) => {
+                    if let Some((source, prompt, params)) = added.get(i % added.len().max(1)).cloned() {
+                        let id: Arc<str> = format!("r{n}").into();
+                        let request = Request::new(
+                            id.clone(), prompt.clone(), Arc::new(params.clone()), vec![EOS], n as u64, 0, n as f64,
+                        )
+                        .with_fork_of(Some(source));
+                        prop_assert!(model.add(&mut scheduler, request));
+                        added.push((id, prompt, params));
                     }
                 }
                 Op::Step => {

@@ -384,3 +384,89 @@ fn scheduler_can_move_between_threads() {
     assert_send::<Scheduler>();
     assert_send::<ember_core::KvCacheManager>();
 }
+
+/// `n` completions of one prompt: the first computes the prompt, the others fork from it.
+fn forked_family(prompt: &[u32], n: usize) -> Vec<Request> {
+    (0..n)
+        .map(|i| {
+            let fork_of = (i > 0).then(|| Arc::from("c0"));
+            request(&format!("c{i}"), prompt.to_vec(), 6, true, 0).with_fork_of(fork_of)
+        })
+        .collect()
+}
+
+#[test]
+fn forks_share_the_prompt_blocks_instead_of_recomputing_them() {
+    for enable_prefix_caching in [true, false] {
+        let mut cfg = config(64, 4, 16);
+        cfg.enable_prefix_caching = enable_prefix_caching;
+        let mut scheduler = Scheduler::new(cfg);
+        let mut model = FakeModel::new(64, 4);
+        let prompt: Vec<u32> = (1..=30).collect();
+        for r in forked_family(&prompt, 3) {
+            assert!(model.add(&mut scheduler, r));
+        }
+        // The 30-token prompt takes two chunks of the 16-token budget; the forks wait meanwhile.
+        let first = model.step(&mut scheduler).0;
+        assert_eq!(first.seqs.len(), 1);
+        assert_eq!(first.seqs[0].request_id.as_ref(), "c0");
+        let second = model.step(&mut scheduler).0;
+        assert_eq!(second.seqs.len(), 1, "forks wait for the prompt");
+        // Then each fork computes only its last partial block: (30 - 1) / 4 = 7 full blocks shared.
+        let third = model.step(&mut scheduler).0;
+        let fork_chunks: Vec<(usize, usize)> = third.seqs[1..]
+            .iter()
+            .map(|s| (s.num_computed_tokens, s.token_ids.len()))
+            .collect();
+        assert_eq!(fork_chunks, vec![(28, 2), (28, 2)]);
+        let c0_blocks = scheduler.kv_cache().block_ids("c0")[..7].to_vec();
+        for fork in ["c1", "c2"] {
+            assert_eq!(scheduler.kv_cache().block_ids(fork)[..7], c0_blocks[..]);
+            assert_eq!(scheduler.request(fork).unwrap().num_cached_tokens, 28);
+        }
+        scheduler.check_invariants().unwrap();
+        assert_eq!(scheduler.stats().num_forked_tokens, 56);
+        assert_eq!(scheduler.stats().num_prompt_tokens, 30 + 2 + 2);
+        run_to_completion(&mut scheduler, &mut model);
+        let (expected, _) = reference_output(
+            &prompt,
+            &SamplingParams {
+                max_tokens: Some(6),
+                ignore_eos: true,
+                ..Default::default()
+            },
+        );
+        for i in 0..3 {
+            let tokens = &model.finished[&Arc::from(format!("c{i}"))].0;
+            assert_eq!(tokens[prompt.len()..], expected[..], "c{i}");
+        }
+        assert_eq!(scheduler.kv_cache().usage(), 0.0);
+    }
+}
+
+#[test]
+fn a_fork_whose_sibling_is_gone_computes_its_own_prompt() {
+    let mut scheduler = Scheduler::new(config(64, 4, 64));
+    let mut model = FakeModel::new(64, 4);
+    let prompt: Vec<u32> = (1..=10).collect();
+    let family = forked_family(&prompt, 2);
+    // Only the fork arrives (its sibling was rejected or aborted): no waiting, no sharing.
+    assert!(model.add(&mut scheduler, family.into_iter().nth(1).unwrap()));
+    let step = model.step(&mut scheduler).0;
+    assert_eq!(step.seqs[0].token_ids.len(), 10);
+    run_to_completion(&mut scheduler, &mut model);
+    assert_eq!(scheduler.stats().num_forked_tokens, 0);
+}
+
+#[test]
+fn a_fork_with_a_different_prompt_shares_nothing() {
+    let mut scheduler = Scheduler::new(config(64, 4, 64));
+    let mut model = FakeModel::new(64, 4);
+    assert!(model.add(&mut scheduler, request("c0", (1..=12).collect(), 3, true, 0)));
+    model.step(&mut scheduler);
+    let other = request("c1", (2..=13).collect(), 3, true, 0).with_fork_of(Some(Arc::from("c0")));
+    assert!(model.add(&mut scheduler, other));
+    let step = model.step(&mut scheduler).0;
+    assert_eq!(step.seqs[1].token_ids.len(), 12);
+    run_to_completion(&mut scheduler, &mut model);
+}

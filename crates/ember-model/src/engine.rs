@@ -177,12 +177,17 @@ impl LlmEngine {
     }
 
     /// Queues a request; invalid parameters or lengths are rejected at once.
+    ///
+    /// `fork_of` names a live sibling with the same prompt (another completion of an `n > 1`
+    /// request): this request then shares the sibling's prompt blocks once they are computed
+    /// instead of computing them again.
     pub fn add_request(
         &mut self,
         request_id: &str,
         prompt_token_ids: Vec<u32>,
         params: SamplingParams,
         priority: i32,
+        fork_of: Option<&str>,
     ) -> Result<(), EngineError> {
         params.validate()?;
         params.validate_token_ids(self.vocab_size)?;
@@ -208,7 +213,8 @@ impl LlmEngine {
             seed,
             priority,
             now_s(),
-        );
+        )
+        .with_fork_of(fork_of.map(RequestId::from));
         self.scheduler
             .add_request(request)
             .map_err(|e| invalid(e.to_string()))?;

@@ -168,18 +168,20 @@ impl PyEngine {
         Ok(self.lock()?.eos_token_ids().to_vec())
     }
 
-    /// Queues a request; raises InvalidRequestError naming the field and limit.
-    #[pyo3(signature = (request_id, prompt_token_ids, params, priority=0))]
+    /// Queues a request; raises InvalidRequestError naming the field and limit. `fork_of` names
+    /// a sibling with the same prompt whose prompt blocks this request shares (`n > 1`).
+    #[pyo3(signature = (request_id, prompt_token_ids, params, priority=0, fork_of=None))]
     fn add_request(
         &self,
         request_id: &str,
         prompt_token_ids: Vec<u32>,
         params: &Bound<'_, PyDict>,
         priority: i32,
+        fork_of: Option<&str>,
     ) -> PyResult<()> {
         let params = sampling_params_from_dict(params)?;
         self.lock()?
-            .add_request(request_id, prompt_token_ids, params, priority)
+            .add_request(request_id, prompt_token_ids, params, priority, fork_of)
             .map_err(engine_error)
     }
 
