@@ -1,0 +1,128 @@
+"""Serving benchmark, side by side: `ember serve` and llama.cpp's OpenAI server on the same GGUF file.
+
+Starts each server in turn on a free loopback port with the same thread count, runs
+`ember bench serve` against it (the same seeded prompts, streaming completions, fixed
+concurrency), stops it, and prints one table with both. The peer is llama-cpp-python's
+server (`python -m llama_cpp.server`), which needs `pip install -r requirements/bench.txt`
+beside the test requirements.
+
+    python bench/serve.py [--model PATH] [--threads 2] [--concurrency 16] [--quick]
+
+Prints a table and writes bench/out/serve-<date>.json.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import os
+import signal
+import subprocess
+import sys
+import tempfile
+import time
+from importlib.metadata import version
+from pathlib import Path
+from typing import Any
+
+import httpx
+
+from _common import common_parser, write_record
+from ember.benchmark import serve as serve_benchmark
+from ember.models import resolve_model
+
+ROWS = (
+    ("requests ok / failed", lambda s: f"{s['num_succeeded']} / {s['num_failed']}"),
+    ("duration (s)", lambda s: f"{s['duration_s']:.1f}"),
+    ("output tokens", lambda s: str(s["total_output_tokens"])),
+    ("output tok/s", lambda s: f"{s['output_token_throughput_per_s']:.1f}"),
+    ("requests/s", lambda s: f"{s['request_throughput_per_s']:.2f}"),
+    ("TTFT p50 / p99 (ms)", lambda s: f"{s['ttft_ms']['p50']:.0f} / {s['ttft_ms']['p99']:.0f}"),
+    ("TPOT p50 / p99 (ms)", lambda s: f"{s['tpot_ms']['p50']:.1f} / {s['tpot_ms']['p99']:.1f}"),
+    ("ITL p50 / p99 (ms)", lambda s: f"{s['itl_ms']['p50']:.1f} / {s['itl_ms']['p99']:.1f}"),
+    ("E2E p50 / p99 (ms)", lambda s: f"{s['e2e_ms']['p50']:.0f} / {s['e2e_ms']['p99']:.0f}"),
+)
+
+
+def server_commands(model: str, port: int, threads: int, max_model_len: int) -> dict[str, list[str]]:
+    """The command line of each server, with the same model, port, threads and context length."""
+    python = sys.executable
+    ember = [python, "-m", "ember.cli", "serve", model, "--port", str(port), "--threads", str(threads)]
+    ember += ["--max-model-len", str(max_model_len)]
+    llama = [python, "-m", "llama_cpp.server", "--model", model, "--port", str(port), "--n_threads", str(threads)]
+    llama += ["--n_ctx", str(max_model_len)]
+    return {"ember": ember, "llama.cpp": llama}
+
+
+def wait_ready(base_url: str, proc: subprocess.Popen[bytes], timeout_s: float = 120.0) -> None:
+    """Polls GET /v1/models until the server answers; fails if the process exits first."""
+    deadline = time.monotonic() + timeout_s
+    while time.monotonic() < deadline:
+        if proc.poll() is not None:
+            raise RuntimeError(f"the server exited with status {proc.returncode} before it was ready")
+        try:
+            if httpx.get(f"{base_url}/models", timeout=2).status_code == 200:
+                return
+        except httpx.TransportError:
+            pass
+        time.sleep(0.25)
+    raise TimeoutError(f"{base_url} not ready after {timeout_s}s")
+
+
+def bench_one(name: str, command: list[str], base_url: str, bench_args: list[str]) -> dict[str, Any]:
+    """Starts one server, runs the serving benchmark against it, stops it; returns the summary."""
+    print(f"\n== {name}: {' '.join(command)}", file=sys.stderr, flush=True)
+    proc = subprocess.Popen(command, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
+    try:
+        wait_ready(base_url, proc)
+        with tempfile.TemporaryDirectory() as tmp:
+            out = Path(tmp) / "result.json"
+            parser = argparse.ArgumentParser()
+            serve_benchmark.add_arguments(parser)
+            args = parser.parse_args([*bench_args, "--base-url", base_url, "--out", str(out)])
+            if serve_benchmark.run(args) != 0:
+                raise RuntimeError(f"the benchmark against {name} failed")
+            return dict(json.loads(out.read_text()))
+    finally:
+        proc.send_signal(signal.SIGINT)
+        try:
+            proc.wait(timeout=30)
+        except subprocess.TimeoutExpired:
+            proc.kill()
+
+
+def table(results: dict[str, dict[str, Any]]) -> str:
+    """Both servers' figures side by side."""
+    names = list(results)
+    lines = [f"{'':<24}" + "".join(f"{n:>20}" for n in names)]
+    for label, cell in ROWS:
+        lines.append(f"{label:<24}" + "".join(f"{cell(results[n]):>20}" for n in names))
+    return "\n".join(lines)
+
+
+def main() -> None:
+    parser = common_parser(__doc__, "threads for each server (default: 2)", "16 requests instead of 128")
+    parser.add_argument("--concurrency", type=int, default=16, help="requests in flight (default: 16)")
+    parser.add_argument("--input-len", type=int, default=200, help="prompt tokens, about (default: 200)")
+    parser.add_argument("--output-len", type=int, default=64, help="max_tokens per request (default: 64)")
+    parser.add_argument("--port", type=int, default=8765, help="loopback port for the servers (default: 8765)")
+    args = parser.parse_args()
+    model = args.model or resolve_model(None)
+    num_prompts = 16 if args.quick else 128
+    bench_args = ["--num-prompts", str(num_prompts), "--max-concurrency", str(args.concurrency)]
+    bench_args += ["--input-len", str(args.input_len), "--output-len", str(args.output_len)]
+    bench_args += ["--seed", str(args.seed), "--no-progress", "--temperature", "0"]
+    base_url = f"http://127.0.0.1:{args.port}/v1"
+    commands = server_commands(model, args.port, args.threads, max_model_len=2048)
+    os.environ.setdefault("EMBER_LOG", "warn")
+    results = {name: bench_one(name, command, base_url, bench_args) for name, command in commands.items()}
+    print(f"\nServing {num_prompts} streamed completions, concurrency {args.concurrency}, {args.threads} threads")
+    print(table(results))
+    fields = {"model": str(model), "num_prompts": num_prompts, "concurrency": args.concurrency, "results": results}
+    fields |= {"threads": args.threads, "input_len": args.input_len, "output_len": args.output_len}
+    versions = {"ember": version("ember"), "llama_cpp_python": version("llama_cpp_python")}
+    write_record(args.out, "serve", fields, versions)
+
+
+if __name__ == "__main__":
+    main()
