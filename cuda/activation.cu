@@ -50,3 +50,16 @@ __device__ void add_impl(T* __restrict__ x, const T* __restrict__ y, const float
 EMBER_INSTANTIATE_FLOAT_TYPES(ember_add, add_impl,
                               (void* x, const void* y, const float* bias, long long n, int cols),
                               (static_cast<T*>(x), static_cast<const T*>(y), bias, n, cols))
+
+// out: [n] f32 copy of x (logits for the sampling kernels)
+// x:   [n]
+template <typename T>
+__device__ void to_f32_impl(float* __restrict__ out, const T* __restrict__ x, long long n) {
+    const long long stride = static_cast<long long>(gridDim.x) * blockDim.x;
+    for (long long i = static_cast<long long>(blockIdx.x) * blockDim.x + threadIdx.x; i < n; i += stride) {
+        out[i] = to_float(x[i]);
+    }
+}
+
+EMBER_INSTANTIATE_FLOAT_TYPES(ember_to_f32, to_f32_impl, (float* out, const void* x, long long n),
+                              (out, static_cast<const T*>(x), n))

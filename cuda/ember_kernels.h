@@ -23,6 +23,8 @@ void ember_add_rms_norm_T(void* out, void* residual, const void* x, const float*
 void ember_silu_mul_T(void* out, const void* gate, const void* up, long long n);
 //   x [rows, cols] (in/out), y [rows, cols] or null, bias [cols] f32 or null; n = rows * cols
 void ember_add_T(void* x, const void* y, const float* bias, long long n, int cols);
+//   out [n] f32, x [n]
+void ember_to_f32_T(float* out, const void* x, long long n);
 
 // rope.cu. Grid (num_tokens).
 //   x [num_tokens, num_heads * head_dim] (in/out), positions [num_tokens], inv_freq [rotary_dim / 2] f32
@@ -65,6 +67,8 @@ void ember_argmax_f32(int* out_ids, const float* logits, int vocab);
 void ember_log_softmax_f32(float* out, const float* logits, int vocab);
 struct SampleParams;
 void ember_sample_f32(int* out_ids, const float* logits, const struct SampleParams* params, int vocab);
+//   out [rows] f32 logprob of ids[row], ids [rows]
+void ember_token_logprob_f32(float* out, const float* logits, const int* ids, int vocab);
 
 // dequant.cu. Grid-stride, one thread per 32-element block; kind 0 = Q8_0, 1 = Q4_0, 2 = Q4_1.
 //   out [num_blocks * 32], src [num_blocks * block_bytes]

@@ -198,3 +198,24 @@ extern "C" __global__ void ember_sample_f32(int* out_ids, const float* logits, c
     __syncthreads();
     if (threadIdx.x == 0) out_ids[blockIdx.x] = chosen;
 }
+
+// out:     [rows] log-softmax of each row at its chosen token (NaN logits count as -inf)
+// logits:  [rows, vocab]
+// ids:     [rows] chosen token of each row
+extern "C" __global__ void ember_token_logprob_f32(float* out, const float* logits, const int* ids, int vocab) {
+    __shared__ float scratch[EMBER_MAX_WARPS];
+    const float* row = logits + static_cast<size_t>(blockIdx.x) * vocab;
+    float m = -INFINITY;
+    for (int i = threadIdx.x; i < vocab; i += blockDim.x) m = fmaxf(m, clean(row[i]));
+    m = ember_block_max(m, scratch);
+    float s = 0.0f;
+    if (m > -INFINITY) {
+        for (int i = threadIdx.x; i < vocab; i += blockDim.x) s += expf(clean(row[i]) - m);
+    }
+    s = ember_block_sum(s, scratch);
+    if (threadIdx.x == 0) {
+        const int id = ids[blockIdx.x];
+        const bool valid = m > -INFINITY && id >= 0 && id < vocab;
+        out[blockIdx.x] = valid ? clean(row[id]) - (m + logf(s)) : -INFINITY;
+    }
+}

@@ -2,7 +2,7 @@
 # Runs the GPU checks on the lent GPU machine and writes everything under $OUT:
 # installs a carried wheel with `pip install --no-deps --target`, then the kernel tests
 # (tests/gpu, with the fatbin built by build.rs), compute-sanitizer memcheck on them when
-# available, the end-to-end device tests, and the benchmarks when present.
+# available, the end-to-end device tests, then bench/gpu_kernels.py and bench/gpu_e2e.py.
 #
 #   scripts/gpu_run.sh <wheel> <ember_kernels.fatbin>
 set -uo pipefail
@@ -22,8 +22,9 @@ if command -v compute-sanitizer >/dev/null; then
     -k "decode and bf16 and 128" 2>&1 | tail -n 40 >"$OUT/memcheck.log" || status=1
 fi
 python -m pytest tests/test_device.py -q 2>&1 | tee "$OUT/device.log" || status=1
-if [[ -d bench ]] && ls bench/*.py >/dev/null 2>&1; then
-  for b in bench/*.py; do python "$b" --out "$OUT/$(basename "$b" .py).json" >"$OUT/$(basename "$b" .py).log" 2>&1 || status=1; done
-fi
+# GPU benchmarks, quick modes by default to fit the 10-minute call (EMBER_BENCH_FULL=1: full).
+quick="--quick"; [[ "${EMBER_BENCH_FULL:-0}" == 1 ]] && quick=""
+python bench/gpu_kernels.py $quick --fatbin "$fatbin" --out "$OUT/bench" 2>&1 | tee "$OUT/gpu_kernels.log" || status=1
+python bench/gpu_e2e.py $quick --out "$OUT/bench" --workdir "${TMPDIR:-/tmp}/ember-gpu-e2e" 2>&1 | tee "$OUT/gpu_e2e.log" || status=1
 echo "gpu_run: status $status (results in $OUT)"
 exit $status

@@ -1,6 +1,7 @@
 //! The operations a model needs from a device. Model architectures are written once
 //! against [`Backend`]; the CPU and CUDA crates implement it.
 
+use crate::device_sampling::DeviceSampleRow;
 use crate::weight::WeightView;
 use thiserror::Error;
 
@@ -137,6 +138,10 @@ impl StepMetadata {
     }
 }
 
+/// The eager forward pass of a step, handed to [`Backend::run_forward`]: token ids and step
+/// metadata in, logits `[meta.logits_indices.len(), vocab]` out.
+pub type ForwardFn<'a, T> = dyn FnMut(&[u32], &StepMetadata) -> BackendResult<T> + 'a;
+
 /// Device operations a decoder-only transformer needs.
 ///
 /// Activations are row-major `[rows, cols]` tensors of one token per row.
@@ -160,6 +165,28 @@ pub trait Backend: Send + Sync {
     /// uploads them here in one copy. The default does nothing.
     fn begin_step(&self, _token_ids: &[u32], _meta: &StepMetadata) -> BackendResult<()> {
         Ok(())
+    }
+    /// Runs one step's forward pass. `forward` runs the model eagerly; a device backend may
+    /// instead replay a captured graph of it (CUDA graphs for pure-decode steps). The default
+    /// calls `forward(token_ids, meta)`.
+    fn run_forward(
+        &self,
+        token_ids: &[u32],
+        meta: &StepMetadata,
+        forward: &mut ForwardFn<'_, Self::Tensor>,
+    ) -> BackendResult<Self::Tensor> {
+        forward(token_ids, meta)
+    }
+    /// Samples one token per row of `logits` (`[rows.len(), vocab]`) on the device and returns
+    /// `(token_id, logprob)` per row, with the draws of the host sampler's
+    /// `uniform(seed, token_index)`; `Ok(None)` means the backend samples on the host (the
+    /// default).
+    fn sample_on_device(
+        &self,
+        _logits: &Self::Tensor,
+        _rows: &[DeviceSampleRow],
+    ) -> BackendResult<Option<Vec<(u32, f32)>>> {
+        Ok(None)
     }
     /// Copies or converts a stored matrix into the backend's format.
     fn load_matrix(&self, weight: &WeightView<'_>) -> BackendResult<Self::Matrix>;

@@ -5,6 +5,7 @@
 pub mod backend;
 pub mod block_pool;
 pub mod detokenizer;
+pub mod device_sampling;
 pub mod dtype;
 pub mod kv_cache_manager;
 pub mod logprobs;
@@ -22,10 +23,12 @@ pub mod waiting_queue;
 pub mod weight;
 
 pub use backend::{
-    AttentionShape, Backend, BackendError, BackendResult, KvCacheSpec, Rope, RopeStyle, StepMetadata,
+    AttentionShape, Backend, BackendError, BackendResult, ForwardFn, KvCacheSpec, Rope, RopeStyle,
+    StepMetadata,
 };
 pub use block_pool::{BlockHash, BlockPool};
 pub use detokenizer::{IncrementalDetokenizer, StopStringMatch, StopStrings, StopUpdate, TokenVocab};
+pub use device_sampling::{device_sample_row, DeviceSampleRow};
 pub use dtype::WeightDType;
 pub use kv_cache_manager::KvCacheManager;
 pub use logprobs::{token_logprob, TokenLogprob};

@@ -43,7 +43,11 @@ pub fn write_kv(
             ));
         }
     }
-    if let Some(&bad) = slot_mapping.iter().find(|&&s| s as usize >= num_slots) {
+    // u32::MAX (-1 on the device) marks a padding row whose write is skipped.
+    if let Some(&bad) = slot_mapping
+        .iter()
+        .find(|&&s| s != u32::MAX && s as usize >= num_slots)
+    {
         return Err(err(
             "write_kv",
             format!("slot {bad} out of range ({num_slots} slots)"),
@@ -57,8 +61,8 @@ pub fn write_kv(
         &[
             Arg::Ptr(d.ptr(&cache.keys[layer])),
             Arg::Ptr(d.ptr(&cache.values[layer])),
-            Arg::Ptr(d.ptr(&key.data)),
-            Arg::Ptr(d.ptr(&value.data)),
+            Arg::Ptr(key.ptr(d)),
+            Arg::Ptr(value.ptr(d)),
             Arg::Ptr(slots.ptr(d)),
             Arg::I32(width as i32),
             Arg::I64(num_slots as i64),
@@ -127,6 +131,7 @@ pub fn attention(
     let step = backend.step()?;
     let tables = step.words(d, &meta.block_tables, "block_tables")?;
     let seq_lens = step.words(d, &meta.seq_lens, "seq_lens")?;
+    let graph_split = step.graph_split;
     drop(step);
     let suffix = format!("bf16_h{}_b{}", spec.head_dim, spec.block_size);
     let (kc, vc) = (d.ptr(&cache.keys[layer]), d.ptr(&cache.values[layer]));
@@ -134,27 +139,30 @@ pub fn attention(
         a.extend([Arg::Ptr(tables.ptr(d)), Arg::Ptr(seq_lens.ptr(d))]);
     };
     if max_query_len == 1 && num_tokens == num_seqs {
-        let split = decode_split(
-            max_seq_len,
-            num_seqs,
-            shape.num_heads,
-            shape.num_kv_heads,
-            d.num_sms(),
-        );
+        // A graph fixes the split for every context of its bucket.
+        let split = graph_split.unwrap_or_else(|| {
+            decode_split(
+                max_seq_len,
+                num_seqs,
+                shape.num_heads,
+                shape.num_kv_heads,
+                d.num_sms(),
+            )
+        });
         let partial_len = if split.num_splits > 1 {
             num_seqs * shape.num_heads * split.num_splits
         } else {
             0
         };
-        let acc = d.alloc::<f32>(partial_len * shape.head_dim, "decode partials")?;
-        let max = d.alloc::<f32>(partial_len, "decode partials")?;
-        let sum = d.alloc::<f32>(partial_len, "decode partials")?;
+        let acc = backend.scratch_f32(partial_len * shape.head_dim, "decode partials")?;
+        let max = backend.scratch_f32(partial_len, "decode partials")?;
+        let sum = backend.scratch_f32(partial_len, "decode partials")?;
         let mut args = vec![
-            Arg::Ptr(d.ptr(&out.data)),
-            Arg::Ptr(d.ptr(&acc)),
-            Arg::Ptr(d.ptr(&max)),
-            Arg::Ptr(d.ptr(&sum)),
-            Arg::Ptr(d.ptr(&query.data)),
+            Arg::Ptr(out.ptr(d)),
+            Arg::Ptr(acc.ptr(d)),
+            Arg::Ptr(max.ptr(d)),
+            Arg::Ptr(sum.ptr(d)),
+            Arg::Ptr(query.ptr(d)),
             Arg::Ptr(kc),
             Arg::Ptr(vc),
         ];
@@ -177,10 +185,10 @@ pub fn attention(
                 "ember_paged_decode_reduce_bf16",
                 decode_reduce_geometry(num_seqs, shape.num_heads, shape.head_dim),
                 &[
-                    Arg::Ptr(d.ptr(&out.data)),
-                    Arg::Ptr(d.ptr(&acc)),
-                    Arg::Ptr(d.ptr(&max)),
-                    Arg::Ptr(d.ptr(&sum)),
+                    Arg::Ptr(out.ptr(d)),
+                    Arg::Ptr(acc.ptr(d)),
+                    Arg::Ptr(max.ptr(d)),
+                    Arg::Ptr(sum.ptr(d)),
                     Arg::Ptr(seq_lens.ptr(d)),
                     Arg::I32(shape.num_heads as i32),
                     Arg::I32(shape.head_dim as i32),
@@ -193,8 +201,8 @@ pub fn attention(
         let qsl_dev = backend.step()?.words(d, qsl, "query_start_loc")?;
         let (geometry, tiles) = prefill_geometry(num_seqs, max_query_len, shape.num_heads);
         let mut args = vec![
-            Arg::Ptr(d.ptr(&out.data)),
-            Arg::Ptr(d.ptr(&query.data)),
+            Arg::Ptr(out.ptr(d)),
+            Arg::Ptr(query.ptr(d)),
             Arg::Ptr(kc),
             Arg::Ptr(vc),
         ];

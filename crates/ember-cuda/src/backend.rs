@@ -5,15 +5,16 @@ use std::sync::Mutex;
 
 use cudarc::driver::CudaSlice;
 use ember_core::{
-    AttentionShape, Backend, BackendError, BackendResult, KvCacheSpec, Rope, RopeStyle, StepMetadata,
-    WeightView,
+    AttentionShape, Backend, BackendError, BackendResult, DeviceSampleRow, ForwardFn, KvCacheSpec, Rope,
+    RopeStyle, StepMetadata, WeightView,
 };
 
 use crate::device::{device_err, Arg, Device};
+use crate::graph_exec::GraphRuntime;
 use crate::launch::{elementwise_geometry, row_geometry};
 use crate::memory_plan::{plan_kv_cache, MemoryPlan};
 use crate::step_inputs::StepInputs;
-use crate::tensor::{CudaKvCache, CudaMatrix, CudaTensor, CudaVector};
+use crate::tensor::{CudaKvCache, CudaMatrix, CudaTensor, CudaVector, Scratch, TensorData};
 use crate::{attention, gemm, weights};
 
 /// The CUDA backend (see the crate docs).
@@ -21,6 +22,7 @@ pub struct CudaBackend {
     pub(crate) device: Device,
     step: Mutex<StepInputs>,
     inv_freq: Mutex<HashMap<(usize, usize), CudaSlice<f32>>>,
+    pub(crate) graphs: Option<GraphRuntime>,
 }
 
 fn shape_err(op: &str, detail: String) -> BackendError {
@@ -41,6 +43,7 @@ impl CudaBackend {
             device,
             step: Mutex::new(StepInputs::default()),
             inv_freq: Mutex::new(HashMap::new()),
+            graphs: None,
         })
     }
 
@@ -74,12 +77,29 @@ impl CudaBackend {
         Ok(plan)
     }
 
+    /// A new `[rows, cols]` activation: on the graph arena during graph warm-up and capture,
+    /// else from the stream-ordered allocator.
     pub(crate) fn tensor(&self, rows: usize, cols: usize, what: &str) -> BackendResult<CudaTensor> {
-        Ok(CudaTensor {
-            data: self.device.alloc::<u16>(rows * cols, what)?,
-            rows,
-            cols,
+        let data = match self.arena_region(rows * cols * 2, what)? {
+            Some(region) => TensorData::Arena(region),
+            None => TensorData::Owned(self.device.alloc::<u16>(rows * cols, what)?),
+        };
+        Ok(CudaTensor { data, rows, cols })
+    }
+
+    /// `len` f32 of scratch, placed like [`Self::tensor`].
+    pub(crate) fn scratch_f32(&self, len: usize, what: &str) -> BackendResult<Scratch> {
+        Ok(match self.arena_region(len * 4, what)? {
+            Some(region) => Scratch::Arena(region),
+            None => Scratch::Owned(self.device.alloc::<f32>(len, what)?),
         })
+    }
+
+    fn arena_region(&self, bytes: usize, what: &str) -> BackendResult<Option<crate::arena::ArenaRegion>> {
+        match &self.graphs {
+            Some(g) => g.region(bytes, what),
+            None => Ok(None),
+        }
     }
 
     pub(crate) fn step(&self) -> BackendResult<std::sync::MutexGuard<'_, StepInputs>> {
@@ -107,7 +127,7 @@ impl CudaBackend {
             "ember_add_rms_norm_bf16",
             row_geometry(out.rows, out.cols),
             &[
-                Arg::Ptr(d.ptr(&out.data)),
+                Arg::Ptr(out.ptr(d)),
                 Arg::Ptr(residual),
                 Arg::Ptr(x),
                 Arg::Ptr(d.ptr(&weight.data)),
@@ -132,7 +152,7 @@ impl CudaBackend {
 
     fn gather(
         &self,
-        table: &CudaSlice<u16>,
+        table: u64,
         table_rows: usize,
         cols: usize,
         ids: &[u32],
@@ -151,8 +171,8 @@ impl CudaBackend {
             "ember_gather_rows_bf16",
             row_geometry(ids.len(), cols),
             &[
-                Arg::Ptr(d.ptr(&out.data)),
-                Arg::Ptr(d.ptr(table)),
+                Arg::Ptr(out.ptr(d)),
+                Arg::Ptr(table),
                 Arg::Ptr(dev_ids.ptr(d)),
                 Arg::I32(ids.len() as i32),
                 Arg::I32(cols as i32),
@@ -175,6 +195,23 @@ impl Backend for CudaBackend {
 
     fn begin_step(&self, token_ids: &[u32], meta: &StepMetadata) -> BackendResult<()> {
         self.step()?.begin(&self.device, token_ids, meta)
+    }
+
+    fn run_forward(
+        &self,
+        token_ids: &[u32],
+        meta: &StepMetadata,
+        forward: &mut ForwardFn<'_, CudaTensor>,
+    ) -> BackendResult<CudaTensor> {
+        self.graph_forward(token_ids, meta, forward)
+    }
+
+    fn sample_on_device(
+        &self,
+        logits: &CudaTensor,
+        rows: &[DeviceSampleRow],
+    ) -> BackendResult<Option<Vec<(u32, f32)>>> {
+        crate::sampling::sample(self, logits, rows).map(Some)
     }
 
     fn load_matrix(&self, weight: &WeightView<'_>) -> BackendResult<CudaMatrix> {
@@ -215,12 +252,13 @@ impl Backend for CudaBackend {
     }
 
     fn embed(&self, table: &CudaMatrix, token_ids: &[u32]) -> BackendResult<CudaTensor> {
-        self.gather(&table.data, table.rows, table.cols, token_ids, "embed")
+        let table_ptr = self.device.ptr(&table.data);
+        self.gather(table_ptr, table.rows, table.cols, token_ids, "embed")
     }
 
     fn rms_norm(&self, x: &CudaTensor, weight: &CudaVector, eps: f32) -> BackendResult<CudaTensor> {
         let out = self.tensor(x.rows, x.cols, "rms_norm")?;
-        self.add_rms_norm_launch(&out, self.device.ptr(&x.data), 0, weight, eps)?;
+        self.add_rms_norm_launch(&out, x.ptr(&self.device), 0, weight, eps)?;
         Ok(out)
     }
 
@@ -233,13 +271,7 @@ impl Backend for CudaBackend {
     ) -> BackendResult<CudaTensor> {
         Self::same_shape("add_rms_norm", residual, x)?;
         let out = self.tensor(x.rows, x.cols, "add_rms_norm")?;
-        self.add_rms_norm_launch(
-            &out,
-            self.device.ptr(&residual.data),
-            self.device.ptr(&x.data),
-            weight,
-            eps,
-        )?;
+        self.add_rms_norm_launch(&out, residual.ptr(&self.device), x.ptr(&self.device), weight, eps)?;
         Ok(out)
     }
 
@@ -271,7 +303,7 @@ impl Backend for CudaBackend {
                 "ember_add_bf16",
                 elementwise_geometry(n, d.num_sms()),
                 &[
-                    Arg::Ptr(d.ptr(&out.data)),
+                    Arg::Ptr(out.ptr(d)),
                     Arg::Ptr(0),
                     Arg::Ptr(d.ptr(&b.data)),
                     Arg::I64(n as i64),
@@ -321,7 +353,7 @@ impl Backend for CudaBackend {
             "ember_rope_bf16",
             row_geometry(x.rows, num_heads * rotary_dim / 2 * 8),
             &[
-                Arg::Ptr(d.ptr(&x.data)),
+                Arg::Ptr(x.ptr(d)),
                 Arg::Ptr(pos.ptr(d)),
                 Arg::Ptr(inv_freq),
                 Arg::I32(num_heads as i32),
@@ -364,9 +396,9 @@ impl Backend for CudaBackend {
             "ember_silu_mul_bf16",
             elementwise_geometry(n.div_ceil(8), d.num_sms()),
             &[
-                Arg::Ptr(d.ptr(&out.data)),
-                Arg::Ptr(d.ptr(&gate.data)),
-                Arg::Ptr(d.ptr(&up.data)),
+                Arg::Ptr(out.ptr(d)),
+                Arg::Ptr(gate.ptr(d)),
+                Arg::Ptr(up.ptr(d)),
                 Arg::I64(n as i64),
             ],
         )?;
@@ -381,8 +413,8 @@ impl Backend for CudaBackend {
             "ember_add_bf16",
             elementwise_geometry(n, d.num_sms()),
             &[
-                Arg::Ptr(d.ptr(&x.data)),
-                Arg::Ptr(d.ptr(&y.data)),
+                Arg::Ptr(x.ptr(d)),
+                Arg::Ptr(y.ptr(d)),
                 Arg::Ptr(0),
                 Arg::I64(n as i64),
                 Arg::I32(x.cols.max(1) as i32),
@@ -391,12 +423,16 @@ impl Backend for CudaBackend {
     }
 
     fn gather_rows(&self, x: &CudaTensor, rows: &[u32]) -> BackendResult<CudaTensor> {
-        self.gather(&x.data, x.rows, x.cols, rows, "gather_rows")
+        self.gather(x.ptr(&self.device), x.rows, x.cols, rows, "gather_rows")
     }
 
     fn to_host(&self, x: &CudaTensor) -> BackendResult<Vec<f32>> {
-        let bits = self.device.download(&x.data)?;
-        Ok(bits[..x.rows * x.cols]
+        let len = x.rows * x.cols;
+        let bits = match &x.data {
+            TensorData::Owned(s) => self.device.download(s)?,
+            _ => self.device.download_raw::<u16>(x.ptr(&self.device), len)?,
+        };
+        Ok(bits[..len]
             .iter()
             .map(|&b| half::bf16::from_bits(b).to_f32())
             .collect())

@@ -134,6 +134,37 @@ impl Device {
             .map_err(|e| device_err("device to host copy", e))
     }
 
+    /// Copies `len` elements at device address `ptr` to the host (synchronizing the stream).
+    pub fn download_raw<T: DeviceRepr + Default + Clone>(
+        &self,
+        ptr: u64,
+        len: usize,
+    ) -> BackendResult<Vec<T>> {
+        let mut host = vec![T::default(); len];
+        // SAFETY: the caller passes an address of at least `len` elements on this device; the
+        // host buffer outlives the copy because the stream is synchronized before returning.
+        unsafe { cudarc::driver::result::memcpy_dtoh_async(&mut host, ptr, self.stream.cu_stream()) }
+            .map_err(|e| device_err("device to host copy", e))?;
+        self.stream
+            .synchronize()
+            .map_err(|e| device_err("device to host copy", e))?;
+        Ok(host)
+    }
+
+    /// Gives cuBLAS `workspace` for its GEMMs (graph capture must not allocate).
+    pub fn set_blas_workspace(&self, workspace: &CudaSlice<u8>) -> BackendResult<()> {
+        // SAFETY: the workspace is a live device buffer the caller keeps for the handle's life.
+        unsafe {
+            cudarc::cublas::sys::cublasSetWorkspace_v2(
+                *self.blas.handle(),
+                self.ptr(workspace) as *mut _,
+                workspace.len(),
+            )
+        }
+        .result()
+        .map_err(|e| device_err("cublasSetWorkspace", e))
+    }
+
     /// The raw address of a buffer, for kernel arguments.
     pub fn ptr<T>(&self, slice: &CudaSlice<T>) -> u64 {
         slice.device_ptr(&self.stream).0

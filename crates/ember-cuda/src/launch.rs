@@ -117,6 +117,11 @@ pub fn elementwise_geometry(n: usize, num_sms: usize) -> Geometry {
     Geometry::new((n.div_ceil(256).min(num_sms.max(1) * 8), 1, 1), 256)
 }
 
+/// One [`SAMPLING_THREADS`]-thread block per sampled row.
+pub fn sampling_geometry(rows: usize) -> Geometry {
+    Geometry::new((rows, 1, 1), SAMPLING_THREADS)
+}
+
 fn warp_multiple(threads: usize, max: u32) -> u32 {
     (threads.div_ceil(32) * 32).clamp(32, max as usize) as u32
 }
@@ -189,5 +194,7 @@ mod tests {
         assert_eq!(elementwise_geometry(10, 132).grid.0, 1);
         assert_eq!(elementwise_geometry(1 << 30, 132).grid.0, 132 * 8);
         assert_eq!(elementwise_geometry(0, 132).grid.0, 1);
+        let s = sampling_geometry(5);
+        assert_eq!((s.grid, s.block), ((5, 1, 1), (1024, 1, 1)));
     }
 }

@@ -3,11 +3,13 @@
 //! run time), cuBLAS bf16 GEMMs with f32 accumulation, and one pinned copy of the step inputs
 //! per step. Layouts and design notes: `cuda/README.md`.
 
+pub mod arena;
 mod attention;
 mod backend;
 mod device;
 mod gemm;
 pub mod graph;
+mod graph_exec;
 #[cfg(test)]
 mod kernel_build;
 pub mod launch;
@@ -15,11 +17,13 @@ pub mod memory_plan;
 mod module;
 mod nvrtc_cache;
 mod probe;
+mod sampling;
 pub mod step_buffer;
 mod step_inputs;
 mod tensor;
 mod weights;
 
 pub use backend::CudaBackend;
+pub use graph_exec::{arena_bytes, GraphConfig};
 pub use probe::{is_available, probe};
 pub use tensor::{CudaKvCache, CudaMatrix, CudaTensor, CudaVector};

@@ -4,14 +4,36 @@
 use cudarc::driver::CudaSlice;
 use ember_core::KvCacheSpec;
 
+use crate::arena::ArenaRegion;
+use crate::device::Device;
+
+/// Where a tensor's elements live.
+pub(crate) enum TensorData {
+    /// Its own allocation from the stream-ordered allocator (eager steps).
+    Owned(CudaSlice<u16>),
+    /// A region of the graph arena (graph warm-up and capture).
+    Arena(ArenaRegion),
+    /// Arena memory written by a graph replay; valid until the next step.
+    Replayed(u64),
+}
+
 /// A row-major bf16 activation `[rows, cols]`.
 pub struct CudaTensor {
-    pub(crate) data: CudaSlice<u16>,
+    pub(crate) data: TensorData,
     pub(crate) rows: usize,
     pub(crate) cols: usize,
 }
 
 impl CudaTensor {
+    /// Device address of the first element.
+    pub(crate) fn ptr(&self, device: &Device) -> u64 {
+        match &self.data {
+            TensorData::Owned(s) => device.ptr(s),
+            TensorData::Arena(r) => r.ptr(),
+            TensorData::Replayed(p) => *p,
+        }
+    }
+
     /// Rows.
     pub fn rows(&self) -> usize {
         self.rows
@@ -20,6 +42,24 @@ impl CudaTensor {
     /// Columns.
     pub fn cols(&self) -> usize {
         self.cols
+    }
+}
+
+/// Scratch memory of one operation (decode-attention partials).
+pub(crate) enum Scratch {
+    /// From the stream-ordered allocator.
+    Owned(CudaSlice<f32>),
+    /// From the graph arena.
+    Arena(ArenaRegion),
+}
+
+impl Scratch {
+    /// Device address.
+    pub(crate) fn ptr(&self, device: &Device) -> u64 {
+        match self {
+            Self::Owned(s) => device.ptr(s),
+            Self::Arena(r) => r.ptr(),
+        }
     }
 }
 

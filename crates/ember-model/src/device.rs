@@ -4,7 +4,8 @@
 
 use ember_core::{Backend, KvCacheSpec};
 use ember_cpu::CpuBackend;
-use ember_cuda::CudaBackend;
+use ember_cuda::arena::ModelDims;
+use ember_cuda::{CudaBackend, GraphConfig};
 
 use crate::config::ModelConfig;
 use crate::engine::EngineError;
@@ -41,6 +42,7 @@ pub fn load_on_device(
             )))
         }
     };
+    check_dtype(&args.dtype, use_cuda).map_err(EngineError::InvalidRequest)?;
     let mut spec = KvCacheSpec {
         num_layers: config.num_layers,
         num_blocks: 0,
@@ -49,9 +51,24 @@ pub fn load_on_device(
         head_dim: config.head_dim,
     };
     if use_cuda {
-        let backend = CudaBackend::new(0)?;
+        let mut backend = CudaBackend::new(0)?;
         log::info!("loading {name} on CUDA device 0 (bf16)");
         let model = LlamaModel::load(&backend, config, weights)?;
+        if graphs_enabled(std::env::var("EMBER_CUDA_GRAPHS").ok().as_deref()) {
+            backend.enable_graphs(GraphConfig {
+                max_num_seqs: args.max_num_seqs,
+                max_model_len: args.max_model_len.unwrap_or(config.max_position_embeddings),
+                block_size: args.block_size,
+                dims: ModelDims {
+                    hidden: config.hidden_size,
+                    num_heads: config.num_heads,
+                    num_kv_heads: config.num_kv_heads,
+                    head_dim: config.head_dim,
+                    intermediate: config.intermediate_size,
+                    vocab: config.vocab_size,
+                },
+            })?;
+        }
         let block_bytes = spec.bytes_per_block(backend.kv_cache_bytes_per_element()) as u64;
         spec.num_blocks = match args.kv_cache_memory_bytes {
             Some(bytes) => (bytes / block_bytes) as usize,
@@ -85,6 +102,32 @@ pub fn load_on_device(
     runner(backend, model, spec, config)
 }
 
+/// `dtype` values each backend accepts: the CPU computes in its own formats ("auto") or f32;
+/// the CUDA backend in bf16 ("auto" = "bfloat16"; f16 kernels exist, the host side does not yet).
+fn check_dtype(dtype: &str, cuda: bool) -> Result<(), String> {
+    let (allowed, device): (&[&str], &str) = if cuda {
+        (
+            &["auto", "bfloat16"],
+            "the CUDA backend (float16 is not supported yet)",
+        )
+    } else {
+        (&["auto", "float32"], "the CPU backend")
+    };
+    if allowed.contains(&dtype) {
+        return Ok(());
+    }
+    let names: Vec<String> = allowed.iter().map(|a| format!("\"{a}\"")).collect();
+    Err(format!(
+        "dtype must be {} on {device}, got \"{dtype}\"",
+        names.join(" or ")
+    ))
+}
+
+/// CUDA graphs for decode steps are on unless `EMBER_CUDA_GRAPHS` is "0" (eager, for debugging).
+fn graphs_enabled(env: Option<&str>) -> bool {
+    env != Some("0")
+}
+
 fn runner<B: Backend + 'static>(
     backend: B,
     model: LlamaModel<B>,
@@ -107,4 +150,31 @@ fn runner<B: Backend + 'static>(
         )?),
         spec,
     ))
+}
+
+#[cfg(test)]
+mod tests {
+    #[test]
+    fn dtype_is_checked_per_device() {
+        assert!(super::check_dtype("auto", false).is_ok());
+        assert!(super::check_dtype("float32", false).is_ok());
+        assert!(super::check_dtype("bfloat16", true).is_ok());
+        let cpu = super::check_dtype("bfloat16", false).unwrap_err();
+        assert_eq!(
+            cpu,
+            "dtype must be \"auto\" or \"float32\" on the CPU backend, got \"bfloat16\""
+        );
+        let cuda = super::check_dtype("float32", true).unwrap_err();
+        assert!(
+            cuda.starts_with("dtype must be \"auto\" or \"bfloat16\" on the CUDA backend"),
+            "{cuda}"
+        );
+    }
+
+    #[test]
+    fn graphs_are_on_unless_disabled() {
+        assert!(super::graphs_enabled(None));
+        assert!(super::graphs_enabled(Some("1")));
+        assert!(!super::graphs_enabled(Some("0")));
+    }
 }

@@ -74,12 +74,6 @@ impl LlmEngine {
         if args.max_num_seqs == 0 {
             return Err(invalid("max_num_seqs must be at least 1, got 0".into()));
         }
-        if !matches!(args.dtype.as_str(), "auto" | "float32") {
-            return Err(invalid(format!(
-                "dtype must be \"auto\" or \"float32\" on the CPU backend, got \"{}\"",
-                args.dtype
-            )));
-        }
         let opened = open_model(&args.model_path)?;
         let config = opened.config;
         log::info!(

@@ -4,8 +4,9 @@
 use std::ops::Range;
 
 use ember_core::{
-    sample, token_logprob, Backend, BackendResult, KvCacheSpec, ModelRunnerOutput, PromptLogprobs,
-    RequestHistories, SampleContext, SampledToken, ScheduledSeq, SchedulerOutput, StepMetadata, TokenLogprob,
+    device_sample_row, sample, token_logprob, Backend, BackendResult, DeviceSampleRow, KvCacheSpec,
+    ModelRunnerOutput, PromptLogprobs, RequestHistories, SampleContext, SampledToken, ScheduledSeq,
+    SchedulerOutput, StepMetadata, TokenLogprob,
 };
 use rayon::prelude::*;
 
@@ -77,6 +78,26 @@ pub fn build_step_inputs(output: &SchedulerOutput, block_size: usize) -> StepInp
         }
     }
     inputs
+}
+
+/// The device sampling parameters of every sampled row of `output`, in batch order, when the
+/// whole step can be sampled on the device: no prompt-logprob rows and every sampled row plain
+/// (see [`device_sample_row`]). `None` sends the step to the host sampler.
+fn device_sample_rows(output: &SchedulerOutput) -> Option<Vec<DeviceSampleRow>> {
+    let mut rows = Vec::with_capacity(output.seqs.len());
+    for seq in &output.seqs {
+        if !prompt_logprob_positions(seq).is_empty() {
+            return None;
+        }
+        if seq.sample {
+            rows.push(device_sample_row(
+                &seq.sampling_params,
+                seq.seed,
+                seq.num_output_tokens,
+            )?);
+        }
+    }
+    Some(rows)
 }
 
 /// What one row of logits is for.
@@ -169,9 +190,27 @@ impl<B: Backend> ModelRunner<B> {
             return Ok(ModelRunnerOutput::default());
         }
         let inputs = build_step_inputs(output, self.kv_spec.block_size);
-        let logits =
-            self.model
-                .forward(&self.backend, &mut self.kv_cache, &inputs.input_ids, &inputs.meta)?;
+        let (model, kv_cache, backend) = (&self.model, &mut self.kv_cache, &self.backend);
+        let logits = backend.run_forward(&inputs.input_ids, &inputs.meta, &mut |ids, meta| {
+            model.forward(backend, kv_cache, ids, meta)
+        })?;
+        if let Some(rows) = device_sample_rows(output) {
+            if let Some(tokens) = backend.sample_on_device(&logits, &rows)? {
+                let mut out = ModelRunnerOutput::default();
+                let sampled = output.seqs.iter().filter(|s| s.sample);
+                for (seq, (token_id, logprob)) in sampled.zip(tokens) {
+                    out.sampled.push(SampledToken {
+                        request_id: seq.request_id.clone(),
+                        token_id,
+                        logprob,
+                        rank: None,
+                        top_logprobs: Vec::new(),
+                    });
+                }
+                self.histories.record(&out.sampled);
+                return Ok(out);
+            }
+        }
         let mut logits = self.backend.to_host(&logits)?;
         let mut jobs = Vec::with_capacity(inputs.meta.logits_indices.len());
         for seq in &output.seqs {
@@ -294,6 +333,30 @@ mod tests {
         assert_eq!(inputs.meta.logits_indices, vec![2, 3, 4, 5, 6, 7, 8, 9, 10]);
         assert_eq!(prompt_logprob_positions(&output.seqs[2]), 6..9);
         assert_eq!(prompt_logprob_positions(&output.seqs[0]), 0..0);
+    }
+
+    #[test]
+    fn device_sampling_needs_every_row_plain_and_no_prompt_logprobs() {
+        let step = |seqs: Vec<ScheduledSeq>| SchedulerOutput {
+            num_batched_tokens: seqs.iter().map(|s| s.token_ids.len()).sum(),
+            seqs,
+            released_ids: Vec::new(),
+        };
+        // "b" is mid-prompt (no sampled row): only "a" and "c" get device rows.
+        let plain = step(vec![
+            seq("a", 5, 1, 3, None),
+            seq("b", 0, 2, 10, None),
+            seq("c", 9, 1, 3, None),
+        ]);
+        assert_eq!(device_sample_rows(&plain).map(|r| r.len()), Some(2));
+        let prompt_rows = step(vec![seq("a", 5, 1, 3, None), seq("b", 0, 2, 10, Some(0))]);
+        assert!(device_sample_rows(&prompt_rows).is_none());
+        let mut penalized = seq("a", 5, 1, 3, None);
+        penalized.sampling_params = Arc::new(SamplingParams {
+            repetition_penalty: 1.2,
+            ..Default::default()
+        });
+        assert!(device_sample_rows(&step(vec![penalized, seq("c", 9, 1, 3, None)])).is_none());
     }
 
     #[test]
