@@ -1,10 +1,11 @@
 """Serving benchmark, side by side: `ember serve` and llama.cpp's OpenAI server on the same GGUF file.
 
-Starts each server in turn on a free loopback port with the same thread count, runs
+Starts each server in turn on a loopback port with the same thread count, runs
 `ember bench serve` against it (the same seeded prompts, streaming completions, fixed
-concurrency), stops it, and prints one table with both. The peer is llama-cpp-python's
-server (`python -m llama_cpp.server`), which needs `pip install -r requirements/bench.txt`
-beside the test requirements.
+concurrency, greedy, control tokens such as end-of-sequence banned with `logit_bias` so
+both servers generate exactly `--output-len` tokens per request), stops it, and prints one
+table with both. The peer is llama-cpp-python's server (`python -m llama_cpp.server`),
+which needs `pip install -r requirements/bench.txt` beside the test requirements.
 
     python bench/serve.py [--model PATH] [--threads 2] [--concurrency 16] [--quick]
 
@@ -26,11 +27,14 @@ from pathlib import Path
 from typing import Any
 
 import httpx
+from gguf import GGUFReader
 
 from _common import common_parser, write_record
 from ember.benchmark import serve as serve_benchmark
 from ember.models import resolve_model
 
+GGUF_CONTROL_TOKEN = 3
+"""`tokenizer.ggml.token_type` of control tokens."""
 ROWS = (
     ("requests ok / failed", lambda s: f"{s['num_succeeded']} / {s['num_failed']}"),
     ("duration (s)", lambda s: f"{s['duration_s']:.1f}"),
@@ -44,13 +48,20 @@ ROWS = (
 )
 
 
+def control_token_ids(model: str) -> list[int]:
+    """The GGUF file's control tokens (end-of-sequence and the other special markers)."""
+    field = GGUFReader(model).fields["tokenizer.ggml.token_type"]
+    return [i for i, part in enumerate(field.data) if int(field.parts[part][0]) == GGUF_CONTROL_TOKEN]
+
+
 def server_commands(model: str, port: int, threads: int, max_model_len: int) -> dict[str, list[str]]:
     """The command line of each server, with the same model, port, threads and context length."""
     python = sys.executable
     ember = [python, "-m", "ember.cli", "serve", model, "--port", str(port), "--threads", str(threads)]
     ember += ["--max-model-len", str(max_model_len)]
     llama = [python, "-m", "llama_cpp.server", "--model", model, "--port", str(port), "--n_threads", str(threads)]
-    llama += ["--n_ctx", str(max_model_len)]
+    # By default it cuts a running stream off when another request arrives; queue them instead.
+    llama += ["--n_ctx", str(max_model_len), "--interrupt_requests", "False"]
     return {"ember": ember, "llama.cpp": llama}
 
 
@@ -112,6 +123,8 @@ def main() -> None:
     bench_args = ["--num-prompts", str(num_prompts), "--max-concurrency", str(args.concurrency)]
     bench_args += ["--input-len", str(args.input_len), "--output-len", str(args.output_len)]
     bench_args += ["--seed", str(args.seed), "--no-progress", "--temperature", "0"]
+    banned = {str(token_id): -100 for token_id in control_token_ids(str(model))}
+    bench_args += ["--extra-body", json.dumps({"logit_bias": banned})]
     base_url = f"http://127.0.0.1:{args.port}/v1"
     commands = server_commands(model, args.port, args.threads, max_model_len=2048)
     os.environ.setdefault("EMBER_LOG", "warn")
