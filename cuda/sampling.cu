@@ -93,20 +93,24 @@ extern "C" __global__ void ember_argmax_f32(int* out_ids, const float* logits, i
 
 // out:    [rows, vocab] log-softmax of each row (NaN logits count as -inf)
 // logits: [rows, vocab]
-extern "C" __global__ void ember_log_softmax_f32(float* out, const float* logits, int vocab) {
-    __shared__ float scratch[EMBER_MAX_WARPS];
-    const float* row = logits + static_cast<size_t>(blockIdx.x) * vocab;
+// The log-sum-exp of one row (NaN logits count as -inf; -inf when every logit is), computed
+// by the whole block; every thread gets the result.
+__device__ float row_logsumexp(const float* row, int vocab, float* scratch) {
     float m = -INFINITY;
     for (int i = threadIdx.x; i < vocab; i += blockDim.x) m = fmaxf(m, clean(row[i]));
     m = ember_block_max(m, scratch);
+    if (m == -INFINITY) return m;
     float s = 0.0f;
-    if (m > -INFINITY) {
-        for (int i = threadIdx.x; i < vocab; i += blockDim.x) s += expf(clean(row[i]) - m);
-    }
-    s = ember_block_sum(s, scratch);
-    const float lse = m > -INFINITY ? m + logf(s) : m;
+    for (int i = threadIdx.x; i < vocab; i += blockDim.x) s += expf(clean(row[i]) - m);
+    return m + logf(ember_block_sum(s, scratch));
+}
+
+extern "C" __global__ void ember_log_softmax_f32(float* out, const float* logits, int vocab) {
+    __shared__ float scratch[EMBER_MAX_WARPS];
+    const float* row = logits + static_cast<size_t>(blockIdx.x) * vocab;
+    const float lse = row_logsumexp(row, vocab, scratch);
     for (int i = threadIdx.x; i < vocab; i += blockDim.x) {
-        out[static_cast<size_t>(blockIdx.x) * vocab + i] = m > -INFINITY ? clean(row[i]) - lse : -INFINITY;
+        out[static_cast<size_t>(blockIdx.x) * vocab + i] = lse > -INFINITY ? clean(row[i]) - lse : -INFINITY;
     }
 }
 
@@ -205,17 +209,10 @@ extern "C" __global__ void ember_sample_f32(int* out_ids, const float* logits, c
 extern "C" __global__ void ember_token_logprob_f32(float* out, const float* logits, const int* ids, int vocab) {
     __shared__ float scratch[EMBER_MAX_WARPS];
     const float* row = logits + static_cast<size_t>(blockIdx.x) * vocab;
-    float m = -INFINITY;
-    for (int i = threadIdx.x; i < vocab; i += blockDim.x) m = fmaxf(m, clean(row[i]));
-    m = ember_block_max(m, scratch);
-    float s = 0.0f;
-    if (m > -INFINITY) {
-        for (int i = threadIdx.x; i < vocab; i += blockDim.x) s += expf(clean(row[i]) - m);
-    }
-    s = ember_block_sum(s, scratch);
+    const float lse = row_logsumexp(row, vocab, scratch);
     if (threadIdx.x == 0) {
         const int id = ids[blockIdx.x];
-        const bool valid = m > -INFINITY && id >= 0 && id < vocab;
-        out[blockIdx.x] = valid ? clean(row[id]) - (m + logf(s)) : -INFINITY;
+        const bool valid = lse > -INFINITY && id >= 0 && id < vocab;
+        out[blockIdx.x] = valid ? clean(row[id]) - lse : -INFINITY;
     }
 }

@@ -56,13 +56,7 @@ fn run(num_blocks: usize, penalized: bool) -> (Vec<(String, Vec<u32>)>, u64) {
         steps += 1;
         assert!(steps < 10_000, "no progress");
     }
-    let mut outs: Vec<(String, Vec<u32>)> = model
-        .finished
-        .iter()
-        .map(|(id, (tokens, _))| (id.to_string(), tokens.clone()))
-        .collect();
-    outs.sort();
-    (outs, scheduler.stats().num_preemptions)
+    (model.sorted_outputs(), scheduler.stats().num_preemptions)
 }
 
 #[test]

@@ -117,13 +117,7 @@ fn outputs_with_blocks(num_blocks: usize) -> (Vec<(String, Vec<u32>)>, u64) {
     }
     run_to_completion(&mut scheduler, &mut model);
     assert_eq!(scheduler.stats().kv_cache_usage, 0.0);
-    let mut outs: Vec<(String, Vec<u32>)> = model
-        .finished
-        .iter()
-        .map(|(id, (tokens, _))| (id.to_string(), tokens.clone()))
-        .collect();
-    outs.sort();
-    (outs, scheduler.stats().num_preemptions)
+    (model.sorted_outputs(), scheduler.stats().num_preemptions)
 }
 
 #[test]

@@ -226,6 +226,17 @@ impl FakeModel {
         }
     }
 
+    /// Every finished request's tokens (prompt and output) by id, sorted by id.
+    pub fn sorted_outputs(&self) -> Vec<(String, Vec<u32>)> {
+        let mut outs: Vec<(String, Vec<u32>)> = self
+            .finished
+            .iter()
+            .map(|(id, (tokens, _))| (id.to_string(), tokens.clone()))
+            .collect();
+        outs.sort();
+        outs
+    }
+
     /// Moves a request from the live record to the finished one (outputs only).
     pub fn finish(&mut self, id: &RequestId, reason: FinishReason) {
         if let Some(tokens) = self.tokens.remove(id) {
