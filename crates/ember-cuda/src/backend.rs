@@ -12,7 +12,6 @@ use ember_core::{
 use crate::device::{device_err, Arg, Device};
 use crate::graph_exec::GraphRuntime;
 use crate::launch::{elementwise_geometry, row_geometry};
-use crate::memory_plan::{plan_kv_cache, MemoryPlan};
 use crate::step_inputs::StepInputs;
 use crate::tensor::{CudaKvCache, CudaMatrix, CudaTensor, CudaVector, Scratch, TensorData};
 use crate::{attention, gemm, weights};
@@ -45,36 +44,6 @@ impl CudaBackend {
             inv_freq: Mutex::new(HashMap::new()),
             graphs: None,
         })
-    }
-
-    /// Sizes the KV cache from the memory free now (call after loading the weights), logging
-    /// the numbers.
-    pub fn plan_kv_cache(
-        &self,
-        gpu_memory_utilization: f32,
-        workspace_bytes: u64,
-        block_bytes: u64,
-    ) -> BackendResult<MemoryPlan> {
-        let (free, total) = self.device.mem_info()?;
-        let plan = plan_kv_cache(free, total, gpu_memory_utilization, workspace_bytes, block_bytes).map_err(
-            |detail| BackendError::OutOfMemory {
-                what: format!("KV cache ({detail})"),
-                requested_bytes: block_bytes,
-                available_bytes: free,
-            },
-        )?;
-        let gib = |b: u64| b as f64 / (1u64 << 30) as f64;
-        log::info!(
-            "GPU memory: {:.2} GiB total, budget {:.2} GiB (gpu_memory_utilization {gpu_memory_utilization}), \
-             {:.2} GiB in use after loading, {:.2} GiB workspace, {:.2} GiB KV cache = {} blocks",
-            gib(plan.total_bytes),
-            gib(plan.budget_bytes),
-            gib(plan.used_bytes),
-            gib(plan.workspace_bytes),
-            gib(plan.kv_cache_bytes),
-            plan.num_blocks
-        );
-        Ok(plan)
     }
 
     /// A new `[rows, cols]` activation: on the graph arena during graph warm-up and capture,
