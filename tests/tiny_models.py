@@ -82,8 +82,11 @@ def write_tokenizer(folder: Path) -> int:
     return eos_id
 
 
-def write_model(variant: Variant, folder: Path, seed: int = 0) -> Any:
-    """Builds the variant with random float32 weights (seeded), saves it to `folder`, returns the torch model."""
+def write_model(variant: Variant, folder: Path, seed: int = 0, sizes: dict[str, int] | None = None) -> Any:
+    """Builds the variant with random float32 weights (seeded), saves it to `folder`, returns the torch model.
+
+    `sizes` overrides the config's sizes (e.g. hidden_size, intermediate_size) for variants
+    that need another head size (the CUDA attention kernels take 64 and 128)."""
     import torch
     from transformers import GenerationConfig, LlamaConfig, LlamaForCausalLM, Qwen2Config, Qwen2ForCausalLM
 
@@ -106,6 +109,7 @@ def write_model(variant: Variant, folder: Path, seed: int = 0) -> Any:
         initializer_range=0.2,
         dtype="float32",
     )
+    common.update(sizes or {})
     torch.manual_seed(seed)
     if variant.family == "llama":
         model = LlamaForCausalLM(LlamaConfig(**common))
