@@ -6,6 +6,7 @@ import argparse
 import sys
 from collections.abc import Iterator, Sequence
 
+from ember._cli_options import add_device_options, device_kwargs
 from ember._core import EmberError
 from ember.benchmark import serve as serve_benchmark
 from ember.engine import Engine
@@ -47,13 +48,7 @@ def _common_options() -> argparse.ArgumentParser:
         help="longest sequence, prompt plus output, in tokens (default: the model's context length)",
     )
     p.add_argument("--threads", type=int, default=None, help="CPU threads for the engine (default: all cores)")
-    p.add_argument(
-        "--dtype",
-        choices=["auto", "float32"],
-        default="auto",
-        help="CPU arithmetic: auto keeps quantized weights quantized with 8-bit activations (fast, like "
-        "llama.cpp); float32 dequantizes weights at load and computes in f32 (exact, 4 bytes per weight)",
-    )
+    add_device_options(p)
     return p
 
 
@@ -122,7 +117,7 @@ def run(args: argparse.Namespace) -> None:
         seed=args.seed,
     )
     print(f"ember: loading {args.model}...", file=sys.stderr, flush=True)
-    engine = Engine(args.model, max_model_len=args.max_model_len, num_threads=args.threads, dtype=args.dtype)
+    engine = Engine(args.model, max_model_len=args.max_model_len, num_threads=args.threads, **device_kwargs(args))
     if args.command == "chat":
         system = [{"role": "system", "content": args.system}] if args.system else []
         _print_stream(engine.chat_stream([*system, {"role": "user", "content": args.message}], params))

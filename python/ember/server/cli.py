@@ -12,6 +12,7 @@ from types import FrameType
 
 import uvicorn
 
+from ember._cli_options import add_device_options, device_kwargs
 from ember.async_engine import AsyncEngine
 from ember.models import DEFAULT_MODEL
 
@@ -51,9 +52,7 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
         "--kv-cache-memory-bytes", type=int, default=None, help="KV-cache size on the CPU (default: automatic)"
     )
     engine.add_argument("--threads", type=int, default=None, help="CPU threads (default: all cores)")
-    engine.add_argument(
-        "--dtype", choices=["auto", "float32"], default="auto", help="CPU arithmetic (see `ember chat --help`)"
-    )
+    add_device_options(engine)
     engine.add_argument("--seed", type=int, default=0, help="engine seed for unseeded requests (default: 0)")
     engine.add_argument("--no-prefix-caching", action="store_true", help="turn automatic prefix caching off")
 
@@ -80,7 +79,7 @@ def run(args: argparse.Namespace) -> int:
         max_num_batched_tokens=args.max_num_batched_tokens,
         kv_cache_memory_bytes=args.kv_cache_memory_bytes,
         num_threads=args.threads,
-        dtype=args.dtype,
+        **device_kwargs(args),
         seed=args.seed,
         enable_prefix_caching=not args.no_prefix_caching,
     )
