@@ -8,7 +8,7 @@ from collections.abc import Iterator, Sequence
 
 from ember._cli_options import add_device_options, device_kwargs
 from ember._core import EmberError
-from ember.benchmark import serve as serve_benchmark
+from ember.benchmark import serve_options
 from ember.engine import Engine
 from ember.models import DEFAULT_MODEL, KNOWN_MODELS
 from ember.outputs import RequestOutput
@@ -93,7 +93,7 @@ def build_parser() -> argparse.ArgumentParser:
         help="load-test a running OpenAI-compatible server",
         description="Load-test a running OpenAI-compatible server: TTFT, TPOT, ITL and E2E percentiles, throughput.",
     )
-    serve_benchmark.add_arguments(bench_serve)
+    serve_options.add_arguments(bench_serve)
     return parser
 
 
@@ -132,7 +132,10 @@ def main(argv: Sequence[str] | None = None) -> int:
         if args.command == "serve":
             return server_cli.run(args)
         if args.command == "bench":
-            return serve_benchmark.run(args)
+            # Imported here so that the other commands start without loading the HTTP client.
+            from ember.benchmark.serve import run as run_serve_benchmark
+
+            return run_serve_benchmark(args)
         run(args)
     except EmberError as e:
         print(f"ember: error: {e}", file=sys.stderr)

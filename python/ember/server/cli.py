@@ -1,19 +1,12 @@
-"""`ember serve`: its options and the uvicorn runner."""
+"""`ember serve`: its options; `ember.server.runner` loads the engine and runs uvicorn."""
 
 from __future__ import annotations
 
 import argparse
-import logging
 import os
-import sys
-import threading
 from pathlib import Path
-from types import FrameType
 
-import uvicorn
-
-from ember._cli_options import add_device_options, device_kwargs
-from ember.async_engine import AsyncEngine
+from ember._cli_options import add_device_options
 from ember.models import DEFAULT_MODEL
 
 
@@ -67,58 +60,7 @@ def served_name(model: str, explicit: str | None) -> str:
 
 def run(args: argparse.Namespace) -> int:
     """Loads the model, then serves until SIGINT/SIGTERM; returns the exit status."""
-    # Imported here so that `ember generate` and `ember chat` start without loading FastAPI.
-    from ember.server.app import ServerConfig, build_app
+    # Imported here so that `ember generate` and `ember chat` start without loading the web stack.
+    from ember.server.runner import run_server
 
-    logging.basicConfig(level=logging.INFO, format="%(levelname)s %(name)s: %(message)s")
-    print(f"ember: loading {args.model}...", file=sys.stderr, flush=True)
-    engine = AsyncEngine(
-        args.model,
-        max_model_len=args.max_model_len,
-        max_num_seqs=args.max_num_seqs,
-        max_num_batched_tokens=args.max_num_batched_tokens,
-        kv_cache_memory_bytes=args.kv_cache_memory_bytes,
-        num_threads=args.threads,
-        **device_kwargs(args),
-        seed=args.seed,
-        enable_prefix_caching=not args.no_prefix_caching,
-    )
-    config = ServerConfig(
-        model_name=served_name(args.model, args.served_model_name),
-        api_key=args.api_key,
-        max_pending_requests=args.max_pending_requests,
-    )
-    app = build_app(engine, config)
-    print(
-        f"ember: serving '{config.model_name}' on http://{args.host}:{args.port}/v1 "
-        f"(max_model_len {engine.max_model_len}{', API key required' if config.api_key else ''})",
-        file=sys.stderr,
-        flush=True,
-    )
-    config = uvicorn.Config(
-        app, host=args.host, port=args.port, log_level="info", timeout_graceful_shutdown=args.shutdown_timeout
-    )
-    _GracefulServer(config, engine, args.shutdown_timeout / 2).run()
-    return 0
-
-
-class _GracefulServer(uvicorn.Server):
-    """uvicorn's server, plus: after a shutdown signal, in-flight requests get `grace` seconds to finish, then
-    the engine aborts them, so every stream still ends with its final chunk and [DONE]."""
-
-    def __init__(self, config: uvicorn.Config, engine: AsyncEngine, grace: float) -> None:
-        super().__init__(config)
-        self._engine = engine
-        self._grace = grace
-
-    def handle_exit(self, sig: int, frame: FrameType | None) -> None:
-        if not self.should_exit:
-            timer = threading.Timer(self._grace, self._abort_in_flight)
-            timer.daemon = True
-            timer.start()
-        super().handle_exit(sig, frame)
-
-    def _abort_in_flight(self) -> None:
-        if self._engine.alive and self._engine.num_unfinished_requests:
-            print(f"ember: aborting {self._engine.num_unfinished_requests} requests still running", file=sys.stderr)
-            self._engine.abort_all()
+    return run_server(args)
