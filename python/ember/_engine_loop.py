@@ -18,6 +18,7 @@ from typing import Any
 
 from ember import _core
 from ember._core import EmberError, StepOutput
+from ember._tracking import EngineRequest
 
 logger = logging.getLogger("ember")
 
@@ -43,11 +44,10 @@ class Sink:
 
 @dataclass
 class AddCommand:
-    """Queue sub-requests `child_ids` of one request (same prompt, one params dict each)."""
+    """Queue the sub-requests of one request (same prompt; see `RequestState.engine_requests`)."""
 
-    child_ids: list[str]
+    requests: list[EngineRequest]
     token_ids: list[int]
-    params: list[dict[str, Any]]
     priority: int
     sink: Sink
 
@@ -160,9 +160,7 @@ class EngineLoop:
         """Adds the sub-requests; on a rejection, withdraws those already added and tells the caller."""
         added: list[str] = []
         try:
-            for i, (child_id, params) in enumerate(zip(command.child_ids, command.params, strict=True)):
-                # Completions after the first share its prompt blocks (computed once).
-                fork_of = command.child_ids[0] if i > 0 else None
+            for child_id, params, fork_of in command.requests:
                 self._core.add_request(child_id, command.token_ids, params, command.priority, fork_of)
                 added.append(child_id)
                 self._sinks[child_id] = command.sink
@@ -174,15 +172,13 @@ class EngineLoop:
 
     def _abort(self, child_ids: list[str]) -> None:
         """Aborts sub-requests and tells their callers (None = aborted)."""
-        by_sink: dict[int, tuple[Sink, list[tuple[str, StepOutput | None]]]] = {}
+        aborted: list[tuple[Sink, str, StepOutput | None]] = []
         for child_id in child_ids:
             sink = self._sinks.pop(child_id, None)
-            if sink is None:
-                continue
-            self._core.abort(child_id)
-            by_sink.setdefault(id(sink), (sink, []))[1].append((child_id, None))
-        for sink, items in by_sink.values():
-            sink.post(items)
+            if sink is not None:
+                self._core.abort(child_id)
+                aborted.append((sink, child_id, None))
+        _post_by_sink(aborted)
 
     def _call(self, command: CallCommand) -> None:
         """Runs a function on the engine and resolves the caller's future with its outcome."""
@@ -196,18 +192,25 @@ class EngineLoop:
 
     def _deliver(self, outputs: list[StepOutput]) -> None:
         """Sends each step output to its request's sink, one post per request and step."""
-        batches: dict[int, tuple[Sink, list[tuple[str, StepOutput | None]]]] = {}
+        delivered: list[tuple[Sink, str, StepOutput | None]] = []
         for out in outputs:
             sink = self._sinks.get(out.request_id)
             if sink is None:
                 continue
             if out.finish_reason is not None:
                 del self._sinks[out.request_id]
-            batches.setdefault(id(sink), (sink, []))[1].append((out.request_id, out))
-        for sink, items in batches.values():
-            if not sink.post(items):
-                # The caller's event loop is gone: nobody will read this request any more.
-                self._abort([child_id for child_id, s in self._sinks.items() if s is sink])
+            delivered.append((sink, out.request_id, out))
+        for gone in _post_by_sink(delivered):
+            # The caller's event loop is gone: nobody will read this request any more.
+            self._abort([child_id for child_id, s in self._sinks.items() if s is gone])
+
+
+def _post_by_sink(items: list[tuple[Sink, str, StepOutput | None]]) -> list[Sink]:
+    """Posts each sink its `(child_id, output)` pairs as one batch; returns the sinks whose event loop is gone."""
+    batches: dict[int, tuple[Sink, list[tuple[str, StepOutput | None]]]] = {}
+    for sink, child_id, out in items:
+        batches.setdefault(id(sink), (sink, []))[1].append((child_id, out))
+    return [sink for sink, batch in batches.values() if not sink.post(batch)]
 
 
 def _resolve(future: asyncio.Future[Any], result: Any, error: BaseException | None) -> None:

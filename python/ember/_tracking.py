@@ -5,8 +5,9 @@ from __future__ import annotations
 import time
 from collections.abc import Callable
 from dataclasses import replace
+from typing import Any
 
-from ember._core import StepOutput
+from ember._core import StepOutput, Tokenizer
 from ember._inputs import Prompt
 from ember.outputs import CompletionOutput, Logprob, RequestMetrics, RequestOutput
 from ember.sampling_params import SamplingParams
@@ -110,12 +111,22 @@ class CompletionState:
         )
 
 
+EngineRequest = tuple[str, dict[str, Any], "str | None"]
+"""One engine sub-request: its id, its sampling-parameter dict, and the sibling whose prompt blocks it shares."""
+
+
+def token_text(tokenizer: Tokenizer) -> DecodeToken:
+    """Decodes one token id to its text with special tokens kept (for logprobs)."""
+    return lambda token_id: tokenizer.decode([token_id], skip_special_tokens=False)
+
+
 class RequestState:
     """One user-facing request: its prompt and its n completions, keyed by engine sub-request id."""
 
     def __init__(self, request_id: str, prompt: Prompt, params: SamplingParams) -> None:
         self.request_id = request_id
         self.prompt = prompt
+        self.params = params
         n = params.n
         self.child_ids = [request_id] if n == 1 else [f"{request_id}-{i}" for i in range(n)]
         self.completions = {
@@ -130,6 +141,15 @@ class RequestState:
         self._prompt_delta_start = 0
         self.num_cached_tokens = 0
         self.metrics = RequestMetrics(arrival_time=time.time())
+
+    def engine_requests(self) -> list[EngineRequest]:
+        """The engine sub-requests of this request, one per completion. Completions after the first
+        share the first one's prompt blocks (`fork_of`), so the prompt is computed once."""
+        p = self.params
+        return [
+            (child_id, (p if p.n == 1 else p.for_child(i)).to_dict(), self.child_ids[0] if i > 0 else None)
+            for i, child_id in enumerate(self.child_ids)
+        ]
 
     def add(self, child_id: str, out: StepOutput | None, decode: DecodeToken) -> None:
         """Records one step output (None: aborted) of sub-request `child_id`."""

@@ -14,7 +14,7 @@ from ember import _core
 from ember._core import InvalidRequestError, Tokenizer
 from ember._engine_loop import AbortCommand, AddCommand, CallCommand, EngineLoop, Sink
 from ember._inputs import Conversation, Prompt, PromptType, normalize_conversations, normalize_prompts
-from ember._tracking import RequestState
+from ember._tracking import RequestState, token_text
 from ember.models import resolve_model
 from ember.outputs import RequestOutput
 from ember.sampling_params import SamplingParams
@@ -46,6 +46,7 @@ class AsyncEngine:
         self.model_name: str = core.model_name
         """The model's display name."""
         self._loop = EngineLoop(core)
+        self._decode_token = token_text(self.tokenizer)
         self._counter = itertools.count()
         self._ids_lock = threading.Lock()
         self._live: dict[str, list[str]] = {}
@@ -158,9 +159,8 @@ class AsyncEngine:
         state = RequestState(f"{next(self._counter)}", item, params)
         self._register(user_id, state.child_ids)
         sink = Sink(asyncio.get_running_loop())
-        child_params = [(params if params.n == 1 else params.for_child(i)).to_dict() for i in range(params.n)]
         try:
-            self._loop.post(AddCommand(state.child_ids, list(item.token_ids), child_params, priority, sink))
+            self._loop.post(AddCommand(state.engine_requests(), list(item.token_ids), priority, sink))
             while not state.finished:
                 items = [await sink.queue.get()]
                 while not sink.queue.empty():
@@ -185,7 +185,3 @@ class AsyncEngine:
             if user_id in self._live:
                 raise InvalidRequestError(f"request_id '{user_id}' is already in use")
             self._live[user_id] = child_ids
-
-    def _decode_token(self, token_id: int) -> str:
-        """One token's text, special tokens kept (for logprobs)."""
-        return self.tokenizer.decode([token_id], skip_special_tokens=False)

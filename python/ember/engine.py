@@ -19,7 +19,7 @@ from ember._inputs import (
     normalize_prompts,
 )
 from ember._progress import PromptProgress
-from ember._tracking import RequestState
+from ember._tracking import RequestState, token_text
 from ember.models import resolve_model
 from ember.outputs import RequestOutput
 from ember.sampling_params import SamplingParams
@@ -72,6 +72,7 @@ class Engine:
         # Step outputs waiting for the caller that owns each sub-request (None = aborted).
         self._mailboxes: dict[str, list[StepOutput | None]] = {}
         self._child_ids: dict[str, list[str]] = {}
+        self._decode_token = token_text(self._core.tokenizer)
 
     @property
     def tokenizer(self) -> Tokenizer:
@@ -224,11 +225,8 @@ class Engine:
                     state = RequestState(str(next(self._request_counter)), item, p)
                     states.append(state)
                     self._child_ids[state.request_id] = state.child_ids
-                    for i, child_id in enumerate(state.child_ids):
-                        child_params = p if p.n == 1 else p.for_child(i)
-                        # Completions after the first share its prompt blocks (computed once).
-                        fork_of = state.child_ids[0] if i > 0 else None
-                        self._core.add_request(child_id, item.token_ids, child_params.to_dict(), priority, fork_of)
+                    for child_id, child_params, fork_of in state.engine_requests():
+                        self._core.add_request(child_id, item.token_ids, child_params, priority, fork_of)
                         self._mailboxes[child_id] = []
             except BaseException:
                 for state in states:
@@ -277,7 +275,3 @@ class Engine:
                 self._child_ids.pop(state.request_id, None)
                 for child_id in state.child_ids:
                     self._mailboxes.pop(child_id, None)
-
-    def _decode_token(self, token_id: int) -> str:
-        """One token's text, special tokens kept (for logprobs)."""
-        return self.tokenizer.decode([token_id], skip_special_tokens=False)
