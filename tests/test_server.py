@@ -207,3 +207,14 @@ def test_metrics_endpoint(served: tuple[str, AsyncEngine], client: openai.OpenAI
         'ember_http_requests_total{endpoint="/v1/completions",status="200"}',
     ):
         assert name in text, name
+
+
+def test_echo_prefixes_every_choice_streamed_and_not(client: openai.OpenAI) -> None:
+    kwargs = {"model": MODEL, "prompt": "Roses are red,", "max_tokens": 8, "temperature": 1.0, "n": 2, "seed": 3}
+    whole = client.completions.create(echo=True, **kwargs)  # type: ignore[call-overload]
+    streamed = ["", ""]
+    for chunk in client.completions.create(echo=True, stream=True, **kwargs):  # type: ignore[call-overload]
+        for choice in chunk.choices:
+            streamed[choice.index] += choice.text
+    assert [c.text for c in sorted(whole.choices, key=lambda c: c.index)] == streamed
+    assert all(text.startswith("Roses are red,") and len(text) > len("Roses are red,") for text in streamed)

@@ -104,7 +104,7 @@ class OpenAiServer:
                 f"The server is overloaded: {in_flight} requests in flight (limit {self.config.max_pending_requests}). "
                 "Retry later.",
             )
-        streams = await self._start(job)
+        streams = self._streams(job)
         builder = ResponseBuilder(job.kind, self.config.model_name, job.logprobs or 0)
         firsts: list[RequestOutput] = []
         try:
@@ -118,7 +118,7 @@ class OpenAiServer:
         outputs = await unless_disconnected(request, lambda: _collect(streams, firsts))
         return JSONResponse(builder.full(outputs, job.echo_texts))
 
-    async def _start(self, job: _Job) -> list[TrackedStream]:
+    def _streams(self, job: _Job) -> list[TrackedStream]:
         """One engine request per prompt (not started until first iterated)."""
         streams = []
         for ids in job.prompts:
@@ -136,13 +136,13 @@ class OpenAiServer:
         try:
             if job.kind == "chat":
                 yield builder.role_chunk(n)
-            echoed: set[int] = set()
+            # Each choice's first chunk carries its prompt when echo is on.
+            echo_pending = {i * n + c: text for i, text in enumerate(job.echo_texts or []) for c in range(n)}
             async for i, delta in merge(streams, firsts):
-                prefix = ""
-                if job.echo_texts is not None and i not in echoed:
-                    prefix, _ = job.echo_texts[i], echoed.add(i)
                 if delta.outputs:
-                    yield builder.delta_chunk(delta, i * n, prefix)
+                    indices = [i * n + c.index for c in delta.outputs]
+                    prefixes = {index: echo_pending.pop(index) for index in indices if index in echo_pending}
+                    yield builder.delta_chunk(delta, i * n, prefixes)
             if job.body.include_usage:
                 prompt_tokens = sum(s.num_prompt_tokens for s in streams)
                 yield builder.usage_chunk(prompt_tokens, sum(s.num_generated for s in streams))

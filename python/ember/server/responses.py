@@ -119,9 +119,14 @@ class ResponseBuilder:
         choices = [{"index": i, "delta": {"role": "assistant", "content": ""}, "logprobs": None} for i in range(n)]
         return sse({**self._envelope(True), "choices": [{**c, "finish_reason": None} for c in choices]})
 
-    def delta_chunk(self, delta: RequestOutput, index_base: int = 0, prefix: str = "") -> str:
-        """A streamed chunk holding the completions that changed in `delta`."""
-        choices = [self.choice(c, index_base + c.index, prefix, chunk=True) for c in delta.outputs]
+    def delta_chunk(self, delta: RequestOutput, index_base: int = 0, prefixes: dict[int, str] | None = None) -> str:
+        """A streamed chunk holding the completions that changed in `delta`; `prefixes` maps a choice index to text
+        put before its delta (the echoed prompt)."""
+        prefixes = prefixes or {}
+        choices = [
+            self.choice(c, index_base + c.index, prefixes.get(index_base + c.index, ""), chunk=True)
+            for c in delta.outputs
+        ]
         return sse({**self._envelope(True), "choices": choices})
 
     def usage_chunk(self, prompt_tokens: int, completion_tokens: int) -> str:
