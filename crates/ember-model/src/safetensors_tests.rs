@@ -133,13 +133,26 @@ fn sharded_index() {
     assert!(msg.contains("nope.safetensors"), "{msg}");
 }
 
+/// The error message of opening `path` after writing `bytes` to it.
+fn open_error(path: &std::path::Path, bytes: &[u8], what: &str) -> String {
+    std::fs::write(path, bytes).expect("write");
+    SafetensorsSet::open_file(path).err().expect(what).to_string()
+}
+
+/// A safetensors file: the 8-byte header length, `header`, then `data_len` zero bytes.
+fn file_with_header(header: &[u8], data_len: usize) -> Vec<u8> {
+    let mut out = (header.len() as u64).to_le_bytes().to_vec();
+    out.extend_from_slice(header);
+    out.resize(out.len() + data_len, 0);
+    out
+}
+
 #[test]
 fn corrupt_files_are_named() {
     let dir = temp_dir("st-corrupt");
     let path = dir.join("bad.safetensors");
 
-    std::fs::write(&path, [1, 2, 3]).expect("write");
-    let msg = SafetensorsSet::open_file(&path).err().expect("short").to_string();
+    let msg = open_error(&path, &[1, 2, 3], "short");
     assert!(
         msg.contains("bad.safetensors") && msg.contains("corrupt"),
         "{msg}"
@@ -147,48 +160,24 @@ fn corrupt_files_are_named() {
 
     let mut huge = u64::MAX.to_le_bytes().to_vec();
     huge.extend_from_slice(b"{}");
-    std::fs::write(&path, huge).expect("write");
-    let msg = SafetensorsSet::open_file(&path)
-        .err()
-        .expect("huge header")
-        .to_string();
+    let msg = open_error(&path, &huge, "huge header");
     assert!(
         msg.contains("bad.safetensors") && msg.contains("header length"),
         "{msg}"
     );
 
     let header = br#"{"w": {"dtype": "F32", "shape": [4], "data_offsets": [0, 16]}}"#;
-    let mut out = (header.len() as u64).to_le_bytes().to_vec();
-    out.extend_from_slice(header);
-    out.extend_from_slice(&[0; 8]);
-    std::fs::write(&path, &out).expect("write");
-    let msg = SafetensorsSet::open_file(&path)
-        .err()
-        .expect("out of bounds")
-        .to_string();
+    let msg = open_error(&path, &file_with_header(header, 8), "out of bounds");
     assert!(
         msg.contains("bad.safetensors") && msg.contains("tensor w"),
         "{msg}"
     );
 
     let header = br#"{"w": {"dtype": "F32", "shape": [3], "data_offsets": [0, 8]}}"#;
-    let mut out = (header.len() as u64).to_le_bytes().to_vec();
-    out.extend_from_slice(header);
-    out.extend_from_slice(&[0; 8]);
-    std::fs::write(&path, &out).expect("write");
-    let msg = SafetensorsSet::open_file(&path)
-        .err()
-        .expect("size mismatch")
-        .to_string();
+    let msg = open_error(&path, &file_with_header(header, 8), "size mismatch");
     assert!(msg.contains("needs 12 bytes"), "{msg}");
 
-    let mut out = 5u64.to_le_bytes().to_vec();
-    out.extend_from_slice(b"{oops");
-    std::fs::write(&path, &out).expect("write");
-    let msg = SafetensorsSet::open_file(&path)
-        .err()
-        .expect("bad json")
-        .to_string();
+    let msg = open_error(&path, &file_with_header(b"{oops", 0), "bad json");
     assert!(msg.contains("invalid header JSON"), "{msg}");
 
     let msg = SafetensorsSet::open_file(&dir.join("absent.safetensors"))
