@@ -2,7 +2,7 @@
 
 from __future__ import annotations
 
-from collections.abc import Sequence
+from collections.abc import Callable, Iterable, Sequence
 from dataclasses import dataclass
 from typing import Any, cast
 
@@ -84,16 +84,7 @@ def normalize_params(
         return [SamplingParams()] * num_prompts
     if isinstance(sampling_params, SamplingParams):
         return [sampling_params] * num_prompts
-    params = list(sampling_params)
-    if len(params) != num_prompts:
-        raise InvalidRequestError(
-            f"sampling_params has {len(params)} entries but there are {num_prompts} prompts; "
-            "pass one SamplingParams or exactly one per prompt"
-        )
-    for i, p in enumerate(params):
-        if not isinstance(p, SamplingParams):
-            raise InvalidRequestError(f"sampling_params[{i}] must be a SamplingParams, got {type(p).__name__}")
-    return params
+    return _one_per_prompt(sampling_params, num_prompts, "sampling_params", ("a", "SamplingParams"), _is_params)
 
 
 def normalize_priority(priority: int | Sequence[int] | None, num_prompts: int) -> list[int]:
@@ -104,13 +95,34 @@ def normalize_priority(priority: int | Sequence[int] | None, num_prompts: int) -
         return [priority] * num_prompts
     if isinstance(priority, str | bytes) or not isinstance(priority, Sequence):
         raise InvalidRequestError(f"priority must be an int or a list of ints, got {type(priority).__name__}")
-    priorities = list(priority)
-    if len(priorities) != num_prompts:
+    return _one_per_prompt(priority, num_prompts, "priority", ("an", "int"), _is_int)
+
+
+def _is_params(value: object) -> bool:
+    return isinstance(value, SamplingParams)
+
+
+def _is_int(value: object) -> bool:
+    return isinstance(value, int) and not isinstance(value, bool)
+
+
+def _one_per_prompt(
+    values: Iterable[Any],
+    num_prompts: int,
+    field: str,
+    kind: tuple[str, str],
+    is_item: Callable[[object], bool],
+) -> list[Any]:
+    """`values` as a list, checked to hold exactly one item of `kind` (article, type name) per prompt;
+    errors name `field` and the index."""
+    article, type_name = kind
+    items = list(values)
+    if len(items) != num_prompts:
         raise InvalidRequestError(
-            f"priority has {len(priorities)} entries but there are {num_prompts} prompts; "
-            "pass one int or exactly one per prompt"
+            f"{field} has {len(items)} entries but there are {num_prompts} prompts; "
+            f"pass one {type_name} or exactly one per prompt"
         )
-    for i, p in enumerate(priorities):
-        if not isinstance(p, int) or isinstance(p, bool):
-            raise InvalidRequestError(f"priority[{i}] must be an int, got {type(p).__name__}")
-    return priorities
+    for i, item in enumerate(items):
+        if not is_item(item):
+            raise InvalidRequestError(f"{field}[{i}] must be {article} {type_name}, got {type(item).__name__}")
+    return items
