@@ -4,7 +4,7 @@ use crate::kv_cache::CpuKvCache;
 use crate::matmul::Isa;
 use crate::matrix::CpuMatrix;
 use crate::tensor::CpuTensor;
-use crate::{attention, elementwise, matmul, norm, quant, rope};
+use crate::{attention, blocks, elementwise, matmul, norm, rope};
 use ember_core::{
     AttentionShape, Backend, BackendError, BackendResult, KvCacheSpec, Rope, StepMetadata, WeightDType,
     WeightView,
@@ -134,16 +134,22 @@ impl Backend for CpuBackend {
     }
 
     fn load_matrix(&self, weight: &WeightView<'_>) -> BackendResult<CpuMatrix> {
-        let stored = CpuMatrix::from_view(weight)?;
         if !self.f32_weights || weight.dtype == WeightDType::F32 {
-            return Ok(stored);
+            return CpuMatrix::from_view(weight);
         }
-        let (rows, cols) = (stored.rows(), stored.cols());
-        let mut bytes = Vec::with_capacity(rows * cols * 4);
+        let (rows, cols) = crate::matrix::check_matrix_view(weight)?;
+        let row_bytes = weight.bytes.len() / rows.max(1);
+        let mut bytes = crate::alloc::try_zeroed_vec::<u8>(rows * cols * 4, weight.name)?;
         let mut row = vec![0.0f32; cols];
-        for r in 0..rows {
-            stored.dequantize_row_into(r, &mut row);
-            bytes.extend(row.iter().flat_map(|x| x.to_le_bytes()));
+        for (r, dst) in bytes.chunks_exact_mut((cols * 4).max(1)).enumerate() {
+            blocks::dequantize_row(
+                weight.dtype,
+                &weight.bytes[r * row_bytes..(r + 1) * row_bytes],
+                &mut row,
+            );
+            for (d, x) in dst.chunks_exact_mut(4).zip(&row) {
+                d.copy_from_slice(&x.to_le_bytes());
+            }
         }
         CpuMatrix::from_view(&WeightView {
             dtype: WeightDType::F32,
@@ -172,7 +178,7 @@ impl Backend for CpuBackend {
             )));
         }
         let mut out = crate::alloc::try_zeroed_vec(len, weight.name)?;
-        quant::dequantize_row(weight.dtype, weight.bytes, &mut out);
+        blocks::dequantize_row(weight.dtype, weight.bytes, &mut out);
         Ok(out)
     }
 
@@ -303,16 +309,17 @@ impl Backend for CpuBackend {
 #[cfg(test)]
 mod tests {
     use super::*;
-    use crate::test_util::{random_weight_bytes, Rng, ALL_DTYPES};
+    use crate::test_util::{random_weight_bytes, Rng};
     use ember_core::WeightDType;
 
     #[test]
     fn embed_dequantizes_rows_of_every_dtype() {
         let backend = CpuBackend::new(Some(1));
         let mut rng = Rng::new(1);
-        for dtype in ALL_DTYPES {
-            let bytes = random_weight_bytes(&mut rng, dtype, 5, 64);
-            let shape = [5, 64];
+        for dtype in WeightDType::ALL {
+            let cols = dtype.block_len().max(64);
+            let bytes = random_weight_bytes(&mut rng, dtype, 5, cols);
+            let shape = [5, cols];
             let table = backend
                 .load_matrix(&WeightView {
                     name: "emb",
@@ -323,8 +330,8 @@ mod tests {
                 .unwrap();
             let out = backend.embed(&table, &[3, 0, 3]).unwrap();
             let row_bytes = bytes.len() / 5;
-            let mut want = vec![0.0; 64];
-            quant::dequantize_row(dtype, &bytes[3 * row_bytes..4 * row_bytes], &mut want);
+            let mut want = vec![0.0; cols];
+            blocks::dequantize_row(dtype, &bytes[3 * row_bytes..4 * row_bytes], &mut want);
             assert_eq!(out.row(0), &want[..]);
             assert_eq!(out.row(2), &want[..]);
             assert!(backend.embed(&table, &[5]).is_err());

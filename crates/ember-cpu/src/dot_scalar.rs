@@ -1,57 +1,72 @@
-//! Portable reference dot products. They define the accumulation order every SIMD
-//! kernel reproduces bit for bit:
+//! Portable reference dot products. They define the arithmetic every SIMD kernel
+//! reproduces bit for bit:
 //!
-//! * quantized weights, per block `b` in order: `isum` = exact integer dot of the block;
-//!   `acc = fma(dw * dx, isum, acc)`; Q4_1 then also `acc = fma(mw, sx, acc)`;
+//! * quantized weights, per block in order: the exact integer dot
+//!   `isum = sum_sub scale_sub * sum_k q_k * x_k` (scale 1 without sub-block scales), then
+//!   `acc = fma(d_w * d_x, isum, acc)`; Q4_1 / Q5_1 then `acc = fma(m_w, s_x, acc)`; Q2_K,
+//!   Q4_K, Q5_K then `acc = fma(-(dmin_w * d_x), sum_sub min_sub * sum_k x_k, acc)`
+//!   (llama.cpp's integer arithmetic; activations in its Q8_0 / Q8_1 / Q8_K formats);
 //! * float weights: 8 lanes, lane `l` takes elements `k = 8 i + l` with
 //!   `lane = fma(w, x, lane)`; then `((l0+l4)+(l2+l6)) + ((l1+l5)+(l3+l7))`; then the
 //!   tail elements one by one with `fma`.
 
-use crate::quant::{bf16_to_f32, f16_to_f32, read_u16, QuantActs, QK};
+#[cfg(test)]
+use crate::blocks::{decode_block, format_of};
+use crate::blocks::{Block, Format};
+use crate::quant::{bf16_to_f32, f16_to_f32, read_u16, QuantActs};
 use ember_core::WeightDType;
 
-/// Dot of one quantized weight row with quantized activation row `r`.
-pub fn quant_dot(dtype: WeightDType, w_row: &[u8], acts: &QuantActs, r: usize) -> f32 {
-    let nb = acts.blocks_per_row;
-    let xq = acts.row_qs(r);
-    let mut acc = 0.0f32;
-    for b in 0..nb {
-        let dx = acts.d[acts.idx(r, b)];
-        let x = &xq[b * QK..(b + 1) * QK];
-        let xi = |j: usize| i32::from(x[j]);
-        match dtype {
-            WeightDType::Q8_0 => {
-                let blk = &w_row[b * 34..(b + 1) * 34];
-                let dw = f16_to_f32(read_u16(blk, 0));
-                let isum: i32 = (0..QK).map(|j| i32::from(blk[2 + j] as i8) * xi(j)).sum();
-                acc = (dw * dx).mul_add(isum as f32, acc);
-            }
-            WeightDType::Q4_0 => {
-                let blk = &w_row[b * 18..(b + 1) * 18];
-                let dw = f16_to_f32(read_u16(blk, 0));
-                let isum: i32 = (0..16)
-                    .map(|j| {
-                        let q = blk[2 + j];
-                        (i32::from(q & 0x0f) - 8) * xi(j) + (i32::from(q >> 4) - 8) * xi(j + 16)
-                    })
-                    .sum();
-                acc = (dw * dx).mul_add(isum as f32, acc);
-            }
-            WeightDType::Q4_1 => {
-                let blk = &w_row[b * 20..(b + 1) * 20];
-                let dw = f16_to_f32(read_u16(blk, 0));
-                let mw = f16_to_f32(read_u16(blk, 2));
-                let isum: i32 = (0..16)
-                    .map(|j| {
-                        let q = blk[4 + j];
-                        i32::from(q & 0x0f) * xi(j) + i32::from(q >> 4) * xi(j + 16)
-                    })
-                    .sum();
-                acc = (dw * dx).mul_add(isum as f32, acc);
-                acc = mw.mul_add(acts.s[acts.idx(r, b)], acc);
-            }
-            WeightDType::F32 | WeightDType::F16 | WeightDType::BF16 => unreachable!("float weight"),
+/// The integer sums of one weight block against activation row `r` from element `e0`:
+/// `(isum, msum)` as defined in the module docs.
+pub fn block_int_sums(fmt: &Format, blk: &Block, acts: &QuantActs, r: usize, e0: usize) -> (i32, i32) {
+    let x = &acts.row_qs(r)[e0..e0 + fmt.block_len];
+    let (mut isum, mut msum) = (0i32, 0i32);
+    for (sub, xs) in x.chunks_exact(fmt.sub_len).enumerate() {
+        let base = sub * fmt.sub_len;
+        let dot: i32 = xs
+            .iter()
+            .enumerate()
+            .map(|(k, &xk)| fmt.value(blk.u[base + k]) * i32::from(xk))
+            .sum();
+        let scale = if fmt.scales { i32::from(blk.scales[sub]) } else { 1 };
+        isum += scale * dot;
+        if fmt.mins {
+            let xsum: i32 = xs.iter().map(|&v| i32::from(v)).sum();
+            msum += i32::from(blk.mins[sub]) * xsum;
         }
+    }
+    (isum, msum)
+}
+
+/// Adds block `b` (decoded `blk`, starting at element `e0`) of a weight row's dot with
+/// activation row `r` to `acc`, in the reference order.
+#[inline]
+pub fn accumulate_block(fmt: &Format, blk: &Block, acts: &QuantActs, r: usize, e0: usize, acc: f32) -> f32 {
+    let (isum, msum) = block_int_sums(fmt, blk, acts, r, e0);
+    let dx = acts.block_d(r, e0 / acts.block_len);
+    let mut acc = (blk.d * dx).mul_add(isum as f32, acc);
+    if fmt.block_min {
+        acc = blk.m.mul_add(acts.block_s(r, e0 / 32), acc);
+    }
+    if fmt.mins {
+        acc = (-(blk.m * dx)).mul_add(msum as f32, acc);
+    }
+    acc
+}
+
+/// Dot of one quantized weight row (`w_row`, ggml layout) with quantized activation row `r`
+/// (quantized with the activation block length this format pairs with): the reference the
+/// repacked kernels are tested against.
+#[cfg(test)]
+pub fn quant_dot(dtype: WeightDType, w_row: &[u8], acts: &QuantActs, r: usize) -> f32 {
+    let Some(fmt) = format_of(dtype) else {
+        unreachable!("float weight")
+    };
+    let mut blk = Block::default();
+    let mut acc = 0.0f32;
+    for (b, raw) in w_row.chunks_exact(dtype.block_bytes()).enumerate() {
+        decode_block(dtype, raw, &mut blk);
+        acc = accumulate_block(&fmt, &blk, acts, r, b * fmt.block_len, acc);
     }
     acc
 }

@@ -1,22 +1,33 @@
-//! Ember's CPU backend: quantized (Q8_0/Q4_0/Q4_1) and float matmuls with AVX2 / AVX-512
-//! VNNI kernels and a scalar reference, paged attention, norms, RoPE and activations,
-//! parallelized by a low-overhead spinning fork-join (`par`) over the backend's own rayon pool.
+//! Ember's CPU backend: quantized (GGUF's 32-element formats and K-quants) and float matmuls
+//! with AVX2 / AVX-512 VNNI kernels chosen at run time and a scalar reference, paged
+//! attention, norms, RoPE and activations, parallelized by a low-overhead spinning fork-join
+//! (`par`) over the backend's own rayon pool.
 //!
-//! Numerics: quantized matmuls quantize activations per 32-element block to 8 bits like
-//! ggml (Q8_0 / Q8_1) and follow llama.cpp's arithmetic. Every result is independent of
-//! batch composition and thread count (batch invariance); the quantized SIMD kernel families
-//! differ from the scalar reference (and from each other) by f32 rounding only.
+//! Numerics: quantized matmuls quantize activations to 8 bits like ggml (Q8_0 / Q8_1 per 32
+//! elements, Q8_K per 256 for the K-quants) and follow llama.cpp's integer arithmetic. The
+//! SIMD kernels read weights repacked at load (16 rows interleaved, `packed`) and compute the
+//! scalar reference's arithmetic exactly, so every result is independent of the CPU features,
+//! the batch composition and the thread count.
 
 mod alloc;
 mod attention;
 mod backend;
+pub mod blocks;
 mod dot_scalar;
+#[cfg(target_arch = "x86_64")]
 mod dot_x86;
 mod elementwise;
 pub mod kv_cache;
 pub mod matmul;
 pub mod matrix;
 mod norm;
+mod packed;
+#[cfg(target_arch = "x86_64")]
+mod packed_avx2;
+mod packed_kernel;
+mod packed_matmul;
+#[cfg(target_arch = "x86_64")]
+mod packed_vnni;
 mod par;
 mod quant;
 mod rope;

@@ -1,10 +1,12 @@
-//! Matmul kernels against f64 references, SIMD against scalar, and batch invariance.
+//! Matmul kernels against f64 references, the repacked SIMD kernels against the scalar
+//! reference on the unpacked GGUF rows (bit for bit), and batch invariance.
 
+use crate::dot_scalar::quant_dot;
 use crate::matmul::{matmul, Isa};
 use crate::matrix::CpuMatrix;
 use crate::quant::QuantActs;
 use crate::tensor::CpuTensor;
-use crate::test_util::{random_weight_bytes, Rng, ALL_DTYPES};
+use crate::test_util::{random_weight_bytes, Rng};
 use ember_core::{WeightDType, WeightView};
 
 fn pool(threads: usize) -> rayon::ThreadPool {
@@ -14,14 +16,13 @@ fn pool(threads: usize) -> rayon::ThreadPool {
         .expect("thread pool")
 }
 
-fn make_matrix(rng: &mut Rng, dtype: WeightDType, n: usize, k: usize) -> CpuMatrix {
-    let bytes = random_weight_bytes(rng, dtype, n, k);
+fn make_matrix(bytes: &[u8], dtype: WeightDType, n: usize, k: usize) -> CpuMatrix {
     let shape = [n, k];
     CpuMatrix::from_view(&WeightView {
         name: "w",
         dtype,
         shape: &shape,
-        bytes: &bytes,
+        bytes,
     })
     .expect("valid matrix")
 }
@@ -41,128 +42,119 @@ fn dequantized(w: &CpuMatrix) -> Vec<f32> {
     out
 }
 
-/// Checks every kernel family against f64 references over odd sizes and every dtype.
+fn bits_equal(a: &[f32], b: &[f32]) -> bool {
+    a.len() == b.len() && a.iter().zip(b).all(|(x, y)| x.to_bits() == y.to_bits())
+}
+
+/// The activation block length a weight format pairs with (Q8_K for K-quants, else Q8_0).
+fn act_block(dtype: WeightDType) -> usize {
+    dtype.block_len().max(32)
+}
+
+/// Every kernel family equals the scalar reference on the unpacked GGUF rows, bit for bit:
+/// every format, row counts that are not multiples of 16, every tile height.
+#[test]
+fn repacked_kernels_equal_the_unpacked_reference() {
+    let mut rng = Rng::new(3);
+    let pool = pool(2);
+    for dtype in WeightDType::ALL.into_iter().filter(|t| t.is_quantized()) {
+        let k = 2 * act_block(dtype);
+        let n = 37;
+        let bytes = random_weight_bytes(&mut rng, dtype, n, k);
+        let row_bytes = bytes.len() / n;
+        let w = make_matrix(&bytes, dtype, n, k);
+        for rows in [1, 2, 3, 4, 7, 9] {
+            let x = CpuTensor::from_vec(rows, k, rng.vec(rows * k, 2.0)).unwrap();
+            let acts = QuantActs::quantize(x.as_slice(), rows, k, act_block(dtype));
+            let want: Vec<f32> = (0..rows * n)
+                .map(|i| quant_dot(dtype, &bytes[i % n * row_bytes..][..row_bytes], &acts, i / n))
+                .collect();
+            for isa in isas() {
+                let got = matmul(&pool, isa, &x, &w, None).unwrap();
+                assert!(
+                    bits_equal(got.as_slice(), &want),
+                    "{dtype} {isa:?} rows={rows}: {:?} vs {:?}",
+                    &got.as_slice()[..4],
+                    &want[..4]
+                );
+            }
+        }
+    }
+}
+
+/// Checks the scalar reference against f64 references over odd sizes and every dtype: float
+/// weights to f32 rounding, quantized ones to the 8-bit activation error, and SIMD families
+/// bit for bit against the scalar one.
 #[test]
 fn matmul_matches_f64_reference_all_dtypes() {
     let mut rng = Rng::new(7);
     let pool = pool(2);
-    for dtype in ALL_DTYPES {
-        let ks: &[usize] = if dtype.is_quantized() {
-            &[32, 96, 160]
+    for dtype in WeightDType::ALL {
+        let ks: Vec<usize> = if dtype.is_quantized() {
+            vec![act_block(dtype), 3 * act_block(dtype)]
         } else {
-            &[1, 7, 37, 71]
+            vec![1, 7, 37, 71]
         };
-        for &k in ks {
+        for k in ks {
             for &(rows, n) in &[(1, 1), (3, 13), (17, 37), (5, 9)] {
-                let w = make_matrix(&mut rng, dtype, n, k);
+                let bytes = random_weight_bytes(&mut rng, dtype, n, k);
+                let w = make_matrix(&bytes, dtype, n, k);
                 let x = CpuTensor::from_vec(rows, k, rng.vec(rows * k, 2.0)).unwrap();
                 let bias = rng.vec(n, 1.0);
                 let wd = dequantized(&w);
                 let reference = matmul(&pool, Isa::Scalar, &x, &w, Some(&bias)).unwrap();
                 for isa in isas() {
                     let got = matmul(&pool, isa, &x, &w, Some(&bias)).unwrap();
-                    if !dtype.is_quantized() {
-                        let same = got
-                            .as_slice()
-                            .iter()
-                            .zip(reference.as_slice())
-                            .all(|(a, b)| a.to_bits() == b.to_bits());
-                        assert!(
-                            same,
-                            "{isa:?} differs from scalar for {dtype} rows={rows} n={n} k={k}"
-                        );
-                        continue;
-                    }
-                    // Quantized SIMD kernels keep each block's integer dot in 8 (or 16) int32
-                    // lanes and scale/accumulate lanes in f32 (llama.cpp's scheme) instead of
-                    // reducing every block to one exact integer first, so they differ from the
-                    // scalar reference by f32 rounding only: a few ulps of the sum of the
-                    // magnitudes of the per-block terms.
-                    let acts = QuantActs::quantize(x.as_slice(), rows, k);
-                    for r in 0..rows {
-                        for c in 0..n {
-                            let wr = &wd[c * k..(c + 1) * k];
-                            let mag: f64 = (0..k)
-                                .map(|j| {
-                                    (f64::from(wr[j])
-                                        * f64::from(acts.d[acts.idx(r, j / 32)])
-                                        * f64::from(acts.row_qs(r)[j]))
-                                    .abs()
-                                })
-                                .sum::<f64>()
-                                + f64::from(bias[c].abs());
-                            let (a, b) = (got.row(r)[c], reference.row(r)[c]);
-                            assert!(
-                                (f64::from(a) - f64::from(b)).abs() <= 1e-5 * mag + 1e-6,
-                                "{isa:?} vs scalar for {dtype} rows={rows} n={n} k={k} ({r}, {c}): {a} vs {b}"
-                            );
-                        }
-                    }
+                    assert!(
+                        bits_equal(got.as_slice(), reference.as_slice()),
+                        "{isa:?} differs from scalar for {dtype} rows={rows} n={n} k={k}"
+                    );
                 }
                 let acts = dtype
                     .is_quantized()
-                    .then(|| QuantActs::quantize(x.as_slice(), rows, k));
+                    .then(|| QuantActs::quantize(x.as_slice(), rows, k, act_block(dtype)));
                 for r in 0..rows {
                     let xr = x.row(r);
+                    // The activations the kernels see: exact, or dequantized 8-bit values.
+                    let xs: Vec<f64> = match &acts {
+                        None => xr.iter().map(|&v| f64::from(v)).collect(),
+                        Some(a) => (0..k)
+                            .map(|j| f64::from(a.block_d(r, j / a.block_len)) * f64::from(a.row_qs(r)[j]))
+                            .collect(),
+                    };
                     for c in 0..n {
                         let wr = &wd[c * k..(c + 1) * k];
                         let got = f64::from(reference.row(r)[c]) - f64::from(bias[c]);
-                        let exact: f64 = wr
-                            .iter()
-                            .zip(xr)
-                            .map(|(&a, &b)| f64::from(a) * f64::from(b))
-                            .sum();
-                        let mag: f64 = wr
-                            .iter()
-                            .zip(xr)
-                            .map(|(&a, &b)| (f64::from(a) * f64::from(b)).abs())
-                            .sum();
-                        let tol = match &acts {
-                            None => 1e-6 * mag + 1e-6,
-                            Some(a) => {
-                                // Against the same arithmetic on dequantized activations: only f32 rounding.
-                                let xq: f64 = (0..k)
-                                    .map(|j| {
-                                        f64::from(wr[j])
-                                            * f64::from(a.d[a.idx(r, j / 32)])
-                                            * f64::from(a.row_qs(r)[j])
-                                    })
-                                    .sum();
-                                let qmag: f64 = (0..k)
-                                    .map(|j| {
-                                        (f64::from(wr[j])
-                                            * f64::from(a.d[a.idx(r, j / 32)])
-                                            * f64::from(a.row_qs(r)[j]))
-                                        .abs()
-                                    })
-                                    .sum();
-                                let m_term = if dtype == WeightDType::Q4_1 {
-                                    2.0f64.powi(-10) * qmag
-                                } else {
-                                    0.0
-                                };
-                                assert!(
-                                    (got - xq).abs() <= 1e-5 * qmag + m_term + 1e-5,
-                                    "{dtype} vs dequantized acts: {got} {xq}"
-                                );
-                                // Against exact activations: the 8-bit activation error bound.
-                                let bound: f64 = (0..k)
-                                    .map(|j| {
-                                        let amax = xr[j / 32 * 32..j / 32 * 32 + 32]
-                                            .iter()
-                                            .fold(0.0f32, |m, v| m.max(v.abs()));
-                                        f64::from(wr[j]).abs()
-                                            * (0.5 * f64::from(amax) / 127.0
-                                                + f64::from(xr[j]).abs() / 1024.0)
-                                    })
-                                    .sum();
-                                1.2 * bound + m_term + 1e-5 * mag + 1e-5
-                            }
+                        let dot = |v: &[f64]| -> (f64, f64) {
+                            let terms = wr.iter().zip(v).map(|(&a, &b)| f64::from(a) * b);
+                            (terms.clone().sum(), terms.map(f64::abs).sum())
                         };
+                        let (want, mag) = dot(&xs);
+                        // Q4_1 / Q5_1 use Q8_1's `s = f16(d * sum(q))`: about an f16 ulp per block.
+                        let s_term = block_min_term(dtype, &bytes, n, c, acts.as_ref(), r);
+                        // f32 rounding of the block scales, the sub-block products and the
+                        // accumulation (and of dequantizing the weights for the reference).
                         assert!(
-                            (got - exact).abs() <= tol,
-                            "{dtype} rows={rows} n={n} k={k} r={r} c={c}: {got} vs {exact} (tol {tol})"
+                            (got - want).abs()
+                                <= 2e-5 * mag + s_term + 1e-5 + 1e-6 * f64::from(bias[c].abs()),
+                            "{dtype} rows={rows} n={n} k={k} r={r} c={c}: {got} vs {want}"
                         );
+                        if let Some(a) = &acts {
+                            // Against exact activations: the 8-bit activation error bound.
+                            let exact: Vec<f64> = xr.iter().map(|&v| f64::from(v)).collect();
+                            let (want, mag) = dot(&exact);
+                            let bound: f64 = (0..k)
+                                .map(|j| {
+                                    f64::from(wr[j]).abs()
+                                        * 0.5
+                                        * f64::from(a.block_d(r, j / a.block_len)).abs()
+                                })
+                                .sum();
+                            assert!(
+                                (got - want).abs() <= 1.01 * bound + s_term + 2e-5 * mag + 1e-5,
+                                "{dtype} vs exact activations: {got} vs {want} (bound {bound})"
+                            );
+                        }
                     }
                 }
             }
@@ -170,19 +162,52 @@ fn matmul_matches_f64_reference_all_dtypes() {
     }
 }
 
+/// The rounding allowance of Q8_1's f16 `s` in the dot of weight row `c` with activation row
+/// `r`: `sum_b |m_b| * |d_x sum(q)| * 2^-10` (`s` is rounded from the unrounded `d_x`; 0 for
+/// formats without a block min).
+fn block_min_term(
+    dtype: WeightDType,
+    bytes: &[u8],
+    n: usize,
+    c: usize,
+    acts: Option<&QuantActs>,
+    r: usize,
+) -> f64 {
+    let (Some(a), true) = (acts, matches!(dtype, WeightDType::Q4_1 | WeightDType::Q5_1)) else {
+        return 0.0;
+    };
+    let row = &bytes[c * bytes.len() / n..(c + 1) * bytes.len() / n];
+    let mut blk = crate::blocks::Block::default();
+    row.chunks_exact(dtype.block_bytes())
+        .enumerate()
+        .map(|(b, raw)| {
+            crate::blocks::decode_block(dtype, raw, &mut blk);
+            let sum_q: i32 = a.row_qs(r)[32 * b..32 * b + 32]
+                .iter()
+                .map(|&q| i32::from(q))
+                .sum();
+            f64::from(blk.m.abs()) * (f64::from(a.block_d(r, b)) * f64::from(sum_q)).abs() * 2f64.powi(-10)
+        })
+        .sum()
+}
+
 /// Each output is bit-identical whether its row runs alone or inside any batch, on any thread split.
 #[test]
 fn matmul_is_batch_invariant() {
     let mut rng = Rng::new(11);
     let (pool1, pool2) = (pool(1), pool(2));
-    let cases = ALL_DTYPES.into_iter().flat_map(|dtype| {
-        // Quantized: an even and an odd number of blocks (the 512-bit kernels pair blocks).
-        let ks: &[usize] = if dtype.is_quantized() { &[256, 160] } else { &[250] };
-        ks.iter().map(move |&k| (dtype, k))
+    let cases = WeightDType::ALL.into_iter().flat_map(|dtype| {
+        let ks: Vec<usize> = if dtype.is_quantized() {
+            vec![act_block(dtype), 5 * act_block(dtype)]
+        } else {
+            vec![250]
+        };
+        ks.into_iter().map(move |k| (dtype, k))
     });
     for (dtype, k) in cases {
         let n = 300;
-        let w = make_matrix(&mut rng, dtype, n, k);
+        let bytes = random_weight_bytes(&mut rng, dtype, n, k);
+        let w = make_matrix(&bytes, dtype, n, k);
         let rows = 17;
         let x = rng.vec(rows * k, 1.5);
         let full = CpuTensor::from_vec(rows, k, x.clone()).unwrap();
@@ -193,13 +218,8 @@ fn matmul_is_batch_invariant() {
                 for p in [&pool1, &pool2] {
                     let got = matmul(p, isa, &sub, &w, None).unwrap();
                     for r in 0..len {
-                        let same = got
-                            .row(r)
-                            .iter()
-                            .zip(all.row(start + r))
-                            .all(|(a, b)| a.to_bits() == b.to_bits());
                         assert!(
-                            same,
+                            bits_equal(got.row(r), all.row(start + r)),
                             "{dtype} {isa:?}: row {} differs in batch ({start}, {len})",
                             start + r
                         );
@@ -213,7 +233,8 @@ fn matmul_is_batch_invariant() {
 #[test]
 fn matmul_rejects_bad_shapes() {
     let mut rng = Rng::new(3);
-    let w = make_matrix(&mut rng, WeightDType::Q4_1, 8, 64);
+    let bytes = random_weight_bytes(&mut rng, WeightDType::Q4_1, 8, 64);
+    let w = make_matrix(&bytes, WeightDType::Q4_1, 8, 64);
     let x = CpuTensor::from_vec(2, 32, vec![0.0; 64]).unwrap();
     assert!(matmul(&pool(1), Isa::Scalar, &x, &w, None).is_err());
     let x = CpuTensor::from_vec(1, 64, vec![0.0; 64]).unwrap();
@@ -242,4 +263,18 @@ fn matmul_rejects_bad_shapes() {
         bytes: &bytes,
     };
     assert!(CpuMatrix::from_view(&view).is_err());
+    // A K-quant row must hold whole 256-element super-blocks.
+    let shape = [1, 576];
+    let bytes = vec![0u8; 2 * 144];
+    let view = WeightView {
+        name: "blk.0.ffn_up.weight",
+        dtype: WeightDType::Q4_K,
+        shape: &shape,
+        bytes: &bytes,
+    };
+    let err = CpuMatrix::from_view(&view)
+        .err()
+        .expect("partial super-block")
+        .to_string();
+    assert!(err.contains("256") && err.contains("576"), "{err}");
 }

@@ -1,55 +1,73 @@
-//! The CPU weight matrix: a stored matrix kept in its file encoding.
+//! The CPU weight matrix: float formats as stored, quantized formats repacked at load.
 
 use crate::alloc::AlignedBytes;
-use crate::quant::{dequantize_row, QK};
+use crate::blocks::{dequantize_block, dequantize_row, Block};
+use crate::packed::{pack, unpack_block, Layout, LANES};
 use ember_core::{BackendError, BackendResult, WeightDType, WeightView};
 
-/// A weight matrix `[out_features, in_features]` in its stored encoding.
+/// A weight matrix `[out_features, in_features]`.
 ///
-/// F32/F16/BF16 are kept as stored and converted inside the kernels; Q8_0/Q4_0/Q4_1 stay
-/// quantized, bytes exactly in ggml's block layout, copied into a 64-byte aligned buffer.
-/// Row `r` occupies bytes `r * row_bytes .. (r + 1) * row_bytes`.
+/// F32/F16/BF16 are kept as stored (row `r` at bytes `r * row_bytes..`) and converted inside
+/// the kernels. Quantized formats are repacked at load into the interleaved layout of
+/// `packed` (16 rows side by side, block after block), which the quantized kernels read.
 pub struct CpuMatrix {
     dtype: WeightDType,
     rows: usize,
     cols: usize,
     row_bytes: usize,
-    /// `[rows, row_bytes]` in `dtype`'s layout.
+    /// Float formats: `[rows, row_bytes]`; quantized: `[groups, blocks per row, packed block]`.
     data: AlignedBytes,
+    /// The packed layout (quantized formats only).
+    layout: Option<Layout>,
+}
+
+/// Checks that `view` is a 2-D matrix with whole blocks per row and the right byte length;
+/// returns `(rows, cols)`.
+pub fn check_matrix_view(view: &WeightView<'_>) -> BackendResult<(usize, usize)> {
+    let bad = |detail: String| BackendError::BadWeight {
+        name: view.name.to_string(),
+        detail,
+    };
+    let &[rows, cols] = view.shape else {
+        return Err(bad(format!("expected a 2-D matrix, got shape {:?}", view.shape)));
+    };
+    let dtype = view.dtype;
+    if !cols.is_multiple_of(dtype.block_len()) {
+        return Err(bad(format!(
+            "{dtype} rows must hold whole blocks of {}, but in_features is {cols}",
+            dtype.block_len()
+        )));
+    }
+    let expected = rows.checked_mul(cols).and_then(|n| dtype.bytes_for(n));
+    if expected != Some(view.bytes.len()) {
+        return Err(bad(format!(
+            "shape [{rows}, {cols}] in {dtype} needs {} bytes, got {}",
+            expected.map_or_else(|| "an impossible number of".to_string(), |n| n.to_string()),
+            view.bytes.len()
+        )));
+    }
+    Ok((rows, cols))
 }
 
 impl CpuMatrix {
-    /// Validates `view` (2-D, byte length, whole blocks per row) and copies its bytes.
+    /// Validates `view` (see [`check_matrix_view`]) and copies (float) or repacks
+    /// (quantized) its bytes.
     pub fn from_view(view: &WeightView<'_>) -> BackendResult<Self> {
-        let bad = |detail: String| BackendError::BadWeight {
-            name: view.name.to_string(),
-            detail,
-        };
-        let &[rows, cols] = view.shape else {
-            return Err(bad(format!("expected a 2-D matrix, got shape {:?}", view.shape)));
-        };
+        let (rows, cols) = check_matrix_view(view)?;
         let dtype = view.dtype;
-        if dtype.is_quantized() && !cols.is_multiple_of(QK) {
-            return Err(bad(format!(
-                "{dtype} rows must hold whole blocks of {QK}, but in_features is {cols}"
-            )));
-        }
-        let expected = rows.checked_mul(cols).and_then(|n| dtype.bytes_for(n));
-        if expected != Some(view.bytes.len()) {
-            return Err(bad(format!(
-                "shape [{rows}, {cols}] in {dtype} needs {} bytes, got {}",
-                expected.map_or_else(|| "an impossible number of".to_string(), |n| n.to_string()),
-                view.bytes.len()
-            )));
-        }
         let row_bytes = dtype.bytes_for(cols).unwrap_or(0);
-        let data = AlignedBytes::copy_from(view.bytes, view.name)?;
+        let layout = Layout::of(dtype);
+        let data = match layout {
+            Some(_) => pack(dtype, view.bytes, rows, row_bytes, view.name)?,
+            None => AlignedBytes::copy_from(view.bytes, view.name)?,
+        };
         Ok(Self {
             dtype,
             rows,
             cols,
             row_bytes,
             data,
+            layout,
         })
     }
 
@@ -68,23 +86,39 @@ impl CpuMatrix {
         self.cols
     }
 
-    /// Bytes of one stored row.
-    pub fn row_bytes(&self) -> usize {
-        self.row_bytes
+    /// The packed layout of a quantized matrix; `None` for float formats.
+    pub fn layout(&self) -> Option<Layout> {
+        self.layout
     }
 
-    /// All stored bytes, `[rows, row_bytes]`.
-    pub fn as_bytes(&self) -> &[u8] {
-        self.data.as_slice()
+    /// Blocks per row.
+    pub fn num_blocks(&self) -> usize {
+        self.cols / self.dtype.block_len()
     }
 
-    /// The stored bytes of row `r`.
+    /// The stored bytes of float row `r`; `[row_bytes]`.
     pub fn row(&self, r: usize) -> &[u8] {
+        debug_assert!(self.layout.is_none(), "row bytes of a packed matrix");
         &self.data.as_slice()[r * self.row_bytes..(r + 1) * self.row_bytes]
     }
 
-    /// Decodes row `r` into `out` (`[cols]`).
+    /// Packed group `g` (rows `16 g..16 g + 16`) of a quantized matrix.
+    pub fn group(&self, g: usize) -> &[u8] {
+        let bytes = self.num_blocks() * self.layout.map_or(0, |l| l.block_bytes);
+        &self.data.as_slice()[g * bytes..(g + 1) * bytes]
+    }
+
+    /// Decodes row `r` into `out` (`[cols]`), bit-equal to dequantizing the stored row.
     pub fn dequantize_row_into(&self, r: usize, out: &mut [f32]) {
-        dequantize_row(self.dtype, self.row(r), out);
+        let Some(layout) = self.layout else {
+            return dequantize_row(self.dtype, self.row(r), out);
+        };
+        let mut blk = Block::default();
+        let group = self.group(r / LANES);
+        let len = self.dtype.block_len();
+        for (b, o) in out.chunks_exact_mut(len).enumerate() {
+            unpack_block(&layout, &group[b * layout.block_bytes..], r % LANES, &mut blk);
+            dequantize_block(self.dtype, &blk, o);
+        }
     }
 }

@@ -1,14 +1,20 @@
-//! GGUF block formats (Q8_0, Q4_0, Q4_1) and float encodings: dequantization, and the
-//! 8-bit quantization of activation rows that the quantized dot products consume.
+//! Float encodings and the 8-bit quantization of activation rows that the quantized dot
+//! products consume.
 //!
-//! Activation quantization mirrors ggml's x86 `quantize_row_q8_0` / `quantize_row_q8_1`:
-//! per 32-element block, `d = amax / 127` (stored rounded to f16), `q = round_half_even(x * 127 / amax)`,
-//! and for Q8_1 `s = f16(d * sum(q))`.
+//! Two activation formats, as llama.cpp pairs them with weight formats:
+//! * 32-element blocks (ggml's Q8_0 / Q8_1, for Q8_0, Q4_0, Q4_1, Q5_0, Q5_1, IQ4_NL weights),
+//!   mirroring ggml's x86 `quantize_row_q8_0` / `quantize_row_q8_1`: `d = amax / 127` (stored
+//!   rounded to f16), `q = round_half_even(x * 127 / amax)`, and `s = f16(d * sum(q))`;
+//! * 256-element blocks (ggml's Q8_K, for the K-quants), mirroring `quantize_row_q8_K_ref`:
+//!   with `max` the first element of largest magnitude, `iscale = -127 / max`,
+//!   `q = min(127, round_half_even(iscale * x))` and `d = 1 / iscale` kept in f32.
+//!
+//! Both also keep the exact sum of every 16 quants (ggml's `bsums`).
 
-use ember_core::WeightDType;
-
-/// Elements per quantization block.
+/// Elements per 32-element quantization block.
 pub const QK: usize = 32;
+/// Elements per K-quant super-block.
+pub const QK_K: usize = 256;
 
 /// f16 bits to f32 (exact).
 #[inline]
@@ -34,169 +40,106 @@ pub fn read_u16(bytes: &[u8], off: usize) -> u16 {
     u16::from_le_bytes([bytes[off], bytes[off + 1]])
 }
 
-/// Decodes one stored row (`out.len()` elements, whole blocks for quantized formats) to f32.
-///
-/// `bytes` holds exactly the row in `dtype`'s layout. Q4_1 is `d * q + m` (two roundings).
-pub fn dequantize_row(dtype: WeightDType, bytes: &[u8], out: &mut [f32]) {
-    match dtype {
-        WeightDType::F32 => {
-            for (o, c) in out.iter_mut().zip(bytes.chunks_exact(4)) {
-                *o = f32::from_le_bytes([c[0], c[1], c[2], c[3]]);
-            }
-        }
-        WeightDType::F16 => {
-            for (o, c) in out.iter_mut().zip(bytes.chunks_exact(2)) {
-                *o = f16_to_f32(u16::from_le_bytes([c[0], c[1]]));
-            }
-        }
-        WeightDType::BF16 => {
-            for (o, c) in out.iter_mut().zip(bytes.chunks_exact(2)) {
-                *o = bf16_to_f32(u16::from_le_bytes([c[0], c[1]]));
-            }
-        }
-        WeightDType::Q8_0 => {
-            for (o, blk) in out.chunks_exact_mut(QK).zip(bytes.chunks_exact(34)) {
-                let d = f16_to_f32(read_u16(blk, 0));
-                for (x, &q) in o.iter_mut().zip(&blk[2..34]) {
-                    *x = d * f32::from(q as i8);
-                }
-            }
-        }
-        WeightDType::Q4_0 => {
-            for (o, blk) in out.chunks_exact_mut(QK).zip(bytes.chunks_exact(18)) {
-                let d = f16_to_f32(read_u16(blk, 0));
-                for j in 0..16 {
-                    let q = blk[2 + j];
-                    o[j] = d * f32::from(i16::from(q & 0x0f) as i8 - 8);
-                    o[j + 16] = d * f32::from(i16::from(q >> 4) as i8 - 8);
-                }
-            }
-        }
-        WeightDType::Q4_1 => {
-            for (o, blk) in out.chunks_exact_mut(QK).zip(bytes.chunks_exact(20)) {
-                let d = f16_to_f32(read_u16(blk, 0));
-                let m = f16_to_f32(read_u16(blk, 2));
-                for j in 0..16 {
-                    let q = blk[4 + j];
-                    o[j] = d * f32::from(q & 0x0f) + m;
-                    o[j + 16] = d * f32::from(q >> 4) + m;
-                }
-            }
-        }
-    }
-}
-
-/// Activation rows quantized to 8 bits per 32-element block (ggml's Q8_0 / Q8_1 arithmetic).
-///
-/// Besides the plain per-block values, every block's scalars are also stored pre-broadcast
-/// as 8-lane vectors (`lanes_*`, `[rows, padded_blocks, 8]`) so the SIMD kernels read a
-/// block's scale with one vector load (two adjacent blocks with one 512-bit load); rows are
-/// padded to an even number of blocks with zeros.
+/// Activation rows quantized to 8 bits per block (layout in the module docs).
 #[derive(Clone, Debug)]
 pub struct QuantActs {
     /// Number of rows.
     pub rows: usize,
-    /// Blocks per row (`cols / 32`).
-    pub blocks_per_row: usize,
-    /// Blocks per row rounded up to even (the `lanes_*` row stride in blocks).
-    pub padded_blocks: usize,
-    /// Quantized values; `[rows, blocks_per_row * 32]`, each in `-127..=127`.
+    /// Elements per row.
+    pub cols: usize,
+    /// Elements per scale block: 32 (Q8_0 / Q8_1) or 256 (Q8_K).
+    pub block_len: usize,
+    /// Quantized values; `[rows, cols]`, each in `-127..=127`.
     pub qs: Vec<i8>,
-    /// Block scales rounded to f16, as f32; block-major `[blocks_per_row, rows]`.
+    /// Block scales (f16-rounded for 32-element blocks, exact f32 for Q8_K); `[rows, cols / block_len]`.
     pub d: Vec<f32>,
-    /// `f16(d * sum(q))` per block (Q8_1's `s`), as f32; `[blocks_per_row, rows]`.
+    /// `f16(d * sum(q))` per 32-element block (Q8_1's `s`); `[rows, cols / 32]`, empty for Q8_K.
     pub s: Vec<f32>,
-    /// Exact `sum(q)` per block; `[blocks_per_row, rows]`.
-    pub sum_q: Vec<i32>,
-    /// `d` in all 8 lanes; `[rows, padded_blocks, 8]`.
-    pub lanes_d: Vec<f32>,
-    /// `s / 8` in all 8 lanes (the 8 lanes sum to `s`); `[rows, padded_blocks, 8]`.
-    pub lanes_s: Vec<f32>,
-    /// `(d, s)` per block; `[rows, padded_blocks, 2]`.
-    pub pairs_ds: Vec<f32>,
-    /// `-(sum(q) << corr_shift)` in lane 0, zeros elsewhere: the offset correction for
-    /// unsigned-by-signed byte dots; `[rows, padded_blocks, 8]`.
-    pub lanes_corr: Vec<i32>,
+    /// Exact sum of every 16 quants; `[rows, cols / 16]`.
+    pub bsums: Vec<i32>,
 }
 
 impl QuantActs {
-    /// Quantizes `x` (`[rows, cols]`, `cols` a multiple of 32) with no offset correction.
-    #[cfg(test)]
-    pub fn quantize(x: &[f32], rows: usize, cols: usize) -> Self {
-        Self::quantize_with(x, rows, cols, None)
-    }
-
-    /// Quantizes `x`; `corr_shift` sets `lanes_corr` to `-(sum(q) << shift)` (zeros if `None`).
+    /// Quantizes `x` (`[rows, cols]`, `cols` a multiple of `block_len`, which is 32 or 256).
     /// The values do not depend on the CPU features used to compute them.
-    pub fn quantize_with(x: &[f32], rows: usize, cols: usize, corr_shift: Option<u32>) -> Self {
+    pub fn quantize(x: &[f32], rows: usize, cols: usize, block_len: usize) -> Self {
         #[cfg(target_arch = "x86_64")]
         if is_x86_feature_detected!("avx2") && is_x86_feature_detected!("fma") {
             // SAFETY: the features were just detected.
-            return unsafe { quantize_avx2(x, rows, cols, corr_shift) };
+            return unsafe { quantize_avx2(x, rows, cols, block_len) };
         }
-        quantize_generic(x, rows, cols, corr_shift)
+        quantize_generic(x, rows, cols, block_len)
     }
 
-    /// Index of row `r`, block `b` in `d`, `s` and `sum_q`.
-    pub fn idx(&self, r: usize, b: usize) -> usize {
-        b * self.rows + r
-    }
-
-    /// Quantized values of row `r`; `[blocks_per_row * 32]`.
+    /// Quantized values of row `r`; `[cols]`.
     pub fn row_qs(&self, r: usize) -> &[i8] {
-        let k = self.blocks_per_row * QK;
-        &self.qs[r * k..(r + 1) * k]
+        &self.qs[r * self.cols..(r + 1) * self.cols]
+    }
+
+    /// Scale of block `b` of row `r`.
+    pub fn block_d(&self, r: usize, b: usize) -> f32 {
+        self.d[r * (self.cols / self.block_len) + b]
+    }
+
+    /// Q8_1 `s` of 32-element block `b` of row `r`.
+    pub fn block_s(&self, r: usize, b: usize) -> f32 {
+        self.s[r * (self.cols / QK) + b]
+    }
+
+    /// Sum of the quants of 16-element group `g` of row `r`.
+    #[cfg(test)]
+    pub fn bsum16(&self, r: usize, g: usize) -> i32 {
+        self.bsums[r * (self.cols / 16) + g]
     }
 }
 
 /// `quantize_generic` compiled with AVX2 (so rounding uses `vroundps`, not a libm call).
 #[cfg(target_arch = "x86_64")]
 #[target_feature(enable = "avx2,fma")]
-unsafe fn quantize_avx2(x: &[f32], rows: usize, cols: usize, corr_shift: Option<u32>) -> QuantActs {
-    quantize_generic(x, rows, cols, corr_shift)
+unsafe fn quantize_avx2(x: &[f32], rows: usize, cols: usize, block_len: usize) -> QuantActs {
+    quantize_generic(x, rows, cols, block_len)
 }
 
 #[inline(always)]
-fn quantize_generic(x: &[f32], rows: usize, cols: usize, corr_shift: Option<u32>) -> QuantActs {
-    debug_assert_eq!(cols % QK, 0);
+fn quantize_generic(x: &[f32], rows: usize, cols: usize, block_len: usize) -> QuantActs {
+    debug_assert!(block_len == QK || block_len == QK_K);
+    debug_assert_eq!(cols % block_len, 0);
     debug_assert_eq!(x.len(), rows * cols);
-    let nb = cols / QK;
-    let nbp = nb.div_ceil(2) * 2;
     let mut acts = QuantActs {
         rows,
-        blocks_per_row: nb,
-        padded_blocks: nbp,
+        cols,
+        block_len,
         qs: vec![0; rows * cols],
-        d: vec![0.0; rows * nb],
-        s: vec![0.0; rows * nb],
-        sum_q: vec![0; rows * nb],
-        lanes_d: vec![0.0; rows * nbp * 8],
-        lanes_s: vec![0.0; rows * nbp * 8],
-        lanes_corr: vec![0; rows * nbp * 8],
-        pairs_ds: vec![0.0; rows * nbp * 2],
+        d: vec![0.0; rows * cols / block_len],
+        s: if block_len == QK {
+            vec![0.0; rows * cols / QK]
+        } else {
+            Vec::new()
+        },
+        bsums: vec![0; rows * cols / 16],
     };
-    for (i, (xb, qb)) in x.chunks_exact(QK).zip(acts.qs.chunks_exact_mut(QK)).enumerate() {
-        let (d, s, sum_q) = quantize_block(xb, qb);
-        let (r, b) = (i / nb, i % nb);
-        let j = b * rows + r;
-        acts.d[j] = d;
-        acts.s[j] = s;
-        acts.sum_q[j] = sum_q;
-        let l = (r * nbp + b) * 8;
-        acts.lanes_d[l..l + 8].fill(d);
-        acts.lanes_s[l..l + 8].fill(s * 0.125);
-        acts.pairs_ds[(r * nbp + b) * 2] = d;
-        acts.pairs_ds[(r * nbp + b) * 2 + 1] = s;
-        if let Some(shift) = corr_shift {
-            acts.lanes_corr[l] = -(sum_q << shift);
+    for (i, (xb, qb)) in x
+        .chunks_exact(block_len)
+        .zip(acts.qs.chunks_exact_mut(block_len))
+        .enumerate()
+    {
+        if block_len == QK {
+            let (d, s) = quantize_q8_0_block(xb, qb);
+            acts.d[i] = d;
+            acts.s[i] = s;
+        } else {
+            acts.d[i] = quantize_q8_k_block(xb, qb);
         }
+    }
+    for (sum, q) in acts.bsums.iter_mut().zip(acts.qs.chunks_exact(16)) {
+        *sum = q.iter().map(|&v| i32::from(v)).sum();
     }
     acts
 }
 
-/// Quantizes one block; returns `(f16-rounded d, f16-rounded d*sum(q), sum(q))`.
+/// Quantizes one 32-element block; returns `(f16-rounded d, f16-rounded d * sum(q))`.
 #[inline(always)]
-fn quantize_block(x: &[f32], q: &mut [i8]) -> (f32, f32, i32) {
+fn quantize_q8_0_block(x: &[f32], q: &mut [i8]) -> (f32, f32) {
     let amax = x.iter().fold(0.0f32, |m, v| m.max(v.abs()));
     let d = amax / 127.0;
     let id = if amax != 0.0 { 127.0 / amax } else { 0.0 };
@@ -207,7 +150,28 @@ fn quantize_block(x: &[f32], q: &mut [i8]) -> (f32, f32, i32) {
         *qi = v as i8;
         sum += v;
     }
-    (round_to_f16(d), round_to_f16(d * sum as f32), sum)
+    (round_to_f16(d), round_to_f16(d * sum as f32))
+}
+
+/// Quantizes one 256-element block the Q8_K way; returns `d`.
+#[inline(always)]
+fn quantize_q8_k_block(x: &[f32], q: &mut [i8]) -> f32 {
+    let (mut max, mut amax) = (0.0f32, 0.0f32);
+    for &v in x {
+        if v.abs() > amax {
+            amax = v.abs();
+            max = v;
+        }
+    }
+    if amax == 0.0 {
+        q.fill(0);
+        return 0.0;
+    }
+    let iscale = -127.0 / max;
+    for (qi, &xi) in q.iter_mut().zip(x) {
+        *qi = ((iscale * xi).round_ties_even() as i32).min(127) as i8;
+    }
+    1.0 / iscale
 }
 
 #[cfg(test)]
@@ -217,36 +181,34 @@ mod tests {
     #[test]
     fn q8_block_roundtrip_is_close() {
         let x: Vec<f32> = (0..64).map(|i| ((i * 37 % 29) as f32 - 14.0) * 0.13).collect();
-        let a = QuantActs::quantize(&x, 2, 32);
+        let a = QuantActs::quantize(&x, 2, 32, QK);
         for r in 0..2 {
-            let d = a.d[a.idx(r, 0)];
+            let d = a.block_d(r, 0);
             for j in 0..32 {
                 let back = d * f32::from(a.qs[r * 32 + j]);
                 assert!((back - x[r * 32 + j]).abs() <= 0.5 * d + x[r * 32 + j].abs() * 1e-3);
             }
             let sum: i32 = a.row_qs(r).iter().map(|&q| i32::from(q)).sum();
-            assert_eq!(sum, a.sum_q[a.idx(r, 0)]);
+            assert_eq!(sum, a.bsum16(r, 0) + a.bsum16(r, 1));
         }
-        let zeros = QuantActs::quantize(&[0.0; 32], 1, 32);
+        let zeros = QuantActs::quantize(&[0.0; 32], 1, 32, QK);
         assert_eq!(zeros.d[0], 0.0);
         assert!(zeros.qs.iter().all(|&q| q == 0));
     }
 
     #[test]
-    fn dequantize_q4_layouts() {
-        // d = 1.0 (0x3c00), m = 0.5 (0x3800), nibble byte j = low j%16, high 15 - j%16.
-        let mut q41 = vec![0x00, 0x3c, 0x00, 0x38];
-        let mut q40 = vec![0x00, 0x3c];
-        for j in 0..16u8 {
-            q41.push(j | ((15 - j) << 4));
-            q40.push(j | ((15 - j) << 4));
+    fn q8_k_maps_the_largest_magnitude_to_minus_127() {
+        let mut x: Vec<f32> = (0..256).map(|i| ((i * 53 % 97) as f32 - 48.0) * 0.01).collect();
+        x[7] = 2.0;
+        x[9] = -2.0; // same magnitude later: the first one sets the sign
+        let a = QuantActs::quantize(&x, 1, 256, QK_K);
+        assert_eq!((a.qs[7], a.qs[9]), (-127, 127));
+        assert_eq!(a.d[0], 1.0 / (-127.0f32 / 2.0));
+        for (q, v) in a.qs.iter().zip(&x) {
+            assert!((a.d[0] * f32::from(*q) - v).abs() <= 0.5 * a.d[0].abs() * 1.0001);
         }
-        let mut out = [0.0f32; 32];
-        dequantize_row(WeightDType::Q4_1, &q41, &mut out);
-        assert_eq!(out[3], 3.5);
-        assert_eq!(out[16 + 3], 12.5);
-        dequantize_row(WeightDType::Q4_0, &q40, &mut out);
-        assert_eq!(out[0], -8.0);
-        assert_eq!(out[16], 7.0);
+        let sum: i32 = a.qs[16..32].iter().map(|&q| i32::from(q)).sum();
+        assert_eq!(a.bsum16(0, 1), sum);
+        assert!(a.s.is_empty());
     }
 }

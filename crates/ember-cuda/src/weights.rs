@@ -1,6 +1,6 @@
-//! Weight loading. Matrices become bf16 on the device; GGUF Q8_0/Q4_0/Q4_1 blocks are copied
-//! as they are and dequantized by `ember_dequant_bf16` on the device (so the host never holds
-//! a dequantized copy). Why not quantized GEMV: prefill and batched decode are GEMMs where
+//! Weight loading. Matrices become bf16 on the device; GGUF quantized blocks (the 32-element
+//! formats and the K-quants) are copied as they are and dequantized by `ember_dequant_bf16` on
+//! the device (so the host never holds a dequantized copy). Why not quantized GEMV: prefill and batched decode are GEMMs where
 //! cuBLAS bf16 tensor cores win, one weight format keeps every path (cuBLAS, graphs) simple,
 //! and the models this engine targets first fit in memory as bf16; a quantized decode GEMV
 //! is the follow-up for memory-bound single-stream decode of large quantized models.
@@ -54,18 +54,52 @@ fn host_bf16_bits(weight: &WeightView<'_>) -> Option<Vec<u16>> {
                 .map(|c| half::bf16::from_f32(f32::from_le_bytes([c[0], c[1], c[2], c[3]])).to_bits())
                 .collect(),
         ),
-        WeightDType::Q8_0 | WeightDType::Q4_0 | WeightDType::Q4_1 => None,
+        _ => None,
     }
 }
 
-/// The dequantization kind of `ember_dequant_*` for a GGUF block format.
+/// The dequantization kind of `ember_dequant_*` for a GGUF block format (cuda/dequant.cu).
 pub fn dequant_kind(dtype: WeightDType) -> Option<i32> {
-    match dtype {
-        WeightDType::Q8_0 => Some(0),
-        WeightDType::Q4_0 => Some(1),
-        WeightDType::Q4_1 => Some(2),
-        _ => None,
-    }
+    Some(match dtype {
+        WeightDType::Q8_0 => 0,
+        WeightDType::Q4_0 => 1,
+        WeightDType::Q4_1 => 2,
+        WeightDType::Q5_0 => 3,
+        WeightDType::Q5_1 => 4,
+        WeightDType::IQ4_NL => 5,
+        WeightDType::Q2_K => 6,
+        WeightDType::Q3_K => 7,
+        WeightDType::Q4_K => 8,
+        WeightDType::Q5_K => 9,
+        WeightDType::Q6_K => 10,
+        WeightDType::Q8_K => 11,
+        WeightDType::F32 | WeightDType::F16 | WeightDType::BF16 => return None,
+    })
+}
+
+/// One `ember_dequant_*` launch: the kind, the number of 32-element output chunks (one
+/// thread each; a K-quant super-block is 8 chunks) and the grid.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub struct DequantPlan {
+    /// `kind` argument.
+    pub kind: i32,
+    /// `num_blocks` argument: output elements / 32.
+    pub num_chunks: usize,
+    /// Launch shape.
+    pub geometry: crate::launch::Geometry,
+}
+
+/// The launch that dequantizes `num_elements` elements of `dtype` (whole blocks) on a device
+/// with `num_sms` multiprocessors; `None` for float formats or a partial block.
+pub fn dequant_plan(dtype: WeightDType, num_elements: usize, num_sms: usize) -> Option<DequantPlan> {
+    let kind = dequant_kind(dtype)?;
+    dtype.bytes_for(num_elements)?;
+    let num_chunks = num_elements / 32;
+    Some(DequantPlan {
+        kind,
+        num_chunks,
+        geometry: elementwise_geometry(num_chunks, num_sms),
+    })
 }
 
 /// Loads a `[rows, cols]` matrix as bf16.
@@ -84,18 +118,22 @@ pub fn load_matrix(device: &Device, weight: &WeightView<'_>) -> BackendResult<Cu
             cols,
         });
     }
-    let kind = dequant_kind(weight.dtype).ok_or_else(|| bad(weight, "unsupported dtype".into()))?;
+    let plan = dequant_plan(weight.dtype, rows * cols, device.num_sms()).ok_or_else(|| {
+        bad(
+            weight,
+            format!("{} is not a whole number of blocks", weight.dtype),
+        )
+    })?;
     let raw = device.upload(weight.bytes, weight.name)?;
     let data = device.alloc::<u16>(rows * cols, weight.name)?;
-    let num_blocks = rows * cols / 32;
     device.launch(
         "ember_dequant_bf16",
-        elementwise_geometry(num_blocks, device.num_sms()),
+        plan.geometry,
         &[
             Arg::Ptr(device.ptr(&data)),
             Arg::Ptr(device.ptr(&raw)),
-            Arg::I64(num_blocks as i64),
-            Arg::I32(kind),
+            Arg::I64(plan.num_chunks as i64),
+            Arg::I32(plan.kind),
         ],
     )?;
     Ok(CudaMatrix { data, rows, cols })
@@ -155,6 +193,7 @@ mod tests {
         };
         assert!(host_bf16_bits(&q).is_none());
         assert_eq!(dequant_kind(WeightDType::Q4_1), Some(2));
+        assert_eq!(dequant_kind(WeightDType::BF16), None);
         assert!(matches!(
             load_vector(&q),
             Err(BackendError::UnsupportedDType { .. })
@@ -166,5 +205,25 @@ mod tests {
             bytes: &bytes,
         };
         assert!(load_vector(&short).unwrap_err().to_string().contains("'s'"));
+    }
+
+    #[test]
+    fn dequant_launches_cover_every_quantized_format() {
+        let quantized: Vec<WeightDType> = WeightDType::ALL
+            .into_iter()
+            .filter(|t| t.is_quantized())
+            .collect();
+        let mut kinds: Vec<i32> = quantized.iter().map(|&t| dequant_kind(t).unwrap()).collect();
+        kinds.sort_unstable();
+        assert_eq!(kinds, (0..12).collect::<Vec<_>>(), "one kernel kind per format");
+        // A [576, 1536] Q4_K matrix: 3456 super-blocks, 8 chunks of 32 each.
+        let plan = dequant_plan(WeightDType::Q4_K, 576 * 1536, 132).unwrap();
+        assert_eq!((plan.kind, plan.num_chunks), (8, 576 * 1536 / 32));
+        assert_eq!(plan.geometry, elementwise_geometry(576 * 1536 / 32, 132));
+        assert!(
+            dequant_plan(WeightDType::Q6_K, 576, 132).is_none(),
+            "partial super-block"
+        );
+        assert!(dequant_plan(WeightDType::F16, 64, 132).is_none());
     }
 }

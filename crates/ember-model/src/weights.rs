@@ -69,7 +69,7 @@ pub enum LoadError {
         path: PathBuf,
     },
     /// A GGUF tensor is stored in a type Ember does not load.
-    #[error("tensor {tensor} has type {type_name}; supported: F32, F16, BF16, Q8_0, Q4_0, Q4_1")]
+    #[error("tensor {tensor} has type {type_name}; supported: {}", supported_type_names())]
     UnsupportedTensorType {
         /// Stored tensor name.
         tensor: String,
@@ -84,6 +84,12 @@ pub enum LoadError {
         /// What is wrong.
         detail: String,
     },
+}
+
+/// The loadable GGUF types, comma-separated.
+fn supported_type_names() -> String {
+    let names: Vec<&str> = ember_core::WeightDType::ALL.iter().map(|t| t.name()).collect();
+    names.join(", ")
 }
 
 /// Per-layer tensor kinds: (canonical, Hugging Face module, GGUF name).

@@ -148,7 +148,8 @@ fn gguf_source_and_unsupported_type() {
         &[
             ("output_norm.weight", 0, vec![2], f32_bytes(&[0.5, 0.25])),
             ("blk.0.attn_q.weight", 8, vec![1, 32], q8_block.clone()),
-            ("blk.0.ffn_down.weight", 14, vec![1, 256], vec![0; 210]),
+            ("blk.0.ffn_down.weight", 16, vec![1, 256], vec![0; 66]),
+            ("blk.0.ffn_up.weight", 14, vec![1, 256], vec![0; 210]),
         ],
     );
     let source = WeightSource::from_gguf(GgufFile::open(&path).expect("open"));
@@ -164,10 +165,13 @@ fn gguf_source_and_unsupported_type() {
         (q.dtype, q.shape, q.bytes),
         (WeightDType::Q8_0, &[1usize, 32][..], q8_block.as_slice())
     );
-    let msg = source.get("layers.0.down_proj").expect_err("Q6_K").to_string();
+    let up = source.get("layers.0.up_proj").expect("Q6_K loads");
+    assert_eq!((up.dtype, up.bytes.len()), (WeightDType::Q6_K, 210));
+    let msg = source.get("layers.0.down_proj").expect_err("IQ2_XXS").to_string();
     assert_eq!(
         msg,
-        "tensor blk.0.ffn_down.weight has type Q6_K; supported: F32, F16, BF16, Q8_0, Q4_0, Q4_1"
+        "tensor blk.0.ffn_down.weight has type IQ2_XXS; supported: F32, F16, BF16, Q8_0, Q4_0, \
+         Q4_1, Q5_0, Q5_1, IQ4_NL, Q2_K, Q3_K, Q4_K, Q5_K, Q6_K, Q8_K"
     );
     let msg = source.get("embed_tokens").expect_err("missing").to_string();
     assert!(

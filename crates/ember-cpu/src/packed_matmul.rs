@@ -1,0 +1,217 @@
+//! `x @ W^T (+ bias)` for quantized weights in the packed layout: activation quantization,
+//! tiles of (activation rows x 16 weight rows), and the split over threads.
+//!
+//! The same tile kernels serve decode (one row), batched decode and prefill (many rows): a
+//! tile reads each weight vector once for up to 4 activation rows and each activation
+//! broadcast once for 16 weight rows. With many rows, each thread sweeps the rows over
+//! L2-sized chunks of its weight groups. Every kernel family computes the reference
+//! arithmetic of `dot_scalar` exactly, so results do not depend on the ISA, the tile shape,
+//! the batch or the thread split.
+
+use crate::blocks::Block;
+use crate::dot_scalar::accumulate_block;
+use crate::matmul::Isa;
+use crate::matrix::CpuMatrix;
+use crate::packed::{unpack_block, Layout, LANES};
+use crate::packed_kernel::tag_of;
+use crate::quant::QuantActs;
+use crate::tensor::CpuTensor;
+use ember_core::WeightDType;
+use rayon::ThreadPool;
+
+/// Output pointer shared by the tasks; each task writes a disjoint set of columns.
+#[derive(Clone, Copy)]
+struct OutPtr(*mut f32);
+// SAFETY: tasks write disjoint column ranges of the output and the buffer outlives them.
+unsafe impl Send for OutPtr {}
+// SAFETY: as above.
+unsafe impl Sync for OutPtr {}
+
+/// Packed weight bytes a thread keeps hot in L2 while sweeping many activation rows.
+const CHUNK_BYTES: usize = 256 * 1024;
+/// Multiply-adds (`rows * n * k`) below which a matmul runs on the calling thread.
+const PAR_WORK: usize = 1 << 18;
+/// Multiply-adds above which a matmul is split into several chunks per thread.
+const BIG_WORK: usize = 1 << 24;
+
+/// `out = x @ w^T (+ bias)` for a packed quantized `w`; `out` is `[x.rows(), w.rows()]`.
+pub fn quant_matmul(
+    pool: &ThreadPool,
+    isa: Isa,
+    x: &CpuTensor,
+    w: &CpuMatrix,
+    bias: Option<&[f32]>,
+    out: &mut CpuTensor,
+) {
+    let Some(layout) = w.layout() else {
+        unreachable!("float weight")
+    };
+    let (rows, k, n) = (x.rows(), x.cols(), w.rows());
+    let acts = QuantActs::quantize(x.as_slice(), rows, k, layout.fmt.block_len);
+    let ptr = OutPtr(out.as_mut_slice().as_mut_ptr());
+    let num_groups = n.div_ceil(LANES);
+    let threads = pool.current_num_threads();
+    let work = rows * n * k;
+    let run = |g0: usize, g1: usize| compute_groups(isa, w, &layout, &acts, g0, g1, ptr, bias);
+    if threads <= 1 || work < PAR_WORK {
+        run(0, num_groups);
+        return;
+    }
+    // Few, coarse chunks: one per thread for small matrices (decode runs ~200 small matmuls
+    // a step, so dispatch overhead matters); a few per thread for big ones (load balance).
+    let per_thread = if work < BIG_WORK { 1 } else { 4 };
+    let chunk = num_groups.div_ceil(threads * per_thread);
+    crate::par::for_each_chunk(pool, num_groups.div_ceil(chunk), |i| {
+        run(i * chunk, ((i + 1) * chunk).min(num_groups));
+    });
+}
+
+/// Computes weight groups `g0..g1` (output columns `16 g0..16 g1`) of every row.
+#[allow(clippy::too_many_arguments)]
+fn compute_groups(
+    isa: Isa,
+    w: &CpuMatrix,
+    layout: &Layout,
+    acts: &QuantActs,
+    g0: usize,
+    g1: usize,
+    out: OutPtr,
+    bias: Option<&[f32]>,
+) {
+    if isa == Isa::Scalar {
+        return scalar_groups(w, layout, acts, g0, g1, out, bias);
+    }
+    let rows = acts.rows;
+    let group_bytes = w.num_blocks() * layout.block_bytes;
+    let span = if rows > 4 {
+        (CHUNK_BYTES / group_bytes.max(1)).max(1)
+    } else {
+        g1 - g0
+    };
+    let mut c0 = g0;
+    while c0 < g1 {
+        let c1 = (c0 + span).min(g1);
+        let mut r0 = 0;
+        while rows - r0 >= 4 {
+            tiles::<4>(isa, w, acts, r0, c0, c1, out, bias);
+            r0 += 4;
+        }
+        if rows - r0 >= 2 {
+            tiles::<2>(isa, w, acts, r0, c0, c1, out, bias);
+            r0 += 2;
+        }
+        if rows - r0 == 1 {
+            tiles::<1>(isa, w, acts, r0, c0, c1, out, bias);
+        }
+        c0 = c1;
+    }
+}
+
+/// Tiles of activation rows `r0..r0 + R` over weight groups `c0..c1`.
+#[allow(clippy::too_many_arguments)]
+fn tiles<const R: usize>(
+    isa: Isa,
+    w: &CpuMatrix,
+    acts: &QuantActs,
+    r0: usize,
+    c0: usize,
+    c1: usize,
+    out: OutPtr,
+    bias: Option<&[f32]>,
+) {
+    for g in c0..c1 {
+        let res = tile::<R>(isa, w.dtype(), w.group(g), w.num_blocks(), acts, r0);
+        for (r, lanes) in res.iter().enumerate() {
+            store(&lanes[..], r0 + r, g, w.rows(), out, bias);
+        }
+    }
+}
+
+/// Writes the in-range lanes of one row of a group's outputs, adding the bias.
+#[inline]
+fn store(lanes: &[f32], row: usize, g: usize, n: usize, out: OutPtr, bias: Option<&[f32]>) {
+    for (lane, &v) in lanes.iter().enumerate().take(n - g * LANES) {
+        let c = g * LANES + lane;
+        let v = bias.map_or(v, |b| v + b[c]);
+        // SAFETY: `row < rows` and `c < n`, so the index is inside the `[rows, n]` output;
+        // this task is the only writer of column `c`.
+        unsafe { *out.0.add(row * n + c) = v };
+    }
+}
+
+/// One SIMD tile, dispatched on the ISA and the format.
+#[cfg(target_arch = "x86_64")]
+fn tile<const R: usize>(
+    isa: Isa,
+    dtype: WeightDType,
+    group: &[u8],
+    num_blocks: usize,
+    acts: &QuantActs,
+    r0: usize,
+) -> [[f32; LANES]; R] {
+    use crate::{packed_avx2 as avx2, packed_vnni as vnni};
+    macro_rules! arms {
+        ($($t:ident),*) => {{
+            $(const $t: u8 = tag_of(WeightDType::$t);)*
+            let tag = tag_of(dtype);
+            // SAFETY: `isa` was checked as supported by this CPU; `group` is a packed group of
+            // `dtype` with `num_blocks` blocks and `acts` was quantized for it.
+            unsafe {
+                match (isa, tag) {
+                    $((Isa::Avx512Vnni, $t) => vnni::tile::<$t, R>(group, num_blocks, acts, r0),
+                      (Isa::Avx2, $t) => avx2::tile::<$t, R>(group, num_blocks, acts, r0),)*
+                    _ => unreachable!("scalar or float tile"),
+                }
+            }
+        }};
+    }
+    arms!(Q8_0, Q4_0, Q4_1, Q5_0, Q5_1, IQ4_NL, Q2_K, Q3_K, Q4_K, Q5_K, Q6_K, Q8_K)
+}
+
+/// No SIMD tiles off x86-64 (the scalar path runs instead).
+#[cfg(not(target_arch = "x86_64"))]
+fn tile<const R: usize>(
+    _isa: Isa,
+    _dtype: WeightDType,
+    _group: &[u8],
+    _num_blocks: usize,
+    _acts: &QuantActs,
+    _r0: usize,
+) -> [[f32; LANES]; R] {
+    unreachable!("SIMD tiles exist on x86-64 only")
+}
+
+/// The scalar path: each packed block unpacked once per group, then the reference
+/// arithmetic for every activation row.
+#[allow(clippy::too_many_arguments)]
+fn scalar_groups(
+    w: &CpuMatrix,
+    layout: &Layout,
+    acts: &QuantActs,
+    g0: usize,
+    g1: usize,
+    out: OutPtr,
+    bias: Option<&[f32]>,
+) {
+    let fmt = layout.fmt;
+    let mut lanes = vec![Block::default(); LANES];
+    let mut acc = vec![0.0f32; acts.rows * LANES];
+    for g in g0..g1 {
+        acc.fill(0.0);
+        let group = w.group(g);
+        for b in 0..w.num_blocks() {
+            let src = &group[b * layout.block_bytes..(b + 1) * layout.block_bytes];
+            for (lane, blk) in lanes.iter_mut().enumerate() {
+                unpack_block(layout, src, lane, blk);
+            }
+            for (r, row_acc) in acc.chunks_exact_mut(LANES).enumerate() {
+                for (a, blk) in row_acc.iter_mut().zip(&lanes) {
+                    *a = accumulate_block(&fmt, blk, acts, r, b * fmt.block_len, *a);
+                }
+            }
+        }
+        for (r, row_acc) in acc.chunks_exact(LANES).enumerate() {
+            store(row_acc, r, g, w.rows(), out, bias);
+        }
+    }
+}
