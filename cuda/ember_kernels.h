@@ -70,8 +70,9 @@ void ember_sample_f32(int* out_ids, const float* logits, const struct SamplePara
 //   out [rows] f32 logprob of ids[row], ids [rows]
 void ember_token_logprob_f32(float* out, const float* logits, const int* ids, int vocab);
 
-// dequant.cu. Grid-stride, one thread per 32-element block; kind 0 = Q8_0, 1 = Q4_0, 2 = Q4_1.
-//   out [num_blocks * 32], src [num_blocks * block_bytes]
+// dequant.cu. Grid-stride, one thread per 32 output elements; kind 0 = Q8_0, 1 = Q4_0, 2 = Q4_1,
+// 3 = Q5_0, 4 = Q5_1, 5 = IQ4_NL, 6 = Q2_K, 7 = Q3_K, 8 = Q4_K, 9 = Q5_K, 10 = Q6_K, 11 = Q8_K.
+//   out [num_blocks * 32], src [the GGUF blocks of num_blocks * 32 elements]
 void ember_dequant_T(void* out, const unsigned char* src, long long num_blocks, int kind);
 
 #ifdef __cplusplus
