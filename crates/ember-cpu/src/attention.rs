@@ -1,12 +1,15 @@
-//! Paged causal attention over the f32 KV cache.
+//! Paged causal attention over the KV cache (f32, f16 or bf16 elements).
 //!
 //! Token `t` of sequence `s` at position `p` attends to context positions `0..=p` of `s`,
-//! found through `s`'s block table. Query head `h` reads KV head `h / (num_heads / num_kv_heads)`.
-//! Softmax is two-pass in f32 (scores and their max, then `exp` and the weighted values);
-//! each (token, head) pair is computed independently in a fixed order, so results do not
-//! depend on the batch or the thread split.
+//! found through `s`'s block table. Query head `h` reads KV head `h / (num_heads / num_kv_heads)`;
+//! the query heads sharing a KV head are computed together, so each cached row is read once
+//! for all of them. Softmax is two-pass in f32 (scores and their max, then `exp` and the
+//! weighted values, see `attention_dot`); each (token, head) pair is computed in a fixed order
+//! whatever the batch, the thread split or the kernel family, so results are batch invariant.
 
+use crate::attention_dot::{scores, weighted_sum, KvRows};
 use crate::kv_cache::CpuKvCache;
+use crate::matmul::Isa;
 use crate::tensor::CpuTensor;
 use ember_core::{AttentionShape, BackendError, BackendResult, StepMetadata};
 use rayon::ThreadPool;
@@ -18,8 +21,10 @@ struct TokenCtx {
 }
 
 /// `[num_tokens, num_heads * head_dim]` attention output; see the module docs.
+#[allow(clippy::too_many_arguments)]
 pub fn attention(
     pool: &ThreadPool,
+    isa: Isa,
     query: &CpuTensor,
     cache: &CpuKvCache,
     layer: usize,
@@ -35,50 +40,65 @@ pub fn attention(
     } = shape;
     let spec = cache.spec();
     let group = num_heads / num_kv_heads;
-    let (keys, values) = (cache.keys(layer), cache.values(layer));
+    let kv_width = num_kv_heads * head_dim;
     let mut out = CpuTensor::zeros(tokens.len(), num_heads * head_dim)?;
-    let total = tokens.len() * num_heads;
+    let total = tokens.len() * num_kv_heads;
     if total == 0 || head_dim == 0 {
         return Ok(out);
     }
     let out_ptr = OutPtr(out.as_mut_slice().as_mut_ptr());
-    // (token, head) pairs `start..end`; each pair is computed alone in a fixed order.
+    // (token, KV head) units `start..end`, each computed alone in a fixed order.
     let run = |start: usize, end: usize| {
-        let mut scores = Vec::new();
-        for idx in start..end {
-            let (t, h) = (idx / num_heads, idx % num_heads);
+        let (mut row_offs, mut offs_seq) = (Vec::new(), usize::MAX);
+        let (mut offs, mut probs, mut denoms) = (Vec::new(), Vec::new(), vec![0.0f32; group]);
+        for unit in start..end {
+            let (t, kvh) = (unit / num_kv_heads, unit % num_kv_heads);
             let ctx = &tokens[t];
-            let q = &query.row(t)[h * head_dim..(h + 1) * head_dim];
-            let table = meta.block_table(ctx.seq);
-            let kv_off = (h / group) * head_dim;
-            let off = |j: usize| {
-                let slot = table[j / spec.block_size] as usize * spec.block_size + j % spec.block_size;
-                slot * num_kv_heads * head_dim + kv_off
+            if offs_seq != ctx.seq {
+                // Element offset of every cached row of the sequence (head 0).
+                let table = meta.block_table(ctx.seq);
+                let len = meta.seq_lens[ctx.seq] as usize;
+                row_offs.clear();
+                row_offs.extend((0..len).map(|j| {
+                    let slot = table[j / spec.block_size] as usize * spec.block_size + j % spec.block_size;
+                    slot * kv_width
+                }));
+                offs_seq = ctx.seq;
+            }
+            let n = ctx.pos + 1;
+            offs.clear();
+            offs.extend(row_offs[..n].iter().map(|&o| o + kvh * head_dim));
+            let heads = kvh * group * head_dim..(kvh + 1) * group * head_dim;
+            let q = &query.row(t)[heads.clone()];
+            let rows = |bytes| KvRows {
+                bytes,
+                dtype: cache.dtype(),
+                offs: &offs,
             };
-            // Pass 1: scores and their maximum.
-            scores.clear();
-            let mut max = f32::NEG_INFINITY;
-            for j in 0..=ctx.pos {
-                let o = off(j);
-                let score = dot(q, &keys[o..o + head_dim]) * scale;
-                max = max.max(score);
-                scores.push(score);
-            }
-            // Pass 2: unnormalized probabilities, their sum, and the weighted values.
-            // SAFETY: pair `idx` owns output elements `idx * head_dim..(idx + 1) * head_dim`,
-            // inside the `[tokens, heads * head_dim]` buffer; no other task writes them.
-            let acc = unsafe { std::slice::from_raw_parts_mut(out_ptr.get().add(idx * head_dim), head_dim) };
-            let mut denom = 0.0f32;
-            for (j, score) in scores.iter().enumerate() {
-                let p = (score - max).exp();
-                denom += p;
-                let o = off(j);
-                for (a, &v) in acc.iter_mut().zip(&values[o..o + head_dim]) {
-                    *a += p * v;
+            probs.resize(group * n, 0.0);
+            scores(isa, q, head_dim, &rows(cache.key_bytes(layer)), scale, &mut probs);
+            for (g, p) in probs.chunks_exact_mut(n).enumerate() {
+                let max = p.iter().fold(f32::NEG_INFINITY, |m, &s| m.max(s));
+                let mut denom = 0.0f32;
+                for s in p.iter_mut() {
+                    *s = (*s - max).exp();
+                    denom += *s;
                 }
+                denoms[g] = denom;
             }
-            let inv = 1.0 / denom;
-            acc.iter_mut().for_each(|a| *a *= inv);
+            // SAFETY: unit (t, kvh) owns output elements `heads` of row `t`, inside the
+            // `[tokens, heads * head_dim]` buffer; no other task writes them.
+            let acc = unsafe {
+                std::slice::from_raw_parts_mut(
+                    out_ptr.get().add(t * num_heads * head_dim + heads.start),
+                    heads.len(),
+                )
+            };
+            weighted_sum(isa, &probs, head_dim, &rows(cache.value_bytes(layer)), acc);
+            for (a, &denom) in acc.chunks_exact_mut(head_dim).zip(&denoms) {
+                let inv = 1.0 / denom;
+                a.iter_mut().for_each(|v| *v *= inv);
+            }
         }
     };
     let work: usize = tokens.iter().map(|c| c.pos + 1).sum::<usize>() * num_heads * head_dim;
@@ -86,12 +106,30 @@ pub fn attention(
     if work < (1 << 16) || threads <= 1 {
         run(0, total);
     } else {
-        let chunk = total.div_ceil(threads);
-        crate::par::for_each_chunk(pool, total.div_ceil(chunk), |i| {
-            run(i * chunk, ((i + 1) * chunk).min(total))
-        });
+        // Chunks of about equal work (later prefill tokens see longer contexts), a few per thread.
+        let bounds = split_by_work(&tokens, num_kv_heads, threads * 4);
+        crate::par::for_each_chunk(pool, bounds.len() - 1, |i| run(bounds[i], bounds[i + 1]));
     }
     Ok(out)
+}
+
+/// Unit boundaries `[0, .., tokens * num_kv_heads]` cutting the (token, KV head) units into
+/// at most `num_chunks` runs of about equal context length.
+fn split_by_work(tokens: &[TokenCtx], num_kv_heads: usize, num_chunks: usize) -> Vec<usize> {
+    let total: usize = tokens.iter().map(|c| c.pos + 1).sum::<usize>() * num_kv_heads;
+    let target = total.div_ceil(num_chunks.max(1)).max(1);
+    let num_units = tokens.len() * num_kv_heads;
+    let mut bounds = vec![0];
+    let mut acc = 0;
+    for unit in 0..num_units {
+        acc += tokens[unit / num_kv_heads].pos + 1;
+        if acc >= target && unit + 1 < num_units {
+            bounds.push(unit + 1);
+            acc = 0;
+        }
+    }
+    bounds.push(num_units);
+    bounds
 }
 
 /// Output pointer shared by the tasks; each writes a disjoint range.
@@ -108,24 +146,6 @@ impl OutPtr {
 unsafe impl Send for OutPtr {}
 // SAFETY: as above.
 unsafe impl Sync for OutPtr {}
-
-/// Dot product with 8 independent lanes (vectorizes without reassociation; fixed order).
-#[inline]
-fn dot(a: &[f32], b: &[f32]) -> f32 {
-    let mut lanes = [0.0f32; 8];
-    let (ac, bc) = (a.chunks_exact(8), b.chunks_exact(8));
-    let (ar, br) = (ac.remainder(), bc.remainder());
-    for (x, y) in ac.zip(bc) {
-        for l in 0..8 {
-            lanes[l] += x[l] * y[l];
-        }
-    }
-    let mut s = crate::dot_scalar::hsum8(&lanes);
-    for (x, y) in ar.iter().zip(br) {
-        s += x * y;
-    }
-    s
-}
 
 /// Checks the step metadata against the query and cache; returns each token's context.
 fn validate(

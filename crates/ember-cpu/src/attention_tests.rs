@@ -1,9 +1,9 @@
-//! Paged attention against a naive f64 softmax, over shuffled block tables, and its
-//! batch invariance.
+//! Paged attention against a naive f64 softmax, over shuffled block tables and every KV
+//! cache dtype; every kernel family bit for bit against the scalar one; batch invariance.
 
 use crate::test_util::Rng;
 use crate::{CpuBackend, CpuTensor, Isa};
-use ember_core::{AttentionShape, Backend, KvCacheSpec, StepMetadata};
+use ember_core::{AttentionShape, Backend, KvCacheSpec, StepMetadata, WeightDType};
 
 /// One test sequence: its context length and how many of its last tokens are queried.
 struct Seq {
@@ -49,11 +49,13 @@ fn attention_matches_naive_f64_and_is_batch_invariant() {
         Seq { len: 17, num_new: 5 },
         Seq { len: 100, num_new: 3 },
     ];
-    let backend = CpuBackend::with_isa(Some(2), Isa::detect());
     let mut rng = Rng::new(21);
-    for block_size in [16, 4] {
-        for (num_heads, num_kv_heads) in [(2, 2), (6, 2)] {
-            let head_dim = 68;
+    let kv_dtypes = [WeightDType::F32, WeightDType::F16, WeightDType::BF16];
+    for (block_size, kv_dtype) in [16, 4].into_iter().flat_map(|b| kv_dtypes.map(|t| (b, t))) {
+        let backend = CpuBackend::with_isa(Some(2), Isa::detect())
+            .with_kv_cache_dtype(kv_dtype)
+            .unwrap();
+        for (num_heads, num_kv_heads, head_dim) in [(2, 2, 68), (6, 2, 64), (4, 1, 128)] {
             let max_blocks = 100usize.div_ceil(block_size);
             let num_blocks = seqs.iter().map(|s| s.len.div_ceil(block_size)).sum::<usize>() + 3;
             let spec = KvCacheSpec {
@@ -95,6 +97,23 @@ fn attention_matches_naive_f64_and_is_batch_invariant() {
             let out = backend
                 .attention(&case.query, &cache, 1, shape, scale, &case.meta)
                 .unwrap();
+            for isa in [Isa::Scalar, Isa::Avx2, Isa::Avx512Vnni]
+                .into_iter()
+                .filter(|i| i.is_supported())
+            {
+                let other = CpuBackend::with_isa(Some(1), isa)
+                    .with_kv_cache_dtype(kv_dtype)
+                    .unwrap();
+                let got = other
+                    .attention(&case.query, &cache, 1, shape, scale, &case.meta)
+                    .unwrap();
+                let same = got
+                    .as_slice()
+                    .iter()
+                    .zip(out.as_slice())
+                    .all(|(a, b)| a.to_bits() == b.to_bits());
+                assert!(same, "{isa:?} differs ({kv_dtype}, head_dim {head_dim})");
+            }
             // Naive f64 reference.
             let (keys, values) = (cache.keys(1), cache.values(1));
             for (s, (len, num_new, table)) in tables.iter().enumerate() {
@@ -132,7 +151,7 @@ fn attention_matches_naive_f64_and_is_batch_invariant() {
                             let got = f64::from(out.row(t)[h * head_dim + e]);
                             assert!(
                                 (got - want).abs() < 2e-5,
-                                "bs={block_size} heads={num_heads} seq={s} t={t} h={h}: {got} vs {want}"
+                                "{kv_dtype} bs={block_size} heads={num_heads} seq={s} t={t} h={h}: {got} vs {want}"
                             );
                         }
                     }

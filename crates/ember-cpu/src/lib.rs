@@ -11,6 +11,7 @@
 
 mod alloc;
 mod attention;
+mod attention_dot;
 mod backend;
 pub mod blocks;
 mod dot_scalar;
@@ -33,7 +34,7 @@ mod quant;
 mod rope;
 pub mod tensor;
 
-pub use backend::CpuBackend;
+pub use backend::{CpuBackend, DEFAULT_KV_CACHE_DTYPE};
 pub use kv_cache::CpuKvCache;
 pub use matmul::Isa;
 pub use matrix::CpuMatrix;
