@@ -53,6 +53,10 @@ def sample_token(
 def token_logprobs(logits: Sequence[float], token_id: int, k: int = 0) -> tuple[float, int, list[tuple[int, float]]]:
     """Testing aid: (log-softmax at token_id, its rank, the k best (token_id, logprob)) of one row."""
 
+def dequantize(data: bytes, ggml_type: int) -> bytes:
+    """Testing aid: the CPU backend's float32 values (little-endian bytes) of GGUF blocks of
+    ggml type id `ggml_type` (the dequantization `dtype="float32"` applies at load)."""
+
 class StepOutput:
     """What one request gained in one engine step."""
 

@@ -1,6 +1,7 @@
 //! `ember._core`: the thin Python binding. It converts arguments, maps errors to Python
 //! exceptions and releases the GIL while the engine computes; logic lives in the core crates.
 
+mod dequant;
 mod engine;
 mod errors;
 mod logger;
@@ -29,5 +30,6 @@ fn _core(py: Python<'_>, module: &Bound<'_, PyModule>) -> PyResult<()> {
     module.add_function(wrap_pyfunction!(sampling::sampling_probs, module)?)?;
     module.add_function(wrap_pyfunction!(sampling::sample_token, module)?)?;
     module.add_function(wrap_pyfunction!(sampling::token_logprobs, module)?)?;
+    module.add_function(wrap_pyfunction!(dequant::dequantize, module)?)?;
     Ok(())
 }
