@@ -63,6 +63,10 @@ struct Shared {
     remaining: AtomicUsize,
     /// Set when the work panicked on a helper.
     panicked: AtomicBool,
+    /// Helpers parked right now (idle past the spin time).
+    parked: AtomicUsize,
+    /// Set when the helpers should exit (their owner was dropped).
+    stop: AtomicBool,
 }
 
 // SAFETY: `job` is written only by the dispatcher while no region is in flight (under the
@@ -87,6 +91,8 @@ impl Helpers {
                     job: UnsafeCell::new(None),
                     remaining: AtomicUsize::new(0),
                     panicked: AtomicBool::new(false),
+                    parked: AtomicUsize::new(0),
+                    stop: AtomicBool::new(false),
                 })
             })
             .clone();
@@ -139,19 +145,37 @@ impl Helpers {
     }
 }
 
-/// A helper: waits for epochs, runs the job when it is among the active helpers.
+impl Drop for Helpers {
+    /// Stops the helper threads (the process-wide pool lives until exit; test pools do not).
+    fn drop(&mut self) {
+        if let Some(shared) = &self.shared {
+            shared.stop.store(true, Ordering::Release);
+            for t in &self.threads {
+                t.unpark();
+            }
+        }
+    }
+}
+
+/// A helper: waits for epochs, runs the job when it is among the active helpers. Idle for
+/// longer than [`SPIN`], it parks (waking every 50 ms to look again, or when unparked).
 fn helper_loop(s: &Shared, index: usize, mut seen: u64) {
     loop {
         let start = Instant::now();
         let mut spins = 0u32;
         let epoch = loop {
+            if s.stop.load(Ordering::Acquire) {
+                return;
+            }
             let e = s.epoch.load(Ordering::Acquire);
             if e >> 16 != seen >> 16 {
                 break e;
             }
             spins = spins.wrapping_add(1);
             if spins.is_multiple_of(256) && start.elapsed() > SPIN {
+                s.parked.fetch_add(1, Ordering::Relaxed);
                 std::thread::park_timeout(Duration::from_millis(50));
+                s.parked.fetch_sub(1, Ordering::Relaxed);
             } else {
                 std::hint::spin_loop();
             }
@@ -169,5 +193,34 @@ fn helper_loop(s: &Shared, index: usize, mut seen: u64) {
             }
             s.remaining.fetch_sub(1, Ordering::Release);
         }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn helpers_run_every_chunk_then_park_when_idle() {
+        let mut helpers = Helpers::default();
+        let hits: Vec<AtomicUsize> = (0..64).map(|_| AtomicUsize::new(0)).collect();
+        let next = AtomicUsize::new(0);
+        let work = || loop {
+            let i = next.fetch_add(1, Ordering::Relaxed);
+            if i >= hits.len() {
+                break;
+            }
+            hits[i].fetch_add(1, Ordering::Relaxed);
+        };
+        helpers.run(3, &work);
+        assert!(hits.iter().all(|h| h.load(Ordering::Relaxed) == 1));
+        // Idle helpers stop spinning: all three park within a bounded wait.
+        let shared = helpers.shared.clone().expect("started");
+        let deadline = Instant::now() + Duration::from_secs(10);
+        while shared.parked.load(Ordering::Relaxed) != 3 {
+            assert!(Instant::now() < deadline, "idle helpers keep spinning");
+            std::thread::sleep(Duration::from_millis(5));
+        }
+        drop(helpers);
     }
 }
