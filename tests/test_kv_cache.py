@@ -8,8 +8,9 @@ import pytest
 
 from ember import Engine, SamplingParams
 
-# SmolLM2-135M: 30 layers * (K and V) * 3 KV heads * 64 dims * 4 bytes (f32) per token.
-BYTES_PER_TOKEN = 30 * 2 * 3 * 64 * 4
+# SmolLM2-135M: 30 layers * (K and V) * 3 KV heads * 64 dims * 2 bytes (f16, the default
+# kv_cache_dtype) per token.
+BYTES_PER_TOKEN = 30 * 2 * 3 * 64 * 2
 BLOCK_SIZE = 16
 TINY_NUM_BLOCKS = 24
 MAX_MODEL_LEN = 256

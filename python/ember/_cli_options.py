@@ -6,7 +6,8 @@ import argparse
 
 
 def add_device_options(parser: argparse.ArgumentParser | argparse._ArgumentGroup) -> None:
-    """--device, --gpu-memory-utilization and --dtype: where the model runs and in which arithmetic."""
+    """--device, --gpu-memory-utilization, --dtype and --kv-cache-dtype: where the model runs and in
+    which arithmetic."""
     parser.add_argument(
         "--device",
         choices=["auto", "cuda", "cpu"],
@@ -27,8 +28,20 @@ def add_device_options(parser: argparse.ArgumentParser | argparse._ArgumentGroup
         "llama.cpp); float32 dequantizes weights at load and computes in f32 (exact, 4 bytes per weight). "
         "CUDA: auto or bfloat16 (bf16 weights and activations)",
     )
+    parser.add_argument(
+        "--kv-cache-dtype",
+        choices=["auto", "float32", "float16", "bfloat16"],
+        default="auto",
+        help="KV cache element type. CPU: auto is float16 (as accurate as float32 on long contexts, half "
+        "the memory), or float32 with --dtype float32; float32 or bfloat16 also work. CUDA: auto or bfloat16",
+    )
 
 
 def device_kwargs(args: argparse.Namespace) -> dict[str, object]:
     """The Engine keyword arguments those options set."""
-    return {"device": args.device, "gpu_memory_utilization": args.gpu_memory_utilization, "dtype": args.dtype}
+    return {
+        "device": args.device,
+        "gpu_memory_utilization": args.gpu_memory_utilization,
+        "dtype": args.dtype,
+        "kv_cache_dtype": args.kv_cache_dtype,
+    }

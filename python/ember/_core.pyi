@@ -102,6 +102,7 @@ class Engine:
         enable_prefix_caching: bool = True,
         device: str = "auto",
         gpu_memory_utilization: float = 0.9,
+        kv_cache_dtype: str = "auto",
     ) -> None: ...
     tokenizer: Tokenizer
     max_model_len: int
@@ -124,5 +125,6 @@ class Engine:
     def has_unfinished_requests(self) -> bool: ...
     def stats(self) -> dict[str, float]: ...
     def reset_prefix_cache(self) -> bool: ...
-    def score(self, prompt_token_ids: list[int]) -> list[list[float]]:
-        """Logits at every position of one prompt (a prefill outside the scheduler; for tests)."""
+    def score(self, prompt_token_ids: list[int], positions: list[int] | None = None) -> list[list[float]]:
+        """Logits at every position of one prompt, or at `positions` only (a prefill outside the
+        scheduler; for tests and evaluation)."""

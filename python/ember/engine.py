@@ -50,6 +50,7 @@ class Engine:
         enable_prefix_caching: bool = True,
         device: str = "auto",
         gpu_memory_utilization: float = 0.9,
+        kv_cache_dtype: str = "auto",
     ) -> None:
         self.model_path = resolve_model(model)
         """The local file or folder the model was loaded from."""
@@ -66,6 +67,7 @@ class Engine:
             enable_prefix_caching=enable_prefix_caching,
             device=device,
             gpu_memory_utilization=gpu_memory_utilization,
+            kv_cache_dtype=kv_cache_dtype,
         )
         self._lock = threading.Lock()
         self._request_counter = itertools.count()
@@ -174,10 +176,11 @@ class Engine:
         with self._lock:
             return self._core.reset_prefix_cache()
 
-    def score(self, prompt_token_ids: Sequence[int]) -> list[list[float]]:
-        """The logits at every position of one prompt, [num_tokens][vocab_size] (for tests and evaluation)."""
+    def score(self, prompt_token_ids: Sequence[int], positions: Sequence[int] | None = None) -> list[list[float]]:
+        """The logits of one prompt, [num_positions][vocab_size] (for tests and evaluation): at every
+        position, or at `positions` only (each below the prompt length), in their order."""
         with self._lock:
-            return self._core.score(list(prompt_token_ids))
+            return self._core.score(list(prompt_token_ids), None if positions is None else list(positions))
 
     def _run_batch(
         self, batch: list[Prompt], params: list[SamplingParams], use_tqdm: bool, priorities: list[int] | None = None

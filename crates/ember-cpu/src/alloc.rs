@@ -58,3 +58,20 @@ pub fn try_zeroed_vec<T: Default + Clone>(len: usize, what: &str) -> BackendResu
     v.resize(len, T::default());
     Ok(v)
 }
+
+/// `len` zero bytes, or `OutOfMemory`. Allocated zeroed by the system (`calloc`), so large
+/// buffers take no physical memory until their pages are first written.
+pub fn try_zeroed_bytes(len: usize, what: &str) -> BackendResult<Vec<u8>> {
+    if len == 0 {
+        return Ok(Vec::new());
+    }
+    let layout = std::alloc::Layout::array::<u8>(len).map_err(|_| oom(what, len))?;
+    // SAFETY: `layout` has a non-zero size.
+    let ptr = unsafe { std::alloc::alloc_zeroed(layout) };
+    if ptr.is_null() {
+        return Err(oom(what, len));
+    }
+    // SAFETY: `ptr` was allocated by the global allocator with `layout` (`len` bytes of u8,
+    // alignment 1), and all `len` bytes are initialized (zero).
+    Ok(unsafe { Vec::from_raw_parts(ptr, len, len) })
+}

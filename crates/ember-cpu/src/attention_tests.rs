@@ -228,3 +228,52 @@ fn attention_rejects_bad_metadata() {
         "layer out of range"
     );
 }
+
+/// A half-precision cache holds the written keys and values to its rounding: attention
+/// outputs stay within a few of its ulps of the float32 cache's (values of order 1).
+#[test]
+fn half_caches_round_what_is_written() {
+    let mut rng = Rng::new(5);
+    let spec = KvCacheSpec {
+        num_layers: 1,
+        num_blocks: 4,
+        block_size: 16,
+        num_kv_heads: 3,
+        head_dim: 64,
+    };
+    let shape = AttentionShape {
+        num_heads: 9,
+        num_kv_heads: 3,
+        head_dim: 64,
+    };
+    let n = 40;
+    let k = CpuTensor::from_vec(n, 192, rng.vec(n * 192, 1.0)).unwrap();
+    let v = CpuTensor::from_vec(n, 192, rng.vec(n * 192, 1.0)).unwrap();
+    let q = CpuTensor::from_vec(n, 576, rng.vec(n * 576, 1.0)).unwrap();
+    let meta = StepMetadata {
+        positions: (0..n as u32).collect(),
+        slot_mapping: (0..n as u32).collect(),
+        query_start_loc: vec![0, n as u32],
+        seq_lens: vec![n as u32],
+        block_tables: vec![0, 1, 2, 3],
+        max_blocks_per_seq: 4,
+        logits_indices: vec![],
+    };
+    let run = |dtype: WeightDType| {
+        let backend = CpuBackend::new(Some(1)).with_kv_cache_dtype(dtype).unwrap();
+        let mut cache = backend.allocate_kv_cache(&spec).unwrap();
+        backend.write_kv(&mut cache, 0, &k, &v, &meta.slot_mapping).unwrap();
+        backend.attention(&q, &cache, 0, shape, 0.125, &meta).unwrap()
+    };
+    let exact = run(WeightDType::F32);
+    for (dtype, ulp) in [(WeightDType::F16, 2f32.powi(-11)), (WeightDType::BF16, 2f32.powi(-8))] {
+        let got = run(dtype);
+        let diff = got
+            .as_slice()
+            .iter()
+            .zip(exact.as_slice())
+            .map(|(a, b)| (a - b).abs())
+            .fold(0.0f32, f32::max);
+        assert!(diff > 0.0 && diff <= 4.0 * ulp, "{dtype}: {diff}");
+    }
+}

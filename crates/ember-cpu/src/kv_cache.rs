@@ -3,9 +3,10 @@
 //! Layout, per layer, for K and V each: `[num_blocks, block_size, num_kv_heads, head_dim]`
 //! row-major elements of the cache dtype. Cache slot `s = block_id * block_size + offset`
 //! holds one token's `[num_kv_heads, head_dim]` at element offset `s * num_kv_heads * head_dim`.
-//! Writes round f32 to the cache dtype to nearest even; reads widen exactly.
+//! Writes round f32 to the cache dtype to nearest even; reads widen exactly. The storage is
+//! allocated zeroed by the system, so it takes physical memory only as the cache fills.
 
-use crate::alloc::try_zeroed_vec;
+use crate::alloc::try_zeroed_bytes;
 use crate::tensor::CpuTensor;
 use ember_core::{BackendError, BackendResult, KvCacheSpec, WeightDType};
 
@@ -37,8 +38,8 @@ impl CpuKvCache {
         let mut keys = Vec::new();
         let mut values = Vec::new();
         for _ in 0..spec.num_layers {
-            keys.push(try_zeroed_vec(per_layer, "KV cache")?);
-            values.push(try_zeroed_vec(per_layer, "KV cache")?);
+            keys.push(try_zeroed_bytes(per_layer, "KV cache")?);
+            values.push(try_zeroed_bytes(per_layer, "KV cache")?);
         }
         Ok(Self {
             spec: *spec,

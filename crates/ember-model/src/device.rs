@@ -2,8 +2,8 @@
 //! this is the one place that constructs a backend, loads the model onto it and sizes its KV
 //! cache.
 
-use ember_core::{Backend, KvCacheSpec};
-use ember_cpu::CpuBackend;
+use ember_core::{Backend, KvCacheSpec, WeightDType};
+use ember_cpu::{CpuBackend, DEFAULT_KV_CACHE_DTYPE};
 use ember_cuda::arena::ModelDims;
 use ember_cuda::{CudaBackend, GraphConfig};
 
@@ -43,6 +43,8 @@ pub fn load_on_device(
         }
     };
     check_dtype(&args.dtype, use_cuda).map_err(EngineError::InvalidRequest)?;
+    let kv_dtype = kv_cache_dtype(&args.kv_cache_dtype, use_cuda, args.dtype == "float32")
+        .map_err(EngineError::InvalidRequest)?;
     let mut spec = KvCacheSpec {
         num_layers: config.num_layers,
         num_blocks: 0,
@@ -92,13 +94,29 @@ pub fn load_on_device(
         };
         return runner(backend, model, spec, config);
     }
-    let backend = CpuBackend::new(args.num_threads).with_f32_weights(args.dtype == "float32");
+    let backend = CpuBackend::new(args.num_threads)
+        .with_f32_weights(args.dtype == "float32")
+        .with_kv_cache_dtype(kv_dtype)?;
     log::info!("loading {name} on the CPU with {} threads", backend.num_threads());
     let model = LlamaModel::load(&backend, config, weights)?;
-    let kv_bytes = args
-        .kv_cache_memory_bytes
-        .unwrap_or_else(|| default_cpu_kv_cache_bytes(available_memory_bytes()));
-    spec.num_blocks = (kv_bytes / spec.bytes_per_block(backend.kv_cache_bytes_per_element()) as u64) as usize;
+    let block_bytes = spec.bytes_per_block(backend.kv_cache_bytes_per_element()) as u64;
+    let max_len = args.max_model_len.unwrap_or(config.max_position_embeddings) as u64;
+    let full_context_bytes = max_len.div_ceil(args.block_size as u64) * block_bytes;
+    let kv_bytes = match args.kv_cache_memory_bytes {
+        Some(bytes) => bytes,
+        None => {
+            let bytes = default_cpu_kv_cache_bytes(available_memory_bytes(), full_context_bytes, block_bytes);
+            log::info!(
+                "KV cache: {:.2} GiB of {} by default (1 GiB, or one full {max_len}-token context if \
+                 larger, at most a quarter of available memory; committed as it fills; set \
+                 kv_cache_memory_bytes to change)",
+                bytes as f64 / f64::from(1u32 << 30),
+                kv_dtype_name(kv_dtype)
+            );
+            bytes
+        }
+    };
+    spec.num_blocks = (kv_bytes / block_bytes) as usize;
     runner(backend, model, spec, config)
 }
 
@@ -121,6 +139,37 @@ fn check_dtype(dtype: &str, cuda: bool) -> Result<(), String> {
         "dtype must be {} on {device}, got \"{dtype}\"",
         names.join(" or ")
     ))
+}
+
+/// The KV-cache element type `name` asks for: "auto" follows the arithmetic, as in vLLM: float32
+/// with `dtype="float32"` (the exact path), else float16 on the CPU (its measured default) and
+/// bfloat16 on CUDA (the only type the CUDA kernels read).
+fn kv_cache_dtype(name: &str, cuda: bool, f32_compute: bool) -> Result<WeightDType, String> {
+    let dtype = match (name, cuda) {
+        ("auto", false) if f32_compute => WeightDType::F32,
+        ("auto", false) => DEFAULT_KV_CACHE_DTYPE,
+        ("auto" | "bfloat16", true) | ("bfloat16", false) => WeightDType::BF16,
+        ("float16", false) => WeightDType::F16,
+        ("float32", false) => WeightDType::F32,
+        _ => {
+            let allowed = if cuda {
+                "\"auto\" or \"bfloat16\" on the CUDA backend"
+            } else {
+                "\"auto\", \"float32\", \"float16\" or \"bfloat16\" on the CPU backend"
+            };
+            return Err(format!("kv_cache_dtype must be {allowed}, got \"{name}\""));
+        }
+    };
+    Ok(dtype)
+}
+
+/// vLLM's name of a KV-cache element type.
+fn kv_dtype_name(dtype: WeightDType) -> &'static str {
+    match dtype {
+        WeightDType::F32 => "float32",
+        WeightDType::BF16 => "bfloat16",
+        _ => "float16",
+    }
 }
 
 /// CUDA graphs for decode steps are on unless `EMBER_CUDA_GRAPHS` is "0" (eager, for debugging).
@@ -169,6 +218,23 @@ mod tests {
             cuda.starts_with("dtype must be \"auto\" or \"bfloat16\" on the CUDA backend"),
             "{cuda}"
         );
+    }
+
+    #[test]
+    fn kv_cache_dtype_is_checked_per_device() {
+        use ember_core::WeightDType::{BF16, F16, F32};
+        assert_eq!(super::kv_cache_dtype("auto", false, false), Ok(F16));
+        assert_eq!(super::kv_cache_dtype("auto", false, true), Ok(F32), "exact path");
+        assert_eq!(super::kv_cache_dtype("float16", false, true), Ok(F16));
+        assert_eq!(super::kv_cache_dtype("float32", false, false), Ok(F32));
+        assert_eq!(super::kv_cache_dtype("bfloat16", false, false), Ok(BF16));
+        assert_eq!(super::kv_cache_dtype("auto", true, false), Ok(BF16));
+        let err = super::kv_cache_dtype("fp8", false, false).unwrap_err();
+        assert_eq!(
+            err,
+            "kv_cache_dtype must be \"auto\", \"float32\", \"float16\" or \"bfloat16\" on the CPU backend, got \"fp8\""
+        );
+        assert!(super::kv_cache_dtype("float16", true, false).unwrap_err().contains("CUDA"));
     }
 
     #[test]

@@ -245,9 +245,10 @@ impl LlmEngine {
         self.scheduler.reset_prefix_cache()
     }
 
-    /// Logits at every position of one prompt, outside the scheduler (for testing against
-    /// reference implementations); `[len][vocab_size]`.
-    pub fn score(&self, token_ids: &[u32]) -> Result<Vec<Vec<f32>>, EngineError> {
+    /// Logits of one prompt, outside the scheduler (for testing against reference
+    /// implementations and evaluation): at every position, or at `positions` only (in their
+    /// order); `[len(positions)][vocab_size]`.
+    pub fn score(&self, token_ids: &[u32], positions: Option<&[u32]>) -> Result<Vec<Vec<f32>>, EngineError> {
         if token_ids.is_empty() || token_ids.len() > self.max_model_len {
             return Err(invalid(format!(
                 "prompt_token_ids must have 1 to max_model_len ({}) tokens, got {}",
@@ -255,8 +256,19 @@ impl LlmEngine {
                 token_ids.len()
             )));
         }
-        let logits = self.executor.score(token_ids)?;
-        let vocab_size = logits.len() / token_ids.len();
+        let all: Vec<u32> = (0..token_ids.len() as u32).collect();
+        let positions = positions.unwrap_or(&all);
+        if let Some(&bad) = positions.iter().find(|&&p| p as usize >= token_ids.len()) {
+            return Err(invalid(format!(
+                "positions must be below the prompt length ({}), got {bad}",
+                token_ids.len()
+            )));
+        }
+        if positions.is_empty() {
+            return Ok(Vec::new());
+        }
+        let logits = self.executor.score(token_ids, positions)?;
+        let vocab_size = logits.len() / positions.len();
         Ok(logits.chunks(vocab_size).map(<[f32]>::to_vec).collect())
     }
 

@@ -2,9 +2,9 @@
 
 use std::path::PathBuf;
 
-/// Most KV-cache memory the CPU backend takes by default.
-pub const DEFAULT_CPU_KV_CACHE_CAP_BYTES: u64 = 4 << 30;
-/// Fraction of currently available memory the CPU backend takes by default (before the cap).
+/// The CPU KV-cache budget by default, unless one full-length sequence needs more.
+pub const DEFAULT_CPU_KV_CACHE_BYTES: u64 = 1 << 30;
+/// Most of the currently available memory the default CPU KV-cache budget takes.
 pub const DEFAULT_CPU_KV_CACHE_FRACTION: f64 = 0.25;
 /// Default token budget per step.
 pub const DEFAULT_MAX_NUM_BATCHED_TOKENS: usize = 2048;
@@ -29,6 +29,10 @@ pub struct EngineArgs {
     /// Compute dtype on the CPU: "auto" (quantized weights stay quantized, 8-bit activations in
     /// their products, like llama.cpp) or "float32" (weights dequantized at load, f32 throughout).
     pub dtype: String,
+    /// KV-cache element type (vLLM's names): "auto" (follows `dtype`: float32 with "float32",
+    /// else float16 on the CPU and bfloat16 on CUDA), "float32", "float16" or "bfloat16" on the
+    /// CPU; "auto" or "bfloat16" on CUDA.
+    pub kv_cache_dtype: String,
     /// CPU threads; `None` uses every available core.
     pub num_threads: Option<usize>,
     /// Reuse cached KV blocks of shared prompt prefixes.
@@ -51,6 +55,7 @@ impl EngineArgs {
             block_size: 16,
             seed: 0,
             dtype: "auto".into(),
+            kv_cache_dtype: "auto".into(),
             num_threads: None,
             enable_prefix_caching: true,
             device: "auto".into(),
@@ -67,10 +72,13 @@ pub fn available_memory_bytes() -> Option<u64> {
     Some(kib * 1024)
 }
 
-/// The default CPU KV-cache size for `available` bytes of free memory.
-pub fn default_cpu_kv_cache_bytes(available: Option<u64>) -> u64 {
-    let available = available.unwrap_or(4 * DEFAULT_CPU_KV_CACHE_CAP_BYTES);
-    ((available as f64 * DEFAULT_CPU_KV_CACHE_FRACTION) as u64).min(DEFAULT_CPU_KV_CACHE_CAP_BYTES)
+/// The default CPU KV-cache size: [`DEFAULT_CPU_KV_CACHE_BYTES`], or more when one sequence of
+/// the full context (`full_context_bytes`) needs it, but at most a quarter of `available`
+/// (unknown: taken as 16 GiB) and at least one block (`block_bytes`).
+pub fn default_cpu_kv_cache_bytes(available: Option<u64>, full_context_bytes: u64, block_bytes: u64) -> u64 {
+    let available = available.unwrap_or(16 << 30);
+    let cap = (available as f64 * DEFAULT_CPU_KV_CACHE_FRACTION) as u64;
+    DEFAULT_CPU_KV_CACHE_BYTES.max(full_context_bytes).min(cap).max(block_bytes)
 }
 
 #[cfg(test)]
@@ -78,11 +86,15 @@ mod tests {
     use super::*;
 
     #[test]
-    fn default_kv_cache_is_a_capped_fraction() {
-        assert_eq!(default_cpu_kv_cache_bytes(Some(1 << 30)), 1 << 28);
-        assert_eq!(
-            default_cpu_kv_cache_bytes(Some(1 << 40)),
-            DEFAULT_CPU_KV_CACHE_CAP_BYTES
-        );
+    fn default_kv_cache_fits_one_full_context_within_a_quarter_of_memory() {
+        let gib = 1u64 << 30;
+        // The default model (23 KB per token in f16, 8192 tokens): the 1 GiB default.
+        assert_eq!(default_cpu_kv_cache_bytes(Some(16 * gib), 188 << 20, 1 << 20), gib);
+        // A 7B model whose full context needs 2 GiB gets it, if a quarter of memory allows.
+        assert_eq!(default_cpu_kv_cache_bytes(Some(16 * gib), 2 * gib, 1 << 20), 2 * gib);
+        assert_eq!(default_cpu_kv_cache_bytes(Some(4 * gib), 2 * gib, 1 << 20), gib);
+        // Little memory: a quarter of it, but never less than one block.
+        assert_eq!(default_cpu_kv_cache_bytes(Some(gib), 188 << 20, 1 << 20), gib / 4);
+        assert_eq!(default_cpu_kv_cache_bytes(Some(1 << 20), 188 << 20, 1 << 20), 1 << 20);
     }
 }

@@ -8,8 +8,8 @@ use crate::runner::ModelRunner;
 pub trait StepExecutor: Send {
     /// Runs one step and samples.
     fn execute(&mut self, output: &SchedulerOutput) -> BackendResult<ModelRunnerOutput>;
-    /// Logits at every position of one prompt, `[len * vocab_size]` row-major.
-    fn score(&self, token_ids: &[u32]) -> BackendResult<Vec<f32>>;
+    /// Logits of one prompt at `positions`, `[len(positions) * vocab_size]` row-major.
+    fn score(&self, token_ids: &[u32], positions: &[u32]) -> BackendResult<Vec<f32>>;
 }
 
 impl<B: Backend> StepExecutor for ModelRunner<B>
@@ -20,7 +20,7 @@ where
         ModelRunner::execute(self, output)
     }
 
-    fn score(&self, token_ids: &[u32]) -> BackendResult<Vec<f32>> {
-        ModelRunner::score(self, token_ids)
+    fn score(&self, token_ids: &[u32], positions: &[u32]) -> BackendResult<Vec<f32>> {
+        ModelRunner::score(self, token_ids, positions)
     }
 }

@@ -258,9 +258,10 @@ impl<B: Backend> ModelRunner<B> {
         Ok(out)
     }
 
-    /// Logits at every position of `token_ids` (`[len, vocab_size]`, row-major), computed in a
-    /// scratch KV cache so the serving cache is untouched.
-    pub fn score(&self, token_ids: &[u32]) -> BackendResult<Vec<f32>> {
+    /// Logits at `positions` of `token_ids` (`[len(positions), vocab_size]`, row-major; every
+    /// position below the prompt length), computed in a scratch KV cache so the serving cache
+    /// is untouched.
+    pub fn score(&self, token_ids: &[u32], positions: &[u32]) -> BackendResult<Vec<f32>> {
         let block_size = self.kv_spec.block_size;
         let num_blocks = token_ids.len().div_ceil(block_size).max(1);
         let spec = KvCacheSpec {
@@ -276,7 +277,7 @@ impl<B: Backend> ModelRunner<B> {
             seq_lens: vec![num_tokens],
             block_tables: (0..num_blocks as u32).collect(),
             max_blocks_per_seq: num_blocks,
-            logits_indices: (0..num_tokens).collect(),
+            logits_indices: positions.to_vec(),
         };
         let logits = self
             .model

@@ -89,7 +89,8 @@ impl PyEngine {
     #[new]
     #[pyo3(signature = (model_path, *, max_model_len=None, max_num_seqs=256, max_num_batched_tokens=None,
         kv_cache_memory_bytes=None, block_size=16, seed=0, dtype="auto".to_string(), num_threads=None,
-        enable_prefix_caching=true, device="auto".to_string(), gpu_memory_utilization=0.9))]
+        enable_prefix_caching=true, device="auto".to_string(), gpu_memory_utilization=0.9,
+        kv_cache_dtype="auto".to_string()))]
     #[allow(clippy::too_many_arguments)]
     fn new(
         py: Python<'_>,
@@ -105,6 +106,7 @@ impl PyEngine {
         enable_prefix_caching: bool,
         device: String,
         gpu_memory_utilization: f32,
+        kv_cache_dtype: String,
     ) -> PyResult<Self> {
         let args = EngineArgs {
             max_model_len,
@@ -118,6 +120,7 @@ impl PyEngine {
             enable_prefix_caching,
             device,
             gpu_memory_utilization,
+            kv_cache_dtype,
             ..EngineArgs::new(model_path)
         };
         let engine = py.detach(|| LlmEngine::new(&args)).map_err(engine_error)?;
@@ -217,10 +220,14 @@ impl PyEngine {
         Ok(self.lock()?.reset_prefix_cache())
     }
 
-    /// Logits at every position of one prompt (a prefill outside the scheduler; for tests).
-    fn score(&self, py: Python<'_>, prompt_token_ids: Vec<u32>) -> PyResult<Vec<Vec<f32>>> {
+    /// Logits at every position of one prompt, or at `positions` only (a prefill outside the
+    /// scheduler; for tests and evaluation).
+    #[pyo3(signature = (prompt_token_ids, positions=None))]
+    fn score(&self, py: Python<'_>, prompt_token_ids: Vec<u32>, positions: Option<Vec<u32>>) -> PyResult<Vec<Vec<f32>>> {
         py.detach(|| -> PyResult<Vec<Vec<f32>>> {
-            self.lock()?.score(&prompt_token_ids).map_err(engine_error)
+            self.lock()?
+                .score(&prompt_token_ids, positions.as_deref())
+                .map_err(engine_error)
         })
     }
 }
