@@ -1,7 +1,9 @@
 """Float64 numpy references for the CUDA kernel tests (tests/gpu), importable without a GPU.
 
 - 16-bit storage: round-to-nearest-even encoding of bf16 / f16 / f32 and the decoding back.
-- GGUF blocks: the exact ggml layouts of Q8_0, Q4_0 and Q4_1, random blocks, a dequantizer.
+- GGUF blocks: the exact ggml layouts of Q8_0, Q4_0 and Q4_1, random blocks, a dequantizer;
+  random raw blocks of every other format the kernels read (their reference is the `gguf`
+  package, or llama.cpp's own dequantizer for Q8_K).
 - Sampling: the counter-based uniform draw of crates/ember-core/src/sampler.rs (splitmix64),
   the kept set of temperature / top-k / top-p / min-p as cuda/sampling.cu defines it, the
   inverse-CDF pick in token-id order, and a chi-square bound.
@@ -63,8 +65,51 @@ def round_to(x: np.ndarray | float, name: str) -> np.ndarray:
 # ---------------------------------------------------------------------------------------------
 
 QK = 32
-#: The `kind` argument of ember_dequant_T.
-KINDS = {"Q8_0": 0, "Q4_0": 1, "Q4_1": 2}
+#: The `kind` argument of ember_dequant_T (cuda/dequant.cu).
+KINDS = {
+    "Q8_0": 0,
+    "Q4_0": 1,
+    "Q4_1": 2,
+    "Q5_0": 3,
+    "Q5_1": 4,
+    "IQ4_NL": 5,
+    "Q2_K": 6,
+    "Q3_K": 7,
+    "Q4_K": 8,
+    "Q5_K": 9,
+    "Q6_K": 10,
+    "Q8_K": 11,
+}
+#: ggml type id, elements and bytes per block of every quantized format.
+GGML_FORMATS = {
+    "Q8_0": (8, 32, 34),
+    "Q4_0": (2, 32, 18),
+    "Q4_1": (3, 32, 20),
+    "Q5_0": (6, 32, 22),
+    "Q5_1": (7, 32, 24),
+    "IQ4_NL": (20, 32, 18),
+    "Q2_K": (10, 256, 84),
+    "Q3_K": (11, 256, 110),
+    "Q4_K": (12, 256, 144),
+    "Q5_K": (13, 256, 176),
+    "Q6_K": (14, 256, 210),
+    "Q8_K": (15, 256, 292),
+}
+#: Byte offsets of each format's f16 scales (d, and m / dmin); Q8_K's scale is an f32 at 0.
+SCALE_OFFSETS = {
+    "Q8_0": (0,),
+    "Q4_0": (0,),
+    "Q4_1": (0, 2),
+    "Q5_0": (0,),
+    "Q5_1": (0, 2),
+    "IQ4_NL": (0,),
+    "Q2_K": (80, 82),
+    "Q3_K": (108,),
+    "Q4_K": (0, 2),
+    "Q5_K": (0, 2),
+    "Q6_K": (208,),
+    "Q8_K": (0,),
+}
 #: Q8_0: f16 d, 32 x int8. Q4_0: f16 d, 16 bytes of nibbles. Q4_1: f16 d, f16 m, 16 bytes.
 BLOCK_DTYPES = {
     "Q8_0": np.dtype([("d", "<f2"), ("qs", "i1", (QK,))]),
@@ -94,6 +139,25 @@ def random_blocks(kind: str, num_blocks: int, rng: np.random.Generator) -> np.nd
     if kind == "Q4_1":
         blocks["m"] = (rng.standard_normal(num_blocks) * 0.1).astype(np.float16)
     return blocks.view(np.uint8).reshape(num_blocks, BLOCK_BYTES[kind])
+
+
+def random_raw_blocks(kind: str, num_blocks: int, rng: np.random.Generator) -> np.ndarray:
+    """`num_blocks` blocks of any format as raw bytes `[num_blocks, block_bytes]` (uint8): every
+    quant, scale and min byte random, the f16 (Q8_K: f32) block scales random of either sign and
+    mixed magnitudes, with block 0 at zero and, when there are enough blocks, a subnormal f16
+    scale (block 1) and a large one (block 2)."""
+    _, _, size = GGML_FORMATS[kind]
+    data = rng.integers(0, 256, (num_blocks, size), dtype=np.uint8)
+    for off in SCALE_OFFSETS[kind]:
+        d = rng.standard_normal(num_blocks) * 10.0 ** rng.uniform(-3, 0, num_blocks)
+        d[0] = 0.0
+        if num_blocks > 2:
+            d[1], d[2] = 3.0e-6, -7.5
+        if kind == "Q8_K":
+            data[:, off : off + 4] = d.astype("<f4").view(np.uint8).reshape(num_blocks, 4)
+        else:
+            data[:, off : off + 2] = d.astype("<f2").view(np.uint8).reshape(num_blocks, 2)
+    return data
 
 
 def dequantize(kind: str, data: np.ndarray) -> np.ndarray:

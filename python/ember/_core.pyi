@@ -57,6 +57,11 @@ def dequantize(data: bytes, ggml_type: int) -> bytes:
     """Testing aid: the CPU backend's float32 values (little-endian bytes) of GGUF blocks of
     ggml type id `ggml_type` (the dequantization `dtype="float32"` applies at load)."""
 
+def quantize_activations(x: bytes, block_len: int) -> tuple[bytes, bytes, bytes]:
+    """Testing aid: the 8-bit quantization the quantized matmuls apply to one activation row of
+    little-endian f32 `x` (`block_len` 32 for Q8_0/Q8_1, 256 for Q8_K): (i8 quants, f32 block
+    scales, i32 sums of every 16 quants), each as little-endian bytes."""
+
 class StepOutput:
     """What one request gained in one engine step."""
 

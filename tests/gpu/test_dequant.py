@@ -6,7 +6,11 @@ subnormal and large f16 scales, every quant value), 1, 3, 17 and 4097 blocks (un
 
 Q8_0 and Q4_0 values d * q are exact in f32, so the output must be the float64 value rounded
 once to the type, bit for bit. Q4_1's d * q + m may round in f32 first: within one spacing of
-the type (plus 2^-24 |m| absolute where it cancels)."""
+the type (plus 2^-24 |m| absolute where it cancels).
+
+The other formats (Q5_0, Q5_1, IQ4_NL and the K-quants) are checked against the `gguf`
+package's dequantizer (llama.cpp's own for Q8_K, which `gguf` lacks) on random raw blocks: the
+kernels round like it in f32, so the output is its f32 value rounded once to the type."""
 
 from __future__ import annotations
 
@@ -14,12 +18,17 @@ import cupy as cp
 import numpy as np
 import pytest
 
+from quantized_models import reference_dequantize
+
 from kernel_harness import NAMES, Buffer, elementwise_grid
-from kernel_reference import KINDS, ULP, dequantize, encode, random_blocks
+from kernel_reference import GGML_FORMATS, KINDS, ULP, dequantize, encode, random_blocks, random_raw_blocks
+
+#: The formats with a numpy float64 reference in kernel_reference.
+NUMPY_KINDS = ["Q8_0", "Q4_0", "Q4_1"]
 
 
 @pytest.mark.parametrize("name", NAMES)
-@pytest.mark.parametrize("kind", list(KINDS))
+@pytest.mark.parametrize("kind", NUMPY_KINDS)
 @pytest.mark.parametrize("num_blocks", [1, 3, 17, 4097])
 @pytest.mark.parametrize("grid", ["host", "one"])
 def test_dequant(module, name, kind, num_blocks, grid):
@@ -36,4 +45,22 @@ def test_dequant(module, name, kind, num_blocks, grid):
         np.testing.assert_allclose(out.values(), want, rtol=ULP[name], atol=2.0**-20)
     else:
         np.testing.assert_array_equal(out.bits(), encode(want, name))
+    out.check_guard()
+
+
+@pytest.mark.parametrize("name", NAMES)
+@pytest.mark.parametrize("kind", [k for k in KINDS if k not in NUMPY_KINDS])
+@pytest.mark.parametrize("num_blocks", [1, 3, 17, 1025])
+def test_dequant_gguf_formats(module, name, kind, num_blocks):
+    rng = np.random.default_rng(num_blocks * 5 + KINDS[kind])
+    data = random_raw_blocks(kind, num_blocks, rng)
+    want = reference_dequantize(kind, data.reshape(-1)).astype(np.float64)
+    num_chunks = num_blocks * GGML_FORMATS[kind][1] // 32
+    out = Buffer(num_chunks * 32, name)
+    module.get_function(f"ember_dequant_{name}")(
+        (elementwise_grid(num_chunks),),
+        (256,),
+        (out.arr, cp.asarray(data.reshape(-1)), np.int64(num_chunks), np.int32(KINDS[kind])),
+    )
+    np.testing.assert_array_equal(out.bits(), encode(want, name))
     out.check_guard()

@@ -30,7 +30,7 @@ mod packed_matmul;
 #[cfg(target_arch = "x86_64")]
 mod packed_vnni;
 mod par;
-mod quant;
+pub mod quant;
 mod rope;
 pub mod tensor;
 

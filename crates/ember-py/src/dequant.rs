@@ -1,7 +1,9 @@
-//! Testing aid over the CPU backend's GGUF dequantization (the exact code path of
-//! `dtype="float32"`), so Python tests can compare it with the `gguf` package bit for bit.
+//! Testing aids over the CPU backend's GGUF dequantization (the exact code path of
+//! `dtype="float32"`) and its 8-bit activation quantization, so Python tests can compare them
+//! with the `gguf` package and llama.cpp bit for bit.
 
 use ember_cpu::blocks::dequantize_row;
+use ember_cpu::quant::QuantActs;
 use ember_model::gguf::{ggml_type_name, weight_dtype_of};
 use pyo3::prelude::*;
 use pyo3::types::PyBytes;
@@ -29,4 +31,33 @@ pub fn dequantize<'py>(py: Python<'py>, data: &[u8], ggml_type: u32) -> PyResult
     py.detach(|| dequantize_row(dtype, data, &mut out));
     let bytes: Vec<u8> = out.iter().flat_map(|v| v.to_le_bytes()).collect();
     Ok(PyBytes::new(py, &bytes))
+}
+
+/// The 8-bit quantization of one activation row the quantized matmuls apply (`x`: little-endian
+/// f32 bytes, a whole number of `block_len`-element blocks; `block_len` 32 for Q8_0 / Q8_1 or
+/// 256 for Q8_K): `(quants as i8 bytes, block scales as f32 bytes, sums of 16 quants as i32 bytes)`.
+#[pyfunction]
+pub fn quantize_activations<'py>(
+    py: Python<'py>,
+    x: &[u8],
+    block_len: usize,
+) -> PyResult<(Bound<'py, PyBytes>, Bound<'py, PyBytes>, Bound<'py, PyBytes>)> {
+    if block_len != 32 && block_len != 256 {
+        return Err(invalid_request(format!("block_len must be 32 or 256, got {block_len}")));
+    }
+    if !x.len().is_multiple_of(4 * block_len) {
+        return Err(invalid_request(format!(
+            "x has {} bytes, not a whole number of {block_len}-element f32 blocks",
+            x.len()
+        )));
+    }
+    let values: Vec<f32> = x
+        .chunks_exact(4)
+        .map(|c| f32::from_le_bytes([c[0], c[1], c[2], c[3]]))
+        .collect();
+    let acts = QuantActs::quantize(&values, 1, values.len(), block_len);
+    let qs: Vec<u8> = acts.qs.iter().map(|&q| q as u8).collect();
+    let d: Vec<u8> = acts.d.iter().flat_map(|v| v.to_le_bytes()).collect();
+    let sums: Vec<u8> = acts.bsums.iter().flat_map(|v| v.to_le_bytes()).collect();
+    Ok((PyBytes::new(py, &qs), PyBytes::new(py, &d), PyBytes::new(py, &sums)))
 }

@@ -31,5 +31,6 @@ fn _core(py: Python<'_>, module: &Bound<'_, PyModule>) -> PyResult<()> {
     module.add_function(wrap_pyfunction!(sampling::sample_token, module)?)?;
     module.add_function(wrap_pyfunction!(sampling::token_logprobs, module)?)?;
     module.add_function(wrap_pyfunction!(dequant::dequantize, module)?)?;
+    module.add_function(wrap_pyfunction!(dequant::quantize_activations, module)?)?;
     Ok(())
 }
