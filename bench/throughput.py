@@ -7,7 +7,10 @@ wall-clock second, prefill of their short prompts included). llama.cpp runs thro
 llama-cpp-python's low-level API (llama_batch / llama_decode with one sequence id
 per stream), so its multi-stream numbers are real batched decoding.
 
-    python bench/throughput.py [--model PATH] [--threads 2] [--quick]
+    python bench/throughput.py [--model PATH] [--quant Q4_K_M] [--threads 2] [--quick]
+
+--quant requantizes the model with llama.cpp's own quantizer (llama_model_quantize, cached
+under .cache/quantized; see tests/quantized_models.py) and runs both engines on that file.
 
 Prints a table and writes bench/out/throughput-<date>.json.
 """
@@ -17,8 +20,10 @@ from __future__ import annotations
 import argparse
 import ctypes
 import random
+import sys
 import time
 from collections.abc import Callable
+from pathlib import Path
 from typing import Any
 
 import numpy as np
@@ -212,6 +217,7 @@ def main() -> None:
         threads_help="threads for both engines (default: 2)",
         quick_help="a small smoke run: 16 tokens, 1 repeat, 16 streams",
     )
+    parser.add_argument("--quant", default=None, help="requantize the model with llama.cpp first: Q4_K_M, ...")
     args = parser.parse_args()
     args.decode_tokens, args.repeats, args.streams = (16, 1, [16]) if args.quick else (128, 3, [16, 64])
 
@@ -221,6 +227,11 @@ def main() -> None:
     from ember.models import resolve_model
 
     model = resolve_model(args.model)
+    if args.quant:
+        sys.path.insert(0, str(Path(__file__).resolve().parents[1] / "tests"))
+        from quantized_models import quantized_gguf
+
+        model = str(quantized_gguf(Path(model), args.quant))
     ours = EmberRunner(model, args.threads, max(args.streams))
     words = PREFILL_TOKENS  # about one token per word for this vocabulary; trimmed to PREFILL_TOKENS below
     prefill_ids = ours.ids(seeded_prompts(1, words, args.seed)[0])[:PREFILL_TOKENS]
@@ -232,7 +243,7 @@ def main() -> None:
     theirs = LlamaCppRunner(model, args.threads, max(args.streams), max_tokens_per_seq)
     results["llama.cpp"] = measure(theirs, prefill_ids, short_ids, args)
 
-    print(f"\nSmolLM2-135M Q4_1 GGUF, {args.threads} threads, {cpu_model()}")
+    print(f"\n{Path(model).name}, {args.threads} threads, {cpu_model()}")
     print(f"{'metric':<28}{'ember':>12}{'llama.cpp':>12}{'ratio':>8}")
     for key in results["ember"]:
         a, b = results["ember"][key], results["llama.cpp"][key]
