@@ -262,11 +262,16 @@ fn half_caches_round_what_is_written() {
     let run = |dtype: WeightDType| {
         let backend = CpuBackend::new(Some(1)).with_kv_cache_dtype(dtype).unwrap();
         let mut cache = backend.allocate_kv_cache(&spec).unwrap();
-        backend.write_kv(&mut cache, 0, &k, &v, &meta.slot_mapping).unwrap();
+        backend
+            .write_kv(&mut cache, 0, &k, &v, &meta.slot_mapping)
+            .unwrap();
         backend.attention(&q, &cache, 0, shape, 0.125, &meta).unwrap()
     };
     let exact = run(WeightDType::F32);
-    for (dtype, ulp) in [(WeightDType::F16, 2f32.powi(-11)), (WeightDType::BF16, 2f32.powi(-8))] {
+    for (dtype, ulp) in [
+        (WeightDType::F16, 2f32.powi(-11)),
+        (WeightDType::BF16, 2f32.powi(-8)),
+    ] {
         let got = run(dtype);
         let diff = got
             .as_slice()

@@ -23,12 +23,11 @@ pub mod matmul;
 pub mod matrix;
 mod norm;
 mod packed;
-#[cfg(target_arch = "x86_64")]
-mod packed_avx2;
 mod packed_kernel;
 mod packed_matmul;
+mod packed_tile;
 #[cfg(target_arch = "x86_64")]
-mod packed_vnni;
+mod packed_x86;
 mod par;
 pub mod quant;
 mod rope;

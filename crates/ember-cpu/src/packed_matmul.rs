@@ -149,7 +149,7 @@ fn tile<const R: usize>(
     acts: &QuantActs,
     r0: usize,
 ) -> [[f32; LANES]; R] {
-    use crate::{packed_avx2 as avx2, packed_vnni as vnni};
+    use crate::packed_x86::{tile_avx2, tile_vnni};
     macro_rules! arms {
         ($($t:ident),*) => {{
             $(const $t: u8 = tag_of(WeightDType::$t);)*
@@ -158,8 +158,8 @@ fn tile<const R: usize>(
             // `dtype` with `num_blocks` blocks and `acts` was quantized for it.
             unsafe {
                 match (isa, tag) {
-                    $((Isa::Avx512Vnni, $t) => vnni::tile::<$t, R>(group, num_blocks, acts, r0),
-                      (Isa::Avx2, $t) => avx2::tile::<$t, R>(group, num_blocks, acts, r0),)*
+                    $((Isa::Avx512Vnni, $t) => tile_vnni::<$t, R>(group, num_blocks, acts, r0),
+                      (Isa::Avx2, $t) => tile_avx2::<$t, R>(group, num_blocks, acts, r0),)*
                     _ => unreachable!("scalar or float tile"),
                 }
             }
