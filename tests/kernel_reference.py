@@ -119,6 +119,16 @@ BLOCK_DTYPES = {
 BLOCK_BYTES = {kind: dt.itemsize for kind, dt in BLOCK_DTYPES.items()}  # 34, 18, 20
 
 
+def random_scales(num_blocks: int, rng: np.random.Generator) -> np.ndarray:
+    """Block scales of either sign and mixed magnitudes, with block 0 at zero and, when there
+    are enough blocks, an f16 subnormal (block 1) and a large one (block 2)."""
+    d = rng.standard_normal(num_blocks) * 10.0 ** rng.uniform(-3, 0, num_blocks)
+    d[0] = 0.0
+    if num_blocks > 2:
+        d[1], d[2] = 3.0e-6, -7.5
+    return d
+
+
 def random_blocks(kind: str, num_blocks: int, rng: np.random.Generator) -> np.ndarray:
     """`num_blocks` random blocks of `kind` as raw bytes `[num_blocks, block_bytes]` (uint8).
 
@@ -127,11 +137,7 @@ def random_blocks(kind: str, num_blocks: int, rng: np.random.Generator) -> np.nd
     quants cover their whole range (Q8_0 includes -128, which ggml's quantizer never writes
     but the format defines)."""
     blocks = np.zeros(num_blocks, BLOCK_DTYPES[kind])
-    d = rng.standard_normal(num_blocks) * 10.0 ** rng.uniform(-3, 0, num_blocks)
-    d[0] = 0.0
-    if num_blocks > 2:
-        d[1], d[2] = 3.0e-6, -7.5
-    blocks["d"] = d.astype(np.float16)
+    blocks["d"] = random_scales(num_blocks, rng).astype(np.float16)
     if kind == "Q8_0":
         blocks["qs"] = rng.integers(-128, 128, (num_blocks, QK), dtype=np.int8)
     else:
@@ -143,16 +149,11 @@ def random_blocks(kind: str, num_blocks: int, rng: np.random.Generator) -> np.nd
 
 def random_raw_blocks(kind: str, num_blocks: int, rng: np.random.Generator) -> np.ndarray:
     """`num_blocks` blocks of any format as raw bytes `[num_blocks, block_bytes]` (uint8): every
-    quant, scale and min byte random, the f16 (Q8_K: f32) block scales random of either sign and
-    mixed magnitudes, with block 0 at zero and, when there are enough blocks, a subnormal f16
-    scale (block 1) and a large one (block 2)."""
+    quant, scale and min byte random, the f16 (Q8_K: f32) block scales from `random_scales`."""
     _, _, size = GGML_FORMATS[kind]
     data = rng.integers(0, 256, (num_blocks, size), dtype=np.uint8)
     for off in SCALE_OFFSETS[kind]:
-        d = rng.standard_normal(num_blocks) * 10.0 ** rng.uniform(-3, 0, num_blocks)
-        d[0] = 0.0
-        if num_blocks > 2:
-            d[1], d[2] = 3.0e-6, -7.5
+        d = random_scales(num_blocks, rng)
         if kind == "Q8_K":
             data[:, off : off + 4] = d.astype("<f4").view(np.uint8).reshape(num_blocks, 4)
         else:

@@ -47,14 +47,19 @@ pub fn quant_matmul(
         unreachable!("float weight")
     };
     let (rows, k, n) = (x.rows(), x.cols(), w.rows());
-    let acts = QuantActs::quantize(x.as_slice(), rows, k, layout.fmt.block_len);
-    let ptr = OutPtr(out.as_mut_slice().as_mut_ptr());
+    let job = Job {
+        isa,
+        w,
+        layout,
+        acts: QuantActs::quantize(x.as_slice(), rows, k, layout.fmt.block_len),
+        out: OutPtr(out.as_mut_slice().as_mut_ptr()),
+        bias,
+    };
     let num_groups = n.div_ceil(LANES);
     let threads = pool.current_num_threads();
     let work = rows * n * k;
-    let run = |g0: usize, g1: usize| compute_groups(isa, w, &layout, &acts, g0, g1, ptr, bias);
     if threads <= 1 || work < PAR_WORK {
-        run(0, num_groups);
+        job.groups(0, num_groups);
         return;
     }
     // Few, coarse chunks: one per thread for small matrices (decode runs ~200 small matmuls
@@ -62,80 +67,100 @@ pub fn quant_matmul(
     let per_thread = if work < BIG_WORK { 1 } else { 4 };
     let chunk = num_groups.div_ceil(threads * per_thread);
     crate::par::for_each_chunk(pool, num_groups.div_ceil(chunk), |i| {
-        run(i * chunk, ((i + 1) * chunk).min(num_groups));
+        job.groups(i * chunk, ((i + 1) * chunk).min(num_groups));
     });
 }
 
-/// Computes weight groups `g0..g1` (output columns `16 g0..16 g1`) of every row.
-#[allow(clippy::too_many_arguments)]
-fn compute_groups(
+/// One matmul: the weights, the quantized activations and where the results go.
+struct Job<'a> {
     isa: Isa,
-    w: &CpuMatrix,
-    layout: &Layout,
-    acts: &QuantActs,
-    g0: usize,
-    g1: usize,
+    w: &'a CpuMatrix,
+    layout: Layout,
+    acts: QuantActs,
     out: OutPtr,
-    bias: Option<&[f32]>,
-) {
-    if isa == Isa::Scalar {
-        return scalar_groups(w, layout, acts, g0, g1, out, bias);
-    }
-    let rows = acts.rows;
-    let group_bytes = w.num_blocks() * layout.block_bytes;
-    let span = if rows > 4 {
-        (CHUNK_BYTES / group_bytes.max(1)).max(1)
-    } else {
-        g1 - g0
-    };
-    let mut c0 = g0;
-    while c0 < g1 {
-        let c1 = (c0 + span).min(g1);
-        let mut r0 = 0;
-        while rows - r0 >= 4 {
-            tiles::<4>(isa, w, acts, r0, c0, c1, out, bias);
-            r0 += 4;
-        }
-        if rows - r0 >= 2 {
-            tiles::<2>(isa, w, acts, r0, c0, c1, out, bias);
-            r0 += 2;
-        }
-        if rows - r0 == 1 {
-            tiles::<1>(isa, w, acts, r0, c0, c1, out, bias);
-        }
-        c0 = c1;
-    }
+    bias: Option<&'a [f32]>,
 }
 
-/// Tiles of activation rows `r0..r0 + R` over weight groups `c0..c1`.
-#[allow(clippy::too_many_arguments)]
-fn tiles<const R: usize>(
-    isa: Isa,
-    w: &CpuMatrix,
-    acts: &QuantActs,
-    r0: usize,
-    c0: usize,
-    c1: usize,
-    out: OutPtr,
-    bias: Option<&[f32]>,
-) {
-    for g in c0..c1 {
-        let res = tile::<R>(isa, w.dtype(), w.group(g), w.num_blocks(), acts, r0);
-        for (r, lanes) in res.iter().enumerate() {
-            store(&lanes[..], r0 + r, g, w.rows(), out, bias);
+impl Job<'_> {
+    /// Computes weight groups `g0..g1` (output columns `16 g0..16 g1`) of every row.
+    fn groups(&self, g0: usize, g1: usize) {
+        if self.isa == Isa::Scalar {
+            return self.scalar_groups(g0, g1);
+        }
+        let rows = self.acts.rows;
+        let group_bytes = self.w.num_blocks() * self.layout.block_bytes;
+        let span = if rows > 4 {
+            (CHUNK_BYTES / group_bytes.max(1)).max(1)
+        } else {
+            g1 - g0
+        };
+        let mut c0 = g0;
+        while c0 < g1 {
+            let c1 = (c0 + span).min(g1);
+            let mut r0 = 0;
+            while rows - r0 >= 4 {
+                self.tiles::<4>(r0, c0, c1);
+                r0 += 4;
+            }
+            if rows - r0 >= 2 {
+                self.tiles::<2>(r0, c0, c1);
+                r0 += 2;
+            }
+            if rows - r0 == 1 {
+                self.tiles::<1>(r0, c0, c1);
+            }
+            c0 = c1;
         }
     }
-}
 
-/// Writes the in-range lanes of one row of a group's outputs, adding the bias.
-#[inline]
-fn store(lanes: &[f32], row: usize, g: usize, n: usize, out: OutPtr, bias: Option<&[f32]>) {
-    for (lane, &v) in lanes.iter().enumerate().take(n - g * LANES) {
-        let c = g * LANES + lane;
-        let v = bias.map_or(v, |b| v + b[c]);
-        // SAFETY: `row < rows` and `c < n`, so the index is inside the `[rows, n]` output;
-        // this task is the only writer of column `c`.
-        unsafe { *out.0.add(row * n + c) = v };
+    /// Tiles of activation rows `r0..r0 + R` over weight groups `c0..c1`.
+    fn tiles<const R: usize>(&self, r0: usize, c0: usize, c1: usize) {
+        let w = self.w;
+        for g in c0..c1 {
+            let res = tile::<R>(self.isa, w.dtype(), w.group(g), w.num_blocks(), &self.acts, r0);
+            for (r, lanes) in res.iter().enumerate() {
+                self.store(&lanes[..], r0 + r, g);
+            }
+        }
+    }
+
+    /// Writes the in-range lanes of one row of a group's outputs, adding the bias.
+    #[inline]
+    fn store(&self, lanes: &[f32], row: usize, g: usize) {
+        let n = self.w.rows();
+        for (lane, &v) in lanes.iter().enumerate().take(n - g * LANES) {
+            let c = g * LANES + lane;
+            let v = self.bias.map_or(v, |b| v + b[c]);
+            // SAFETY: `row < rows` and `c < n`, so the index is inside the `[rows, n]` output;
+            // this task is the only writer of column `c`.
+            unsafe { *self.out.0.add(row * n + c) = v };
+        }
+    }
+
+    /// The scalar path: each packed block unpacked once per group, then the reference
+    /// arithmetic for every activation row.
+    fn scalar_groups(&self, g0: usize, g1: usize) {
+        let (fmt, acts) = (self.layout.fmt, &self.acts);
+        let mut lanes = vec![Block::default(); LANES];
+        let mut acc = vec![0.0f32; acts.rows * LANES];
+        for g in g0..g1 {
+            acc.fill(0.0);
+            let group = self.w.group(g);
+            for b in 0..self.w.num_blocks() {
+                let src = &group[b * self.layout.block_bytes..(b + 1) * self.layout.block_bytes];
+                for (lane, blk) in lanes.iter_mut().enumerate() {
+                    unpack_block(&self.layout, src, lane, blk);
+                }
+                for (r, row_acc) in acc.chunks_exact_mut(LANES).enumerate() {
+                    for (a, blk) in row_acc.iter_mut().zip(&lanes) {
+                        *a = accumulate_block(&fmt, blk, acts, r, b * fmt.block_len, *a);
+                    }
+                }
+            }
+            for (r, row_acc) in acc.chunks_exact(LANES).enumerate() {
+                self.store(row_acc, r, g);
+            }
+        }
     }
 }
 
@@ -179,39 +204,4 @@ fn tile<const R: usize>(
     _r0: usize,
 ) -> [[f32; LANES]; R] {
     unreachable!("SIMD tiles exist on x86-64 only")
-}
-
-/// The scalar path: each packed block unpacked once per group, then the reference
-/// arithmetic for every activation row.
-#[allow(clippy::too_many_arguments)]
-fn scalar_groups(
-    w: &CpuMatrix,
-    layout: &Layout,
-    acts: &QuantActs,
-    g0: usize,
-    g1: usize,
-    out: OutPtr,
-    bias: Option<&[f32]>,
-) {
-    let fmt = layout.fmt;
-    let mut lanes = vec![Block::default(); LANES];
-    let mut acc = vec![0.0f32; acts.rows * LANES];
-    for g in g0..g1 {
-        acc.fill(0.0);
-        let group = w.group(g);
-        for b in 0..w.num_blocks() {
-            let src = &group[b * layout.block_bytes..(b + 1) * layout.block_bytes];
-            for (lane, blk) in lanes.iter_mut().enumerate() {
-                unpack_block(layout, src, lane, blk);
-            }
-            for (r, row_acc) in acc.chunks_exact_mut(LANES).enumerate() {
-                for (a, blk) in row_acc.iter_mut().zip(&lanes) {
-                    *a = accumulate_block(&fmt, blk, acts, r, b * fmt.block_len, *a);
-                }
-            }
-        }
-        for (r, row_acc) in acc.chunks_exact(LANES).enumerate() {
-            store(row_acc, r, g, w.rows(), out, bias);
-        }
-    }
 }
