@@ -9,9 +9,9 @@ the K-quant tests and benchmarks
 256-element super-blocks, so llama.cpp falls back to 32-element formats there; together the
 files below hold every K-quant llama.cpp writes and the fallbacks:
 
-    Q2_K (pure)  Q2_K, Q4_0            Q3_K_M  Q3_K, Q4_K, Q5_K, Q4_0, Q5_0, Q5_1
-    Q4_K_M       Q4_K, Q6_K, Q5_0, Q8_0  Q5_K_M  Q5_K, Q6_K, Q5_1, Q8_0
-    IQ4_NL       IQ4_NL, Q5_K, Q8_0
+    Q2_K_pure  Q2_K, Q4_0               Q2_K    Q3_K (ffn_down), Q4_0, Q8_0
+    Q4_K_M     Q4_K, Q6_K, Q5_0, Q8_0     Q5_K_M  Q5_K, Q6_K, Q5_1, Q8_0
+    IQ4_NL     IQ4_NL, Q5_K, Q8_0
 """
 
 from __future__ import annotations
@@ -23,11 +23,11 @@ from typing import Any
 
 import numpy as np
 
-#: name -> (llama_ftype, pure): `pure` quantizes every tensor to the type (Q2_K would
-#: otherwise keep none: llama.cpp's Q2_K mix uses Q3_K for ffn_down).
+#: name -> (llama_ftype, pure): `pure` quantizes every tensor to the type (llama.cpp's Q2_K
+#: mix keeps no Q2_K tensor in this model: it takes Q3_K for ffn_down).
 FTYPES = {
-    "Q2_K": (10, True),
-    "Q3_K_M": (12, False),
+    "Q2_K_pure": (10, True),
+    "Q2_K": (10, False),
     "Q4_K_M": (15, False),
     "Q5_K_M": (17, False),
     "IQ4_NL": (25, False),
