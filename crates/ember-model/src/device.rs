@@ -234,7 +234,9 @@ mod tests {
             err,
             "kv_cache_dtype must be \"auto\", \"float32\", \"float16\" or \"bfloat16\" on the CPU backend, got \"fp8\""
         );
-        assert!(super::kv_cache_dtype("float16", true, false).unwrap_err().contains("CUDA"));
+        assert!(super::kv_cache_dtype("float16", true, false)
+            .unwrap_err()
+            .contains("CUDA"));
     }
 
     #[test]

@@ -78,7 +78,10 @@ pub fn available_memory_bytes() -> Option<u64> {
 pub fn default_cpu_kv_cache_bytes(available: Option<u64>, full_context_bytes: u64, block_bytes: u64) -> u64 {
     let available = available.unwrap_or(16 << 30);
     let cap = (available as f64 * DEFAULT_CPU_KV_CACHE_FRACTION) as u64;
-    DEFAULT_CPU_KV_CACHE_BYTES.max(full_context_bytes).min(cap).max(block_bytes)
+    DEFAULT_CPU_KV_CACHE_BYTES
+        .max(full_context_bytes)
+        .min(cap)
+        .max(block_bytes)
 }
 
 #[cfg(test)]
@@ -89,12 +92,21 @@ mod tests {
     fn default_kv_cache_fits_one_full_context_within_a_quarter_of_memory() {
         let gib = 1u64 << 30;
         // The default model (23 KB per token in f16, 8192 tokens): the 1 GiB default.
-        assert_eq!(default_cpu_kv_cache_bytes(Some(16 * gib), 188 << 20, 1 << 20), gib);
+        assert_eq!(
+            default_cpu_kv_cache_bytes(Some(16 * gib), 188 << 20, 1 << 20),
+            gib
+        );
         // A 7B model whose full context needs 2 GiB gets it, if a quarter of memory allows.
-        assert_eq!(default_cpu_kv_cache_bytes(Some(16 * gib), 2 * gib, 1 << 20), 2 * gib);
+        assert_eq!(
+            default_cpu_kv_cache_bytes(Some(16 * gib), 2 * gib, 1 << 20),
+            2 * gib
+        );
         assert_eq!(default_cpu_kv_cache_bytes(Some(4 * gib), 2 * gib, 1 << 20), gib);
         // Little memory: a quarter of it, but never less than one block.
         assert_eq!(default_cpu_kv_cache_bytes(Some(gib), 188 << 20, 1 << 20), gib / 4);
-        assert_eq!(default_cpu_kv_cache_bytes(Some(1 << 20), 188 << 20, 1 << 20), 1 << 20);
+        assert_eq!(
+            default_cpu_kv_cache_bytes(Some(1 << 20), 188 << 20, 1 << 20),
+            1 << 20
+        );
     }
 }

@@ -43,7 +43,9 @@ pub fn quantize_activations<'py>(
     block_len: usize,
 ) -> PyResult<(Bound<'py, PyBytes>, Bound<'py, PyBytes>, Bound<'py, PyBytes>)> {
     if block_len != 32 && block_len != 256 {
-        return Err(invalid_request(format!("block_len must be 32 or 256, got {block_len}")));
+        return Err(invalid_request(format!(
+            "block_len must be 32 or 256, got {block_len}"
+        )));
     }
     if !x.len().is_multiple_of(4 * block_len) {
         return Err(invalid_request(format!(
@@ -59,5 +61,9 @@ pub fn quantize_activations<'py>(
     let qs: Vec<u8> = acts.qs.iter().map(|&q| q as u8).collect();
     let d: Vec<u8> = acts.d.iter().flat_map(|v| v.to_le_bytes()).collect();
     let sums: Vec<u8> = acts.bsums.iter().flat_map(|v| v.to_le_bytes()).collect();
-    Ok((PyBytes::new(py, &qs), PyBytes::new(py, &d), PyBytes::new(py, &sums)))
+    Ok((
+        PyBytes::new(py, &qs),
+        PyBytes::new(py, &d),
+        PyBytes::new(py, &sums),
+    ))
 }

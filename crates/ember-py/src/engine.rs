@@ -223,7 +223,12 @@ impl PyEngine {
     /// Logits at every position of one prompt, or at `positions` only (a prefill outside the
     /// scheduler; for tests and evaluation).
     #[pyo3(signature = (prompt_token_ids, positions=None))]
-    fn score(&self, py: Python<'_>, prompt_token_ids: Vec<u32>, positions: Option<Vec<u32>>) -> PyResult<Vec<Vec<f32>>> {
+    fn score(
+        &self,
+        py: Python<'_>,
+        prompt_token_ids: Vec<u32>,
+        positions: Option<Vec<u32>>,
+    ) -> PyResult<Vec<Vec<f32>>> {
         py.detach(|| -> PyResult<Vec<Vec<f32>>> {
             self.lock()?
                 .score(&prompt_token_ids, positions.as_deref())
