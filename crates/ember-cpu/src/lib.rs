@@ -23,8 +23,10 @@ pub mod matmul;
 pub mod matrix;
 mod norm;
 mod packed;
+#[cfg(target_arch = "x86_64")]
 mod packed_kernel;
 mod packed_matmul;
+#[cfg(target_arch = "x86_64")]
 mod packed_tile;
 #[cfg(target_arch = "x86_64")]
 mod packed_x86;

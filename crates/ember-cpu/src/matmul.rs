@@ -10,7 +10,7 @@ use crate::dot_scalar::float_dot;
 use crate::dot_x86 as x86;
 use crate::matrix::CpuMatrix;
 use crate::tensor::CpuTensor;
-use ember_core::{BackendError, BackendResult, WeightDType};
+use ember_core::{BackendError, BackendResult};
 use rayon::ThreadPool;
 
 /// The kernel family that runs the matmuls.
@@ -199,8 +199,8 @@ fn tile<const R: usize, const C: usize>(
         // SAFETY: `isa` was checked as supported (the float kernels need only AVX2/FMA/F16C).
         return unsafe {
             match w.dtype() {
-                WeightDType::F32 => x86::float_tile::<R, C, { x86::DT_F32 }>(&ws, &xs),
-                WeightDType::F16 => x86::float_tile::<R, C, { x86::DT_F16 }>(&ws, &xs),
+                ember_core::WeightDType::F32 => x86::float_tile::<R, C, { x86::DT_F32 }>(&ws, &xs),
+                ember_core::WeightDType::F16 => x86::float_tile::<R, C, { x86::DT_F16 }>(&ws, &xs),
                 _ => x86::float_tile::<R, C, { x86::DT_BF16 }>(&ws, &xs),
             }
         };

@@ -13,7 +13,6 @@ use crate::dot_scalar::accumulate_block;
 use crate::matmul::Isa;
 use crate::matrix::CpuMatrix;
 use crate::packed::{unpack_block, Layout, LANES};
-use crate::packed_kernel::tag_of;
 use crate::quant::QuantActs;
 use crate::tensor::CpuTensor;
 use ember_core::WeightDType;
@@ -174,6 +173,7 @@ fn tile<const R: usize>(
     acts: &QuantActs,
     r0: usize,
 ) -> [[f32; LANES]; R] {
+    use crate::packed_kernel::tag_of;
     use crate::packed_x86::{tile_avx2, tile_vnni};
     macro_rules! arms {
         ($($t:ident),*) => {{
