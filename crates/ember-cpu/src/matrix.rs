@@ -104,8 +104,13 @@ impl CpuMatrix {
 
     /// Packed group `g` (rows `16 g..16 g + 16`) of a quantized matrix.
     pub fn group(&self, g: usize) -> &[u8] {
+        self.groups(g, g + 1)
+    }
+
+    /// Packed groups `g0..g1` (rows `16 g0..16 g1`, contiguous) of a quantized matrix.
+    pub fn groups(&self, g0: usize, g1: usize) -> &[u8] {
         let bytes = self.num_blocks() * self.layout.map_or(0, |l| l.block_bytes);
-        &self.data.as_slice()[g * bytes..(g + 1) * bytes]
+        &self.data.as_slice()[g0 * bytes..g1 * bytes]
     }
 
     /// Decodes row `r` into `out` (`[cols]`), bit-equal to dequantizing the stored row.

@@ -114,13 +114,12 @@ impl Job<'_> {
 
     /// Tiles of activation rows `r0..r0 + R` over weight groups `c0..c1`.
     fn tiles<const R: usize>(&self, r0: usize, c0: usize, c1: usize) {
-        let w = self.w;
-        for g in c0..c1 {
-            let res = tile::<R>(self.isa, w.dtype(), w.group(g), w.num_blocks(), &self.acts, r0);
+        let mut sink = |i: usize, res: &[[f32; LANES]; R]| {
             for (r, lanes) in res.iter().enumerate() {
-                self.store(&lanes[..], r0 + r, g);
+                self.store(&lanes[..], r0 + r, c0 + i);
             }
-        }
+        };
+        tiles::<R>(self, r0, c0, c1, &mut sink);
     }
 
     /// Writes the in-range lanes of one row of a group's outputs, adding the bias.
@@ -163,28 +162,29 @@ impl Job<'_> {
     }
 }
 
-/// One SIMD tile, dispatched on the ISA and the format.
+/// SIMD tiles of rows `r0..r0 + R` over weight groups `c0..c1`, dispatched on the ISA and the
+/// format; each group's result goes to `sink` (group index from `c0`).
 #[cfg(target_arch = "x86_64")]
-fn tile<const R: usize>(
-    isa: Isa,
-    dtype: WeightDType,
-    group: &[u8],
-    num_blocks: usize,
-    acts: &QuantActs,
+fn tiles<const R: usize>(
+    job: &Job<'_>,
     r0: usize,
-) -> [[f32; LANES]; R] {
+    c0: usize,
+    c1: usize,
+    sink: &mut dyn FnMut(usize, &[[f32; LANES]; R]),
+) {
     use crate::packed_kernel::tag_of;
-    use crate::packed_x86::{tile_avx2, tile_vnni};
+    use crate::packed_x86::{tiles_avx2, tiles_vnni};
+    let (w, acts) = (job.w, &job.acts);
+    let (groups, nb) = (w.groups(c0, c1), w.num_blocks());
     macro_rules! arms {
         ($($t:ident),*) => {{
             $(const $t: u8 = tag_of(WeightDType::$t);)*
-            let tag = tag_of(dtype);
-            // SAFETY: `isa` was checked as supported by this CPU; `group` is a packed group of
-            // `dtype` with `num_blocks` blocks and `acts` was quantized for it.
+            // SAFETY: `isa` was checked as supported by this CPU; `groups` are packed groups of
+            // the matrix's format with `nb` blocks each, and `acts` was quantized for it.
             unsafe {
-                match (isa, tag) {
-                    $((Isa::Avx512Vnni, $t) => tile_vnni::<$t, R>(group, num_blocks, acts, r0),
-                      (Isa::Avx2, $t) => tile_avx2::<$t, R>(group, num_blocks, acts, r0),)*
+                match (job.isa, tag_of(w.dtype())) {
+                    $((Isa::Avx512Vnni, $t) => tiles_vnni::<$t, R>(groups, c1 - c0, nb, acts, r0, sink),
+                      (Isa::Avx2, $t) => tiles_avx2::<$t, R>(groups, c1 - c0, nb, acts, r0, sink),)*
                     _ => unreachable!("scalar or float tile"),
                 }
             }
@@ -195,13 +195,12 @@ fn tile<const R: usize>(
 
 /// No SIMD tiles off x86-64 (the scalar path runs instead).
 #[cfg(not(target_arch = "x86_64"))]
-fn tile<const R: usize>(
-    _isa: Isa,
-    _dtype: WeightDType,
-    _group: &[u8],
-    _num_blocks: usize,
-    _acts: &QuantActs,
+fn tiles<const R: usize>(
+    _job: &Job<'_>,
     _r0: usize,
-) -> [[f32; LANES]; R] {
+    _c0: usize,
+    _c1: usize,
+    _sink: &mut dyn FnMut(usize, &[[f32; LANES]; R]),
+) {
     unreachable!("SIMD tiles exist on x86-64 only")
 }

@@ -15,7 +15,7 @@ struct Vnni;
 /// AVX2 (with FMA, F16C) vectors: 8 lanes, a tile in two halves.
 struct Avx2;
 
-// SAFETY: only instantiated inside `tile_vnni`, which enables these features.
+// SAFETY: only instantiated inside `tiles_vnni`, which enables these features.
 // Each method is a thin intrinsic wrapper; the trait's contract (features, readable bytes) is
 // what makes its body sound, so the bodies are not wrapped one by one.
 #[allow(unsafe_op_in_unsafe_fn)]
@@ -122,7 +122,7 @@ unsafe impl TileVec for Vnni {
     }
 }
 
-// SAFETY: only instantiated inside `tile_avx2`, which enables these features (methods: as for
+// SAFETY: only instantiated inside `tiles_avx2`, which enables these features (methods: as for
 // `Vnni`).
 #[allow(unsafe_op_in_unsafe_fn)]
 unsafe impl TileVec for Avx2 {
@@ -240,45 +240,69 @@ unsafe impl TileVec for Avx2 {
     }
 }
 
-/// One tile on AVX-512 VNNI: the 16 weight rows of packed group `group` (`num_blocks` blocks of
-/// format tag `T`) against activation rows `r0..r0 + R`; returns `out[r][lane]`.
+/// Receives each group's tile: `(group index from the first, out[r][lane])`.
+pub type TileSink<'a, const R: usize> = dyn FnMut(usize, &[[f32; LANES]; R]) + 'a;
+
+/// Tiles on AVX-512 VNNI: for each of the `num_groups` consecutive packed groups in `groups`
+/// (16 weight rows, `num_blocks` blocks of format tag `T` each), the tile against activation
+/// rows `r0..r0 + R`, handed to `sink`.
 ///
 /// # Safety
 /// The CPU supports AVX2, FMA, F16C and AVX-512 F/BW/VL/VNNI.
 #[target_feature(enable = "avx2,fma,f16c,avx512f,avx512bw,avx512vl,avx512vnni")]
-pub unsafe fn tile_vnni<const T: u8, const R: usize>(
-    group: &[u8],
+pub unsafe fn tiles_vnni<const T: u8, const R: usize>(
+    groups: &[u8],
+    num_groups: usize,
     num_blocks: usize,
     acts: &QuantActs,
     r0: usize,
-) -> [[f32; LANES]; R] {
+    sink: &mut TileSink<'_, R>,
+) {
     let l = const { layout_of_tag(T) };
-    assert!(group.len() >= num_blocks * l.block_bytes);
+    let group_bytes = num_blocks * l.block_bytes;
+    assert!(groups.len() >= num_groups * group_bytes);
     let rows = act_rows::<R>(acts, r0, num_blocks * l.fmt.block_len, l.fmt.block_len);
     let mut out = [[0.0f32; LANES]; R];
-    // SAFETY: features enabled here; group and rows checked above.
-    unsafe { tile_lanes::<Vnni, R>(&l, group.as_ptr(), num_blocks, &rows, 0, &mut out) };
-    out
+    for g in 0..num_groups {
+        // SAFETY: features enabled here; groups and rows checked above.
+        unsafe {
+            tile_lanes::<Vnni, R>(
+                &l,
+                groups.as_ptr().add(g * group_bytes),
+                num_blocks,
+                &rows,
+                0,
+                &mut out,
+            )
+        };
+        sink(g, &out);
+    }
 }
 
-/// One tile on AVX2: see [`tile_vnni`] (same results, bit for bit).
+/// Tiles on AVX2: see [`tiles_vnni`] (same results, bit for bit).
 ///
 /// # Safety
 /// The CPU supports AVX2, FMA and F16C.
 #[target_feature(enable = "avx2,fma,f16c")]
-pub unsafe fn tile_avx2<const T: u8, const R: usize>(
-    group: &[u8],
+pub unsafe fn tiles_avx2<const T: u8, const R: usize>(
+    groups: &[u8],
+    num_groups: usize,
     num_blocks: usize,
     acts: &QuantActs,
     r0: usize,
-) -> [[f32; LANES]; R] {
+    sink: &mut TileSink<'_, R>,
+) {
     let l = const { layout_of_tag(T) };
-    assert!(group.len() >= num_blocks * l.block_bytes);
+    let group_bytes = num_blocks * l.block_bytes;
+    assert!(groups.len() >= num_groups * group_bytes);
     let rows = act_rows::<R>(acts, r0, num_blocks * l.fmt.block_len, l.fmt.block_len);
     let mut out = [[0.0f32; LANES]; R];
-    for lane0 in [0, Avx2::WIDTH] {
-        // SAFETY: features enabled here; group and rows checked above; 8 + 8 <= 16 lanes.
-        unsafe { tile_lanes::<Avx2, R>(&l, group.as_ptr(), num_blocks, &rows, lane0, &mut out) };
+    for g in 0..num_groups {
+        let p = groups[g * group_bytes..].as_ptr();
+        for lane0 in [0, Avx2::WIDTH] {
+            // SAFETY: features enabled here; groups and rows checked above; 8 + 8 <= 16 lanes.
+            unsafe { tile_lanes::<Avx2, R>(&l, p, num_blocks, &rows, lane0, &mut out) };
+        }
+        sink(g, &out);
     }
-    out
 }
