@@ -124,6 +124,8 @@ class RequestState:
     """One user-facing request: its prompt and its n completions, keyed by engine sub-request id."""
 
     def __init__(self, request_id: str, prompt: Prompt, params: SamplingParams) -> None:
+        # Validated again here: the fan-out below trusts `n`, and a caller may have bypassed the frozen fields.
+        params.validate()
         self.request_id = request_id
         self.prompt = prompt
         self.params = params

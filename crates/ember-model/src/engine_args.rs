@@ -6,6 +6,8 @@ use std::path::PathBuf;
 pub const DEFAULT_CPU_KV_CACHE_CAP_BYTES: u64 = 4 << 30;
 /// Fraction of currently available memory the CPU backend takes by default (before the cap).
 pub const DEFAULT_CPU_KV_CACHE_FRACTION: f64 = 0.25;
+/// Most CPU threads an engine may start.
+pub const MAX_NUM_THREADS: usize = 1024;
 /// Default token budget per step.
 pub const DEFAULT_MAX_NUM_BATCHED_TOKENS: usize = 2048;
 
@@ -77,6 +79,11 @@ impl EngineArgs {
             if value == Some(0) {
                 return Err(format!("{field} must be at least 1, got 0"));
             }
+        }
+        if let Some(num_threads) = self.num_threads.filter(|&n| n > MAX_NUM_THREADS) {
+            return Err(format!(
+                "num_threads must be at most {MAX_NUM_THREADS}, got {num_threads}"
+            ));
         }
         if self.kv_cache_memory_bytes == Some(0) {
             return Err("kv_cache_memory_bytes must be at least 1, got 0".into());
