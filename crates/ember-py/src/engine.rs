@@ -176,13 +176,13 @@ impl PyEngine {
 
     /// Queues a request; raises InvalidRequestError naming the field and limit. `fork_of` names
     /// a sibling with the same prompt whose prompt blocks this request shares (`n > 1`).
-    #[pyo3(signature = (request_id, prompt_token_ids, params, priority=0, fork_of=None))]
+    #[pyo3(signature = (request_id, prompt_token_ids, params, priority=None, fork_of=None))]
     fn add_request(
         &self,
         request_id: &Bound<'_, PyAny>,
         prompt_token_ids: &Bound<'_, PyAny>,
         params: &Bound<'_, PyAny>,
-        priority: &Bound<'_, PyAny>,
+        priority: Option<&Bound<'_, PyAny>>,
         fork_of: Option<&str>,
     ) -> PyResult<()> {
         guard(|| {
@@ -192,7 +192,10 @@ impl PyEngine {
                 .cast::<PyDict>()
                 .map_err(|_| invalid_request("params must be a dict of sampling parameters"))?;
             let params = sampling_params_from_dict(params)?;
-            let priority = convert::int(priority, "priority", (i32::MIN.into(), i32::MAX.into()))?;
+            let priority = match priority {
+                Some(value) => convert::int(value, "priority", (i32::MIN.into(), i32::MAX.into()))?,
+                None => 0,
+            };
             self.lock()?
                 .add_request(&request_id, prompt_token_ids, params, priority, fork_of)
                 .map_err(engine_error)
