@@ -18,7 +18,7 @@ from typing import Any
 
 from ember import _core
 from ember._core import EmberError, StepOutput
-from ember._tracking import EngineRequest
+from ember._tracking import EngineRequest, step_failure
 
 logger = logging.getLogger("ember")
 
@@ -139,9 +139,7 @@ class EngineLoop:
         try:
             outputs = self._core.step()
         except EmberError as exc:
-            failed = getattr(exc, "request_ids", None)
-            if failed is None:
-                raise
+            failed = step_failure(exc)
             logger.error("an engine step failed; ending its %d requests: %s", len(failed), exc)
             sinks = {sink for child_id in failed if (sink := self._sinks.pop(child_id, None)) is not None}
             for sink in sinks:

@@ -7,7 +7,7 @@ from collections.abc import Callable
 from dataclasses import replace
 from typing import Any
 
-from ember._core import StepOutput, Tokenizer
+from ember._core import EmberError, StepOutput, Tokenizer
 from ember._inputs import Prompt
 from ember.outputs import CompletionOutput, Logprob, RequestMetrics, RequestOutput
 from ember.sampling_params import SamplingParams
@@ -113,6 +113,14 @@ class CompletionState:
 
 EngineRequest = tuple[str, dict[str, Any], "str | None"]
 """One engine sub-request: its id, its sampling-parameter dict, and the sibling whose prompt blocks it shares."""
+
+
+def step_failure(exc: EmberError) -> list[str]:
+    """The engine requests a failed step ended (only those failed); re-raises `exc` when it is not such a failure."""
+    failed = getattr(exc, "request_ids", None)
+    if failed is None:
+        raise exc
+    return list(failed)
 
 
 def token_text(tokenizer: Tokenizer) -> DecodeToken:

@@ -14,6 +14,7 @@ from ember._inputs import (
     Conversation,
     Prompt,
     PromptType,
+    is_sequence,
     normalize_conversations,
     normalize_params,
     normalize_priority,
@@ -22,7 +23,7 @@ from ember._inputs import (
     one_prompt,
 )
 from ember._progress import PromptProgress
-from ember._tracking import RequestState, token_text
+from ember._tracking import RequestState, step_failure, token_text
 from ember.models import resolve_model
 from ember.outputs import RequestOutput
 from ember.sampling_params import SamplingParams
@@ -188,8 +189,9 @@ class Engine:
 
     def score(self, prompt_token_ids: Sequence[int]) -> list[list[float]]:
         """The logits at every position of one prompt, [num_tokens][vocab_size] (for tests and evaluation)."""
+        ids = list(prompt_token_ids) if is_sequence(prompt_token_ids) else prompt_token_ids
         with self._lock:
-            return self._core.score(list(prompt_token_ids))
+            return self._core.score(ids)
 
     def _run_batch(
         self, batch: list[Prompt], params: list[SamplingParams], use_tqdm: bool, priorities: list[int] | None = None
@@ -266,11 +268,8 @@ class Engine:
                 try:
                     outputs = self._core.step()
                 except EmberError as exc:
-                    failed = getattr(exc, "request_ids", None)
-                    if failed is None:
-                        raise
                     outputs = []
-                    for child_id in failed:
+                    for child_id in step_failure(exc):
                         box = self._mailboxes.get(child_id)
                         if box is not None:
                             box.append(exc)

@@ -62,13 +62,7 @@ pub fn token_ids(value: &Bound<'_, PyAny>, name: &'static str) -> PyResult<Vec<u
     {
         return Err(not_a_list());
     }
-    let items: Vec<Bound<'_, PyAny>> = if let Ok(list) = value.cast::<PyList>() {
-        list.iter().collect()
-    } else if let Ok(tuple) = value.cast::<PyTuple>() {
-        tuple.iter().collect()
-    } else {
-        return Err(not_a_list());
-    };
+    let items = items(value).ok_or_else(not_a_list)?;
     items
         .iter()
         .enumerate()
@@ -86,6 +80,15 @@ pub fn token_ids(value: &Bound<'_, PyAny>, name: &'static str) -> PyResult<Vec<u
             })
         })
         .collect()
+}
+
+/// The items of a list or tuple (None for anything else, `str` and `bytes` included).
+pub fn items<'py>(value: &Bound<'py, PyAny>) -> Option<Vec<Bound<'py, PyAny>>> {
+    match (value.cast::<PyList>(), value.cast::<PyTuple>()) {
+        (Ok(list), _) => Some(list.iter().collect()),
+        (_, Ok(tuple)) => Some(tuple.iter().collect()),
+        _ => None,
+    }
 }
 
 /// A `str` as UTF-8; lone surrogates (which no UTF-8 text can hold) are refused by name.

@@ -3,7 +3,7 @@
 use ember_core::SamplingParams;
 use pyo3::conversion::FromPyObjectOwned;
 use pyo3::prelude::*;
-use pyo3::types::{PyBool, PyDict, PyInt, PyList, PyString, PyTuple};
+use pyo3::types::{PyBool, PyDict, PyInt, PyString};
 
 use crate::convert::{self, type_name};
 use crate::errors::invalid_param;
@@ -61,19 +61,15 @@ fn stop_strings(value: &Bound<'_, PyAny>) -> PyResult<Vec<String>> {
     if value.is_instance_of::<PyString>() {
         return Ok(vec![convert::text(value, "stop")?]);
     }
-    let items: Vec<Bound<'_, PyAny>> = match (value.cast::<PyList>(), value.cast::<PyTuple>()) {
-        (Ok(list), _) => list.iter().collect(),
-        (_, Ok(tuple)) => tuple.iter().collect(),
-        _ => {
-            return Err(invalid_param(
-                "stop",
-                format!(
-                    "stop must be a string or a list of strings, got {}",
-                    type_name(value)
-                ),
-            ))
-        }
-    };
+    let items = convert::items(value).ok_or_else(|| {
+        invalid_param(
+            "stop",
+            format!(
+                "stop must be a string or a list of strings, got {}",
+                type_name(value)
+            ),
+        )
+    })?;
     items
         .iter()
         .enumerate()

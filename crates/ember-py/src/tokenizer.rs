@@ -5,7 +5,7 @@ use std::sync::Arc;
 use ember_model::chat_template::{ChatMessage, ChatTemplate};
 use ember_model::tokenizer::Tokenizer;
 use pyo3::prelude::*;
-use pyo3::types::{PyDict, PyList, PyTuple};
+use pyo3::types::PyDict;
 
 use crate::convert::{self, type_name};
 use crate::errors::{invalid_param, invalid_request};
@@ -125,19 +125,15 @@ impl PyTokenizer {
                 .chat_template
                 .as_ref()
                 .ok_or_else(|| invalid_request("the model has no chat template"))?;
-            let items: Vec<Bound<'_, PyAny>> = match (messages.cast::<PyList>(), messages.cast::<PyTuple>()) {
-                (Ok(list), _) => list.iter().collect(),
-                (_, Ok(tuple)) => tuple.iter().collect(),
-                _ => {
-                    return Err(invalid_param(
-                        "messages",
-                        format!(
-                            "messages must be a list of message dicts, got {}",
-                            type_name(messages)
-                        ),
-                    ))
-                }
-            };
+            let items = convert::items(messages).ok_or_else(|| {
+                invalid_param(
+                    "messages",
+                    format!(
+                        "messages must be a list of message dicts, got {}",
+                        type_name(messages)
+                    ),
+                )
+            })?;
             let messages = items
                 .iter()
                 .enumerate()
