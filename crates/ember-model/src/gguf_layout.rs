@@ -71,7 +71,7 @@ pub fn tensor_byte_len(info: &GgufTensorInfo) -> Result<u64, String> {
         .iter()
         .try_fold(1u64, |acc, &d| acc.checked_mul(d as u64))
         .ok_or_else(|| format!("tensor '{}' has an overflowing shape {:?}", info.name, info.shape))?;
-    if num_elements % block_elems != 0 {
+    if !num_elements.is_multiple_of(block_elems) {
         return Err(format!(
             "tensor '{}' has {num_elements} elements, not a whole number of {block_elems}-element blocks",
             info.name
@@ -96,7 +96,7 @@ pub fn place_tensors(
             return Err(format!("tensor '{}' appears twice", tensor.name));
         }
         let relative = tensor.offset as u64;
-        if relative % alignment != 0 {
+        if !relative.is_multiple_of(alignment) {
             return Err(format!(
                 "tensor '{}' has offset {relative}, not a multiple of the alignment {alignment}",
                 tensor.name

@@ -152,13 +152,13 @@ pub fn tiny_llama(rng: &mut Rng) -> GgufImage {
         offset += (data.len() as u64).div_ceil(32) * 32;
     }
     let mut bytes = w.bytes;
-    while bytes.len() % 32 != 0 {
+    while !bytes.len().is_multiple_of(32) {
         bytes.push(0);
     }
     let data_start = bytes.len();
     for data in &datas {
         bytes.extend_from_slice(data);
-        while bytes.len() % 32 != 0 {
+        while !bytes.len().is_multiple_of(32) {
             bytes.push(0);
         }
     }
