@@ -13,9 +13,10 @@ NUM_CASES=${1:-1000000}
 SEED=${2:-1}
 ADDRESS_SPACE_KIB=${ADDRESS_SPACE_KIB:-4194304}
 export CARGO_PROFILE_RELEASE_OVERFLOW_CHECKS=true CARGO_PROFILE_RELEASE_DEBUG_ASSERTIONS=true
-cargo test --release -p ember-model --test fuzz_model_files --no-run
+binary=$(cargo test --release -p ember-model --test fuzz_model_files --no-run 2>&1 | tee /dev/stderr |
+    sed -n 's/.*Executable .*(\(.*fuzz_model_files-[0-9a-f]*\)).*/\1/p' | tail -n 1)
 (
     ulimit -v "$ADDRESS_SPACE_KIB"
     EMBER_FUZZ_RANDOM_CASES=$NUM_CASES EMBER_FUZZ_SEED=$SEED EMBER_FUZZ_ADDRESS_SPACE_BYTES=$((ADDRESS_SPACE_KIB * 1024)) \
-        cargo test --release -p ember-model --test fuzz_model_files -- --nocapture
+        "$binary" --nocapture
 )
