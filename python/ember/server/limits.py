@@ -20,6 +20,9 @@ from uvicorn.protocols.http.h11_impl import H11Protocol
 from ember.server.errors import error_response
 from ember.server.request_limits import RequestLimits
 
+DRAIN_FACTOR = 32
+"""How many times the body limit a refused request may still send before its connection is cut."""
+
 
 class BodyLimitMiddleware:
     """Reads each request body whole, within the size and time limits, then hands it to the app."""
@@ -70,7 +73,20 @@ class BodyLimitMiddleware:
         await self.app(scope, replay, send)
 
     async def _too_large(self, size: int, scope: Scope, receive: Receive, send: Send) -> None:
+        """413, after reading (and dropping) what the client is still sending, so that it reads the answer
+        instead of a reset connection; a client sending more than `DRAIN_FACTOR` times the limit, or slower
+        than the body timeout, is cut off."""
         limit = self.limits.max_body_bytes
+        drained = 0
+        deadline = time.monotonic() + self.limits.body_timeout_s
+        more = True
+        while more and drained <= DRAIN_FACTOR * limit and time.monotonic() < deadline:
+            try:
+                message = await asyncio.wait_for(receive(), max(0.0, deadline - time.monotonic()))
+            except TimeoutError:
+                break
+            drained += len(message.get("body", b""))
+            more = message["type"] == "http.request" and message.get("more_body", False)
         message = f"The request body has at least {size} bytes, more than the limit of {limit} bytes."
         response = error_response(413, message)
         response.headers["connection"] = "close"
