@@ -5,6 +5,7 @@ from __future__ import annotations
 import argparse
 import datetime as dt
 import json
+import os
 import platform
 from pathlib import Path
 from typing import Any
@@ -38,6 +39,8 @@ def write_record(out: Path, name: str, fields: dict[str, Any], versions: dict[st
     record = {
         "date": now.isoformat(timespec="seconds"),
         "cpu": cpu_model(),
+        "num_cpus": os.cpu_count(),
+        "load_average_1m_at_end": os.getloadavg()[0],
         **fields,
         "versions": {**versions, "python": platform.python_version()},
     }

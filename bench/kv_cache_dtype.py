@@ -9,7 +9,7 @@ For each `kv_cache_dtype` (float32, float16, bfloat16), on the same GGUF file:
 - single-stream decode tok/s in the default arithmetic after a 4k-token prompt (first to last
   generated token).
 
-    python bench/kv_cache_dtype.py [--model PATH] [--threads 2] [--quick]
+    python bench/kv_cache_dtype.py [--model PATH] [--threads 2] [--contexts 1024 2048 4096] [--quick]
 
 Prints a table and writes bench/out/kv_cache_dtype-<date>.json.
 """
@@ -51,6 +51,7 @@ def long_text() -> str:
 def main() -> None:
     """Runs the measurements, prints the table, writes the JSON result."""
     parser = common_parser(__doc__, threads_help="CPU threads (default: 2)", quick_help="1k context only, 16 tokens")
+    parser.add_argument("--contexts", type=int, nargs="+", default=[1024, 2048, 4096], help="context lengths")
     args = parser.parse_args()
     from tqdm import tqdm
 
@@ -59,7 +60,7 @@ def main() -> None:
     from ember.models import resolve_model
 
     model = resolve_model(args.model)
-    contexts = [1024] if args.quick else [1024, 2048, 4096]
+    contexts = [1024] if args.quick else sorted(args.contexts)
     num_positions, decode_tokens = (32, 16) if args.quick else (128, 64)
     max_len = max(contexts) + decode_tokens
     logits: dict[tuple[str, str, int], np.ndarray] = {}

@@ -7,7 +7,14 @@ wall-clock second, prefill of their short prompts included). llama.cpp runs thro
 llama-cpp-python's low-level API (llama_batch / llama_decode with one sequence id
 per stream), so its multi-stream numbers are real batched decoding.
 
-    python bench/throughput.py [--model PATH] [--quant Q4_K_M] [--threads 2] [--quick]
+Both engines live in one process and take turns: every repeat of every metric runs Ember,
+then llama.cpp, back to back, so load from other processes on a shared machine falls on both
+alike. The table gives each engine's best rate and the median over the turns of the per-turn
+ratio Ember / llama.cpp; each rate also per second of process CPU time (all threads,
+spinning included), which moves less with other processes' load than wall-clock time.
+
+    python bench/throughput.py [--model PATH] [--quant Q4_K_M] [--threads 2] [--repeats 3]
+                               [--streams 16 64] [--quick]
 
 --quant requantizes the model with llama.cpp's own quantizer (llama_model_quantize, cached
 under .cache/quantized; see tests/quantized_models.py) and runs both engines on that file.
@@ -75,11 +82,6 @@ def seeded_prompts(num_prompts: int, num_words: int, seed: int) -> list[str]:
     """Deterministic word-salad prompts, all different (so no prefix-cache hits between them)."""
     rng = random.Random(seed)
     return [f"{i}: " + " ".join(rng.choice(WORDS) for _ in range(num_words)) for i in range(num_prompts)]
-
-
-def best_of(repeats: int, measure: Callable[[], float]) -> float:
-    """The best (highest) of `repeats` throughput measurements."""
-    return max(measure() for _ in range(repeats))
 
 
 class EmberRunner:
@@ -194,20 +196,75 @@ class LlamaCppRunner:
         return len(prompts_ids) * num_tokens / (stamps[-1] - start)
 
 
-def measure(
-    runner: Any, prefill_ids: list[int], short_ids: list[list[int]], args: argparse.Namespace
-) -> dict[str, float]:
-    """All throughput numbers of one engine."""
-    runner.decode_single(short_ids[0], 8)  # warm-up
-    results = {
-        "prefill_tok_s": best_of(args.repeats, lambda: runner.prefill(prefill_ids)),
-        "decode_1_stream_tok_s": best_of(args.repeats, lambda: runner.decode_single(short_ids[0], args.decode_tokens)),
-    }
+def workloads(
+    prefill_ids: list[int], short_ids: list[list[int]], args: argparse.Namespace
+) -> list[tuple[str, Callable[[Any], float], int]]:
+    """The measured metrics: a name, a call that measures one runner once (tok/s), and the
+    number of tokens that call processes."""
+    tokens = args.decode_tokens
+    metrics: list[tuple[str, Callable[[Any], float], int]] = [
+        ("prefill", lambda r: r.prefill(prefill_ids), len(prefill_ids)),
+        ("decode_1_stream", lambda r: r.decode_single(short_ids[0], tokens), tokens),
+    ]
     for n in args.streams:
-        results[f"decode_{n}_streams_tok_s"] = best_of(
-            args.repeats, lambda n=n: runner.decode_many(short_ids[:n], args.decode_tokens)
-        )
-    return results
+        metrics.append((f"decode_{n}_streams", lambda r, n=n: r.decode_many(short_ids[:n], tokens), n * tokens))
+    return metrics
+
+
+def take_turns(
+    runners: dict[str, Any], metrics: list[tuple[str, Callable[[Any], float], int]], repeats: int
+) -> dict[str, dict[str, list[tuple[float, float]]]]:
+    """Runs every metric `repeats` times, each runner once per turn, back to back; returns
+    {metric: {runner: [(tok/s wall clock, tok per second of process CPU time)]}}. CPU time counts
+    all threads, spinning included; on a shared machine it moves less with other processes'
+    load than wall-clock time does."""
+    from tqdm import tqdm
+
+    Rates = dict[str, list[tuple[float, float]]]
+    turns: dict[str, Rates] = {key: {name: [] for name in runners} for key, *_ in metrics}
+    with tqdm(total=len(metrics) * repeats * len(runners), desc="turns") as bar:
+        for key, measure, num_tokens in metrics:
+            for _ in range(repeats):
+                for name, runner in runners.items():
+                    bar.set_postfix_str(f"{key} {name}")
+                    cpu0 = time.process_time()
+                    wall_rate = measure(runner)
+                    cpu_rate = num_tokens / max(time.process_time() - cpu0, 1e-9)
+                    turns[key][name].append((wall_rate, cpu_rate))
+                    bar.update()
+    return turns
+
+
+def summary(turns: dict[str, dict[str, list[tuple[float, float]]]]) -> dict[str, dict[str, float]]:
+    """Per metric: each engine's best wall-clock and per-CPU-second rates, and the median, lowest
+    and highest per-turn wall-clock ratio Ember / llama.cpp."""
+    out = {}
+    for key, rates in turns.items():
+        ratios = [a[0] / b[0] for a, b in zip(rates["ember"], rates["llama.cpp"], strict=True)]
+        out[key] = {
+            "ember_tok_s": max(r[0] for r in rates["ember"]),
+            "llama.cpp_tok_s": max(r[0] for r in rates["llama.cpp"]),
+            "median_turn_ratio": float(np.median(ratios)),
+            "min_turn_ratio": min(ratios),
+            "max_turn_ratio": max(ratios),
+            "ember_tok_per_cpu_s": max(r[1] for r in rates["ember"]),
+            "llama.cpp_tok_per_cpu_s": max(r[1] for r in rates["llama.cpp"]),
+        }
+    return out
+
+
+def print_table(results: dict[str, dict[str, float]]) -> None:
+    """The results as a table: best rates, the per-turn ratio, the per-CPU-second rates."""
+    print(f"{'metric':<18}{'ember tok/s':>12}{'llama.cpp':>11}{'ratio: median [min, max] of turns':>36}"
+          f"{'ember tok/cpu-s':>17}{'llama.cpp':>11}")  # fmt: skip
+    for key, row in results.items():
+        spread = f"{row['median_turn_ratio']:.2f} [{row['min_turn_ratio']:.2f}, {row['max_turn_ratio']:.2f}]"
+        print(f"{key:<18}{row['ember_tok_s']:>12.1f}{row['llama.cpp_tok_s']:>11.1f}{spread:>36}"
+              f"{row['ember_tok_per_cpu_s']:>17.1f}{row['llama.cpp_tok_per_cpu_s']:>11.1f}")  # fmt: skip
+    single = results["decode_1_stream"]["ember_tok_s"]
+    for key, row in results.items():
+        if key.startswith("decode_") and key != "decode_1_stream":
+            print(f"ember {key} / decode_1_stream: {row['ember_tok_s'] / single:.2f}x")
 
 
 def main() -> None:
@@ -218,8 +275,12 @@ def main() -> None:
         quick_help="a small smoke run: 16 tokens, 1 repeat, 16 streams",
     )
     parser.add_argument("--quant", default=None, help="requantize the model with llama.cpp first: Q4_K_M, ...")
+    parser.add_argument("--repeats", type=int, default=3, help="turns per metric (default: 3)")
+    parser.add_argument("--streams", type=int, nargs="+", default=[16, 64], help="concurrent streams rows")
+    parser.add_argument("--decode-tokens", type=int, default=128, help="greedy tokens per stream (default: 128)")
     args = parser.parse_args()
-    args.decode_tokens, args.repeats, args.streams = (16, 1, [16]) if args.quick else (128, 3, [16, 64])
+    if args.quick:
+        args.decode_tokens, args.repeats, args.streams = 16, 1, [16]
 
     import llama_cpp
 
@@ -237,17 +298,15 @@ def main() -> None:
     prefill_ids = ours.ids(seeded_prompts(1, words, args.seed)[0])[:PREFILL_TOKENS]
     short_ids = [ours.ids(p) for p in seeded_prompts(max(args.streams), SHORT_PROMPT_WORDS, args.seed + 1)]
     max_tokens_per_seq = max(len(ids) for ids in short_ids) + args.decode_tokens + 8
-
-    results = {"ember": measure(ours, prefill_ids, short_ids, args)}
-    del ours
     theirs = LlamaCppRunner(model, args.threads, max(args.streams), max_tokens_per_seq)
-    results["llama.cpp"] = measure(theirs, prefill_ids, short_ids, args)
+    runners = {"ember": ours, "llama.cpp": theirs}
+    for runner in runners.values():
+        runner.decode_single(short_ids[0], 8)  # warm-up
+    turns = take_turns(runners, workloads(prefill_ids, short_ids, args), args.repeats)
+    results = summary(turns)
 
     print(f"\n{Path(model).name}, {args.threads} threads, {cpu_model()}")
-    print(f"{'metric':<28}{'ember':>12}{'llama.cpp':>12}{'ratio':>8}")
-    for key in results["ember"]:
-        a, b = results["ember"][key], results["llama.cpp"][key]
-        print(f"{key:<28}{a:>12.1f}{b:>12.1f}{a / b:>8.2f}")
+    print_table(results)
 
     write_record(
         args.out,
@@ -260,7 +319,9 @@ def main() -> None:
             "prefill_tokens": len(prefill_ids),
             "decode_tokens": args.decode_tokens,
             "repeats": args.repeats,
+            "streams": args.streams,
             "results": results,
+            "turns": turns,
         },
         {"ember": ember.__version__, "llama_cpp_python": llama_cpp.__version__},
     )
