@@ -11,6 +11,8 @@ pub mod gguf;
 pub mod llama;
 pub mod loader;
 pub mod model_files;
+#[cfg(test)]
+mod reference_env;
 mod request_state;
 pub mod runner;
 pub mod safetensors;

@@ -1,7 +1,8 @@
 use ember_core::WeightDType;
 
 use super::*;
-use crate::config::tests::{write_gguf, Meta};
+use crate::config::tests::{write_gguf, Meta, SMOLLM2_VAR, SMOLLM2_WHAT};
+use crate::reference_env::reference_path;
 use crate::safetensors::tests::{f32_bytes, temp_dir, write_safetensors};
 
 #[test]
@@ -178,10 +179,10 @@ fn gguf_source_and_unsupported_type() {
 
 #[test]
 fn smollm2_gguf_tensors() {
-    let Ok(path) = std::env::var("EMBER_SMOLLM2_GGUF") else {
+    let Some(path) = reference_path(SMOLLM2_VAR, SMOLLM2_WHAT) else {
         return;
     };
-    let source = WeightSource::from_gguf(GgufFile::open(Path::new(&path)).expect("open"));
+    let source = WeightSource::from_gguf(GgufFile::open(&path).expect("open"));
     assert!(!source.contains("lm_head"));
     let embed = source.get("embed_tokens").expect("embed");
     assert_eq!(
