@@ -30,7 +30,10 @@ class Engine:
 
     `model` is None or a known name (the default SmolLM2-135M-Instruct, fetched on
     first use), a GGUF file, or a Hugging Face model folder. The other arguments
-    size the engine; see `ember._core.Engine`. Safe to share between threads: the
+    size the engine; see `ember._core.Engine`. `scheduling_policy` is vLLM's:
+    "fcfs" (default) admits waiting requests first come, first served and takes
+    only priority 0; "priority" admits the lowest `priority` value first (then
+    the earliest) and preempts the highest first. Safe to share between threads: the
     Rust engine releases the GIL while it computes, and one lock serializes calls
     into it.
     """
@@ -50,6 +53,7 @@ class Engine:
         enable_prefix_caching: bool = True,
         device: str = "auto",
         gpu_memory_utilization: float = 0.9,
+        scheduling_policy: str = "fcfs",
     ) -> None:
         self.model_path = resolve_model(model)
         """The local file or folder the model was loaded from."""
@@ -66,6 +70,7 @@ class Engine:
             enable_prefix_caching=enable_prefix_caching,
             device=device,
             gpu_memory_utilization=gpu_memory_utilization,
+            scheduling_policy=scheduling_policy,
         )
         self._lock = threading.Lock()
         self._request_counter = itertools.count()
@@ -96,9 +101,9 @@ class Engine:
 
         `sampling_params` is None (defaults), one SamplingParams for all prompts,
         or a list with one per prompt. `priority` is None (0), one int for all
-        prompts, or a list with one per prompt; lower values are preferred (the
-        scheduler preempts higher values first). Text is encoded with the
-        model's special tokens (BOS) added.
+        prompts, or a list with one per prompt; with `scheduling_policy="priority"`
+        lower values are admitted first and preempted last (an "fcfs" engine
+        accepts only 0). Text is encoded with the model's special tokens (BOS) added.
         """
         batch = normalize_prompts(prompts, self.tokenizer)
         params = normalize_params(sampling_params, len(batch))

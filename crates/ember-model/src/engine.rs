@@ -6,7 +6,7 @@ use std::time::{SystemTime, UNIX_EPOCH};
 
 use ember_core::{
     BackendError, FinishReason, InvalidParam, Request, RequestId, RequestUpdate, SamplingParams, Scheduler,
-    SchedulerConfig, SchedulerStats,
+    SchedulerConfig, SchedulerStats, SchedulingPolicy,
 };
 use thiserror::Error;
 
@@ -115,6 +115,7 @@ impl LlmEngine {
             block_size: args.block_size,
             num_blocks: kv_spec.num_blocks,
             enable_prefix_caching: args.enable_prefix_caching,
+            policy: args.scheduling_policy,
             ..SchedulerConfig::default()
         });
         Ok(Self {
@@ -189,6 +190,14 @@ impl LlmEngine {
         if let Some(bad) = prompt_token_ids.iter().find(|&&id| id >= vocab_size) {
             return Err(invalid(format!(
                 "prompt token id {bad} is out of range (vocab_size {vocab_size})"
+            )));
+        }
+        let policy = self.scheduler.config().policy;
+        if priority != 0 && policy == SchedulingPolicy::Fcfs {
+            return Err(invalid(format!(
+                "priority {priority} needs scheduling_policy=\"priority\"; this engine schedules \"{}\" \
+                 (first come, first served), which accepts only priority 0",
+                policy.as_str()
             )));
         }
         let request_id: RequestId = Arc::from(request_id);
