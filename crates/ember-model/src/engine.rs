@@ -85,14 +85,25 @@ impl LlmEngine {
             args.device
         );
         let (executor, kv_spec) = load_on_device(args, &config, &opened.weights, &opened.name)?;
+        opened.weights.warn_unread(&opened.name);
         drop(opened.weights);
         let cache_tokens = kv_spec.num_blocks * args.block_size;
-        let model_len_limit = config.max_position_embeddings;
+        let (model_len_limit, limit_name) = match config.sliding_window {
+            Some(window) if window < config.max_position_embeddings => {
+                log::warn!(
+                    "{}: sliding_window {window}: Ember has no sliding-window attention yet, so \
+                     max_model_len is capped at the window (below it full attention is exact)",
+                    opened.name
+                );
+                (window, "sliding window")
+            }
+            _ => (config.max_position_embeddings, "context length"),
+        };
         let max_model_len = match args.max_model_len {
             Some(0) => return Err(invalid("max_model_len must be at least 1, got 0".into())),
             Some(len) if len > model_len_limit => {
                 return Err(invalid(format!(
-                    "max_model_len ({len}) is larger than the model's context length ({model_len_limit})"
+                    "max_model_len ({len}) is larger than the model's {limit_name} ({model_len_limit})"
                 )))
             }
             Some(len) => len,
