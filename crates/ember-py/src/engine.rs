@@ -8,7 +8,7 @@ use pyo3::prelude::*;
 use pyo3::types::PyDict;
 
 use crate::errors::{engine_error, invalid_request, py_error, ErrorKind};
-use crate::params::sampling_params_from_dict;
+use crate::params::{checked_seed, sampling_params_from_dict};
 use crate::tokenizer::PyTokenizer;
 
 /// What one request gained in one engine step.
@@ -100,7 +100,7 @@ impl PyEngine {
         max_num_batched_tokens: Option<usize>,
         kv_cache_memory_bytes: Option<u64>,
         block_size: usize,
-        seed: u64,
+        seed: i128,
         dtype: String,
         num_threads: Option<usize>,
         enable_prefix_caching: bool,
@@ -109,6 +109,7 @@ impl PyEngine {
         scheduling_policy: String,
     ) -> PyResult<Self> {
         let scheduling_policy = scheduling_policy.parse().map_err(invalid_request)?;
+        let seed = checked_seed(seed)?;
         let args = EngineArgs {
             max_model_len,
             max_num_seqs,

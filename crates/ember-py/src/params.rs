@@ -27,6 +27,12 @@ fn non_negative(value: &Bound<'_, PyAny>, name: &str) -> PyResult<usize> {
     usize::try_from(number).map_err(|_| invalid_request(format!("{name} must be at least 0, got {number}")))
 }
 
+/// A seed read as a wide integer, so that a negative or too large one is refused by name,
+/// never wrapped to another seed.
+pub fn checked_seed(seed: i128) -> PyResult<u64> {
+    u64::try_from(seed).map_err(|_| invalid_request(format!("seed must be in [0, {}], got {seed}", u64::MAX)))
+}
+
 /// Reads `logit_bias`: a dict from token id (an int, or a str of digits as in OpenAI's JSON)
 /// to a bias; returned sorted by id.
 fn logit_bias(value: &Bound<'_, PyAny>) -> PyResult<Vec<(u32, f32)>> {
@@ -93,10 +99,7 @@ pub fn sampling_params_from_dict(dict: &Bound<'_, PyDict>) -> PyResult<SamplingP
             "top_p" => params.top_p = field(&value, "top_p", "a number")?,
             "top_k" => params.top_k = field(&value, "top_k", "an integer")?,
             "min_p" => params.min_p = field(&value, "min_p", "a number")?,
-            "seed" => {
-                let seed: i64 = field(&value, "seed", "an integer")?;
-                params.seed = Some(seed as u64);
-            }
+            "seed" => params.seed = Some(checked_seed(field(&value, "seed", "an integer")?)?),
             "ignore_eos" => params.ignore_eos = field(&value, "ignore_eos", "a bool")?,
             "skip_special_tokens" => {
                 params.skip_special_tokens = field(&value, "skip_special_tokens", "a bool")?;
