@@ -29,7 +29,7 @@ pub struct EngineArgs {
     /// Seed from which requests without their own seed derive one.
     pub seed: u64,
     /// Compute dtype on the CPU: "auto" (quantized weights stay quantized, 8-bit activations in
-    /// their products, like llama.cpp) or "float32" (weights dequantized at load, f32 throughout).
+    /// their products, llama.cpp's scheme) or "float32" (weights dequantized at load, f32 throughout).
     pub dtype: String,
     /// CPU threads; `None` uses every available core.
     pub num_threads: Option<usize>,
