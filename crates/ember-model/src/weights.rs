@@ -318,13 +318,12 @@ impl WeightSource {
             Files::Gguf(file) => file.tensors.iter().map(|t| t.name.as_str()).collect(),
             Files::Safetensors(set) => set.tensors().iter().map(|t| t.name.as_str()).collect(),
         };
+        let read_by_config =
+            |name: &str| self.scheme() == NameScheme::Gguf && GGUF_CONFIG_TENSORS.contains(&name);
         names
             .into_iter()
             .zip(&self.read)
-            .filter(|(name, read)| {
-                !read.load(Ordering::Relaxed)
-                    && !(self.scheme() == NameScheme::Gguf && GGUF_CONFIG_TENSORS.contains(name))
-            })
+            .filter(|(name, read)| !(read.load(Ordering::Relaxed) || read_by_config(name)))
             .map(|(name, _)| name.to_string())
             .collect()
     }
