@@ -12,7 +12,9 @@ with prefix caching off, so no run reuses KV computed by an earlier one.
 
     python bench/throughput.py [--model PATH] [--threads 2] [--quick]
 
-Prints a table and writes bench/out/throughput-<date>.json.
+Both engines are loaded at once and take turns within each repeat (best of 3), so load
+from other processes that changes during the run weighs on both alike. Prints a progress
+line per measurement to stderr, then a table, and writes bench/out/throughput-<date>.json.
 """
 
 from __future__ import annotations
@@ -20,6 +22,7 @@ from __future__ import annotations
 import argparse
 import ctypes
 import random
+import sys
 import time
 from collections.abc import Callable
 from typing import Any
@@ -73,11 +76,6 @@ def seeded_prompts(num_prompts: int, num_words: int, seed: int) -> list[str]:
     """Deterministic word-salad prompts, all different (so no prefix-cache hits between them)."""
     rng = random.Random(seed)
     return [f"{i}: " + " ".join(rng.choice(WORDS) for _ in range(num_words)) for i in range(num_prompts)]
-
-
-def best_of(repeats: int, measure: Callable[[], float]) -> float:
-    """The best (highest) of `repeats` throughput measurements."""
-    return max(measure() for _ in range(repeats))
 
 
 class EmberRunner:
@@ -211,18 +209,25 @@ class LlamaCppRunner:
 
 
 def measure(
-    runner: Any, prefill_ids: list[int], short_ids: list[list[int]], args: argparse.Namespace
-) -> dict[str, float]:
-    """All throughput numbers of one engine."""
-    runner.decode_single(short_ids[0], 8)  # warm-up
-    results = {
-        "prefill_tok_s": best_of(args.repeats, lambda: runner.prefill(prefill_ids)),
-        "decode_1_stream_tok_s": best_of(args.repeats, lambda: runner.decode_single(short_ids[0], args.decode_tokens)),
+    runners: dict[str, Any], prefill_ids: list[int], short_ids: list[list[int]], args: argparse.Namespace
+) -> dict[str, dict[str, float]]:
+    """Every throughput figure of every engine, best of `args.repeats`. The engines alternate within
+    each repeat, so load from other processes that changes during the run weighs on both alike."""
+    metrics: dict[str, Callable[[Any], float]] = {
+        "prefill_tok_s": lambda r: r.prefill(prefill_ids),
+        "decode_1_stream_tok_s": lambda r: r.decode_single(short_ids[0], args.decode_tokens),
     }
     for n in args.streams:
-        results[f"decode_{n}_streams_tok_s"] = best_of(
-            args.repeats, lambda n=n: runner.decode_many(short_ids[:n], args.decode_tokens)
-        )
+        metrics[f"decode_{n}_streams_tok_s"] = lambda r, n=n: r.decode_many(short_ids[:n], args.decode_tokens)
+    for runner in runners.values():
+        runner.decode_single(short_ids[0], 8)  # warm-up
+    results: dict[str, dict[str, float]] = {name: {} for name in runners}
+    for key, run in metrics.items():
+        for repeat in range(args.repeats):
+            for name, runner in runners.items():
+                value = run(runner)
+                results[name][key] = max(value, results[name].get(key, 0.0))
+                print(f"{key} repeat {repeat + 1}/{args.repeats} {name}: {value:.1f}", file=sys.stderr, flush=True)
     return results
 
 
@@ -248,10 +253,8 @@ def main() -> None:
     short_ids = [ours.ids(p) for p in seeded_prompts(max(args.streams), SHORT_PROMPT_WORDS, args.seed + 1)]
     max_tokens_per_seq = max(len(ids) for ids in short_ids) + args.decode_tokens + 8
 
-    results = {"ember": measure(ours, prefill_ids, short_ids, args)}
-    del ours
     theirs = LlamaCppRunner(model, args.threads, max(args.streams), max_tokens_per_seq)
-    results["llama.cpp"] = measure(theirs, prefill_ids, short_ids, args)
+    results = measure({"ember": ours, "llama.cpp": theirs}, prefill_ids, short_ids, args)
 
     print(f"\nSmolLM2-135M Q4_1 GGUF, {args.threads} threads, {cpu_model()}")
     print(f"llama.cpp context: {theirs.settings}")
