@@ -42,3 +42,13 @@ def uncached_engine(default_gguf: Path) -> Engine:
 def computed_every_prompt_token(outputs: list[RequestOutput]) -> bool:
     """True when no output took a prompt token from the prefix cache."""
     return all(o.num_cached_tokens == 0 for o in outputs)
+
+
+@pytest.fixture(scope="session")
+def tiny_model_dir(tmp_path_factory: pytest.TempPathFactory) -> Path:
+    """A tiny random Llama as a Hugging Face folder (written with transformers): loads and generates in milliseconds."""
+    from tiny_models import VARIANTS, write_model
+
+    folder = tmp_path_factory.mktemp("tiny") / VARIANTS[0].name
+    write_model(VARIANTS[0], folder)
+    return folder

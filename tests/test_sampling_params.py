@@ -2,9 +2,11 @@
 
 from __future__ import annotations
 
+import dataclasses
+
 import pytest
 
-from ember import EmberError, InvalidRequestError, SamplingParams
+from ember import EmberError, Engine, InvalidRequestError, SamplingParams
 
 
 def test_defaults_follow_vllm() -> None:
@@ -97,3 +99,39 @@ def test_penalty_boundaries_are_accepted(kwargs: dict[str, object]) -> None:
 )
 def test_boundary_values_are_accepted(kwargs: dict[str, float]) -> None:
     SamplingParams(**kwargs)
+
+
+def test_params_are_frozen_and_revalidated_when_used(engine: Engine) -> None:
+    params = SamplingParams(max_tokens=4, stop=["x"])
+    with pytest.raises(dataclasses.FrozenInstanceError):
+        params.n = -1  # type: ignore[misc]
+    object.__setattr__(params, "n", -1)  # bypassing the freeze does not get past the engine either
+    with pytest.raises(InvalidRequestError, match="n must be at least 1, got -1") as info:
+        engine.generate("Hi", params, use_tqdm=False)
+    assert info.value.param == "n"
+    with pytest.raises(InvalidRequestError, match="temperature"):
+        dataclasses.replace(params, n=1, temperature=-1.0)
+
+
+@pytest.mark.parametrize(
+    ("kwargs", "message"),
+    [
+        ({"n": 129}, "n must be in \\[1, 128\\], got 129"),
+        ({"n": True}, "n must be an integer, got bool"),
+        ({"seed": 2**64}, "seed must be an integer in \\[-9223372036854775808, 9223372036854775807\\]"),
+        ({"stop": ["a"] * 65}, "stop may have at most 64 entries, got 65"),
+        ({"stop": ["ok", 5]}, "stop\\[1\\] must be a string"),
+        ({"stop": ["\ud800"]}, "stop\\[0\\] must be a string of valid Unicode"),
+        ({"stop_token_ids": [1, True]}, "stop_token_ids\\[1\\] must be a token id"),
+        ({"stop_token_ids": b"ab"}, "stop_token_ids must be a list of token ids"),
+        ({"stop_token_ids": [-5]}, "stop_token_ids\\[0\\] must be a token id \\(an int in \\[0, 4294967295\\]\\)"),
+        ({"logit_bias": {" 5": 1.0}}, "logit_bias keys must be token ids \\(decimal digits\\)"),
+        ({"logit_bias": {"1_0": 1.0}}, "logit_bias keys must be token ids"),
+        ({"logit_bias": {i: 1.0 for i in range(1025)}}, "logit_bias may have at most 1024 entries"),
+        ({"temperature": True}, "temperature must be a number, got bool"),
+    ],
+)
+def test_values_of_the_wrong_kind_name_the_field(kwargs: dict[str, object], message: str) -> None:
+    with pytest.raises(InvalidRequestError, match=message) as info:
+        SamplingParams(**kwargs)  # type: ignore[arg-type]
+    assert info.value.param == next(iter(kwargs))

@@ -7,7 +7,7 @@ from collections.abc import Callable
 from dataclasses import replace
 from typing import Any
 
-from ember._core import StepOutput, Tokenizer
+from ember._core import EmberError, StepOutput, Tokenizer
 from ember._inputs import Prompt
 from ember.outputs import CompletionOutput, Logprob, RequestMetrics, RequestOutput
 from ember.sampling_params import SamplingParams
@@ -115,6 +115,14 @@ EngineRequest = tuple[str, dict[str, Any], "str | None"]
 """One engine sub-request: its id, its sampling-parameter dict, and the sibling whose prompt blocks it shares."""
 
 
+def step_failure(exc: EmberError) -> list[str]:
+    """The engine requests a failed step ended (only those failed); re-raises `exc` when it is not such a failure."""
+    failed = getattr(exc, "request_ids", None)
+    if failed is None:
+        raise exc
+    return list(failed)
+
+
 def token_text(tokenizer: Tokenizer) -> DecodeToken:
     """Decodes one token id to its text with special tokens kept (for logprobs)."""
     return lambda token_id: tokenizer.decode([token_id], skip_special_tokens=False)
@@ -124,6 +132,8 @@ class RequestState:
     """One user-facing request: its prompt and its n completions, keyed by engine sub-request id."""
 
     def __init__(self, request_id: str, prompt: Prompt, params: SamplingParams) -> None:
+        # Validated again here: the fan-out below trusts `n`, and a caller may have bypassed the frozen fields.
+        params.validate()
         self.request_id = request_id
         self.prompt = prompt
         self.params = params

@@ -9,12 +9,14 @@ from typing import Any
 from ember import _core
 
 
-@dataclass
+@dataclass(frozen=True)
 class SamplingParams:
     """How to sample one request; validated by the Rust engine on construction.
 
     Field names and defaults follow vLLM. Out-of-range values raise
     `ember.InvalidRequestError` (a `ValueError`) naming the field and its range.
+    Frozen: use `dataclasses.replace(params, ...)` for a changed copy (validated
+    again); the engine validates the parameters once more when a request is added.
     """
 
     n: int = 1
@@ -59,14 +61,19 @@ class SamplingParams:
     """Decode generated tokens to text; False leaves text empty and cannot be combined with stop."""
 
     def __post_init__(self) -> None:
-        if isinstance(self.stop, str):
-            self.stop = [self.stop]
-        elif self.stop is not None:
-            self.stop = list(self.stop)
-        if self.stop_token_ids is not None:
-            self.stop_token_ids = list(self.stop_token_ids)
-        if self.logit_bias is not None:
-            self.logit_bias = dict(self.logit_bias)
+        # Copies of the lists given, so later changes to the caller's lists cannot reach these params.
+        if isinstance(self.stop, list | tuple):
+            object.__setattr__(self, "stop", list(self.stop))
+        elif isinstance(self.stop, str):
+            object.__setattr__(self, "stop", [self.stop])
+        if isinstance(self.stop_token_ids, list | tuple):
+            object.__setattr__(self, "stop_token_ids", list(self.stop_token_ids))
+        if isinstance(self.logit_bias, dict):
+            object.__setattr__(self, "logit_bias", dict(self.logit_bias))
+        self.validate()
+
+    def validate(self) -> None:
+        """Raises `InvalidRequestError` naming the first field out of range (or of the wrong type)."""
         _core.validate_sampling_params(self.to_dict())
 
     def to_dict(self) -> dict[str, Any]:

@@ -11,6 +11,21 @@ pub const MAX_ADDITIVE_PENALTY: f32 = 2.0;
 /// Largest magnitude of one `logit_bias` entry.
 pub const MAX_LOGIT_BIAS: f32 = 100.0;
 
+/// Most completions one request may ask for (OpenAI's limit for `n`).
+pub const MAX_N: usize = 128;
+
+/// Most stop strings one request may give (each is matched against the text every step).
+pub const MAX_STOP_STRINGS: usize = 64;
+
+/// Longest stop string, in bytes.
+pub const MAX_STOP_STRING_BYTES: usize = 1024;
+
+/// Most `stop_token_ids` one request may give.
+pub const MAX_STOP_TOKEN_IDS: usize = 1024;
+
+/// Most `logit_bias` entries one request may give.
+pub const MAX_LOGIT_BIAS_ENTRIES: usize = 1024;
+
 /// A request parameter outside its allowed range; the message names the field and the limit.
 #[derive(Clone, Debug, Error, PartialEq, Eq)]
 #[error("{field} {message}")]
@@ -100,8 +115,8 @@ impl Default for SamplingParams {
 impl SamplingParams {
     /// Checks every field against its allowed range.
     pub fn validate(&self) -> Result<(), InvalidParam> {
-        if self.n < 1 {
-            return Err(invalid("n", format!("must be at least 1, got {}", self.n)));
+        if !(1..=MAX_N).contains(&self.n) {
+            return Err(invalid("n", format!("must be in [1, {MAX_N}], got {}", self.n)));
         }
         if self.max_tokens == Some(0) {
             return Err(invalid("max_tokens", "must be at least 1, got 0".into()));
@@ -154,6 +169,7 @@ impl SamplingParams {
                 ));
             }
         }
+        self.validate_list_sizes()?;
         if self.stop.iter().any(String::is_empty) {
             return Err(invalid("stop", "must not contain empty strings".into()));
         }
@@ -164,6 +180,32 @@ impl SamplingParams {
             ));
         }
         self.validate_penalties()
+    }
+
+    /// Bounds the lists a request carries, so no request can make every step slow.
+    fn validate_list_sizes(&self) -> Result<(), InvalidParam> {
+        for (field, len, limit) in [
+            ("stop", self.stop.len(), MAX_STOP_STRINGS),
+            ("stop_token_ids", self.stop_token_ids.len(), MAX_STOP_TOKEN_IDS),
+            ("logit_bias", self.logit_bias.len(), MAX_LOGIT_BIAS_ENTRIES),
+        ] {
+            if len > limit {
+                return Err(invalid(
+                    field,
+                    format!("may have at most {limit} entries, got {len}"),
+                ));
+            }
+        }
+        if let Some(long) = self.stop.iter().find(|s| s.len() > MAX_STOP_STRING_BYTES) {
+            return Err(invalid(
+                "stop",
+                format!(
+                    "strings may be at most {MAX_STOP_STRING_BYTES} bytes long, got one of {} bytes",
+                    long.len()
+                ),
+            ));
+        }
+        Ok(())
     }
 
     fn validate_penalties(&self) -> Result<(), InvalidParam> {
@@ -201,11 +243,25 @@ impl SamplingParams {
         Ok(())
     }
 
-    /// Checks the token ids in `logit_bias` against the model's vocabulary.
+    /// Checks the token ids in `logit_bias` and `stop_token_ids` against the model's vocabulary.
     pub fn validate_token_ids(&self, vocab_size: usize) -> Result<(), InvalidParam> {
-        match self.logit_bias.iter().find(|(id, _)| *id as usize >= vocab_size) {
-            Some((id, _)) => Err(invalid(
+        let out_of_range = |id: u32| id as usize >= vocab_size;
+        let bad = [
+            (
                 "logit_bias",
+                self.logit_bias
+                    .iter()
+                    .map(|&(id, _)| id)
+                    .find(|&id| out_of_range(id)),
+            ),
+            (
+                "stop_token_ids",
+                self.stop_token_ids.iter().copied().find(|&id| out_of_range(id)),
+            ),
+        ];
+        match bad.into_iter().find_map(|(field, id)| id.map(|id| (field, id))) {
+            Some((field, id)) => Err(invalid(
+                field,
                 format!("token id {id} is out of range (vocab_size {vocab_size})"),
             )),
             None => Ok(()),
@@ -225,6 +281,17 @@ impl SamplingParams {
     /// True when the request samples greedily (argmax).
     pub fn is_greedy(&self) -> bool {
         self.temperature == 0.0
+    }
+}
+
+/// Checks a prompt's token ids against the vocabulary (`vocab_size` ids, from 0).
+pub fn check_prompt_token_ids(token_ids: &[u32], vocab_size: usize) -> Result<(), InvalidParam> {
+    match token_ids.iter().find(|&&id| id as usize >= vocab_size) {
+        Some(id) => Err(invalid(
+            "prompt_token_ids",
+            format!("contains token id {id}, out of range (vocab_size {vocab_size})"),
+        )),
+        None => Ok(()),
     }
 }
 
@@ -312,6 +379,81 @@ mod tests {
             ..Default::default()
         });
         assert!(err.to_string().contains("[-2, 2]"), "{err}");
+    }
+
+    #[test]
+    fn lists_and_n_are_bounded() {
+        let cases = [
+            (
+                "n",
+                SamplingParams {
+                    n: MAX_N + 1,
+                    ..Default::default()
+                },
+            ),
+            (
+                "stop",
+                SamplingParams {
+                    stop: vec!["x".into(); MAX_STOP_STRINGS + 1],
+                    ..Default::default()
+                },
+            ),
+            (
+                "stop",
+                SamplingParams {
+                    stop: vec!["x".repeat(MAX_STOP_STRING_BYTES + 1)],
+                    ..Default::default()
+                },
+            ),
+            (
+                "stop_token_ids",
+                SamplingParams {
+                    stop_token_ids: vec![1; MAX_STOP_TOKEN_IDS + 1],
+                    ..Default::default()
+                },
+            ),
+            (
+                "logit_bias",
+                SamplingParams {
+                    logit_bias: (0..=MAX_LOGIT_BIAS_ENTRIES as u32).map(|id| (id, 1.0)).collect(),
+                    ..Default::default()
+                },
+            ),
+        ];
+        for (field, params) in cases {
+            let err = error_of(params);
+            assert_eq!(err.field, field, "{err}");
+            let message = err.to_string();
+            assert!(
+                message.contains("at most") || message.contains("[1, 128]"),
+                "{err}"
+            );
+        }
+        let at_limit = SamplingParams {
+            n: MAX_N,
+            stop: vec!["y".repeat(MAX_STOP_STRING_BYTES); MAX_STOP_STRINGS],
+            ..Default::default()
+        };
+        assert_eq!(at_limit.validate(), Ok(()));
+    }
+
+    #[test]
+    fn stop_and_prompt_token_ids_are_checked_against_the_vocab() {
+        let params = SamplingParams {
+            stop_token_ids: vec![3, 100],
+            ..Default::default()
+        };
+        let err = params.validate_token_ids(100).unwrap_err();
+        assert_eq!(err.field, "stop_token_ids");
+        assert!(
+            err.to_string().contains("100") && err.to_string().contains("vocab_size 100"),
+            "{err}"
+        );
+        assert_eq!(check_prompt_token_ids(&[0, 99], 100), Ok(()));
+        assert_eq!(
+            check_prompt_token_ids(&[0, 100], 100).unwrap_err().field,
+            "prompt_token_ids"
+        );
     }
 
     #[test]

@@ -71,7 +71,7 @@ pub fn load_on_device(
         }
         let block_bytes = spec.bytes_per_block(backend.kv_cache_bytes_per_element()) as u64;
         spec.num_blocks = match args.kv_cache_memory_bytes {
-            Some(bytes) => (bytes / block_bytes) as usize,
+            Some(bytes) => blocks_in(bytes, block_bytes),
             None => {
                 let tokens = args
                     .max_num_batched_tokens
@@ -98,8 +98,16 @@ pub fn load_on_device(
     let kv_bytes = args
         .kv_cache_memory_bytes
         .unwrap_or_else(|| default_cpu_kv_cache_bytes(available_memory_bytes()));
-    spec.num_blocks = (kv_bytes / spec.bytes_per_block(backend.kv_cache_bytes_per_element()) as u64) as usize;
+    spec.num_blocks = blocks_in(
+        kv_bytes,
+        spec.bytes_per_block(backend.kv_cache_bytes_per_element()) as u64,
+    );
     runner(backend, model, spec, config)
+}
+
+/// Whole KV blocks of `block_bytes` in `kv_bytes` (0 for an empty block size, which `runner` refuses).
+fn blocks_in(kv_bytes: u64, block_bytes: u64) -> usize {
+    usize::try_from(kv_bytes.checked_div(block_bytes).unwrap_or(0)).unwrap_or(usize::MAX)
 }
 
 /// `dtype` values each backend accepts: the CPU computes in its own formats ("auto") or f32;

@@ -20,6 +20,10 @@ pub use crate::step_output::{StepOutput, StopReason, TokenLogprobs};
 use crate::tokenizer::Tokenizer;
 use crate::weights::LoadError;
 
+#[path = "engine_faults.rs"]
+mod faults;
+pub use faults::{panic_message, StepFault};
+
 /// Anything that can go wrong building or driving the engine.
 #[derive(Debug, Error)]
 pub enum EngineError {
@@ -29,15 +33,20 @@ pub enum EngineError {
     /// A request or engine option is invalid; the message names the field and the limit.
     #[error("{0}")]
     InvalidRequest(String),
+    /// A request parameter is invalid; `field` names it.
+    #[error(transparent)]
+    InvalidParam(#[from] InvalidParam),
     /// The device failed (including running out of memory).
     #[error(transparent)]
     Backend(#[from] BackendError),
-}
-
-impl From<InvalidParam> for EngineError {
-    fn from(err: InvalidParam) -> Self {
-        Self::InvalidRequest(err.to_string())
-    }
+    /// One step failed: its requests (and only those) have ended; the engine keeps serving.
+    #[error("the engine step computing this request failed: {source}")]
+    StepFailed {
+        /// The requests that were in the failed step, now ended.
+        request_ids: Vec<String>,
+        /// What failed.
+        source: BackendError,
+    },
 }
 
 /// The engine: owns the model runner, the scheduler and the tokenizer.
@@ -56,6 +65,7 @@ pub struct LlmEngine {
     seed: u64,
     num_requests_added: u64,
     model_name: String,
+    faults: faults::FaultPlan,
 }
 
 fn invalid(message: String) -> EngineError {
@@ -65,15 +75,7 @@ fn invalid(message: String) -> EngineError {
 impl LlmEngine {
     /// Opens the model, loads it onto the chosen device's backend and sizes the KV cache.
     pub fn new(args: &EngineArgs) -> Result<Self, EngineError> {
-        if !(args.block_size.is_power_of_two() && (1..=256).contains(&args.block_size)) {
-            return Err(invalid(format!(
-                "block_size must be a power of two in [1, 256], got {}",
-                args.block_size
-            )));
-        }
-        if args.max_num_seqs == 0 {
-            return Err(invalid("max_num_seqs must be at least 1, got 0".into()));
-        }
+        args.validate().map_err(invalid)?;
         let opened = open_model(&args.model_path)?;
         let config = opened.config;
         log::info!(
@@ -100,7 +102,6 @@ impl LlmEngine {
             _ => (config.max_position_embeddings, "context length"),
         };
         let max_model_len = match args.max_model_len {
-            Some(0) => return Err(invalid("max_model_len must be at least 1, got 0".into())),
             Some(len) if len > model_len_limit => {
                 return Err(invalid(format!(
                     "max_model_len ({len}) is larger than the model's {limit_name} ({model_len_limit})"
@@ -117,7 +118,7 @@ impl LlmEngine {
             max_model_len,
             cache_tokens as f64 / max_model_len as f64
         );
-        let scheduler = Scheduler::new(SchedulerConfig {
+        let scheduler = Scheduler::try_new(SchedulerConfig {
             max_num_seqs: args.max_num_seqs,
             max_num_batched_tokens: args
                 .max_num_batched_tokens
@@ -128,7 +129,8 @@ impl LlmEngine {
             enable_prefix_caching: args.enable_prefix_caching,
             policy: args.scheduling_policy,
             ..SchedulerConfig::default()
-        });
+        })
+        .map_err(|e| invalid(e.to_string()))?;
         Ok(Self {
             executor,
             scheduler,
@@ -144,6 +146,7 @@ impl LlmEngine {
             seed: args.seed,
             num_requests_added: 0,
             model_name: opened.name,
+            faults: faults::FaultPlan::default(),
         })
     }
 
@@ -196,20 +199,20 @@ impl LlmEngine {
         fork_of: Option<&str>,
     ) -> Result<(), EngineError> {
         params.validate()?;
-        params.validate_token_ids(self.vocab_size)?;
-        let vocab_size = self.tokenizer.vocab_size() as u32;
-        if let Some(bad) = prompt_token_ids.iter().find(|&&id| id >= vocab_size) {
-            return Err(invalid(format!(
-                "prompt token id {bad} is out of range (vocab_size {vocab_size})"
-            )));
-        }
+        // Ids must have an embedding row and a token text: the smaller vocabulary bounds them.
+        let vocab_size = self.tokenizer.vocab_size().min(self.vocab_size);
+        params.validate_token_ids(vocab_size)?;
+        ember_core::check_prompt_token_ids(&prompt_token_ids, vocab_size)?;
         let policy = self.scheduler.config().policy;
         if priority != 0 && policy == SchedulingPolicy::Fcfs {
-            return Err(invalid(format!(
-                "priority {priority} needs scheduling_policy=\"priority\"; this engine schedules \"{}\" \
-                 (first come, first served), which accepts only priority 0",
-                policy.as_str()
-            )));
+            return Err(EngineError::InvalidParam(InvalidParam {
+                field: "priority",
+                message: format!(
+                    "{priority} needs scheduling_policy=\"priority\"; this engine schedules \"{}\" \
+                     (first come, first served), which accepts only priority 0",
+                    policy.as_str()
+                ),
+            }));
         }
         let request_id: RequestId = Arc::from(request_id);
         if self.requests.contains_key(&request_id) {
@@ -284,7 +287,14 @@ impl LlmEngine {
     pub fn step(&mut self) -> Result<Vec<StepOutput>, EngineError> {
         let mut outputs = std::mem::take(&mut self.pending);
         let scheduled = self.scheduler.schedule();
-        let mut runner_output = self.executor.execute(&scheduled)?;
+        let mut runner_output = match self.execute_guarded(&scheduled) {
+            Ok(output) => output,
+            Err(source) => {
+                // Outputs of aborts and stops from before the step still belong to their callers.
+                self.pending = outputs;
+                return Err(self.fail_step(&scheduled, source));
+            }
+        };
         for chunk in std::mem::take(&mut runner_output.prompt_logprobs) {
             if let Some(state) = self.requests.get_mut(&chunk.request_id) {
                 state.add_prompt_logprobs(chunk);

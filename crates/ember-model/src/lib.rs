@@ -8,8 +8,10 @@ pub mod engine;
 pub mod engine_args;
 pub mod executor;
 pub mod gguf;
+pub mod gguf_layout;
 pub mod llama;
 pub mod loader;
+mod mapped_file;
 pub mod model_files;
 #[cfg(test)]
 mod reference_env;

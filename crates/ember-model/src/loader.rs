@@ -4,7 +4,7 @@
 use std::path::Path;
 
 use crate::chat_template::ChatTemplate;
-use crate::config::ModelConfig;
+use crate::config::{ConfigError, ModelConfig};
 use crate::gguf::GgufFile;
 use crate::model_files::ModelFiles;
 use crate::tokenizer::Tokenizer;
@@ -36,6 +36,7 @@ pub fn open_model(path: &Path) -> Result<OpenedModel, LoadError> {
             let file = GgufFile::open(gguf_path)?;
             let config = ModelConfig::from_gguf(&file)?;
             let tokenizer = Tokenizer::from_gguf(&file)?;
+            check_vocab_sizes(&config, &tokenizer, gguf_path)?;
             let chat_template = ChatTemplate::from_gguf(&file)?;
             Ok(OpenedModel {
                 config,
@@ -48,6 +49,7 @@ pub fn open_model(path: &Path) -> Result<OpenedModel, LoadError> {
         ModelFiles::HuggingFace(hf) => {
             let config = ModelConfig::from_hf_dir(&hf.dir)?;
             let tokenizer = Tokenizer::from_hf_files(&hf.tokenizer, hf.tokenizer_config.as_deref())?;
+            check_vocab_sizes(&config, &tokenizer, &hf.tokenizer)?;
             let chat_template = match &hf.tokenizer_config {
                 Some(path) => ChatTemplate::from_hf_tokenizer_config(path)?,
                 None => None,
@@ -62,4 +64,21 @@ pub fn open_model(path: &Path) -> Result<OpenedModel, LoadError> {
             })
         }
     }
+}
+
+/// Refuses a tokenizer that can produce ids the model's embedding has no row for.
+fn check_vocab_sizes(config: &ModelConfig, tokenizer: &Tokenizer, source: &Path) -> Result<(), ConfigError> {
+    if tokenizer.vocab_size() <= config.vocab_size {
+        return Ok(());
+    }
+    Err(ConfigError::Invalid {
+        source_name: source.display().to_string(),
+        detail: format!(
+            "the tokenizer has {} tokens but the model's vocab_size (embedding rows) is {}: \
+             token ids {} and up would have no embedding",
+            tokenizer.vocab_size(),
+            config.vocab_size,
+            config.vocab_size
+        ),
+    })
 }

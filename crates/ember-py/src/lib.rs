@@ -1,8 +1,10 @@
 //! `ember._core`: the thin Python binding. It converts arguments, maps errors to Python
 //! exceptions and releases the GIL while the engine computes; logic lives in the core crates.
 
+mod convert;
 mod engine;
 mod errors;
+mod guard;
 mod logger;
 mod params;
 mod sampling;
@@ -14,11 +16,15 @@ use pyo3::types::PyDict;
 /// Raises InvalidRequestError when a sampling parameter is out of range.
 #[pyfunction]
 fn validate_sampling_params(params: &Bound<'_, PyDict>) -> PyResult<()> {
-    params::sampling_params_from_dict(params).map(|_| ())
+    guard::guard(|| params::sampling_params_from_dict(params).map(|_| ()))
 }
 
 #[pymodule]
 fn _core(py: Python<'_>, module: &Bound<'_, PyModule>) -> PyResult<()> {
+    guard::guard(|| init_module(py, module))
+}
+
+fn init_module(py: Python<'_>, module: &Bound<'_, PyModule>) -> PyResult<()> {
     logger::init();
     errors::register(py, module)?;
     module.add("__version__", env!("CARGO_PKG_VERSION"))?;
@@ -29,5 +35,6 @@ fn _core(py: Python<'_>, module: &Bound<'_, PyModule>) -> PyResult<()> {
     module.add_function(wrap_pyfunction!(sampling::sampling_probs, module)?)?;
     module.add_function(wrap_pyfunction!(sampling::sample_token, module)?)?;
     module.add_function(wrap_pyfunction!(sampling::token_logprobs, module)?)?;
+    module.add_function(wrap_pyfunction!(guard::_raise_panic, module)?)?;
     Ok(())
 }

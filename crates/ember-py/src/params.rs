@@ -3,34 +3,116 @@
 use ember_core::SamplingParams;
 use pyo3::conversion::FromPyObjectOwned;
 use pyo3::prelude::*;
-use pyo3::types::{PyDict, PyString};
+use pyo3::types::{PyBool, PyDict, PyInt, PyString};
 
-use crate::errors::invalid_request;
+use crate::convert::{self, type_name};
+use crate::errors::invalid_param;
 
-fn field<'py, T: FromPyObjectOwned<'py>>(
-    value: &Bound<'py, PyAny>,
-    name: &str,
-    expected: &str,
-) -> PyResult<T> {
-    value.extract::<T>().map_err(|_| {
-        let type_name = value
-            .get_type()
-            .name()
-            .map(|n| n.to_string())
-            .unwrap_or_else(|_| "?".into());
-        invalid_request(format!("{name} must be {expected}, got {type_name}"))
+/// The range of Rust integer type `T`, by name, for messages (None for other types).
+fn int_range<T>() -> Option<(i128, i128)> {
+    Some(match std::any::type_name::<T>() {
+        "i32" => (i32::MIN.into(), i32::MAX.into()),
+        "u32" => (0, u32::MAX.into()),
+        "i64" => (i64::MIN.into(), i64::MAX.into()),
+        "u64" | "usize" => (0, u64::MAX.into()),
+        _ => return None,
     })
 }
 
-fn non_negative(value: &Bound<'_, PyAny>, name: &str) -> PyResult<usize> {
-    let number: i64 = field(value, name, "an integer")?;
-    usize::try_from(number).map_err(|_| invalid_request(format!("{name} must be at least 0, got {number}")))
+fn field<'py, T: FromPyObjectOwned<'py>>(
+    value: &Bound<'py, PyAny>,
+    name: &'static str,
+    expected: &str,
+) -> PyResult<T> {
+    let mismatch = || {
+        invalid_param(
+            name,
+            format!("{name} must be {expected}, got {}", type_name(value)),
+        )
+    };
+    // A bool is an int to Python, but never a count, a seed or a temperature.
+    if value.is_instance_of::<PyBool>() && expected != "a bool" {
+        return Err(mismatch());
+    }
+    if let (Some(range), true) = (int_range::<T>(), value.is_instance_of::<PyInt>()) {
+        // Out of T's range: say so with the range, not "must be an integer, got int".
+        convert::int::<i128>(value, name, range)?;
+    }
+    value.extract::<T>().map_err(|_| mismatch())
 }
 
-/// A seed read as a wide integer, so that a negative or too large one is refused by name,
-/// never wrapped to another seed.
-pub fn checked_seed(seed: i128) -> PyResult<u64> {
-    u64::try_from(seed).map_err(|_| invalid_request(format!("seed must be in [0, {}], got {seed}", u64::MAX)))
+/// A count that must be at least 1 (`n`, `max_tokens`).
+fn positive(value: &Bound<'_, PyAny>, name: &'static str) -> PyResult<usize> {
+    let number: i64 = field(value, name, "an integer")?;
+    usize::try_from(number)
+        .ok()
+        .filter(|&n| n >= 1)
+        .ok_or_else(|| invalid_param(name, format!("{name} must be at least 1, got {number}")))
+}
+
+fn non_negative(value: &Bound<'_, PyAny>, name: &'static str) -> PyResult<usize> {
+    let number: i64 = field(value, name, "an integer")?;
+    usize::try_from(number)
+        .map_err(|_| invalid_param(name, format!("{name} must be at least 0, got {number}")))
+}
+
+/// `stop`: one string or a list of strings.
+fn stop_strings(value: &Bound<'_, PyAny>) -> PyResult<Vec<String>> {
+    if value.is_instance_of::<PyString>() {
+        return Ok(vec![convert::text(value, "stop")?]);
+    }
+    let items = convert::items(value).ok_or_else(|| {
+        invalid_param(
+            "stop",
+            format!(
+                "stop must be a string or a list of strings, got {}",
+                type_name(value)
+            ),
+        )
+    })?;
+    items
+        .iter()
+        .enumerate()
+        .map(|(i, item)| {
+            convert::text(item, "stop").map_err(|_| {
+                invalid_param(
+                    "stop",
+                    format!(
+                        "stop[{i}] must be a string of valid Unicode, got {}",
+                        type_name(item)
+                    ),
+                )
+            })
+        })
+        .collect()
+}
+
+/// A `logit_bias` key: an int, or a string of decimal digits (OpenAI's JSON form), exactly.
+fn logit_bias_key(key: &Bound<'_, PyAny>) -> PyResult<u32> {
+    let range = convert::TOKEN_ID_RANGE;
+    let Ok(text) = key.cast::<PyString>() else {
+        return convert::int(key, "logit_bias", range);
+    };
+    let text = convert::text(text.as_any(), "logit_bias")?;
+    let digits = text.strip_prefix('-').unwrap_or(&text);
+    let id: Option<i128> =
+        (!digits.is_empty() && digits.len() <= 20 && digits.bytes().all(|b| b.is_ascii_digit()))
+            .then(|| text.parse().ok())
+            .flatten();
+    match id {
+        Some(id) if (range.0..=range.1).contains(&id) => Ok(id as u32),
+        Some(id) => Err(invalid_param(
+            "logit_bias",
+            format!(
+                "logit_bias token id {id} is out of range (must be in [0, {}])",
+                range.1
+            ),
+        )),
+        None => Err(invalid_param(
+            "logit_bias",
+            format!("logit_bias keys must be token ids (decimal digits), got {text:?}"),
+        )),
+    }
 }
 
 /// Reads `logit_bias`: a dict from token id (an int, or a str of digits as in OpenAI's JSON)
@@ -38,20 +120,13 @@ pub fn checked_seed(seed: i128) -> PyResult<u64> {
 fn logit_bias(value: &Bound<'_, PyAny>) -> PyResult<Vec<(u32, f32)>> {
     let dict = value
         .cast::<PyDict>()
-        .map_err(|_| invalid_request("logit_bias must be a dict {token_id: bias}"))?;
-    let mut bias = Vec::with_capacity(dict.len());
+        .map_err(|_| invalid_param("logit_bias", "logit_bias must be a dict {token_id: bias}"))?;
+    let mut bias = Vec::new();
     for (key, value) in dict.iter() {
-        let id: i64 =
-            match key.cast::<PyString>() {
-                Ok(text) => text.to_str()?.trim().parse().map_err(|_| {
-                    invalid_request(format!("logit_bias keys must be token ids, got {text:?}"))
-                })?,
-                Err(_) => field(&key, "logit_bias key", "a token id (int)")?,
-            };
-        let id = u32::try_from(id).map_err(|_| {
-            invalid_request(format!("logit_bias token id {id} is out of range (must be >= 0)"))
-        })?;
-        bias.push((id, field(&value, "logit_bias value", "a number")?));
+        bias.push((
+            logit_bias_key(&key)?,
+            field(&value, "logit_bias", "a dict of numbers")?,
+        ));
     }
     bias.sort_by_key(|&(id, _)| id);
     Ok(bias)
@@ -65,7 +140,7 @@ pub fn sampling_params_from_dict(dict: &Bound<'_, PyDict>) -> PyResult<SamplingP
     for (key, value) in dict.iter() {
         let key: String = key
             .extract()
-            .map_err(|_| invalid_request("sampling parameter names must be strings"))?;
+            .map_err(|_| crate::errors::invalid_request("sampling parameter names must be strings"))?;
         if value.is_none() {
             match key.as_str() {
                 "max_tokens" => params.max_tokens = None,
@@ -87,32 +162,26 @@ pub fn sampling_params_from_dict(dict: &Bound<'_, PyDict>) -> PyResult<SamplingP
                 | "repetition_penalty"
                 | "include_stop_str_in_output"
                 | "detokenize" => {}
-                other => return Err(invalid_request(format!("unknown sampling parameter '{other}'"))),
+                other => return Err(unknown(other)),
             }
             continue;
         }
         match key.as_str() {
-            "n" => params.n = non_negative(&value, "n")?,
-            "max_tokens" => params.max_tokens = Some(non_negative(&value, "max_tokens")?),
+            "n" => params.n = positive(&value, "n")?,
+            "max_tokens" => params.max_tokens = Some(positive(&value, "max_tokens")?),
             "min_tokens" => params.min_tokens = non_negative(&value, "min_tokens")?,
             "temperature" => params.temperature = field(&value, "temperature", "a number")?,
             "top_p" => params.top_p = field(&value, "top_p", "a number")?,
             "top_k" => params.top_k = field(&value, "top_k", "an integer")?,
             "min_p" => params.min_p = field(&value, "min_p", "a number")?,
-            "seed" => params.seed = Some(checked_seed(field(&value, "seed", "an integer")?)?),
+            // Read as u64, so that a negative or too large seed is refused with the range, never wrapped.
+            "seed" => params.seed = Some(field::<u64>(&value, "seed", "an integer")?),
             "ignore_eos" => params.ignore_eos = field(&value, "ignore_eos", "a bool")?,
             "skip_special_tokens" => {
                 params.skip_special_tokens = field(&value, "skip_special_tokens", "a bool")?;
             }
-            "stop_token_ids" => {
-                params.stop_token_ids = field(&value, "stop_token_ids", "a list of token ids")?
-            }
-            "stop" => {
-                params.stop = match value.extract::<String>() {
-                    Ok(single) => vec![single],
-                    Err(_) => field(&value, "stop", "a string or a list of strings")?,
-                }
-            }
+            "stop_token_ids" => params.stop_token_ids = convert::token_ids(&value, "stop_token_ids")?,
+            "stop" => params.stop = stop_strings(&value)?,
             "logprobs" => params.logprobs = Some(non_negative(&value, "logprobs")?),
             "prompt_logprobs" => params.prompt_logprobs = Some(non_negative(&value, "prompt_logprobs")?),
             "presence_penalty" => params.presence_penalty = field(&value, "presence_penalty", "a number")?,
@@ -125,9 +194,15 @@ pub fn sampling_params_from_dict(dict: &Bound<'_, PyDict>) -> PyResult<SamplingP
                 params.include_stop_str_in_output = field(&value, "include_stop_str_in_output", "a bool")?;
             }
             "detokenize" => params.detokenize = field(&value, "detokenize", "a bool")?,
-            other => return Err(invalid_request(format!("unknown sampling parameter '{other}'"))),
+            other => return Err(unknown(other)),
         }
     }
-    params.validate().map_err(|e| invalid_request(e.to_string()))?;
+    params
+        .validate()
+        .map_err(|e| invalid_param(e.field, e.to_string()))?;
     Ok(params)
+}
+
+fn unknown(name: &str) -> PyErr {
+    crate::errors::invalid_request(format!("unknown sampling parameter '{name}'"))
 }

@@ -10,6 +10,7 @@ use pyo3::prelude::*;
 use pyo3::types::PyDict;
 
 use crate::errors::invalid_request;
+use crate::guard::guard;
 use crate::params::sampling_params_from_dict;
 
 /// One sampled token: `(token_id, logprob, rank, top_logprobs)`.
@@ -37,15 +38,17 @@ pub fn sampling_probs(
     output_token_ids: Vec<u32>,
     eos_token_ids: Vec<u32>,
 ) -> PyResult<Vec<f64>> {
-    let params = checked_params(params, logits.len())?;
-    let history = TokenHistory::new(Arc::from(prompt_token_ids), &output_token_ids);
-    let ctx = SampleContext {
-        seed: 0,
-        token_index: output_token_ids.len(),
-        history: Some(&history),
-        eos_token_ids: &eos_token_ids,
-    };
-    Ok(probabilities(&logits, &params, &ctx))
+    guard(|| {
+        let params = checked_params(params, logits.len())?;
+        let history = TokenHistory::new(Arc::from(prompt_token_ids), &output_token_ids);
+        let ctx = SampleContext {
+            seed: 0,
+            token_index: output_token_ids.len(),
+            history: Some(&history),
+            eos_token_ids: &eos_token_ids,
+        };
+        Ok(probabilities(&logits, &params, &ctx))
+    })
 }
 
 /// One draw of the sampler for output token `len(output_token_ids)` of a request with `seed`:
@@ -60,16 +63,18 @@ pub fn sample_token(
     seed: u64,
     eos_token_ids: Vec<u32>,
 ) -> PyResult<PySample> {
-    let params = checked_params(params, logits.len())?;
-    let history = TokenHistory::new(Arc::from(prompt_token_ids), &output_token_ids);
-    let ctx = SampleContext {
-        seed,
-        token_index: output_token_ids.len(),
-        history: Some(&history),
-        eos_token_ids: &eos_token_ids,
-    };
-    let s = sample(&mut logits, &params, &ctx);
-    Ok((s.token_id, s.logprob, s.rank, s.top_logprobs))
+    guard(|| {
+        let params = checked_params(params, logits.len())?;
+        let history = TokenHistory::new(Arc::from(prompt_token_ids), &output_token_ids);
+        let ctx = SampleContext {
+            seed,
+            token_index: output_token_ids.len(),
+            history: Some(&history),
+            eos_token_ids: &eos_token_ids,
+        };
+        let s = sample(&mut logits, &params, &ctx);
+        Ok((s.token_id, s.logprob, s.rank, s.top_logprobs))
+    })
 }
 
 /// The raw log-softmax value of `token_id` in one row of logits, its rank (1 = most likely)
@@ -77,11 +82,13 @@ pub fn sample_token(
 #[pyfunction]
 #[pyo3(signature = (logits, token_id, k=0))]
 pub fn token_logprobs(mut logits: Vec<f32>, token_id: u32, k: usize) -> PyResult<PyTokenLogprob> {
-    let vocab_size = logits.len();
-    let t = token_logprob(&mut logits, token_id, k).ok_or_else(|| {
-        invalid_request(format!(
-            "token_id {token_id} is out of range (vocab_size {vocab_size})"
-        ))
-    })?;
-    Ok((t.logprob, t.rank, t.top_logprobs))
+    guard(|| {
+        let vocab_size = logits.len();
+        let t = token_logprob(&mut logits, token_id, k).ok_or_else(|| {
+            invalid_request(format!(
+                "token_id {token_id} is out of range (vocab_size {vocab_size})"
+            ))
+        })?;
+        Ok((t.logprob, t.rank, t.top_logprobs))
+    })
 }
