@@ -13,7 +13,7 @@ U64_MAX = 2**64 - 1
 
 @pytest.mark.parametrize("seed", [-1, -(2**63), 2**64, 2**70])
 def test_out_of_range_request_seed_is_refused(seed: int) -> None:
-    with pytest.raises(InvalidRequestError, match=rf"seed must be in \[0, {U64_MAX}\], got {seed}"):
+    with pytest.raises(InvalidRequestError, match=rf"seed must be an integer in \[0, {U64_MAX}\], got {seed}"):
         SamplingParams(seed=seed)
 
 
@@ -28,5 +28,5 @@ def test_whole_u64_range_is_usable_and_children_wrap(engine: Engine) -> None:
 
 
 def test_engine_seed_is_checked_the_same_way(default_gguf: Path) -> None:
-    with pytest.raises(InvalidRequestError, match=r"seed must be in \[0, .*\], got -5"):
+    with pytest.raises(InvalidRequestError, match=r"seed must be an integer in \[0, .*\], got -5"):
         Engine(str(default_gguf), seed=-5, kv_cache_memory_bytes=16 << 20)
