@@ -5,7 +5,10 @@ prompt; single-stream greedy decode tok/s (first to last generated token); and t
 aggregate throughput of 16 and 64 concurrent greedy streams (generated tokens per
 wall-clock second, prefill of their short prompts included). llama.cpp runs through
 llama-cpp-python's low-level API (llama_batch / llama_decode with one sequence id
-per stream), so its multi-stream numbers are real batched decoding.
+per stream), so its multi-stream numbers are real batched decoding, with the library's
+default context settings: `kv_unified` off (each stream attends over its own cache cells,
+`n_ctx / n_seq_max` of them), flash attention on auto, 512-token micro-batches. Ember runs
+with prefix caching off, so no run reuses KV computed by an earlier one.
 
 Both engines live in one process and take turns: every repeat of every metric runs Ember,
 then llama.cpp, back to back, so load from other processes on a shared machine falls on both
@@ -19,7 +22,7 @@ spinning included), which moves less with other processes' load than wall-clock 
 --quant requantizes the model with llama.cpp's own quantizer (llama_model_quantize, cached
 under .cache/quantized; see tests/quantized_models.py) and runs both engines on that file.
 
-Prints a table and writes bench/out/throughput-<date>.json.
+Prints a progress bar to stderr, then the table, and writes bench/out/throughput-<date>.json.
 """
 
 from __future__ import annotations
@@ -91,7 +94,7 @@ class EmberRunner:
         from ember import Engine
 
         self.engine = Engine(model, num_threads=threads, max_num_seqs=max_seqs, max_model_len=2048,
-                             kv_cache_memory_bytes=1 << 30)  # fmt: skip
+                             kv_cache_memory_bytes=1 << 30, enable_prefix_caching=False)  # fmt: skip
 
     def ids(self, text: str) -> list[int]:
         """Token ids of `text`, BOS added as the model wants."""
@@ -101,7 +104,6 @@ class EmberRunner:
         """Prompt tokens per second for one prompt (one output token)."""
         from ember import SamplingParams
 
-        self.engine.reset_prefix_cache()
         start = time.perf_counter()
         self.engine.generate(prompt_ids, SamplingParams(temperature=0.0, max_tokens=1), use_tqdm=False)
         return len(prompt_ids) / (time.perf_counter() - start)
@@ -119,12 +121,23 @@ class EmberRunner:
         """Aggregate generated tokens per wall-clock second of concurrent greedy streams."""
         from ember import SamplingParams
 
-        self.engine.reset_prefix_cache()
         params = SamplingParams(temperature=0.0, max_tokens=num_tokens, ignore_eos=True)
         start = time.perf_counter()
         outs = self.engine.generate(prompts_ids, params, use_tqdm=False)
         elapsed = time.perf_counter() - start
         return sum(len(o.outputs[0].token_ids) for o in outs) / elapsed
+
+
+_QUIET_LOG: list[Any] = []
+"""The ctypes callback that silences llama.cpp's log; llama.cpp keeps calling it for the rest of the
+process, so it must never be freed."""
+
+
+def _quiet_log_callback(lc: Any) -> Any:
+    """One process-wide log callback that drops every message."""
+    if not _QUIET_LOG:
+        _QUIET_LOG.append(lc.llama_log_callback(lambda level, text, user_data: None))
+    return _QUIET_LOG[0]
 
 
 class LlamaCppRunner:
@@ -134,20 +147,28 @@ class LlamaCppRunner:
         import llama_cpp as lc
 
         self.lc = lc
-        self._quiet = lc.llama_log_callback(lambda level, text, user_data: None)  # kept alive: C holds it
-        lc.llama_log_set(self._quiet, ctypes.c_void_p())
+        lc.llama_log_set(_quiet_log_callback(lc), ctypes.c_void_p())
         lc.llama_backend_init()
         self.model = lc.llama_model_load_from_file(model.encode(), lc.llama_model_default_params())
+        # The library's defaults but for sizes: with kv_unified off (the default) each of the
+        # n_seq_max streams owns n_ctx / n_seq_max cells, enough for the prefill prompt.
         params = lc.llama_context_default_params()
-        params.n_ctx = max(PREFILL_TOKENS + 64, max_seqs * max_tokens_per_seq)
-        params.n_batch = params.n_ctx
-        params.n_ubatch = 512
         params.n_seq_max = max_seqs
-        params.kv_unified = True
+        params.n_ctx = max_seqs * max(PREFILL_TOKENS + 64, max_tokens_per_seq)
+        params.n_batch = params.n_ctx
         params.n_threads = params.n_threads_batch = threads
         self.ctx = lc.llama_init_from_model(self.model, params)
         self.n_vocab = lc.llama_vocab_n_tokens(lc.llama_model_get_vocab(self.model))
         self.batch = lc.llama_batch_init(params.n_batch, 0, max_seqs)
+        self.settings = {
+            "kv_unified": bool(params.kv_unified),
+            "n_ctx": lc.llama_n_ctx(self.ctx),
+            "n_ctx_seq": lc.llama_n_ctx_seq(self.ctx),
+            "n_seq_max": max_seqs,
+            "n_ubatch": params.n_ubatch,
+            "flash_attn_type": params.flash_attn_type,
+        }
+        """The context settings the llama.cpp rows ran with (written to the JSON result)."""
 
     def _decode(self, entries: list[tuple[int, int, int, bool]]) -> list[int]:
         """Decodes (token, pos, seq_id, wants_logits) entries; returns the greedy next token per logits row."""
@@ -306,6 +327,7 @@ def main() -> None:
     results = summary(turns)
 
     print(f"\n{Path(model).name}, {args.threads} threads, {cpu_model()}")
+    print(f"llama.cpp context: {theirs.settings}")
     print_table(results)
 
     write_record(
@@ -320,6 +342,7 @@ def main() -> None:
             "decode_tokens": args.decode_tokens,
             "repeats": args.repeats,
             "streams": args.streams,
+            "llama_cpp_context": theirs.settings,
             "results": results,
             "turns": turns,
         },

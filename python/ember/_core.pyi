@@ -117,6 +117,7 @@ class Engine:
         device: str = "auto",
         gpu_memory_utilization: float = 0.9,
         kv_cache_dtype: str = "auto",
+        scheduling_policy: str = "fcfs",
     ) -> None: ...
     tokenizer: Tokenizer
     max_model_len: int

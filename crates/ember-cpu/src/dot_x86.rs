@@ -1,7 +1,7 @@
 //! x86-64 AVX2 tiles for float weights (F32 / F16 / BF16): `R` activation rows x `C` weight
 //! rows. Each output accumulates in its own f32 lanes in `dot_scalar`'s order and is
-//! bit-identical to the scalar reference. (Quantized weights use `packed_avx2` /
-//! `packed_vnni`.)
+//! bit-identical to the scalar reference. (Quantized weights use the
+//! repacked tiles of `packed_tile` / `packed_x86`.)
 
 #![allow(clippy::missing_safety_doc)]
 

@@ -3,11 +3,12 @@
 //! attention, norms, RoPE and activations, parallelized by a low-overhead spinning fork-join
 //! (`par`) over the backend's own rayon pool.
 //!
-//! Numerics: quantized matmuls quantize activations to 8 bits like ggml (Q8_0 / Q8_1 per 32
-//! elements, Q8_K per 256 for the K-quants) and follow llama.cpp's integer arithmetic. The
-//! SIMD kernels read weights repacked at load (16 rows interleaved, `packed`) and compute the
-//! scalar reference's arithmetic exactly, so every result is independent of the CPU features,
-//! the batch composition and the thread count.
+//! Numerics: quantized matmuls quantize activations to 8 bits in ggml's block formats (Q8_0 /
+//! Q8_1 per 32 elements, Q8_K per 256 for the K-quants) and take llama.cpp's per-block
+//! integer-dot scheme; results are not llama.cpp's bit for bit and are judged by KL against
+//! float32. The SIMD kernels read weights repacked at load (16 rows interleaved, `packed`) and
+//! compute the scalar reference's arithmetic exactly, so every result is independent of the CPU
+//! features, the batch composition and the thread count.
 
 mod alloc;
 mod attention;
@@ -43,6 +44,8 @@ pub use tensor::CpuTensor;
 
 #[cfg(test)]
 mod attention_tests;
+#[cfg(test)]
+mod matmul_large_tests;
 #[cfg(test)]
 mod matmul_tests;
 #[cfg(test)]

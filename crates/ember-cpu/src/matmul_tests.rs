@@ -9,14 +9,14 @@ use crate::tensor::CpuTensor;
 use crate::test_util::{random_weight_bytes, Rng};
 use ember_core::{WeightDType, WeightView};
 
-fn pool(threads: usize) -> rayon::ThreadPool {
+pub(crate) fn pool(threads: usize) -> rayon::ThreadPool {
     rayon::ThreadPoolBuilder::new()
         .num_threads(threads)
         .build()
         .expect("thread pool")
 }
 
-fn make_matrix(bytes: &[u8], dtype: WeightDType, n: usize, k: usize) -> CpuMatrix {
+pub(crate) fn make_matrix(bytes: &[u8], dtype: WeightDType, n: usize, k: usize) -> CpuMatrix {
     let shape = [n, k];
     CpuMatrix::from_view(&WeightView {
         name: "w",
@@ -27,14 +27,14 @@ fn make_matrix(bytes: &[u8], dtype: WeightDType, n: usize, k: usize) -> CpuMatri
     .expect("valid matrix")
 }
 
-fn isas() -> Vec<Isa> {
+pub(crate) fn isas() -> Vec<Isa> {
     [Isa::Scalar, Isa::Avx2, Isa::Avx512Vnni]
         .into_iter()
         .filter(|i| i.is_supported())
         .collect()
 }
 
-fn dequantized(w: &CpuMatrix) -> Vec<f32> {
+pub(crate) fn dequantized(w: &CpuMatrix) -> Vec<f32> {
     let mut out = vec![0.0; w.rows() * w.cols()];
     for (r, row) in out.chunks_exact_mut(w.cols()).enumerate() {
         w.dequantize_row_into(r, row);
@@ -47,7 +47,7 @@ fn bits_equal(a: &[f32], b: &[f32]) -> bool {
 }
 
 /// The activation block length a weight format pairs with (Q8_K for K-quants, else Q8_0).
-fn act_block(dtype: WeightDType) -> usize {
+pub(crate) fn act_block(dtype: WeightDType) -> usize {
     dtype.block_len().max(32)
 }
 

@@ -2,6 +2,8 @@
 
 use std::path::PathBuf;
 
+use ember_core::SchedulingPolicy;
+
 /// The CPU KV-cache budget by default, unless one full-length sequence needs more.
 pub const DEFAULT_CPU_KV_CACHE_BYTES: u64 = 1 << 30;
 /// Most of the currently available memory the default CPU KV-cache budget takes.
@@ -29,7 +31,7 @@ pub struct EngineArgs {
     /// Seed from which requests without their own seed derive one.
     pub seed: u64,
     /// Compute dtype on the CPU: "auto" (quantized weights stay quantized, 8-bit activations in
-    /// their products, like llama.cpp) or "float32" (weights dequantized at load, f32 throughout).
+    /// their products, llama.cpp's scheme) or "float32" (weights dequantized at load, f32 throughout).
     pub dtype: String,
     /// KV-cache element type (vLLM's names): "auto" (follows `dtype`: float32 with "float32",
     /// else float16 on the CPU and bfloat16 on CUDA), "float32", "float16" or "bfloat16" on the
@@ -39,6 +41,9 @@ pub struct EngineArgs {
     pub num_threads: Option<usize>,
     /// Reuse cached KV blocks of shared prompt prefixes.
     pub enable_prefix_caching: bool,
+    /// Admission order of waiting requests: first come, first served (default), or by
+    /// `priority` (lower first); requests with a priority other than 0 need the latter.
+    pub scheduling_policy: SchedulingPolicy,
     /// Where the model runs: "auto" (CUDA when usable, else CPU), "cuda" or "cpu".
     pub device: String,
     /// Fraction of GPU memory the engine may use (weights, workspace and KV cache).
@@ -60,6 +65,7 @@ impl EngineArgs {
             kv_cache_dtype: "auto".into(),
             num_threads: None,
             enable_prefix_caching: true,
+            scheduling_policy: SchedulingPolicy::Fcfs,
             device: "auto".into(),
             gpu_memory_utilization: 0.9,
         }
