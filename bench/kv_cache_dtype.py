@@ -10,6 +10,10 @@ For each `kv_cache_dtype` (float32, float16, bfloat16), on the same GGUF file:
   generated token).
 
     python bench/kv_cache_dtype.py [--model PATH] [--threads 2] [--contexts 1024 2048 4096] [--quick]
+                                   [--decode-only]
+
+--decode-only skips the accuracy runs and measures only the decode speed (a short run, e.g. at
+--threads 1 on a shared machine, where two threads wait on each other).
 
 Prints a table and writes bench/out/kv_cache_dtype-<date>.json.
 """
@@ -52,6 +56,7 @@ def main() -> None:
     """Runs the measurements, prints the table, writes the JSON result."""
     parser = common_parser(__doc__, threads_help="CPU threads (default: 2)", quick_help="1k context only, 16 tokens")
     parser.add_argument("--contexts", type=int, nargs="+", default=[1024, 2048, 4096], help="context lengths")
+    parser.add_argument("--decode-only", action="store_true", help="only the decode speed at the longest context")
     args = parser.parse_args()
     from tqdm import tqdm
 
@@ -68,12 +73,14 @@ def main() -> None:
     runs = [("float32", "float32")] + [
         (arith, kv) for arith in ["float32", "auto"] for kv in DTYPES if (arith, kv) != ("float32", "float32")
     ]
+    if args.decode_only:
+        runs = [("auto", kv) for kv in DTYPES]
     for arith, kv in tqdm(runs, desc="dtype / kv_cache_dtype"):
         engine = Engine(model, dtype=arith, kv_cache_dtype=kv, num_threads=args.threads, max_model_len=max_len,
                         kv_cache_memory_bytes=1 << 30)  # fmt: skip
         ids = engine.tokenizer.encode(long_text(), add_special_tokens=True)
         assert len(ids) >= max(contexts), f"the text has only {len(ids)} tokens"
-        for n in contexts:
+        for n in [] if args.decode_only else contexts:
             logits[arith, kv, n] = np.asarray(engine.score(ids[:n], list(range(n - num_positions, n))), np.float32)
         if arith == "auto":
             params = SamplingParams(temperature=0.0, max_tokens=decode_tokens, ignore_eos=True)
@@ -84,7 +91,7 @@ def main() -> None:
     rows = {}
     print(f"\n{model}, {args.threads} threads, {cpu_model()}; reference: dtype float32 + kv float32")
     print(f"{'dtype':<10}{'kv_cache_dtype':<16}{'context':>8}{'mean KL':>12}{'top-1':>8}")
-    for arith, kv in runs[1:]:
+    for arith, kv in [] if args.decode_only else runs[1:]:
         for n in contexts:
             kl, top1 = faithfulness(logits[arith, kv, n], logits["float32", "float32", n])
             rows[f"{arith}/{kv}/{n}"] = {"mean_kl": kl, "top1_agreement": top1}
