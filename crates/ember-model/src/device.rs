@@ -101,7 +101,10 @@ pub fn load_on_device(
     let model = LlamaModel::load(&backend, config, weights)?;
     let block_bytes = spec.bytes_per_block(backend.kv_cache_bytes_per_element()) as u64;
     let max_len = args.max_model_len.unwrap_or(config.max_position_embeddings) as u64;
-    let full_context_bytes = max_len.div_ceil(args.block_size as u64) * block_bytes;
+    // Saturating: a model file may claim any context length (the budget is capped below anyway).
+    let full_context_bytes = max_len
+        .div_ceil(args.block_size as u64)
+        .saturating_mul(block_bytes);
     let kv_bytes = match args.kv_cache_memory_bytes {
         Some(bytes) => bytes,
         None => {
