@@ -1,19 +1,9 @@
-//! Ember's model layer: model configs, GGUF and safetensors weight loading, tokenizers and
-//! chat templates, the architectures (written once over `ember_core::Backend`) and the engine.
+//! Ember's model layer, in four layers that only use the ones listed before them:
+//! `formats` (GGUF, safetensors, configs, weights under canonical names), `text` (tokenizers
+//! and chat templates), `models` (the architectures, written once over `ember_core::Backend`)
+//! and `engine` (the engine, its model runner and request output state).
 
-pub mod chat_template;
-pub mod config;
-pub mod device;
 pub mod engine;
-pub mod engine_args;
-pub mod executor;
-pub mod gguf;
-pub mod llama;
-pub mod loader;
-pub mod model_files;
-mod request_state;
-pub mod runner;
-pub mod safetensors;
-pub mod step_output;
-pub mod tokenizer;
-pub mod weights;
+pub mod formats;
+pub mod models;
+pub mod text;

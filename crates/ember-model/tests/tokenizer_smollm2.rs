@@ -8,8 +8,8 @@
 use std::path::PathBuf;
 use std::time::Instant;
 
-use ember_model::gguf::GgufFile;
-use ember_model::tokenizer::Tokenizer;
+use ember_model::formats::gguf::GgufFile;
+use ember_model::text::tokenizer::Tokenizer;
 
 const CASES: &[(&str, &[u32])] = &[
     ("Hello, world!", &[19556, 28, 905, 17]),

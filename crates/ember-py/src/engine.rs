@@ -2,8 +2,8 @@
 
 use std::sync::{Arc, Mutex, MutexGuard};
 
+use ember_model::engine::engine_args::EngineArgs;
 use ember_model::engine::{LlmEngine, StepOutput, StopReason, TokenLogprobs};
-use ember_model::engine_args::EngineArgs;
 use pyo3::prelude::*;
 use pyo3::types::PyDict;
 

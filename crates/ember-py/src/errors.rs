@@ -2,7 +2,7 @@
 
 use ember_core::BackendError;
 use ember_model::engine::EngineError;
-use ember_model::weights::LoadError;
+use ember_model::formats::weights::LoadError;
 use pyo3::exceptions::{PyException, PyMemoryError, PyValueError};
 use pyo3::prelude::*;
 use pyo3::sync::PyOnceLock;

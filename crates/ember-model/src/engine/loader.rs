@@ -3,12 +3,12 @@
 
 use std::path::Path;
 
-use crate::chat_template::ChatTemplate;
-use crate::config::ModelConfig;
-use crate::gguf::GgufFile;
-use crate::model_files::ModelFiles;
-use crate::tokenizer::Tokenizer;
-use crate::weights::{LoadError, WeightSource};
+use crate::formats::config::ModelConfig;
+use crate::formats::gguf::GgufFile;
+use crate::formats::model_files::ModelFiles;
+use crate::formats::weights::{LoadError, WeightSource};
+use crate::text::chat_template::ChatTemplate;
+use crate::text::tokenizer::Tokenizer;
 
 /// Everything read from a model's files, before the weights are placed on a device.
 pub struct OpenedModel {

@@ -9,7 +9,7 @@ use minijinja::{context, Environment, Error, ErrorKind, Value};
 use serde::{Deserialize, Serialize};
 use thiserror::Error;
 
-use crate::gguf::{GgufFile, GgufValue};
+use crate::formats::gguf::{GgufFile, GgufValue};
 
 const TEMPLATE_NAME: &str = "chat_template";
 

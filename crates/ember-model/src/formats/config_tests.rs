@@ -3,8 +3,8 @@ use std::path::Path;
 use serde_json::{json, Value};
 
 use super::*;
-use crate::gguf::GgufFile;
-use crate::safetensors::tests::temp_dir;
+use crate::formats::gguf::GgufFile;
+use crate::formats::safetensors::tests::temp_dir;
 
 /// A metadata value for [`write_gguf`].
 pub(crate) enum Meta<'a> {

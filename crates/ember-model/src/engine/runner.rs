@@ -10,7 +10,7 @@ use ember_core::{
 };
 use rayon::prelude::*;
 
-use crate::llama::LlamaModel;
+use crate::models::llama::LlamaModel;
 
 /// Flat inputs of one step: token ids plus the attention metadata.
 #[derive(Debug, Default, PartialEq, Eq)]

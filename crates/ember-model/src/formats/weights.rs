@@ -13,10 +13,10 @@ use std::path::{Path, PathBuf};
 use ember_core::WeightView;
 use thiserror::Error;
 
-use crate::chat_template::ChatTemplateError;
-use crate::config::ConfigError;
-use crate::gguf::{ggml_type_name, GgufError, GgufFile};
-use crate::safetensors::{SafetensorsError, SafetensorsSet};
+use crate::formats::config::ConfigError;
+use crate::formats::gguf::{ggml_type_name, GgufError, GgufFile};
+use crate::formats::safetensors::{SafetensorsError, SafetensorsSet};
+use crate::text::chat_template::ChatTemplateError;
 
 /// Anything that stops a model from loading.
 #[derive(Debug, Error)]
@@ -35,7 +35,7 @@ pub enum LoadError {
     ChatTemplate(#[from] ChatTemplateError),
     /// The tokenizer is unreadable or unsupported.
     #[error(transparent)]
-    Tokenizer(#[from] crate::tokenizer::TokenizerError),
+    Tokenizer(#[from] crate::text::tokenizer::TokenizerError),
     /// The backend rejected a weight or could not allocate.
     #[error(transparent)]
     Backend(#[from] ember_core::BackendError),

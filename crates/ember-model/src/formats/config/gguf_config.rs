@@ -3,7 +3,7 @@
 use ember_core::RopeStyle;
 
 use super::{div_exact, Architecture, ConfigError, ModelConfig, RopeScaling};
-use crate::gguf::{GgufFile, GgufValue};
+use crate::formats::gguf::{GgufFile, GgufValue};
 
 /// GGUF `general.architecture` values Ember runs.
 const SUPPORTED_GGUF: &str = "llama, qwen2";

@@ -2,7 +2,7 @@
 
 use ember_core::{Backend, BackendResult, ModelRunnerOutput, SchedulerOutput};
 
-use crate::runner::ModelRunner;
+use crate::engine::runner::ModelRunner;
 
 /// Runs scheduled steps on some backend.
 pub trait StepExecutor: Send {

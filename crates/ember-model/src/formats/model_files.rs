@@ -3,8 +3,8 @@
 
 use std::path::{Path, PathBuf};
 
-use crate::safetensors::SafetensorsSet;
-use crate::weights::{LoadError, WeightSource};
+use crate::formats::safetensors::SafetensorsSet;
+use crate::formats::weights::{LoadError, WeightSource};
 
 /// Where a Hugging Face model's safetensors weights are.
 #[derive(Clone, Debug, PartialEq, Eq)]
@@ -95,7 +95,7 @@ impl ModelFiles {
     /// Opens the weights (mapping the files; nothing is copied).
     pub fn open_weights(&self) -> Result<WeightSource, LoadError> {
         Ok(match self {
-            Self::Gguf(path) => WeightSource::from_gguf(crate::gguf::GgufFile::open(path)?),
+            Self::Gguf(path) => WeightSource::from_gguf(crate::formats::gguf::GgufFile::open(path)?),
             Self::HuggingFace(hf) => WeightSource::from_safetensors(match &hf.weights {
                 SafetensorsFiles::Single(path) => SafetensorsSet::open_file(path)?,
                 SafetensorsFiles::Index(path) => SafetensorsSet::open_index(path)?,
@@ -145,7 +145,7 @@ fn resolve_hf(dir: &Path) -> Result<HfFiles, LoadError> {
 #[cfg(test)]
 mod tests {
     use super::*;
-    use crate::safetensors::tests::{f32_bytes, temp_dir, write_safetensors};
+    use crate::formats::safetensors::tests::{f32_bytes, temp_dir, write_safetensors};
 
     fn touch(path: &Path) {
         std::fs::write(path, "{}").expect("write");

@@ -1,8 +1,8 @@
 use ember_core::WeightDType;
 
 use super::*;
-use crate::config::tests::{write_gguf, Meta};
-use crate::safetensors::tests::{f32_bytes, temp_dir, write_safetensors};
+use crate::formats::config::tests::{write_gguf, Meta};
+use crate::formats::safetensors::tests::{f32_bytes, temp_dir, write_safetensors};
 
 #[test]
 fn canonical_names_round_trip() {

@@ -10,15 +10,15 @@ use ember_core::{
 };
 use thiserror::Error;
 
-use crate::chat_template::ChatTemplate;
-use crate::device::load_on_device;
-use crate::engine_args::{EngineArgs, DEFAULT_MAX_NUM_BATCHED_TOKENS};
-use crate::executor::StepExecutor;
-use crate::loader::open_model;
-use crate::request_state::RequestState;
-pub use crate::step_output::{StepOutput, StopReason, TokenLogprobs};
-use crate::tokenizer::Tokenizer;
-use crate::weights::LoadError;
+use crate::engine::device::load_on_device;
+use crate::engine::engine_args::{EngineArgs, DEFAULT_MAX_NUM_BATCHED_TOKENS};
+use crate::engine::executor::StepExecutor;
+use crate::engine::loader::open_model;
+use crate::engine::request_state::RequestState;
+pub use crate::engine::step_output::{StepOutput, StopReason, TokenLogprobs};
+use crate::formats::weights::LoadError;
+use crate::text::chat_template::ChatTemplate;
+use crate::text::tokenizer::Tokenizer;
 
 /// Anything that can go wrong building or driving the engine.
 #[derive(Debug, Error)]

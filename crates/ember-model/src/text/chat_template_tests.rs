@@ -1,5 +1,5 @@
 use super::*;
-use crate::safetensors::tests::temp_dir;
+use crate::formats::safetensors::tests::temp_dir;
 
 /// SmolLM2-135M-Instruct's template, as stored in its GGUF `tokenizer.chat_template`.
 const SMOLLM2_TEMPLATE: &str = "{% for message in messages %}{% if loop.first and messages[0]['role'] != 'system' %}{{ '<|im_start|>system\nYou are a helpful AI assistant named SmolLM, trained by Hugging Face<|im_end|>\n' }}{% endif %}{{'<|im_start|>' + message['role'] + '\n' + message['content'] + '<|im_end|>' + '\n'}}{% endfor %}{% if add_generation_prompt %}{{ '<|im_start|>assistant\n' }}{% endif %}";

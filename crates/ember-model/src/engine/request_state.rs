@@ -5,8 +5,8 @@ use ember_core::{
     IncrementalDetokenizer, PromptLogprobs, SampledToken, SamplingParams, StopStrings, TokenLogprob,
 };
 
-use crate::step_output::TokenLogprobs;
-use crate::tokenizer::Tokenizer;
+use crate::engine::step_output::TokenLogprobs;
+use crate::text::tokenizer::Tokenizer;
 
 /// What a request's new tokens produced in one step.
 pub(crate) struct Absorbed {

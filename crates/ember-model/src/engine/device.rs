@@ -7,15 +7,15 @@ use ember_cpu::CpuBackend;
 use ember_cuda::arena::ModelDims;
 use ember_cuda::{CudaBackend, GraphConfig};
 
-use crate::config::ModelConfig;
-use crate::engine::EngineError;
-use crate::engine_args::{
+use crate::engine::engine_args::{
     available_memory_bytes, default_cpu_kv_cache_bytes, EngineArgs, DEFAULT_MAX_NUM_BATCHED_TOKENS,
 };
-use crate::executor::StepExecutor;
-use crate::llama::LlamaModel;
-use crate::runner::ModelRunner;
-use crate::weights::WeightSource;
+use crate::engine::executor::StepExecutor;
+use crate::engine::llm_engine::EngineError;
+use crate::engine::runner::ModelRunner;
+use crate::formats::config::ModelConfig;
+use crate::formats::weights::WeightSource;
+use crate::models::llama::LlamaModel;
 
 /// Builds the backend named by `args.device`, loads the model onto it and allocates the KV
 /// cache; returns the step executor and the cache geometry.

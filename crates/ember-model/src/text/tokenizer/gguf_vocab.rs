@@ -8,7 +8,7 @@ use super::pretokenize::{self, PreTokenizer};
 use super::spm::{self, PairRanks, SpacePrefix, SpmBpe};
 use super::vocab::{byte_fallback_ids, parse_byte_token, TokenType, Vocab};
 use super::{byte_level, checked_id, special_matcher, Model, Tokenizer, TokenizerError};
-use crate::gguf::{GgufFile, GgufValue};
+use crate::formats::gguf::{GgufFile, GgufValue};
 
 const KEY_MODEL: &str = "tokenizer.ggml.model";
 const KEY_TOKENS: &str = "tokenizer.ggml.tokens";

@@ -3,8 +3,8 @@
 
 use ember_core::{AttentionShape, Backend, BackendResult, Rope, StepMetadata};
 
-use crate::config::ModelConfig;
-use crate::weights::{LoadError, WeightSource};
+use crate::formats::config::ModelConfig;
+use crate::formats::weights::{LoadError, WeightSource};
 
 /// Weights of one decoder layer.
 struct LlamaLayer<B: Backend> {

@@ -1,0 +1,14 @@
+//! The engine: options, opening a model, the backend choice, the model runner, and the
+//! per-request output state behind one step loop.
+
+pub mod device;
+pub mod engine_args;
+pub mod executor;
+pub mod llm_engine;
+pub mod loader;
+mod request_state;
+pub mod runner;
+pub mod step_output;
+
+pub use llm_engine::{EngineError, LlmEngine};
+pub use step_output::{StepOutput, StopReason, TokenLogprobs};

@@ -1,0 +1,3 @@
+//! The architectures, each written once over `ember_core::Backend`.
+
+pub mod llama;
