@@ -4,6 +4,7 @@
 //! and `engine` (the engine, its model runner and request output state).
 
 pub mod engine;
+pub mod error;
 pub mod formats;
 pub mod models;
 pub mod text;

@@ -11,8 +11,8 @@ use crate::engine::engine_args::{
     available_memory_bytes, default_cpu_kv_cache_bytes, EngineArgs, DEFAULT_MAX_NUM_BATCHED_TOKENS,
 };
 use crate::engine::executor::StepExecutor;
-use crate::engine::llm_engine::EngineError;
 use crate::engine::runner::ModelRunner;
+use crate::error::EngineError;
 use crate::formats::config::ModelConfig;
 use crate::formats::weights::WeightSource;
 use crate::models::llama::LlamaModel;

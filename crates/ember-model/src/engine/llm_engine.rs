@@ -5,10 +5,9 @@ use std::sync::Arc;
 use std::time::{SystemTime, UNIX_EPOCH};
 
 use ember_core::{
-    BackendError, FinishReason, InvalidParam, Request, RequestId, RequestUpdate, SamplingParams, Scheduler,
-    SchedulerConfig, SchedulerStats,
+    FinishReason, Request, RequestId, RequestUpdate, SamplingParams, Scheduler, SchedulerConfig,
+    SchedulerStats,
 };
-use thiserror::Error;
 
 use crate::engine::device::load_on_device;
 use crate::engine::engine_args::{EngineArgs, DEFAULT_MAX_NUM_BATCHED_TOKENS};
@@ -16,29 +15,9 @@ use crate::engine::executor::StepExecutor;
 use crate::engine::loader::open_model;
 use crate::engine::request_state::RequestState;
 pub use crate::engine::step_output::{StepOutput, StopReason, TokenLogprobs};
-use crate::formats::weights::LoadError;
+use crate::error::EngineError;
 use crate::text::chat_template::ChatTemplate;
 use crate::text::tokenizer::Tokenizer;
-
-/// Anything that can go wrong building or driving the engine.
-#[derive(Debug, Error)]
-pub enum EngineError {
-    /// The model could not be opened or loaded.
-    #[error(transparent)]
-    Load(#[from] LoadError),
-    /// A request or engine option is invalid; the message names the field and the limit.
-    #[error("{0}")]
-    InvalidRequest(String),
-    /// The device failed (including running out of memory).
-    #[error(transparent)]
-    Backend(#[from] BackendError),
-}
-
-impl From<InvalidParam> for EngineError {
-    fn from(err: InvalidParam) -> Self {
-        Self::InvalidRequest(err.to_string())
-    }
-}
 
 /// The engine: owns the model runner, the scheduler and the tokenizer.
 pub struct LlmEngine {

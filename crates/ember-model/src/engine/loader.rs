@@ -3,10 +3,11 @@
 
 use std::path::Path;
 
+use crate::error::ModelLoadError;
 use crate::formats::config::ModelConfig;
 use crate::formats::gguf::GgufFile;
 use crate::formats::model_files::ModelFiles;
-use crate::formats::weights::{LoadError, WeightSource};
+use crate::formats::weights::WeightSource;
 use crate::text::chat_template::ChatTemplate;
 use crate::text::tokenizer::Tokenizer;
 
@@ -25,7 +26,7 @@ pub struct OpenedModel {
 }
 
 /// Opens the model at `path`.
-pub fn open_model(path: &Path) -> Result<OpenedModel, LoadError> {
+pub fn open_model(path: &Path) -> Result<OpenedModel, ModelLoadError> {
     let name = path.file_stem().map_or_else(
         || path.display().to_string(),
         |s| s.to_string_lossy().into_owned(),

@@ -10,5 +10,5 @@ mod request_state;
 pub mod runner;
 pub mod step_output;
 
-pub use llm_engine::{EngineError, LlmEngine};
+pub use llm_engine::LlmEngine;
 pub use step_output::{StepOutput, StopReason, TokenLogprobs};

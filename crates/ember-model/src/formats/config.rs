@@ -2,58 +2,13 @@
 //! or from GGUF metadata, and the rotary inverse frequencies they imply.
 
 use std::fmt;
-use std::path::PathBuf;
 
 use ember_core::RopeStyle;
-use thiserror::Error;
+
+use crate::error::ConfigError;
 
 mod gguf_config;
 mod hf_config;
-
-/// A model configuration that cannot be read or is not supported.
-#[derive(Debug, Error)]
-pub enum ConfigError {
-    /// A config file could not be read.
-    #[error("cannot read {path}: {source}")]
-    Io {
-        /// File path.
-        path: PathBuf,
-        /// Underlying error.
-        source: std::io::Error,
-    },
-    /// A config file is not valid JSON.
-    #[error("invalid JSON in {path}: {source}")]
-    Json {
-        /// File path.
-        path: PathBuf,
-        /// Underlying error.
-        source: serde_json::Error,
-    },
-    /// The architecture is not one Ember runs.
-    #[error("unsupported architecture {name}; supported: {supported}")]
-    UnsupportedArchitecture {
-        /// The name found.
-        name: String,
-        /// The supported names.
-        supported: &'static str,
-    },
-    /// A required field is absent or has the wrong type.
-    #[error("{source_name}: missing or invalid field {field}")]
-    MissingField {
-        /// The config file or GGUF file.
-        source_name: String,
-        /// The field or metadata key.
-        field: String,
-    },
-    /// A field has a value Ember does not support or that is inconsistent.
-    #[error("{source_name}: {detail}")]
-    Invalid {
-        /// The config file or GGUF file.
-        source_name: String,
-        /// What is wrong.
-        detail: String,
-    },
-}
 
 /// Architecture family; the math is Llama's for all of them (Qwen2 adds q/k/v biases).
 #[derive(Clone, Copy, Debug, PartialEq, Eq, Hash)]

@@ -7,33 +7,13 @@ use std::path::{Path, PathBuf};
 
 use ember_core::WeightDType;
 use memmap2::Mmap;
-use thiserror::Error;
+
+use crate::error::GgufError;
 
 const GGUF_MAGIC: &[u8; 4] = b"GGUF";
 const DEFAULT_ALIGNMENT: u64 = 32;
 /// Refuse absurd counts from a corrupt header before allocating for them.
 const MAX_COUNT: u64 = 1 << 28;
-
-/// A GGUF file that cannot be read.
-#[derive(Debug, Error)]
-pub enum GgufError {
-    /// The file could not be opened or mapped.
-    #[error("cannot read GGUF file {path}: {source}")]
-    Io {
-        /// File path.
-        path: PathBuf,
-        /// Underlying error.
-        source: std::io::Error,
-    },
-    /// The bytes are not a valid GGUF file.
-    #[error("corrupt GGUF file {path}: {detail}")]
-    Corrupt {
-        /// File path.
-        path: PathBuf,
-        /// What is wrong, with the offset.
-        detail: String,
-    },
-}
 
 /// One metadata value.
 #[derive(Clone, Debug, PartialEq)]

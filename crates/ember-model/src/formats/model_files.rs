@@ -3,8 +3,9 @@
 
 use std::path::{Path, PathBuf};
 
+use crate::error::ModelLoadError;
 use crate::formats::safetensors::SafetensorsSet;
-use crate::formats::weights::{LoadError, WeightSource};
+use crate::formats::weights::WeightSource;
 
 /// Where a Hugging Face model's safetensors weights are.
 #[derive(Clone, Debug, PartialEq, Eq)]
@@ -45,12 +46,12 @@ impl ModelFiles {
     /// Resolves `path`: a `.gguf` file; a folder with `config.json`, `tokenizer.json` and
     /// `model.safetensors` or `model.safetensors.index.json`; or a folder holding exactly
     /// one `.gguf` file.
-    pub fn resolve(path: &Path) -> Result<Self, LoadError> {
-        let fail = |detail: String| LoadError::ModelFiles {
+    pub fn resolve(path: &Path) -> Result<Self, ModelLoadError> {
+        let fail = |detail: String| ModelLoadError::ModelFiles {
             path: path.to_path_buf(),
             detail,
         };
-        let metadata = std::fs::metadata(path).map_err(|source| LoadError::Io {
+        let metadata = std::fs::metadata(path).map_err(|source| ModelLoadError::Io {
             path: path.to_path_buf(),
             source,
         })?;
@@ -63,7 +64,7 @@ impl ModelFiles {
         if path.join("config.json").is_file() {
             return resolve_hf(path).map(Self::HuggingFace);
         }
-        let entries = std::fs::read_dir(path).map_err(|source| LoadError::Io {
+        let entries = std::fs::read_dir(path).map_err(|source| ModelLoadError::Io {
             path: path.to_path_buf(),
             source,
         })?;
@@ -93,7 +94,7 @@ impl ModelFiles {
     }
 
     /// Opens the weights (mapping the files; nothing is copied).
-    pub fn open_weights(&self) -> Result<WeightSource, LoadError> {
+    pub fn open_weights(&self) -> Result<WeightSource, ModelLoadError> {
         Ok(match self {
             Self::Gguf(path) => WeightSource::from_gguf(crate::formats::gguf::GgufFile::open(path)?),
             Self::HuggingFace(hf) => WeightSource::from_safetensors(match &hf.weights {
@@ -108,7 +109,7 @@ fn has_gguf_extension(path: &Path) -> bool {
     path.extension().is_some_and(|e| e.eq_ignore_ascii_case("gguf"))
 }
 
-fn resolve_hf(dir: &Path) -> Result<HfFiles, LoadError> {
+fn resolve_hf(dir: &Path) -> Result<HfFiles, ModelLoadError> {
     let optional = |name: &str| Some(dir.join(name)).filter(|p| p.is_file());
     let single = optional("model.safetensors");
     let index = optional("model.safetensors.index.json");
@@ -135,7 +136,7 @@ fn resolve_hf(dir: &Path) -> Result<HfFiles, LoadError> {
             tokenizer_config: optional("tokenizer_config.json"),
             generation_config: optional("generation_config.json"),
         }),
-        _ => Err(LoadError::ModelFiles {
+        _ => Err(ModelLoadError::ModelFiles {
             path: dir.to_path_buf(),
             detail: format!("Hugging Face model folder is missing {}", missing.join(" and ")),
         }),

@@ -12,41 +12,11 @@ use std::path::{Path, PathBuf};
 use ember_core::{WeightDType, WeightView};
 use memmap2::Mmap;
 use serde::Deserialize;
-use thiserror::Error;
+
+use crate::error::SafetensorsError;
 
 /// Refuse headers larger than this (the format's own reference limit is 100 MB).
 const MAX_HEADER_BYTES: u64 = 100 * 1024 * 1024;
-
-/// A safetensors file or index that cannot be used.
-#[derive(Debug, Error)]
-pub enum SafetensorsError {
-    /// A file could not be opened, mapped or read.
-    #[error("cannot read safetensors file {path}: {source}")]
-    Io {
-        /// File path.
-        path: PathBuf,
-        /// Underlying error.
-        source: std::io::Error,
-    },
-    /// The bytes are not a valid safetensors file (or index).
-    #[error("corrupt safetensors file {path}: {detail}")]
-    Corrupt {
-        /// File path.
-        path: PathBuf,
-        /// What is wrong.
-        detail: String,
-    },
-    /// A tensor is stored in an element type Ember does not load.
-    #[error("tensor {tensor} in {path} has dtype {dtype}; supported: F32, F16, BF16")]
-    UnsupportedDtype {
-        /// Tensor name as stored.
-        tensor: String,
-        /// The stored dtype string, e.g. "I64".
-        dtype: String,
-        /// File holding the tensor.
-        path: PathBuf,
-    },
-}
 
 /// Directory entry of one tensor in a safetensors set.
 #[derive(Clone, Debug)]

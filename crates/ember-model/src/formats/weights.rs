@@ -1,5 +1,4 @@
-//! A model's weights under canonical names, whichever file format holds them, and
-//! [`LoadError`], the crate's loading error.
+//! A model's weights under canonical names, whichever file format holds them.
 //!
 //! Canonical names: `embed_tokens`, `norm`, `lm_head`, and per layer `layers.{i}.X` with X
 //! one of `input_layernorm`, `post_attention_layernorm`, `q_proj`, `k_proj`, `v_proj`,
@@ -11,80 +10,10 @@ use std::fmt;
 use std::path::{Path, PathBuf};
 
 use ember_core::WeightView;
-use thiserror::Error;
 
-use crate::formats::config::ConfigError;
-use crate::formats::gguf::{ggml_type_name, GgufError, GgufFile};
-use crate::formats::safetensors::{SafetensorsError, SafetensorsSet};
-use crate::text::chat_template::ChatTemplateError;
-
-/// Anything that stops a model from loading.
-#[derive(Debug, Error)]
-pub enum LoadError {
-    /// The GGUF container is unreadable.
-    #[error(transparent)]
-    Gguf(#[from] GgufError),
-    /// A safetensors file or index is unreadable.
-    #[error(transparent)]
-    Safetensors(#[from] SafetensorsError),
-    /// The model configuration is unreadable or unsupported.
-    #[error(transparent)]
-    Config(#[from] ConfigError),
-    /// The chat template is unusable.
-    #[error(transparent)]
-    ChatTemplate(#[from] ChatTemplateError),
-    /// The tokenizer is unreadable or unsupported.
-    #[error(transparent)]
-    Tokenizer(#[from] crate::text::tokenizer::TokenizerError),
-    /// The backend rejected a weight or could not allocate.
-    #[error(transparent)]
-    Backend(#[from] ember_core::BackendError),
-    /// A path or file could not be read.
-    #[error("cannot read {path}: {source}")]
-    Io {
-        /// The path.
-        path: PathBuf,
-        /// Underlying error.
-        source: std::io::Error,
-    },
-    /// The model path does not name a usable GGUF file or Hugging Face folder.
-    #[error("{path}: {detail}")]
-    ModelFiles {
-        /// The path given.
-        path: PathBuf,
-        /// What is missing or ambiguous.
-        detail: String,
-    },
-    /// A canonical tensor name is malformed.
-    #[error("invalid tensor name {0:?}")]
-    InvalidTensorName(String),
-    /// A tensor the model needs is absent.
-    #[error("missing tensor {canonical} ({stored_name}) in {path}")]
-    MissingTensor {
-        /// Canonical name.
-        canonical: String,
-        /// Name the file format would use.
-        stored_name: String,
-        /// The file (or first shard) searched.
-        path: PathBuf,
-    },
-    /// A GGUF tensor is stored in a type Ember does not load.
-    #[error("tensor {tensor} has type {type_name}; supported: F32, F16, BF16, Q8_0, Q4_0, Q4_1")]
-    UnsupportedTensorType {
-        /// Stored tensor name.
-        tensor: String,
-        /// ggml type name, e.g. "Q6_K".
-        type_name: String,
-    },
-    /// A tensor's shape or size does not fit its encoding or the model.
-    #[error("tensor {tensor}: {detail}")]
-    BadTensor {
-        /// Stored tensor name.
-        tensor: String,
-        /// What is wrong.
-        detail: String,
-    },
-}
+use crate::error::ModelLoadError;
+use crate::formats::gguf::{ggml_type_name, GgufFile};
+use crate::formats::safetensors::SafetensorsSet;
 
 /// Per-layer tensor kinds: (canonical, Hugging Face module, GGUF name).
 const LAYER_TENSORS: [(&str, &str, &str); 9] = [
@@ -261,7 +190,7 @@ impl WeightSource {
 
     /// The tensor with this canonical name, borrowed from the mapped file; the view's name
     /// is the canonical name.
-    pub fn get(&self, canonical: &str) -> Result<WeightView<'_>, LoadError> {
+    pub fn get(&self, canonical: &str) -> Result<WeightView<'_>, ModelLoadError> {
         let Some((name, &i)) = self.index.get_key_value(canonical) else {
             return Err(self.missing(canonical));
         };
@@ -270,12 +199,12 @@ impl WeightSource {
                 let info = &file.tensors[i];
                 let dtype = info
                     .weight_dtype()
-                    .ok_or_else(|| LoadError::UnsupportedTensorType {
+                    .ok_or_else(|| ModelLoadError::UnsupportedTensorType {
                         tensor: info.name.clone(),
                         type_name: ggml_type_name(info.ggml_type),
                     })?;
                 if dtype.bytes_for(info.num_elements()).is_none() {
-                    return Err(LoadError::BadTensor {
+                    return Err(ModelLoadError::BadTensor {
                         tensor: info.name.clone(),
                         detail: format!(
                             "{} elements is not a whole number of {dtype} blocks",
@@ -294,9 +223,9 @@ impl WeightSource {
         }
     }
 
-    fn missing(&self, canonical: &str) -> LoadError {
+    fn missing(&self, canonical: &str) -> ModelLoadError {
         let Some(parsed) = TensorName::parse(canonical) else {
-            return LoadError::InvalidTensorName(canonical.to_string());
+            return ModelLoadError::InvalidTensorName(canonical.to_string());
         };
         let path = match &self.files {
             Files::Gguf(file) => file.path().to_path_buf(),
@@ -309,7 +238,7 @@ impl WeightSource {
                 }
             }
         };
-        LoadError::MissingTensor {
+        ModelLoadError::MissingTensor {
             canonical: canonical.to_string(),
             stored_name: parsed.stored_name(self.scheme()),
             path,

@@ -3,8 +3,9 @@
 
 use ember_core::{AttentionShape, Backend, BackendResult, Rope, StepMetadata};
 
+use crate::error::ModelLoadError;
 use crate::formats::config::ModelConfig;
-use crate::formats::weights::{LoadError, WeightSource};
+use crate::formats::weights::WeightSource;
 
 /// Weights of one decoder layer.
 struct LlamaLayer<B: Backend> {
@@ -40,15 +41,15 @@ fn load_optional_vector<B: Backend>(
     backend: &B,
     weights: &WeightSource,
     name: &str,
-) -> Result<Option<B::Vector>, LoadError> {
+) -> Result<Option<B::Vector>, ModelLoadError> {
     if !weights.contains(name) {
         return Ok(None);
     }
     Ok(Some(backend.load_vector(&weights.get(name)?)?))
 }
 
-fn shape_error(name: &str, expected: &[usize], found: &[usize]) -> LoadError {
-    LoadError::BadTensor {
+fn shape_error(name: &str, expected: &[usize], found: &[usize]) -> ModelLoadError {
+    ModelLoadError::BadTensor {
         tensor: name.to_string(),
         detail: format!("shape {found:?} does not match the config's {expected:?}"),
     }
@@ -56,15 +57,15 @@ fn shape_error(name: &str, expected: &[usize], found: &[usize]) -> LoadError {
 
 impl<B: Backend> LlamaModel<B> {
     /// Loads every weight of `config` from `weights` into `backend`, checking shapes.
-    pub fn load(backend: &B, config: &ModelConfig, weights: &WeightSource) -> Result<Self, LoadError> {
-        let matrix = |name: &str, rows: usize, cols: usize| -> Result<B::Matrix, LoadError> {
+    pub fn load(backend: &B, config: &ModelConfig, weights: &WeightSource) -> Result<Self, ModelLoadError> {
+        let matrix = |name: &str, rows: usize, cols: usize| -> Result<B::Matrix, ModelLoadError> {
             let view = weights.get(name)?;
             if view.shape != [rows, cols] {
                 return Err(shape_error(name, &[rows, cols], view.shape));
             }
             Ok(backend.load_matrix(&view)?)
         };
-        let vector = |name: &str, len: usize| -> Result<B::Vector, LoadError> {
+        let vector = |name: &str, len: usize| -> Result<B::Vector, ModelLoadError> {
             let view = weights.get(name)?;
             if view.shape != [len] {
                 return Err(shape_error(name, &[len], view.shape));

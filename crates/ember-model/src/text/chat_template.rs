@@ -2,43 +2,16 @@
 //! Hugging Face `tokenizer_config.json`), rendered the way transformers'
 //! `apply_chat_template` renders it.
 
-use std::path::{Path, PathBuf};
+use std::path::Path;
 
 use minijinja::value::Kwargs;
 use minijinja::{context, Environment, Error, ErrorKind, Value};
 use serde::{Deserialize, Serialize};
-use thiserror::Error;
 
+use crate::error::ChatTemplateError;
 use crate::formats::gguf::{GgufFile, GgufValue};
 
 const TEMPLATE_NAME: &str = "chat_template";
-
-/// A chat template that cannot be read, compiled or rendered.
-#[derive(Debug, Error)]
-pub enum ChatTemplateError {
-    /// `tokenizer_config.json` (or a template file) could not be read.
-    #[error("cannot read {path}: {source}")]
-    Io {
-        /// File path.
-        path: PathBuf,
-        /// Underlying error.
-        source: std::io::Error,
-    },
-    /// A template file is not valid JSON or has the wrong shape.
-    #[error("invalid chat template file {path}: {detail}")]
-    Invalid {
-        /// File path.
-        path: PathBuf,
-        /// What is wrong.
-        detail: String,
-    },
-    /// The template does not compile.
-    #[error("chat template syntax error: {0}")]
-    Syntax(String),
-    /// Rendering failed (including the template's own `raise_exception`).
-    #[error("chat template error: {0}")]
-    Render(String),
-}
 
 /// One chat message.
 #[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]

@@ -14,10 +14,6 @@ mod spm;
 mod tests;
 mod vocab;
 
-use std::path::PathBuf;
-
-use thiserror::Error;
-
 pub use vocab::TokenType;
 
 use bpe::ByteLevelBpe;
@@ -26,46 +22,7 @@ use special::{Fragment, SpecialMatcher};
 use spm::{SpacePrefix, SpmBpe};
 use vocab::Vocab;
 
-/// A tokenizer that cannot be built.
-#[derive(Debug, Error)]
-pub enum TokenizerError {
-    /// A required metadata key or JSON field is absent or has the wrong type.
-    #[error("tokenizer key `{0}` is missing or has the wrong type")]
-    MissingKey(String),
-    /// The tokenizer model family is not supported.
-    #[error("unsupported tokenizer model `{0}`")]
-    UnsupportedModel(String),
-    /// The pre-tokenizer (or normalizer) is not supported.
-    #[error("unsupported pre-tokenizer `{0}`")]
-    UnsupportedPreTokenizer(String),
-    /// A pre-tokenizer regex does not compile.
-    #[error("invalid pre-tokenizer regex `{pattern}`: {detail}")]
-    BadRegex {
-        /// The pattern.
-        pattern: String,
-        /// The regex engine's message.
-        detail: String,
-    },
-    /// A tokenizer file could not be read.
-    #[error("cannot read {path}: {source}")]
-    Io {
-        /// File path.
-        path: PathBuf,
-        /// Underlying error.
-        source: std::io::Error,
-    },
-    /// A tokenizer file is not valid JSON.
-    #[error("invalid JSON in {path}: {detail}")]
-    Json {
-        /// File path.
-        path: PathBuf,
-        /// Parser message.
-        detail: String,
-    },
-    /// The data is inconsistent (e.g. a token id out of range).
-    #[error("invalid tokenizer data: {0}")]
-    Invalid(String),
-}
+use crate::error::TokenizerError;
 
 /// The token-producing algorithm.
 #[derive(Debug)]
