@@ -10,6 +10,7 @@ use cudarc::driver::{
 };
 use ember_core::{BackendError, BackendResult};
 
+use crate::error::device_err;
 use crate::launch::Geometry;
 
 /// A kernel argument (device pointers travel as `u64`).
@@ -23,11 +24,6 @@ pub enum Arg {
     I64(i64),
     /// A float.
     F32(f32),
-}
-
-/// Maps any driver-side error to a backend error naming the operation.
-pub fn device_err(what: &str, e: impl std::fmt::Debug) -> BackendError {
-    BackendError::Device(format!("{what}: {e:?}"))
 }
 
 /// The device a [`crate::CudaBackend`] runs on.

@@ -4,8 +4,7 @@
 
 use ember_core::{BackendError, BackendResult, DeviceSampleRow};
 
-use crate::backend::CudaBackend;
-use crate::device::Arg;
+use crate::device::{Arg, Device};
 use crate::launch::{elementwise_geometry, sampling_geometry};
 use crate::tensor::CudaTensor;
 
@@ -32,11 +31,7 @@ pub fn pack_sample_params(rows: &[DeviceSampleRow]) -> Vec<u32> {
 }
 
 /// Samples one token per row of `logits` (`[rows.len(), vocab]`); returns `(token_id, logprob)`.
-pub fn sample(
-    backend: &CudaBackend,
-    logits: &CudaTensor,
-    rows: &[DeviceSampleRow],
-) -> BackendResult<Vec<(u32, f32)>> {
+pub fn sample(d: &Device, logits: &CudaTensor, rows: &[DeviceSampleRow]) -> BackendResult<Vec<(u32, f32)>> {
     if rows.len() != logits.rows {
         return Err(BackendError::Device(format!(
             "sample: {} parameter rows for {} logits rows",
@@ -47,7 +42,6 @@ pub fn sample(
     if rows.is_empty() {
         return Ok(Vec::new());
     }
-    let d = &backend.device;
     let (n, vocab) = (rows.len(), logits.cols);
     let elements = n * vocab;
     let f32_logits = d.alloc::<f32>(elements, "sampling logits")?;

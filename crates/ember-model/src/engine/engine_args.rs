@@ -1,11 +1,7 @@
-//! Engine construction options and the memory-sizing rules derived from them.
+//! Engine construction options.
 
 use std::path::PathBuf;
 
-/// Most KV-cache memory the CPU backend takes by default.
-pub const DEFAULT_CPU_KV_CACHE_CAP_BYTES: u64 = 4 << 30;
-/// Fraction of currently available memory the CPU backend takes by default (before the cap).
-pub const DEFAULT_CPU_KV_CACHE_FRACTION: f64 = 0.25;
 /// Default token budget per step.
 pub const DEFAULT_MAX_NUM_BATCHED_TOKENS: usize = 2048;
 
@@ -20,7 +16,8 @@ pub struct EngineArgs {
     pub max_num_seqs: usize,
     /// Most tokens in one step; `None` uses [`DEFAULT_MAX_NUM_BATCHED_TOKENS`].
     pub max_num_batched_tokens: Option<usize>,
-    /// KV-cache memory; `None` uses a fraction of available memory, capped.
+    /// KV-cache memory; `None` lets the backend decide (CPU: a capped fraction of available
+    /// memory; CUDA: what `gpu_memory_utilization` leaves).
     pub kv_cache_memory_bytes: Option<u64>,
     /// Tokens per KV-cache block.
     pub block_size: usize,
@@ -56,33 +53,5 @@ impl EngineArgs {
             device: "auto".into(),
             gpu_memory_utilization: 0.9,
         }
-    }
-}
-
-/// Bytes of memory the OS reports as available (`MemAvailable`), when it can be read.
-pub fn available_memory_bytes() -> Option<u64> {
-    let meminfo = std::fs::read_to_string("/proc/meminfo").ok()?;
-    let line = meminfo.lines().find(|l| l.starts_with("MemAvailable:"))?;
-    let kib: u64 = line.split_whitespace().nth(1)?.parse().ok()?;
-    Some(kib * 1024)
-}
-
-/// The default CPU KV-cache size for `available` bytes of free memory.
-pub fn default_cpu_kv_cache_bytes(available: Option<u64>) -> u64 {
-    let available = available.unwrap_or(4 * DEFAULT_CPU_KV_CACHE_CAP_BYTES);
-    ((available as f64 * DEFAULT_CPU_KV_CACHE_FRACTION) as u64).min(DEFAULT_CPU_KV_CACHE_CAP_BYTES)
-}
-
-#[cfg(test)]
-mod tests {
-    use super::*;
-
-    #[test]
-    fn default_kv_cache_is_a_capped_fraction() {
-        assert_eq!(default_cpu_kv_cache_bytes(Some(1 << 30)), 1 << 28);
-        assert_eq!(
-            default_cpu_kv_cache_bytes(Some(1 << 40)),
-            DEFAULT_CPU_KV_CACHE_CAP_BYTES
-        );
     }
 }

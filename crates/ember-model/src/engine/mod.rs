@@ -1,6 +1,7 @@
 //! The engine: options, opening a model, the backend choice, the model runner, and the
 //! per-request output state behind one step loop.
 
+pub mod batch;
 pub mod device;
 pub mod engine_args;
 pub mod executor;
@@ -8,6 +9,7 @@ pub mod llm_engine;
 pub mod loader;
 mod request_state;
 pub mod runner;
+pub mod sample_rows;
 pub mod step_output;
 
 pub use llm_engine::LlmEngine;

@@ -1,7 +1,10 @@
 //! The Llama family (Llama 2/3, Mistral, Qwen2/2.5 with qkv bias, SmolLM), written once over
 //! [`Backend`].
 
-use ember_core::{AttentionShape, Backend, BackendResult, Rope, StepMetadata};
+use ember_core::{
+    AttentionParams, AttentionShape, Backend, BackendResult, LayerKv, ModelShape, Rope, WeightDType,
+    WeightView,
+};
 
 use crate::error::ModelLoadError;
 use crate::formats::config::ModelConfig;
@@ -31,10 +34,10 @@ pub struct LlamaModel<B: Backend> {
     norm: B::Vector,
     /// `None` when the output projection is tied to `embed_tokens`.
     lm_head: Option<B::Matrix>,
-    shape: AttentionShape,
-    rope: Rope,
+    attention: AttentionParams,
+    rope: Rope<B::Vector>,
     rms_norm_eps: f32,
-    attention_scale: f32,
+    shape: ModelShape,
 }
 
 fn load_optional_vector<B: Backend>(
@@ -99,87 +102,114 @@ impl<B: Backend> LlamaModel<B> {
         } else {
             Some(matrix("lm_head", config.vocab_size, hidden)?)
         };
+        let inv_freq = config.rope_inv_freq();
+        let inv_freq_bytes: Vec<u8> = inv_freq.iter().flat_map(|f| f.to_le_bytes()).collect();
+        let inv_freq = backend.load_vector(&WeightView {
+            name: "rope inv_freq",
+            dtype: WeightDType::F32,
+            shape: &[inv_freq.len()],
+            bytes: &inv_freq_bytes,
+        })?;
         Ok(Self {
             embed_tokens: matrix("embed_tokens", config.vocab_size, hidden)?,
             layers,
             norm: vector("norm", hidden)?,
             lm_head,
-            shape: AttentionShape {
+            attention: AttentionParams::causal(AttentionShape {
                 num_heads: config.num_heads,
                 num_kv_heads: config.num_kv_heads,
                 head_dim: config.head_dim,
-            },
+            }),
             rope: Rope {
                 style: config.rope_style,
-                inv_freq: config.rope_inv_freq(),
+                inv_freq,
             },
             rms_norm_eps: config.rms_norm_eps,
-            attention_scale: 1.0 / (config.head_dim as f32).sqrt(),
+            shape: ModelShape {
+                hidden_size: hidden,
+                intermediate_size: config.intermediate_size,
+                vocab_size: config.vocab_size,
+                num_heads: config.num_heads,
+                head_dim: config.head_dim,
+                kv_layers: vec![
+                    LayerKv {
+                        num_kv_heads: config.num_kv_heads,
+                        head_dim: config.head_dim,
+                    };
+                    config.num_layers
+                ],
+            },
         })
     }
 
-    /// Head geometry of every layer.
-    pub fn attention_shape(&self) -> AttentionShape {
-        self.shape
-    }
-
-    /// Number of decoder layers.
-    pub fn num_layers(&self) -> usize {
-        self.layers.len()
+    /// The sizes the backend plans memory for.
+    pub fn shape(&self) -> &ModelShape {
+        &self.shape
     }
 
     /// Runs the step's tokens through the model, writing their K/V into `kv_cache`, and
-    /// returns the logits `[meta.logits_indices.len(), vocab_size]`.
+    /// returns the logits `[logits_indices.len(), vocab_size]`.
     pub fn forward(
         &self,
         backend: &B,
+        step: &B::Step,
         kv_cache: &mut B::KvCache,
-        token_ids: &[u32],
-        meta: &StepMetadata,
     ) -> BackendResult<B::Tensor> {
-        backend.begin_step(token_ids, meta)?;
-        let mut residual = backend.embed(&self.embed_tokens, token_ids)?;
-        let mut hidden = backend.rms_norm(&residual, &self.layers[0].input_norm, self.rms_norm_eps)?;
+        let mut residual = backend.embed(step, &self.embed_tokens)?;
+        let mut hidden = backend.rms_norm(step, &residual, &self.layers[0].input_norm, self.rms_norm_eps)?;
         for (index, layer) in self.layers.iter().enumerate() {
-            let attn_out = self.attention(backend, kv_cache, index, layer, &hidden, meta)?;
+            let attn_out = self.attention(backend, step, kv_cache, index, layer, &hidden)?;
             hidden = backend.add_rms_norm(
+                step,
                 &mut residual,
                 &attn_out,
                 &layer.post_attention_norm,
                 self.rms_norm_eps,
             )?;
-            let gate = backend.matmul(&hidden, &layer.gate_proj, None)?;
-            let up = backend.matmul(&hidden, &layer.up_proj, None)?;
-            let mlp_out = backend.matmul(&backend.silu_mul(&gate, &up)?, &layer.down_proj, None)?;
+            let gate = backend.matmul(step, &hidden, &layer.gate_proj, None)?;
+            let up = backend.matmul(step, &hidden, &layer.up_proj, None)?;
+            let mlp_out =
+                backend.matmul(step, &backend.silu_mul(step, &gate, &up)?, &layer.down_proj, None)?;
             match self.layers.get(index + 1) {
                 Some(next) => {
-                    hidden =
-                        backend.add_rms_norm(&mut residual, &mlp_out, &next.input_norm, self.rms_norm_eps)?;
+                    hidden = backend.add_rms_norm(
+                        step,
+                        &mut residual,
+                        &mlp_out,
+                        &next.input_norm,
+                        self.rms_norm_eps,
+                    )?;
                 }
                 None => backend.add_assign(&mut residual, &mlp_out)?,
             }
         }
-        let last_rows = backend.gather_rows(&residual, &meta.logits_indices)?;
-        let normed = backend.rms_norm(&last_rows, &self.norm, self.rms_norm_eps)?;
-        backend.matmul(&normed, self.lm_head.as_ref().unwrap_or(&self.embed_tokens), None)
+        let last_rows = backend.logits_rows(step, &residual)?;
+        let normed = backend.rms_norm(step, &last_rows, &self.norm, self.rms_norm_eps)?;
+        backend.matmul(
+            step,
+            &normed,
+            self.lm_head.as_ref().unwrap_or(&self.embed_tokens),
+            None,
+        )
     }
 
     fn attention(
         &self,
         backend: &B,
+        step: &B::Step,
         kv_cache: &mut B::KvCache,
         index: usize,
         layer: &LlamaLayer<B>,
         hidden: &B::Tensor,
-        meta: &StepMetadata,
     ) -> BackendResult<B::Tensor> {
-        let mut query = backend.matmul(hidden, &layer.q_proj, layer.q_bias.as_ref())?;
-        let mut key = backend.matmul(hidden, &layer.k_proj, layer.k_bias.as_ref())?;
-        let value = backend.matmul(hidden, &layer.v_proj, layer.v_bias.as_ref())?;
-        backend.rope(&mut query, self.shape.num_heads, &meta.positions, &self.rope)?;
-        backend.rope(&mut key, self.shape.num_kv_heads, &meta.positions, &self.rope)?;
-        backend.write_kv(kv_cache, index, &key, &value, &meta.slot_mapping)?;
-        let context = backend.attention(&query, kv_cache, index, self.shape, self.attention_scale, meta)?;
-        backend.matmul(&context, &layer.o_proj, layer.o_bias.as_ref())
+        let shape = self.attention.shape;
+        let mut query = backend.matmul(step, hidden, &layer.q_proj, layer.q_bias.as_ref())?;
+        let mut key = backend.matmul(step, hidden, &layer.k_proj, layer.k_bias.as_ref())?;
+        let value = backend.matmul(step, hidden, &layer.v_proj, layer.v_bias.as_ref())?;
+        backend.rope(step, &mut query, shape.num_heads, &self.rope)?;
+        backend.rope(step, &mut key, shape.num_kv_heads, &self.rope)?;
+        backend.write_kv(step, kv_cache, index, &key, &value)?;
+        let context = backend.attention(step, &query, kv_cache, index, &self.attention)?;
+        backend.matmul(step, &context, &layer.o_proj, layer.o_bias.as_ref())
     }
 }
