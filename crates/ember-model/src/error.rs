@@ -78,14 +78,6 @@ pub enum ConfigError {
         /// Underlying error.
         source: serde_json::Error,
     },
-    /// The architecture is not one Ember runs.
-    #[error("unsupported architecture {name}; supported: {supported}")]
-    UnsupportedArchitecture {
-        /// The name found.
-        name: String,
-        /// The supported names.
-        supported: &'static str,
-    },
     /// A required field is absent or has the wrong type.
     #[error("{source_name}: missing or invalid field {field}")]
     MissingField {
@@ -184,6 +176,16 @@ pub enum ModelLoadError {
     /// The model configuration is unreadable or unsupported.
     #[error(transparent)]
     Config(#[from] ConfigError),
+    /// No model implementation runs the architecture the files name.
+    #[error("unsupported architecture {name} ({field}); supported: {supported}")]
+    UnsupportedArchitecture {
+        /// The name found.
+        name: String,
+        /// The field it was read from (`architectures`, `model_type`, `general.architecture`).
+        field: &'static str,
+        /// The names of that field Ember runs, comma-separated.
+        supported: String,
+    },
     /// The chat template is unusable.
     #[error(transparent)]
     ChatTemplate(#[from] ChatTemplateError),

@@ -7,11 +7,9 @@ use ember_cpu::{CpuBackend, CpuOptions};
 
 use crate::engine::engine_args::{EngineArgs, DEFAULT_MAX_NUM_BATCHED_TOKENS};
 use crate::engine::executor::StepExecutor;
+use crate::engine::loader::OpenedModel;
 use crate::engine::runner::ModelRunner;
 use crate::error::EngineError;
-use crate::formats::config::ModelConfig;
-use crate::formats::weights::WeightSource;
-use crate::models::llama::LlamaModel;
 
 /// Where the model runs.
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
@@ -25,9 +23,7 @@ enum DeviceKind {
 /// cache the backend planned; returns the step executor and the cache geometry.
 pub fn load_on_device(
     args: &EngineArgs,
-    config: &ModelConfig,
-    weights: &WeightSource,
-    name: &str,
+    opened: &OpenedModel,
 ) -> Result<(Box<dyn StepExecutor>, KvCacheSpec), EngineError> {
     let kind = choose(&args.device)?;
     check_dtype(&args.dtype, kind).map_err(EngineError::InvalidRequest)?;
@@ -36,7 +32,9 @@ pub fn load_on_device(
         max_num_batched_tokens: args
             .max_num_batched_tokens
             .unwrap_or(DEFAULT_MAX_NUM_BATCHED_TOKENS),
-        max_model_len: args.max_model_len.unwrap_or(config.max_position_embeddings),
+        max_model_len: args
+            .max_model_len
+            .unwrap_or(opened.config.max_position_embeddings),
         block_size: args.block_size,
         kv_cache_memory_bytes: args.kv_cache_memory_bytes,
         gpu_memory_utilization: args.gpu_memory_utilization,
@@ -47,10 +45,10 @@ pub fn load_on_device(
                 num_threads: args.num_threads,
                 f32_weights: args.dtype == "float32",
             };
-            load(CpuBackend::open(options), config, weights, &limits, name)
+            load(CpuBackend::open(options), opened, &limits)
         }
         #[cfg(feature = "cuda")]
-        DeviceKind::Cuda => load(ember_cuda::CudaBackend::open(0)?, config, weights, &limits, name),
+        DeviceKind::Cuda => load(ember_cuda::CudaBackend::open(0)?, opened, &limits),
     }
 }
 
@@ -103,13 +101,11 @@ fn check_dtype(dtype: &str, kind: DeviceKind) -> Result<(), String> {
 /// Loads the model onto `backend`, lets the backend plan its memory, and builds the runner.
 fn load<B: Backend + 'static>(
     mut backend: B,
-    config: &ModelConfig,
-    weights: &WeightSource,
+    opened: &OpenedModel,
     limits: &MemoryLimits,
-    name: &str,
 ) -> Result<(Box<dyn StepExecutor>, KvCacheSpec), EngineError> {
-    log::info!("loading {name} onto the {} backend", backend.name());
-    let model = LlamaModel::load(&backend, config, weights)?;
+    log::info!("loading {} onto the {} backend", opened.name, backend.name());
+    let model = opened.architecture.family.load(&backend, &opened.source())?;
     let spec = backend.plan_memory(model.shape(), limits)?;
     if spec.num_blocks == 0 {
         return Err(EngineError::InvalidRequest(format!(
@@ -121,8 +117,8 @@ fn load<B: Backend + 'static>(
         backend,
         model,
         spec,
-        config.vocab_size,
-        config.eos_token_ids.clone(),
+        opened.config.vocab_size,
+        opened.config.eos_token_ids.clone(),
     )?;
     Ok((Box::new(runner), spec))
 }

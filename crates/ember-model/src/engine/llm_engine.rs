@@ -54,16 +54,16 @@ impl LlmEngine {
             return Err(invalid("max_num_seqs must be at least 1, got 0".into()));
         }
         let opened = open_model(&args.model_path)?;
-        let config = opened.config;
         log::info!(
-            "loading {} ({:?}, {} layers, hidden {}) on device \"{}\"",
+            "loading {} ({}, {} layers, hidden {}) on device \"{}\"",
             opened.name,
-            config.architecture,
-            config.num_layers,
-            config.hidden_size,
+            opened.architecture.name,
+            opened.config.num_layers,
+            opened.config.hidden_size,
             args.device
         );
-        let (executor, kv_spec) = load_on_device(args, &config, &opened.weights, &opened.name)?;
+        let (executor, kv_spec) = load_on_device(args, &opened)?;
+        let config = opened.config;
         drop(opened.weights);
         let cache_tokens = kv_spec.num_blocks * args.block_size;
         let model_len_limit = config.max_position_embeddings;

@@ -7,12 +7,12 @@ use ember_core::{
 
 use crate::engine::batch::build_step_batch;
 use crate::engine::sample_rows::sample_step;
-use crate::models::llama::LlamaModel;
+use crate::models::Model;
 
-/// Owns the backend, the model weights, the KV cache and the per-request token histories.
+/// Owns the backend, the model, the KV cache and the per-request token histories.
 pub struct ModelRunner<B: Backend> {
     backend: B,
-    model: LlamaModel<B>,
+    model: Box<dyn Model<B>>,
     kv_cache: B::KvCache,
     kv_spec: KvCacheSpec,
     vocab_size: usize,
@@ -25,7 +25,7 @@ impl<B: Backend> ModelRunner<B> {
     /// masked before a request's `min_tokens`.
     pub fn new(
         backend: B,
-        model: LlamaModel<B>,
+        model: Box<dyn Model<B>>,
         kv_spec: KvCacheSpec,
         vocab_size: usize,
         eos_token_ids: Vec<u32>,

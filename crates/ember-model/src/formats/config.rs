@@ -1,41 +1,33 @@
 //! Model hyperparameters from a Hugging Face `config.json` (plus `generation_config.json`)
-//! or from GGUF metadata, and the rotary inverse frequencies they imply.
-
-use std::fmt;
-
-use ember_core::RopeStyle;
+//! or from GGUF metadata, the names the files give the architecture, and the rotary inverse
+//! frequencies the hyperparameters imply. Nothing here depends on the architecture: what a
+//! name means is the model registry's business (`models/registry.rs`).
 
 use crate::error::ConfigError;
 
 mod gguf_config;
 mod hf_config;
 
-/// Architecture family; the math is Llama's for all of them (Qwen2 adds q/k/v biases).
-#[derive(Clone, Copy, Debug, PartialEq, Eq, Hash)]
-pub enum Architecture {
-    /// Llama 2/3, SmolLM and other Llama-shaped models.
-    Llama,
-    /// Qwen2 / Qwen2.5.
-    Qwen2,
-    /// Mistral (Llama math).
-    Mistral,
+pub use hf_config::HfConfigJson;
+
+/// Which field of a model's files names its architecture.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum NameSource {
+    /// An entry of Hugging Face `config.json` `architectures` (a class such as `LlamaForCausalLM`).
+    HfArchitectures,
+    /// Hugging Face `config.json` `model_type`.
+    HfModelType,
+    /// GGUF `general.architecture`.
+    GgufArchitecture,
 }
 
-impl Architecture {
-    /// Lower-case family name, e.g. "qwen2".
-    pub fn name(self) -> &'static str {
-        match self {
-            Self::Llama => "llama",
-            Self::Qwen2 => "qwen2",
-            Self::Mistral => "mistral",
-        }
-    }
-}
-
-impl fmt::Display for Architecture {
-    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
-        f.write_str(self.name())
-    }
+/// One name a model's files give its architecture (a model registry maps it to a model).
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct ArchitectureName {
+    /// The field it was read from.
+    pub source: NameSource,
+    /// The name as written.
+    pub name: String,
 }
 
 /// RoPE frequency scaling.
@@ -67,11 +59,9 @@ pub enum RopeScaling {
     },
 }
 
-/// Hyperparameters of a Llama-family decoder.
+/// Hyperparameters of a decoder.
 #[derive(Clone, Debug, PartialEq)]
 pub struct ModelConfig {
-    /// Architecture family.
-    pub architecture: Architecture,
     /// Residual stream width.
     pub hidden_size: usize,
     /// MLP inner width.
@@ -96,12 +86,6 @@ pub struct ModelConfig {
     pub max_position_embeddings: usize,
     /// True when the output projection reuses the token embedding.
     pub tie_word_embeddings: bool,
-    /// True when q/k/v projections have biases (always for Qwen2).
-    pub attention_bias: bool,
-    /// True when the output projection `o_proj` has a bias (Llama `attention_bias: true`).
-    pub o_proj_bias: bool,
-    /// RoPE pair layout the stored Q/K weights expect.
-    pub rope_style: RopeStyle,
     /// Beginning-of-sequence token, when the model defines one.
     pub bos_token_id: Option<u32>,
     /// Every token id that ends generation.

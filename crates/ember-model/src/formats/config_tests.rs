@@ -117,12 +117,10 @@ const LINEAR4_INV_FREQ: [u32; 16] = [
 #[test]
 fn llama3_config_and_inv_freq_match_transformers() {
     let cfg = ModelConfig::from_hf_json(&llama3_json(), None, "config.json").expect("config");
-    assert_eq!(cfg.architecture, Architecture::Llama);
     assert_eq!((cfg.num_heads, cfg.num_kv_heads, cfg.head_dim), (32, 8, 128));
     assert_eq!(cfg.eos_token_ids, vec![128001, 128008, 128009]);
     assert_eq!(cfg.bos_token_id, Some(128000));
-    assert_eq!(cfg.rope_style, RopeStyle::HalfSplit);
-    assert!(!cfg.attention_bias && !cfg.tie_word_embeddings);
+    assert!(!cfg.tie_word_embeddings);
     assert!(matches!(
         cfg.rope_scaling,
         RopeScaling::Llama3 {
@@ -160,9 +158,14 @@ fn qwen2_and_mistral_from_dir() {
         json!({"eos_token_id": [151645, 151643]}).to_string(),
     )
     .expect("write");
-    let cfg = ModelConfig::from_hf_dir(&dir).expect("qwen2");
-    assert_eq!(cfg.architecture, Architecture::Qwen2);
-    assert!(cfg.attention_bias && !cfg.o_proj_bias && cfg.tie_word_embeddings);
+    let json = HfConfigJson::read(&dir).expect("read");
+    let class = ArchitectureName {
+        source: NameSource::HfArchitectures,
+        name: "Qwen2ForCausalLM".into(),
+    };
+    assert_eq!(json.architecture_names().expect("names"), vec![class]);
+    let cfg = ModelConfig::from_hf(&json).expect("qwen2");
+    assert!(cfg.tie_word_embeddings);
     assert_eq!(cfg.head_dim, 64);
     assert_eq!(cfg.eos_token_ids, vec![151645, 151643]);
     assert_eq!(cfg.rope_scaling, RopeScaling::None);
@@ -174,22 +177,33 @@ fn qwen2_and_mistral_from_dir() {
         "eos_token_id": 2
     });
     let cfg = ModelConfig::from_hf_json(&mistral, None, "m.json").expect("mistral");
-    assert_eq!(
-        (cfg.architecture.name(), cfg.head_dim, cfg.rope_theta),
-        ("mistral", 128, 1.0e6)
-    );
+    assert_eq!((cfg.head_dim, cfg.rope_theta), (128, 1.0e6));
+    let json = HfConfigJson {
+        config: mistral,
+        generation: None,
+        source_name: "m.json".into(),
+    };
+    let model_type = ArchitectureName {
+        source: NameSource::HfModelType,
+        name: "mistral".into(),
+    };
+    assert_eq!(json.architecture_names().expect("names"), vec![model_type]);
 }
 
 #[test]
 fn hf_errors_are_clear() {
-    let mut bad = llama3_json();
-    bad["architectures"] = json!(["GPT2LMHeadModel"]);
-    bad["model_type"] = json!("gpt2");
-    let msg = ModelConfig::from_hf_json(&bad, None, "config.json")
-        .expect_err("gpt2")
-        .to_string();
+    let mut unnamed = llama3_json();
+    let fields = unnamed.as_object_mut().expect("object");
+    fields.remove("architectures");
+    fields.remove("model_type");
+    let json = HfConfigJson {
+        config: unnamed,
+        generation: None,
+        source_name: "x/config.json".into(),
+    };
+    let msg = json.architecture_names().expect_err("unnamed").to_string();
     assert!(
-        msg.contains("GPT2LMHeadModel") && msg.contains("Qwen2ForCausalLM"),
+        msg.contains("architectures (or model_type)") && msg.contains("x/config.json"),
         "{msg}"
     );
 
@@ -211,7 +225,7 @@ fn hf_errors_are_clear() {
     assert!(msg.contains("yarn"), "{msg}");
 
     let dir = temp_dir("cfg-missing");
-    let msg = ModelConfig::from_hf_dir(&dir).expect_err("no config").to_string();
+    let msg = HfConfigJson::read(&dir).err().expect("no config").to_string();
     assert!(msg.contains("config.json"), "{msg}");
 }
 
@@ -238,23 +252,23 @@ fn gguf_config_from_synthetic_file() {
         &meta,
         &[("output.weight", 0, vec![3, 64], vec![0; 3 * 64 * 4])],
     );
-    let cfg = ModelConfig::from_gguf(&GgufFile::open(&path).expect("open")).expect("config");
-    assert_eq!(cfg.architecture, Architecture::Qwen2);
+    let file = GgufFile::open(&path).expect("open");
+    let names = ModelConfig::gguf_architecture_names(&file).expect("names");
+    assert_eq!(names[0].name, "qwen2");
+    let cfg = ModelConfig::from_gguf(&file).expect("config");
     assert_eq!(
         (cfg.num_layers, cfg.hidden_size, cfg.head_dim, cfg.vocab_size),
         (2, 64, 16, 3)
     );
-    assert_eq!(
-        (cfg.rope_style, cfg.rope_theta, cfg.eos_token_ids.clone()),
-        (RopeStyle::HalfSplit, 1e6, vec![2, 1])
-    );
-    assert!(cfg.attention_bias && !cfg.tie_word_embeddings);
+    assert_eq!((cfg.rope_theta, cfg.eos_token_ids.clone()), (1e6, vec![2, 1]));
+    assert!(!cfg.tie_word_embeddings);
 
-    write_gguf(&path, &[("general.architecture", Meta::Str("gpt2"))], &[]);
-    let msg = ModelConfig::from_gguf(&GgufFile::open(&path).expect("open"))
-        .expect_err("gpt2")
+    write_gguf(&path, &[("general.name", Meta::Str("nameless"))], &[]);
+    let file = GgufFile::open(&path).expect("open");
+    let msg = ModelConfig::gguf_architecture_names(&file)
+        .expect_err("no architecture")
         .to_string();
-    assert!(msg.contains("gpt2") && msg.contains("llama, qwen2"), "{msg}");
+    assert!(msg.contains("general.architecture"), "{msg}");
 }
 
 #[test]
@@ -264,7 +278,6 @@ fn gguf_config_from_smollm2() {
     };
     let file = GgufFile::open(Path::new(&path)).expect("open SmolLM2");
     let cfg = ModelConfig::from_gguf(&file).expect("config");
-    assert_eq!(cfg.architecture, Architecture::Llama);
     assert_eq!(
         (cfg.num_layers, cfg.hidden_size, cfg.num_heads, cfg.num_kv_heads),
         (30, 576, 9, 3)
@@ -274,8 +287,7 @@ fn gguf_config_from_smollm2() {
         (64, 49152, 1536)
     );
     assert_eq!((cfg.rope_theta, cfg.rms_norm_eps), (100000.0, 1e-5));
-    assert!(cfg.tie_word_embeddings && !cfg.attention_bias);
+    assert!(cfg.tie_word_embeddings);
     assert_eq!(cfg.eos_token_ids, vec![2]);
-    assert_eq!(cfg.rope_style, RopeStyle::Interleaved);
     assert_eq!(bits(&cfg.rope_inv_freq()), SMOLLM2_INV_FREQ.to_vec());
 }

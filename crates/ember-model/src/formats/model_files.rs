@@ -5,7 +5,7 @@ use std::path::{Path, PathBuf};
 
 use crate::error::ModelLoadError;
 use crate::formats::safetensors::SafetensorsSet;
-use crate::formats::weights::WeightSource;
+use crate::formats::weights::{WeightNames, WeightSource};
 
 /// Where a Hugging Face model's safetensors weights are.
 #[derive(Clone, Debug, PartialEq, Eq)]
@@ -93,14 +93,17 @@ impl ModelFiles {
         }
     }
 
-    /// Opens the weights (mapping the files; nothing is copied).
-    pub fn open_weights(&self) -> Result<WeightSource, ModelLoadError> {
+    /// Opens the weights, named by `names` (mapping the files; nothing is copied).
+    pub fn open_weights(&self, names: &'static WeightNames) -> Result<WeightSource, ModelLoadError> {
         Ok(match self {
-            Self::Gguf(path) => WeightSource::from_gguf(crate::formats::gguf::GgufFile::open(path)?),
-            Self::HuggingFace(hf) => WeightSource::from_safetensors(match &hf.weights {
-                SafetensorsFiles::Single(path) => SafetensorsSet::open_file(path)?,
-                SafetensorsFiles::Index(path) => SafetensorsSet::open_index(path)?,
-            }),
+            Self::Gguf(path) => WeightSource::from_gguf(crate::formats::gguf::GgufFile::open(path)?, names),
+            Self::HuggingFace(hf) => {
+                let set = match &hf.weights {
+                    SafetensorsFiles::Single(path) => SafetensorsSet::open_file(path)?,
+                    SafetensorsFiles::Index(path) => SafetensorsSet::open_index(path)?,
+                };
+                WeightSource::from_safetensors(set, names)
+            }
         })
     }
 }
@@ -178,7 +181,9 @@ mod tests {
         );
         assert_eq!(hf.generation_config, Some(dir.join("generation_config.json")));
         assert_eq!(hf.tokenizer_config, None);
-        let weights = ModelFiles::HuggingFace(hf).open_weights().expect("weights");
+        let weights = ModelFiles::HuggingFace(hf)
+            .open_weights(&crate::formats::weights::tests::TEST_NAMES)
+            .expect("weights");
         assert!(weights.contains("norm"));
     }
 

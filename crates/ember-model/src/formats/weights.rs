@@ -1,12 +1,9 @@
-//! A model's weights under canonical names, whichever file format holds them.
-//!
-//! Canonical names: `embed_tokens`, `norm`, `lm_head`, and per layer `layers.{i}.X` with X
-//! one of `input_layernorm`, `post_attention_layernorm`, `q_proj`, `k_proj`, `v_proj`,
-//! `o_proj`, `gate_proj`, `up_proj`, `down_proj`; a `.bias` suffix names a bias
+//! A model's weights under canonical names, whichever file format holds them. Each model
+//! family brings its own [`WeightNames`] table (see `models/`): model-wide tensors such as
+//! `embed_tokens`, and per layer `layers.{i}.X` where a `.bias` suffix names a bias
 //! (`layers.{i}.q_proj.bias`).
 
 use std::collections::HashMap;
-use std::fmt;
 use std::path::{Path, PathBuf};
 
 use ember_core::WeightView;
@@ -15,36 +12,38 @@ use crate::error::ModelLoadError;
 use crate::formats::gguf::{ggml_type_name, GgufFile};
 use crate::formats::safetensors::SafetensorsSet;
 
-/// Per-layer tensor kinds: (canonical, Hugging Face module, GGUF name).
-const LAYER_TENSORS: [(&str, &str, &str); 9] = [
-    ("input_layernorm", "input_layernorm", "attn_norm"),
-    ("post_attention_layernorm", "post_attention_layernorm", "ffn_norm"),
-    ("q_proj", "self_attn.q_proj", "attn_q"),
-    ("k_proj", "self_attn.k_proj", "attn_k"),
-    ("v_proj", "self_attn.v_proj", "attn_v"),
-    ("o_proj", "self_attn.o_proj", "attn_output"),
-    ("gate_proj", "mlp.gate_proj", "ffn_gate"),
-    ("up_proj", "mlp.up_proj", "ffn_up"),
-    ("down_proj", "mlp.down_proj", "ffn_down"),
-];
+/// One tensor kind's names: canonical, in Hugging Face files and in GGUF files.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub struct TensorNames {
+    /// Ember's name (`embed_tokens`, or `q_proj` for a per-layer kind).
+    pub canonical: &'static str,
+    /// Hugging Face name: the full name of a model-wide tensor, the module path of a per-layer
+    /// one (`self_attn.q_proj`, under `model.layers.{i}.` and before `.weight` / `.bias`).
+    pub hf: &'static str,
+    /// GGUF name: the full name of a model-wide tensor, the per-layer part of one (`attn_q`,
+    /// under `blk.{i}.` and before `.weight` / `.bias`).
+    pub gguf: &'static str,
+}
 
-/// Model-wide tensors: (canonical, Hugging Face name, GGUF name).
-const GLOBAL_TENSORS: [(&str, &str, &str); 3] = [
-    ("embed_tokens", "model.embed_tokens.weight", "token_embd.weight"),
-    ("norm", "model.norm.weight", "output_norm.weight"),
-    ("lm_head", "lm_head.weight", "output.weight"),
-];
+/// A model family's tensor naming table.
+#[derive(Debug)]
+pub struct WeightNames {
+    /// Model-wide tensors.
+    pub global: &'static [TensorNames],
+    /// Per-layer tensor kinds.
+    pub layer: &'static [TensorNames],
+}
 
 /// A parsed canonical tensor name.
 #[derive(Clone, Copy, Debug, PartialEq, Eq, Hash)]
 pub enum TensorName {
-    /// A model-wide tensor (`embed_tokens`, `norm`, `lm_head`); index into the global table.
+    /// A model-wide tensor; index into the table's `global` list.
     Global(usize),
     /// A per-layer tensor.
     Layer {
         /// Layer index.
         layer: usize,
-        /// Index into the per-layer table (`q_proj`, ...).
+        /// Index into the table's `layer` list.
         kind: usize,
         /// True for the bias, false for the weight.
         bias: bool,
@@ -61,9 +60,9 @@ pub enum NameScheme {
 }
 
 impl TensorName {
-    /// Parses a canonical name such as `layers.3.q_proj.bias`.
-    pub fn parse(canonical: &str) -> Option<Self> {
-        if let Some(i) = GLOBAL_TENSORS.iter().position(|t| t.0 == canonical) {
+    /// Parses a canonical name of `names` such as `layers.3.q_proj.bias`.
+    pub fn parse(names: &WeightNames, canonical: &str) -> Option<Self> {
+        if let Some(i) = names.global.iter().position(|t| t.canonical == canonical) {
             return Some(Self::Global(i));
         }
         let rest = canonical.strip_prefix("layers.")?;
@@ -73,34 +72,32 @@ impl TensorName {
             Some(part) => (part, true),
             None => (rest, false),
         };
-        let kind = LAYER_TENSORS.iter().position(|t| t.0 == part)?;
+        let kind = names.layer.iter().position(|t| t.canonical == part)?;
         Some(Self::Layer { layer, kind, bias })
     }
 
     /// The name a file in `scheme` stores this tensor under.
-    pub fn stored_name(self, scheme: NameScheme) -> String {
-        match (self, scheme) {
-            (Self::Global(i), NameScheme::HuggingFace) => GLOBAL_TENSORS[i].1.to_string(),
-            (Self::Global(i), NameScheme::Gguf) => GLOBAL_TENSORS[i].2.to_string(),
-            (Self::Layer { layer, kind, bias }, scheme) => {
+    pub fn stored_name(self, names: &WeightNames, scheme: NameScheme) -> String {
+        match self {
+            Self::Global(i) => scheme.name_of(&names.global[i]).to_string(),
+            Self::Layer { layer, kind, bias } => {
                 let suffix = if bias { "bias" } else { "weight" };
+                let part = scheme.name_of(&names.layer[kind]);
                 match scheme {
-                    NameScheme::HuggingFace => {
-                        format!("model.layers.{layer}.{}.{suffix}", LAYER_TENSORS[kind].1)
-                    }
-                    NameScheme::Gguf => format!("blk.{layer}.{}.{suffix}", LAYER_TENSORS[kind].2),
+                    NameScheme::HuggingFace => format!("model.layers.{layer}.{part}.{suffix}"),
+                    NameScheme::Gguf => format!("blk.{layer}.{part}.{suffix}"),
                 }
             }
         }
     }
 
-    /// The canonical name of a stored tensor, when it is one the models use.
-    pub fn from_stored(stored: &str, scheme: NameScheme) -> Option<Self> {
-        let (prefix, col) = match scheme {
-            NameScheme::HuggingFace => ("model.layers.", 1),
-            NameScheme::Gguf => ("blk.", 2),
+    /// The canonical name of a stored tensor, when it is one of `names`.
+    pub fn from_stored(names: &WeightNames, stored: &str, scheme: NameScheme) -> Option<Self> {
+        let prefix = match scheme {
+            NameScheme::HuggingFace => "model.layers.",
+            NameScheme::Gguf => "blk.",
         };
-        if let Some(i) = GLOBAL_TENSORS.iter().position(|t| [t.1, t.2][col - 1] == stored) {
+        if let Some(i) = names.global.iter().position(|t| scheme.name_of(t) == stored) {
             return Some(Self::Global(i));
         }
         let rest = stored.strip_prefix(prefix)?;
@@ -111,23 +108,28 @@ impl TensorName {
         } else {
             (rest.strip_suffix(".bias")?, true)
         };
-        let kind = LAYER_TENSORS.iter().position(|t| [t.1, t.2][col - 1] == part)?;
+        let kind = names.layer.iter().position(|t| scheme.name_of(t) == part)?;
         Some(Self::Layer { layer, kind, bias })
+    }
+
+    /// The canonical name, e.g. `layers.3.q_proj.bias`.
+    pub fn canonical(self, names: &WeightNames) -> String {
+        match self {
+            Self::Global(i) => names.global[i].canonical.to_string(),
+            Self::Layer { layer, kind, bias } => {
+                let suffix = if bias { ".bias" } else { "" };
+                format!("layers.{layer}.{}{suffix}", names.layer[kind].canonical)
+            }
+        }
     }
 }
 
-impl fmt::Display for TensorName {
-    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
-        match *self {
-            Self::Global(i) => f.write_str(GLOBAL_TENSORS[i].0),
-            Self::Layer { layer, kind, bias } => {
-                write!(
-                    f,
-                    "layers.{layer}.{}{}",
-                    LAYER_TENSORS[kind].0,
-                    if bias { ".bias" } else { "" }
-                )
-            }
+impl NameScheme {
+    /// The name `names` gives in this scheme.
+    fn name_of(self, names: &TensorNames) -> &'static str {
+        match self {
+            Self::HuggingFace => names.hf,
+            Self::Gguf => names.gguf,
         }
     }
 }
@@ -140,28 +142,30 @@ enum Files {
 /// A model's weights, looked up by canonical name, from a GGUF file or a safetensors set.
 pub struct WeightSource {
     files: Files,
+    names: &'static WeightNames,
     /// Canonical name -> index into the file's tensor list.
     index: HashMap<String, usize>,
 }
 
 impl WeightSource {
-    /// Weights of a parsed GGUF file.
-    pub fn from_gguf(file: GgufFile) -> Self {
-        let index = canonical_index(file.tensors.iter().map(|t| t.name.as_str()), NameScheme::Gguf);
+    /// Weights of a parsed GGUF file, named by `names`.
+    pub fn from_gguf(file: GgufFile, names: &'static WeightNames) -> Self {
+        let stored = file.tensors.iter().map(|t| t.name.as_str());
+        let index = canonical_index(names, stored, NameScheme::Gguf);
         Self {
             files: Files::Gguf(file),
+            names,
             index,
         }
     }
 
-    /// Weights of an opened safetensors set (Hugging Face names).
-    pub fn from_safetensors(set: SafetensorsSet) -> Self {
-        let index = canonical_index(
-            set.tensors().iter().map(|t| t.name.as_str()),
-            NameScheme::HuggingFace,
-        );
+    /// Weights of an opened safetensors set (Hugging Face names), named by `names`.
+    pub fn from_safetensors(set: SafetensorsSet, names: &'static WeightNames) -> Self {
+        let stored = set.tensors().iter().map(|t| t.name.as_str());
+        let index = canonical_index(names, stored, NameScheme::HuggingFace);
         Self {
             files: Files::Safetensors(set),
+            names,
             index,
         }
     }
@@ -224,7 +228,7 @@ impl WeightSource {
     }
 
     fn missing(&self, canonical: &str) -> ModelLoadError {
-        let Some(parsed) = TensorName::parse(canonical) else {
+        let Some(parsed) = TensorName::parse(self.names, canonical) else {
             return ModelLoadError::InvalidTensorName(canonical.to_string());
         };
         let path = match &self.files {
@@ -240,19 +244,25 @@ impl WeightSource {
         };
         ModelLoadError::MissingTensor {
             canonical: canonical.to_string(),
-            stored_name: parsed.stored_name(self.scheme()),
+            stored_name: parsed.stored_name(self.names, self.scheme()),
             path,
         }
     }
 }
 
-fn canonical_index<'a>(names: impl Iterator<Item = &'a str>, scheme: NameScheme) -> HashMap<String, usize> {
-    names
+fn canonical_index<'a>(
+    names: &WeightNames,
+    stored: impl Iterator<Item = &'a str>,
+    scheme: NameScheme,
+) -> HashMap<String, usize> {
+    stored
         .enumerate()
-        .filter_map(|(i, stored)| TensorName::from_stored(stored, scheme).map(|n| (n.to_string(), i)))
+        .filter_map(|(i, stored)| {
+            TensorName::from_stored(names, stored, scheme).map(|n| (n.canonical(names), i))
+        })
         .collect()
 }
 
 #[cfg(test)]
 #[path = "weights_tests.rs"]
-mod tests;
+pub(crate) mod tests;

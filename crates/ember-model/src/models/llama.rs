@@ -1,5 +1,6 @@
 //! The Llama family (Llama 2/3, Mistral, Qwen2/2.5 with qkv bias, SmolLM), written once over
-//! [`Backend`].
+//! [`Backend`]: pre-norm decoder layers of grouped-query attention with RoPE and a SiLU-gated
+//! MLP, optional q/k/v/o biases (loaded when the file has them), tied or untied output.
 
 use ember_core::{
     AttentionParams, AttentionShape, Backend, BackendResult, LayerKv, ModelShape, Rope, WeightDType,
@@ -7,8 +8,33 @@ use ember_core::{
 };
 
 use crate::error::ModelLoadError;
-use crate::formats::config::ModelConfig;
-use crate::formats::weights::WeightSource;
+use crate::formats::weights::{TensorNames, WeightNames, WeightSource};
+use crate::models::{Model, ModelSource};
+
+const fn names(canonical: &'static str, hf: &'static str, gguf: &'static str) -> TensorNames {
+    TensorNames { canonical, hf, gguf }
+}
+
+/// The family's tensors: `embed_tokens`, `norm`, `lm_head`, and per layer
+/// `layers.{i}.X` (`.bias` for a bias) with X one of the `layer` names.
+pub static LLAMA_WEIGHT_NAMES: WeightNames = WeightNames {
+    global: &[
+        names("embed_tokens", "model.embed_tokens.weight", "token_embd.weight"),
+        names("norm", "model.norm.weight", "output_norm.weight"),
+        names("lm_head", "lm_head.weight", "output.weight"),
+    ],
+    layer: &[
+        names("input_layernorm", "input_layernorm", "attn_norm"),
+        names("post_attention_layernorm", "post_attention_layernorm", "ffn_norm"),
+        names("q_proj", "self_attn.q_proj", "attn_q"),
+        names("k_proj", "self_attn.k_proj", "attn_k"),
+        names("v_proj", "self_attn.v_proj", "attn_v"),
+        names("o_proj", "self_attn.o_proj", "attn_output"),
+        names("gate_proj", "mlp.gate_proj", "ffn_gate"),
+        names("up_proj", "mlp.up_proj", "ffn_up"),
+        names("down_proj", "mlp.down_proj", "ffn_down"),
+    ],
+};
 
 /// Weights of one decoder layer.
 struct LlamaLayer<B: Backend> {
@@ -58,9 +84,9 @@ fn shape_error(name: &str, expected: &[usize], found: &[usize]) -> ModelLoadErro
     }
 }
 
-impl<B: Backend> LlamaModel<B> {
-    /// Loads every weight of `config` from `weights` into `backend`, checking shapes.
-    pub fn load(backend: &B, config: &ModelConfig, weights: &WeightSource) -> Result<Self, ModelLoadError> {
+impl<B: Backend> Model<B> for LlamaModel<B> {
+    fn load(backend: &B, source: &ModelSource<'_>) -> Result<Self, ModelLoadError> {
+        let (config, weights) = (source.config, source.weights);
         let matrix = |name: &str, rows: usize, cols: usize| -> Result<B::Matrix, ModelLoadError> {
             let view = weights.get(name)?;
             if view.shape != [rows, cols] {
@@ -121,7 +147,7 @@ impl<B: Backend> LlamaModel<B> {
                 head_dim: config.head_dim,
             }),
             rope: Rope {
-                style: config.rope_style,
+                style: source.rope_style,
                 inv_freq,
             },
             rms_norm_eps: config.rms_norm_eps,
@@ -142,19 +168,11 @@ impl<B: Backend> LlamaModel<B> {
         })
     }
 
-    /// The sizes the backend plans memory for.
-    pub fn shape(&self) -> &ModelShape {
+    fn shape(&self) -> &ModelShape {
         &self.shape
     }
 
-    /// Runs the step's tokens through the model, writing their K/V into `kv_cache`, and
-    /// returns the logits `[logits_indices.len(), vocab_size]`.
-    pub fn forward(
-        &self,
-        backend: &B,
-        step: &B::Step,
-        kv_cache: &mut B::KvCache,
-    ) -> BackendResult<B::Tensor> {
+    fn forward(&self, backend: &B, step: &B::Step, kv_cache: &mut B::KvCache) -> BackendResult<B::Tensor> {
         let mut residual = backend.embed(step, &self.embed_tokens)?;
         let mut hidden = backend.rms_norm(step, &residual, &self.layers[0].input_norm, self.rms_norm_eps)?;
         for (index, layer) in self.layers.iter().enumerate() {
@@ -192,7 +210,9 @@ impl<B: Backend> LlamaModel<B> {
             None,
         )
     }
+}
 
+impl<B: Backend> LlamaModel<B> {
     fn attention(
         &self,
         backend: &B,
@@ -211,5 +231,110 @@ impl<B: Backend> LlamaModel<B> {
         backend.write_kv(step, kv_cache, index, &key, &value)?;
         let context = backend.attention(step, &query, kv_cache, index, &self.attention)?;
         backend.matmul(step, &context, &layer.o_proj, layer.o_bias.as_ref())
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use ember_core::WeightDType;
+
+    use super::*;
+    use crate::formats::gguf::GgufFile;
+    use crate::formats::weights::{NameScheme, TensorName};
+
+    #[test]
+    fn llama_names_round_trip() {
+        for (canonical, hf, gguf) in [
+            ("embed_tokens", "model.embed_tokens.weight", "token_embd.weight"),
+            ("norm", "model.norm.weight", "output_norm.weight"),
+            ("lm_head", "lm_head.weight", "output.weight"),
+            (
+                "layers.0.input_layernorm",
+                "model.layers.0.input_layernorm.weight",
+                "blk.0.attn_norm.weight",
+            ),
+            (
+                "layers.7.post_attention_layernorm",
+                "model.layers.7.post_attention_layernorm.weight",
+                "blk.7.ffn_norm.weight",
+            ),
+            (
+                "layers.3.q_proj",
+                "model.layers.3.self_attn.q_proj.weight",
+                "blk.3.attn_q.weight",
+            ),
+            (
+                "layers.3.k_proj.bias",
+                "model.layers.3.self_attn.k_proj.bias",
+                "blk.3.attn_k.bias",
+            ),
+            (
+                "layers.12.o_proj",
+                "model.layers.12.self_attn.o_proj.weight",
+                "blk.12.attn_output.weight",
+            ),
+            (
+                "layers.1.gate_proj",
+                "model.layers.1.mlp.gate_proj.weight",
+                "blk.1.ffn_gate.weight",
+            ),
+            (
+                "layers.1.up_proj",
+                "model.layers.1.mlp.up_proj.weight",
+                "blk.1.ffn_up.weight",
+            ),
+            (
+                "layers.1.down_proj",
+                "model.layers.1.mlp.down_proj.weight",
+                "blk.1.ffn_down.weight",
+            ),
+        ] {
+            let names = &LLAMA_WEIGHT_NAMES;
+            let name = TensorName::parse(names, canonical).expect(canonical);
+            assert_eq!(name.canonical(names), canonical);
+            assert_eq!(name.stored_name(names, NameScheme::HuggingFace), hf);
+            assert_eq!(name.stored_name(names, NameScheme::Gguf), gguf);
+            assert_eq!(
+                TensorName::from_stored(names, hf, NameScheme::HuggingFace),
+                Some(name)
+            );
+            assert_eq!(TensorName::from_stored(names, gguf, NameScheme::Gguf), Some(name));
+        }
+    }
+
+    #[test]
+    fn smollm2_gguf_tensors() {
+        let Ok(path) = std::env::var("EMBER_SMOLLM2_GGUF") else {
+            assert_ne!(
+                std::env::var("CI").as_deref(),
+                Ok("true"),
+                "EMBER_SMOLLM2_GGUF must name the default model in CI"
+            );
+            return;
+        };
+        let file = GgufFile::open(std::path::Path::new(&path)).expect("open");
+        let source = WeightSource::from_gguf(file, &LLAMA_WEIGHT_NAMES);
+        assert!(!source.contains("lm_head"));
+        let embed = source.get("embed_tokens").expect("embed");
+        assert_eq!(
+            (embed.dtype, embed.shape),
+            (WeightDType::Q8_0, &[49152usize, 576][..])
+        );
+        for i in 0..30 {
+            for part in [
+                "q_proj",
+                "k_proj",
+                "v_proj",
+                "o_proj",
+                "gate_proj",
+                "up_proj",
+                "down_proj",
+                "input_layernorm",
+            ] {
+                let view = source.get(&format!("layers.{i}.{part}")).expect("layer tensor");
+                assert_eq!(Some(view.bytes.len()), view.dtype.bytes_for(view.num_elements()));
+            }
+        }
+        assert_eq!(source.get("layers.0.k_proj").expect("k").shape, &[192, 576]);
     }
 }

@@ -1,31 +1,22 @@
 //! `ModelConfig` from GGUF metadata.
 
-use ember_core::RopeStyle;
-
-use super::{div_exact, Architecture, ConfigError, ModelConfig, RopeScaling};
+use super::{div_exact, ArchitectureName, ConfigError, ModelConfig, NameSource, RopeScaling};
 use crate::formats::gguf::{GgufFile, GgufValue};
 
-/// GGUF `general.architecture` values Ember runs.
-const SUPPORTED_GGUF: &str = "llama, qwen2";
-
 impl ModelConfig {
+    /// The architecture name of a GGUF file (`general.architecture`).
+    pub fn gguf_architecture_names(file: &GgufFile) -> Result<Vec<ArchitectureName>, ConfigError> {
+        let name = gguf_architecture(file)?;
+        Ok(vec![ArchitectureName {
+            source: NameSource::GgufArchitecture,
+            name: name.to_string(),
+        }])
+    }
+
     /// Reads the hyperparameters from GGUF metadata (`{arch}.*` and `tokenizer.ggml.*`).
     pub fn from_gguf(file: &GgufFile) -> Result<Self, ConfigError> {
         let source_name = file.path().display().to_string();
-        let arch = file.architecture().ok_or_else(|| ConfigError::MissingField {
-            source_name: source_name.clone(),
-            field: "general.architecture".into(),
-        })?;
-        let (architecture, rope_style) = match arch {
-            "llama" => (Architecture::Llama, RopeStyle::Interleaved),
-            "qwen2" => (Architecture::Qwen2, RopeStyle::HalfSplit),
-            other => {
-                return Err(ConfigError::UnsupportedArchitecture {
-                    name: other.to_string(),
-                    supported: SUPPORTED_GGUF,
-                })
-            }
-        };
+        let arch = gguf_architecture(file)?;
         let g = GgufFields {
             file,
             arch,
@@ -74,7 +65,6 @@ impl ModelConfig {
             }
         }
         let cfg = Self {
-            architecture,
             hidden_size,
             intermediate_size: g.usize("feed_forward_length")?,
             num_layers: g.usize("block_count")?,
@@ -87,15 +77,19 @@ impl ModelConfig {
             rope_scaling: gguf_rope_scaling(&g)?,
             max_position_embeddings: g.opt_usize("context_length").unwrap_or(2048),
             tie_word_embeddings: file.tensor("output.weight").is_none(),
-            attention_bias: architecture == Architecture::Qwen2 || file.tensor("blk.0.attn_q.bias").is_some(),
-            o_proj_bias: file.tensor("blk.0.attn_output.bias").is_some(),
-            rope_style,
             bos_token_id: id("tokenizer.ggml.bos_token_id"),
             eos_token_ids,
         };
         cfg.validate(&source_name)?;
         Ok(cfg)
     }
+}
+
+fn gguf_architecture(file: &GgufFile) -> Result<&str, ConfigError> {
+    file.architecture().ok_or_else(|| ConfigError::MissingField {
+        source_name: file.path().display().to_string(),
+        field: "general.architecture".into(),
+    })
 }
 
 fn gguf_rope_scaling(g: &GgufFields<'_>) -> Result<RopeScaling, ConfigError> {

@@ -2,18 +2,23 @@
 
 use std::path::Path;
 
-use ember_core::RopeStyle;
 use serde_json::Value;
 
-use super::{div_exact, Architecture, ConfigError, ModelConfig, RopeScaling};
+use super::{div_exact, ArchitectureName, ConfigError, ModelConfig, NameSource, RopeScaling};
 
-/// Hugging Face architecture names Ember runs.
-const SUPPORTED_HF: &str = "LlamaForCausalLM, MistralForCausalLM, Qwen2ForCausalLM";
+/// A Hugging Face model folder's `config.json` and `generation_config.json`, read as JSON.
+pub struct HfConfigJson {
+    /// `config.json`.
+    pub config: Value,
+    /// `generation_config.json`, when present.
+    pub generation: Option<Value>,
+    /// The path of `config.json`, for errors.
+    pub source_name: String,
+}
 
-impl ModelConfig {
-    /// Reads `config.json` (and `generation_config.json` when present) from a Hugging Face
-    /// model folder. Rope style is always [`RopeStyle::HalfSplit`].
-    pub fn from_hf_dir(dir: &Path) -> Result<Self, ConfigError> {
+impl HfConfigJson {
+    /// Reads `config.json` (and `generation_config.json` when present) from `dir`.
+    pub fn read(dir: &Path) -> Result<Self, ConfigError> {
         let config_path = dir.join("config.json");
         let config = read_json(&config_path)?;
         let gen_path = dir.join("generation_config.json");
@@ -22,7 +27,47 @@ impl ModelConfig {
         } else {
             None
         };
-        Self::from_hf_json(&config, generation.as_ref(), &config_path.display().to_string())
+        Ok(Self {
+            config,
+            generation,
+            source_name: config_path.display().to_string(),
+        })
+    }
+
+    /// The architecture names, most specific first: each class of `architectures`, then
+    /// `model_type`; an error when there is neither.
+    pub fn architecture_names(&self) -> Result<Vec<ArchitectureName>, ConfigError> {
+        let name = |source, value: &Value| {
+            value.as_str().map(|name| ArchitectureName {
+                source,
+                name: name.to_string(),
+            })
+        };
+        let classes = self.config.get("architectures").and_then(Value::as_array);
+        let mut names: Vec<ArchitectureName> = classes
+            .into_iter()
+            .flatten()
+            .filter_map(|c| name(NameSource::HfArchitectures, c))
+            .collect();
+        names.extend(
+            self.config
+                .get("model_type")
+                .and_then(|t| name(NameSource::HfModelType, t)),
+        );
+        if names.is_empty() {
+            return Err(ConfigError::MissingField {
+                source_name: self.source_name.clone(),
+                field: "architectures (or model_type)".into(),
+            });
+        }
+        Ok(names)
+    }
+}
+
+impl ModelConfig {
+    /// The hyperparameters of a Hugging Face model folder's config files.
+    pub fn from_hf(json: &HfConfigJson) -> Result<Self, ConfigError> {
+        Self::from_hf_json(&json.config, json.generation.as_ref(), &json.source_name)
     }
 
     /// Builds a config from parsed `config.json` and optional `generation_config.json`
@@ -36,7 +81,6 @@ impl ModelConfig {
             json: config,
             source_name,
         };
-        let architecture = hf_architecture(config, source_name)?;
         let hidden_size = f.usize("hidden_size")?;
         let num_heads = f.usize("num_attention_heads")?;
         let num_kv_heads = f.opt_usize("num_key_value_heads")?.unwrap_or(num_heads);
@@ -46,10 +90,6 @@ impl ModelConfig {
         };
         // transformers 5 writes `rope_parameters: {rope_theta, rope_type, ...}` instead.
         let rope_params = config.get("rope_parameters").filter(|v| v.is_object());
-        let bias = config
-            .get("attention_bias")
-            .and_then(Value::as_bool)
-            .unwrap_or(false);
         let mut eos_token_ids = token_ids(config.get("eos_token_id"));
         for id in token_ids(generation.and_then(|g| g.get("eos_token_id"))) {
             if !eos_token_ids.contains(&id) {
@@ -57,7 +97,6 @@ impl ModelConfig {
             }
         }
         let cfg = Self {
-            architecture,
             hidden_size,
             intermediate_size: f.usize("intermediate_size")?,
             num_layers: f.usize("num_hidden_layers")?,
@@ -81,9 +120,6 @@ impl ModelConfig {
                 .get("tie_word_embeddings")
                 .and_then(Value::as_bool)
                 .unwrap_or(false),
-            attention_bias: architecture == Architecture::Qwen2 || bias,
-            o_proj_bias: architecture != Architecture::Qwen2 && bias,
-            rope_style: RopeStyle::HalfSplit,
             bos_token_id: token_ids(config.get("bos_token_id")).first().copied(),
             eos_token_ids,
         };
@@ -110,45 +146,6 @@ fn token_ids(value: Option<&Value>) -> Vec<u32> {
         Some(Value::Array(items)) => items.iter().filter_map(to_id).collect(),
         Some(v) => to_id(v).into_iter().collect(),
         None => Vec::new(),
-    }
-}
-
-fn hf_architecture(config: &Value, source_name: &str) -> Result<Architecture, ConfigError> {
-    let from_class = |name: &str| match name {
-        "LlamaForCausalLM" => Some(Architecture::Llama),
-        "MistralForCausalLM" => Some(Architecture::Mistral),
-        "Qwen2ForCausalLM" => Some(Architecture::Qwen2),
-        _ => None,
-    };
-    let classes: Vec<&str> = config
-        .get("architectures")
-        .and_then(Value::as_array)
-        .map(|a| a.iter().filter_map(Value::as_str).collect())
-        .unwrap_or_default();
-    if let Some(arch) = classes.iter().find_map(|c| from_class(c)) {
-        return Ok(arch);
-    }
-    let model_type = config.get("model_type").and_then(Value::as_str);
-    match model_type {
-        Some("llama") => Ok(Architecture::Llama),
-        Some("mistral") => Ok(Architecture::Mistral),
-        Some("qwen2") => Ok(Architecture::Qwen2),
-        _ => {
-            let name = classes
-                .first()
-                .map(|s| s.to_string())
-                .or(model_type.map(str::to_string));
-            match name {
-                Some(name) => Err(ConfigError::UnsupportedArchitecture {
-                    name,
-                    supported: SUPPORTED_HF,
-                }),
-                None => Err(ConfigError::MissingField {
-                    source_name: source_name.to_string(),
-                    field: "architectures (or model_type)".into(),
-                }),
-            }
-        }
     }
 }
 
