@@ -3,7 +3,11 @@
 
 use ember_core::{AttentionParams, BackendError, BackendResult};
 
-use crate::device::{Arg, Device};
+use crate::device::Device;
+use crate::kernel_args::{
+    PagedDecodeAttentionArgs, PagedDecodeReduceArgs, PrefillAttentionArgs, ReshapeAndCacheArgs,
+};
+use crate::kernels::{paged_decode_attention_bf16, prefill_attention_bf16};
 use crate::launch::{decode_geometry, decode_reduce_geometry, decode_split, prefill_geometry, row_geometry};
 use crate::step::CudaStep;
 use crate::tensor::{CudaKvCache, CudaTensor};
@@ -54,18 +58,17 @@ pub fn write_kv(
             format!("slot {bad} out of range ({num_slots} slots)"),
         ));
     }
-    d.launch(
-        "ember_reshape_and_cache_bf16",
+    d.kernels().reshape_and_cache_bf16(
         row_geometry(key.rows, width),
-        &[
-            Arg::Ptr(d.ptr(&cache.keys[layer])),
-            Arg::Ptr(d.ptr(&cache.values[layer])),
-            Arg::Ptr(key.ptr(d)),
-            Arg::Ptr(value.ptr(d)),
-            Arg::Ptr(step.addrs.slot_mapping),
-            Arg::I32(width as i32),
-            Arg::I64(num_slots as i64),
-        ],
+        &ReshapeAndCacheArgs {
+            k_cache: d.dev(&cache.keys[layer]),
+            v_cache: d.dev(&cache.values[layer]),
+            key: key.dev(d),
+            value: value.dev(d),
+            slot_mapping: step.addrs.slot_mapping,
+            width: width as i32,
+            num_slots: num_slots as i64,
+        },
     )
 }
 
@@ -124,10 +127,15 @@ pub fn attention(
         return Ok(out);
     }
     let (tables, seq_lens) = (step.addrs.block_tables, step.addrs.seq_lens);
-    let suffix = format!("bf16_h{}_b{}", spec.head_dim, spec.block_size);
-    let (kc, vc) = (d.ptr(&cache.keys[layer]), d.ptr(&cache.values[layer]));
-    let common = |a: &mut Vec<Arg>| {
-        a.extend([Arg::Ptr(tables), Arg::Ptr(seq_lens)]);
+    let (kc, vc) = (d.dev(&cache.keys[layer]), d.dev(&cache.values[layer]));
+    let no_kernel = || {
+        err(
+            "attention",
+            format!(
+                "no kernel for head_dim {} and block_size {}",
+                spec.head_dim, spec.block_size
+            ),
+        )
     };
     if max_query_len == 1 && num_tokens == num_seqs {
         // A graph fixes the split for every context of its bucket.
@@ -148,64 +156,65 @@ pub fn attention(
         let acc = step.scratch_f32(d, partial_len * shape.head_dim, "decode partials")?;
         let max = step.scratch_f32(d, partial_len, "decode partials")?;
         let sum = step.scratch_f32(d, partial_len, "decode partials")?;
-        let mut args = vec![
-            Arg::Ptr(out.ptr(d)),
-            Arg::Ptr(acc.ptr(d)),
-            Arg::Ptr(max.ptr(d)),
-            Arg::Ptr(sum.ptr(d)),
-            Arg::Ptr(query.ptr(d)),
-            Arg::Ptr(kc),
-            Arg::Ptr(vc),
-        ];
-        common(&mut args);
-        args.extend([
-            Arg::I32(meta.max_blocks_per_seq as i32),
-            Arg::I32(shape.num_heads as i32),
-            Arg::I32(shape.num_kv_heads as i32),
-            Arg::F32(scale),
-            Arg::I32(split.partition_size as i32),
-            Arg::I32(split.num_splits as i32),
-        ]);
-        d.launch(
-            &format!("ember_paged_decode_attention_{suffix}"),
+        let launch = paged_decode_attention_bf16(spec.head_dim, spec.block_size).ok_or_else(no_kernel)?;
+        launch(
+            d.kernels(),
             decode_geometry(num_seqs, shape.num_heads, shape.num_kv_heads, split),
-            &args,
+            &PagedDecodeAttentionArgs {
+                out: out.dev(d),
+                partial_acc: acc.dev(d),
+                partial_max: max.dev(d),
+                partial_sum: sum.dev(d),
+                q: query.dev(d),
+                k_cache: kc,
+                v_cache: vc,
+                block_tables: tables,
+                seq_lens,
+                max_blocks_per_seq: meta.max_blocks_per_seq as i32,
+                num_heads: shape.num_heads as i32,
+                num_kv_heads: shape.num_kv_heads as i32,
+                scale,
+                partition_size: split.partition_size as i32,
+                num_splits: split.num_splits as i32,
+            },
         )?;
         if split.num_splits > 1 {
-            d.launch(
-                "ember_paged_decode_reduce_bf16",
+            d.kernels().paged_decode_reduce_bf16(
                 decode_reduce_geometry(num_seqs, shape.num_heads, shape.head_dim),
-                &[
-                    Arg::Ptr(out.ptr(d)),
-                    Arg::Ptr(acc.ptr(d)),
-                    Arg::Ptr(max.ptr(d)),
-                    Arg::Ptr(sum.ptr(d)),
-                    Arg::Ptr(seq_lens),
-                    Arg::I32(shape.num_heads as i32),
-                    Arg::I32(shape.head_dim as i32),
-                    Arg::I32(split.partition_size as i32),
-                    Arg::I32(split.num_splits as i32),
-                ],
+                &PagedDecodeReduceArgs {
+                    out: out.dev(d),
+                    partial_acc: acc.dev(d),
+                    partial_max: max.dev(d),
+                    partial_sum: sum.dev(d),
+                    seq_lens,
+                    num_heads: shape.num_heads as i32,
+                    head_dim: shape.head_dim as i32,
+                    partition_size: split.partition_size as i32,
+                    num_splits: split.num_splits as i32,
+                },
             )?;
         }
     } else {
         let (geometry, tiles) = prefill_geometry(num_seqs, max_query_len, shape.num_heads);
-        let mut args = vec![
-            Arg::Ptr(out.ptr(d)),
-            Arg::Ptr(query.ptr(d)),
-            Arg::Ptr(kc),
-            Arg::Ptr(vc),
-        ];
-        common(&mut args);
-        args.extend([
-            Arg::Ptr(step.addrs.query_start_loc),
-            Arg::I32(meta.max_blocks_per_seq as i32),
-            Arg::I32(shape.num_heads as i32),
-            Arg::I32(shape.num_kv_heads as i32),
-            Arg::F32(scale),
-            Arg::I32(tiles as i32),
-        ]);
-        d.launch(&format!("ember_prefill_attention_{suffix}"), geometry, &args)?;
+        let launch = prefill_attention_bf16(spec.head_dim, spec.block_size).ok_or_else(no_kernel)?;
+        launch(
+            d.kernels(),
+            geometry,
+            &PrefillAttentionArgs {
+                out: out.dev(d),
+                q: query.dev(d),
+                k_cache: kc,
+                v_cache: vc,
+                block_tables: tables,
+                seq_lens,
+                query_start_loc: step.addrs.query_start_loc,
+                max_blocks_per_seq: meta.max_blocks_per_seq as i32,
+                num_heads: shape.num_heads as i32,
+                num_kv_heads: shape.num_kv_heads as i32,
+                scale,
+                q_tiles_per_seq: tiles as i32,
+            },
+        )?;
     }
     Ok(out)
 }

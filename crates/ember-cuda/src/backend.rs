@@ -13,6 +13,7 @@ use crate::arena::ModelDims;
 use crate::device::Device;
 use crate::error::device_err;
 use crate::graph_exec::{GraphConfig, GraphRuntime};
+use crate::kernel_args::DevPtr;
 use crate::memory_plan::{plan_kv_cache, workspace_bytes};
 use crate::row_ops::{shape_err, GatherIds, GatherSource};
 use crate::step::{CudaStep, StepStaging};
@@ -196,7 +197,7 @@ impl Backend for CudaBackend {
 
     fn embed(&self, step: &CudaStep, table: &CudaMatrix) -> BackendResult<CudaTensor> {
         let source = GatherSource {
-            ptr: self.device.ptr(&table.data),
+            ptr: self.device.dev(&table.data),
             rows: table.rows,
             cols: table.cols,
         };
@@ -215,7 +216,7 @@ impl Backend for CudaBackend {
         eps: f32,
     ) -> BackendResult<CudaTensor> {
         let out = step.tensor(&self.device, x.rows, x.cols, "rms_norm")?;
-        row_ops::add_rms_norm(&self.device, &out, x.ptr(&self.device), 0, weight, eps)?;
+        row_ops::add_rms_norm(&self.device, &out, x.dev(&self.device), DevPtr::NULL, weight, eps)?;
         Ok(out)
     }
 
@@ -230,7 +231,7 @@ impl Backend for CudaBackend {
         row_ops::same_shape("add_rms_norm", residual, x)?;
         let d = &self.device;
         let out = step.tensor(d, x.rows, x.cols, "add_rms_norm")?;
-        row_ops::add_rms_norm(d, &out, residual.ptr(d), x.ptr(d), weight, eps)?;
+        row_ops::add_rms_norm(d, &out, residual.dev(d), x.dev(d), weight, eps)?;
         Ok(out)
     }
 
@@ -257,7 +258,7 @@ impl Backend for CudaBackend {
         let out = step.tensor(&self.device, x.rows, weight.rows, "matmul")?;
         gemm::gemm_bf16(&self.device, &out, x, weight)?;
         if let Some(b) = bias {
-            row_ops::add(&self.device, &out, 0, self.device.ptr(&b.data))?;
+            row_ops::add(&self.device, &out, DevPtr::NULL, self.device.dev(&b.data))?;
         }
         Ok(out)
     }
@@ -300,12 +301,12 @@ impl Backend for CudaBackend {
 
     fn add_assign(&self, x: &mut CudaTensor, y: &CudaTensor) -> BackendResult<()> {
         row_ops::same_shape("add_assign", x, y)?;
-        row_ops::add(&self.device, x, y.ptr(&self.device), 0)
+        row_ops::add(&self.device, x, y.dev(&self.device), DevPtr::NULL)
     }
 
     fn logits_rows(&self, step: &CudaStep, x: &CudaTensor) -> BackendResult<CudaTensor> {
         let source = GatherSource {
-            ptr: x.ptr(&self.device),
+            ptr: x.dev(&self.device),
             rows: x.rows,
             cols: x.cols,
         };

@@ -11,8 +11,10 @@ mod error;
 mod gemm;
 pub mod graph;
 mod graph_exec;
+pub mod kernel_args;
 #[cfg(test)]
 mod kernel_build;
+pub mod kernels;
 pub mod launch;
 pub mod memory_plan;
 mod module;

@@ -3,7 +3,8 @@
 
 use ember_core::{BackendError, BackendResult, Rope, RopeStyle};
 
-use crate::device::{Arg, Device};
+use crate::device::Device;
+use crate::kernel_args::{AddArgs, AddRmsNormArgs, DevPtr, GatherRowsArgs, RopeArgs, SiluMulArgs};
 use crate::launch::{elementwise_geometry, row_geometry};
 use crate::step::CudaStep;
 use crate::tensor::{CudaTensor, CudaVector};
@@ -30,7 +31,7 @@ pub fn same_shape(op: &str, a: &CudaTensor, b: &CudaTensor) -> BackendResult<()>
 /// The `[rows, cols]` bf16 source of a gather.
 pub struct GatherSource {
     /// Device address.
-    pub ptr: u64,
+    pub ptr: DevPtr,
     /// Rows.
     pub rows: usize,
     /// Columns.
@@ -42,7 +43,7 @@ pub struct GatherIds<'a> {
     /// Host copy; `[num_rows]`.
     pub host: &'a [u32],
     /// Device address of the same `u32` array.
-    pub device: u64,
+    pub device: DevPtr,
 }
 
 /// `out[i] = table[ids[i]]`, a new tensor of the step.
@@ -62,27 +63,26 @@ pub fn gather(
         ));
     }
     let out = step.tensor(d, ids.len(), cols, what)?;
-    d.launch(
-        "ember_gather_rows_bf16",
+    d.kernels().gather_rows_bf16(
         row_geometry(ids.len(), cols),
-        &[
-            Arg::Ptr(out.ptr(d)),
-            Arg::Ptr(table_ptr),
-            Arg::Ptr(dev_ids),
-            Arg::I32(ids.len() as i32),
-            Arg::I32(cols as i32),
-            Arg::I32(table_rows as i32),
-        ],
+        &GatherRowsArgs {
+            out: out.dev(d),
+            table: table_ptr,
+            ids: dev_ids,
+            num_rows: ids.len() as i32,
+            cols: cols as i32,
+            table_rows: table_rows as i32,
+        },
     )?;
     Ok(out)
 }
 
-/// `out = rms_norm(residual (+= x)) * weight`; `x == 0` (null) is the plain norm of `residual`.
+/// `out = rms_norm(residual (+= x)) * weight`; a null `x` is the plain norm of `residual`.
 pub fn add_rms_norm(
     d: &Device,
     out: &CudaTensor,
-    residual: u64,
-    x: u64,
+    residual: DevPtr,
+    x: DevPtr,
     weight: &CudaVector,
     eps: f32,
 ) -> BackendResult<()> {
@@ -92,33 +92,31 @@ pub fn add_rms_norm(
             format!("weight has {} elements, rows have {}", weight.len, out.cols),
         ));
     }
-    d.launch(
-        "ember_add_rms_norm_bf16",
+    d.kernels().add_rms_norm_bf16(
         row_geometry(out.rows, out.cols),
-        &[
-            Arg::Ptr(out.ptr(d)),
-            Arg::Ptr(residual),
-            Arg::Ptr(x),
-            Arg::Ptr(d.ptr(&weight.data)),
-            Arg::I32(out.cols as i32),
-            Arg::F32(eps),
-        ],
+        &AddRmsNormArgs {
+            out: out.dev(d),
+            residual,
+            x,
+            weight: d.dev(&weight.data),
+            cols: out.cols as i32,
+            eps,
+        },
     )
 }
 
-/// `x += y` (a tensor of `x`'s shape, address `y`, or null) `+ bias` (per column, or null).
-pub fn add(d: &Device, x: &CudaTensor, y: u64, bias: u64) -> BackendResult<()> {
+/// `x += y` (a tensor of `x`'s shape, or null) `+ bias` (`[cols]` f32, or null).
+pub fn add(d: &Device, x: &CudaTensor, y: DevPtr, bias: DevPtr) -> BackendResult<()> {
     let n = x.rows * x.cols;
-    d.launch(
-        "ember_add_bf16",
+    d.kernels().add_bf16(
         elementwise_geometry(n, d.num_sms()),
-        &[
-            Arg::Ptr(x.ptr(d)),
-            Arg::Ptr(y),
-            Arg::Ptr(bias),
-            Arg::I64(n as i64),
-            Arg::I32(x.cols.max(1) as i32),
-        ],
+        &AddArgs {
+            x: x.dev(d),
+            y,
+            bias,
+            n: n as i64,
+            cols: x.cols.max(1) as i32,
+        },
     )
 }
 
@@ -132,15 +130,14 @@ pub fn silu_mul(
     same_shape("silu_mul", gate, up)?;
     let out = step.tensor(d, gate.rows, gate.cols, "silu_mul")?;
     let n = gate.rows * gate.cols;
-    d.launch(
-        "ember_silu_mul_bf16",
+    d.kernels().silu_mul_bf16(
         elementwise_geometry(n.div_ceil(8), d.num_sms()),
-        &[
-            Arg::Ptr(out.ptr(d)),
-            Arg::Ptr(gate.ptr(d)),
-            Arg::Ptr(up.ptr(d)),
-            Arg::I64(n as i64),
-        ],
+        &SiluMulArgs {
+            out: out.dev(d),
+            gate: gate.dev(d),
+            up: up.dev(d),
+            n: n as i64,
+        },
     )?;
     Ok(out)
 }
@@ -169,17 +166,16 @@ pub fn rope(
             ),
         ));
     }
-    d.launch(
-        "ember_rope_bf16",
+    d.kernels().rope_bf16(
         row_geometry(x.rows, num_heads * rotary_dim / 2 * 8),
-        &[
-            Arg::Ptr(x.ptr(d)),
-            Arg::Ptr(step.addrs.positions),
-            Arg::Ptr(d.ptr(&rope.inv_freq.data)),
-            Arg::I32(num_heads as i32),
-            Arg::I32((x.cols / num_heads) as i32),
-            Arg::I32(rotary_dim as i32),
-            Arg::I32(i32::from(rope.style == RopeStyle::Interleaved)),
-        ],
+        &RopeArgs {
+            x: x.dev(d),
+            positions: step.addrs.positions,
+            inv_freq: d.dev(&rope.inv_freq.data),
+            num_heads: num_heads as i32,
+            head_dim: (x.cols / num_heads) as i32,
+            rotary_dim: rotary_dim as i32,
+            interleaved: i32::from(rope.style == RopeStyle::Interleaved),
+        },
     )
 }

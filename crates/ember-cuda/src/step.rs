@@ -13,6 +13,7 @@ use ember_core::{BackendError, BackendResult, StepBatch};
 use crate::arena::ArenaHandle;
 use crate::device::Device;
 use crate::error::device_err;
+use crate::kernel_args::DevPtr;
 use crate::launch::DecodeSplit;
 use crate::step_buffer::{pack_step, Section, StepLayout};
 use crate::tensor::{CudaTensor, Scratch, TensorData};
@@ -21,24 +22,24 @@ use crate::tensor::{CudaTensor, Scratch, TensorData};
 #[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
 pub struct StepAddrs {
     /// Token ids; `[num_tokens]`.
-    pub input_ids: u64,
+    pub input_ids: DevPtr,
     /// Positions; `[num_tokens]`.
-    pub positions: u64,
+    pub positions: DevPtr,
     /// Cache slots, -1 for padding rows; `[num_tokens]`.
-    pub slot_mapping: u64,
+    pub slot_mapping: DevPtr,
     /// Row offsets; `[num_seqs + 1]`.
-    pub query_start_loc: u64,
+    pub query_start_loc: DevPtr,
     /// Context lengths; `[num_seqs]`.
-    pub seq_lens: u64,
+    pub seq_lens: DevPtr,
     /// Block tables; `[num_seqs * max_blocks_per_seq]`.
-    pub block_tables: u64,
+    pub block_tables: DevPtr,
     /// Rows to sample; `[num_logits]`.
-    pub logits_indices: u64,
+    pub logits_indices: DevPtr,
 }
 
 impl StepAddrs {
     fn of(base: u64, layout: &StepLayout) -> Self {
-        let at = |s: Section| base + s.byte_offset() as u64;
+        let at = |s: Section| DevPtr(base + s.byte_offset() as u64);
         Self {
             input_ids: at(layout.input_ids),
             positions: at(layout.positions),
