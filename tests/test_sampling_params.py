@@ -97,3 +97,31 @@ def test_penalty_boundaries_are_accepted(kwargs: dict[str, object]) -> None:
 )
 def test_boundary_values_are_accepted(kwargs: dict[str, float]) -> None:
     SamplingParams(**kwargs)
+
+
+def test_params_are_frozen_comparable_and_survive_pickle_and_copy() -> None:
+    import copy
+    import pickle
+
+    p = SamplingParams(temperature=0.7, top_p=0.9, stop=["x"], logit_bias={"3": 2.5}, seed=4, n=2)
+    with pytest.raises(AttributeError):
+        p.temperature = 0.1  # type: ignore[misc]
+    # Floats read back as written (the engine keeps f32), ids as ints.
+    assert (p.temperature, p.top_p, p.logit_bias) == (0.7, 0.9, {3: 2.5})
+    assert p == SamplingParams(**p.to_dict()) and p != SamplingParams(temperature=0.7)
+    assert pickle.loads(pickle.dumps(p)) == p and copy.deepcopy(p) == p and copy.copy(p) == p
+    assert "temperature=0.7" in repr(p) and repr(p).startswith("SamplingParams(")
+    child = p.for_child(1)
+    assert (child.n, child.seed, child.stop, child.temperature) == (1, 5, ["x"], 0.7)
+
+
+def test_unknown_fields_and_wrong_types_are_clear_errors() -> None:
+    with pytest.raises(TypeError, match="unexpected keyword argument 'temprature'"):
+        SamplingParams(temprature=0.5)  # type: ignore[call-arg]
+    with pytest.raises(InvalidRequestError, match="temperature must be a number, got str"):
+        SamplingParams(temperature="hot")  # type: ignore[arg-type]
+    with pytest.raises(InvalidRequestError, match="max_tokens must be at least 0, got -3"):
+        SamplingParams(max_tokens=-3)
+    # None is the default for every field, and unsets the optional ones.
+    assert SamplingParams(n=None, max_tokens=None).max_tokens is None  # type: ignore[arg-type]
+    assert SamplingParams(n=None).n == 1  # type: ignore[arg-type]

@@ -1,4 +1,8 @@
-//! Per-request sampling controls, with vLLM's names and defaults, and their validation.
+//! Per-request sampling controls, with vLLM's names and defaults, and their validation
+//! ([`ValidSamplingParams`]: checked once, then shared).
+
+use std::ops::Deref;
+use std::sync::Arc;
 
 use thiserror::Error;
 
@@ -228,9 +232,70 @@ impl SamplingParams {
     }
 }
 
+/// Sampling parameters that passed [`SamplingParams::validate`], shared without copying; the
+/// engine takes only these, so a request's parameters are checked once, when they are made.
+#[derive(Clone, Debug, PartialEq)]
+pub struct ValidSamplingParams(Arc<SamplingParams>);
+
+impl ValidSamplingParams {
+    /// Validates `params`.
+    pub fn new(params: SamplingParams) -> Result<Self, InvalidParam> {
+        params.validate()?;
+        Ok(Self(Arc::new(params)))
+    }
+
+    /// The shared parameters.
+    pub fn shared(&self) -> Arc<SamplingParams> {
+        Arc::clone(&self.0)
+    }
+
+    /// The parameters of completion `index` of an `n > 1` request: one sequence, the seed plus
+    /// `index` when seeded, and prompt logprobs only for completion 0 (they are the same for
+    /// every completion). Still valid: only fields without limits change, or become unset.
+    pub fn for_completion(&self, index: usize) -> Self {
+        Self(Arc::new(SamplingParams {
+            n: 1,
+            seed: self.seed.map(|seed| seed.wrapping_add(index as u64)),
+            prompt_logprobs: self.prompt_logprobs.filter(|_| index == 0),
+            ..SamplingParams::clone(&self.0)
+        }))
+    }
+}
+
+impl Deref for ValidSamplingParams {
+    type Target = SamplingParams;
+
+    fn deref(&self) -> &SamplingParams {
+        &self.0
+    }
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn completions_of_a_valid_request_stay_valid() {
+        let params = ValidSamplingParams::new(SamplingParams {
+            n: 3,
+            seed: Some(u64::MAX),
+            prompt_logprobs: Some(2),
+            ..Default::default()
+        })
+        .unwrap();
+        let second = params.for_completion(1);
+        assert_eq!(
+            (second.n, second.seed, second.prompt_logprobs),
+            (1, Some(0), None)
+        );
+        assert_eq!(params.for_completion(0).prompt_logprobs, Some(2));
+        assert_eq!(second.validate(), Ok(()));
+        assert!(ValidSamplingParams::new(SamplingParams {
+            top_p: 0.0,
+            ..Default::default()
+        })
+        .is_err());
+    }
 
     #[test]
     fn defaults_are_valid() {

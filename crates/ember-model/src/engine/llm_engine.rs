@@ -5,16 +5,16 @@ use std::sync::Arc;
 use std::time::{SystemTime, UNIX_EPOCH};
 
 use ember_core::{
-    FinishReason, Request, RequestId, RequestUpdate, SamplingParams, Scheduler, SchedulerConfig,
-    SchedulerStats,
+    FinishReason, Request, RequestId, RequestUpdate, Scheduler, SchedulerConfig, SchedulerStats,
+    ValidSamplingParams,
 };
 
 use crate::engine::device::load_on_device;
 use crate::engine::engine_args::{EngineArgs, DEFAULT_MAX_NUM_BATCHED_TOKENS};
 use crate::engine::executor::StepExecutor;
 use crate::engine::loader::open_model;
-use crate::engine::request_state::RequestState;
-pub use crate::engine::step_output::{StepOutput, StopReason, TokenLogprobs};
+use crate::engine::output_state::OutputState;
+use crate::engine::step_output::{StepOutput, StopReason};
 use crate::error::EngineError;
 use crate::text::chat_template::ChatTemplate;
 use crate::text::tokenizer::Tokenizer;
@@ -27,7 +27,7 @@ pub struct LlmEngine {
     chat_template: Option<Arc<ChatTemplate>>,
     eos_token_ids: Vec<u32>,
     vocab_size: usize,
-    requests: HashMap<RequestId, RequestState>,
+    requests: HashMap<RequestId, OutputState>,
     pending: Vec<StepOutput>,
     max_model_len: usize,
     block_size: usize,
@@ -149,7 +149,8 @@ impl LlmEngine {
         &self.model_name
     }
 
-    /// Queues a request; invalid parameters or lengths are rejected at once.
+    /// Queues a request; token ids out of the vocabulary (in the prompt or `logit_bias`) and
+    /// lengths beyond the limits are rejected at once (the parameters were validated when made).
     ///
     /// `fork_of` names a live sibling with the same prompt (another completion of an `n > 1`
     /// request): this request then shares the sibling's prompt blocks once they are computed
@@ -158,11 +159,10 @@ impl LlmEngine {
         &mut self,
         request_id: &str,
         prompt_token_ids: Vec<u32>,
-        params: SamplingParams,
+        params: ValidSamplingParams,
         priority: i32,
         fork_of: Option<&str>,
     ) -> Result<(), EngineError> {
-        params.validate()?;
         params.validate_token_ids(self.vocab_size)?;
         let vocab_size = self.tokenizer.vocab_size() as u32;
         if let Some(bad) = prompt_token_ids.iter().find(|&&id| id >= vocab_size) {
@@ -177,11 +177,11 @@ impl LlmEngine {
         let seed = params
             .seed
             .unwrap_or_else(|| derive_seed(self.seed, self.num_requests_added));
-        let state = RequestState::new(&params, prompt_token_ids.len());
+        let state = OutputState::new(&params, prompt_token_ids.len());
         let request = Request::new(
             request_id.clone(),
             prompt_token_ids,
-            Arc::new(params),
+            params.shared(),
             self.eos_token_ids.clone(),
             seed,
             priority,
@@ -275,7 +275,7 @@ impl LlmEngine {
             new_text.push_str(&state.flush());
         }
         let num_prompt_tokens = state.num_prompt_tokens;
-        let new_prompt_logprobs = state.take_prompt_logprobs();
+        let new_prompt_logprobs = state.take_prompt_logprobs(&self.tokenizer);
         if finish_reason.is_some() {
             self.requests.remove(&update.request_id);
         }

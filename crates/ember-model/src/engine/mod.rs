@@ -7,10 +7,10 @@ pub mod engine_args;
 pub mod executor;
 pub mod llm_engine;
 pub mod loader;
-mod request_state;
+mod output_state;
 pub mod runner;
 pub mod sample_rows;
 pub mod step_output;
 
 pub use llm_engine::LlmEngine;
-pub use step_output::{StepOutput, StopReason, TokenLogprobs};
+pub use step_output::{LogprobEntry, StepOutput, StopReason, TokenLogprobs};

@@ -1,6 +1,6 @@
 //! What the engine reports per request and step.
 
-use ember_core::{FinishReason, RequestId, TokenLogprob};
+use ember_core::{FinishReason, RequestId};
 
 /// Why a request stopped, when a stop condition (not a length limit) ended it.
 #[derive(Clone, Debug, PartialEq, Eq)]
@@ -11,9 +11,29 @@ pub enum StopReason {
     Text(String),
 }
 
-/// One generated token's log-probability, its rank among all tokens (1 = most likely) and the
-/// top alternatives `(token_id, logprob)`.
-pub type TokenLogprobs = (f32, Option<u32>, Vec<(u32, f32)>);
+/// One token with its log-probability, as a request's output reports it.
+#[derive(Clone, Debug, PartialEq)]
+pub struct LogprobEntry {
+    /// The token.
+    pub token_id: u32,
+    /// Log-softmax of the raw logits at the token.
+    pub logprob: f32,
+    /// Rank among all tokens (1 = most likely); `None` when the request did not ask for
+    /// logprobs (the sampled token's logprob is still reported).
+    pub rank: Option<u32>,
+    /// The token's text with special tokens kept; `None` when the request does not detokenize.
+    pub decoded_token: Option<String>,
+}
+
+/// The log-probabilities at one position: the token there and the top alternatives, best
+/// first (an alternative's rank is its place in the list).
+#[derive(Clone, Debug, PartialEq)]
+pub struct TokenLogprobs {
+    /// The sampled (or prompt) token.
+    pub token: LogprobEntry,
+    /// The most likely tokens, best first.
+    pub top: Vec<LogprobEntry>,
+}
 
 /// What one request gained in one step.
 #[derive(Clone, Debug, PartialEq)]
@@ -37,5 +57,5 @@ pub struct StepOutput {
     pub new_logprobs: Option<Vec<TokenLogprobs>>,
     /// Prompt logprobs computed since the last output, one per prompt token from position 1
     /// on, in order; `None` when there are none new (or none were asked for).
-    pub new_prompt_logprobs: Option<Vec<TokenLogprob>>,
+    pub new_prompt_logprobs: Option<Vec<TokenLogprobs>>,
 }

@@ -11,7 +11,7 @@ mod pretokenize;
 mod special;
 mod spm;
 #[cfg(test)]
-mod tests;
+pub(crate) mod tests;
 mod vocab;
 
 pub use vocab::TokenType;

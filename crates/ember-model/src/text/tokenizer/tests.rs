@@ -116,7 +116,7 @@ fn ignore_merges_takes_whole_words() {
 }
 
 /// A SentencePiece-style tokenizer built directly, GGUF style (scores).
-fn spm_tokenizer() -> Tokenizer {
+pub(crate) fn spm_tokenizer() -> Tokenizer {
     let mut texts: Vec<String> = vec!["<unk>".into(), "<s>".into(), "</s>".into()];
     let mut types = vec![TokenType::Unknown, TokenType::Control, TokenType::Control];
     for b in 0..=255u8 {
