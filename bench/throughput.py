@@ -7,7 +7,7 @@ wall-clock second, prefill of their short prompts included). llama.cpp runs thro
 llama-cpp-python's low-level API (llama_batch / llama_decode with one sequence id
 per stream), so its multi-stream numbers are real batched decoding.
 
-    python bench/throughput.py [--model PATH] [--threads 2] [--quick]
+    python bench/throughput.py [--model PATH] [--threads 2] [--streams 16 64] [--quick]
 
 Prints a table and writes bench/out/throughput-<date>.json.
 """
@@ -212,8 +212,12 @@ def main() -> None:
         threads_help="threads for both engines (default: 2)",
         quick_help="a small smoke run: 16 tokens, 1 repeat, 16 streams",
     )
+    parser.add_argument(
+        "--streams", type=int, nargs="+", default=None, help="concurrent stream counts (default: 16 64; quick: 16)"
+    )
     args = parser.parse_args()
-    args.decode_tokens, args.repeats, args.streams = (16, 1, [16]) if args.quick else (128, 3, [16, 64])
+    args.decode_tokens, args.repeats, streams = (16, 1, [16]) if args.quick else (128, 3, [16, 64])
+    args.streams = args.streams or streams
 
     import llama_cpp
 
@@ -249,9 +253,10 @@ def main() -> None:
             "prefill_tokens": len(prefill_ids),
             "decode_tokens": args.decode_tokens,
             "repeats": args.repeats,
+            "streams": args.streams,
             "results": results,
         },
-        {"ember": ember.__version__, "llama_cpp_python": llama_cpp.__version__},
+        {"ember": f"{ember.__version__} ({ember.__file__})", "llama_cpp_python": llama_cpp.__version__},
     )
 
 
