@@ -218,40 +218,12 @@ fn attention_rejects_bad_metadata() {
         backend.attention(&meta, &q, &cache, 1, &params).is_err(),
         "layer out of range"
     );
-}
-
-#[test]
-fn attention_refuses_windows_and_soft_caps() {
-    let backend = CpuBackend::new(Some(1));
-    let spec = KvCacheSpec {
-        num_layers: 1,
-        num_blocks: 1,
-        block_size: 4,
-        num_kv_heads: 1,
-        head_dim: 8,
-    };
-    let cache = backend.allocate_kv_cache(&spec).unwrap();
-    let params = AttentionParams {
+    let windowed = AttentionParams {
         sliding_window: Some(2),
-        ..AttentionParams::causal(AttentionShape {
-            num_heads: 1,
-            num_kv_heads: 1,
-            head_dim: 8,
-        })
+        ..params
     };
-    let meta = StepBatch {
-        input_ids: vec![0],
-        positions: vec![0],
-        slot_mapping: vec![0],
-        query_start_loc: vec![0, 1],
-        seq_lens: vec![1],
-        block_tables: vec![0],
-        max_blocks_per_seq: 1,
-        logits_indices: vec![0],
-    };
-    let q = CpuTensor::from_vec(1, 8, vec![0.0; 8]).unwrap();
     let err = backend
-        .attention(&meta, &q, &cache, 0, &params)
+        .attention(&meta, &q, &cache, 0, &windowed)
         .err()
         .unwrap()
         .to_string();

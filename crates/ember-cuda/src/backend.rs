@@ -15,7 +15,7 @@ use crate::error::device_err;
 use crate::graph_exec::{GraphConfig, GraphRuntime};
 use crate::kernel_args::DevPtr;
 use crate::memory_plan::{plan_kv_cache, workspace_bytes};
-use crate::row_ops::{shape_err, GatherIds, GatherSource};
+use crate::row_ops::{shape_err, GatherSource};
 use crate::step::{CudaStep, StepStaging};
 use crate::tensor::{CudaKvCache, CudaMatrix, CudaTensor, CudaVector, TensorData};
 use crate::{attention, gemm, row_ops, sampling, weights};
@@ -196,16 +196,8 @@ impl Backend for CudaBackend {
     }
 
     fn embed(&self, step: &CudaStep, table: &CudaMatrix) -> BackendResult<CudaTensor> {
-        let source = GatherSource {
-            ptr: self.device.dev(&table.data),
-            rows: table.rows,
-            cols: table.cols,
-        };
-        let ids = GatherIds {
-            host: &step.batch.input_ids,
-            device: step.addrs.input_ids,
-        };
-        row_ops::gather(&self.device, step, source, ids, "embed")
+        let source = GatherSource::matrix(&self.device, table);
+        row_ops::gather(&self.device, step, source, step.input_ids(), "embed")
     }
 
     fn rms_norm(
@@ -305,16 +297,8 @@ impl Backend for CudaBackend {
     }
 
     fn logits_rows(&self, step: &CudaStep, x: &CudaTensor) -> BackendResult<CudaTensor> {
-        let source = GatherSource {
-            ptr: x.dev(&self.device),
-            rows: x.rows,
-            cols: x.cols,
-        };
-        let ids = GatherIds {
-            host: &step.batch.logits_indices,
-            device: step.addrs.logits_indices,
-        };
-        row_ops::gather(&self.device, step, source, ids, "logits_rows")
+        let source = GatherSource::tensor(&self.device, x);
+        row_ops::gather(&self.device, step, source, step.logits_indices(), "logits_rows")
     }
 
     fn to_host(&self, x: &CudaTensor) -> BackendResult<Vec<f32>> {

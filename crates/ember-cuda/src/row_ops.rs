@@ -6,8 +6,8 @@ use ember_core::{BackendError, BackendResult, Rope, RopeStyle};
 use crate::device::Device;
 use crate::kernel_args::{AddArgs, AddRmsNormArgs, DevPtr, GatherRowsArgs, RopeArgs, SiluMulArgs};
 use crate::launch::{elementwise_geometry, row_geometry};
-use crate::step::CudaStep;
-use crate::tensor::{CudaTensor, CudaVector};
+use crate::step::{CudaStep, StepIds};
+use crate::tensor::{CudaMatrix, CudaTensor, CudaVector};
 
 /// A shape error of operation `op`.
 pub fn shape_err(op: &str, detail: String) -> BackendError {
@@ -38,12 +38,24 @@ pub struct GatherSource {
     pub cols: usize,
 }
 
-/// The row indices of a gather: the host copy (checked here) and the device array the kernel reads.
-pub struct GatherIds<'a> {
-    /// Host copy; `[num_rows]`.
-    pub host: &'a [u32],
-    /// Device address of the same `u32` array.
-    pub device: DevPtr,
+impl GatherSource {
+    /// A weight matrix (an embedding table).
+    pub fn matrix(d: &Device, m: &CudaMatrix) -> Self {
+        Self {
+            ptr: d.dev(&m.data),
+            rows: m.rows,
+            cols: m.cols,
+        }
+    }
+
+    /// An activation.
+    pub fn tensor(d: &Device, t: &CudaTensor) -> Self {
+        Self {
+            ptr: t.dev(d),
+            rows: t.rows,
+            cols: t.cols,
+        }
+    }
 }
 
 /// `out[i] = table[ids[i]]`, a new tensor of the step.
@@ -51,7 +63,7 @@ pub fn gather(
     d: &Device,
     step: &CudaStep,
     table: GatherSource,
-    ids: GatherIds<'_>,
+    ids: StepIds<'_>,
     what: &str,
 ) -> BackendResult<CudaTensor> {
     let (table_ptr, table_rows, cols) = (table.ptr, table.rows, table.cols);

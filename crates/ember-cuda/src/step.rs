@@ -52,6 +52,14 @@ impl StepAddrs {
     }
 }
 
+/// One `u32` section of the step: the host copy (for checks) and the device array kernels read.
+pub struct StepIds<'a> {
+    /// Host copy.
+    pub host: &'a [u32],
+    /// Device address of the same array.
+    pub device: DevPtr,
+}
+
 /// One step on the device: its host inputs (for checks and launch geometry), their device
 /// addresses, and its allocation rules.
 pub struct CudaStep {
@@ -68,6 +76,22 @@ pub struct CudaStep {
 }
 
 impl CudaStep {
+    /// The step's token ids, as gather indices (embedding lookup).
+    pub(crate) fn input_ids(&self) -> StepIds<'_> {
+        StepIds {
+            host: &self.batch.input_ids,
+            device: self.addrs.input_ids,
+        }
+    }
+
+    /// The rows whose logits the step needs, as gather indices.
+    pub(crate) fn logits_indices(&self) -> StepIds<'_> {
+        StepIds {
+            host: &self.batch.logits_indices,
+            device: self.addrs.logits_indices,
+        }
+    }
+
     /// A new `[rows, cols]` bf16 activation for this step.
     pub(crate) fn tensor(
         &self,
