@@ -25,3 +25,13 @@ def default_gguf() -> Path:
 def engine(default_gguf: Path) -> Engine:
     """One engine on the default model, shared by the whole session (small KV cache)."""
     return Engine(str(default_gguf), kv_cache_memory_bytes=KV_CACHE_MEMORY_BYTES, max_model_len=MAX_MODEL_LEN)
+
+
+@pytest.fixture(scope="session")
+def tiny_model_dir(tmp_path_factory: pytest.TempPathFactory) -> Path:
+    """A tiny random Llama as a Hugging Face folder (written with transformers): loads and generates in milliseconds."""
+    from tiny_models import VARIANTS, write_model
+
+    folder = tmp_path_factory.mktemp("tiny") / VARIANTS[0].name
+    write_model(VARIANTS[0], folder)
+    return folder

@@ -13,6 +13,7 @@ import uvicorn
 
 from ember import AsyncEngine
 from ember.server.app import ServerConfig, build_app
+from ember.server.limits import uvicorn_config
 
 
 def free_port() -> int:
@@ -26,7 +27,8 @@ def free_port() -> int:
 def running_server(engine: AsyncEngine, config: ServerConfig) -> Iterator[str]:
     """Serves `engine` until the block ends; yields the base URL (…/v1). The engine is shut down at the end."""
     port = free_port()
-    server = uvicorn.Server(uvicorn.Config(build_app(engine, config), host="127.0.0.1", port=port, log_level="warning"))
+    app = build_app(engine, config)
+    server = uvicorn.Server(uvicorn_config(app, "127.0.0.1", port, config.limits, log_level="warning"))
     thread = threading.Thread(target=server.run, daemon=True)
     thread.start()
     wait_healthy(f"http://127.0.0.1:{port}")

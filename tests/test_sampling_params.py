@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import pytest
 
-from ember import EmberError, InvalidRequestError, SamplingParams
+from ember import EmberError, Engine, InvalidRequestError, SamplingParams
 
 
 def test_defaults_follow_vllm() -> None:
@@ -120,8 +120,50 @@ def test_unknown_fields_and_wrong_types_are_clear_errors() -> None:
         SamplingParams(temprature=0.5)  # type: ignore[call-arg]
     with pytest.raises(InvalidRequestError, match="temperature must be a number, got str"):
         SamplingParams(temperature="hot")  # type: ignore[arg-type]
-    with pytest.raises(InvalidRequestError, match="max_tokens must be at least 0, got -3"):
+    with pytest.raises(InvalidRequestError, match="max_tokens must be at least 1, got -3"):
         SamplingParams(max_tokens=-3)
     # None is the default for every field, and unsets the optional ones.
     assert SamplingParams(n=None, max_tokens=None).max_tokens is None  # type: ignore[arg-type]
     assert SamplingParams(n=None).n == 1  # type: ignore[arg-type]
+
+
+def test_params_cannot_be_changed_and_a_changed_copy_is_validated_again() -> None:
+    params = SamplingParams(max_tokens=4, stop=["x"])
+    with pytest.raises(AttributeError):
+        params.n = -1  # type: ignore[misc]
+    with pytest.raises(AttributeError):  # not even by going around the class's own setattr
+        object.__setattr__(params, "n", -1)
+    assert params.n == 1
+    with pytest.raises(InvalidRequestError, match="temperature") as info:
+        SamplingParams(**{**params.to_dict(), "n": 1, "temperature": -1.0})
+    assert info.value.param == "temperature"
+
+
+def test_the_engine_takes_only_sampling_params(engine: Engine) -> None:
+    with pytest.raises(InvalidRequestError, match=r"params must be an ember\.SamplingParams, got dict") as info:
+        engine._core.add_request("r", [1, 2], {"n": -1})  # type: ignore[arg-type]
+    assert info.value.param == "params"
+
+
+@pytest.mark.parametrize(
+    ("kwargs", "message"),
+    [
+        ({"n": 129}, "n must be in \\[1, 128\\], got 129"),
+        ({"n": True}, "n must be an integer, got bool"),
+        ({"seed": 2**64}, "seed must be an integer in \\[-9223372036854775808, 9223372036854775807\\]"),
+        ({"stop": ["a"] * 65}, "stop may have at most 64 entries, got 65"),
+        ({"stop": ["ok", 5]}, "stop\\[1\\] must be a string"),
+        ({"stop": ["\ud800"]}, "stop\\[0\\] must be a string of valid Unicode"),
+        ({"stop_token_ids": [1, True]}, "stop_token_ids\\[1\\] must be a token id"),
+        ({"stop_token_ids": b"ab"}, "stop_token_ids must be a list of token ids"),
+        ({"stop_token_ids": [-5]}, "stop_token_ids\\[0\\] must be a token id \\(an int in \\[0, 4294967295\\]\\)"),
+        ({"logit_bias": {" 5": 1.0}}, "logit_bias keys must be token ids \\(decimal digits\\)"),
+        ({"logit_bias": {"1_0": 1.0}}, "logit_bias keys must be token ids"),
+        ({"logit_bias": {i: 1.0 for i in range(1025)}}, "logit_bias may have at most 1024 entries"),
+        ({"temperature": True}, "temperature must be a number, got bool"),
+    ],
+)
+def test_values_of_the_wrong_kind_name_the_field(kwargs: dict[str, object], message: str) -> None:
+    with pytest.raises(InvalidRequestError, match=message) as info:
+        SamplingParams(**kwargs)  # type: ignore[arg-type]
+    assert info.value.param == next(iter(kwargs))

@@ -108,8 +108,8 @@ def test_sigterm_shuts_down_cleanly(default_gguf: Path) -> None:
             proc.send_signal(signal.SIGTERM)
             # After the grace period the engine aborts the request: the stream ends properly, not cut off.
             events = [line for line in lines if line.startswith("data: ")]
-        # uvicorn re-raises the signal once it has shut down, so the exit status says "terminated by SIGTERM".
-        assert proc.wait(timeout=60) in (0, -signal.SIGTERM)
+        # A drained shutdown is a clean exit.
+        assert proc.wait(timeout=60) == 0
         assert events[-1] == "data: [DONE]"
         assert '"finish_reason":"abort"' in events[-2]
     finally:

@@ -8,8 +8,14 @@ __version__: str
 class EmberError(Exception):
     """Base class of every error Ember raises."""
 
+    request_ids: list[str]
+    """Set on the error of a failed engine step: the requests it ended."""
+
 class InvalidRequestError(EmberError, ValueError):
     """A request or parameter is invalid; the message names the field and the limit."""
+
+    param: str | None
+    """The request field the error is about, when there is one."""
 
 class ModelLoadError(EmberError):
     """A model file is missing, corrupt or unsupported; the message names it."""
@@ -144,6 +150,9 @@ def sample_token(
     is set) and the top logprobs describe the raw logits, before any adjustment.
     """
 
+def _raise_panic(message: str) -> None:
+    """Test hook: panics inside the FFI guard (raises EmberError)."""
+
 def token_logprobs(logits: Sequence[float], token_id: int, k: int = 0) -> tuple[float, int, list[tuple[int, float]]]:
     """Testing aid: (log-softmax at token_id, its rank, the k best (token_id, logprob)) of one row."""
 
@@ -204,15 +213,17 @@ class Engine:
         request_id: str,
         prompt_token_ids: list[int],
         params: SamplingParams,
-        priority: int = 0,
+        priority: int | None = None,
         fork_of: str | None = None,
     ) -> None:
         """Queues a request; `fork_of` names a sibling with the same prompt whose prompt blocks it shares."""
     def step(self) -> list[StepOutput]:
-        """Runs one scheduler step with the GIL released."""
+        """Runs one scheduler step with the GIL released; a failed step raises EmberError with `request_ids`."""
     def abort(self, request_id: str) -> bool: ...
     def has_unfinished_requests(self) -> bool: ...
     def stats(self) -> dict[str, float]: ...
     def reset_prefix_cache(self) -> bool: ...
     def score(self, prompt_token_ids: list[int]) -> list[list[float]]:
         """Logits at every position of one prompt (a prefill outside the scheduler; for tests)."""
+    def _inject_step_faults(self, fault: str, num_steps: int) -> None:
+        """Test hook: the next `num_steps` steps that compute anything fail ("error" or "panic")."""

@@ -18,7 +18,7 @@ from typing import Any
 
 from ember import _core
 from ember._core import EmberError, StepOutput
-from ember._tracking import EngineRequest
+from ember._tracking import EngineRequest, step_failure
 
 logger = logging.getLogger("ember")
 
@@ -26,9 +26,9 @@ SinkItem = list[tuple[str, StepOutput | None]] | BaseException
 """What a sink receives: one step's outputs (None = aborted) for its sub-requests, or an error."""
 
 
-@dataclass
+@dataclass(eq=False)
 class Sink:
-    """Where one request's outputs go: an asyncio queue on the caller's event loop."""
+    """Where one request's outputs go: an asyncio queue on the caller's event loop (compared by identity)."""
 
     loop: asyncio.AbstractEventLoop
     queue: asyncio.Queue[SinkItem] = field(default_factory=asyncio.Queue)
@@ -122,8 +122,7 @@ class EngineLoop:
                 if not self._apply_commands():
                     return
                 if self._core.has_unfinished_requests():
-                    self._deliver(self._core.step())
-                    self._stats = self._core.stats()
+                    self._step()
                 else:
                     self._wakeup.wait()
                     self._wakeup.clear()
@@ -133,6 +132,21 @@ class EngineLoop:
             for sink in set(self._sinks.values()):
                 sink.post(EmberError(f"the engine stopped after an internal error: {exc}"))
             self._sinks.clear()
+
+    def _step(self) -> None:
+        """Runs one step and delivers its outputs. A failed step ended only its own requests: each of their
+        callers gets the error, and the loop goes on serving the rest."""
+        try:
+            outputs = self._core.step()
+        except EmberError as exc:
+            failed = step_failure(exc)
+            logger.error("an engine step failed; ending its %d requests: %s", len(failed), exc)
+            sinks = {sink for child_id in failed if (sink := self._sinks.pop(child_id, None)) is not None}
+            for sink in sinks:
+                sink.post(EmberError(str(exc)))
+            outputs = []
+        self._deliver(outputs)
+        self._stats = self._core.stats()
 
     def _apply_commands(self) -> bool:
         """Applies every queued command; False after a stop command."""

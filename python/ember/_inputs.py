@@ -23,14 +23,33 @@ class Prompt:
     token_ids: list[int]
 
 
+def _is_plain_int(value: object) -> bool:
+    """Whether `value` is an int and not a bool (a bool is an int to Python, but never a token id or a priority)."""
+    return isinstance(value, int) and not isinstance(value, bool)
+
+
+def is_sequence(value: object) -> bool:
+    """Whether `value` is a list-like of items (text and bytes are not lists of prompts or token ids)."""
+    return isinstance(value, Sequence) and not isinstance(value, str | bytes | bytearray)
+
+
 def _is_token_ids(value: object) -> bool:
     """Whether `value` is a non-empty sequence of ints (one tokenized prompt)."""
-    return (
-        isinstance(value, Sequence)
-        and not isinstance(value, str)
-        and len(value) > 0
-        and all(isinstance(t, int) for t in value)
-    )
+    return is_sequence(value) and len(value) > 0 and all(_is_plain_int(t) for t in value)  # type: ignore[arg-type]
+
+
+def one_prompt(prompt: object, method: str) -> PromptType:
+    """Checks that `prompt` is one prompt (a str or a list of token ids) for a single-prompt method."""
+    if isinstance(prompt, str) or _is_token_ids(prompt):
+        return prompt  # type: ignore[return-value]
+    raise InvalidRequestError(f"{method} takes one prompt: a str or a list of token ids, got {type(prompt).__name__}")
+
+
+def one_conversation(messages: object, method: str) -> Conversation:
+    """Checks that `messages` is one conversation (a non-empty list of message dicts)."""
+    if is_sequence(messages) and len(messages) > 0 and all(isinstance(m, dict) for m in messages):  # type: ignore[arg-type]
+        return messages  # type: ignore[return-value]
+    raise InvalidRequestError(f"{method} takes one conversation (a non-empty list of message dicts)")
 
 
 def normalize_prompts(prompts: PromptType | Sequence[PromptType], tokenizer: Tokenizer) -> list[Prompt]:
@@ -38,7 +57,7 @@ def normalize_prompts(prompts: PromptType | Sequence[PromptType], tokenizer: Tok
     items: Sequence[Any]
     if isinstance(prompts, str) or _is_token_ids(prompts):
         items = [prompts]
-    elif isinstance(prompts, Sequence):
+    elif is_sequence(prompts):
         items = prompts
     else:
         raise InvalidRequestError(
@@ -50,7 +69,7 @@ def normalize_prompts(prompts: PromptType | Sequence[PromptType], tokenizer: Tok
     for i, item in enumerate(items):
         if isinstance(item, str):
             result.append(Prompt(item, tokenizer.encode(item, add_special_tokens=True)))
-        elif isinstance(item, Sequence) and all(isinstance(t, int) for t in item):
+        elif is_sequence(item) and all(_is_plain_int(t) for t in item):
             result.append(Prompt(None, list(item)))
         else:
             raise InvalidRequestError(f"prompts[{i}] must be a str or a list of token ids, got {type(item).__name__}")
@@ -63,12 +82,16 @@ def normalize_conversations(
     add_generation_prompt: bool,
 ) -> list[Prompt]:
     """Renders one conversation or a list of them with the model's chat template and encodes them."""
+    if not is_sequence(conversations):
+        raise InvalidRequestError(
+            f"messages must be a list of message dicts (or a list of such lists), got {type(conversations).__name__}"
+        )
     if len(conversations) == 0:
         raise InvalidRequestError("messages must not be empty")
     convs = cast("Sequence[Conversation]", [conversations] if isinstance(conversations[0], dict) else conversations)
     result = []
     for i, conv in enumerate(convs):
-        if len(conv) == 0 or not all(isinstance(m, dict) for m in conv):
+        if not is_sequence(conv) or len(conv) == 0 or not all(isinstance(m, dict) for m in conv):
             raise InvalidRequestError(f"conversation {i} must be a non-empty list of {{'role', 'content'}} dicts")
         text = tokenizer.apply_chat_template(list(conv), add_generation_prompt=add_generation_prompt)
         # The template already writes the special tokens it needs (BOS, role markers).
@@ -84,6 +107,10 @@ def normalize_params(
         return [SamplingParams()] * num_prompts
     if isinstance(sampling_params, SamplingParams):
         return [sampling_params] * num_prompts
+    if not is_sequence(sampling_params):
+        raise InvalidRequestError(
+            f"sampling_params must be a SamplingParams or a list of them, got {type(sampling_params).__name__}"
+        )
     return _one_per_prompt(sampling_params, num_prompts, "sampling_params", ("a", "SamplingParams"), _is_params)
 
 
@@ -91,19 +118,15 @@ def normalize_priority(priority: int | Sequence[int] | None, num_prompts: int) -
     """One scheduling priority per prompt (lower runs first): 0 for None, one shared int, or one per prompt."""
     if priority is None:
         return [0] * num_prompts
-    if isinstance(priority, int) and not isinstance(priority, bool):
-        return [priority] * num_prompts
-    if isinstance(priority, str | bytes) or not isinstance(priority, Sequence):
+    if _is_plain_int(priority):
+        return [priority] * num_prompts  # type: ignore[list-item]
+    if not is_sequence(priority):
         raise InvalidRequestError(f"priority must be an int or a list of ints, got {type(priority).__name__}")
-    return _one_per_prompt(priority, num_prompts, "priority", ("an", "int"), _is_int)
+    return _one_per_prompt(priority, num_prompts, "priority", ("an", "int"), _is_plain_int)
 
 
 def _is_params(value: object) -> bool:
     return isinstance(value, SamplingParams)
-
-
-def _is_int(value: object) -> bool:
-    return isinstance(value, int) and not isinstance(value, bool)
 
 
 def _one_per_prompt(

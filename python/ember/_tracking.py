@@ -5,7 +5,7 @@ from __future__ import annotations
 import time
 from dataclasses import replace
 
-from ember._core import SamplingParams, StepOutput
+from ember._core import EmberError, SamplingParams, StepOutput
 from ember._inputs import Prompt
 from ember.outputs import CompletionOutput, Logprob, RequestMetrics, RequestOutput
 
@@ -92,6 +92,14 @@ class CompletionState:
 
 EngineRequest = tuple[str, SamplingParams, "str | None"]
 """One engine sub-request: its id, its sampling parameters, and the sibling whose prompt blocks it shares."""
+
+
+def step_failure(exc: EmberError) -> list[str]:
+    """The engine requests a failed step ended (only those failed); re-raises `exc` when it is not such a failure."""
+    failed = getattr(exc, "request_ids", None)
+    if failed is None:
+        raise exc
+    return list(failed)
 
 
 class RequestState:

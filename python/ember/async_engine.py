@@ -12,8 +12,17 @@ from typing import Any
 
 from ember import _core
 from ember._core import InvalidRequestError, Tokenizer
+from ember._engine_args import check_engine_args
 from ember._engine_loop import AbortCommand, AddCommand, CallCommand, EngineLoop, Sink
-from ember._inputs import Conversation, Prompt, PromptType, normalize_conversations, normalize_prompts
+from ember._inputs import (
+    Conversation,
+    Prompt,
+    PromptType,
+    normalize_conversations,
+    normalize_prompts,
+    one_conversation,
+    one_prompt,
+)
 from ember._tracking import RequestState
 from ember.models import resolve_model
 from ember.outputs import RequestOutput
@@ -36,6 +45,7 @@ class AsyncEngine:
     """
 
     def __init__(self, model: str | os.PathLike[str] | None = None, **engine_args: Any) -> None:
+        check_engine_args(engine_args)
         self.model_path = resolve_model(model)
         """The local file or folder the model was loaded from."""
         core = _core.Engine(self.model_path, **engine_args)
@@ -66,10 +76,10 @@ class AsyncEngine:
         their new text and tokens. The last one has `finished=True`. Invalid
         parameters raise `InvalidRequestError` at the first iteration. If the
         consumer yields fewer times than the engine steps, outputs are merged.
+        Text is tokenized on a worker thread, so a long prompt never stalls the event loop.
         """
-        if not isinstance(prompt, str) and not all(isinstance(t, int) for t in prompt):
-            raise InvalidRequestError("generate takes one prompt: a str or a list of token ids")
-        (item,) = normalize_prompts([prompt], self.tokenizer)
+        checked = one_prompt(prompt, "generate")
+        (item,) = await asyncio.to_thread(normalize_prompts, [checked], self.tokenizer)
         async for out in self._run(item, sampling_params, request_id, priority, delta):
             yield out
 
@@ -84,9 +94,8 @@ class AsyncEngine:
         add_generation_prompt: bool = True,
     ) -> AsyncIterator[RequestOutput]:
         """Streams the answer to one conversation (rendered with the chat template); like `generate`."""
-        if len(messages) > 0 and not isinstance(messages[0], dict):
-            raise InvalidRequestError("chat takes one conversation (a list of message dicts)")
-        (item,) = normalize_conversations(messages, self.tokenizer, add_generation_prompt)
+        conversation = one_conversation(messages, "chat")
+        (item,) = await asyncio.to_thread(normalize_conversations, conversation, self.tokenizer, add_generation_prompt)
         async for out in self._run(item, sampling_params, request_id, priority, delta):
             yield out
 
@@ -128,6 +137,12 @@ class AsyncEngine:
         with self._ids_lock:
             return len(self._live)
 
+    @property
+    def num_unfinished_sequences(self) -> int:
+        """Sequences (completions: n per request) whose streams have not ended yet."""
+        with self._ids_lock:
+            return sum(len(child_ids) for child_ids in self._live.values())
+
     async def shutdown(self) -> None:
         """Aborts every request in flight (their streams end with "abort") and stops the engine thread."""
         self._loop.stop()
@@ -153,6 +168,8 @@ class AsyncEngine:
             raise InvalidRequestError(f"sampling_params must be a SamplingParams, got {type(params).__name__}")
         if not isinstance(priority, int) or isinstance(priority, bool):
             raise InvalidRequestError(f"priority must be an int, got {type(priority).__name__}")
+        if request_id is not None and not isinstance(request_id, str):
+            raise InvalidRequestError(f"request_id must be a str, got {type(request_id).__name__}")
         user_id = request_id if request_id is not None else f"req-{next(self._counter)}"
         # Sub-request ids are internal, so user ids like "a" and "a-0" never collide.
         state = RequestState(f"{next(self._counter)}", item, params)

@@ -8,21 +8,36 @@ import threading
 from collections.abc import Iterable, Iterator, Sequence
 
 from ember import _core
-from ember._core import EmberError, InvalidRequestError, StepOutput, Tokenizer
+from ember._core import EmberError, StepOutput, Tokenizer
+from ember._engine_args import check_engine_args
 from ember._inputs import (
     Conversation,
     Prompt,
     PromptType,
+    is_sequence,
     normalize_conversations,
     normalize_params,
     normalize_priority,
     normalize_prompts,
+    one_conversation,
+    one_prompt,
 )
 from ember._progress import PromptProgress
-from ember._tracking import RequestState
+from ember._tracking import RequestState, step_failure
 from ember.models import resolve_model
 from ember.outputs import RequestOutput
 from ember.sampling_params import SamplingParams
+
+_Mail = StepOutput | EmberError | None
+"""What a sub-request's mailbox holds: a step output, the error of the step that ended it, or None (aborted)."""
+
+
+def _raise_failures(mail: list[tuple[str, _Mail]]) -> list[tuple[str, StepOutput | None]]:
+    """The outputs in `mail`; raises the error of a failed step that ended one of these requests."""
+    for _, item in mail:
+        if isinstance(item, EmberError):
+            raise item
+    return mail  # type: ignore[return-value]
 
 
 class Engine:
@@ -51,26 +66,27 @@ class Engine:
         device: str = "auto",
         gpu_memory_utilization: float = 0.9,
     ) -> None:
+        engine_args = {
+            "max_model_len": max_model_len,
+            "max_num_seqs": max_num_seqs,
+            "max_num_batched_tokens": max_num_batched_tokens,
+            "kv_cache_memory_bytes": kv_cache_memory_bytes,
+            "block_size": block_size,
+            "seed": seed,
+            "dtype": dtype,
+            "num_threads": num_threads,
+            "enable_prefix_caching": enable_prefix_caching,
+            "device": device,
+            "gpu_memory_utilization": gpu_memory_utilization,
+        }
+        check_engine_args(engine_args)
         self.model_path = resolve_model(model)
         """The local file or folder the model was loaded from."""
-        self._core = _core.Engine(
-            self.model_path,
-            max_model_len=max_model_len,
-            max_num_seqs=max_num_seqs,
-            max_num_batched_tokens=max_num_batched_tokens,
-            kv_cache_memory_bytes=kv_cache_memory_bytes,
-            block_size=block_size,
-            seed=seed,
-            dtype=dtype,
-            num_threads=num_threads,
-            enable_prefix_caching=enable_prefix_caching,
-            device=device,
-            gpu_memory_utilization=gpu_memory_utilization,
-        )
+        self._core = _core.Engine(self.model_path, **engine_args)
         self._lock = threading.Lock()
         self._request_counter = itertools.count()
         # Step outputs waiting for the caller that owns each sub-request (None = aborted).
-        self._mailboxes: dict[str, list[StepOutput | None]] = {}
+        self._mailboxes: dict[str, list[_Mail]] = {}
         self._child_ids: dict[str, list[str]] = {}
 
     @property
@@ -132,9 +148,7 @@ class Engine:
         the finish reason. The request starts at the first `next()` (errors are
         raised there); closing the iterator early aborts it.
         """
-        if not isinstance(prompt, str) and not all(isinstance(t, int) for t in prompt):
-            raise InvalidRequestError("generate_stream takes one prompt: a str or a list of token ids")
-        (item,) = normalize_prompts([prompt], self.tokenizer)
+        (item,) = normalize_prompts([one_prompt(prompt, "generate_stream")], self.tokenizer)
         yield from self._stream(item, sampling_params or SamplingParams())
 
     def chat_stream(
@@ -145,9 +159,8 @@ class Engine:
         add_generation_prompt: bool = True,
     ) -> Iterator[RequestOutput]:
         """Streams the answer to one conversation; yields deltas like `generate_stream`."""
-        if len(messages) > 0 and not isinstance(messages[0], dict):
-            raise InvalidRequestError("chat_stream takes one conversation (a list of message dicts)")
-        (item,) = normalize_conversations(messages, self.tokenizer, add_generation_prompt)
+        conversation = one_conversation(messages, "chat_stream")
+        (item,) = normalize_conversations(conversation, self.tokenizer, add_generation_prompt)
         yield from self._stream(item, sampling_params or SamplingParams())
 
     def abort(self, request_id: str) -> bool:
@@ -175,8 +188,9 @@ class Engine:
 
     def score(self, prompt_token_ids: Sequence[int]) -> list[list[float]]:
         """The logits at every position of one prompt, [num_tokens][vocab_size] (for tests and evaluation)."""
+        ids = list(prompt_token_ids) if is_sequence(prompt_token_ids) else prompt_token_ids
         with self._lock:
-            return self._core.score(list(prompt_token_ids))
+            return self._core.score(ids)
 
     def _run_batch(
         self, batch: list[Prompt], params: list[SamplingParams], use_tqdm: bool, priorities: list[int] | None = None
@@ -187,7 +201,7 @@ class Engine:
             with PromptProgress(len(states), use_tqdm) as progress:
                 running = {cid: s for s in states for cid in s.child_ids}
                 while running:
-                    for child_id, out in self._next_outputs(running.keys()):
+                    for child_id, out in _raise_failures(self._next_outputs(running.keys())):
                         state = running[child_id]
                         state.add(child_id, out)
                         if state.completions[child_id].finished:
@@ -204,7 +218,7 @@ class Engine:
         (state,) = self._add_requests([item], [params])
         try:
             while not state.finished:
-                for child_id, out in self._next_outputs(state.unfinished_child_ids()):
+                for child_id, out in _raise_failures(self._next_outputs(state.unfinished_child_ids())):
                     state.add(child_id, out)
                 delta = state.take_delta()
                 if delta is not None:
@@ -236,11 +250,13 @@ class Engine:
                 raise
         return states
 
-    def _next_outputs(self, child_ids: Iterable[str]) -> list[tuple[str, StepOutput | None]]:
+    def _next_outputs(self, child_ids: Iterable[str]) -> list[tuple[str, _Mail]]:
         """New outputs for these sub-requests, stepping the engine when none are waiting.
 
         Whoever holds the lock steps the engine for everyone and files each
         output in its owner's mailbox, so several threads can generate at once.
+        A failed step ended only its own requests: their owners find the error
+        in their mailboxes, and everyone else goes on.
         """
         ids = list(child_ids)
         with self._lock:
@@ -248,16 +264,24 @@ class Engine:
             while not ready:
                 if not self._core.has_unfinished_requests():
                     raise EmberError(f"the engine stopped with requests {ids[:4]} unfinished")
-                for out in self._core.step():
+                try:
+                    outputs = self._core.step()
+                except EmberError as exc:
+                    outputs = []
+                    for child_id in step_failure(exc):
+                        box = self._mailboxes.get(child_id)
+                        if box is not None:
+                            box.append(exc)
+                for out in outputs:
                     box = self._mailboxes.get(out.request_id)
                     if box is not None:
                         box.append(out)
                 ready = self._take(ids)
         return ready
 
-    def _take(self, child_ids: list[str]) -> list[tuple[str, StepOutput | None]]:
+    def _take(self, child_ids: list[str]) -> list[tuple[str, _Mail]]:
         """Empties the mailboxes of these sub-requests (caller holds the lock)."""
-        taken: list[tuple[str, StepOutput | None]] = []
+        taken: list[tuple[str, _Mail]] = []
         for child_id in child_ids:
             box = self._mailboxes.get(child_id)
             if box:

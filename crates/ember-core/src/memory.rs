@@ -101,11 +101,13 @@ impl KvCacheSpec {
         2 * self.num_layers * self.block_size * self.num_kv_heads * self.head_dim * bytes_per_element
     }
 
-    /// This geometry with as many blocks as `budget_bytes` holds at `bytes_per_element`.
+    /// This geometry with as many whole blocks as `budget_bytes` holds at `bytes_per_element`
+    /// (0 for an empty block, which the engine refuses).
     pub fn with_budget(self, budget_bytes: u64, bytes_per_element: usize) -> Self {
-        let block_bytes = self.bytes_per_block(bytes_per_element).max(1) as u64;
+        let block_bytes = self.bytes_per_block(bytes_per_element) as u64;
+        let num_blocks = budget_bytes.checked_div(block_bytes).unwrap_or(0);
         Self {
-            num_blocks: (budget_bytes / block_bytes) as usize,
+            num_blocks: usize::try_from(num_blocks).unwrap_or(usize::MAX),
             ..self
         }
     }

@@ -15,6 +15,21 @@ pub const MAX_ADDITIVE_PENALTY: f32 = 2.0;
 /// Largest magnitude of one `logit_bias` entry.
 pub const MAX_LOGIT_BIAS: f32 = 100.0;
 
+/// Most completions one request may ask for (OpenAI's limit for `n`).
+pub const MAX_N: usize = 128;
+
+/// Most stop strings one request may give (each is matched against the text every step).
+pub const MAX_STOP_STRINGS: usize = 64;
+
+/// Longest stop string, in bytes.
+pub const MAX_STOP_STRING_BYTES: usize = 1024;
+
+/// Most `stop_token_ids` one request may give.
+pub const MAX_STOP_TOKEN_IDS: usize = 1024;
+
+/// Most `logit_bias` entries one request may give.
+pub const MAX_LOGIT_BIAS_ENTRIES: usize = 1024;
+
 /// A request parameter outside its allowed range; the message names the field and the limit.
 #[derive(Clone, Debug, Error, PartialEq, Eq)]
 #[error("{field} {message}")]
@@ -104,8 +119,8 @@ impl Default for SamplingParams {
 impl SamplingParams {
     /// Checks every field against its allowed range.
     pub fn validate(&self) -> Result<(), InvalidParam> {
-        if self.n < 1 {
-            return Err(invalid("n", format!("must be at least 1, got {}", self.n)));
+        if !(1..=MAX_N).contains(&self.n) {
+            return Err(invalid("n", format!("must be in [1, {MAX_N}], got {}", self.n)));
         }
         if self.max_tokens == Some(0) {
             return Err(invalid("max_tokens", "must be at least 1, got 0".into()));
@@ -158,6 +173,7 @@ impl SamplingParams {
                 ));
             }
         }
+        self.validate_list_sizes()?;
         if self.stop.iter().any(String::is_empty) {
             return Err(invalid("stop", "must not contain empty strings".into()));
         }
@@ -168,6 +184,32 @@ impl SamplingParams {
             ));
         }
         self.validate_penalties()
+    }
+
+    /// Bounds the lists a request carries, so no request can make every step slow.
+    fn validate_list_sizes(&self) -> Result<(), InvalidParam> {
+        for (field, len, limit) in [
+            ("stop", self.stop.len(), MAX_STOP_STRINGS),
+            ("stop_token_ids", self.stop_token_ids.len(), MAX_STOP_TOKEN_IDS),
+            ("logit_bias", self.logit_bias.len(), MAX_LOGIT_BIAS_ENTRIES),
+        ] {
+            if len > limit {
+                return Err(invalid(
+                    field,
+                    format!("may have at most {limit} entries, got {len}"),
+                ));
+            }
+        }
+        if let Some(long) = self.stop.iter().find(|s| s.len() > MAX_STOP_STRING_BYTES) {
+            return Err(invalid(
+                "stop",
+                format!(
+                    "strings may be at most {MAX_STOP_STRING_BYTES} bytes long, got one of {} bytes",
+                    long.len()
+                ),
+            ));
+        }
+        Ok(())
     }
 
     fn validate_penalties(&self) -> Result<(), InvalidParam> {
@@ -205,11 +247,25 @@ impl SamplingParams {
         Ok(())
     }
 
-    /// Checks the token ids in `logit_bias` against the model's vocabulary.
+    /// Checks the token ids in `logit_bias` and `stop_token_ids` against the model's vocabulary.
     pub fn validate_token_ids(&self, vocab_size: usize) -> Result<(), InvalidParam> {
-        match self.logit_bias.iter().find(|(id, _)| *id as usize >= vocab_size) {
-            Some((id, _)) => Err(invalid(
+        let out_of_range = |id: u32| id as usize >= vocab_size;
+        let bad = [
+            (
                 "logit_bias",
+                self.logit_bias
+                    .iter()
+                    .map(|&(id, _)| id)
+                    .find(|&id| out_of_range(id)),
+            ),
+            (
+                "stop_token_ids",
+                self.stop_token_ids.iter().copied().find(|&id| out_of_range(id)),
+            ),
+        ];
+        match bad.into_iter().find_map(|(field, id)| id.map(|id| (field, id))) {
+            Some((field, id)) => Err(invalid(
+                field,
                 format!("token id {id} is out of range (vocab_size {vocab_size})"),
             )),
             None => Ok(()),
@@ -270,143 +326,17 @@ impl Deref for ValidSamplingParams {
     }
 }
 
-#[cfg(test)]
-mod tests {
-    use super::*;
-
-    #[test]
-    fn completions_of_a_valid_request_stay_valid() {
-        let params = ValidSamplingParams::new(SamplingParams {
-            n: 3,
-            seed: Some(u64::MAX),
-            prompt_logprobs: Some(2),
-            ..Default::default()
-        })
-        .unwrap();
-        let second = params.for_completion(1);
-        assert_eq!(
-            (second.n, second.seed, second.prompt_logprobs),
-            (1, Some(0), None)
-        );
-        assert_eq!(params.for_completion(0).prompt_logprobs, Some(2));
-        assert_eq!(second.validate(), Ok(()));
-        assert!(ValidSamplingParams::new(SamplingParams {
-            top_p: 0.0,
-            ..Default::default()
-        })
-        .is_err());
-    }
-
-    #[test]
-    fn defaults_are_valid() {
-        assert_eq!(SamplingParams::default().validate(), Ok(()));
-    }
-
-    #[test]
-    fn errors_name_the_field_and_limit() {
-        let params = SamplingParams {
-            top_p: 1.5,
-            ..Default::default()
-        };
-        let err = params.validate().unwrap_err();
-        assert_eq!(err.field, "top_p");
-        assert!(err.to_string().contains("(0, 1]"), "{err}");
-        let params = SamplingParams {
-            temperature: -0.5,
-            ..Default::default()
-        };
-        assert_eq!(params.validate().unwrap_err().field, "temperature");
-    }
-
-    fn error_of(params: SamplingParams) -> InvalidParam {
-        params.validate().unwrap_err()
-    }
-
-    #[test]
-    fn penalties_and_bias_are_range_checked() {
-        for (field, params) in [
-            (
-                "presence_penalty",
-                SamplingParams {
-                    presence_penalty: 2.5,
-                    ..Default::default()
-                },
-            ),
-            (
-                "frequency_penalty",
-                SamplingParams {
-                    frequency_penalty: f32::NAN,
-                    ..Default::default()
-                },
-            ),
-            (
-                "repetition_penalty",
-                SamplingParams {
-                    repetition_penalty: 0.0,
-                    ..Default::default()
-                },
-            ),
-            (
-                "logit_bias",
-                SamplingParams {
-                    logit_bias: vec![(3, 100.5)],
-                    ..Default::default()
-                },
-            ),
-            (
-                "prompt_logprobs",
-                SamplingParams {
-                    prompt_logprobs: Some(MAX_LOGPROBS + 1),
-                    ..Default::default()
-                },
-            ),
-            (
-                "stop",
-                SamplingParams {
-                    stop: vec!["x".into()],
-                    detokenize: false,
-                    ..Default::default()
-                },
-            ),
-        ] {
-            let err = error_of(params);
-            assert_eq!(err.field, field, "{err}");
-        }
-        let err = error_of(SamplingParams {
-            presence_penalty: -3.0,
-            ..Default::default()
-        });
-        assert!(err.to_string().contains("[-2, 2]"), "{err}");
-    }
-
-    #[test]
-    fn logit_bias_ids_are_checked_against_the_vocab() {
-        let params = SamplingParams {
-            logit_bias: vec![(1, 5.0), (99, -5.0)],
-            ..Default::default()
-        };
-        assert_eq!(params.validate(), Ok(()));
-        assert_eq!(params.validate_token_ids(100), Ok(()));
-        let err = params.validate_token_ids(99).unwrap_err();
-        assert_eq!(err.field, "logit_bias");
-        assert!(
-            err.to_string().contains("99") && err.to_string().contains("vocab_size 99"),
-            "{err}"
-        );
-    }
-
-    #[test]
-    fn history_is_needed_only_for_penalties_and_prompt_logprobs() {
-        assert!(!SamplingParams::default().needs_token_history());
-        let penalized = SamplingParams {
-            repetition_penalty: 1.2,
-            ..Default::default()
-        };
-        assert!(penalized.has_penalties() && penalized.needs_token_history());
-        let prompt = SamplingParams {
-            prompt_logprobs: Some(0),
-            ..Default::default()
-        };
-        assert!(!prompt.has_penalties() && prompt.needs_token_history());
+/// Checks a prompt's token ids against the vocabulary (`vocab_size` ids, from 0).
+pub fn check_prompt_token_ids(token_ids: &[u32], vocab_size: usize) -> Result<(), InvalidParam> {
+    match token_ids.iter().find(|&&id| id as usize >= vocab_size) {
+        Some(id) => Err(invalid(
+            "prompt_token_ids",
+            format!("contains token id {id}, out of range (vocab_size {vocab_size})"),
+        )),
+        None => Ok(()),
     }
 }
+
+#[cfg(test)]
+#[path = "sampling_params_tests.rs"]
+mod tests;

@@ -251,12 +251,18 @@ pub enum EngineError {
     /// A request or engine option is invalid; the message names the field and the limit.
     #[error("{0}")]
     InvalidRequest(String),
+    /// A request parameter is invalid; `field` names it.
+    #[error(transparent)]
+    InvalidParam(#[from] InvalidParam),
     /// The device failed (including running out of memory).
     #[error(transparent)]
     Backend(#[from] BackendError),
-}
-impl From<InvalidParam> for EngineError {
-    fn from(err: InvalidParam) -> Self {
-        Self::InvalidRequest(err.to_string())
-    }
+    /// One step failed: its requests (and only those) have ended; the engine keeps serving.
+    #[error("the engine step computing this request failed: {source}")]
+    StepFailed {
+        /// The requests that were in the failed step, now ended.
+        request_ids: Vec<String>,
+        /// What failed.
+        source: BackendError,
+    },
 }

@@ -3,11 +3,13 @@
 use std::sync::{Arc, Mutex, MutexGuard};
 
 use ember_model::engine::engine_args::EngineArgs;
-use ember_model::engine::{LlmEngine, LogprobEntry, StepOutput, StopReason, TokenLogprobs};
+use ember_model::engine::{LlmEngine, LogprobEntry, StepFault, StepOutput, StopReason, TokenLogprobs};
 use pyo3::prelude::*;
 use pyo3::types::PyDict;
 
-use crate::errors::{engine_error, py_error, ErrorKind};
+use crate::convert::{self, type_name};
+use crate::errors::{engine_error, invalid_param, invalid_request, py_error, ErrorKind};
+use crate::guard::guard;
 use crate::sampling_params::PySamplingParams;
 use crate::tokenizer::PyTokenizer;
 
@@ -71,11 +73,13 @@ impl PyStepOutput {
 
 #[pymethods]
 impl PyStepOutput {
-    fn __repr__(&self) -> String {
-        format!(
-            "StepOutput(request_id={:?}, new_token_ids={:?}, new_text={:?}, finish_reason={:?})",
-            self.request_id, self.new_token_ids, self.new_text, self.finish_reason
-        )
+    fn __repr__(&self) -> PyResult<String> {
+        guard(|| {
+            Ok(format!(
+                "StepOutput(request_id={:?}, new_token_ids={:?}, new_text={:?}, finish_reason={:?})",
+                self.request_id, self.new_token_ids, self.new_text, self.finish_reason
+            ))
+        })
     }
 }
 
@@ -121,121 +125,166 @@ impl PyEngine {
         device: String,
         gpu_memory_utilization: f32,
     ) -> PyResult<Self> {
-        let args = EngineArgs {
-            max_model_len,
-            max_num_seqs,
-            max_num_batched_tokens,
-            kv_cache_memory_bytes,
-            block_size,
-            seed,
-            dtype,
-            num_threads,
-            enable_prefix_caching,
-            device,
-            gpu_memory_utilization,
-            ..EngineArgs::new(model_path)
-        };
-        let engine = py.detach(|| LlmEngine::new(&args)).map_err(engine_error)?;
-        let tokenizer = PyTokenizer::new(Arc::clone(engine.tokenizer()), engine.chat_template().cloned());
-        Ok(Self {
-            tokenizer: Py::new(py, tokenizer)?,
-            max_model_len: engine.max_model_len(),
-            num_blocks: engine.num_blocks(),
-            block_size: engine.block_size(),
-            model_name: engine.model_name().to_string(),
-            inner: Mutex::new(engine),
+        guard(|| {
+            let args = EngineArgs {
+                max_model_len,
+                max_num_seqs,
+                max_num_batched_tokens,
+                kv_cache_memory_bytes,
+                block_size,
+                seed,
+                dtype,
+                num_threads,
+                enable_prefix_caching,
+                device,
+                gpu_memory_utilization,
+                ..EngineArgs::new(model_path)
+            };
+            let engine = py.detach(|| LlmEngine::new(&args)).map_err(engine_error)?;
+            let tokenizer = PyTokenizer::new(Arc::clone(engine.tokenizer()), engine.chat_template().cloned());
+            Ok(Self {
+                tokenizer: Py::new(py, tokenizer)?,
+                max_model_len: engine.max_model_len(),
+                num_blocks: engine.num_blocks(),
+                block_size: engine.block_size(),
+                model_name: engine.model_name().to_string(),
+                inner: Mutex::new(engine),
+            })
         })
     }
 
     /// The model's tokenizer.
     #[getter]
-    fn tokenizer(&self, py: Python<'_>) -> Py<PyTokenizer> {
-        self.tokenizer.clone_ref(py)
+    fn tokenizer(&self, py: Python<'_>) -> PyResult<Py<PyTokenizer>> {
+        guard(|| Ok(self.tokenizer.clone_ref(py)))
     }
 
     /// Longest sequence (prompt + output) the engine accepts.
     #[getter]
-    fn max_model_len(&self) -> usize {
-        self.max_model_len
+    fn max_model_len(&self) -> PyResult<usize> {
+        guard(|| Ok(self.max_model_len))
     }
 
     /// Number of KV-cache blocks.
     #[getter]
-    fn num_blocks(&self) -> usize {
-        self.num_blocks
+    fn num_blocks(&self) -> PyResult<usize> {
+        guard(|| Ok(self.num_blocks))
     }
 
     /// Tokens per KV-cache block.
     #[getter]
-    fn block_size(&self) -> usize {
-        self.block_size
+    fn block_size(&self) -> PyResult<usize> {
+        guard(|| Ok(self.block_size))
     }
 
     /// Display name of the model.
     #[getter]
-    fn model_name(&self) -> &str {
-        &self.model_name
+    fn model_name(&self) -> PyResult<String> {
+        guard(|| Ok(self.model_name.clone()))
     }
 
     /// End-of-sequence token ids of the model.
     #[getter]
     fn eos_token_ids(&self) -> PyResult<Vec<u32>> {
-        Ok(self.lock()?.eos_token_ids().to_vec())
+        guard(|| Ok(self.lock()?.eos_token_ids().to_vec()))
     }
 
     /// Queues a request; raises InvalidRequestError naming the field and limit. `fork_of` names
     /// a sibling with the same prompt whose prompt blocks this request shares (`n > 1`).
-    #[pyo3(signature = (request_id, prompt_token_ids, params, priority=0, fork_of=None))]
+    #[pyo3(signature = (request_id, prompt_token_ids, params, priority=None, fork_of=None))]
     fn add_request(
         &self,
-        request_id: &str,
-        prompt_token_ids: Vec<u32>,
-        params: PyRef<'_, PySamplingParams>,
-        priority: i32,
+        request_id: &Bound<'_, PyAny>,
+        prompt_token_ids: &Bound<'_, PyAny>,
+        params: &Bound<'_, PyAny>,
+        priority: Option<&Bound<'_, PyAny>>,
         fork_of: Option<&str>,
     ) -> PyResult<()> {
-        let params = params.params().clone();
-        self.lock()?
-            .add_request(request_id, prompt_token_ids, params, priority, fork_of)
-            .map_err(engine_error)
+        guard(|| {
+            let request_id = convert::text(request_id, "request_id")?;
+            let prompt_token_ids = convert::token_ids(prompt_token_ids, "prompt_token_ids")?;
+            let params = params
+                .cast::<PySamplingParams>()
+                .map_err(|_| {
+                    invalid_param(
+                        "params",
+                        format!(
+                            "params must be an ember.SamplingParams, got {}",
+                            type_name(params)
+                        ),
+                    )
+                })?
+                .get()
+                .params()
+                .clone();
+            let priority = match priority {
+                Some(value) => convert::int(value, "priority", (i32::MIN.into(), i32::MAX.into()))?,
+                None => 0,
+            };
+            self.lock()?
+                .add_request(&request_id, prompt_token_ids, params, priority, fork_of)
+                .map_err(engine_error)
+        })
     }
 
     /// Runs one scheduler step with the GIL released.
+    ///
+    /// When the step fails, only the requests it was computing have ended: the raised
+    /// `EmberError` lists them in `request_ids`, and the engine keeps serving the others.
     fn step(&self, py: Python<'_>) -> PyResult<Vec<PyStepOutput>> {
-        let outputs =
-            py.detach(|| -> PyResult<Vec<StepOutput>> { self.lock()?.step().map_err(engine_error) })?;
-        outputs.into_iter().map(|o| PyStepOutput::new(py, o)).collect()
+        guard(|| {
+            let outputs =
+                py.detach(|| -> PyResult<Vec<StepOutput>> { self.lock()?.step().map_err(engine_error) })?;
+            outputs.into_iter().map(|o| PyStepOutput::new(py, o)).collect()
+        })
     }
 
     /// Aborts a request; False when the id is unknown or already finished.
     fn abort(&self, request_id: &str) -> PyResult<bool> {
-        Ok(self.lock()?.abort(request_id))
+        guard(|| Ok(self.lock()?.abort(request_id)))
     }
 
     /// True while any request is queued, running, or has output not yet returned.
     fn has_unfinished_requests(&self) -> PyResult<bool> {
-        Ok(self.lock()?.has_unfinished_requests())
+        guard(|| Ok(self.lock()?.has_unfinished_requests()))
     }
 
     /// Scheduler and KV-cache counters.
     fn stats<'py>(&self, py: Python<'py>) -> PyResult<Bound<'py, PyDict>> {
-        let stats = self.lock()?.stats();
-        let dict = PyDict::new(py);
-        for (key, value) in stats.as_pairs() {
-            dict.set_item(key, value)?;
-        }
-        Ok(dict)
+        guard(|| {
+            let stats = self.lock()?.stats();
+            let dict = PyDict::new(py);
+            for (key, value) in stats.as_pairs() {
+                dict.set_item(key, value)?;
+            }
+            Ok(dict)
+        })
     }
 
     /// Forgets every cached prefix; False when blocks are still in use.
     fn reset_prefix_cache(&self) -> PyResult<bool> {
-        Ok(self.lock()?.reset_prefix_cache())
+        guard(|| Ok(self.lock()?.reset_prefix_cache()))
     }
 
     /// Logits at every position of one prompt (a prefill outside the scheduler; for tests).
-    fn score(&self, py: Python<'_>, prompt_token_ids: Vec<u32>) -> PyResult<Vec<Vec<f32>>> {
-        py.detach(|| -> PyResult<Vec<Vec<f32>>> {
-            self.lock()?.score(&prompt_token_ids).map_err(engine_error)
+    fn score(&self, py: Python<'_>, prompt_token_ids: &Bound<'_, PyAny>) -> PyResult<Vec<Vec<f32>>> {
+        guard(|| {
+            let prompt_token_ids = convert::token_ids(prompt_token_ids, "prompt_token_ids")?;
+            py.detach(|| -> PyResult<Vec<Vec<f32>>> {
+                self.lock()?.score(&prompt_token_ids).map_err(engine_error)
+            })
+        })
+    }
+
+    /// Test hook: the next `num_steps` steps that compute anything fail, as a device error
+    /// (`fault="error"`) or a panic in the model (`fault="panic"`) would.
+    fn _inject_step_faults(&self, fault: &str, num_steps: usize) -> PyResult<()> {
+        guard(|| {
+            let fault = StepFault::parse(fault).ok_or_else(|| {
+                invalid_request(format!("fault must be \"error\" or \"panic\", got {fault:?}"))
+            })?;
+            self.lock()?.inject_step_faults(fault, num_steps);
+            Ok(())
         })
     }
 }

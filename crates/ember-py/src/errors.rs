@@ -34,6 +34,10 @@ fn new_class(
 ) -> PyResult<Py<PyType>> {
     let namespace = PyDict::new(py);
     namespace.set_item("__doc__", doc)?;
+    if name == "InvalidRequestError" {
+        // The request field the error is about, when one is; set per instance.
+        namespace.set_item("param", py.None())?;
+    }
     namespace.set_item("__module__", "ember")?;
     let builtins = py.import("builtins")?;
     let class = builtins
@@ -96,19 +100,43 @@ pub fn py_error(kind: ErrorKind, message: impl Into<String>) -> PyErr {
     })
 }
 
-/// Maps an engine error to its Python exception.
+/// Maps an engine error to its Python exception. An `InvalidRequestError` about one field
+/// carries it as `param`; the `EmberError` of a failed step carries the ended requests' ids as
+/// `request_ids`.
 pub fn engine_error(err: EngineError) -> PyErr {
     let kind = match &err {
+        EngineError::InvalidParam(e) => return invalid_param(e.field, e.to_string()),
         EngineError::InvalidRequest(_) => ErrorKind::InvalidRequest,
         EngineError::Load(ModelLoadError::Backend(BackendError::OutOfMemory { .. }))
         | EngineError::Backend(BackendError::OutOfMemory { .. }) => ErrorKind::OutOfMemory,
         EngineError::Load(_) => ErrorKind::ModelLoad,
-        EngineError::Backend(_) => ErrorKind::Ember,
+        EngineError::Backend(_) | EngineError::StepFailed { .. } => ErrorKind::Ember,
     };
-    py_error(kind, err.to_string())
+    let py_err = py_error(kind, err.to_string());
+    if let EngineError::StepFailed { request_ids, .. } = err {
+        set_attribute(&py_err, "request_ids", request_ids);
+    }
+    py_err
 }
 
 /// A request-level validation failure.
 pub fn invalid_request(message: impl Into<String>) -> PyErr {
     py_error(ErrorKind::InvalidRequest, message)
+}
+
+/// A validation failure of one request field, named in `param` (e.g. "top_p").
+pub fn invalid_param(param: &str, message: impl Into<String>) -> PyErr {
+    let err = invalid_request(message);
+    set_attribute(&err, "param", param);
+    err
+}
+
+/// Attaches a detail to an exception; failing to attach it never replaces the error itself.
+fn set_attribute<V>(err: &PyErr, name: &str, value: V)
+where
+    V: for<'py> IntoPyObject<'py>,
+{
+    Python::attach(|py| {
+        let _ = err.value(py).setattr(name, value);
+    });
 }

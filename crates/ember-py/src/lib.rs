@@ -1,8 +1,10 @@
 //! `ember._core`: the thin Python binding. It converts arguments, maps errors to Python
 //! exceptions and releases the GIL while the engine computes; logic lives in the core crates.
 
+mod convert;
 mod engine;
 mod errors;
+mod guard;
 mod logger;
 mod sampling;
 mod sampling_params;
@@ -12,6 +14,10 @@ use pyo3::prelude::*;
 
 #[pymodule]
 fn _core(py: Python<'_>, module: &Bound<'_, PyModule>) -> PyResult<()> {
+    guard::guard(|| init_module(py, module))
+}
+
+fn init_module(py: Python<'_>, module: &Bound<'_, PyModule>) -> PyResult<()> {
     logger::init();
     errors::register(py, module)?;
     module.add("__version__", env!("CARGO_PKG_VERSION"))?;
@@ -22,5 +28,6 @@ fn _core(py: Python<'_>, module: &Bound<'_, PyModule>) -> PyResult<()> {
     module.add_function(wrap_pyfunction!(sampling::sampling_probs, module)?)?;
     module.add_function(wrap_pyfunction!(sampling::sample_token, module)?)?;
     module.add_function(wrap_pyfunction!(sampling::token_logprobs, module)?)?;
+    module.add_function(wrap_pyfunction!(guard::_raise_panic, module)?)?;
     Ok(())
 }

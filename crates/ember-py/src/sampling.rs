@@ -8,7 +8,8 @@ use ember_core::sampler::{probabilities, sample};
 use ember_core::{token_logprob, SampleContext, TokenHistory, ValidSamplingParams};
 use pyo3::prelude::*;
 
-use crate::errors::invalid_request;
+use crate::errors::{invalid_param, invalid_request};
+use crate::guard::guard;
 use crate::sampling_params::PySamplingParams;
 
 /// One sampled token: `(token_id, logprob, rank, top_logprobs)`.
@@ -21,7 +22,7 @@ fn checked_params(params: &PySamplingParams, vocab_size: usize) -> PyResult<Vali
     let params = params.params();
     params
         .validate_token_ids(vocab_size)
-        .map_err(|e| invalid_request(e.to_string()))?;
+        .map_err(|e| invalid_param(e.field, e.to_string()))?;
     Ok(params.clone())
 }
 
@@ -36,15 +37,17 @@ pub fn sampling_probs(
     output_token_ids: Vec<u32>,
     eos_token_ids: Vec<u32>,
 ) -> PyResult<Vec<f64>> {
-    let params = checked_params(&params, logits.len())?;
-    let history = TokenHistory::new(Arc::from(prompt_token_ids), &output_token_ids);
-    let ctx = SampleContext {
-        seed: 0,
-        token_index: output_token_ids.len(),
-        history: Some(&history),
-        eos_token_ids: &eos_token_ids,
-    };
-    Ok(probabilities(&logits, &params, &ctx))
+    guard(|| {
+        let params = checked_params(&params, logits.len())?;
+        let history = TokenHistory::new(Arc::from(prompt_token_ids), &output_token_ids);
+        let ctx = SampleContext {
+            seed: 0,
+            token_index: output_token_ids.len(),
+            history: Some(&history),
+            eos_token_ids: &eos_token_ids,
+        };
+        Ok(probabilities(&logits, &params, &ctx))
+    })
 }
 
 /// One draw of the sampler for output token `len(output_token_ids)` of a request with `seed`:
@@ -59,16 +62,18 @@ pub fn sample_token(
     seed: u64,
     eos_token_ids: Vec<u32>,
 ) -> PyResult<PySample> {
-    let params = checked_params(&params, logits.len())?;
-    let history = TokenHistory::new(Arc::from(prompt_token_ids), &output_token_ids);
-    let ctx = SampleContext {
-        seed,
-        token_index: output_token_ids.len(),
-        history: Some(&history),
-        eos_token_ids: &eos_token_ids,
-    };
-    let s = sample(&mut logits, &params, &ctx);
-    Ok((s.token_id, s.logprob, s.rank, s.top_logprobs))
+    guard(|| {
+        let params = checked_params(&params, logits.len())?;
+        let history = TokenHistory::new(Arc::from(prompt_token_ids), &output_token_ids);
+        let ctx = SampleContext {
+            seed,
+            token_index: output_token_ids.len(),
+            history: Some(&history),
+            eos_token_ids: &eos_token_ids,
+        };
+        let s = sample(&mut logits, &params, &ctx);
+        Ok((s.token_id, s.logprob, s.rank, s.top_logprobs))
+    })
 }
 
 /// The raw log-softmax value of `token_id` in one row of logits, its rank (1 = most likely)
@@ -76,11 +81,13 @@ pub fn sample_token(
 #[pyfunction]
 #[pyo3(signature = (logits, token_id, k=0))]
 pub fn token_logprobs(mut logits: Vec<f32>, token_id: u32, k: usize) -> PyResult<PyTokenLogprob> {
-    let vocab_size = logits.len();
-    let t = token_logprob(&mut logits, token_id, k).ok_or_else(|| {
-        invalid_request(format!(
-            "token_id {token_id} is out of range (vocab_size {vocab_size})"
-        ))
-    })?;
-    Ok((t.logprob, t.rank, t.top_logprobs))
+    guard(|| {
+        let vocab_size = logits.len();
+        let t = token_logprob(&mut logits, token_id, k).ok_or_else(|| {
+            invalid_request(format!(
+                "token_id {token_id} is out of range (vocab_size {vocab_size})"
+            ))
+        })?;
+        Ok((t.logprob, t.rank, t.top_logprobs))
+    })
 }

@@ -8,87 +8,158 @@ use ember_core::{SamplingParams, ValidSamplingParams};
 use pyo3::conversion::FromPyObjectOwned;
 use pyo3::exceptions::PyTypeError;
 use pyo3::prelude::*;
-use pyo3::types::{PyDict, PyString, PyTuple};
+use pyo3::types::{PyBool, PyDict, PyInt, PyString, PyTuple};
 
-use crate::errors::invalid_request;
+use crate::convert::{self, type_name};
+use crate::errors::invalid_param;
+use crate::guard::guard;
 
 /// A reader of one field's Python value; the `&str` is the field name for errors.
-type Read<T> = fn(&Bound<'_, PyAny>, &str) -> PyResult<T>;
+type Read<T> = fn(&Bound<'_, PyAny>, &'static str) -> PyResult<T>;
 
-fn field<'py, T: FromPyObjectOwned<'py>>(
-    value: &Bound<'py, PyAny>,
-    name: &str,
-    expected: &str,
-) -> PyResult<T> {
-    value.extract::<T>().map_err(|_| {
-        let type_name = value
-            .get_type()
-            .name()
-            .map(|n| n.to_string())
-            .unwrap_or_else(|_| "?".into());
-        invalid_request(format!("{name} must be {expected}, got {type_name}"))
+/// The range of Rust integer type `T`, by name, for messages (None for other types).
+fn int_range<T>() -> Option<(i128, i128)> {
+    Some(match std::any::type_name::<T>() {
+        "i32" => (i32::MIN.into(), i32::MAX.into()),
+        "u32" => (0, u32::MAX.into()),
+        "i64" => (i64::MIN.into(), i64::MAX.into()),
+        "u64" | "usize" => (0, u64::MAX.into()),
+        _ => return None,
     })
 }
 
-fn non_negative(value: &Bound<'_, PyAny>, name: &str) -> PyResult<usize> {
-    let number: i64 = field(value, name, "an integer")?;
-    usize::try_from(number).map_err(|_| invalid_request(format!("{name} must be at least 0, got {number}")))
+fn field<'py, T: FromPyObjectOwned<'py>>(
+    value: &Bound<'py, PyAny>,
+    name: &'static str,
+    expected: &str,
+) -> PyResult<T> {
+    let mismatch = || {
+        invalid_param(
+            name,
+            format!("{name} must be {expected}, got {}", type_name(value)),
+        )
+    };
+    // A bool is an int to Python, but never a count, a seed or a temperature.
+    if value.is_instance_of::<PyBool>() && expected != "a bool" {
+        return Err(mismatch());
+    }
+    if let (Some(range), true) = (int_range::<T>(), value.is_instance_of::<PyInt>()) {
+        // Out of T's range: say so with the range, not "must be an integer, got int".
+        convert::int::<i128>(value, name, range)?;
+    }
+    value.extract::<T>().map_err(|_| mismatch())
 }
 
-fn number(value: &Bound<'_, PyAny>, name: &str) -> PyResult<f32> {
+/// A count that must be at least 1 (`n`, `max_tokens`).
+fn positive(value: &Bound<'_, PyAny>, name: &'static str) -> PyResult<usize> {
+    let number: i64 = field(value, name, "an integer")?;
+    usize::try_from(number)
+        .ok()
+        .filter(|&n| n >= 1)
+        .ok_or_else(|| invalid_param(name, format!("{name} must be at least 1, got {number}")))
+}
+
+fn non_negative(value: &Bound<'_, PyAny>, name: &'static str) -> PyResult<usize> {
+    let number: i64 = field(value, name, "an integer")?;
+    usize::try_from(number)
+        .map_err(|_| invalid_param(name, format!("{name} must be at least 0, got {number}")))
+}
+
+fn number(value: &Bound<'_, PyAny>, name: &'static str) -> PyResult<f32> {
     field(value, name, "a number")
 }
 
-fn integer(value: &Bound<'_, PyAny>, name: &str) -> PyResult<i32> {
+fn integer(value: &Bound<'_, PyAny>, name: &'static str) -> PyResult<i32> {
     field(value, name, "an integer")
 }
 
-fn flag(value: &Bound<'_, PyAny>, name: &str) -> PyResult<bool> {
+fn flag(value: &Bound<'_, PyAny>, name: &'static str) -> PyResult<bool> {
     field(value, name, "a bool")
 }
 
-fn seed(value: &Bound<'_, PyAny>, name: &str) -> PyResult<u64> {
+fn seed(value: &Bound<'_, PyAny>, name: &'static str) -> PyResult<u64> {
     let seed: i64 = field(value, name, "an integer")?;
     Ok(seed as u64)
 }
 
-fn token_ids(value: &Bound<'_, PyAny>, name: &str) -> PyResult<Vec<u32>> {
-    field(value, name, "a list of token ids")
+/// `stop`: one string or a list of strings.
+fn stop_strings(value: &Bound<'_, PyAny>, name: &'static str) -> PyResult<Vec<String>> {
+    if value.is_instance_of::<PyString>() {
+        return Ok(vec![convert::text(value, name)?]);
+    }
+    let items = convert::items(value).ok_or_else(|| {
+        invalid_param(
+            name,
+            format!(
+                "{name} must be a string or a list of strings, got {}",
+                type_name(value)
+            ),
+        )
+    })?;
+    items
+        .iter()
+        .enumerate()
+        .map(|(i, item)| {
+            convert::text(item, name).map_err(|_| {
+                invalid_param(
+                    name,
+                    format!(
+                        "{name}[{i}] must be a string of valid Unicode, got {}",
+                        type_name(item)
+                    ),
+                )
+            })
+        })
+        .collect()
 }
 
-fn stop_strings(value: &Bound<'_, PyAny>, name: &str) -> PyResult<Vec<String>> {
-    match value.extract::<String>() {
-        Ok(single) => Ok(vec![single]),
-        Err(_) => field(value, name, "a string or a list of strings"),
+/// A `logit_bias` key: an int, or a string of decimal digits (OpenAI's JSON form), exactly.
+fn logit_bias_key(key: &Bound<'_, PyAny>, name: &'static str) -> PyResult<u32> {
+    let range = convert::TOKEN_ID_RANGE;
+    let Ok(text) = key.cast::<PyString>() else {
+        return convert::int(key, name, range);
+    };
+    let text = convert::text(text.as_any(), name)?;
+    let digits = text.strip_prefix('-').unwrap_or(&text);
+    let id: Option<i128> =
+        (!digits.is_empty() && digits.len() <= 20 && digits.bytes().all(|b| b.is_ascii_digit()))
+            .then(|| text.parse().ok())
+            .flatten();
+    match id {
+        Some(id) if (range.0..=range.1).contains(&id) => Ok(id as u32),
+        Some(id) => Err(invalid_param(
+            name,
+            format!(
+                "{name} token id {id} is out of range (must be in [0, {}])",
+                range.1
+            ),
+        )),
+        None => Err(invalid_param(
+            name,
+            format!("{name} keys must be token ids (decimal digits), got {text:?}"),
+        )),
     }
 }
 
 /// `logit_bias`: a dict from token id (an int, or a str of digits as in OpenAI's JSON) to a
 /// bias; returned sorted by id.
-fn logit_bias(value: &Bound<'_, PyAny>, name: &str) -> PyResult<Vec<(u32, f32)>> {
+fn logit_bias(value: &Bound<'_, PyAny>, name: &'static str) -> PyResult<Vec<(u32, f32)>> {
     let dict = value
         .cast::<PyDict>()
-        .map_err(|_| invalid_request(format!("{name} must be a dict {{token_id: bias}}")))?;
-    let mut bias = Vec::with_capacity(dict.len());
+        .map_err(|_| invalid_param(name, format!("{name} must be a dict {{token_id: bias}}")))?;
+    let mut bias = Vec::new();
     for (key, value) in dict.iter() {
-        let id: i64 = match key.cast::<PyString>() {
-            Ok(text) => text
-                .to_str()?
-                .trim()
-                .parse()
-                .map_err(|_| invalid_request(format!("{name} keys must be token ids, got {text:?}")))?,
-            Err(_) => field(&key, "logit_bias key", "a token id (int)")?,
-        };
-        let id = u32::try_from(id)
-            .map_err(|_| invalid_request(format!("{name} token id {id} is out of range (must be >= 0)")))?;
-        bias.push((id, field(&value, "logit_bias value", "a number")?));
+        bias.push((
+            logit_bias_key(&key, name)?,
+            field(&value, name, "a dict of numbers")?,
+        ));
     }
     bias.sort_by_key(|&(id, _)| id);
     Ok(bias)
 }
 
 /// Sets a field from a Python value; `None` keeps the default.
-fn set<T>(slot: &mut T, value: Option<&Bound<'_, PyAny>>, name: &str, read: Read<T>) -> PyResult<()> {
+fn set<T>(slot: &mut T, value: Option<&Bound<'_, PyAny>>, name: &'static str, read: Read<T>) -> PyResult<()> {
     if let Some(value) = value {
         *slot = read(value, name)?;
     }
@@ -99,7 +170,7 @@ fn set<T>(slot: &mut T, value: Option<&Bound<'_, PyAny>>, name: &str, read: Read
 fn set_opt<T>(
     slot: &mut Option<T>,
     value: Option<&Bound<'_, PyAny>>,
-    name: &str,
+    name: &'static str,
     read: Read<T>,
 ) -> PyResult<()> {
     *slot = value.map(|v| read(v, name)).transpose()?;
@@ -154,7 +225,7 @@ macro_rules! sampling_fields {
                 let value = (!value.is_none()).then_some(&value);
                 match key.as_str() {
                     $(stringify!($name) => {
-                        let parse: fn(&mut SamplingParams, Option<&Bound<'_, PyAny>>, &str) -> PyResult<()> = $parse;
+                        let parse: fn(&mut SamplingParams, Option<&Bound<'_, PyAny>>, &'static str) -> PyResult<()> = $parse;
                         parse(&mut params, value, stringify!($name))?;
                     })*
                     other => {
@@ -172,9 +243,9 @@ macro_rules! sampling_fields {
             $(
                 $(#[doc = $doc])*
                 #[getter]
-                fn $name(&self) -> $py {
+                fn $name(&self) -> PyResult<$py> {
                     let get: fn(&SamplingParams) -> $py = $get;
-                    get(&self.params)
+                    guard(|| Ok(get(&self.params)))
                 }
             )*
             $($methods)*
@@ -192,49 +263,57 @@ sampling_fields! {
             frequency_penalty=0.0, repetition_penalty=1.0, logit_bias=None, prompt_logprobs=None, \
             include_stop_str_in_output=False, detokenize=True)")]
         fn new(kwargs: Option<&Bound<'_, PyDict>>) -> PyResult<Self> {
-            let params = match kwargs {
-                Some(kwargs) => from_kwargs(kwargs)?,
-                None => SamplingParams::default(),
-            };
-            let params = ValidSamplingParams::new(params).map_err(|e| invalid_request(e.to_string()))?;
-            Ok(Self { params })
+            guard(|| {
+                let params = match kwargs {
+                    Some(kwargs) => from_kwargs(kwargs)?,
+                    None => SamplingParams::default(),
+                };
+                let params = ValidSamplingParams::new(params).map_err(|e| invalid_param(e.field, e.to_string()))?;
+                Ok(Self { params })
+            })
         }
 
         /// Every field by name: keyword arguments that make an equal `SamplingParams`.
         fn to_dict<'py>(slf: &Bound<'py, Self>) -> PyResult<Bound<'py, PyDict>> {
-            let dict = PyDict::new(slf.py());
-            for field in FIELDS {
-                dict.set_item(*field, slf.getattr(*field)?)?;
-            }
-            Ok(dict)
+            guard(|| {
+                let dict = PyDict::new(slf.py());
+                for field in FIELDS {
+                    dict.set_item(*field, slf.getattr(*field)?)?;
+                }
+                Ok(dict)
+            })
         }
 
         /// The parameters of sub-request `index` of an n > 1 request: n=1, seed+index when
         /// seeded; only sub-request 0 computes prompt logprobs (they are the same for all).
-        fn for_child(&self, index: usize) -> Self {
-            Self {
-                params: self.params.for_completion(index),
-            }
+        fn for_child(&self, index: usize) -> PyResult<Self> {
+            guard(|| {
+                Ok(Self {
+                    params: self.params.for_completion(index),
+                })
+            })
         }
 
         /// Pickling and copying rebuild the parameters from their fields.
         fn __getnewargs_ex__<'py>(slf: &Bound<'py, Self>) -> PyResult<(Bound<'py, PyTuple>, Bound<'py, PyDict>)> {
-            Ok((PyTuple::empty(slf.py()), Self::to_dict(slf)?))
+            guard(|| Ok((PyTuple::empty(slf.py()), Self::to_dict(slf)?)))
         }
 
         fn __repr__(slf: &Bound<'_, Self>) -> PyResult<String> {
-            let mut parts = Vec::with_capacity(FIELDS.len());
-            for field in FIELDS {
-                parts.push(format!("{field}={}", slf.getattr(*field)?.repr()?));
-            }
-            Ok(format!("SamplingParams({})", parts.join(", ")))
+            guard(|| {
+                let mut parts = Vec::with_capacity(FIELDS.len());
+                for field in FIELDS {
+                    parts.push(format!("{field}={}", slf.getattr(*field)?.repr()?));
+                }
+                Ok(format!("SamplingParams({})", parts.join(", ")))
+            })
         }
     }
 
     /// Number of completions to return for the prompt.
-    n: usize = |p, v, f| set(&mut p.n, v, f, non_negative), |p| p.n;
+    n: usize = |p, v, f| set(&mut p.n, v, f, positive), |p| p.n;
     /// Maximum number of generated tokens per completion; None: up to the engine's max_model_len.
-    max_tokens: Option<usize> = |p, v, f| set_opt(&mut p.max_tokens, v, f, non_negative), |p| p.max_tokens;
+    max_tokens: Option<usize> = |p, v, f| set_opt(&mut p.max_tokens, v, f, positive), |p| p.max_tokens;
     /// Generate at least this many tokens before EOS or stop strings may end a completion.
     min_tokens: usize = |p, v, f| set(&mut p.min_tokens, v, f, non_negative), |p| p.min_tokens;
     /// Softmax temperature; 0 means greedy.
@@ -250,7 +329,7 @@ sampling_fields! {
     /// Strings that end a completion when generated (not in the text unless include_stop_str_in_output).
     stop: Option<Vec<String>> = |p, v, f| set(&mut p.stop, v, f, stop_strings), |p| nonempty(&p.stop);
     /// Token ids that end a completion when generated.
-    stop_token_ids: Option<Vec<u32>> = |p, v, f| set(&mut p.stop_token_ids, v, f, token_ids),
+    stop_token_ids: Option<Vec<u32>> = |p, v, f| set(&mut p.stop_token_ids, v, f, convert::token_ids),
         |p| nonempty(&p.stop_token_ids);
     /// Keep generating after the model's end-of-sequence token.
     ignore_eos: bool = |p, v, f| set(&mut p.ignore_eos, v, f, flag), |p| p.ignore_eos;

@@ -2,9 +2,10 @@
 
 from __future__ import annotations
 
-from collections.abc import AsyncIterator
+import asyncio
+from collections.abc import AsyncIterator, Callable
 from contextlib import asynccontextmanager
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from typing import Any
 
 from fastapi import FastAPI, Request
@@ -15,11 +16,13 @@ from starlette.exceptions import HTTPException
 from ember._core import EmberError, InvalidRequestError
 from ember.async_engine import AsyncEngine
 from ember.outputs import RequestOutput
-from ember.server.errors import ApiError, error_response
+from ember.server.errors import ApiError, error_body, error_response
 from ember.server.generation import TrackedStream, merge, resolve_max_tokens, unless_disconnected
+from ember.server.limits import BodyLimitMiddleware
 from ember.server.metrics import ServerMetrics
 from ember.server.middleware import ApiMiddleware
 from ember.server.protocol import ChatCompletionRequest, CompletionKind, CompletionRequest, SamplingFields
+from ember.server.request_limits import RequestLimits
 from ember.server.responses import ResponseBuilder, sse
 
 
@@ -30,9 +33,14 @@ class ServerConfig:
     model_name: str
     """The name clients pass as `model` (and `/v1/models` lists)."""
     api_key: str | None = None
-    """When set, /v1 endpoints require `Authorization: Bearer <api_key>`."""
+    """When set, every path but /health (and /metrics, unless `metrics_need_key`) requires
+    `Authorization: Bearer <api_key>`."""
     max_pending_requests: int = 1024
-    """Requests in flight beyond this are refused with 503."""
+    """Sequences in flight (prompts times n) beyond this are refused with 503."""
+    metrics_need_key: bool = False
+    """Whether /metrics also requires the API key."""
+    limits: RequestLimits = field(default_factory=RequestLimits)
+    """Body size and header / body time limits."""
 
 
 @dataclass
@@ -90,21 +98,24 @@ class OpenAiServer:
         echo = [p if isinstance(p, str) else tokenizer.decode(p) for p in prompts] if body.echo else None
         return _Job("completion", body, ids, echo, body.max_tokens, body.logprobs)
 
-    async def run(self, request: Request, job: _Job) -> Response:
+    async def answer(self, request: Request, make_job: Callable[[], _Job]) -> Response:
+        """Builds the job (templating and tokenization, on a worker thread) and runs it; from the moment the
+        request is accepted until the response starts, a client that hangs up cancels everything (499)."""
+
+        async def accept() -> Response:
+            return await self.run(await asyncio.to_thread(make_job))
+
+        return await unless_disconnected(request, accept)
+
+    async def run(self, job: _Job) -> Response:
         """Checks the model and capacity, starts the engine requests, and answers streamed or whole."""
         body = job.body
         if body.model is not None and body.model != self.config.model_name:
             raise ApiError(
                 404, f"The model '{body.model}' does not exist; this server serves '{self.config.model_name}'", "model"
             )
-        in_flight = self.engine.num_unfinished_requests
-        if in_flight + len(job.prompts) > self.config.max_pending_requests:
-            raise ApiError(
-                503,
-                f"The server is overloaded: {in_flight} requests in flight (limit {self.config.max_pending_requests}). "
-                "Retry later.",
-            )
         streams = self._streams(job)
+        self._check_capacity(len(streams) * body.n)
         builder = ResponseBuilder(job.kind, self.config.model_name, job.logprobs or 0)
         firsts: list[RequestOutput] = []
         try:
@@ -115,14 +126,32 @@ class OpenAiServer:
             raise
         if body.stream:
             return StreamingResponse(self._events(job, builder, streams, firsts), media_type="text/event-stream")
-        outputs = await unless_disconnected(request, lambda: _collect(streams, firsts))
+        outputs = await _collect(streams, firsts)
         return JSONResponse(builder.full(outputs, job.echo_texts))
+
+    def _check_capacity(self, num_sequences: int) -> None:
+        """400 for a request larger than the server's whole queue; 503 when it does not fit now."""
+        limit = self.config.max_pending_requests
+        if num_sequences > limit:
+            raise ApiError(
+                400,
+                f"The request asks for {num_sequences} sequences (prompts times n), more than this server runs at "
+                f"once ({limit}). Send fewer prompts or a smaller n.",
+                "n",
+            )
+        in_flight = self.engine.num_unfinished_sequences
+        if in_flight + num_sequences > limit:
+            raise ApiError(
+                503,
+                f"The server is overloaded: {in_flight} sequences in flight (limit {limit}). Retry later.",
+            )
 
     def _streams(self, job: _Job) -> list[TrackedStream]:
         """One engine request per prompt (not started until first iterated)."""
         streams = []
+        prompt_param = "messages" if job.kind == "chat" else "prompt"
         for ids in job.prompts:
-            max_tokens = resolve_max_tokens(len(ids), job.max_tokens, self.engine.max_model_len)
+            max_tokens = resolve_max_tokens(len(ids), job.max_tokens, self.engine.max_model_len, prompt_param)
             params = job.body.sampling_params(max_tokens, job.logprobs)
             delta = job.body.stream
             streams.append(TrackedStream(self.engine, self.metrics, ids, params, job.body.priority, delta))
@@ -146,10 +175,13 @@ class OpenAiServer:
             if job.body.include_usage:
                 prompt_tokens = sum(s.num_prompt_tokens for s in streams)
                 yield builder.usage_chunk(prompt_tokens, sum(s.num_generated for s in streams))
-            yield sse("[DONE]")
+        except EmberError as exc:
+            # The engine failed this request after the response started: say so in the stream itself.
+            yield sse(error_body(500, str(exc)))
         finally:
             for s in streams:
                 s.abort()
+        yield sse("[DONE]")
 
 
 def _is_ids(value: object) -> bool:
@@ -175,7 +207,11 @@ def build_app(engine: AsyncEngine, config: ServerConfig) -> FastAPI:
     server = OpenAiServer(engine, config)
     app = FastAPI(title="Ember", lifespan=lifespan, docs_url=None, redoc_url=None)
     app.state.server = server
-    app.add_middleware(ApiMiddleware, api_key=config.api_key, metrics=server.metrics)
+    # The last added runs first: the key is checked before the body is read.
+    app.add_middleware(BodyLimitMiddleware, limits=config.limits)
+    app.add_middleware(
+        ApiMiddleware, api_key=config.api_key, metrics=server.metrics, metrics_need_key=config.metrics_need_key
+    )
 
     @app.exception_handler(ApiError)
     async def api_error(_: Request, exc: ApiError) -> JSONResponse:
@@ -187,13 +223,10 @@ def build_app(engine: AsyncEngine, config: ServerConfig) -> FastAPI:
 
     @app.exception_handler(RequestValidationError)
     async def validation_error(_: Request, exc: RequestValidationError) -> JSONResponse:
-        problems = [f"{'.'.join(str(p) for p in e['loc'] if p != 'body') or 'body'}: {e['msg']}" for e in exc.errors()]
-        first_loc = exc.errors()[0]["loc"] if exc.errors() else ()
-        param = ".".join(str(p) for p in first_loc if p != "body") or None
-        return error_response(400, "; ".join(problems), param)
+        return _validation_response(exc)
 
-    async def invalid_request(_: Request, exc: Exception) -> JSONResponse:
-        return error_response(400, str(exc))
+    async def invalid_request(request: Request, exc: Exception) -> JSONResponse:
+        return error_response(400, str(exc), _api_param(request.url.path, getattr(exc, "param", None)))
 
     # InvalidRequestError is both an EmberError and a ValueError: register it by name so it wins.
     app.add_exception_handler(InvalidRequestError, invalid_request)
@@ -217,10 +250,38 @@ def build_app(engine: AsyncEngine, config: ServerConfig) -> FastAPI:
 
     @app.post("/v1/chat/completions")
     async def chat_completions(body: ChatCompletionRequest, request: Request) -> Response:
-        return await server.run(request, server.chat_job(body))
+        return await server.answer(request, lambda: server.chat_job(body))
 
     @app.post("/v1/completions")
     async def completions(body: CompletionRequest, request: Request) -> Response:
-        return await server.run(request, server.completion_job(body))
+        return await server.answer(request, lambda: server.completion_job(body))
 
     return app
+
+
+_ENGINE_TO_API_PARAM = {
+    "/v1/chat/completions": {"prompt_token_ids": "messages", "logprobs": "top_logprobs"},
+    "/v1/completions": {"prompt_token_ids": "prompt"},
+}
+"""Engine parameter names that the OpenAI bodies call differently, per endpoint."""
+
+
+def _api_param(path: str, engine_param: str | None) -> str | None:
+    """The body field an engine error's parameter came from."""
+    if engine_param is None:
+        return None
+    return _ENGINE_TO_API_PARAM.get(path, {}).get(engine_param, engine_param)
+
+
+def _validation_response(exc: RequestValidationError) -> JSONResponse:
+    """400 for a body pydantic refused: each problem with its field path; `param` is the top-level field of the
+    first (None for malformed JSON, which has no field)."""
+    errors = exc.errors()
+    if errors and errors[0].get("type") == "json_invalid":
+        position = next((p for p in errors[0]["loc"] if isinstance(p, int)), None)
+        where = f" at byte {position}" if position is not None else ""
+        return error_response(400, f"The body is not valid JSON{where}: {errors[0]['msg']}")
+    fields = [".".join(str(p) for p in e["loc"] if p != "body") for e in errors]
+    problems = [f"{name or 'body'}: {e['msg']}" for name, e in zip(fields, errors, strict=True)]
+    param = fields[0].split(".")[0] if fields else ""
+    return error_response(400, "; ".join(problems), param or None)

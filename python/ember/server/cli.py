@@ -8,6 +8,7 @@ from pathlib import Path
 
 from ember._cli_options import add_device_options
 from ember.models import DEFAULT_MODEL
+from ember.server.request_limits import DEFAULT_MAX_BODY_BYTES, RequestLimits
 
 
 def add_arguments(parser: argparse.ArgumentParser) -> None:
@@ -20,7 +21,7 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument(
         "--api-key",
         default=os.environ.get("EMBER_API_KEY"),
-        help="require 'Authorization: Bearer KEY' on /v1 routes (default: $EMBER_API_KEY, else no key)",
+        help="require 'Authorization: Bearer KEY' on every route but /health (default: $EMBER_API_KEY, else no key)",
     )
     parser.add_argument(
         "--served-model-name", default=None, help="the model name clients send (default: the MODEL argument)"
@@ -29,7 +30,30 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
         "--max-pending-requests",
         type=int,
         default=1024,
-        help="requests in flight beyond this get 503 (default: %(default)s)",
+        help="sequences in flight (prompts times n) beyond this get 503 (default: %(default)s)",
+    )
+    parser.add_argument(
+        "--metrics-need-api-key",
+        action="store_true",
+        help="require the API key on /metrics too (/health always stays open)",
+    )
+    parser.add_argument(
+        "--max-request-body-bytes",
+        type=int,
+        default=DEFAULT_MAX_BODY_BYTES,
+        help="larger request bodies get 413 (default: %(default)s)",
+    )
+    parser.add_argument(
+        "--header-timeout",
+        type=float,
+        default=RequestLimits.header_timeout_s,
+        help="seconds a client may take to send request headers before the connection is closed (default: %(default)s)",
+    )
+    parser.add_argument(
+        "--body-timeout",
+        type=float,
+        default=RequestLimits.body_timeout_s,
+        help="seconds a client may take to send a request body before it gets 408 (default: %(default)s)",
     )
     parser.add_argument(
         "--shutdown-timeout",

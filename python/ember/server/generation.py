@@ -22,14 +22,16 @@ _request_ids = itertools.count()
 """Engine request ids of the server's requests."""
 
 
-def resolve_max_tokens(prompt_len: int, max_tokens: int | None, max_model_len: int) -> int:
-    """The max_tokens to run with: the room left in the context when None; a 400 with the numbers when too long."""
+def resolve_max_tokens(prompt_len: int, max_tokens: int | None, max_model_len: int, prompt_param: str) -> int:
+    """The max_tokens to run with: the room left in the context when None; a 400 with the numbers when too long.
+
+    `prompt_param` is the body field that holds the prompt ("messages" or "prompt")."""
     if prompt_len >= max_model_len:
         raise ApiError(
             400,
             f"This model's maximum context length is {max_model_len} tokens, but the prompt has {prompt_len} "
             "tokens, leaving no room to generate. Shorten the prompt.",
-            "messages",
+            prompt_param,
         )
     if max_tokens is None:
         return max_model_len - prompt_len
@@ -131,7 +133,9 @@ async def merge(streams: list[TrackedStream], firsts: list[RequestOutput]) -> As
 
 
 async def unless_disconnected(request: Request, work: Callable[[], Awaitable[T]]) -> T:
-    """Runs `work`, cancelling it if the client hangs up first (the request body is already read)."""
+    """Runs `work`, cancelling it if the client hangs up first (the request body is already read).
+
+    Only one watcher may read `request.receive()` at a time: call it once per request."""
     task = asyncio.create_task(work())
 
     async def wait_for_disconnect() -> None:

@@ -2,11 +2,16 @@
 
 from __future__ import annotations
 
+import re
 from typing import Any, Literal
 
 from pydantic import BaseModel, ConfigDict, Field
 
 from ember.sampling_params import SamplingParams
+from ember.server.errors import ApiError
+
+_TOKEN_ID_KEY = re.compile(r"-?[0-9]{1,20}")
+"""A logit_bias key: decimal digits only (no spaces, signs other than '-', or '_' separators)."""
 
 
 class StreamOptions(BaseModel):
@@ -80,10 +85,9 @@ def _token_bias(logit_bias: dict[str, float] | None) -> dict[int, float] | None:
         return None
     result = {}
     for key, bias in logit_bias.items():
-        try:
-            result[int(key)] = bias
-        except ValueError:
-            raise ValueError(f"logit_bias keys must be token ids, got {key!r}") from None
+        if not _TOKEN_ID_KEY.fullmatch(key):
+            raise ApiError(400, f"logit_bias keys must be token ids (decimal digits), got {key!r}", "logit_bias")
+        result[int(key)] = bias
     return result
 
 
@@ -91,7 +95,7 @@ class ChatMessage(BaseModel):
     """One message of a conversation; `content` may be a string or a list of text parts."""
 
     model_config = ConfigDict(extra="allow")
-    role: str
+    role: Literal["system", "developer", "user", "assistant", "tool"]
     content: str | list[dict[str, Any]] | None = None
 
     def text(self) -> str:
@@ -100,7 +104,8 @@ class ChatMessage(BaseModel):
             parts = []
             for part in self.content:
                 if part.get("type") != "text" or not isinstance(part.get("text"), str):
-                    raise ValueError(f"only text content parts are supported, got type {part.get('type')!r}")
+                    message = f"only text content parts are supported, got type {part.get('type')!r}"
+                    raise ApiError(400, message, "messages")
                 parts.append(part["text"])
             return "".join(parts)
         return self.content or ""
@@ -125,7 +130,7 @@ class ChatCompletionRequest(SamplingFields):
         """Top alternatives per token when `logprobs` is on (`top_logprobs`, default 0), else None."""
         if not self.logprobs:
             if self.top_logprobs:
-                raise ValueError("top_logprobs requires logprobs to be true")
+                raise ApiError(400, "top_logprobs requires logprobs to be true", "top_logprobs")
             return None
         return self.top_logprobs or 0
 

@@ -3,9 +3,11 @@
 from __future__ import annotations
 
 import argparse
+import contextlib
 import logging
 import sys
 import threading
+from collections.abc import Generator
 from types import FrameType
 
 import uvicorn
@@ -14,6 +16,8 @@ from ember._cli_options import device_kwargs
 from ember.async_engine import AsyncEngine
 from ember.server.app import ServerConfig, build_app
 from ember.server.cli import served_name
+from ember.server.limits import uvicorn_config
+from ember.server.request_limits import RequestLimits
 
 
 def run_server(args: argparse.Namespace) -> int:
@@ -35,6 +39,12 @@ def run_server(args: argparse.Namespace) -> int:
         model_name=served_name(args.model, args.served_model_name),
         api_key=args.api_key,
         max_pending_requests=args.max_pending_requests,
+        metrics_need_key=args.metrics_need_api_key,
+        limits=RequestLimits(
+            max_body_bytes=args.max_request_body_bytes,
+            header_timeout_s=args.header_timeout,
+            body_timeout_s=args.body_timeout,
+        ),
     )
     app = build_app(engine, server_config)
     print(
@@ -43,16 +53,22 @@ def run_server(args: argparse.Namespace) -> int:
         file=sys.stderr,
         flush=True,
     )
-    uvicorn_config = uvicorn.Config(
-        app, host=args.host, port=args.port, log_level="info", timeout_graceful_shutdown=args.shutdown_timeout
+    config = uvicorn_config(
+        app,
+        args.host,
+        args.port,
+        server_config.limits,
+        log_level="info",
+        timeout_graceful_shutdown=args.shutdown_timeout,
     )
-    _GracefulServer(uvicorn_config, engine, args.shutdown_timeout / 2).run()
+    _GracefulServer(config, engine, args.shutdown_timeout / 2).run()
     return 0
 
 
 class _GracefulServer(uvicorn.Server):
     """uvicorn's server, plus: after a shutdown signal, in-flight requests get `grace` seconds to finish, then
-    the engine aborts them, so every stream still ends with its final chunk and [DONE]."""
+    the engine aborts them, so every stream still ends with its final chunk and [DONE]. A drained shutdown is a
+    clean exit: the signal is not raised again afterwards, so `ember serve` exits 0."""
 
     def __init__(self, config: uvicorn.Config, engine: AsyncEngine, grace: float) -> None:
         super().__init__(config)
@@ -65,6 +81,14 @@ class _GracefulServer(uvicorn.Server):
             timer.daemon = True
             timer.start()
         super().handle_exit(sig, frame)
+
+    @contextlib.contextmanager
+    def capture_signals(self) -> Generator[None, None, None]:
+        with super().capture_signals():
+            try:
+                yield
+            finally:
+                self._captured_signals.clear()
 
     def _abort_in_flight(self) -> None:
         if self._engine.alive and self._engine.num_unfinished_requests:

@@ -2,6 +2,8 @@
 
 use std::path::PathBuf;
 
+/// Most CPU threads an engine may start.
+pub const MAX_NUM_THREADS: usize = 1024;
 /// Default token budget per step.
 pub const DEFAULT_MAX_NUM_BATCHED_TOKENS: usize = 2048;
 
@@ -52,6 +54,93 @@ impl EngineArgs {
             enable_prefix_caching: true,
             device: "auto".into(),
             gpu_memory_utilization: 0.9,
+        }
+    }
+}
+
+impl EngineArgs {
+    /// Checks every option against its allowed range; the message names the option and the limit.
+    pub fn validate(&self) -> Result<(), String> {
+        if !(self.block_size.is_power_of_two() && (1..=256).contains(&self.block_size)) {
+            return Err(format!(
+                "block_size must be a power of two in [1, 256], got {}",
+                self.block_size
+            ));
+        }
+        for (field, value) in [
+            ("max_num_seqs", Some(self.max_num_seqs)),
+            ("max_model_len", self.max_model_len),
+            ("max_num_batched_tokens", self.max_num_batched_tokens),
+            ("num_threads", self.num_threads),
+        ] {
+            if value == Some(0) {
+                return Err(format!("{field} must be at least 1, got 0"));
+            }
+        }
+        if let Some(num_threads) = self.num_threads.filter(|&n| n > MAX_NUM_THREADS) {
+            return Err(format!(
+                "num_threads must be at most {MAX_NUM_THREADS}, got {num_threads}"
+            ));
+        }
+        if self.kv_cache_memory_bytes == Some(0) {
+            return Err("kv_cache_memory_bytes must be at least 1, got 0".into());
+        }
+        let fraction = self.gpu_memory_utilization;
+        if !(fraction > 0.0 && fraction <= 1.0) {
+            return Err(format!(
+                "gpu_memory_utilization must be in (0, 1], got {fraction}"
+            ));
+        }
+        Ok(())
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn options_are_range_checked_with_their_names() {
+        assert_eq!(EngineArgs::new("m").validate(), Ok(()));
+        let cases: [(&str, EngineArgs); 5] = [
+            (
+                "max_num_batched_tokens must be at least 1, got 0",
+                EngineArgs {
+                    max_num_batched_tokens: Some(0),
+                    ..EngineArgs::new("m")
+                },
+            ),
+            (
+                "num_threads must be at least 1, got 0",
+                EngineArgs {
+                    num_threads: Some(0),
+                    ..EngineArgs::new("m")
+                },
+            ),
+            (
+                "gpu_memory_utilization must be in (0, 1], got 5",
+                EngineArgs {
+                    gpu_memory_utilization: 5.0,
+                    ..EngineArgs::new("m")
+                },
+            ),
+            (
+                "gpu_memory_utilization must be in (0, 1], got NaN",
+                EngineArgs {
+                    gpu_memory_utilization: f32::NAN,
+                    ..EngineArgs::new("m")
+                },
+            ),
+            (
+                "block_size must be a power of two in [1, 256], got 24",
+                EngineArgs {
+                    block_size: 24,
+                    ..EngineArgs::new("m")
+                },
+            ),
+        ];
+        for (message, args) in cases {
+            assert_eq!(args.validate().unwrap_err(), message);
         }
     }
 }

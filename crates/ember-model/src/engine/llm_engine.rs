@@ -19,6 +19,10 @@ use crate::error::EngineError;
 use crate::text::chat_template::ChatTemplate;
 use crate::text::tokenizer::Tokenizer;
 
+#[path = "engine_faults.rs"]
+mod faults;
+pub use faults::{panic_message, StepFault};
+
 /// The engine: owns the model runner, the scheduler and the tokenizer.
 pub struct LlmEngine {
     executor: Box<dyn StepExecutor>,
@@ -35,6 +39,7 @@ pub struct LlmEngine {
     seed: u64,
     num_requests_added: u64,
     model_name: String,
+    faults: faults::FaultPlan,
 }
 
 fn invalid(message: String) -> EngineError {
@@ -44,15 +49,7 @@ fn invalid(message: String) -> EngineError {
 impl LlmEngine {
     /// Opens the model, loads it onto the chosen device's backend and sizes the KV cache.
     pub fn new(args: &EngineArgs) -> Result<Self, EngineError> {
-        if !(args.block_size.is_power_of_two() && (1..=256).contains(&args.block_size)) {
-            return Err(invalid(format!(
-                "block_size must be a power of two in [1, 256], got {}",
-                args.block_size
-            )));
-        }
-        if args.max_num_seqs == 0 {
-            return Err(invalid("max_num_seqs must be at least 1, got 0".into()));
-        }
+        args.validate().map_err(invalid)?;
         let opened = open_model(&args.model_path)?;
         log::info!(
             "loading {} ({}, {} layers, hidden {}) on device \"{}\"",
@@ -68,7 +65,6 @@ impl LlmEngine {
         let cache_tokens = kv_spec.num_blocks * args.block_size;
         let model_len_limit = config.max_position_embeddings;
         let max_model_len = match args.max_model_len {
-            Some(0) => return Err(invalid("max_model_len must be at least 1, got 0".into())),
             Some(len) if len > model_len_limit => {
                 return Err(invalid(format!(
                     "max_model_len ({len}) is larger than the model's context length ({model_len_limit})"
@@ -85,7 +81,7 @@ impl LlmEngine {
             max_model_len,
             cache_tokens as f64 / max_model_len as f64
         );
-        let scheduler = Scheduler::new(SchedulerConfig {
+        let scheduler = Scheduler::try_new(SchedulerConfig {
             max_num_seqs: args.max_num_seqs,
             max_num_batched_tokens: args
                 .max_num_batched_tokens
@@ -95,7 +91,8 @@ impl LlmEngine {
             num_blocks: kv_spec.num_blocks,
             enable_prefix_caching: args.enable_prefix_caching,
             ..SchedulerConfig::default()
-        });
+        })
+        .map_err(|e| invalid(e.to_string()))?;
         Ok(Self {
             executor,
             scheduler,
@@ -111,6 +108,7 @@ impl LlmEngine {
             seed: args.seed,
             num_requests_added: 0,
             model_name: opened.name,
+            faults: faults::FaultPlan::default(),
         })
     }
 
@@ -149,8 +147,9 @@ impl LlmEngine {
         &self.model_name
     }
 
-    /// Queues a request; token ids out of the vocabulary (in the prompt or `logit_bias`) and
-    /// lengths beyond the limits are rejected at once (the parameters were validated when made).
+    /// Queues a request; token ids out of the vocabulary (in the prompt, `logit_bias` or
+    /// `stop_token_ids`) and lengths beyond the limits are rejected at once (the parameters
+    /// were validated when made).
     ///
     /// `fork_of` names a live sibling with the same prompt (another completion of an `n > 1`
     /// request): this request then shares the sibling's prompt blocks once they are computed
@@ -163,13 +162,10 @@ impl LlmEngine {
         priority: i32,
         fork_of: Option<&str>,
     ) -> Result<(), EngineError> {
-        params.validate_token_ids(self.vocab_size)?;
-        let vocab_size = self.tokenizer.vocab_size() as u32;
-        if let Some(bad) = prompt_token_ids.iter().find(|&&id| id >= vocab_size) {
-            return Err(invalid(format!(
-                "prompt token id {bad} is out of range (vocab_size {vocab_size})"
-            )));
-        }
+        // Ids must have an embedding row and a token text: the smaller vocabulary bounds them.
+        let vocab_size = self.tokenizer.vocab_size().min(self.vocab_size);
+        params.validate_token_ids(vocab_size)?;
+        ember_core::check_prompt_token_ids(&prompt_token_ids, vocab_size)?;
         let request_id: RequestId = Arc::from(request_id);
         if self.requests.contains_key(&request_id) {
             return Err(invalid(format!("request_id '{request_id}' is already in use")));
@@ -243,7 +239,14 @@ impl LlmEngine {
     pub fn step(&mut self) -> Result<Vec<StepOutput>, EngineError> {
         let mut outputs = std::mem::take(&mut self.pending);
         let scheduled = self.scheduler.schedule();
-        let mut runner_output = self.executor.execute(&scheduled)?;
+        let mut runner_output = match self.execute_guarded(&scheduled) {
+            Ok(output) => output,
+            Err(source) => {
+                // Outputs of aborts and stops from before the step still belong to their callers.
+                self.pending = outputs;
+                return Err(self.fail_step(&scheduled, source));
+            }
+        };
         for chunk in std::mem::take(&mut runner_output.prompt_logprobs) {
             if let Some(state) = self.requests.get_mut(&chunk.request_id) {
                 state.add_prompt_logprobs(chunk);

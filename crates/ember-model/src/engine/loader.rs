@@ -4,7 +4,7 @@
 
 use std::path::Path;
 
-use crate::error::ModelLoadError;
+use crate::error::{ConfigError, ModelLoadError};
 use crate::formats::config::{HfConfigJson, ModelConfig};
 use crate::formats::gguf::GgufFile;
 use crate::formats::model_files::ModelFiles;
@@ -55,6 +55,7 @@ pub fn open_model(path: &Path) -> Result<OpenedModel, ModelLoadError> {
             let architecture = registry::resolve(&ModelConfig::gguf_architecture_names(&file)?)?;
             let config = ModelConfig::from_gguf(&file)?;
             let tokenizer = Tokenizer::from_gguf(&file)?;
+            check_vocab_sizes(&config, &tokenizer, gguf_path)?;
             let chat_template = ChatTemplate::from_gguf(&file)?;
             Ok(OpenedModel {
                 architecture,
@@ -70,6 +71,7 @@ pub fn open_model(path: &Path) -> Result<OpenedModel, ModelLoadError> {
             let architecture = registry::resolve(&json.architecture_names()?)?;
             let config = ModelConfig::from_hf(&json)?;
             let tokenizer = Tokenizer::from_hf_files(&hf.tokenizer, hf.tokenizer_config.as_deref())?;
+            check_vocab_sizes(&config, &tokenizer, &hf.tokenizer)?;
             let chat_template = match &hf.tokenizer_config {
                 Some(path) => ChatTemplate::from_hf_tokenizer_config(path)?,
                 None => None,
@@ -85,4 +87,21 @@ pub fn open_model(path: &Path) -> Result<OpenedModel, ModelLoadError> {
             })
         }
     }
+}
+
+/// Refuses a tokenizer that can produce ids the model's embedding has no row for.
+fn check_vocab_sizes(config: &ModelConfig, tokenizer: &Tokenizer, source: &Path) -> Result<(), ConfigError> {
+    if tokenizer.vocab_size() <= config.vocab_size {
+        return Ok(());
+    }
+    Err(ConfigError::Invalid {
+        source_name: source.display().to_string(),
+        detail: format!(
+            "the tokenizer has {} tokens but the model's vocab_size (embedding rows) is {}: \
+             token ids {} and up would have no embedding",
+            tokenizer.vocab_size(),
+            config.vocab_size,
+            config.vocab_size
+        ),
+    })
 }

@@ -12,5 +12,5 @@ pub mod runner;
 pub mod sample_rows;
 pub mod step_output;
 
-pub use llm_engine::LlmEngine;
+pub use llm_engine::{panic_message, LlmEngine, StepFault};
 pub use step_output::{LogprobEntry, StepOutput, StopReason, TokenLogprobs};

@@ -155,6 +155,7 @@ impl ModelConfig {
                 self.head_dim
             )));
         }
+        self.validate_ranges().map_err(invalid)?;
         if let RopeScaling::FreqFactors { factors } = &self.rope_scaling {
             if factors.len() != self.head_dim / 2 {
                 return Err(invalid(format!(
@@ -167,6 +168,10 @@ impl ModelConfig {
         Ok(())
     }
 }
+
+/// The checks of every size, id and float of a config that no tensor shape covers.
+#[path = "config_ranges.rs"]
+mod ranges;
 
 fn div_exact(hidden_size: usize, num_heads: usize, source_name: &str) -> Result<usize, ConfigError> {
     if num_heads == 0 || !hidden_size.is_multiple_of(num_heads) {

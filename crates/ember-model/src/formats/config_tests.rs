@@ -291,3 +291,67 @@ fn gguf_config_from_smollm2() {
     assert_eq!(cfg.eos_token_ids, vec![2]);
     assert_eq!(bits(&cfg.rope_inv_freq()), SMOLLM2_INV_FREQ.to_vec());
 }
+
+#[test]
+fn out_of_range_values_are_refused_by_name() {
+    let cases: [(&str, Value, &str); 9] = [
+        (
+            "num_hidden_layers",
+            json!(0),
+            "num_layers (block_count / num_hidden_layers) must be at least 1, got 0",
+        ),
+        (
+            "max_position_embeddings",
+            json!(0),
+            "max_position_embeddings (context_length) must be at least 1",
+        ),
+        ("vocab_size", json!(0), "vocab_size must be at least 1, got 0"),
+        (
+            "rope_theta",
+            json!(-1.0),
+            "rope_theta (rope.freq_base) must be a finite number > 0, got -1",
+        ),
+        (
+            "rope_theta",
+            json!(1e300),
+            "rope_theta (rope.freq_base) must be a finite number > 0, got inf",
+        ),
+        (
+            "rms_norm_eps",
+            json!(-1e-5),
+            "rms_norm_eps (layer_norm_rms_epsilon) must be a finite number >= 0",
+        ),
+        (
+            "eos_token_id",
+            json!(128256),
+            "eos_token_id 128256 is out of range (vocab_size 128256)",
+        ),
+        (
+            "bos_token_id",
+            json!(200000),
+            "bos_token_id 200000 is out of range",
+        ),
+        (
+            "intermediate_size",
+            json!(0),
+            "intermediate_size must be at least 1, got 0",
+        ),
+    ];
+    for (field, value, expected) in cases {
+        let mut config = llama3_json();
+        config[field] = value;
+        let err = ModelConfig::from_hf_json(&config, None, "config.json")
+            .unwrap_err()
+            .to_string();
+        assert!(err.contains(expected), "{field}: {err}");
+    }
+    let mut config = llama3_json();
+    config["rope_scaling"]["high_freq_factor"] = json!(1.0);
+    let err = ModelConfig::from_hf_json(&config, None, "config.json")
+        .unwrap_err()
+        .to_string();
+    assert!(
+        err.contains("high_freq_factor (1) must be larger than low_freq_factor (1)"),
+        "{err}"
+    );
+}

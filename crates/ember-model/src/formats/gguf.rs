@@ -2,18 +2,21 @@
 //! over a memory-mapped file.
 
 use std::collections::BTreeMap;
-use std::fs::File;
 use std::path::{Path, PathBuf};
 
 use ember_core::WeightDType;
 use memmap2::Mmap;
 
 use crate::error::GgufError;
+use crate::formats::mapped_file::map_model_file;
+
+/// Bounds on the header's untrusted counts, sizes and offsets, checked against the file.
+#[path = "gguf_layout.rs"]
+mod layout;
+use layout::{min_value_bytes, MIN_METADATA_ENTRY_BYTES, MIN_TENSOR_INFO_BYTES};
 
 const GGUF_MAGIC: &[u8; 4] = b"GGUF";
 const DEFAULT_ALIGNMENT: u64 = 32;
-/// Refuse absurd counts from a corrupt header before allocating for them.
-const MAX_COUNT: u64 = 1 << 28;
 
 /// One metadata value.
 #[derive(Clone, Debug, PartialEq)]
@@ -142,13 +145,10 @@ pub struct GgufFile {
 impl GgufFile {
     /// Maps and parses `path`; every offset and length is checked against the file size.
     pub fn open(path: &Path) -> Result<Self, GgufError> {
-        let io_err = |source| GgufError::Io {
+        let mmap = map_model_file(path).map_err(|source| GgufError::Io {
             path: path.to_path_buf(),
             source,
-        };
-        let file = File::open(path).map_err(io_err)?;
-        // SAFETY: the file is opened read-only; Ember never writes model files while they are mapped.
-        let mmap = unsafe { Mmap::map(&file) }.map_err(io_err)?;
+        })?;
         let mut reader = Reader { bytes: &mmap, pos: 0 };
         let corrupt = |detail: String| GgufError::Corrupt {
             path: path.to_path_buf(),
@@ -165,20 +165,8 @@ impl GgufFile {
                 "general.alignment {alignment} is not a power of two"
             )));
         }
-        let data_start = (reader.pos as u64).div_ceil(alignment) * alignment;
-        for tensor in &mut tensors {
-            let start = data_start + tensor.offset as u64;
-            let num_bytes = tensor_num_bytes(tensor).unwrap_or(0) as u64;
-            if start + num_bytes > mmap.len() as u64 {
-                return Err(corrupt(format!(
-                    "tensor '{}' spans bytes {start}..{} beyond the file size {}",
-                    tensor.name,
-                    start + num_bytes,
-                    mmap.len()
-                )));
-            }
-            tensor.offset = start as usize;
-        }
+        let data_start = layout::data_start(reader.pos as u64, alignment).map_err(corrupt)?;
+        layout::place_tensors(&mut tensors, data_start, alignment, mmap.len() as u64).map_err(corrupt)?;
         Ok(Self {
             path: path.to_path_buf(),
             mmap,
@@ -208,10 +196,14 @@ impl GgufFile {
         self.tensors.iter().find(|t| t.name == name)
     }
 
-    /// The raw bytes of a tensor of a supported type (empty for unsupported types).
+    /// The raw bytes of a tensor of a supported type (empty for unsupported types, or for an
+    /// entry that is not from this file).
     pub fn tensor_bytes(&self, info: &GgufTensorInfo) -> &[u8] {
         let len = tensor_num_bytes(info).unwrap_or(0);
-        &self.mmap[info.offset..info.offset + len]
+        info.offset
+            .checked_add(len)
+            .and_then(|end| self.mmap.get(info.offset..end))
+            .unwrap_or(&[])
     }
 }
 
@@ -250,17 +242,22 @@ impl Reader<'_> {
         Ok(u64::from_le_bytes(self.array()?))
     }
 
-    fn count(&mut self, what: &str) -> Result<usize, String> {
+    /// Reads a count of items that take at least `min_item_bytes` each, refusing one the rest
+    /// of the file cannot hold (so no count from the header can make Ember allocate).
+    fn count(&mut self, what: &str, min_item_bytes: u64) -> Result<usize, String> {
         let at = self.pos;
         let n = self.u64()?;
-        if n > MAX_COUNT {
-            return Err(format!("{what} count {n} at byte {at} is implausibly large"));
+        let remaining = (self.bytes.len() - self.pos) as u64;
+        if n > remaining / min_item_bytes {
+            return Err(format!(
+                "{what} count {n} at byte {at} needs at least {min_item_bytes} bytes each, but only {remaining} bytes remain"
+            ));
         }
         Ok(n as usize)
     }
 
     fn string(&mut self) -> Result<String, String> {
-        let len = self.count("string length")?;
+        let len = self.count("string length", 1)?;
         Ok(String::from_utf8_lossy(self.take(len)?).into_owned())
     }
 
@@ -272,8 +269,8 @@ impl Reader<'_> {
         if !(2..=3).contains(&version) {
             return Err(format!("unsupported GGUF version {version} (supported: 2, 3)"));
         }
-        let num_tensors = self.count("tensor")?;
-        let num_kv = self.count("metadata")?;
+        let num_tensors = self.count("tensor", MIN_TENSOR_INFO_BYTES)?;
+        let num_kv = self.count("metadata", MIN_METADATA_ENTRY_BYTES)?;
         let mut metadata = BTreeMap::new();
         for _ in 0..num_kv {
             let key = self.string()?;
@@ -281,7 +278,7 @@ impl Reader<'_> {
             let value = self.value(value_type, 0)?;
             metadata.insert(key, value);
         }
-        let mut tensors = Vec::with_capacity(num_tensors);
+        let mut tensors = Vec::new();
         for _ in 0..num_tensors {
             let name = self.string()?;
             let num_dims = self.u32()?;
@@ -324,8 +321,8 @@ impl Reader<'_> {
             8 => GgufValue::String(self.string()?),
             9 if depth < 2 => {
                 let item_type = self.u32()?;
-                let len = self.count("array")?;
-                let mut items = Vec::with_capacity(len.min(1 << 20));
+                let len = self.count("array", min_value_bytes(item_type))?;
+                let mut items = Vec::new();
                 for _ in 0..len {
                     items.push(self.value(item_type, depth + 1)?);
                 }
@@ -393,6 +390,45 @@ mod tests {
         let bytes = file.tensor_bytes(info);
         assert_eq!(f32::from_le_bytes(bytes[20..24].try_into().unwrap()), 5.0);
         std::fs::remove_file(path).ok();
+    }
+
+    /// The minimal file with `value` written over the bytes at `offset`.
+    fn patched(name: &str, offset: usize, value: &[u8]) -> PathBuf {
+        let path = std::env::temp_dir().join(format!("ember-gguf-{name}-{}.gguf", std::process::id()));
+        write_minimal(&path, 0);
+        let mut bytes = std::fs::read(&path).unwrap();
+        bytes[offset..offset + value.len()].copy_from_slice(value);
+        std::fs::write(&path, bytes).unwrap();
+        path
+    }
+
+    fn open_error(path: &Path) -> String {
+        let err = GgufFile::open(path).err().unwrap().to_string();
+        std::fs::remove_file(path).ok();
+        err
+    }
+
+    #[test]
+    fn header_counts_and_offsets_are_checked_against_the_file() {
+        // Tensor count 2^28: refused from the file size, before any allocation.
+        let err = open_error(&patched("count", 8, &(1u64 << 28).to_le_bytes()));
+        assert!(
+            err.contains("tensor count 268435456") && err.contains("bytes remain"),
+            "{err}"
+        );
+        // A tensor offset whose start + size wraps past 2^64 (the offset field is at byte 135).
+        let wrap = (u64::MAX - 31).to_le_bytes();
+        let err = open_error(&patched("wrap", 135, &wrap));
+        assert!(
+            err.contains("tensor 'w'") && err.contains("beyond the file size"),
+            "{err}"
+        );
+        // An array claiming more items than bytes remain.
+        let err = open_error(&patched("name", 102, &u64::MAX.to_le_bytes()));
+        assert!(
+            err.contains("string length count") && err.contains("bytes remain"),
+            "{err}"
+        );
     }
 
     #[test]

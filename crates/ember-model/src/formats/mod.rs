@@ -3,6 +3,7 @@
 
 pub mod config;
 pub mod gguf;
+mod mapped_file;
 pub mod model_files;
 pub mod safetensors;
 pub mod weights;

@@ -6,7 +6,6 @@
 //! end of the header), then the raw little-endian data.
 
 use std::collections::{BTreeMap, HashMap};
-use std::fs::File;
 use std::path::{Path, PathBuf};
 
 use ember_core::{WeightDType, WeightView};
@@ -14,6 +13,8 @@ use memmap2::Mmap;
 use serde::Deserialize;
 
 use crate::error::SafetensorsError;
+
+use crate::formats::mapped_file::map_model_file;
 
 /// Refuse headers larger than this (the format's own reference limit is 100 MB).
 const MAX_HEADER_BYTES: u64 = 100 * 1024 * 1024;
@@ -101,6 +102,12 @@ impl SafetensorsSet {
         };
         let mut shard_of_file: HashMap<&str, usize> = HashMap::new();
         for file_name in index.weight_map.values() {
+            if !is_plain_file_name(file_name) {
+                return Err(SafetensorsError::Corrupt {
+                    path: index_path.to_path_buf(),
+                    detail: format!("weight_map names shard {file_name:?}, which is not a file name in the index's folder"),
+                });
+            }
             if !shard_of_file.contains_key(file_name.as_str()) {
                 shard_of_file.insert(file_name, set.shards.len());
                 set.add_shard(&dir.join(file_name))?;
@@ -164,13 +171,10 @@ impl SafetensorsSet {
     }
 
     fn add_shard(&mut self, path: &Path) -> Result<(), SafetensorsError> {
-        let io_err = |source| SafetensorsError::Io {
+        let mmap = map_model_file(path).map_err(|source| SafetensorsError::Io {
             path: path.to_path_buf(),
             source,
-        };
-        let file = File::open(path).map_err(io_err)?;
-        // SAFETY: mapped read-only; Ember never writes model files while they are mapped.
-        let mmap = unsafe { Mmap::map(&file) }.map_err(io_err)?;
+        })?;
         let shard = self.shards.len();
         let entries = parse_header(&mmap).map_err(|detail| SafetensorsError::Corrupt {
             path: path.to_path_buf(),
@@ -194,6 +198,16 @@ impl SafetensorsSet {
         });
         Ok(())
     }
+}
+
+/// True when `name` is one plain file name (no folder part, not `.` or `..`), so a shard is
+/// always read from the index's own folder.
+fn is_plain_file_name(name: &str) -> bool {
+    let mut parts = Path::new(name).components();
+    matches!(
+        (parts.next(), parts.next()),
+        (Some(std::path::Component::Normal(_)), None)
+    )
 }
 
 /// Bytes per element of every dtype the format defines (so sizes can be checked even
@@ -230,7 +244,7 @@ fn parse_header(bytes: &[u8]) -> Result<Vec<SafetensorsTensorInfo>, String> {
     let raw: BTreeMap<String, serde_json::Value> =
         serde_json::from_str(header_text.trim_end()).map_err(|e| format!("invalid header JSON: {e}"))?;
     let data_len = bytes.len() - data_start;
-    let mut infos = Vec::with_capacity(raw.len());
+    let mut infos = Vec::new();
     for (name, value) in raw {
         if name == "__metadata__" {
             continue;

@@ -8,6 +8,7 @@ use ember_core::{
 };
 
 use crate::error::ModelLoadError;
+use crate::formats::config::ModelConfig;
 use crate::formats::weights::{TensorNames, WeightNames, WeightSource};
 use crate::models::{Model, ModelSource};
 
@@ -84,6 +85,59 @@ fn shape_error(name: &str, expected: &[usize], found: &[usize]) -> ModelLoadErro
     }
 }
 
+/// Checks, before anything is allocated, that every tensor `config` implies is present with
+/// the shape it implies (and every optional bias, when present, too). A config value no tensor
+/// confirms (a layer count larger than the file holds, a width that no matrix has) is refused
+/// here, so loading never sizes anything from an unconfirmed number.
+pub fn check_weight_shapes(config: &ModelConfig, weights: &WeightSource) -> Result<(), ModelLoadError> {
+    let check = |name: &str, expected: &[usize]| -> Result<(), ModelLoadError> {
+        let view = weights.get(name)?;
+        if view.shape != expected {
+            return Err(shape_error(name, expected, view.shape));
+        }
+        Ok(())
+    };
+    let hidden = config.hidden_size;
+    let q_dim = config.num_heads * config.head_dim;
+    let kv_dim = config.num_kv_heads * config.head_dim;
+    let inter = config.intermediate_size;
+    check("embed_tokens", &[config.vocab_size, hidden])?;
+    check("norm", &[hidden])?;
+    if !config.tie_word_embeddings || weights.contains("lm_head") {
+        check("lm_head", &[config.vocab_size, hidden])?;
+    }
+    let required: [(&str, &[usize]); 9] = [
+        ("input_layernorm", &[hidden]),
+        ("post_attention_layernorm", &[hidden]),
+        ("q_proj", &[q_dim, hidden]),
+        ("k_proj", &[kv_dim, hidden]),
+        ("v_proj", &[kv_dim, hidden]),
+        ("o_proj", &[hidden, q_dim]),
+        ("gate_proj", &[inter, hidden]),
+        ("up_proj", &[inter, hidden]),
+        ("down_proj", &[hidden, inter]),
+    ];
+    let biases: [(&str, &[usize]); 4] = [
+        ("q_proj.bias", &[q_dim]),
+        ("k_proj.bias", &[kv_dim]),
+        ("v_proj.bias", &[kv_dim]),
+        ("o_proj.bias", &[hidden]),
+    ];
+    // Stops at the first missing tensor, so a huge layer count costs one lookup per real layer.
+    for layer in 0..config.num_layers {
+        for (suffix, shape) in required {
+            check(&format!("layers.{layer}.{suffix}"), shape)?;
+        }
+        for (suffix, shape) in biases {
+            let name = format!("layers.{layer}.{suffix}");
+            if weights.contains(&name) {
+                check(&name, shape)?;
+            }
+        }
+    }
+    Ok(())
+}
+
 impl<B: Backend> Model<B> for LlamaModel<B> {
     fn load(backend: &B, source: &ModelSource<'_>) -> Result<Self, ModelLoadError> {
         let (config, weights) = (source.config, source.weights);
@@ -104,7 +158,8 @@ impl<B: Backend> Model<B> for LlamaModel<B> {
         let hidden = config.hidden_size;
         let q_dim = config.num_heads * config.head_dim;
         let kv_dim = config.num_kv_heads * config.head_dim;
-        let mut layers = Vec::with_capacity(config.num_layers);
+        check_weight_shapes(config, weights)?;
+        let mut layers = Vec::new();
         for i in 0..config.num_layers {
             let name = |suffix: &str| format!("layers.{i}.{suffix}");
             layers.push(LlamaLayer {

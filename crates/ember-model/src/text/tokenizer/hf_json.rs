@@ -12,6 +12,9 @@ use super::spm::{self, PairRanks, SpacePrefix, SpmBpe};
 use super::vocab::{byte_fallback_ids, parse_byte_token, TokenType, Vocab};
 use super::{byte_level, checked_id, special_matcher, Model, Tokenizer, TokenizerError};
 
+/// Most unused ids a vocabulary may have below its largest id.
+const MAX_VOCAB_ID_GAP: usize = 1 << 16;
+
 fn read_json(path: &Path) -> Result<Value, TokenizerError> {
     let text = std::fs::read_to_string(path).map_err(|source| TokenizerError::Io {
         path: path.to_path_buf(),
@@ -134,10 +137,18 @@ impl Tokenizer {
             .values()
             .filter_map(Value::as_u64)
             .max()
-            .map_or(0, |m| m + 1);
+            .map_or(0, |m| m.saturating_add(1));
         let max_added = added.iter().map(|a| u64::from(a.id) + 1).max().unwrap_or(0);
         let n = usize::try_from(max_vocab.max(max_added))
             .map_err(|_| TokenizerError::Invalid("vocab size".into()))?;
+        // Ids index a table: refuse ids far beyond the number of tokens before sizing it.
+        let num_entries = vocab_map.len() + added.len();
+        if n > num_entries + MAX_VOCAB_ID_GAP {
+            return Err(TokenizerError::Invalid(format!(
+                "token ids go up to {} but there are only {num_entries} tokens",
+                n - 1
+            )));
+        }
         if n > (1 << 26) {
             return Err(TokenizerError::Invalid(format!("vocabulary of {n} ids")));
         }

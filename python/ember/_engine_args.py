@@ -1,0 +1,56 @@
+"""Type and range checks of the engine's construction arguments, before they reach Rust.
+
+Rust checks the values that need the model (context length, device, dtype); this checks what a
+Python caller can get wrong in type: a bool, a float or a negative number where a count goes,
+or an unknown argument. Every failure is an `InvalidRequestError` naming the argument.
+"""
+
+from __future__ import annotations
+
+from typing import Any
+
+from ember._core import InvalidRequestError
+
+_U64_MAX = 2**64 - 1
+
+_COUNTS = {
+    "max_model_len": True,
+    "max_num_seqs": False,
+    "max_num_batched_tokens": True,
+    "kv_cache_memory_bytes": True,
+    "block_size": False,
+    "num_threads": True,
+}
+"""Arguments that are counts of at least 1, and whether each may be None."""
+
+_OTHERS = {"seed", "dtype", "enable_prefix_caching", "device", "gpu_memory_utilization"}
+
+
+def check_engine_args(args: dict[str, Any]) -> None:
+    """Raises InvalidRequestError for an unknown argument or a value of the wrong type or range."""
+    for name, value in args.items():
+        if name in _COUNTS:
+            if value is None and _COUNTS[name]:
+                continue
+            _check_int(name, value, 1)
+        elif name == "seed":
+            _check_int(name, value, 0)
+        elif name in ("dtype", "device"):
+            if not isinstance(value, str):
+                raise InvalidRequestError(f"{name} must be a str, got {type(value).__name__}")
+        elif name == "enable_prefix_caching":
+            if not isinstance(value, bool):
+                raise InvalidRequestError(f"{name} must be a bool, got {type(value).__name__}")
+        elif name == "gpu_memory_utilization":
+            if isinstance(value, bool) or not isinstance(value, int | float):
+                raise InvalidRequestError(f"{name} must be a number in (0, 1], got {type(value).__name__}")
+        else:
+            known = ", ".join(sorted([*_COUNTS, *_OTHERS]))
+            raise InvalidRequestError(f"unknown engine argument '{name}'; known: {known}")
+
+
+def _check_int(name: str, value: object, low: int) -> None:
+    if isinstance(value, bool) or not isinstance(value, int):
+        raise InvalidRequestError(f"{name} must be an integer, got {type(value).__name__}")
+    if not low <= value <= _U64_MAX:
+        raise InvalidRequestError(f"{name} must be an integer in [{low}, {_U64_MAX}], got {value}")
