@@ -77,7 +77,7 @@ class SamplingParams:
         """Drop tokens whose probability is below min_p times the most likely token's."""
     @property
     def seed(self) -> int | None:
-        """Per-request random seed; None uses the engine's generator."""
+        """Per-request random seed in [0, 2**64 - 1] (others are refused); None derives one from the engine seed."""
     @property
     def stop(self) -> list[str] | None:
         """Strings that end a completion when generated (not in the text unless include_stop_str_in_output)."""
@@ -117,7 +117,7 @@ class SamplingParams:
     def to_dict(self) -> dict[str, Any]:
         """Every field by name: keyword arguments that make an equal `SamplingParams`."""
     def for_child(self, index: int) -> SamplingParams:
-        """The parameters of sub-request `index` of an n > 1 request: n=1, seed+index when seeded;
+        """The parameters of sub-request `index` of an n > 1 request: n=1, seed+index (mod 2**64) when seeded;
         only sub-request 0 computes prompt logprobs."""
 
 # Testing aids: the Rust sampler's own code path on one row of logits, to check against a reference.
@@ -201,6 +201,7 @@ class Engine:
         enable_prefix_caching: bool = True,
         device: str = "auto",
         gpu_memory_utilization: float = 0.9,
+        scheduling_policy: str = "fcfs",
     ) -> None: ...
     tokenizer: Tokenizer
     max_model_len: int

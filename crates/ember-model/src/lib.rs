@@ -7,4 +7,6 @@ pub mod engine;
 pub mod error;
 pub mod formats;
 pub mod models;
+#[cfg(test)]
+mod reference_env;
 pub mod text;

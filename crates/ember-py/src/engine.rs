@@ -108,7 +108,8 @@ impl PyEngine {
     #[new]
     #[pyo3(signature = (model_path, *, max_model_len=None, max_num_seqs=256, max_num_batched_tokens=None,
         kv_cache_memory_bytes=None, block_size=16, seed=0, dtype="auto".to_string(), num_threads=None,
-        enable_prefix_caching=true, device="auto".to_string(), gpu_memory_utilization=0.9))]
+        enable_prefix_caching=true, device="auto".to_string(), gpu_memory_utilization=0.9,
+        scheduling_policy="fcfs".to_string()))]
     #[allow(clippy::too_many_arguments)]
     fn new(
         py: Python<'_>,
@@ -124,8 +125,12 @@ impl PyEngine {
         enable_prefix_caching: bool,
         device: String,
         gpu_memory_utilization: f32,
+        scheduling_policy: String,
     ) -> PyResult<Self> {
         guard(|| {
+            let scheduling_policy = scheduling_policy
+                .parse()
+                .map_err(|message: String| invalid_param("scheduling_policy", message))?;
             let args = EngineArgs {
                 max_model_len,
                 max_num_seqs,
@@ -138,6 +143,7 @@ impl PyEngine {
                 enable_prefix_caching,
                 device,
                 gpu_memory_utilization,
+                scheduling_policy,
                 ..EngineArgs::new(model_path)
             };
             let engine = py.detach(|| LlmEngine::new(&args)).map_err(engine_error)?;

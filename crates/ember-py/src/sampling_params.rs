@@ -77,9 +77,9 @@ fn flag(value: &Bound<'_, PyAny>, name: &'static str) -> PyResult<bool> {
     field(value, name, "a bool")
 }
 
+/// Read as u64, so that a negative or too large seed is refused with the range, never wrapped.
 fn seed(value: &Bound<'_, PyAny>, name: &'static str) -> PyResult<u64> {
-    let seed: i64 = field(value, name, "an integer")?;
-    Ok(seed as u64)
+    field(value, name, "an integer")
 }
 
 /// `stop`: one string or a list of strings.
@@ -284,8 +284,8 @@ sampling_fields! {
             })
         }
 
-        /// The parameters of sub-request `index` of an n > 1 request: n=1, seed+index when
-        /// seeded; only sub-request 0 computes prompt logprobs (they are the same for all).
+        /// The parameters of sub-request `index` of an n > 1 request: n=1, seed+index (mod 2**64)
+        /// when seeded; only sub-request 0 computes prompt logprobs (they are the same for all).
         fn for_child(&self, index: usize) -> PyResult<Self> {
             guard(|| {
                 Ok(Self {
@@ -324,7 +324,7 @@ sampling_fields! {
     top_k: i32 = |p, v, f| set(&mut p.top_k, v, f, integer), |p| p.top_k;
     /// Drop tokens whose probability is below min_p times the most likely token's.
     min_p: f64 = |p, v, f| set(&mut p.min_p, v, f, number), |p| py_float(p.min_p);
-    /// Per-request random seed; None uses the engine's generator.
+    /// Per-request random seed in [0, 2**64 - 1] (others are refused); None derives one from the engine seed.
     seed: Option<u64> = |p, v, f| set_opt(&mut p.seed, v, f, seed), |p| p.seed;
     /// Strings that end a completion when generated (not in the text unless include_stop_str_in_output).
     stop: Option<Vec<String>> = |p, v, f| set(&mut p.stop, v, f, stop_strings), |p| nonempty(&p.stop);

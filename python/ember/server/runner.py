@@ -34,6 +34,7 @@ def run_server(args: argparse.Namespace) -> int:
         **device_kwargs(args),
         seed=args.seed,
         enable_prefix_caching=not args.no_prefix_caching,
+        scheduling_policy=args.scheduling_policy,
     )
     server_config = ServerConfig(
         model_name=served_name(args.model, args.served_model_name),

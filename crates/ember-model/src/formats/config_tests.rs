@@ -5,6 +5,11 @@ use serde_json::{json, Value};
 use super::*;
 use crate::formats::gguf::GgufFile;
 use crate::formats::safetensors::tests::temp_dir;
+use crate::reference_env::reference_path;
+
+/// The variable naming the default model's GGUF file, and what it is.
+pub(crate) const SMOLLM2_VAR: &str = "EMBER_SMOLLM2_GGUF";
+pub(crate) const SMOLLM2_WHAT: &str = "the SmolLM2-135M-Instruct Q4_1 GGUF file";
 
 /// A metadata value for [`write_gguf`].
 pub(crate) enum Meta<'a> {
@@ -273,10 +278,10 @@ fn gguf_config_from_synthetic_file() {
 
 #[test]
 fn gguf_config_from_smollm2() {
-    let Ok(path) = std::env::var("EMBER_SMOLLM2_GGUF") else {
+    let Some(path) = reference_path(SMOLLM2_VAR, SMOLLM2_WHAT) else {
         return;
     };
-    let file = GgufFile::open(Path::new(&path)).expect("open SmolLM2");
+    let file = GgufFile::open(&path).expect("open SmolLM2");
     let cfg = ModelConfig::from_gguf(&file).expect("config");
     assert_eq!(
         (cfg.num_layers, cfg.hidden_size, cfg.num_heads, cfg.num_kv_heads),

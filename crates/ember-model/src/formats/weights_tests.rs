@@ -145,6 +145,14 @@ fn safetensors_source_by_canonical_name() {
     );
     let msg = source.get("layers.0.bogus").expect_err("bad name").to_string();
     assert!(msg.contains("layers.0.bogus"), "{msg}");
+    // Only tensors handed out count as used: not the unknown name, not the one that failed.
+    assert_eq!(
+        source.unread_tensor_names(),
+        vec![
+            "model.layers.0.self_attn.rotary_emb.inv_freq",
+            "model.layers.0.mlp.up_proj.weight"
+        ]
+    );
 }
 
 #[test]

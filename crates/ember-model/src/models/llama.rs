@@ -294,8 +294,10 @@ mod tests {
     use ember_core::WeightDType;
 
     use super::*;
+    use crate::formats::config::tests::{SMOLLM2_VAR, SMOLLM2_WHAT};
     use crate::formats::gguf::GgufFile;
     use crate::formats::weights::{NameScheme, TensorName};
+    use crate::reference_env::reference_path;
 
     #[test]
     fn llama_names_round_trip() {
@@ -359,15 +361,10 @@ mod tests {
 
     #[test]
     fn smollm2_gguf_tensors() {
-        let Ok(path) = std::env::var("EMBER_SMOLLM2_GGUF") else {
-            assert_ne!(
-                std::env::var("CI").as_deref(),
-                Ok("true"),
-                "EMBER_SMOLLM2_GGUF must name the default model in CI"
-            );
+        let Some(path) = reference_path(SMOLLM2_VAR, SMOLLM2_WHAT) else {
             return;
         };
-        let file = GgufFile::open(std::path::Path::new(&path)).expect("open");
+        let file = GgufFile::open(&path).expect("open");
         let source = WeightSource::from_gguf(file, &LLAMA_WEIGHT_NAMES);
         assert!(!source.contains("lm_head"));
         let embed = source.get("embed_tokens").expect("embed");

@@ -81,6 +81,7 @@ impl ModelConfig {
             json: config,
             source_name,
         };
+        check_mlp(config, &f)?;
         let hidden_size = f.usize("hidden_size")?;
         let num_heads = f.usize("num_attention_heads")?;
         let num_kv_heads = f.opt_usize("num_key_value_heads")?.unwrap_or(num_heads);
@@ -116,6 +117,7 @@ impl ModelConfig {
             } as f32,
             rope_scaling: hf_rope_scaling(config.get("rope_scaling").or(rope_params), source_name)?,
             max_position_embeddings: f.opt_usize("max_position_embeddings")?.unwrap_or(2048),
+            sliding_window: sliding_window(config, &f)?,
             tie_word_embeddings: config
                 .get("tie_word_embeddings")
                 .and_then(Value::as_bool)
@@ -147,6 +149,83 @@ fn token_ids(value: Option<&Value>) -> Vec<u32> {
         Some(v) => to_id(v).into_iter().collect(),
         None => Vec::new(),
     }
+}
+
+/// Rejects MLP settings the decoder code would silently compute wrong: an activation other
+/// than SiLU, and `mlp_bias` (the MLP projections have no bias here).
+fn check_mlp(config: &Value, f: &HfFields<'_>) -> Result<(), ConfigError> {
+    let invalid = |detail: String| ConfigError::Invalid {
+        source_name: f.source_name.to_string(),
+        detail,
+    };
+    match f.field("hidden_act") {
+        None => {}
+        Some(Value::String(act)) if act == "silu" || act == "swish" => {}
+        Some(other) => {
+            return Err(invalid(format!(
+                "hidden_act {other} is not supported (supported: \"silu\")"
+            )))
+        }
+    }
+    if config.get("mlp_bias").and_then(Value::as_bool) == Some(true) {
+        return Err(invalid(
+            "mlp_bias true is not supported (MLP projections without biases only)".into(),
+        ));
+    }
+    Ok(())
+}
+
+/// When a config's `sliding_window` applies; transformers' config classes read it differently.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+enum WindowRule {
+    /// Llama (and any config not listed): the field is ignored.
+    Never,
+    /// Mistral: whenever it is set.
+    WhenSet,
+    /// Qwen2: only with `use_sliding_window`, for layers from `max_window_layers` on.
+    Qwen2,
+}
+
+/// The window rule of the config class `config` names (its `architectures`, then `model_type`).
+fn window_rule(config: &Value) -> WindowRule {
+    let classes = config.get("architectures").and_then(Value::as_array);
+    let names = classes
+        .into_iter()
+        .flatten()
+        .chain(config.get("model_type"))
+        .filter_map(Value::as_str);
+    for name in names {
+        match name {
+            "MistralForCausalLM" | "mistral" => return WindowRule::WhenSet,
+            "Qwen2ForCausalLM" | "qwen2" => return WindowRule::Qwen2,
+            "LlamaForCausalLM" | "llama" => return WindowRule::Never,
+            _ => {}
+        }
+    }
+    WindowRule::Never
+}
+
+/// The attention window of the layers that use one, as transformers reads it (see
+/// [`WindowRule`]); an explicit `layer_types` list decides for either.
+fn sliding_window(config: &Value, f: &HfFields<'_>) -> Result<Option<usize>, ConfigError> {
+    let rule = window_rule(config);
+    let use_window = match rule {
+        WindowRule::Never => false,
+        WindowRule::WhenSet => true,
+        WindowRule::Qwen2 => config.get("use_sliding_window").and_then(Value::as_bool) == Some(true),
+    };
+    let Some(window) = f.opt_usize("sliding_window")?.filter(|_| use_window) else {
+        return Ok(None);
+    };
+    let any_layer_slides = match config.get("layer_types").and_then(Value::as_array) {
+        Some(types) => types.iter().any(|t| t.as_str() == Some("sliding_attention")),
+        None if rule == WindowRule::Qwen2 => {
+            let num_layers = f.usize("num_hidden_layers")?;
+            f.opt_usize("max_window_layers")?.unwrap_or(28) < num_layers
+        }
+        None => true,
+    };
+    Ok(any_layer_slides.then_some(window))
 }
 
 fn hf_rope_scaling(value: Option<&Value>, source_name: &str) -> Result<RopeScaling, ConfigError> {
@@ -222,3 +301,7 @@ impl HfFields<'_> {
         self.opt_f64(field)?.ok_or_else(|| self.missing(field))
     }
 }
+
+#[cfg(test)]
+#[path = "hf_config_tests.rs"]
+mod tests;
