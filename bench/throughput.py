@@ -13,8 +13,9 @@ with prefix caching off, so no run reuses KV computed by an earlier one.
 Both engines live in one process and take turns: every repeat of every metric runs Ember,
 then llama.cpp, back to back, so load from other processes on a shared machine falls on both
 alike. The table gives each engine's best rate and the median over the turns of the per-turn
-ratio Ember / llama.cpp; each rate also per second of process CPU time (all threads,
-spinning included), which moves less with other processes' load than wall-clock time.
+ratio Ember / llama.cpp; each rate also per second of process CPU time (`*_tok_per_cpu_s`;
+all threads, spinning included), which moves less with other processes' load than wall-clock
+time (most steadily with `--threads 1`).
 
     python bench/throughput.py [--model PATH] [--quant Q4_K_M] [--threads 2] [--repeats 3]
                                [--streams 16 64] [--quick]
@@ -346,7 +347,7 @@ def main() -> None:
             "results": results,
             "turns": turns,
         },
-        {"ember": ember.__version__, "llama_cpp_python": llama_cpp.__version__},
+        {"ember": f"{ember.__version__} ({ember.__file__})", "llama_cpp_python": llama_cpp.__version__},
     )
 
 

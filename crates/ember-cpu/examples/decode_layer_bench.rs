@@ -10,7 +10,7 @@
 //! thread's median CPU milliseconds per step, which other processes on a shared machine
 //! disturb much less than wall time (with THREADS=1 the whole step runs on that thread).
 
-use ember_core::{Backend, WeightDType, WeightView};
+use ember_core::{Backend, StepBatch, WeightDType, WeightView};
 use ember_cpu::{CpuBackend, CpuMatrix, CpuTensor, Isa};
 use std::time::Instant;
 
@@ -143,15 +143,20 @@ fn main() {
             let last = CpuTensor::from_vec(1, HIDDEN, x.row(0).to_vec()).expect("shape");
             let head_in = if batch > 64 { &last } else { &x };
             let (mut times, mut cpu) = (Vec::new(), Vec::new());
+            let no_inputs = StepBatch::default();
             for step in 0..steps + 2 {
                 let (t0, c0) = (Instant::now(), thread_cpu_s());
                 for layer in &layers {
                     for (j, w) in layer.iter().enumerate() {
                         let input = if j == 6 { &xi } else { &x };
-                        std::hint::black_box(backend.matmul(input, w, None).expect("matmul"));
+                        std::hint::black_box(backend.matmul(&no_inputs, input, w, None).expect("matmul"));
                     }
                 }
-                std::hint::black_box(backend.matmul(head_in, &lm_head, None).expect("matmul"));
+                std::hint::black_box(
+                    backend
+                        .matmul(&no_inputs, head_in, &lm_head, None)
+                        .expect("matmul"),
+                );
                 if step >= 2 {
                     times.push(t0.elapsed().as_secs_f64());
                     cpu.push(thread_cpu_s() - c0);

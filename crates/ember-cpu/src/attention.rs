@@ -11,7 +11,7 @@ use crate::attention_dot::{scores, weighted_sum, KvRows};
 use crate::kv_cache::CpuKvCache;
 use crate::matmul::Isa;
 use crate::tensor::CpuTensor;
-use ember_core::{AttentionShape, BackendError, BackendResult, StepMetadata};
+use ember_core::{AttentionParams, AttentionShape, BackendError, BackendResult, StepBatch};
 use rayon::ThreadPool;
 
 /// Validated per-token context: sequence index and position.
@@ -25,13 +25,14 @@ struct TokenCtx {
 pub fn attention(
     pool: &ThreadPool,
     isa: Isa,
+    meta: &StepBatch,
     query: &CpuTensor,
     cache: &CpuKvCache,
     layer: usize,
-    shape: AttentionShape,
-    scale: f32,
-    meta: &StepMetadata,
+    params: &AttentionParams,
 ) -> BackendResult<CpuTensor> {
+    params.require_plain("cpu")?;
+    let (shape, scale) = (params.shape, params.scale);
     let tokens = validate(query, cache, layer, shape, meta)?;
     let AttentionShape {
         num_heads,
@@ -153,7 +154,7 @@ fn validate(
     cache: &CpuKvCache,
     layer: usize,
     shape: AttentionShape,
-    meta: &StepMetadata,
+    meta: &StepBatch,
 ) -> BackendResult<Vec<TokenCtx>> {
     let spec = cache.spec();
     let err = |m: String| BackendError::Device(format!("attention: {m}"));

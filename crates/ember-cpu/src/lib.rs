@@ -22,6 +22,7 @@ mod elementwise;
 pub mod kv_cache;
 pub mod matmul;
 pub mod matrix;
+pub mod memory_plan;
 mod norm;
 mod packed;
 #[cfg(target_arch = "x86_64")]
@@ -36,7 +37,7 @@ pub mod quant;
 mod rope;
 pub mod tensor;
 
-pub use backend::{CpuBackend, DEFAULT_KV_CACHE_DTYPE};
+pub use backend::{CpuBackend, CpuOptions, DEFAULT_KV_CACHE_DTYPE};
 pub use kv_cache::CpuKvCache;
 pub use matmul::Isa;
 pub use matrix::CpuMatrix;

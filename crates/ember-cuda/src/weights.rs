@@ -1,13 +1,14 @@
 //! Weight loading. Matrices become bf16 on the device; GGUF quantized blocks (the 32-element
 //! formats and the K-quants) are copied as they are and dequantized by `ember_dequant_bf16` on
-//! the device (so the host never holds a dequantized copy). Why not quantized GEMV: prefill and batched decode are GEMMs where
-//! cuBLAS bf16 tensor cores win, one weight format keeps every path (cuBLAS, graphs) simple,
+//! the device (so the host never holds a dequantized copy). Why not quantized GEMV: prefill and
+//! batched decode are GEMMs where cuBLAS bf16 tensor cores win, one weight format keeps every path (cuBLAS, graphs) simple,
 //! and the models this engine targets first fit in memory as bf16; a quantized decode GEMV
 //! is the follow-up for memory-bound single-stream decode of large quantized models.
 
 use ember_core::{BackendError, BackendResult, WeightDType, WeightView};
 
-use crate::device::{Arg, Device};
+use crate::device::Device;
+use crate::kernel_args::DequantArgs;
 use crate::launch::elementwise_geometry;
 use crate::tensor::CudaMatrix;
 
@@ -126,15 +127,14 @@ pub fn load_matrix(device: &Device, weight: &WeightView<'_>) -> BackendResult<Cu
     })?;
     let raw = device.upload(weight.bytes, weight.name)?;
     let data = device.alloc::<u16>(rows * cols, weight.name)?;
-    device.launch(
-        "ember_dequant_bf16",
+    device.kernels().dequant_bf16(
         plan.geometry,
-        &[
-            Arg::Ptr(device.ptr(&data)),
-            Arg::Ptr(device.ptr(&raw)),
-            Arg::I64(plan.num_chunks as i64),
-            Arg::I32(plan.kind),
-        ],
+        &DequantArgs {
+            out: device.dev(&data),
+            src: device.dev(&raw),
+            num_blocks: plan.num_chunks as i64,
+            kind: plan.kind,
+        },
     )?;
     Ok(CudaMatrix { data, rows, cols })
 }

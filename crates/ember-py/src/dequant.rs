@@ -4,7 +4,7 @@
 
 use ember_cpu::blocks::dequantize_row;
 use ember_cpu::quant::QuantActs;
-use ember_model::gguf::{ggml_type_name, weight_dtype_of};
+use ember_model::formats::gguf::{ggml_type_name, weight_dtype_of};
 use pyo3::prelude::*;
 use pyo3::types::PyBytes;
 
