@@ -26,7 +26,7 @@ pub use backend::{
     AttentionShape, Backend, BackendError, BackendResult, ForwardFn, KvCacheSpec, Rope, RopeStyle,
     StepMetadata,
 };
-pub use block_pool::{BlockHash, BlockPool};
+pub use block_pool::{prefix_block_hashes, BlockHash, BlockPool};
 pub use detokenizer::{IncrementalDetokenizer, StopStringMatch, StopStrings, StopUpdate, TokenVocab};
 pub use device_sampling::{device_sample_row, DeviceSampleRow};
 pub use dtype::WeightDType;
