@@ -26,6 +26,14 @@ class OutOfMemoryError(EmberError, MemoryError):
 def validate_sampling_params(params: dict[str, Any]) -> None:
     """Raises InvalidRequestError when a field is out of range."""
 
+# For a router in front of several engines (crates/ember-py/src/routing.rs).
+
+def prefix_block_hashes(token_ids: Sequence[int], block_size: int) -> list[int]:
+    """The prefix-cache keys of the prompt's full blocks, each chained over the one before (the engine's own hashes)."""
+
+def load_tokenizer(model_path: str) -> Tokenizer:
+    """The tokenizer and chat template of a GGUF file or Hugging Face folder, without loading its weights."""
+
 # Testing aids: the Rust sampler's own code path on one row of logits, to check against a reference.
 
 def sampling_probs(

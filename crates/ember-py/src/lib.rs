@@ -7,6 +7,7 @@ mod errors;
 mod guard;
 mod logger;
 mod params;
+mod routing;
 mod sampling;
 mod tokenizer;
 
@@ -36,5 +37,7 @@ fn init_module(py: Python<'_>, module: &Bound<'_, PyModule>) -> PyResult<()> {
     module.add_function(wrap_pyfunction!(sampling::sample_token, module)?)?;
     module.add_function(wrap_pyfunction!(sampling::token_logprobs, module)?)?;
     module.add_function(wrap_pyfunction!(guard::_raise_panic, module)?)?;
+    module.add_function(wrap_pyfunction!(routing::prefix_block_hashes, module)?)?;
+    module.add_function(wrap_pyfunction!(routing::load_tokenizer, module)?)?;
     Ok(())
 }
