@@ -25,7 +25,8 @@ class DataParallelConfig:
     routing: RoutingPolicy = "prefix"
     """`prefix` routes to the longest cached prefix unless overloaded; `load` ignores prefixes."""
     load_weight: float = 1.0
-    """β in score = matched fraction - β * relative load (relative load: in-flight sequences over the mean + 1)."""
+    """β in score = matched fraction - β * relative load (`routing.relative_load`: in-flight sequences over the
+    replicas' mean plus `routing.IDLE_SEQUENCES`)."""
     threads_per_replica: int | None = None
     """CPU threads of each replica's engine; None: `num_threads` (or this machine's cores) split evenly."""
     heartbeat_interval_s: float = 1.0
