@@ -154,8 +154,9 @@ def main() -> None:
     parser.add_argument(
         "--kv-cache-memory-bytes",
         type=int,
-        default=192 << 20,
-        help="with --data-parallel: KV memory in all, split between replicas (default: 192 MiB)",
+        default=288 << 20,
+        help="with --data-parallel: KV memory in all, split between replicas (default: 288 MiB: each of two "
+        "replicas holds the requests in flight and half of the prefixes, not all of them)",
     )
     args = parser.parse_args()
     if args.data_parallel:
