@@ -8,7 +8,6 @@ mounted inside another ASGI app. One thread per replica, short generations.
 from __future__ import annotations
 
 import os
-import signal
 import subprocess
 import sys
 from collections.abc import Iterator
@@ -34,7 +33,7 @@ from dp_harness import (
     start_router,
     wait_replica_stats,
 )
-from server_harness import free_port, running_server, wait_healthy
+from server_harness import check_sigterm_ends_streams, free_port, running_server, wait_healthy
 
 KEY = "dp-key"
 
@@ -126,14 +125,7 @@ def test_ember_serve_with_two_replicas_stops_them_on_sigterm(default_gguf: Path)
     try:
         wait_healthy(f"http://127.0.0.1:{port}", timeout=120)
         pids = [r["pid"] for r in health(f"http://127.0.0.1:{port}/v1")["replicas"]]
-        body = {"prompt": "Go:", "max_tokens": 600, "temperature": 0, "stream": True, "ignore_eos": True}
-        with httpx.stream("POST", f"http://127.0.0.1:{port}/v1/completions", json=body, timeout=60) as r:
-            lines = r.iter_lines()
-            assert next(lines).startswith("data: ")
-            proc.send_signal(signal.SIGTERM)
-            events = [line for line in lines if line.startswith("data: ")]
-        assert proc.wait(timeout=60) == 0
-        assert events[-1] == "data: [DONE]" and '"finish_reason":"abort"' in events[-2]
+        check_sigterm_ends_streams(proc, port, max_tokens=600)
         for pid in pids:  # the replicas are gone too
             with pytest.raises(ProcessLookupError):
                 os.kill(pid, 0)
