@@ -3,10 +3,12 @@ GPU machine; seeded).
 
 The weights are generated on the device with torch and written as a Hugging Face folder
 (safetensors, config.json, a small byte-level tokenizer from tests/tiny_models.py). Measures:
-single-stream decode tok/s against the roofline (weight bytes read per token / measured copy
-bandwidth), time to first token of a 200-token prompt, and offline throughput on seeded
-prompts (200 tokens in, 180 out, EOS ignored) for Ember and for Hugging Face transformers
-`generate` on the same weights in the same run. Prints a table and writes a JSON record.
+single-stream decode tok/s (first to last streamed token) against the roofline (weight bytes
+read per token / measured copy bandwidth), time to first token of a 200-token prompt, and
+offline throughput on the same seeded prompts (200 tokens in, 180 out, EOS ignored) for Ember
+and for Hugging Face transformers `generate` on the same weights in the same run. Ember runs
+with prefix caching off, so no timed run reuses the warm-up's KV cache. Prints a table and
+writes a JSON record.
 
     python bench/gpu_e2e.py [--quick] [--layers N] [--num-prompts N] [--out DIR]
 """
@@ -106,10 +108,14 @@ def copy_bandwidth() -> float:
     return 2 * src.numel() * 2 * 20 / (time.perf_counter() - start)
 
 
-def bench_ember(folder: Path, prompts: list[list[int]], quick: bool) -> dict:
+def bench_ember(model: str, prompts: list[list[int]], decode_steps: int, output_len: int,
+                device: str = "cuda") -> dict:  # fmt: skip
+    """Ember's TTFT, single-stream decode and offline throughput on `prompts`, prefix caching off (so no
+    timed run reuses KV of the warm-up or of an earlier run); returns the figures and the cache counters."""
     from ember import Engine, SamplingParams
 
-    engine = Engine(str(folder), device="cuda", max_model_len=1024, gpu_memory_utilization=0.85)
+    engine = Engine(model, device=device, max_model_len=1024, gpu_memory_utilization=0.85,
+                    enable_prefix_caching=False)  # fmt: skip
     one = SamplingParams(max_tokens=1, temperature=0.0, ignore_eos=True, detokenize=False)
     engine.generate(prompts[:1], one, use_tqdm=False)  # warm-up
     ttfts = []
@@ -117,20 +123,27 @@ def bench_ember(folder: Path, prompts: list[list[int]], quick: bool) -> dict:
         start = time.perf_counter()
         engine.generate([p], one, use_tqdm=False)
         ttfts.append(time.perf_counter() - start)
-    ttft = statistics.median(ttfts)
-    steps = 64 if quick else 256
-    long = SamplingParams(max_tokens=steps, temperature=0.0, ignore_eos=True, detokenize=False)
-    start = time.perf_counter()
-    engine.generate(prompts[:1], long, use_tqdm=False)
-    decode_tps = (steps - 1) / (time.perf_counter() - start - ttft)
-    params = SamplingParams(max_tokens=OUTPUT_LEN, temperature=0.0, ignore_eos=True, detokenize=False)
+    # Decode rate from the stream's own token times, first to last: no prefill in it.
+    long = SamplingParams(max_tokens=decode_steps, temperature=0.0, ignore_eos=True, detokenize=False)
+    stamps = [time.perf_counter() for chunk in engine.generate_stream(prompts[0], long)
+              for _ in chunk.outputs[0].token_ids]  # fmt: skip
+    params = SamplingParams(max_tokens=output_len, temperature=0.0, ignore_eos=True, detokenize=False)
     start = time.perf_counter()
     outs = engine.generate(prompts, params, use_tqdm=False)
     seconds = time.perf_counter() - start
     generated = sum(len(o.outputs[0].token_ids) for o in outs)
+    stats = engine.stats()
     del engine
     gc.collect()
-    return {"ttft_s": ttft, "decode_tok_s": decode_tps, "offline_s": seconds, "offline_out_tok_s": generated / seconds}
+    return {
+        "ttft_s": statistics.median(ttfts),
+        "decode_tok_s": (len(stamps) - 1) / (stamps[-1] - stamps[0]),
+        "offline_s": seconds,
+        "offline_out_tok_s": generated / seconds,
+        "num_prompts": len(prompts),
+        "num_generated_tokens": generated,
+        "prefix_cache_hit_tokens": stats["prefix_cache_hits"],
+    }
 
 
 def bench_hf(folder: Path, prompts: list[list[int]], batch: int) -> dict:
@@ -153,14 +166,13 @@ def bench_hf(folder: Path, prompts: list[list[int]], batch: int) -> dict:
     del model
     gc.collect()
     torch.cuda.empty_cache()
-    return {"offline_s": seconds, "offline_out_tok_s": len(prompts) * OUTPUT_LEN / seconds}
+    return {"offline_s": seconds, "offline_out_tok_s": len(prompts) * OUTPUT_LEN / seconds, "num_prompts": len(prompts)}
 
 
 def main() -> None:
-    parser = common_parser(__doc__, "unused (GPU benchmark)", "4 layers, 100 prompts (32 for transformers)")
+    parser = common_parser(__doc__, "unused (GPU benchmark)", "4 layers, 100 prompts")
     parser.add_argument("--layers", type=int, default=None, help="decoder layers (default 32; 4 with --quick)")
-    parser.add_argument("--num-prompts", type=int, default=None, help="offline prompts (default 1000)")
-    parser.add_argument("--hf-prompts", type=int, default=None, help="prompts for transformers (default: all)")
+    parser.add_argument("--num-prompts", type=int, default=None, help="offline prompts, both engines (default 1000)")
     parser.add_argument("--hf-batch", type=int, default=64, help="transformers batch size")
     parser.add_argument("--workdir", type=Path, default=Path("/tmp/ember-gpu-e2e"), help="model folder")
     args = parser.parse_args()
@@ -168,23 +180,22 @@ def main() -> None:
 
     layers = args.layers or (4 if args.quick else 32)
     num_prompts = args.num_prompts or (100 if args.quick else 1000)
-    hf_prompts = args.hf_prompts or (32 if args.quick else num_prompts)
     rng = np.random.default_rng(args.seed)
     prompts = rng.integers(300, 128000, size=(num_prompts, INPUT_LEN)).tolist()
     bytes_per_token = write_random_model(args.workdir, layers, args.seed)
     bandwidth = copy_bandwidth()
     roofline = bandwidth / bytes_per_token
-    ember = bench_ember(args.workdir, prompts, args.quick)
-    hf = bench_hf(args.workdir, prompts[:hf_prompts], args.hf_batch)
+    ember = bench_ember(str(args.workdir), prompts, 64 if args.quick else 256, OUTPUT_LEN)
+    hf = bench_hf(args.workdir, prompts, args.hf_batch)
     device = torch.cuda.get_device_name(0)
     gb_token, copy_gb = bytes_per_token / 1e9, bandwidth / 1e9
     print(f"{device}: Llama-3-8B shape, {layers} layers, {gb_token:.2f} GB/token, copy {copy_gb:.0f} GB/s")
     tps = ember["decode_tok_s"]
     print(f"single-stream decode: {tps:.1f} tok/s, roofline {roofline:.1f} ({tps / roofline:.1%})")
     print(f"time to first token ({INPUT_LEN} tokens): {ember['ttft_s'] * 1e3:.1f} ms")
-    print(f"offline, {num_prompts} prompts: ember {ember['offline_out_tok_s']:.0f} out tok/s")
     print(
-        f"offline, {hf_prompts} prompts: transformers {hf['offline_out_tok_s']:.0f} out tok/s (batch {args.hf_batch})"
+        f"offline, {num_prompts} prompts each: ember {ember['offline_out_tok_s']:.0f} out tok/s, "
+        f"transformers {hf['offline_out_tok_s']:.0f} out tok/s (batch {args.hf_batch})"
     )
     fields = {
         "device": device,
@@ -195,7 +206,6 @@ def main() -> None:
         "ember": ember,
         "transformers": hf,
         "num_prompts": num_prompts,
-        "hf_prompts": hf_prompts,
     }
     import transformers
 

@@ -4,7 +4,10 @@ Runs the same workload on two engines with identical settings, prefix caching on
 and off: 64 requests (seeded) that share a 1,000-token system prompt of synthetic
 words, each followed by a distinct short question, 16 greedy tokens each, all
 submitted in one `generate` call. Reports time to first token (mean and p50,
-from `RequestOutput.metrics`), prefix-cache hit rate and total throughput.
+from `RequestOutput.metrics`), the prompt tokens served from the cache and those
+computed, and throughput counted in tokens the engine computed (prompt tokens it
+prefilled plus generated tokens) and in generated tokens alone: cached prompt tokens
+are reported, never counted as throughput.
 
     python bench/prefix_cache.py [--model PATH] [--threads 2] [--quick]
 
@@ -46,19 +49,27 @@ KV_CACHE_MEMORY_BYTES = 1 << 30
 MAX_MODEL_LEN = 2048
 
 
-def workload(tokenizer: Any, num_requests: int, seed: int) -> list[list[int]]:
-    """Token-id prompts: one shared SYSTEM_TOKENS-token system prompt plus a distinct question each."""
+def workload(tokenizer: Any, num_requests: int, seed: int, system_tokens: int = SYSTEM_TOKENS) -> list[list[int]]:
+    """Token-id prompts: one shared `system_tokens`-token system prompt plus a distinct question each."""
     rng = random.Random(seed)
-    system_text = " ".join(rng.choice(WORDS) for _ in range(2 * SYSTEM_TOKENS))
-    system = tokenizer.encode(system_text, add_special_tokens=True)[:SYSTEM_TOKENS]
+    system_text = " ".join(rng.choice(WORDS) for _ in range(2 * system_tokens))
+    system = tokenizer.encode(system_text, add_special_tokens=True)[:system_tokens]
     questions = [
         f"\nQuestion {i}: what do you know about {rng.choice(SUBJECTS)}?\nAnswer:" for i in range(num_requests)
     ]
     return [system + tokenizer.encode(q) for q in questions]
 
 
-def run(model: str, prefix_caching: bool, num_requests: int, args: argparse.Namespace) -> dict[str, float]:
-    """Loads an engine, warms it up, runs the workload once and returns its numbers."""
+def run(
+    model: str,
+    prefix_caching: bool,
+    num_requests: int,
+    args: argparse.Namespace,
+    system_tokens: int = SYSTEM_TOKENS,
+    max_num_batched_tokens: int | None = None,
+) -> dict[str, float]:
+    """Loads an engine, warms it up, runs the workload once and returns its numbers (the last two
+    arguments shrink the workload and the step budget for quick checks; the benchmark uses the defaults)."""
     from ember import Engine, SamplingParams
 
     engine = Engine(
@@ -67,10 +78,11 @@ def run(model: str, prefix_caching: bool, num_requests: int, args: argparse.Name
         max_model_len=MAX_MODEL_LEN,
         num_threads=args.threads,
         enable_prefix_caching=prefix_caching,
+        max_num_batched_tokens=max_num_batched_tokens,
     )
     params = SamplingParams(temperature=0.0, max_tokens=MAX_TOKENS, ignore_eos=True)
     engine.generate("Warm-up.", params, use_tqdm=False)
-    prompts = workload(engine.tokenizer, num_requests, args.seed)
+    prompts = workload(engine.tokenizer, num_requests, args.seed, system_tokens)
     before = engine.stats()
     start = time.perf_counter()
     outs = engine.generate(prompts, params, use_tqdm=False)
@@ -78,6 +90,8 @@ def run(model: str, prefix_caching: bool, num_requests: int, args: argparse.Name
     after = engine.stats()
     ttfts = [o.metrics.time_to_first_token for o in outs if o.metrics and o.metrics.time_to_first_token is not None]
     prompt_tokens = sum(len(p) for p in prompts)
+    cached = sum(o.num_cached_tokens for o in outs)
+    computed = prompt_tokens - cached
     generated = sum(len(o.outputs[0].token_ids) for o in outs)
     queries = after["prefix_cache_queries"] - before["prefix_cache_queries"]
     hits = after["prefix_cache_hits"] - before["prefix_cache_hits"]
@@ -85,12 +99,13 @@ def run(model: str, prefix_caching: bool, num_requests: int, args: argparse.Name
         "ttft_mean_s": statistics.fmean(ttfts),
         "ttft_p50_s": statistics.median(ttfts),
         "wall_s": elapsed,
-        "total_tok_s": (prompt_tokens + generated) / elapsed,
+        "prompt_tokens": prompt_tokens,
+        "cached_prompt_tokens": cached,
+        "computed_prompt_tokens": computed,
+        "generated_tokens": generated,
+        "computed_tok_s": (computed + generated) / elapsed,
         "generated_tok_s": generated / elapsed,
         "prefix_cache_hit_rate": hits / queries if queries else 0.0,
-        "cached_tokens_mean": statistics.fmean(o.num_cached_tokens for o in outs),
-        "prompt_tokens": prompt_tokens,
-        "generated_tokens": generated,
     }
 
 
@@ -115,7 +130,9 @@ def main() -> None:
     )
     print(f"{'metric':<24}{'cache on':>12}{'cache off':>12}")
     for key in results["cache_on"]:
-        print(f"{key:<24}{results['cache_on'][key]:>12.3f}{results['cache_off'][key]:>12.3f}")
+        on, off = results["cache_on"][key], results["cache_off"][key]
+        cells = (f"{on:>12d}{off:>12d}" if isinstance(on, int) else f"{on:>12.3f}{off:>12.3f}")  # fmt: skip
+        print(f"{key:<24}{cells}")
 
     write_record(
         args.out,

@@ -1,11 +1,17 @@
-"""Serving benchmark, side by side: `ember serve` and llama.cpp's OpenAI server on the same GGUF file.
+"""Serving benchmark, side by side: `ember serve` and llama.cpp's `llama-server` on the same GGUF file.
 
 Starts each server in turn on a loopback port with the same thread count, runs
 `ember bench serve` against it (the same seeded prompts, streaming completions, fixed
 concurrency, greedy, control tokens such as end-of-sequence banned with `logit_bias` so
 both servers generate exactly `--output-len` tokens per request), stops it, and prints one
-table with both. The peer is llama-cpp-python's server (`python -m llama_cpp.server`),
-which needs `pip install -r requirements/bench.txt` beside the test requirements.
+table with both.
+
+The peer is llama.cpp's own continuous-batching server, `llama-server` from the llama.cpp
+vendored in llama-cpp-python 0.3.36, built by `bash scripts/build_llama_server.sh` (cached in
+.cache/llama-server/). It runs one parallel slot per request in flight (`--parallel`, equal to
+`--concurrency`), continuous batching on (its default), each slot with the same context as
+Ember's `--max-model-len`, and otherwise its defaults (prompt cache on, like Ember's prefix
+caching; `kv_unified` off).
 
     python bench/serve.py [--model PATH] [--threads 2] [--concurrency 16] [--quick]
 
@@ -68,15 +74,21 @@ def control_token_ids(model: str) -> list[int]:
     return [i for i, part in enumerate(field.data) if int(field.parts[part][0]) == GGUF_CONTROL_TOKEN]
 
 
-def server_commands(model: str, port: int, threads: int, max_model_len: int) -> dict[str, list[str]]:
-    """The command line of each server, with the same model, port, threads and context length."""
-    python = sys.executable
-    ember = [python, "-m", "ember.cli", "serve", model, "--port", str(port), "--threads", str(threads)]
+LLAMA_SERVER = Path(__file__).resolve().parent.parent / ".cache" / "llama-server" / "bin" / "llama-server"
+"""Where scripts/build_llama_server.sh caches the peer."""
+
+
+def server_commands(model: str, port: int, threads: int, max_model_len: int, slots: int) -> dict[str, list[str]]:
+    """The command line of each server, with the same model, port, threads and per-request context length."""
+    ember = [sys.executable, "-m", "ember.cli", "serve", model, "--port", str(port), "--threads", str(threads)]
     ember += ["--max-model-len", str(max_model_len)]
-    llama = [python, "-m", "llama_cpp.server", "--model", model, "--port", str(port), "--n_threads", str(threads)]
-    # By default it cuts a running stream off when another request arrives; queue them instead.
-    llama += ["--n_ctx", str(max_model_len), "--interrupt_requests", "False"]
-    return {"ember": ember, "llama.cpp": llama}
+    llama = [str(LLAMA_SERVER), "--model", model, "--host", "127.0.0.1", "--port", str(port)]
+    llama += ["--threads", str(threads), "--threads-batch", str(threads)]
+    # One slot per request in flight, each with its own max_model_len cells (kv_unified off, the
+    # default for an explicit slot count, stated here so the label cannot drift).
+    llama += ["--parallel", str(slots), "--ctx-size", str(slots * max_model_len), "--no-kv-unified"]
+    llama += ["--cont-batching"]
+    return {"ember": ember, "llama-server": llama}
 
 
 def data_parallel_commands(model: str, port: int, threads: int, kv_bytes: int) -> dict[str, list[str]]:
@@ -92,13 +104,13 @@ def data_parallel_commands(model: str, port: int, threads: int, kv_bytes: int) -
 
 
 def wait_ready(base_url: str, proc: subprocess.Popen[bytes], timeout_s: float = 120.0) -> None:
-    """Polls GET /v1/models until the server answers; fails if the process exits first."""
+    """Polls GET /health (200 once the model is loaded, for both servers); fails if the process exits first."""
     deadline = time.monotonic() + timeout_s
     while time.monotonic() < deadline:
         if proc.poll() is not None:
             raise RuntimeError(f"the server exited with status {proc.returncode} before it was ready")
         try:
-            if httpx.get(f"{base_url}/models", timeout=2).status_code == 200:
+            if httpx.get(f"{base_url.removesuffix('/v1')}/health", timeout=2).status_code == 200:
                 return
         except httpx.TransportError:
             pass
@@ -168,14 +180,17 @@ def main() -> None:
     banned = {str(token_id): -100 for token_id in control_token_ids(str(model))}
     bench_args += ["--extra-body", json.dumps({"logit_bias": banned})]
     base_url = f"http://127.0.0.1:{args.port}/v1"
-    commands = server_commands(model, args.port, args.threads, max_model_len=2048)
+    if not LLAMA_SERVER.is_file():
+        sys.exit(f"{LLAMA_SERVER} not found: build it with `bash scripts/build_llama_server.sh`")
+    commands = server_commands(model, args.port, args.threads, max_model_len=2048, slots=args.concurrency)
     os.environ.setdefault("EMBER_LOG", "warn")
     results = {name: bench_one(name, command, base_url, bench_args) for name, command in commands.items()}
     print(f"\nServing {num_prompts} streamed completions, concurrency {args.concurrency}, {args.threads} threads")
     print(table(results))
     fields = {"model": str(model), "num_prompts": num_prompts, "concurrency": args.concurrency, "results": results}
     fields |= {"threads": args.threads, "input_len": args.input_len, "output_len": args.output_len}
-    versions = {"ember": version("ember"), "llama_cpp_python": version("llama_cpp_python")}
+    fields["commands"] = {name: " ".join(command) for name, command in commands.items()}
+    versions = {"ember": version("ember"), "llama_server": "llama.cpp vendored in llama-cpp-python 0.3.36"}
     write_record(args.out, "serve", fields, versions)
 
 

@@ -5,11 +5,16 @@ prompt; single-stream greedy decode tok/s (first to last generated token); and t
 aggregate throughput of 16 and 64 concurrent greedy streams (generated tokens per
 wall-clock second, prefill of their short prompts included). llama.cpp runs through
 llama-cpp-python's low-level API (llama_batch / llama_decode with one sequence id
-per stream), so its multi-stream numbers are real batched decoding.
+per stream), so its multi-stream numbers are real batched decoding, with the library's
+default context settings: `kv_unified` off (each stream attends over its own cache cells,
+`n_ctx / n_seq_max` of them), flash attention on auto, 512-token micro-batches. Ember runs
+with prefix caching off, so no run reuses KV computed by an earlier one.
 
     python bench/throughput.py [--model PATH] [--threads 2] [--quick]
 
-Prints a table and writes bench/out/throughput-<date>.json.
+Both engines are loaded at once and take turns within each repeat (best of 3), so load
+from other processes that changes during the run weighs on both alike. Prints a progress
+line per measurement to stderr, then a table, and writes bench/out/throughput-<date>.json.
 """
 
 from __future__ import annotations
@@ -17,6 +22,7 @@ from __future__ import annotations
 import argparse
 import ctypes
 import random
+import sys
 import time
 from collections.abc import Callable
 from typing import Any
@@ -72,11 +78,6 @@ def seeded_prompts(num_prompts: int, num_words: int, seed: int) -> list[str]:
     return [f"{i}: " + " ".join(rng.choice(WORDS) for _ in range(num_words)) for i in range(num_prompts)]
 
 
-def best_of(repeats: int, measure: Callable[[], float]) -> float:
-    """The best (highest) of `repeats` throughput measurements."""
-    return max(measure() for _ in range(repeats))
-
-
 class EmberRunner:
     """Ember measurements (the Python API, as a user would call it)."""
 
@@ -84,7 +85,7 @@ class EmberRunner:
         from ember import Engine
 
         self.engine = Engine(model, num_threads=threads, max_num_seqs=max_seqs, max_model_len=2048,
-                             kv_cache_memory_bytes=1 << 30)  # fmt: skip
+                             kv_cache_memory_bytes=1 << 30, enable_prefix_caching=False)  # fmt: skip
 
     def ids(self, text: str) -> list[int]:
         """Token ids of `text`, BOS added as the model wants."""
@@ -94,7 +95,6 @@ class EmberRunner:
         """Prompt tokens per second for one prompt (one output token)."""
         from ember import SamplingParams
 
-        self.engine.reset_prefix_cache()
         start = time.perf_counter()
         self.engine.generate(prompt_ids, SamplingParams(temperature=0.0, max_tokens=1), use_tqdm=False)
         return len(prompt_ids) / (time.perf_counter() - start)
@@ -112,12 +112,23 @@ class EmberRunner:
         """Aggregate generated tokens per wall-clock second of concurrent greedy streams."""
         from ember import SamplingParams
 
-        self.engine.reset_prefix_cache()
         params = SamplingParams(temperature=0.0, max_tokens=num_tokens, ignore_eos=True)
         start = time.perf_counter()
         outs = self.engine.generate(prompts_ids, params, use_tqdm=False)
         elapsed = time.perf_counter() - start
         return sum(len(o.outputs[0].token_ids) for o in outs) / elapsed
+
+
+_QUIET_LOG: list[Any] = []
+"""The ctypes callback that silences llama.cpp's log; llama.cpp keeps calling it for the rest of the
+process, so it must never be freed."""
+
+
+def _quiet_log_callback(lc: Any) -> Any:
+    """One process-wide log callback that drops every message."""
+    if not _QUIET_LOG:
+        _QUIET_LOG.append(lc.llama_log_callback(lambda level, text, user_data: None))
+    return _QUIET_LOG[0]
 
 
 class LlamaCppRunner:
@@ -127,20 +138,28 @@ class LlamaCppRunner:
         import llama_cpp as lc
 
         self.lc = lc
-        self._quiet = lc.llama_log_callback(lambda level, text, user_data: None)  # kept alive: C holds it
-        lc.llama_log_set(self._quiet, ctypes.c_void_p())
+        lc.llama_log_set(_quiet_log_callback(lc), ctypes.c_void_p())
         lc.llama_backend_init()
         self.model = lc.llama_model_load_from_file(model.encode(), lc.llama_model_default_params())
+        # The library's defaults but for sizes: with kv_unified off (the default) each of the
+        # n_seq_max streams owns n_ctx / n_seq_max cells, enough for the prefill prompt.
         params = lc.llama_context_default_params()
-        params.n_ctx = max(PREFILL_TOKENS + 64, max_seqs * max_tokens_per_seq)
-        params.n_batch = params.n_ctx
-        params.n_ubatch = 512
         params.n_seq_max = max_seqs
-        params.kv_unified = True
+        params.n_ctx = max_seqs * max(PREFILL_TOKENS + 64, max_tokens_per_seq)
+        params.n_batch = params.n_ctx
         params.n_threads = params.n_threads_batch = threads
         self.ctx = lc.llama_init_from_model(self.model, params)
         self.n_vocab = lc.llama_vocab_n_tokens(lc.llama_model_get_vocab(self.model))
         self.batch = lc.llama_batch_init(params.n_batch, 0, max_seqs)
+        self.settings = {
+            "kv_unified": bool(params.kv_unified),
+            "n_ctx": lc.llama_n_ctx(self.ctx),
+            "n_ctx_seq": lc.llama_n_ctx_seq(self.ctx),
+            "n_seq_max": max_seqs,
+            "n_ubatch": params.n_ubatch,
+            "flash_attn_type": params.flash_attn_type,
+        }
+        """The context settings the llama.cpp rows ran with (written to the JSON result)."""
 
     def _decode(self, entries: list[tuple[int, int, int, bool]]) -> list[int]:
         """Decodes (token, pos, seq_id, wants_logits) entries; returns the greedy next token per logits row."""
@@ -190,18 +209,25 @@ class LlamaCppRunner:
 
 
 def measure(
-    runner: Any, prefill_ids: list[int], short_ids: list[list[int]], args: argparse.Namespace
-) -> dict[str, float]:
-    """All throughput numbers of one engine."""
-    runner.decode_single(short_ids[0], 8)  # warm-up
-    results = {
-        "prefill_tok_s": best_of(args.repeats, lambda: runner.prefill(prefill_ids)),
-        "decode_1_stream_tok_s": best_of(args.repeats, lambda: runner.decode_single(short_ids[0], args.decode_tokens)),
+    runners: dict[str, Any], prefill_ids: list[int], short_ids: list[list[int]], args: argparse.Namespace
+) -> dict[str, dict[str, float]]:
+    """Every throughput figure of every engine, best of `args.repeats`. The engines alternate within
+    each repeat, so load from other processes that changes during the run weighs on both alike."""
+    metrics: dict[str, Callable[[Any], float]] = {
+        "prefill_tok_s": lambda r: r.prefill(prefill_ids),
+        "decode_1_stream_tok_s": lambda r: r.decode_single(short_ids[0], args.decode_tokens),
     }
     for n in args.streams:
-        results[f"decode_{n}_streams_tok_s"] = best_of(
-            args.repeats, lambda n=n: runner.decode_many(short_ids[:n], args.decode_tokens)
-        )
+        metrics[f"decode_{n}_streams_tok_s"] = lambda r, n=n: r.decode_many(short_ids[:n], args.decode_tokens)
+    for runner in runners.values():
+        runner.decode_single(short_ids[0], 8)  # warm-up
+    results: dict[str, dict[str, float]] = {name: {} for name in runners}
+    for key, run in metrics.items():
+        for repeat in range(args.repeats):
+            for name, runner in runners.items():
+                value = run(runner)
+                results[name][key] = max(value, results[name].get(key, 0.0))
+                print(f"{key} repeat {repeat + 1}/{args.repeats} {name}: {value:.1f}", file=sys.stderr, flush=True)
     return results
 
 
@@ -227,12 +253,11 @@ def main() -> None:
     short_ids = [ours.ids(p) for p in seeded_prompts(max(args.streams), SHORT_PROMPT_WORDS, args.seed + 1)]
     max_tokens_per_seq = max(len(ids) for ids in short_ids) + args.decode_tokens + 8
 
-    results = {"ember": measure(ours, prefill_ids, short_ids, args)}
-    del ours
     theirs = LlamaCppRunner(model, args.threads, max(args.streams), max_tokens_per_seq)
-    results["llama.cpp"] = measure(theirs, prefill_ids, short_ids, args)
+    results = measure({"ember": ours, "llama.cpp": theirs}, prefill_ids, short_ids, args)
 
     print(f"\nSmolLM2-135M Q4_1 GGUF, {args.threads} threads, {cpu_model()}")
+    print(f"llama.cpp context: {theirs.settings}")
     print(f"{'metric':<28}{'ember':>12}{'llama.cpp':>12}{'ratio':>8}")
     for key in results["ember"]:
         a, b = results["ember"][key], results["llama.cpp"][key]
@@ -249,6 +274,7 @@ def main() -> None:
             "prefill_tokens": len(prefill_ids),
             "decode_tokens": args.decode_tokens,
             "repeats": args.repeats,
+            "llama_cpp_context": theirs.settings,
             "results": results,
         },
         {"ember": ember.__version__, "llama_cpp_python": llama_cpp.__version__},

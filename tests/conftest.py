@@ -1,4 +1,4 @@
-"""Shared fixtures: the default model's file and a session-wide engine on it."""
+"""Shared fixtures: the default model's file, a session-wide engine on it, and one with prefix caching off."""
 
 from __future__ import annotations
 
@@ -7,7 +7,7 @@ from pathlib import Path
 
 import pytest
 
-from ember import Engine
+from ember import Engine, RequestOutput
 from ember.models import resolve_model
 
 KV_CACHE_MEMORY_BYTES = 256 << 20
@@ -25,6 +25,23 @@ def default_gguf() -> Path:
 def engine(default_gguf: Path) -> Engine:
     """One engine on the default model, shared by the whole session (small KV cache)."""
     return Engine(str(default_gguf), kv_cache_memory_bytes=KV_CACHE_MEMORY_BYTES, max_model_len=MAX_MODEL_LEN)
+
+
+@pytest.fixture(scope="session")
+def uncached_engine(default_gguf: Path) -> Engine:
+    """Like `engine` but with prefix caching off, for reference runs that must compute every prompt token
+    themselves (a reference that reuses KV computed inside the run it checks proves nothing)."""
+    return Engine(
+        str(default_gguf),
+        kv_cache_memory_bytes=KV_CACHE_MEMORY_BYTES,
+        max_model_len=MAX_MODEL_LEN,
+        enable_prefix_caching=False,
+    )
+
+
+def computed_every_prompt_token(outputs: list[RequestOutput]) -> bool:
+    """True when no output took a prompt token from the prefix cache."""
+    return all(o.num_cached_tokens == 0 for o in outputs)
 
 
 @pytest.fixture(scope="session")

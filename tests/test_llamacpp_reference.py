@@ -1,26 +1,24 @@
 """The default model (SmolLM2 Q4_1 GGUF) against independent references on the same file.
 
-Ember has two CPU arithmetic modes, and each is tested against the reference that
-shares its arithmetic:
+Ember has two CPU arithmetic modes:
 
-- dtype="auto" (the default) keeps Q4_1/Q8_0 weights quantized and quantizes each
-  activation row to 8 bits per 32-element block before the integer dot products,
-  as llama.cpp does. It is compared with llama.cpp: tokenization, greedy
-  continuations and teacher-forced top-1 tokens. Exact equality is not reachable
-  even so: llama.cpp keeps its KV cache in f16 and sums in a different order, and
-  wherever two candidates are nearly tied one of them flips.
-- dtype="float32" dequantizes the weights at load and keeps every product in f32,
-  as transformers' GGUF loader does. It is compared with transformers: logits
-  within float32 rounding and teacher-forced top-1 tokens.
+- dtype="float32" dequantizes the weights at load and keeps every product in f32, as
+  transformers' GGUF loader does. It is an exact path: logits within float32 rounding of
+  transformers' and identical greedy tokens.
+- dtype="auto" (the default) keeps Q4_1/Q8_0 weights quantized and quantizes each activation
+  row to 8 bits per 32-element block before integer dot products. It is a quantized path,
+  judged as llama.cpp's is: by teacher-forced KL divergence and top-1 agreement against the
+  float32 reference (transformers), beside llama.cpp's own figures on the same file.
 
-Measured on NATURAL_TEXT (2026-11-23): llama.cpp and transformers agree on 96.7% of
-the teacher-forced positions, so 8-bit activations alone move about 3% of near-tied
-top-1 tokens; that is why the default mode is not held to transformers' tokens.
+Ember's default path does not reproduce llama.cpp's arithmetic: measured on NATURAL_TEXT
+(2026-11-30), its logits are no closer to llama.cpp's (mean KL 0.0035, top-1 0.965) than
+float32's are (KL 0.0029, top-1 0.968), so no test here claims it. Greedy continuations
+compared with llama.cpp's are not a test either: float32 and the default path pass or fail
+them alike, as near-tied candidates flip either way.
 """
 
 from __future__ import annotations
 
-import itertools
 from pathlib import Path
 from typing import Any
 
@@ -60,10 +58,6 @@ GREEDY_PROMPTS = [
     "In 1969, the first humans",
 ]
 NUM_GREEDY_TOKENS = 16
-# Default mode vs llama.cpp, measured 2026-11-23: 5 of 12 prompts agree on all 16 tokens and
-# the agreed prefix averages 12.3 tokens (near-tied candidates flip, see the module docstring).
-MIN_GREEDY_MATCHES_LLAMA_CPP = 4
-MIN_MEAN_AGREED_TOKENS_LLAMA_CPP = 10.0
 
 NATURAL_TEXT = (
     "The history of the bicycle begins in the early nineteenth century, when inventors in Europe "
@@ -89,8 +83,13 @@ NATURAL_TEXT = (
 )
 MIN_TOP1_AGREEMENT_TRANSFORMERS = 0.98
 MAX_LOGITS_REL_ERROR_TRANSFORMERS = 1e-3
-# Measured 96.5% (2026-11-23).
-MIN_TOP1_AGREEMENT_LLAMA_CPP = 0.93
+# Default path vs float32, measured 2026-11-30 beside llama.cpp vs float32 on NATURAL_TEXT:
+# mean KL 0.00275 vs 0.00285, top-1 agreement 0.9648 vs 0.9675.
+MAX_KL_RATIO_TO_LLAMA_CPP = 1.25
+MAX_TOP1_SHORTFALL_TO_LLAMA_CPP = 0.01
+# A default path that silently computed in float32 would have KL ~1e-9: it must show the
+# quantization (at least a tenth of llama.cpp's KL).
+MIN_KL_RATIO_TO_LLAMA_CPP = 0.1
 
 
 @pytest.fixture(scope="module")
@@ -108,28 +107,6 @@ def test_tokenization_equals_llama_cpp(engine: Engine, default_gguf: Path, llama
         if ours != expected:
             mismatches.append((text, ours, expected))
     assert not mismatches, "\n".join(f"{t!r}: ours {o} llama.cpp {e}" for t, o, e in mismatches)
-
-
-def test_greedy_continuations_match_llama_cpp(engine: Engine, default_gguf: Path, llama_cpp: Any) -> None:
-    llm = llama_cpp.Llama(str(default_gguf), n_ctx=512, n_threads=2, seed=0, verbose=False)
-    prompt_ids = [engine.tokenizer.encode(p, add_special_tokens=True) for p in GREEDY_PROMPTS]
-    params = SamplingParams(temperature=0.0, max_tokens=NUM_GREEDY_TOKENS, ignore_eos=True)
-    ours = [o.outputs[0].token_ids for o in engine.generate(prompt_ids, params, use_tqdm=False)]
-    num_matches = 0
-    agreed_tokens = []
-    for prompt, ids, our_tokens in zip(GREEDY_PROMPTS, prompt_ids, ours, strict=True):
-        expected = list(itertools.islice(llm.generate(ids, temp=0.0, top_k=1, reset=True), NUM_GREEDY_TOKENS))
-        agree = next(
-            (i for i, (a, b) in enumerate(zip(our_tokens, expected, strict=True)) if a != b), NUM_GREEDY_TOKENS
-        )
-        num_matches += agree == NUM_GREEDY_TOKENS
-        agreed_tokens.append(agree)
-        print(f"{agree:2d}/{NUM_GREEDY_TOKENS} tokens agree before diverging: {prompt!r}")
-    mean_agreed = sum(agreed_tokens) / len(agreed_tokens)
-    print(f"{num_matches}/{len(GREEDY_PROMPTS)} prompts match llama.cpp for {NUM_GREEDY_TOKENS} tokens")
-    print(f"mean agreed prefix: {mean_agreed:.1f} tokens")
-    assert num_matches >= MIN_GREEDY_MATCHES_LLAMA_CPP
-    assert mean_agreed >= MIN_MEAN_AGREED_TOKENS_LLAMA_CPP
 
 
 @pytest.fixture(scope="module")
@@ -181,13 +158,34 @@ def test_float32_mode_greedy_matches_transformers(float32_engine: Engine, transf
     assert not mismatches, "\n".join(f"{p!r}: ours {o} transformers {e}" for p, o, e in mismatches)
 
 
-def test_teacher_forced_top1_agrees_with_llama_cpp(engine: Engine, default_gguf: Path, llama_cpp: Any) -> None:
+def _log_softmax(np: Any, logits: Any) -> Any:
+    shifted = logits - logits.max(axis=-1, keepdims=True)
+    return shifted - np.log(np.exp(shifted).sum(axis=-1, keepdims=True))
+
+
+def _kl_and_top1(np: Any, reference: Any, logits: Any) -> tuple[float, float]:
+    """Mean KL(reference || logits) over positions and top-1 agreement with the reference."""
+    ref_lp, lp = _log_softmax(np, reference), _log_softmax(np, logits)
+    kl = (np.exp(ref_lp) * (ref_lp - lp)).sum(axis=-1)
+    return float(kl.mean()), float((reference.argmax(axis=-1) == logits.argmax(axis=-1)).mean())
+
+
+def test_default_mode_is_as_faithful_to_float32_as_llama_cpp(
+    engine: Engine, transformers_model: Any, default_gguf: Path, llama_cpp: Any
+) -> None:
     np = require("numpy")
-    llm = llama_cpp.Llama(str(default_gguf), n_ctx=1024, n_threads=2, logits_all=True, verbose=False)
+    torch = require("torch")
     ids = engine.tokenizer.encode(NATURAL_TEXT, add_special_tokens=True)
+    with torch.no_grad():
+        float32 = transformers_model(torch.tensor([ids])).logits[0].double().numpy()
+    ours = np.asarray(engine.score(ids), dtype=np.float64)
+    llm = llama_cpp.Llama(str(default_gguf), n_ctx=1024, n_threads=2, logits_all=True, verbose=False)
     llm.eval(ids)
-    ref = np.asarray(llm.scores[: len(ids)]).argmax(axis=-1)
-    ours = np.asarray(engine.score(ids)).argmax(axis=-1)
-    agreement = float((ours == ref).mean())
-    print(f"teacher-forced top-1 agreement with llama.cpp: {agreement:.4f} over {len(ids)} positions")
-    assert agreement >= MIN_TOP1_AGREEMENT_LLAMA_CPP
+    theirs = np.asarray(llm.scores[: len(ids)], dtype=np.float64)
+    kl_ours, top1_ours = _kl_and_top1(np, float32, ours)
+    kl_theirs, top1_theirs = _kl_and_top1(np, float32, theirs)
+    print(f"teacher-forced vs float32 over {len(ids)} positions: Ember default KL {kl_ours:.5f} top-1 "
+          f"{top1_ours:.4f}; llama.cpp KL {kl_theirs:.5f} top-1 {top1_theirs:.4f}")  # fmt: skip
+    assert kl_ours <= MAX_KL_RATIO_TO_LLAMA_CPP * kl_theirs
+    assert top1_ours >= top1_theirs - MAX_TOP1_SHORTFALL_TO_LLAMA_CPP
+    assert kl_ours >= MIN_KL_RATIO_TO_LLAMA_CPP * kl_theirs, "the default path computed no quantization"

@@ -6,6 +6,8 @@ import random
 
 from ember import Engine, SamplingParams
 
+from conftest import computed_every_prompt_token
+
 SEEDED = SamplingParams(temperature=1.0, top_k=50, top_p=0.9, seed=4321, max_tokens=24, ignore_eos=True)
 OTHERS = [
     "Write a list of fruits:",
@@ -17,7 +19,10 @@ OTHERS = [
 ]
 
 
-def test_seeded_output_alone_equals_inside_a_shuffled_batch(engine: Engine) -> None:
+def test_seeded_output_alone_equals_inside_a_shuffled_batch(uncached_engine: Engine) -> None:
+    # Prefix caching off, so the batched runs compute the prompt again instead of reusing the
+    # KV cache of the run alone.
+    engine = uncached_engine
     prompt = "Tell me something surprising about octopuses."
     (alone,) = engine.generate(prompt, SEEDED, use_tqdm=False)
     rng = random.Random(0)
@@ -29,6 +34,7 @@ def test_seeded_output_alone_equals_inside_a_shuffled_batch(engine: Engine) -> N
             for p in batch
         ]
         outs = engine.generate(batch, params, use_tqdm=False)
+        assert computed_every_prompt_token(outs)
         mine = outs[batch.index(prompt)]
         assert mine.outputs[0].token_ids == alone.outputs[0].token_ids, f"trial {trial}"
         assert mine.outputs[0].text == alone.outputs[0].text

@@ -34,7 +34,7 @@ from test_server import (  # noqa: F401 (pytest collects the imported tests and 
     test_metrics_endpoint,
     test_models_lists_the_served_model,
     test_n_and_seed,
-    test_penalties_and_logit_bias_are_accepted,
+    test_penalties_change_greedy_output_as_in_the_engine,
     test_stop_string,
     test_usage_reports_cached_prompt_tokens,
 )

@@ -23,8 +23,8 @@ def add_device_options(parser: argparse.ArgumentParser | argparse._ArgumentGroup
         "--dtype",
         choices=["auto", "float32", "bfloat16"],
         default="auto",
-        help="arithmetic. CPU: auto keeps quantized weights quantized with 8-bit activations (fast, like "
-        "llama.cpp); float32 dequantizes weights at load and computes in f32 (exact, 4 bytes per weight). "
+        help="arithmetic. CPU: auto keeps quantized weights quantized with 8-bit activations (fast, "
+        "llama.cpp's scheme); float32 dequantizes weights at load and computes in f32 (exact, 4 bytes per weight). "
         "CUDA: auto or bfloat16 (bf16 weights and activations)",
     )
 

@@ -115,6 +115,7 @@ class Engine:
         enable_prefix_caching: bool = True,
         device: str = "auto",
         gpu_memory_utilization: float = 0.9,
+        scheduling_policy: str = "fcfs",
     ) -> None: ...
     tokenizer: Tokenizer
     max_model_len: int

@@ -23,7 +23,7 @@ _COUNTS = {
 }
 """Arguments that are counts of at least 1, and whether each may be None."""
 
-_OTHERS = {"seed", "dtype", "enable_prefix_caching", "device", "gpu_memory_utilization"}
+_OTHERS = {"seed", "dtype", "enable_prefix_caching", "device", "gpu_memory_utilization", "scheduling_policy"}
 
 
 def check_engine_args(args: dict[str, Any]) -> None:
@@ -35,7 +35,7 @@ def check_engine_args(args: dict[str, Any]) -> None:
             _check_int(name, value, 1)
         elif name == "seed":
             _check_int(name, value, 0)
-        elif name in ("dtype", "device"):
+        elif name in ("dtype", "device", "scheduling_policy"):
             if not isinstance(value, str):
                 raise InvalidRequestError(f"{name} must be a str, got {type(value).__name__}")
         elif name == "enable_prefix_caching":

@@ -15,11 +15,6 @@ from ember.outputs import RequestOutput
 from ember.sampling_params import SamplingParams
 from ember.server import cli as server_cli
 
-DEFAULT_SYSTEM_PROMPT = "You are a helpful AI assistant."
-"""The chat command's system message. SmolLM2's template default ("...named SmolLM, trained by
-Hugging Face") makes the 135M model answer in broken French to simple questions with 8-bit
-activations (llama.cpp greedily gives the same tokens); this plain one does not."""
-
 
 def _common_options() -> argparse.ArgumentParser:
     """The options shared by every subcommand."""
@@ -75,8 +70,8 @@ def build_parser() -> argparse.ArgumentParser:
     chat.add_argument("message", metavar="MESSAGE", help="the user's message")
     chat.add_argument(
         "--system",
-        default=DEFAULT_SYSTEM_PROMPT,
-        help="the system message (default: %(default)r); pass '' to use the chat template's own default",
+        default=None,
+        help="a system message to send before MESSAGE (default: none, so the chat template's own default applies)",
     )
     chat.add_argument("--max-tokens", type=int, default=256, help="most tokens to generate (default: %(default)s)")
     serve = sub.add_parser(

@@ -45,7 +45,10 @@ class Engine:
 
     `model` is None or a known name (the default SmolLM2-135M-Instruct, fetched on
     first use), a GGUF file, or a Hugging Face model folder. The other arguments
-    size the engine; see `ember._core.Engine`. Safe to share between threads: the
+    size the engine; see `ember._core.Engine`. `scheduling_policy` is vLLM's:
+    "fcfs" (default) admits waiting requests first come, first served and takes
+    only priority 0; "priority" admits the lowest `priority` value first (then
+    the earliest) and preempts the highest first. Safe to share between threads: the
     Rust engine releases the GIL while it computes, and one lock serializes calls
     into it.
     """
@@ -65,6 +68,7 @@ class Engine:
         enable_prefix_caching: bool = True,
         device: str = "auto",
         gpu_memory_utilization: float = 0.9,
+        scheduling_policy: str = "fcfs",
     ) -> None:
         engine_args = {
             "max_model_len": max_model_len,
@@ -78,6 +82,7 @@ class Engine:
             "enable_prefix_caching": enable_prefix_caching,
             "device": device,
             "gpu_memory_utilization": gpu_memory_utilization,
+            "scheduling_policy": scheduling_policy,
         }
         check_engine_args(engine_args)
         self.model_path = resolve_model(model)
@@ -112,9 +117,9 @@ class Engine:
 
         `sampling_params` is None (defaults), one SamplingParams for all prompts,
         or a list with one per prompt. `priority` is None (0), one int for all
-        prompts, or a list with one per prompt; lower values are preferred (the
-        scheduler preempts higher values first). Text is encoded with the
-        model's special tokens (BOS) added.
+        prompts, or a list with one per prompt; with `scheduling_policy="priority"`
+        lower values are admitted first and preempted last (an "fcfs" engine
+        accepts only 0). Text is encoded with the model's special tokens (BOS) added.
         """
         batch = normalize_prompts(prompts, self.tokenizer)
         params = normalize_params(sampling_params, len(batch))

@@ -34,7 +34,7 @@ class SamplingParams:
     min_p: float = 0.0
     """Drop tokens whose probability is below min_p times the most likely token's."""
     seed: int | None = None
-    """Per-request random seed; None uses the engine's generator."""
+    """Per-request random seed in [0, 2**64 - 1] (others are refused); None derives one from the engine seed."""
     stop: str | list[str] | None = None
     """Strings that end a completion when generated (not included in the text unless include_stop_str_in_output)."""
     stop_token_ids: list[int] | None = None
@@ -81,10 +81,10 @@ class SamplingParams:
         return {f.name: getattr(self, f.name) for f in dataclasses.fields(self)}
 
     def for_child(self, index: int) -> SamplingParams:
-        """The parameters of sub-request `index` of an n > 1 request: n=1, seed+index when seeded.
+        """The parameters of sub-request `index` of an n > 1 request: n=1, seed+index (mod 2**64) when seeded.
 
         Only sub-request 0 computes prompt logprobs (they are the same for every completion).
         """
-        seed = None if self.seed is None else self.seed + index
+        seed = None if self.seed is None else (self.seed + index) % 2**64
         prompt_logprobs = self.prompt_logprobs if index == 0 else None
         return dataclasses.replace(self, n=1, seed=seed, prompt_logprobs=prompt_logprobs)

@@ -14,6 +14,31 @@ pub enum SchedulingPolicy {
     Priority,
 }
 
+impl SchedulingPolicy {
+    /// The policy's name as users write it: "fcfs" or "priority" (vLLM's names).
+    pub fn as_str(self) -> &'static str {
+        match self {
+            Self::Fcfs => "fcfs",
+            Self::Priority => "priority",
+        }
+    }
+}
+
+impl std::str::FromStr for SchedulingPolicy {
+    type Err = String;
+
+    /// Parses "fcfs" or "priority"; the error names the field and the accepted values.
+    fn from_str(name: &str) -> Result<Self, Self::Err> {
+        match name {
+            "fcfs" => Ok(Self::Fcfs),
+            "priority" => Ok(Self::Priority),
+            other => Err(format!(
+                "scheduling_policy must be \"fcfs\" or \"priority\", got {other:?}"
+            )),
+        }
+    }
+}
+
 /// Limits of one scheduler.
 #[derive(Clone, Debug, PartialEq)]
 pub struct SchedulerConfig {
@@ -160,6 +185,18 @@ mod tests {
         assert_eq!(
             config.validate().unwrap_err().to_string(),
             "block_size must be at least 1, got 0"
+        );
+    }
+
+    #[test]
+    fn policy_names_round_trip_and_bad_names_are_named() {
+        for policy in [SchedulingPolicy::Fcfs, SchedulingPolicy::Priority] {
+            assert_eq!(policy.as_str().parse(), Ok(policy));
+        }
+        let err = "lifo".parse::<SchedulingPolicy>().unwrap_err();
+        assert!(
+            err.contains("scheduling_policy") && err.contains("\"lifo\""),
+            "{err}"
         );
     }
 

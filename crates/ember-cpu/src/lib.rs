@@ -2,8 +2,9 @@
 //! VNNI kernels and a scalar reference, paged attention, norms, RoPE and activations,
 //! parallelized by a low-overhead spinning fork-join (`par`) over the backend's own rayon pool.
 //!
-//! Numerics: quantized matmuls quantize activations per 32-element block to 8 bits like
-//! ggml (Q8_0 / Q8_1) and follow llama.cpp's arithmetic. Every result is independent of
+//! Numerics: quantized matmuls quantize activations per 32-element block to 8 bits in ggml's
+//! block formats (Q8_0 / Q8_1) and take llama.cpp's per-block integer-dot scheme; results are
+//! not llama.cpp's bit for bit and are judged by KL against float32. Every result is independent of
 //! batch composition and thread count (batch invariance); the quantized SIMD kernel families
 //! differ from the scalar reference (and from each other) by f32 rounding only.
 
@@ -30,6 +31,8 @@ pub use tensor::CpuTensor;
 
 #[cfg(test)]
 mod attention_tests;
+#[cfg(test)]
+mod matmul_large_tests;
 #[cfg(test)]
 mod matmul_tests;
 #[cfg(test)]

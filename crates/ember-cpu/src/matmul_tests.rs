@@ -7,14 +7,14 @@ use crate::tensor::CpuTensor;
 use crate::test_util::{random_weight_bytes, Rng, ALL_DTYPES};
 use ember_core::{WeightDType, WeightView};
 
-fn pool(threads: usize) -> rayon::ThreadPool {
+pub(crate) fn pool(threads: usize) -> rayon::ThreadPool {
     rayon::ThreadPoolBuilder::new()
         .num_threads(threads)
         .build()
         .expect("thread pool")
 }
 
-fn make_matrix(rng: &mut Rng, dtype: WeightDType, n: usize, k: usize) -> CpuMatrix {
+pub(crate) fn make_matrix(rng: &mut Rng, dtype: WeightDType, n: usize, k: usize) -> CpuMatrix {
     let bytes = random_weight_bytes(rng, dtype, n, k);
     let shape = [n, k];
     CpuMatrix::from_view(&WeightView {
@@ -26,14 +26,14 @@ fn make_matrix(rng: &mut Rng, dtype: WeightDType, n: usize, k: usize) -> CpuMatr
     .expect("valid matrix")
 }
 
-fn isas() -> Vec<Isa> {
+pub(crate) fn isas() -> Vec<Isa> {
     [Isa::Scalar, Isa::Avx2, Isa::Avx512Vnni]
         .into_iter()
         .filter(|i| i.is_supported())
         .collect()
 }
 
-fn dequantized(w: &CpuMatrix) -> Vec<f32> {
+pub(crate) fn dequantized(w: &CpuMatrix) -> Vec<f32> {
     let mut out = vec![0.0; w.rows() * w.cols()];
     for (r, row) in out.chunks_exact_mut(w.cols()).enumerate() {
         w.dequantize_row_into(r, row);

@@ -1,4 +1,6 @@
 use super::*;
+use crate::config::tests::{SMOLLM2_VAR, SMOLLM2_WHAT};
+use crate::reference_env::reference_path;
 use crate::safetensors::tests::temp_dir;
 
 /// SmolLM2-135M-Instruct's template, as stored in its GGUF `tokenizer.chat_template`.
@@ -35,9 +37,9 @@ fn smollm2_cases() -> Vec<(Vec<ChatMessage>, bool, &'static str)> {
 
 #[test]
 fn smollm2_template_matches_transformers() {
-    let template = match std::env::var("EMBER_SMOLLM2_GGUF") {
-        Ok(path) => {
-            let file = GgufFile::open(Path::new(&path)).expect("open SmolLM2");
+    let template = match reference_path(SMOLLM2_VAR, SMOLLM2_WHAT) {
+        Some(path) => {
+            let file = GgufFile::open(&path).expect("open SmolLM2");
             let template = ChatTemplate::from_gguf(&file)
                 .expect("compile")
                 .expect("has a template");
@@ -47,7 +49,7 @@ fn smollm2_template_matches_transformers() {
             );
             template
         }
-        Err(_) => ChatTemplate::new(SMOLLM2_TEMPLATE, None, None).expect("compile"),
+        None => ChatTemplate::new(SMOLLM2_TEMPLATE, None, None).expect("compile"),
     };
     for (messages, add_generation_prompt, expected) in smollm2_cases() {
         assert_eq!(

@@ -139,6 +139,10 @@ pub struct ModelConfig {
     pub rope_scaling: RopeScaling,
     /// Longest context the model supports.
     pub max_position_embeddings: usize,
+    /// Attention window of the layers that use one (Mistral's `sliding_window`, Qwen2's with
+    /// `use_sliding_window`). Ember has no sliding-window attention yet: up to the window,
+    /// full attention is exact, so the engine caps `max_model_len` at it.
+    pub sliding_window: Option<usize>,
     /// True when the output projection reuses the token embedding.
     pub tie_word_embeddings: bool,
     /// True when q/k/v projections have biases (always for Qwen2).

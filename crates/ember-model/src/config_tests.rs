@@ -4,7 +4,12 @@ use serde_json::{json, Value};
 
 use super::*;
 use crate::gguf::GgufFile;
+use crate::reference_env::reference_path;
 use crate::safetensors::tests::temp_dir;
+
+/// The variable naming the default model's GGUF file, and what it is.
+pub(crate) const SMOLLM2_VAR: &str = "EMBER_SMOLLM2_GGUF";
+pub(crate) const SMOLLM2_WHAT: &str = "the SmolLM2-135M-Instruct Q4_1 GGUF file";
 
 /// A metadata value for [`write_gguf`].
 pub(crate) enum Meta<'a> {
@@ -259,10 +264,10 @@ fn gguf_config_from_synthetic_file() {
 
 #[test]
 fn gguf_config_from_smollm2() {
-    let Ok(path) = std::env::var("EMBER_SMOLLM2_GGUF") else {
+    let Some(path) = reference_path(SMOLLM2_VAR, SMOLLM2_WHAT) else {
         return;
     };
-    let file = GgufFile::open(Path::new(&path)).expect("open SmolLM2");
+    let file = GgufFile::open(&path).expect("open SmolLM2");
     let cfg = ModelConfig::from_gguf(&file).expect("config");
     assert_eq!(cfg.architecture, Architecture::Llama);
     assert_eq!(

@@ -6,7 +6,7 @@ use std::time::{SystemTime, UNIX_EPOCH};
 
 use ember_core::{
     BackendError, FinishReason, InvalidParam, Request, RequestId, RequestUpdate, SamplingParams, Scheduler,
-    SchedulerConfig, SchedulerStats,
+    SchedulerConfig, SchedulerStats, SchedulingPolicy,
 };
 use thiserror::Error;
 
@@ -87,13 +87,24 @@ impl LlmEngine {
             args.device
         );
         let (executor, kv_spec) = load_on_device(args, &config, &opened.weights, &opened.name)?;
+        opened.weights.warn_unread(&opened.name);
         drop(opened.weights);
         let cache_tokens = kv_spec.num_blocks * args.block_size;
-        let model_len_limit = config.max_position_embeddings;
+        let (model_len_limit, limit_name) = match config.sliding_window {
+            Some(window) if window < config.max_position_embeddings => {
+                log::warn!(
+                    "{}: sliding_window {window}: Ember has no sliding-window attention yet, so \
+                     max_model_len is capped at the window (below it full attention is exact)",
+                    opened.name
+                );
+                (window, "sliding window")
+            }
+            _ => (config.max_position_embeddings, "context length"),
+        };
         let max_model_len = match args.max_model_len {
             Some(len) if len > model_len_limit => {
                 return Err(invalid(format!(
-                    "max_model_len ({len}) is larger than the model's context length ({model_len_limit})"
+                    "max_model_len ({len}) is larger than the model's {limit_name} ({model_len_limit})"
                 )))
             }
             Some(len) => len,
@@ -116,6 +127,7 @@ impl LlmEngine {
             block_size: args.block_size,
             num_blocks: kv_spec.num_blocks,
             enable_prefix_caching: args.enable_prefix_caching,
+            policy: args.scheduling_policy,
             ..SchedulerConfig::default()
         })
         .map_err(|e| invalid(e.to_string()))?;
@@ -191,6 +203,17 @@ impl LlmEngine {
         let vocab_size = self.tokenizer.vocab_size().min(self.vocab_size);
         params.validate_token_ids(vocab_size)?;
         ember_core::check_prompt_token_ids(&prompt_token_ids, vocab_size)?;
+        let policy = self.scheduler.config().policy;
+        if priority != 0 && policy == SchedulingPolicy::Fcfs {
+            return Err(EngineError::InvalidParam(InvalidParam {
+                field: "priority",
+                message: format!(
+                    "{priority} needs scheduling_policy=\"priority\"; this engine schedules \"{}\" \
+                     (first come, first served), which accepts only priority 0",
+                    policy.as_str()
+                ),
+            }));
+        }
         let request_id: RequestId = Arc::from(request_id);
         if self.requests.contains_key(&request_id) {
             return Err(invalid(format!("request_id '{request_id}' is already in use")));

@@ -2,6 +2,8 @@
 
 use std::path::PathBuf;
 
+use ember_core::SchedulingPolicy;
+
 /// Most KV-cache memory the CPU backend takes by default.
 pub const DEFAULT_CPU_KV_CACHE_CAP_BYTES: u64 = 4 << 30;
 /// Fraction of currently available memory the CPU backend takes by default (before the cap).
@@ -29,12 +31,15 @@ pub struct EngineArgs {
     /// Seed from which requests without their own seed derive one.
     pub seed: u64,
     /// Compute dtype on the CPU: "auto" (quantized weights stay quantized, 8-bit activations in
-    /// their products, like llama.cpp) or "float32" (weights dequantized at load, f32 throughout).
+    /// their products, llama.cpp's scheme) or "float32" (weights dequantized at load, f32 throughout).
     pub dtype: String,
     /// CPU threads; `None` uses every available core.
     pub num_threads: Option<usize>,
     /// Reuse cached KV blocks of shared prompt prefixes.
     pub enable_prefix_caching: bool,
+    /// Admission order of waiting requests: first come, first served (default), or by
+    /// `priority` (lower first); requests with a priority other than 0 need the latter.
+    pub scheduling_policy: SchedulingPolicy,
     /// Where the model runs: "auto" (CUDA when usable, else CPU), "cuda" or "cpu".
     pub device: String,
     /// Fraction of GPU memory the engine may use (weights, workspace and KV cache).
@@ -55,6 +60,7 @@ impl EngineArgs {
             dtype: "auto".into(),
             num_threads: None,
             enable_prefix_caching: true,
+            scheduling_policy: SchedulingPolicy::Fcfs,
             device: "auto".into(),
             gpu_memory_utilization: 0.9,
         }

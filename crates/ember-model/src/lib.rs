@@ -13,6 +13,8 @@ pub mod llama;
 pub mod loader;
 mod mapped_file;
 pub mod model_files;
+#[cfg(test)]
+mod reference_env;
 mod request_state;
 pub mod runner;
 pub mod safetensors;

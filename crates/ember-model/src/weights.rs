@@ -9,6 +9,7 @@
 use std::collections::HashMap;
 use std::fmt;
 use std::path::{Path, PathBuf};
+use std::sync::atomic::{AtomicBool, Ordering};
 
 use ember_core::WeightView;
 use thiserror::Error;
@@ -213,13 +214,22 @@ pub struct WeightSource {
     files: Files,
     /// Canonical name -> index into the file's tensor list.
     index: HashMap<String, usize>,
+    /// Per stored tensor: whether [`WeightSource::get`] handed it out.
+    read: Vec<AtomicBool>,
 }
+
+/// GGUF tensors the config reads directly rather than through [`WeightSource::get`].
+const GGUF_CONFIG_TENSORS: [&str; 1] = ["rope_freqs.weight"];
+
+/// Stored tensor names listed in full in the unused-tensor warning.
+const MAX_NAMES_LISTED: usize = 8;
 
 impl WeightSource {
     /// Weights of a parsed GGUF file.
     pub fn from_gguf(file: GgufFile) -> Self {
         let index = canonical_index(file.tensors.iter().map(|t| t.name.as_str()), NameScheme::Gguf);
         Self {
+            read: unread_flags(file.tensors.len()),
             files: Files::Gguf(file),
             index,
         }
@@ -232,6 +242,7 @@ impl WeightSource {
             NameScheme::HuggingFace,
         );
         Self {
+            read: unread_flags(set.tensors().len()),
             files: Files::Safetensors(set),
             index,
         }
@@ -265,6 +276,13 @@ impl WeightSource {
         let Some((name, &i)) = self.index.get_key_value(canonical) else {
             return Err(self.missing(canonical));
         };
+        let view = self.view(name, i)?;
+        self.read[i].store(true, Ordering::Relaxed);
+        Ok(view)
+    }
+
+    /// The view of stored tensor `i`, named `name`.
+    fn view<'a>(&'a self, name: &'a str, i: usize) -> Result<WeightView<'a>, LoadError> {
         match &self.files {
             Files::Gguf(file) => {
                 let info = &file.tensors[i];
@@ -294,6 +312,42 @@ impl WeightSource {
         }
     }
 
+    /// Stored names of the tensors no model code has read (so far), in file order.
+    pub fn unread_tensor_names(&self) -> Vec<String> {
+        let names: Vec<&str> = match &self.files {
+            Files::Gguf(file) => file.tensors.iter().map(|t| t.name.as_str()).collect(),
+            Files::Safetensors(set) => set.tensors().iter().map(|t| t.name.as_str()).collect(),
+        };
+        let read_by_config =
+            |name: &str| self.scheme() == NameScheme::Gguf && GGUF_CONFIG_TENSORS.contains(&name);
+        names
+            .into_iter()
+            .zip(&self.read)
+            .filter(|(name, read)| !(read.load(Ordering::Relaxed) || read_by_config(name)))
+            .map(|(name, _)| name.to_string())
+            .collect()
+    }
+
+    /// Logs a warning naming the tensors the loaded model left unused (weights it would
+    /// need for features it does not implement are otherwise dropped silently).
+    pub fn warn_unread(&self, model_name: &str) {
+        let unread = self.unread_tensor_names();
+        if unread.is_empty() {
+            return;
+        }
+        let listed = unread[..unread.len().min(MAX_NAMES_LISTED)].join(", ");
+        let more = unread.len().saturating_sub(MAX_NAMES_LISTED);
+        let more = if more > 0 {
+            format!(" and {more} more")
+        } else {
+            String::new()
+        };
+        log::warn!(
+            "{model_name}: {} tensors in the model files are not used by Ember's model code: {listed}{more}",
+            unread.len()
+        );
+    }
+
     fn missing(&self, canonical: &str) -> LoadError {
         let Some(parsed) = TensorName::parse(canonical) else {
             return LoadError::InvalidTensorName(canonical.to_string());
@@ -315,6 +369,10 @@ impl WeightSource {
             path,
         }
     }
+}
+
+fn unread_flags(num_tensors: usize) -> Vec<AtomicBool> {
+    (0..num_tensors).map(|_| AtomicBool::new(false)).collect()
 }
 
 fn canonical_index<'a>(names: impl Iterator<Item = &'a str>, scheme: NameScheme) -> HashMap<String, usize> {

@@ -1,7 +1,8 @@
 use ember_core::WeightDType;
 
 use super::*;
-use crate::config::tests::{write_gguf, Meta};
+use crate::config::tests::{write_gguf, Meta, SMOLLM2_VAR, SMOLLM2_WHAT};
+use crate::reference_env::reference_path;
 use crate::safetensors::tests::{f32_bytes, temp_dir, write_safetensors};
 
 #[test]
@@ -135,6 +136,14 @@ fn safetensors_source_by_canonical_name() {
     );
     let msg = source.get("layers.0.bogus").expect_err("bad name").to_string();
     assert!(msg.contains("layers.0.bogus"), "{msg}");
+    // Only tensors handed out count as used: not the unknown name, not the one that failed.
+    assert_eq!(
+        source.unread_tensor_names(),
+        vec![
+            "model.layers.0.self_attn.rotary_emb.inv_freq",
+            "model.layers.0.mlp.up_proj.weight"
+        ]
+    );
 }
 
 #[test]
@@ -178,10 +187,10 @@ fn gguf_source_and_unsupported_type() {
 
 #[test]
 fn smollm2_gguf_tensors() {
-    let Ok(path) = std::env::var("EMBER_SMOLLM2_GGUF") else {
+    let Some(path) = reference_path(SMOLLM2_VAR, SMOLLM2_WHAT) else {
         return;
     };
-    let source = WeightSource::from_gguf(GgufFile::open(Path::new(&path)).expect("open"));
+    let source = WeightSource::from_gguf(GgufFile::open(&path).expect("open"));
     assert!(!source.contains("lm_head"));
     let embed = source.get("embed_tokens").expect("embed");
     assert_eq!(

@@ -2,14 +2,17 @@
 //! `smollm`) against ids from llama-cpp-python 0.3.36
 //! (`Llama(vocab_only=True).tokenize(text.encode(), add_bos=False, special=True)`).
 //!
-//! Set `EMBER_SMOLLM2_GGUF` to the `.gguf` file. Without it the test passes with a message,
+//! Set `EMBER_SMOLLM2_GGUF` to the `.gguf` file. Without it the test is skipped with a note,
 //! or fails when `CI=true`.
 
-use std::path::PathBuf;
 use std::time::Instant;
 
 use ember_model::gguf::GgufFile;
 use ember_model::tokenizer::Tokenizer;
+
+#[path = "../src/reference_env.rs"]
+mod reference_env;
+use reference_env::reference_path;
 
 const CASES: &[(&str, &[u32])] = &[
     ("Hello, world!", &[19556, 28, 905, 17]),
@@ -35,14 +38,7 @@ const CASES: &[(&str, &[u32])] = &[
 ];
 
 fn load() -> Option<Tokenizer> {
-    let Some(path) = std::env::var_os("EMBER_SMOLLM2_GGUF").map(PathBuf::from) else {
-        let msg = "SmolLM2 GGUF not found; set EMBER_SMOLLM2_GGUF to SmolLM2-135M-Instruct.Q4_1.gguf";
-        if std::env::var("CI").as_deref() == Ok("true") {
-            panic!("{msg}");
-        }
-        eprintln!("{msg}");
-        return None;
-    };
+    let path = reference_path("EMBER_SMOLLM2_GGUF", "the SmolLM2-135M-Instruct Q4_1 GGUF file")?;
     let file = GgufFile::open(&path).unwrap_or_else(|e| panic!("{e}"));
     Some(Tokenizer::from_gguf(&file).unwrap_or_else(|e| panic!("{e}")))
 }

@@ -2,13 +2,17 @@
 //! `.gguf.inp` / `.gguf.out`, as in llama.cpp's `tests/test-tokenizer-0.cpp`: tokenized
 //! with `add_special = false`, `parse_special = false`).
 //!
-//! Set `EMBER_VOCAB_DIR` to the llama.cpp `models/` directory. Without it the test passes
-//! with a message, or fails when `CI=true`.
+//! Set `EMBER_VOCAB_DIR` to the llama.cpp `models/` directory. Without it the test is skipped
+//! with a note, or fails when `CI=true`.
 
 use std::path::{Path, PathBuf};
 
 use ember_model::gguf::GgufFile;
 use ember_model::tokenizer::Tokenizer;
+
+#[path = "../src/reference_env.rs"]
+mod reference_env;
+use reference_env::reference_path;
 
 /// Vocabularies that must match llama.cpp exactly.
 const REQUIRED: &[&str] = &[
@@ -67,13 +71,9 @@ fn vocab_name(path: &Path) -> Option<String> {
 
 #[test]
 fn tokenizer_llama_cpp_vocab_conformance() {
-    let Some(dir) = std::env::var_os("EMBER_VOCAB_DIR").map(PathBuf::from) else {
-        let msg = "tokenizer conformance vectors not found; set EMBER_VOCAB_DIR to llama.cpp's models/ \
-                   directory (ggml-vocab-*.gguf with .gguf.inp/.gguf.out)";
-        if std::env::var("CI").as_deref() == Ok("true") {
-            panic!("{msg}");
-        }
-        eprintln!("{msg}");
+    let what = "llama.cpp's tokenizer conformance vectors (its models/ directory: ggml-vocab-*.gguf with \
+                .gguf.inp/.gguf.out)";
+    let Some(dir) = reference_path("EMBER_VOCAB_DIR", what) else {
         return;
     };
     let mut paths: Vec<PathBuf> = std::fs::read_dir(&dir)

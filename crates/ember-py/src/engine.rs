@@ -8,7 +8,7 @@ use pyo3::prelude::*;
 use pyo3::types::PyDict;
 
 use crate::convert;
-use crate::errors::{engine_error, invalid_request, py_error, ErrorKind};
+use crate::errors::{engine_error, invalid_param, invalid_request, py_error, ErrorKind};
 use crate::guard::guard;
 use crate::params::sampling_params_from_dict;
 use crate::tokenizer::PyTokenizer;
@@ -93,7 +93,8 @@ impl PyEngine {
     #[new]
     #[pyo3(signature = (model_path, *, max_model_len=None, max_num_seqs=256, max_num_batched_tokens=None,
         kv_cache_memory_bytes=None, block_size=16, seed=0, dtype="auto".to_string(), num_threads=None,
-        enable_prefix_caching=true, device="auto".to_string(), gpu_memory_utilization=0.9))]
+        enable_prefix_caching=true, device="auto".to_string(), gpu_memory_utilization=0.9,
+        scheduling_policy="fcfs".to_string()))]
     #[allow(clippy::too_many_arguments)]
     fn new(
         py: Python<'_>,
@@ -109,8 +110,12 @@ impl PyEngine {
         enable_prefix_caching: bool,
         device: String,
         gpu_memory_utilization: f32,
+        scheduling_policy: String,
     ) -> PyResult<Self> {
         guard(|| {
+            let scheduling_policy = scheduling_policy
+                .parse()
+                .map_err(|message: String| invalid_param("scheduling_policy", message))?;
             let args = EngineArgs {
                 max_model_len,
                 max_num_seqs,
@@ -123,6 +128,7 @@ impl PyEngine {
                 enable_prefix_caching,
                 device,
                 gpu_memory_utilization,
+                scheduling_policy,
                 ..EngineArgs::new(model_path)
             };
             let engine = py.detach(|| LlmEngine::new(&args)).map_err(engine_error)?;

@@ -174,10 +174,8 @@ pub fn sampling_params_from_dict(dict: &Bound<'_, PyDict>) -> PyResult<SamplingP
             "top_p" => params.top_p = field(&value, "top_p", "a number")?,
             "top_k" => params.top_k = field(&value, "top_k", "an integer")?,
             "min_p" => params.min_p = field(&value, "min_p", "a number")?,
-            "seed" => {
-                let seed: i64 = field(&value, "seed", "an integer")?;
-                params.seed = Some(seed as u64);
-            }
+            // Read as u64, so that a negative or too large seed is refused with the range, never wrapped.
+            "seed" => params.seed = Some(field::<u64>(&value, "seed", "an integer")?),
             "ignore_eos" => params.ignore_eos = field(&value, "ignore_eos", "a bool")?,
             "skip_special_tokens" => {
                 params.skip_special_tokens = field(&value, "skip_special_tokens", "a bool")?;

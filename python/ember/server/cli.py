@@ -72,6 +72,13 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
     add_device_options(engine)
     engine.add_argument("--seed", type=int, default=0, help="engine seed for unseeded requests (default: 0)")
     engine.add_argument("--no-prefix-caching", action="store_true", help="turn automatic prefix caching off")
+    engine.add_argument(
+        "--scheduling-policy",
+        choices=["fcfs", "priority"],
+        default="fcfs",
+        help="admission order of waiting requests: fcfs (first come, first served; requests must leave "
+        "`priority` at 0) or priority (lowest `priority` first, then arrival) (default: %(default)s)",
+    )
     _add_data_parallel_arguments(parser)
 
 

@@ -71,6 +71,7 @@ def _load_engine(args: argparse.Namespace) -> EngineClient:
         **device_kwargs(args),
         "seed": args.seed,
         "enable_prefix_caching": not args.no_prefix_caching,
+        "scheduling_policy": args.scheduling_policy,
     }
     if args.data_parallel_size == 1 and args.distributed_executor_backend != "ray":
         return AsyncEngine(args.model, **engine_args)

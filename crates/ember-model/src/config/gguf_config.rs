@@ -86,6 +86,7 @@ impl ModelConfig {
             rope_theta: g.opt_f64("rope.freq_base").unwrap_or(10000.0) as f32,
             rope_scaling: gguf_rope_scaling(&g)?,
             max_position_embeddings: g.opt_usize("context_length").unwrap_or(2048),
+            sliding_window: None,
             tie_word_embeddings: file.tensor("output.weight").is_none(),
             attention_bias: architecture == Architecture::Qwen2 || file.tensor("blk.0.attn_q.bias").is_some(),
             o_proj_bias: file.tensor("blk.0.attn_output.bias").is_some(),

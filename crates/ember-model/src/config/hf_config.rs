@@ -37,6 +37,7 @@ impl ModelConfig {
             source_name,
         };
         let architecture = hf_architecture(config, source_name)?;
+        check_mlp(config, architecture, &f)?;
         let hidden_size = f.usize("hidden_size")?;
         let num_heads = f.usize("num_attention_heads")?;
         let num_kv_heads = f.opt_usize("num_key_value_heads")?.unwrap_or(num_heads);
@@ -77,6 +78,7 @@ impl ModelConfig {
             } as f32,
             rope_scaling: hf_rope_scaling(config.get("rope_scaling").or(rope_params), source_name)?,
             max_position_embeddings: f.opt_usize("max_position_embeddings")?.unwrap_or(2048),
+            sliding_window: sliding_window(config, architecture, &f)?,
             tie_word_embeddings: config
                 .get("tie_word_embeddings")
                 .and_then(Value::as_bool)
@@ -152,6 +154,58 @@ fn hf_architecture(config: &Value, source_name: &str) -> Result<Architecture, Co
     }
 }
 
+/// Rejects MLP settings the Llama-family code would silently compute wrong: an activation
+/// other than SiLU, and Llama's `mlp_bias` (the MLP projections have no bias here).
+fn check_mlp(config: &Value, architecture: Architecture, f: &HfFields<'_>) -> Result<(), ConfigError> {
+    let invalid = |detail: String| ConfigError::Invalid {
+        source_name: f.source_name.to_string(),
+        detail,
+    };
+    match f.field("hidden_act") {
+        None => {}
+        Some(Value::String(act)) if act == "silu" || act == "swish" => {}
+        Some(other) => {
+            return Err(invalid(format!(
+                "hidden_act {other} is not supported (supported: \"silu\")"
+            )))
+        }
+    }
+    let mlp_bias = config.get("mlp_bias").and_then(Value::as_bool) == Some(true);
+    if architecture == Architecture::Llama && mlp_bias {
+        return Err(invalid(
+            "mlp_bias true is not supported (MLP projections without biases only)".into(),
+        ));
+    }
+    Ok(())
+}
+
+/// The attention window of the layers that use one, as transformers reads it: Mistral's
+/// `sliding_window`; Qwen2's only with `use_sliding_window`, for layers from
+/// `max_window_layers` on; an explicit `layer_types` list decides for either.
+fn sliding_window(
+    config: &Value,
+    architecture: Architecture,
+    f: &HfFields<'_>,
+) -> Result<Option<usize>, ConfigError> {
+    let use_window = match architecture {
+        Architecture::Llama => false,
+        Architecture::Mistral => true,
+        Architecture::Qwen2 => config.get("use_sliding_window").and_then(Value::as_bool) == Some(true),
+    };
+    let Some(window) = f.opt_usize("sliding_window")?.filter(|_| use_window) else {
+        return Ok(None);
+    };
+    let any_layer_slides = match config.get("layer_types").and_then(Value::as_array) {
+        Some(types) => types.iter().any(|t| t.as_str() == Some("sliding_attention")),
+        None if architecture == Architecture::Qwen2 => {
+            let num_layers = f.usize("num_hidden_layers")?;
+            f.opt_usize("max_window_layers")?.unwrap_or(28) < num_layers
+        }
+        None => true,
+    };
+    Ok(any_layer_slides.then_some(window))
+}
+
 fn hf_rope_scaling(value: Option<&Value>, source_name: &str) -> Result<RopeScaling, ConfigError> {
     let Some(obj) = value.filter(|v| !v.is_null()) else {
         return Ok(RopeScaling::None);
@@ -225,3 +279,7 @@ impl HfFields<'_> {
         self.opt_f64(field)?.ok_or_else(|| self.missing(field))
     }
 }
+
+#[cfg(test)]
+#[path = "hf_config_tests.rs"]
+mod tests;

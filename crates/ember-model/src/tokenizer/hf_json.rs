@@ -336,7 +336,7 @@ fn spm_space_prefix(norms: &[&Value], pres: &[&Value]) -> Result<SpacePrefix, To
                 prefix = match (scheme, legacy) {
                     (Some("first"), _) => SpacePrefix::First,
                     (Some("never"), _) | (None, Some(false)) => SpacePrefix::Never,
-                    _ => SpacePrefix::AfterSpecial,
+                    _ => SpacePrefix::UnlessSpace,
                 };
             }
             other => return Err(TokenizerError::UnsupportedPreTokenizer(other.to_string())),

@@ -129,12 +129,14 @@ impl Tokenizer {
                             prev_special = true;
                         }
                         Fragment::Text(s, e) => {
+                            let piece = &text[s..e];
                             let prefix = match spm.space_prefix {
                                 SpacePrefix::Never => false,
-                                SpacePrefix::First => s == 0,
+                                SpacePrefix::First => s == 0 && !piece.starts_with(' '),
                                 SpacePrefix::AfterSpecial => prev_special,
+                                SpacePrefix::UnlessSpace => !piece.starts_with(' '),
                             };
-                            let escaped = spm::escape(&text[s..e], prefix);
+                            let escaped = spm::escape(piece, prefix);
                             spm.encode(&self.vocab, &escaped, &mut out);
                             prev_special = false;
                         }

@@ -14,10 +14,15 @@ pub(crate) const SPACE_MARK: &str = "\u{2581}";
 pub(crate) enum SpacePrefix {
     /// Never.
     Never,
-    /// Only for the text at the very start of the input.
+    /// Only for the text at the very start of the input, unless it already starts with a
+    /// space (the Metaspace pre-tokenizer's `prepend_scheme: "first"`).
     First,
-    /// For the first piece and every piece that follows a special token (llama.cpp).
+    /// For the first piece and every piece that follows a special token, always (llama.cpp,
+    /// and the `Prepend` normalizer of Llama 2's `tokenizer.json`).
     AfterSpecial,
+    /// For every piece that does not already start with a space (the Metaspace
+    /// pre-tokenizer's `prepend_scheme: "always"`).
+    UnlessSpace,
 }
 
 /// How pairs are ranked.

@@ -1,0 +1,96 @@
+//! Fields of `config.json` that change the math: read as transformers reads them, or refused.
+
+use serde_json::{json, Value};
+
+use super::*;
+
+/// A small config of `architecture` with `extra` fields merged in.
+fn config(architecture: &str, extra: Value) -> Value {
+    let mut config = json!({
+        "architectures": [architecture], "hidden_size": 64, "intermediate_size": 128,
+        "num_hidden_layers": 4, "num_attention_heads": 4, "num_key_value_heads": 2,
+        "vocab_size": 300, "max_position_embeddings": 4096
+    });
+    for (key, value) in extra.as_object().expect("an object") {
+        config[key] = value.clone();
+    }
+    config
+}
+
+fn window(architecture: &str, extra: Value) -> Option<usize> {
+    ModelConfig::from_hf_json(&config(architecture, extra), None, "config.json")
+        .expect("config")
+        .sliding_window
+}
+
+fn error(architecture: &str, extra: Value) -> String {
+    ModelConfig::from_hf_json(&config(architecture, extra), None, "config.json")
+        .expect_err("refused")
+        .to_string()
+}
+
+#[test]
+fn mistral_slides_when_a_window_is_set() {
+    assert_eq!(
+        window("MistralForCausalLM", json!({"sliding_window": 1024})),
+        Some(1024)
+    );
+    assert_eq!(
+        window("MistralForCausalLM", json!({"sliding_window": null})),
+        None
+    );
+    assert_eq!(window("MistralForCausalLM", json!({})), None);
+}
+
+#[test]
+fn qwen2_slides_only_with_use_sliding_window_from_max_window_layers_on() {
+    let qwen = "Qwen2ForCausalLM";
+    assert_eq!(window(qwen, json!({"sliding_window": 1024})), None);
+    let on = json!({"sliding_window": 1024, "use_sliding_window": true, "max_window_layers": 2});
+    assert_eq!(window(qwen, on), Some(1024));
+    let no_layer = json!({"sliding_window": 1024, "use_sliding_window": true, "max_window_layers": 4});
+    assert_eq!(window(qwen, no_layer), None);
+    // transformers' default max_window_layers (28) is past these 4 layers.
+    assert_eq!(
+        window(qwen, json!({"sliding_window": 1024, "use_sliding_window": true})),
+        None
+    );
+}
+
+#[test]
+fn layer_types_decide_when_present_and_llama_has_no_window() {
+    let types = |t: &str| json!([t, t, t, t]);
+    let sliding = json!({"sliding_window": 512, "layer_types": types("sliding_attention")});
+    assert_eq!(window("MistralForCausalLM", sliding), Some(512));
+    let full = json!({"sliding_window": 512, "layer_types": types("full_attention")});
+    assert_eq!(window("MistralForCausalLM", full), None);
+    assert_eq!(window("LlamaForCausalLM", json!({"sliding_window": 512})), None);
+}
+
+#[test]
+fn activations_other_than_silu_are_refused_by_name() {
+    for act in ["silu", "swish"] {
+        assert!(ModelConfig::from_hf_json(
+            &config("LlamaForCausalLM", json!({"hidden_act": act})),
+            None,
+            "c"
+        )
+        .is_ok());
+    }
+    let msg = error("LlamaForCausalLM", json!({"hidden_act": "gelu_pytorch_tanh"}));
+    assert!(
+        msg.contains("hidden_act") && msg.contains("gelu_pytorch_tanh") && msg.contains("silu"),
+        "{msg}"
+    );
+    let msg = error("Qwen2ForCausalLM", json!({"hidden_act": "relu"}));
+    assert!(msg.contains("hidden_act \"relu\""), "{msg}");
+}
+
+#[test]
+fn llama_mlp_bias_is_refused() {
+    let msg = error("LlamaForCausalLM", json!({"mlp_bias": true}));
+    assert!(msg.starts_with("config.json: mlp_bias true"), "{msg}");
+    assert!(
+        ModelConfig::from_hf_json(&config("LlamaForCausalLM", json!({"mlp_bias": false})), None, "c").is_ok()
+    );
+}

@@ -1,0 +1,54 @@
+"""The benchmark scripts' measurement code, run small on the CPU: each counts and times what it says.
+
+- bench/gpu_e2e.py: Ember runs with prefix caching off (no timed run reuses the warm-up's KV)
+  and every prompt is generated for.
+- bench/prefix_cache.py: cached prompt tokens are reported apart and never counted as
+  computed throughput.
+- bench/throughput.py: llama.cpp's multi-stream context keeps the library's default
+  `kv_unified` off, so each stream attends over its own cells only.
+"""
+
+from __future__ import annotations
+
+import argparse
+import sys
+from pathlib import Path
+
+import pytest
+
+from references import require
+
+sys.path.insert(0, str(Path(__file__).resolve().parent.parent / "bench"))
+
+import gpu_e2e
+import prefix_cache
+
+import throughput
+
+
+def test_gpu_e2e_ember_runs_uncached_on_every_prompt(default_gguf: Path) -> None:
+    # Identical prompts: with prefix caching on, every run after the warm-up would hit the cache.
+    prompts = [[1 + (7 * j) % 4000 for j in range(40)] for _ in range(5)] + [[5] * 40]
+    result = gpu_e2e.bench_ember(str(default_gguf), prompts, decode_steps=6, output_len=3, device="cpu")
+    assert result["prefix_cache_hit_tokens"] == 0
+    assert (result["num_prompts"], result["num_generated_tokens"]) == (6, 18)
+    assert result["decode_tok_s"] > 0 and result["ttft_s"] > 0
+
+
+def test_prefix_cache_bench_counts_cached_tokens_apart(default_gguf: Path) -> None:
+    args = argparse.Namespace(threads=2, seed=0)
+    # A 64-token step budget: the first request computes the shared 64-token prefix (4 blocks of
+    # 16) alone in the first step, and the three admitted after it reuse those blocks.
+    on = prefix_cache.run(str(default_gguf), True, 4, args, system_tokens=64, max_num_batched_tokens=64)
+    off = prefix_cache.run(str(default_gguf), False, 4, args, system_tokens=64, max_num_batched_tokens=64)
+    assert on["prompt_tokens"] == off["prompt_tokens"] == on["computed_prompt_tokens"] + on["cached_prompt_tokens"]
+    assert on["cached_prompt_tokens"] == 3 * 64 and off["cached_prompt_tokens"] == 0
+    for r in (on, off):
+        assert r["computed_tok_s"] == pytest.approx((r["computed_prompt_tokens"] + r["generated_tokens"]) / r["wall_s"])
+
+
+def test_llama_cpp_streams_attend_over_their_own_cells(default_gguf: Path) -> None:
+    require("llama_cpp")
+    runner = throughput.LlamaCppRunner(str(default_gguf), threads=2, max_seqs=4, max_tokens_per_seq=64)
+    assert runner.settings["kv_unified"] is False
+    assert runner.settings["n_ctx_seq"] == runner.settings["n_ctx"] // 4 >= throughput.PREFILL_TOKENS + 64
