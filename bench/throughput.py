@@ -8,9 +8,11 @@ llama-cpp-python's low-level API (llama_batch / llama_decode with one sequence i
 per stream), so its multi-stream numbers are real batched decoding, with the library's
 default context settings: `kv_unified` off (each stream attends over its own cache cells,
 `n_ctx / n_seq_max` of them), flash attention on auto, 512-token micro-batches. Ember runs
-with prefix caching off, so no run reuses KV computed by an earlier one.
+with prefix caching off, so no run reuses KV computed by an earlier one. Each number also
+comes as tokens per second of process CPU time (`*_tok_per_cpu_s`), which on a shared machine
+moves less with other processes' load than wall-clock time (most steadily with `--threads 1`).
 
-    python bench/throughput.py [--model PATH] [--threads 2] [--quick]
+    python bench/throughput.py [--model PATH] [--threads 2] [--streams 16 64] [--repeats 3] [--quick]
 
 Both engines are loaded at once and take turns within each repeat (best of 3), so load
 from other processes that changes during the run weighs on both alike. Prints a progress
@@ -211,22 +213,28 @@ class LlamaCppRunner:
 def measure(
     runners: dict[str, Any], prefill_ids: list[int], short_ids: list[list[int]], args: argparse.Namespace
 ) -> dict[str, dict[str, float]]:
-    """Every throughput figure of every engine, best of `args.repeats`. The engines alternate within
-    each repeat, so load from other processes that changes during the run weighs on both alike."""
-    metrics: dict[str, Callable[[Any], float]] = {
-        "prefill_tok_s": lambda r: r.prefill(prefill_ids),
-        "decode_1_stream_tok_s": lambda r: r.decode_single(short_ids[0], args.decode_tokens),
+    """Every throughput figure of every engine, best of `args.repeats`: `<metric>_tok_s` (wall clock) and
+    `<metric>_tok_per_cpu_s` (process CPU time, all threads). The engines alternate within each repeat, so
+    load from other processes that changes during the run weighs on both alike."""
+    tokens = args.decode_tokens
+    metrics: dict[str, tuple[Callable[[Any], float], int]] = {
+        "prefill": (lambda r: r.prefill(prefill_ids), len(prefill_ids)),
+        "decode_1_stream": (lambda r: r.decode_single(short_ids[0], tokens), tokens),
     }
     for n in args.streams:
-        metrics[f"decode_{n}_streams_tok_s"] = lambda r, n=n: r.decode_many(short_ids[:n], args.decode_tokens)
+        metrics[f"decode_{n}_streams"] = (lambda r, n=n: r.decode_many(short_ids[:n], tokens), n * tokens)
     for runner in runners.values():
         runner.decode_single(short_ids[0], 8)  # warm-up
     results: dict[str, dict[str, float]] = {name: {} for name in runners}
-    for key, run in metrics.items():
+    for key, (run, num_tokens) in metrics.items():
         for repeat in range(args.repeats):
             for name, runner in runners.items():
+                start = time.process_time()
                 value = run(runner)
-                results[name][key] = max(value, results[name].get(key, 0.0))
+                per_cpu_s = num_tokens / max(time.process_time() - start, 1e-9)
+                best = results[name]
+                best[f"{key}_tok_s"] = max(value, best.get(f"{key}_tok_s", 0.0))
+                best[f"{key}_tok_per_cpu_s"] = max(per_cpu_s, best.get(f"{key}_tok_per_cpu_s", 0.0))
                 print(f"{key} repeat {repeat + 1}/{args.repeats} {name}: {value:.1f}", file=sys.stderr, flush=True)
     return results
 
@@ -238,8 +246,13 @@ def main() -> None:
         threads_help="threads for both engines (default: 2)",
         quick_help="a small smoke run: 16 tokens, 1 repeat, 16 streams",
     )
+    parser.add_argument(
+        "--streams", type=int, nargs="+", default=None, help="concurrent stream counts (default: 16 64; quick: 16)"
+    )
+    parser.add_argument("--repeats", type=int, default=None, help="best of this many runs (default: 3; quick: 1)")
     args = parser.parse_args()
-    args.decode_tokens, args.repeats, args.streams = (16, 1, [16]) if args.quick else (128, 3, [16, 64])
+    args.decode_tokens, repeats, streams = (16, 1, [16]) if args.quick else (128, 3, [16, 64])
+    args.repeats, args.streams = args.repeats or repeats, args.streams or streams
 
     import llama_cpp
 
@@ -258,10 +271,10 @@ def main() -> None:
 
     print(f"\nSmolLM2-135M Q4_1 GGUF, {args.threads} threads, {cpu_model()}")
     print(f"llama.cpp context: {theirs.settings}")
-    print(f"{'metric':<28}{'ember':>12}{'llama.cpp':>12}{'ratio':>8}")
+    print(f"{'metric':<34}{'ember':>12}{'llama.cpp':>12}{'ratio':>8}")
     for key in results["ember"]:
         a, b = results["ember"][key], results["llama.cpp"][key]
-        print(f"{key:<28}{a:>12.1f}{b:>12.1f}{a / b:>8.2f}")
+        print(f"{key:<34}{a:>12.1f}{b:>12.1f}{a / b:>8.2f}")
 
     write_record(
         args.out,
@@ -274,10 +287,11 @@ def main() -> None:
             "prefill_tokens": len(prefill_ids),
             "decode_tokens": args.decode_tokens,
             "repeats": args.repeats,
+            "streams": args.streams,
             "llama_cpp_context": theirs.settings,
             "results": results,
         },
-        {"ember": ember.__version__, "llama_cpp_python": llama_cpp.__version__},
+        {"ember": f"{ember.__version__} ({ember.__file__})", "llama_cpp_python": llama_cpp.__version__},
     )
 
 

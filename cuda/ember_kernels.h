@@ -1,6 +1,7 @@
-// Every kernel entry point of cuda/, as the host loads them by name from the embedded module.
-// The host side (grid and block sizes, argument checks, error codes as Result values) lives in
-// crates/ember-cuda/src/ops.rs and launch.rs; a launch failure is a CUresult, never an abort.
+// Every kernel entry point of cuda/. The host declares each one it launches once, with a typed
+// argument struct, in crates/ember-cuda/src/kernels.rs and kernel_args.rs (checked against the
+// compiled PTX by scripts/cuda_compile_check.sh); grid and block sizes are in launch.rs, argument
+// checks in the op modules. A launch failure is a CUresult turned into an error, never an abort.
 // <T> is one of bf16, f16, f32 ("16-bit" kernels: bf16, f16); HD in {64, 128}; BS in {16, 32}.
 // Shapes are row-major; pointer shapes are documented here and at each kernel template.
 #pragma once

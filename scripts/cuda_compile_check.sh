@@ -2,6 +2,8 @@
 # Compiles every CUDA kernel file for sm_90a and sm_80 (+ compute_80 PTX) with the pinned
 # CUDA 13.0 compiler from PyPI, then the whole module exactly as crates/ember-cuda/build.rs
 # does. No GPU needed. Warnings are errors (flags in cuda/nvcc_flags.txt, shared with build.rs).
+# Last, the host's typed launchers (crates/ember-cuda/src/kernels.rs) are checked against the
+# entries of the module's PTX: names, argument counts and widths.
 #
 #   scripts/cuda_compile_check.sh            # uses/creates .cache/cuda-venv
 #   EMBER_CUDA_VENV=/path scripts/cuda_compile_check.sh
@@ -49,9 +51,14 @@ failed=0
 printf '%s\n' "${files[@]}" | grep -v 'ember_kernels.cu$' |
   xargs -P "$jobs" -I{} bash -c 'flags=($flags_str); compile "$@"' _ {} || failed=1
 bash -c 'flags=($flags_str); compile "$@"' _ cuda/ember_kernels.cu || failed=1
+if [[ $failed == 0 ]]; then
+  "$NVCC" -ptx -O3 -std=c++17 -arch=compute_80 cuda/ember_kernels.cu -o "$out/ember_kernels.ptx"
+  cargo run -q -p ember-cuda --example kernel_signatures >"$out/signatures.txt"
+  python3 scripts/check_kernel_signatures.py "$out/ember_kernels.ptx" "$out/signatures.txt" || failed=1
+fi
 elapsed=$(( $(date +%s) - start ))
 if [[ $failed == 0 ]]; then
-  echo "summary: all ${#files[@]} files compiled for sm_90a + sm_80 in ${elapsed}s"
+  echo "summary: all ${#files[@]} files compiled for sm_90a + sm_80, typed launchers match the PTX, in ${elapsed}s"
 else
   echo "summary: FAILED (see above) after ${elapsed}s"
   exit 1

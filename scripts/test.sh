@@ -54,8 +54,11 @@ echo "EMBER_VOCAB_DIR=$EMBER_VOCAB_DIR ($(ls .cache/vocab | wc -l) files)"
 
 stage "cargo fmt --all --check; ruff format --check; ruff check"
 cargo fmt --all --check
-"$ROOT/.venv/bin/ruff" format --check python tests bench
-"$ROOT/.venv/bin/ruff" check python tests bench
+"$ROOT/.venv/bin/ruff" format --check python tests bench scripts
+"$ROOT/.venv/bin/ruff" check python tests bench scripts
+
+stage "module circles in ember-model and ember-cuda (scripts/module_cycles.py)"
+"$PY" scripts/module_cycles.py crates/ember-model crates/ember-cuda --quiet
 
 stage "pip install . (maturin, release build)"
 "$PY" -m pip install --disable-pip-version-check --no-build-isolation .
@@ -66,14 +69,17 @@ EMBER_SMOLLM2_GGUF=$("$PY" -c "from ember.models import ensure_default_model; pr
 export EMBER_SMOLLM2_GGUF
 echo "EMBER_SMOLLM2_GGUF=$EMBER_SMOLLM2_GGUF"
 
-stage "cargo clippy --workspace --all-targets -- -D warnings"
+# Both with the `cuda` feature (the wheel's build: ember-model links ember-cuda) and without it.
+stage "cargo clippy --workspace --all-targets [--all-features] -- -D warnings"
 cargo clippy --workspace --all-targets -- -D warnings
+cargo clippy --workspace --all-targets --all-features -- -D warnings
 
-stage "CUDA kernels: compile for sm_90a and sm_80 with the pinned nvcc 13.0.2 wheels (no GPU needed)"
+stage "CUDA kernels: compile for sm_90a and sm_80 with the pinned nvcc 13.0.2 wheels, check the typed launchers (no GPU needed)"
 bash scripts/cuda_compile_check.sh
 
-stage "cargo test --workspace"
+stage "cargo test --workspace (without, then with the cuda feature)"
 cargo test --workspace 2>&1 | tee .cache/cargo-test.log
+cargo test --workspace --all-features 2>&1 | tee .cache/cargo-test-cuda.log
 
 stage "pytest tests -q -ra"
 set +e
@@ -82,8 +88,10 @@ pytest_status=${PIPESTATUS[0]}
 set -e
 
 stage "summary"
-awk '/^test result:/ { n++; passed += $4; failed += $6; ignored += $8 }
-     END { printf "cargo test: %d passed; %d failed; %d ignored (%d test binaries)\n", passed, failed, ignored, n }' \
-    .cache/cargo-test.log
+for log in .cache/cargo-test.log .cache/cargo-test-cuda.log; do
+    awk -v name="$log" '/^test result:/ { n++; passed += $4; failed += $6; ignored += $8 }
+         END { printf "cargo test (%s): %d passed; %d failed; %d ignored (%d test binaries)\n", name, passed, failed, ignored, n }' \
+        "$log"
+done
 echo "pytest: $(tail -n 1 .cache/pytest.log)"
 exit "$pytest_status"

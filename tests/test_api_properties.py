@@ -9,7 +9,6 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
-import dataclasses
 from collections.abc import Callable
 from pathlib import Path
 from typing import Any
@@ -68,7 +67,7 @@ def still_works(engine: Engine, reference: list[int]) -> None:
     assert not engine._core.has_unfinished_requests()
 
 
-FIELDS = [f.name for f in dataclasses.fields(SamplingParams)]
+FIELDS = list(SamplingParams().to_dict())
 
 
 @SETTINGS

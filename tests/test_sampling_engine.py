@@ -174,7 +174,7 @@ def test_detokenize_false_returns_tokens_without_text(engine: Engine) -> None:
 )
 def test_bad_sampling_values_name_the_field(engine: Engine, field: str, value: object) -> None:
     with pytest.raises(InvalidRequestError, match=field):
-        engine._core.add_request("bad", [1, 2, 3], {field: value})
+        engine._core.add_request("bad", [1, 2, 3], SamplingParams(**{field: value}))
     assert not engine._core.has_unfinished_requests()
 
 

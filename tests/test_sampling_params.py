@@ -2,8 +2,6 @@
 
 from __future__ import annotations
 
-import dataclasses
-
 import pytest
 
 from ember import EmberError, Engine, InvalidRequestError, SamplingParams
@@ -101,16 +99,50 @@ def test_boundary_values_are_accepted(kwargs: dict[str, float]) -> None:
     SamplingParams(**kwargs)
 
 
-def test_params_are_frozen_and_revalidated_when_used(engine: Engine) -> None:
+def test_params_are_frozen_comparable_and_survive_pickle_and_copy() -> None:
+    import copy
+    import pickle
+
+    p = SamplingParams(temperature=0.7, top_p=0.9, stop=["x"], logit_bias={"3": 2.5}, seed=4, n=2)
+    with pytest.raises(AttributeError):
+        p.temperature = 0.1  # type: ignore[misc]
+    # Floats read back as written (the engine keeps f32), ids as ints.
+    assert (p.temperature, p.top_p, p.logit_bias) == (0.7, 0.9, {3: 2.5})
+    assert p == SamplingParams(**p.to_dict()) and p != SamplingParams(temperature=0.7)
+    assert pickle.loads(pickle.dumps(p)) == p and copy.deepcopy(p) == p and copy.copy(p) == p
+    assert "temperature=0.7" in repr(p) and repr(p).startswith("SamplingParams(")
+    child = p.for_child(1)
+    assert (child.n, child.seed, child.stop, child.temperature) == (1, 5, ["x"], 0.7)
+
+
+def test_unknown_fields_and_wrong_types_are_clear_errors() -> None:
+    with pytest.raises(TypeError, match="unexpected keyword argument 'temprature'"):
+        SamplingParams(temprature=0.5)  # type: ignore[call-arg]
+    with pytest.raises(InvalidRequestError, match="temperature must be a number, got str"):
+        SamplingParams(temperature="hot")  # type: ignore[arg-type]
+    with pytest.raises(InvalidRequestError, match="max_tokens must be at least 1, got -3"):
+        SamplingParams(max_tokens=-3)
+    # None is the default for every field, and unsets the optional ones.
+    assert SamplingParams(n=None, max_tokens=None).max_tokens is None  # type: ignore[arg-type]
+    assert SamplingParams(n=None).n == 1  # type: ignore[arg-type]
+
+
+def test_params_cannot_be_changed_and_a_changed_copy_is_validated_again() -> None:
     params = SamplingParams(max_tokens=4, stop=["x"])
-    with pytest.raises(dataclasses.FrozenInstanceError):
+    with pytest.raises(AttributeError):
         params.n = -1  # type: ignore[misc]
-    object.__setattr__(params, "n", -1)  # bypassing the freeze does not get past the engine either
-    with pytest.raises(InvalidRequestError, match="n must be at least 1, got -1") as info:
-        engine.generate("Hi", params, use_tqdm=False)
-    assert info.value.param == "n"
-    with pytest.raises(InvalidRequestError, match="temperature"):
-        dataclasses.replace(params, n=1, temperature=-1.0)
+    with pytest.raises(AttributeError):  # not even by going around the class's own setattr
+        object.__setattr__(params, "n", -1)
+    assert params.n == 1
+    with pytest.raises(InvalidRequestError, match="temperature") as info:
+        SamplingParams(**{**params.to_dict(), "n": 1, "temperature": -1.0})
+    assert info.value.param == "temperature"
+
+
+def test_the_engine_takes_only_sampling_params(engine: Engine) -> None:
+    with pytest.raises(InvalidRequestError, match=r"params must be an ember\.SamplingParams, got dict") as info:
+        engine._core.add_request("r", [1, 2], {"n": -1})  # type: ignore[arg-type]
+    assert info.value.param == "params"
 
 
 @pytest.mark.parametrize(

@@ -11,7 +11,7 @@ import pytest
 from hypothesis import HealthCheck, assume, given, settings
 from hypothesis import strategies as st
 
-from ember import InvalidRequestError, _core
+from ember import InvalidRequestError, SamplingParams, _core
 
 SETTINGS = settings(max_examples=150, deadline=None, suppress_health_check=[HealthCheck.too_slow])
 # Relative margin kept between a filter threshold and the values it compares (f32 arithmetic).
@@ -135,7 +135,7 @@ def _assert_probs_match(got: list[float], want: np.ndarray) -> None:
 def test_filters_match_the_reference(row: np.ndarray, params: dict[str, Any]) -> None:
     want, slack = reference_probs(row.astype(np.float64), params)
     assume(slack > MARGIN)
-    _assert_probs_match(_core.sampling_probs(row.tolist(), params), want)
+    _assert_probs_match(_core.sampling_probs(row.tolist(), SamplingParams(**params)), want)
 
 
 @SETTINGS
@@ -147,7 +147,7 @@ def test_penalties_and_bias_match_the_reference(case: tuple[np.ndarray, dict[str
     top2 = np.sort(x)[-2:]
     assume(top2[1] - top2[0] > 1e-3 * max(1.0, abs(top2[1])))
     want, _ = reference_probs(x, params)
-    got = _core.sampling_probs(row.tolist(), params, prompt, output)
+    got = _core.sampling_probs(row.tolist(), SamplingParams(**params), prompt, output)
     if params["temperature"] == 0.0:
         assert int(np.argmax(got)) == int(np.argmax(x))
     else:
@@ -160,7 +160,7 @@ def test_penalties_and_bias_match_the_reference(case: tuple[np.ndarray, dict[str
 @given(logits_rows(), st.integers(0, 20), st.integers(0, 2**63 - 1), st.sampled_from([0.0, 1.0, 2.0]))
 def test_logprobs_and_ranks_are_those_of_the_raw_logits(row: np.ndarray, k: int, seed: int, temperature: float) -> None:
     params = {"temperature": temperature, "logprobs": k, "repetition_penalty": 1.5}
-    token, logprob, rank, top = _core.sample_token(row.tolist(), params, [0, 1], [], seed)
+    token, logprob, rank, top = _core.sample_token(row.tolist(), SamplingParams(**params), [0, 1], [], seed)
     ref = log_softmax(row)
     assert logprob == pytest.approx(ref[token], abs=1e-4)
     assert rank == 1 + int(np.sum(row > row[token]))
@@ -177,18 +177,18 @@ def test_logprobs_and_ranks_are_those_of_the_raw_logits(row: np.ndarray, k: int,
 def test_min_tokens_masks_eos_and_stop_ids() -> None:
     row = [0.0, 3.0, 2.0, 1.0]
     params = {"temperature": 1.0, "min_tokens": 2, "stop_token_ids": [2]}
-    got = _core.sampling_probs(row, params, [3], [0], eos_token_ids=[1])
+    got = _core.sampling_probs(row, SamplingParams(**params), [3], [0], eos_token_ids=[1])
     want, _ = reference_probs(reference_adjust(np.asarray(row), params, [3], [0], [1]), params)
     _assert_probs_match(got, want)
     assert got[1] == 0.0 and got[2] == 0.0
-    assert _core.sampling_probs(row, params, [3], [0, 0], eos_token_ids=[1])[1] > 0.0
+    assert _core.sampling_probs(row, SamplingParams(**params), [3], [0, 0], eos_token_ids=[1])[1] > 0.0
 
 
 def test_logit_bias_ids_are_checked() -> None:
     with pytest.raises(InvalidRequestError, match=r"logit_bias.*7.*vocab_size 4"):
-        _core.sampling_probs([0.0] * 4, {"logit_bias": {7: 1.0}})
+        _core.sampling_probs([0.0] * 4, SamplingParams(logit_bias={7: 1.0}))
     with pytest.raises(InvalidRequestError, match="logit_bias"):
-        _core.sampling_probs([0.0] * 4, {"logit_bias": {-1: 1.0}})
+        _core.sampling_probs([0.0] * 4, SamplingParams(logit_bias={-1: 1.0}))
 
 
 def chi_square_critical(dof: int, z: float = 3.090232) -> float:
@@ -219,7 +219,7 @@ def test_sampled_frequencies_match_the_reference(params: dict[str, Any]) -> None
     num_draws = 4000
     counts = np.zeros(len(row))
     for seed in range(num_draws):
-        token, *_ = _core.sample_token(row.tolist(), params, prompt, output, seed)
+        token, *_ = _core.sample_token(row.tolist(), SamplingParams(**params), prompt, output, seed)
         counts[token] += 1
     support = want > 0
     assert counts[~support].sum() == 0, f"drew masked tokens: {counts}"

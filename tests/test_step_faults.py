@@ -95,7 +95,7 @@ def test_every_ffi_entry_point_runs_under_the_panic_guard() -> None:
     for source in sources:
         text = source.read_text()
         blocks = re.findall(r"#\[pymethods\]\s*impl[^{]*\{(.*?)\n\}", text, re.S)
-        bodies = [m for block in blocks for m in re.split(r"\n    (?:pub )?fn ", block)[1:]]
+        bodies = [m for block in blocks for m in re.split(r"\n\s+(?:pub )?fn ", block)[1:]]
         bodies += re.findall(r"#\[pyfunction\][^{]*?fn [^{]*\{(.*?)\n\}", text, re.S)
         bodies += re.findall(r"#\[pymodule\][^{]*?fn [^{]*\{(.*?)\n\}", text, re.S)
         for body in bodies:

@@ -23,8 +23,102 @@ class ModelLoadError(EmberError):
 class OutOfMemoryError(EmberError, MemoryError):
     """Not enough memory for the weights or the KV cache; the message has the numbers."""
 
-def validate_sampling_params(params: dict[str, Any]) -> None:
-    """Raises InvalidRequestError when a field is out of range."""
+class SamplingParams:
+    """How to sample one request; validated when made (keyword arguments only), immutable afterwards.
+
+    Field names and defaults follow vLLM. Out-of-range values raise `ember.InvalidRequestError`
+    (a `ValueError`) naming the field and its range; an unknown keyword raises `TypeError`.
+    """
+
+    def __init__(
+        self,
+        *,
+        n: int = 1,
+        max_tokens: int | None = 16,
+        min_tokens: int = 0,
+        temperature: float = 1.0,
+        top_p: float = 1.0,
+        top_k: int = 0,
+        min_p: float = 0.0,
+        seed: int | None = None,
+        stop: str | Sequence[str] | None = None,
+        stop_token_ids: Sequence[int] | None = None,
+        ignore_eos: bool = False,
+        logprobs: int | None = None,
+        skip_special_tokens: bool = True,
+        presence_penalty: float = 0.0,
+        frequency_penalty: float = 0.0,
+        repetition_penalty: float = 1.0,
+        logit_bias: dict[int, float] | dict[str, float] | None = None,
+        prompt_logprobs: int | None = None,
+        include_stop_str_in_output: bool = False,
+        detokenize: bool = True,
+    ) -> None: ...
+    @property
+    def n(self) -> int:
+        """Number of completions to return for the prompt."""
+    @property
+    def max_tokens(self) -> int | None:
+        """Maximum number of generated tokens per completion; None: up to the engine's max_model_len."""
+    @property
+    def min_tokens(self) -> int:
+        """Generate at least this many tokens before EOS or stop strings may end a completion."""
+    @property
+    def temperature(self) -> float:
+        """Softmax temperature; 0 means greedy."""
+    @property
+    def top_p(self) -> float:
+        """Nucleus sampling: keep the smallest set of tokens whose probability reaches top_p (0 < top_p <= 1)."""
+    @property
+    def top_k(self) -> int:
+        """Keep only the k most likely tokens; 0 or -1 disables."""
+    @property
+    def min_p(self) -> float:
+        """Drop tokens whose probability is below min_p times the most likely token's."""
+    @property
+    def seed(self) -> int | None:
+        """Per-request random seed in [0, 2**64 - 1] (others are refused); None derives one from the engine seed."""
+    @property
+    def stop(self) -> list[str] | None:
+        """Strings that end a completion when generated (not in the text unless include_stop_str_in_output)."""
+    @property
+    def stop_token_ids(self) -> list[int] | None:
+        """Token ids that end a completion when generated."""
+    @property
+    def ignore_eos(self) -> bool:
+        """Keep generating after the model's end-of-sequence token."""
+    @property
+    def logprobs(self) -> int | None:
+        """Return this many most likely alternatives (plus the sampled token) per generated token."""
+    @property
+    def skip_special_tokens(self) -> bool:
+        """Leave special tokens out of the returned text."""
+    @property
+    def presence_penalty(self) -> float:
+        """Subtracted from the logit of every token already generated (-2 <= presence_penalty <= 2)."""
+    @property
+    def frequency_penalty(self) -> float:
+        """Subtracted from a token's logit once per time it was generated (-2 <= frequency_penalty <= 2)."""
+    @property
+    def repetition_penalty(self) -> float:
+        """Tokens in the prompt or output get logit / r if positive, logit * r otherwise (r > 0; 1 disables)."""
+    @property
+    def logit_bias(self) -> dict[int, float] | None:
+        """Added to the logits of these token ids before sampling (-100 <= bias <= 100)."""
+    @property
+    def prompt_logprobs(self) -> int | None:
+        """Return the log probability of each prompt token plus this many most likely alternatives."""
+    @property
+    def include_stop_str_in_output(self) -> bool:
+        """Keep the matched stop string at the end of the text."""
+    @property
+    def detokenize(self) -> bool:
+        """Decode generated tokens to text; False leaves text empty and cannot be combined with stop."""
+    def to_dict(self) -> dict[str, Any]:
+        """Every field by name: keyword arguments that make an equal `SamplingParams`."""
+    def for_child(self, index: int) -> SamplingParams:
+        """The parameters of sub-request `index` of an n > 1 request: n=1, seed+index (mod 2**64) when seeded;
+        only sub-request 0 computes prompt logprobs."""
 
 # For a router in front of several engines (crates/ember-py/src/routing.rs).
 
@@ -38,7 +132,7 @@ def load_tokenizer(model_path: str) -> Tokenizer:
 
 def sampling_probs(
     logits: Sequence[float],
-    params: dict[str, Any],
+    params: SamplingParams,
     prompt_token_ids: Sequence[int] = (),
     output_token_ids: Sequence[int] = (),
     eos_token_ids: Sequence[int] = (),
@@ -52,7 +146,7 @@ def sampling_probs(
 
 def sample_token(
     logits: Sequence[float],
-    params: dict[str, Any],
+    params: SamplingParams,
     prompt_token_ids: Sequence[int] = (),
     output_token_ids: Sequence[int] = (),
     seed: int = 0,
@@ -60,7 +154,7 @@ def sample_token(
 ) -> tuple[int, float, int | None, list[tuple[int, float]]]:
     """Testing aid: one draw of the sampler, (token_id, logprob, rank, top logprobs).
 
-    Logprob, rank (1 + the number of strictly larger logits; None unless params["logprobs"]
+    Logprob, rank (1 + the number of strictly larger logits; None unless params.logprobs
     is set) and the top logprobs describe the raw logits, before any adjustment.
     """
 
@@ -80,11 +174,11 @@ class StepOutput:
     stop_reason: int | str | None
     num_cached_tokens: int
     num_prompt_tokens: int
-    # one entry per new token: (token logprob, its rank, [(token_id, logprob), ...] top alternatives)
-    new_logprobs: list[tuple[float, int | None, list[tuple[int, float]]]] | None
-    # prompt logprobs new since the last output, from prompt position 1 on:
-    # (token_id, logprob, rank, [(token_id, logprob), ...] top alternatives)
-    new_prompt_logprobs: list[tuple[int, float, int, list[tuple[int, float]]]] | None
+    # one entry per new token: (token_id, logprob, rank, text, [(token_id, logprob, text), ...] top
+    # alternatives best first); texts keep special tokens and are None with detokenize=False
+    new_logprobs: list[tuple[int, float, int | None, str | None, list[tuple[int, float, str | None]]]] | None
+    # prompt logprobs new since the last output, from prompt position 1 on, in the same shape
+    new_prompt_logprobs: list[tuple[int, float, int | None, str | None, list[tuple[int, float, str | None]]]] | None
 
 class Tokenizer:
     """The model's tokenizer (from GGUF metadata or tokenizer.json)."""
@@ -127,7 +221,7 @@ class Engine:
         self,
         request_id: str,
         prompt_token_ids: list[int],
-        params: dict[str, Any],
+        params: SamplingParams,
         priority: int | None = None,
         fork_of: str | None = None,
     ) -> None:

@@ -3,49 +3,30 @@
 from __future__ import annotations
 
 import time
-from collections.abc import Callable
 from dataclasses import replace
-from typing import Any
 
-from ember._core import EmberError, StepOutput, Tokenizer
+from ember._core import EmberError, SamplingParams, StepOutput
 from ember._inputs import Prompt
 from ember.outputs import CompletionOutput, Logprob, RequestMetrics, RequestOutput
-from ember.sampling_params import SamplingParams
 
-DecodeToken = Callable[[int], "str | None"]
-"""Decodes one token id to its text (special tokens kept); None when the request does not detokenize."""
+PositionLogprobs = tuple[int, float, int | None, str | None, list[tuple[int, float, str | None]]]
+"""One position as the engine reports it: (token id, logprob, rank, text, [(id, logprob, text)] best first)."""
 
 
-def _logprob_dict(
-    token_id: int, logprob: float, rank: int | None, alternatives: list[tuple[int, float]], decode: DecodeToken
-) -> dict[int, Logprob]:
-    """{token id: Logprob with its true rank, alternative ids: Logprob with rank 1..k}."""
-    entry = {tid: Logprob(lp, r, decode(tid)) for r, (tid, lp) in enumerate(alternatives, start=1)}
-    entry[token_id] = Logprob(logprob, rank, decode(token_id))
+def _logprob_dict(position: PositionLogprobs) -> dict[int, Logprob]:
+    """{token id: Logprob with its true rank, alternative ids: Logprob with rank 1..k}, texts as
+    the engine decoded them."""
+    token_id, logprob, rank, text, alternatives = position
+    entry = {tid: Logprob(lp, r, alt_text) for r, (tid, lp, alt_text) in enumerate(alternatives, start=1)}
+    entry[token_id] = Logprob(logprob, rank, text)
     return entry
-
-
-def _to_logprob_dicts(
-    new_logprobs: list[tuple[float, int | None, list[tuple[int, float]]]], token_ids: list[int], decode: DecodeToken
-) -> list[dict[int, Logprob]]:
-    """One dict per generated token (see `_logprob_dict`)."""
-    return [
-        _logprob_dict(token_id, lp, rank, alternatives, decode)
-        for token_id, (lp, rank, alternatives) in zip(token_ids, new_logprobs, strict=True)
-    ]
-
-
-def _no_decode(_token_id: int) -> None:
-    """The decoder of a request with detokenize=False."""
-    return None
 
 
 class CompletionState:
     """The growing state of one completion (one engine sub-request), plus what is new since last taken."""
 
-    def __init__(self, index: int, want_logprobs: bool, detokenize: bool) -> None:
+    def __init__(self, index: int, want_logprobs: bool) -> None:
         self.index = index
-        self.detokenize = detokenize
         self.token_ids: list[int] = []
         self.text = ""
         self.logprobs: list[dict[int, Logprob]] | None = [] if want_logprobs else None
@@ -56,7 +37,7 @@ class CompletionState:
         self._delta_chars = 0
         self._delta_pending = False
 
-    def add(self, out: StepOutput | None, decode: DecodeToken) -> None:
+    def add(self, out: StepOutput | None) -> None:
         """Appends one step's output; None means the request was aborted."""
         if self.finished:
             return
@@ -68,10 +49,8 @@ class CompletionState:
         self.token_ids.extend(new_ids)
         self.text += out.new_text
         if self.logprobs is not None and out.new_logprobs is not None:
-            self.logprobs.extend(
-                _to_logprob_dicts(out.new_logprobs, new_ids, decode if self.detokenize else _no_decode)
-            )
-            self.cumulative_logprob = (self.cumulative_logprob or 0.0) + sum(lp for lp, _, _ in out.new_logprobs)
+            self.logprobs.extend(_logprob_dict(position) for position in out.new_logprobs)
+            self.cumulative_logprob = (self.cumulative_logprob or 0.0) + sum(p[1] for p in out.new_logprobs)
         if out.finish_reason is not None:
             self.finish_reason = out.finish_reason
             self.stop_reason = out.stop_reason
@@ -111,8 +90,8 @@ class CompletionState:
         )
 
 
-EngineRequest = tuple[str, dict[str, Any], "str | None"]
-"""One engine sub-request: its id, its sampling-parameter dict, and the sibling whose prompt blocks it shares."""
+EngineRequest = tuple[str, SamplingParams, "str | None"]
+"""One engine sub-request: its id, its sampling parameters, and the sibling whose prompt blocks it shares."""
 
 
 def step_failure(exc: EmberError) -> list[str]:
@@ -123,27 +102,18 @@ def step_failure(exc: EmberError) -> list[str]:
     return list(failed)
 
 
-def token_text(tokenizer: Tokenizer) -> DecodeToken:
-    """Decodes one token id to its text with special tokens kept (for logprobs)."""
-    return lambda token_id: tokenizer.decode([token_id], skip_special_tokens=False)
-
-
 class RequestState:
     """One user-facing request: its prompt and its n completions, keyed by engine sub-request id."""
 
     def __init__(self, request_id: str, prompt: Prompt, params: SamplingParams) -> None:
-        # Validated again here: the fan-out below trusts `n`, and a caller may have bypassed the frozen fields.
-        params.validate()
         self.request_id = request_id
         self.prompt = prompt
         self.params = params
         n = params.n
         self.child_ids = [request_id] if n == 1 else [f"{request_id}-{i}" for i in range(n)]
         self.completions = {
-            cid: CompletionState(i, params.logprobs is not None, params.detokenize)
-            for i, cid in enumerate(self.child_ids)
+            cid: CompletionState(i, params.logprobs is not None) for i, cid in enumerate(self.child_ids)
         }
-        self.detokenize = params.detokenize
         # One entry per prompt token (None for the first); filled by sub-request 0 only.
         self.prompt_logprobs: list[dict[int, Logprob] | None] | None = (
             [None] if params.prompt_logprobs is not None else None
@@ -157,23 +127,19 @@ class RequestState:
         share the first one's prompt blocks (`fork_of`), so the prompt is computed once."""
         p = self.params
         return [
-            (child_id, (p if p.n == 1 else p.for_child(i)).to_dict(), self.child_ids[0] if i > 0 else None)
+            (child_id, p if p.n == 1 else p.for_child(i), self.child_ids[0] if i > 0 else None)
             for i, child_id in enumerate(self.child_ids)
         ]
 
-    def add(self, child_id: str, out: StepOutput | None, decode: DecodeToken) -> None:
+    def add(self, child_id: str, out: StepOutput | None) -> None:
         """Records one step output (None: aborted) of sub-request `child_id`."""
         if out is not None:
             # The prompt's cache hit is that of sub-request 0; the others share its blocks (forked, not cached).
             if child_id == self.child_ids[0]:
                 self.num_cached_tokens = max(self.num_cached_tokens, out.num_cached_tokens)
             if self.prompt_logprobs is not None and out.new_prompt_logprobs and child_id == self.child_ids[0]:
-                dec = decode if self.detokenize else _no_decode
-                self.prompt_logprobs.extend(
-                    _logprob_dict(tid, lp, rank, alternatives, dec)
-                    for tid, lp, rank, alternatives in out.new_prompt_logprobs
-                )
-        self.completions[child_id].add(out, decode)
+                self.prompt_logprobs.extend(_logprob_dict(position) for position in out.new_prompt_logprobs)
+        self.completions[child_id].add(out)
         now = time.time()
         if self.metrics.first_token_time is None and out is not None and out.new_token_ids:
             self.metrics.first_token_time = now

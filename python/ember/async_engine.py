@@ -23,7 +23,7 @@ from ember._inputs import (
     one_conversation,
     one_prompt,
 )
-from ember._tracking import RequestState, token_text
+from ember._tracking import RequestState
 from ember.models import resolve_model
 from ember.outputs import RequestOutput
 from ember.sampling_params import SamplingParams
@@ -60,7 +60,6 @@ class AsyncEngine:
         self.block_size: int = core.block_size
         """Tokens per KV-cache block (the unit of prefix caching)."""
         self._loop = EngineLoop(core)
-        self._decode_token = token_text(self.tokenizer)
         self._counter = itertools.count()
         self._ids_lock = threading.Lock()
         self._live: dict[str, list[str]] = {}
@@ -190,7 +189,7 @@ class AsyncEngine:
                     if isinstance(batch, BaseException):
                         raise batch
                     for child_id, out in batch:
-                        state.add(child_id, out, self._decode_token)
+                        state.add(child_id, out)
                 out = state.take_delta() if delta else state.output()
                 if out is not None:
                     yield replace(out, request_id=user_id)

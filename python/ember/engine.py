@@ -23,7 +23,7 @@ from ember._inputs import (
     one_prompt,
 )
 from ember._progress import PromptProgress
-from ember._tracking import RequestState, step_failure, token_text
+from ember._tracking import RequestState, step_failure
 from ember.models import resolve_model
 from ember.outputs import RequestOutput
 from ember.sampling_params import SamplingParams
@@ -93,7 +93,6 @@ class Engine:
         # Step outputs waiting for the caller that owns each sub-request (None = aborted).
         self._mailboxes: dict[str, list[_Mail]] = {}
         self._child_ids: dict[str, list[str]] = {}
-        self._decode_token = token_text(self._core.tokenizer)
 
     @property
     def tokenizer(self) -> Tokenizer:
@@ -209,7 +208,7 @@ class Engine:
                 while running:
                     for child_id, out in _raise_failures(self._next_outputs(running.keys())):
                         state = running[child_id]
-                        state.add(child_id, out, self._decode_token)
+                        state.add(child_id, out)
                         if state.completions[child_id].finished:
                             del running[child_id]
                             if state.finished:
@@ -225,7 +224,7 @@ class Engine:
         try:
             while not state.finished:
                 for child_id, out in _raise_failures(self._next_outputs(state.unfinished_child_ids())):
-                    state.add(child_id, out, self._decode_token)
+                    state.add(child_id, out)
                 delta = state.take_delta()
                 if delta is not None:
                     yield delta

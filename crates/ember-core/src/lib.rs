@@ -8,7 +8,9 @@ pub mod detokenizer;
 pub mod device_sampling;
 pub mod dtype;
 pub mod kv_cache_manager;
+pub mod layer_params;
 pub mod logprobs;
+pub mod memory;
 pub mod penalties;
 pub mod request;
 pub mod request_histories;
@@ -19,24 +21,24 @@ pub mod scheduler;
 pub mod scheduler_config;
 pub mod scheduler_stats;
 pub mod step;
+pub mod step_batch;
 pub mod waiting_queue;
 pub mod weight;
 
-pub use backend::{
-    AttentionShape, Backend, BackendError, BackendResult, ForwardFn, KvCacheSpec, Rope, RopeStyle,
-    StepMetadata,
-};
+pub use backend::{Backend, BackendError, BackendResult, ForwardFn};
 pub use block_pool::{prefix_block_hashes, BlockHash, BlockPool};
 pub use detokenizer::{IncrementalDetokenizer, StopStringMatch, StopStrings, StopUpdate, TokenVocab};
 pub use device_sampling::{device_sample_row, DeviceSampleRow};
 pub use dtype::WeightDType;
 pub use kv_cache_manager::KvCacheManager;
+pub use layer_params::{AttentionParams, AttentionShape, Rope, RopeStyle};
 pub use logprobs::{token_logprob, TokenLogprob};
+pub use memory::{KvCacheSpec, LayerKv, MemoryLimits, ModelShape};
 pub use penalties::TokenHistory;
 pub use request::{Request, RequestStatus};
 pub use request_histories::RequestHistories;
 pub use sampler::{mask_stop_tokens_before_min, probabilities, sample, Sample, SampleContext};
-pub use sampling_params::{check_prompt_token_ids, InvalidParam, SamplingParams};
+pub use sampling_params::{check_prompt_token_ids, InvalidParam, SamplingParams, ValidSamplingParams};
 pub use scheduler::Scheduler;
 pub use scheduler_config::{AddRequestError, ConfigError, SchedulerConfig, SchedulingPolicy};
 pub use scheduler_stats::SchedulerStats;
@@ -44,4 +46,5 @@ pub use step::{
     FinishReason, ModelRunnerOutput, PromptLogprobs, RequestId, RequestUpdate, SampledToken, ScheduledSeq,
     SchedulerOutput,
 };
+pub use step_batch::StepBatch;
 pub use weight::WeightView;

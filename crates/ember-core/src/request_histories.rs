@@ -17,7 +17,7 @@ pub struct RequestHistories {
 
 impl RequestHistories {
     /// Drops the histories of released requests, then starts those sent with this step.
-    pub fn begin_step(&mut self, output: &SchedulerOutput) {
+    pub fn apply_schedule(&mut self, output: &SchedulerOutput) {
         for id in &output.released_ids {
             self.histories.remove(id);
         }

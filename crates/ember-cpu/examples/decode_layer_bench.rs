@@ -3,7 +3,7 @@
 //!
 //! Run: `cargo run --release -p ember-cpu --example decode_layer_bench [-- THREADS [STEPS]]`
 
-use ember_core::{Backend, WeightDType, WeightView};
+use ember_core::{Backend, StepBatch, WeightDType, WeightView};
 use ember_cpu::{CpuBackend, CpuMatrix, CpuTensor, Isa};
 use std::time::Instant;
 
@@ -99,15 +99,16 @@ fn main() {
             let x = CpuTensor::from_vec(batch, HIDDEN, xs[..batch * HIDDEN].to_vec()).expect("shape");
             let xi = CpuTensor::from_vec(batch, INTERMEDIATE, xs).expect("shape");
             let mut times = Vec::new();
+            let no_inputs = StepBatch::default();
             for step in 0..steps + 2 {
                 let t0 = Instant::now();
                 for layer in &layers {
                     for (j, w) in layer.iter().enumerate() {
                         let input = if j == 6 { &xi } else { &x };
-                        std::hint::black_box(backend.matmul(input, w, None).expect("matmul"));
+                        std::hint::black_box(backend.matmul(&no_inputs, input, w, None).expect("matmul"));
                     }
                 }
-                std::hint::black_box(backend.matmul(&x, &lm_head, None).expect("matmul"));
+                std::hint::black_box(backend.matmul(&no_inputs, &x, &lm_head, None).expect("matmul"));
                 if step >= 2 {
                     times.push(t0.elapsed().as_secs_f64());
                 }

@@ -8,7 +8,7 @@
 
 use crate::kv_cache::CpuKvCache;
 use crate::tensor::CpuTensor;
-use ember_core::{AttentionShape, BackendError, BackendResult, StepMetadata};
+use ember_core::{AttentionParams, AttentionShape, BackendError, BackendResult, StepBatch};
 use rayon::ThreadPool;
 
 /// Validated per-token context: sequence index and position.
@@ -20,13 +20,14 @@ struct TokenCtx {
 /// `[num_tokens, num_heads * head_dim]` attention output; see the module docs.
 pub fn attention(
     pool: &ThreadPool,
+    meta: &StepBatch,
     query: &CpuTensor,
     cache: &CpuKvCache,
     layer: usize,
-    shape: AttentionShape,
-    scale: f32,
-    meta: &StepMetadata,
+    params: &AttentionParams,
 ) -> BackendResult<CpuTensor> {
+    params.require_plain("cpu")?;
+    let (shape, scale) = (params.shape, params.scale);
     let tokens = validate(query, cache, layer, shape, meta)?;
     let AttentionShape {
         num_heads,
@@ -133,7 +134,7 @@ fn validate(
     cache: &CpuKvCache,
     layer: usize,
     shape: AttentionShape,
-    meta: &StepMetadata,
+    meta: &StepBatch,
 ) -> BackendResult<Vec<TokenCtx>> {
     let spec = cache.spec();
     let err = |m: String| BackendError::Device(format!("attention: {m}"));

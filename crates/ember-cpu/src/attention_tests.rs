@@ -3,7 +3,7 @@
 
 use crate::test_util::Rng;
 use crate::{CpuBackend, CpuTensor, Isa};
-use ember_core::{AttentionShape, Backend, KvCacheSpec, StepMetadata};
+use ember_core::{AttentionParams, AttentionShape, Backend, KvCacheSpec, StepBatch};
 
 /// One test sequence: its context length and how many of its last tokens are queried.
 struct Seq {
@@ -12,13 +12,13 @@ struct Seq {
 }
 
 struct Case {
-    meta: StepMetadata,
+    meta: StepBatch,
     query: CpuTensor,
 }
 
 /// Builds step metadata for `seqs` whose blocks come from `blocks` (consumed in order).
 fn build_case(rng: &mut Rng, seqs: &[(usize, usize, Vec<u32>)], width: usize, max_blocks: usize) -> Case {
-    let mut meta = StepMetadata {
+    let mut meta = StepBatch {
         max_blocks_per_seq: max_blocks,
         query_start_loc: vec![0],
         ..Default::default()
@@ -81,7 +81,11 @@ fn attention_matches_naive_f64_and_is_batch_invariant() {
                     .collect();
                 let k = CpuTensor::from_vec(s.len, kv_width, rng.vec(s.len * kv_width, 1.0)).unwrap();
                 let v = CpuTensor::from_vec(s.len, kv_width, rng.vec(s.len * kv_width, 1.0)).unwrap();
-                backend.write_kv(&mut cache, 1, &k, &v, &slots).unwrap();
+                let step = StepBatch {
+                    slot_mapping: slots,
+                    ..StepBatch::default()
+                };
+                backend.write_kv(&step, &mut cache, 1, &k, &v).unwrap();
                 tables.push((s.len, s.num_new, table));
             }
             let shape = AttentionShape {
@@ -89,11 +93,12 @@ fn attention_matches_naive_f64_and_is_batch_invariant() {
                 num_kv_heads,
                 head_dim,
             };
-            let scale = 1.0 / (head_dim as f32).sqrt();
+            let params = AttentionParams::causal(shape);
+            let scale = params.scale;
             let width = num_heads * head_dim;
             let case = build_case(&mut rng, &tables, width, max_blocks);
             let out = backend
-                .attention(&case.query, &cache, 1, shape, scale, &case.meta)
+                .attention(&case.meta, &case.query, &cache, 1, &params)
                 .unwrap();
             // Naive f64 reference.
             let (keys, values) = (cache.keys(1), cache.values(1));
@@ -145,7 +150,7 @@ fn attention_matches_naive_f64_and_is_batch_invariant() {
                 let rows: Vec<f32> = case.query.as_slice()[start * width..(start + seq.1) * width].to_vec();
                 alone.query = CpuTensor::from_vec(seq.1, width, rows).unwrap();
                 let got = backend
-                    .attention(&alone.query, &cache, 1, shape, scale, &alone.meta)
+                    .attention(&alone.meta, &alone.query, &cache, 1, &params)
                     .unwrap();
                 for i in 0..seq.1 {
                     let same = got
@@ -176,8 +181,13 @@ fn attention_rejects_bad_metadata() {
         num_kv_heads: 1,
         head_dim: 8,
     };
+    let params = AttentionParams {
+        scale: 1.0,
+        ..AttentionParams::causal(shape)
+    };
     let q = CpuTensor::from_vec(1, 8, vec![0.0; 8]).unwrap();
-    let meta = StepMetadata {
+    let meta = StepBatch {
+        input_ids: vec![0],
         positions: vec![5],
         slot_mapping: vec![5],
         query_start_loc: vec![0, 1],
@@ -187,25 +197,35 @@ fn attention_rejects_bad_metadata() {
         logits_indices: vec![0],
     };
     assert!(
-        backend.attention(&q, &cache, 0, shape, 1.0, &meta).is_err(),
+        backend.attention(&meta, &q, &cache, 0, &params).is_err(),
         "block id 7 of 2"
     );
-    let meta = StepMetadata {
+    let meta = StepBatch {
         positions: vec![6],
         block_tables: vec![0, 1],
         ..meta
     };
     assert!(
-        backend.attention(&q, &cache, 0, shape, 1.0, &meta).is_err(),
+        backend.attention(&meta, &q, &cache, 0, &params).is_err(),
         "position past seq_len"
     );
-    let meta = StepMetadata {
+    let meta = StepBatch {
         positions: vec![5],
         ..meta
     };
-    assert!(backend.attention(&q, &cache, 0, shape, 1.0, &meta).is_ok());
+    assert!(backend.attention(&meta, &q, &cache, 0, &params).is_ok());
     assert!(
-        backend.attention(&q, &cache, 1, shape, 1.0, &meta).is_err(),
+        backend.attention(&meta, &q, &cache, 1, &params).is_err(),
         "layer out of range"
     );
+    let windowed = AttentionParams {
+        sliding_window: Some(2),
+        ..params
+    };
+    let err = backend
+        .attention(&meta, &q, &cache, 0, &windowed)
+        .err()
+        .unwrap()
+        .to_string();
+    assert!(err.contains("sliding_window 2"), "{err}");
 }

@@ -3,17 +3,28 @@
 use crate::kv_cache::CpuKvCache;
 use crate::matmul::Isa;
 use crate::matrix::CpuMatrix;
+use crate::memory_plan::{available_memory_bytes, default_kv_cache_bytes};
 use crate::tensor::CpuTensor;
 use crate::{attention, elementwise, matmul, norm, quant, rope};
 use ember_core::{
-    AttentionShape, Backend, BackendError, BackendResult, KvCacheSpec, Rope, StepMetadata, WeightDType,
-    WeightView,
+    AttentionParams, Backend, BackendError, BackendResult, KvCacheSpec, MemoryLimits, ModelShape, Rope,
+    StepBatch, WeightDType, WeightView,
 };
 use rayon::prelude::*;
 use rayon::ThreadPool;
 
 /// Elements above which row-wise elementwise ops use the thread pool.
 const PAR_ELEMENTS: usize = 1 << 16;
+
+/// How the engine opens the CPU backend.
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
+pub struct CpuOptions {
+    /// Worker threads; `None` uses every available core.
+    pub num_threads: Option<usize>,
+    /// Dequantize every matrix to f32 at load and compute in f32 (see
+    /// [`CpuBackend::with_f32_weights`]).
+    pub f32_weights: bool,
+}
 
 /// The CPU backend: SIMD kernels (chosen at run time) on its own rayon thread pool.
 pub struct CpuBackend {
@@ -23,6 +34,22 @@ pub struct CpuBackend {
 }
 
 impl CpuBackend {
+    /// The backend the engine runs on, as `options` ask, with the best kernels this CPU supports.
+    pub fn open(options: CpuOptions) -> Self {
+        let backend = Self::new(options.num_threads).with_f32_weights(options.f32_weights);
+        log::info!(
+            "CPU backend: {} threads, {:?} kernels{}",
+            backend.num_threads(),
+            backend.isa,
+            if options.f32_weights {
+                ", float32 weights"
+            } else {
+                ""
+            }
+        );
+        backend
+    }
+
     /// A backend with `num_threads` workers (default: `available_parallelism`) and the best
     /// kernels this CPU supports. Falls back to one worker if the pool cannot be built.
     pub fn new(num_threads: Option<usize>) -> Self {
@@ -128,9 +155,22 @@ impl Backend for CpuBackend {
     type Matrix = CpuMatrix;
     type Vector = Vec<f32>;
     type KvCache = CpuKvCache;
+    type Step = StepBatch;
 
     fn name(&self) -> &'static str {
         "cpu"
+    }
+
+    fn plan_memory(&mut self, shape: &ModelShape, limits: &MemoryLimits) -> BackendResult<KvCacheSpec> {
+        let budget_bytes = limits
+            .kv_cache_memory_bytes
+            .unwrap_or_else(|| default_kv_cache_bytes(available_memory_bytes()));
+        Ok(KvCacheSpec::for_model(shape, limits.block_size)?
+            .with_budget(budget_bytes, self.kv_cache_bytes_per_element()))
+    }
+
+    fn prepare_step(&self, batch: StepBatch) -> BackendResult<StepBatch> {
+        Ok(batch)
     }
 
     fn load_matrix(&self, weight: &WeightView<'_>) -> BackendResult<CpuMatrix> {
@@ -184,7 +224,8 @@ impl Backend for CpuBackend {
         4
     }
 
-    fn embed(&self, table: &CpuMatrix, token_ids: &[u32]) -> BackendResult<CpuTensor> {
+    fn embed(&self, step: &StepBatch, table: &CpuMatrix) -> BackendResult<CpuTensor> {
+        let token_ids = &step.input_ids;
         if let Some(&bad) = token_ids.iter().find(|&&t| t as usize >= table.rows()) {
             return Err(shape_err(
                 "embed",
@@ -198,7 +239,13 @@ impl Backend for CpuBackend {
         Ok(out)
     }
 
-    fn rms_norm(&self, x: &CpuTensor, weight: &Vec<f32>, eps: f32) -> BackendResult<CpuTensor> {
+    fn rms_norm(
+        &self,
+        _step: &StepBatch,
+        x: &CpuTensor,
+        weight: &Vec<f32>,
+        eps: f32,
+    ) -> BackendResult<CpuTensor> {
         check_weight("rms_norm", weight, x.cols())?;
         let mut out = CpuTensor::zeros(x.rows(), x.cols())?;
         self.map_rows(x, &mut out, |_, xr, o| norm::rms_norm_row(xr, weight, eps, o));
@@ -207,20 +254,34 @@ impl Backend for CpuBackend {
 
     fn add_rms_norm(
         &self,
+        step: &StepBatch,
         residual: &mut CpuTensor,
         x: &CpuTensor,
         weight: &Vec<f32>,
         eps: f32,
     ) -> BackendResult<CpuTensor> {
         self.add_assign(residual, x)?;
-        self.rms_norm(residual, weight, eps)
+        self.rms_norm(step, residual, weight, eps)
     }
 
-    fn matmul(&self, x: &CpuTensor, weight: &CpuMatrix, bias: Option<&Vec<f32>>) -> BackendResult<CpuTensor> {
+    fn matmul(
+        &self,
+        _step: &StepBatch,
+        x: &CpuTensor,
+        weight: &CpuMatrix,
+        bias: Option<&Vec<f32>>,
+    ) -> BackendResult<CpuTensor> {
         matmul::matmul(&self.pool, self.isa, x, weight, bias.map(|b| b.as_slice()))
     }
 
-    fn rope(&self, x: &mut CpuTensor, num_heads: usize, positions: &[u32], rope: &Rope) -> BackendResult<()> {
+    fn rope(
+        &self,
+        step: &StepBatch,
+        x: &mut CpuTensor,
+        num_heads: usize,
+        rope: &Rope<Vec<f32>>,
+    ) -> BackendResult<()> {
+        let positions = &step.positions;
         let rotary_dim = 2 * rope.inv_freq.len();
         if num_heads == 0 || !x.cols().is_multiple_of(num_heads) || rotary_dim > x.cols() / num_heads {
             return Err(shape_err(
@@ -237,35 +298,34 @@ impl Backend for CpuBackend {
         let cols = x.cols().max(1);
         let mut scratch = vec![0.0f32; rotary_dim];
         for (row, &pos) in x.as_mut_slice().chunks_mut(cols).zip(positions) {
-            rope::rope_row(row, num_heads, pos, rope, &mut scratch);
+            rope::rope_row(row, num_heads, pos, rope.style, &rope.inv_freq, &mut scratch);
         }
         Ok(())
     }
 
     fn write_kv(
         &self,
+        step: &StepBatch,
         cache: &mut CpuKvCache,
         layer: usize,
         key: &CpuTensor,
         value: &CpuTensor,
-        slot_mapping: &[u32],
     ) -> BackendResult<()> {
-        cache.write(layer, key, value, slot_mapping)
+        cache.write(layer, key, value, &step.slot_mapping)
     }
 
     fn attention(
         &self,
+        step: &StepBatch,
         query: &CpuTensor,
         cache: &CpuKvCache,
         layer: usize,
-        shape: AttentionShape,
-        scale: f32,
-        meta: &StepMetadata,
+        params: &AttentionParams,
     ) -> BackendResult<CpuTensor> {
-        attention::attention(&self.pool, query, cache, layer, shape, scale, meta)
+        attention::attention(&self.pool, step, query, cache, layer, params)
     }
 
-    fn silu_mul(&self, gate: &CpuTensor, up: &CpuTensor) -> BackendResult<CpuTensor> {
+    fn silu_mul(&self, _step: &StepBatch, gate: &CpuTensor, up: &CpuTensor) -> BackendResult<CpuTensor> {
         same_shape("silu_mul", gate, up)?;
         let mut out = CpuTensor::zeros(gate.rows(), gate.cols())?;
         self.map_rows(gate, &mut out, |r, g, o| elementwise::silu_mul(g, up.row(r), o));
@@ -281,10 +341,11 @@ impl Backend for CpuBackend {
         Ok(())
     }
 
-    fn gather_rows(&self, x: &CpuTensor, rows: &[u32]) -> BackendResult<CpuTensor> {
+    fn logits_rows(&self, step: &StepBatch, x: &CpuTensor) -> BackendResult<CpuTensor> {
+        let rows = &step.logits_indices;
         if let Some(&bad) = rows.iter().find(|&&r| r as usize >= x.rows()) {
             return Err(shape_err(
-                "gather_rows",
+                "logits_rows",
                 format!("row {bad} out of range ({} rows)", x.rows()),
             ));
         }
@@ -306,6 +367,16 @@ mod tests {
     use crate::test_util::{random_weight_bytes, Rng, ALL_DTYPES};
     use ember_core::WeightDType;
 
+    /// A step with only the given input ids, logits rows and slots set.
+    fn step(input_ids: &[u32], logits_indices: &[u32], slot_mapping: &[u32]) -> StepBatch {
+        StepBatch {
+            input_ids: input_ids.to_vec(),
+            logits_indices: logits_indices.to_vec(),
+            slot_mapping: slot_mapping.to_vec(),
+            ..StepBatch::default()
+        }
+    }
+
     #[test]
     fn embed_dequantizes_rows_of_every_dtype() {
         let backend = CpuBackend::new(Some(1));
@@ -321,13 +392,13 @@ mod tests {
                     bytes: &bytes,
                 })
                 .unwrap();
-            let out = backend.embed(&table, &[3, 0, 3]).unwrap();
+            let out = backend.embed(&step(&[3, 0, 3], &[], &[]), &table).unwrap();
             let row_bytes = bytes.len() / 5;
             let mut want = vec![0.0; 64];
             quant::dequantize_row(dtype, &bytes[3 * row_bytes..4 * row_bytes], &mut want);
             assert_eq!(out.row(0), &want[..]);
             assert_eq!(out.row(2), &want[..]);
-            assert!(backend.embed(&table, &[5]).is_err());
+            assert!(backend.embed(&step(&[5], &[], &[]), &table).is_err());
         }
     }
 
@@ -358,13 +429,17 @@ mod tests {
             .contains("norm"));
         let mut residual = CpuTensor::from_vec(2, 3, vec![1.0, 1.0, 1.0, 0.0, 0.0, 2.0]).unwrap();
         let x = CpuTensor::from_vec(2, 3, vec![1.0, 1.0, 1.0, 0.0, 0.0, 0.0]).unwrap();
-        let normed = backend.add_rms_norm(&mut residual, &x, &v, 0.0).unwrap();
+        let normed = backend
+            .add_rms_norm(&step(&[], &[], &[]), &mut residual, &x, &v, 0.0)
+            .unwrap();
         assert_eq!(residual.row(0), &[2.0, 2.0, 2.0]);
         assert_eq!(normed.row(0), &[1.0, 2.0, 3.0]);
-        let g = backend.gather_rows(&residual, &[1, 1, 0]).unwrap();
+        let g = backend
+            .logits_rows(&step(&[], &[1, 1, 0], &[]), &residual)
+            .unwrap();
         assert_eq!(g.row(0), residual.row(1));
-        assert!(backend.gather_rows(&residual, &[2]).is_err());
-        assert!(backend.silu_mul(&x, &g).is_err());
+        assert!(backend.logits_rows(&step(&[], &[2], &[]), &residual).is_err());
+        assert!(backend.silu_mul(&step(&[], &[], &[]), &x, &g).is_err());
         assert_eq!(backend.to_host(&x).unwrap(), x.as_slice());
     }
 
@@ -391,9 +466,15 @@ mod tests {
         };
         let mut cache = backend.allocate_kv_cache(&spec).unwrap();
         let k = CpuTensor::from_vec(1, 2, vec![1.0, 2.0]).unwrap();
-        backend.write_kv(&mut cache, 0, &k, &k, &[5]).unwrap();
+        backend
+            .write_kv(&step(&[], &[], &[5]), &mut cache, 0, &k, &k)
+            .unwrap();
         assert_eq!(&cache.keys(0)[10..12], &[1.0, 2.0]);
-        assert!(backend.write_kv(&mut cache, 0, &k, &k, &[8]).is_err());
-        assert!(backend.write_kv(&mut cache, 1, &k, &k, &[0]).is_err());
+        assert!(backend
+            .write_kv(&step(&[], &[], &[8]), &mut cache, 0, &k, &k)
+            .is_err());
+        assert!(backend
+            .write_kv(&step(&[], &[], &[0]), &mut cache, 1, &k, &k)
+            .is_err());
     }
 }

@@ -17,13 +17,14 @@ mod elementwise;
 pub mod kv_cache;
 pub mod matmul;
 pub mod matrix;
+pub mod memory_plan;
 mod norm;
 mod par;
 mod quant;
 mod rope;
 pub mod tensor;
 
-pub use backend::CpuBackend;
+pub use backend::{CpuBackend, CpuOptions};
 pub use kv_cache::CpuKvCache;
 pub use matmul::Isa;
 pub use matrix::CpuMatrix;

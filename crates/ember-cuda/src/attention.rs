@@ -1,26 +1,31 @@
 //! Host side of the KV-cache write and the paged attention kernels: checks, kernel choice
 //! (decode when every sequence brings one token, else the tensor-core prefill kernel), splits.
 
-use ember_core::{AttentionShape, BackendError, BackendResult, StepMetadata};
+use ember_core::{AttentionParams, BackendError, BackendResult};
 
-use crate::backend::CudaBackend;
-use crate::device::Arg;
+use crate::device::Device;
+use crate::kernel_args::{
+    PagedDecodeAttentionArgs, PagedDecodeReduceArgs, PrefillAttentionArgs, ReshapeAndCacheArgs,
+};
+use crate::kernels::{paged_decode_attention_bf16, prefill_attention_bf16};
 use crate::launch::{decode_geometry, decode_reduce_geometry, decode_split, prefill_geometry, row_geometry};
+use crate::step::CudaStep;
 use crate::tensor::{CudaKvCache, CudaTensor};
 
 fn err(op: &str, detail: String) -> BackendError {
     BackendError::Device(format!("{op}: {detail}"))
 }
 
-/// Writes `key`/`value` rows into `layer` of the cache at `slot_mapping`.
+/// Writes `key`/`value` rows into `layer` of the cache at the step's `slot_mapping`.
 pub fn write_kv(
-    backend: &CudaBackend,
+    d: &Device,
+    step: &CudaStep,
     cache: &mut CudaKvCache,
     layer: usize,
     key: &CudaTensor,
     value: &CudaTensor,
-    slot_mapping: &[u32],
 ) -> BackendResult<()> {
+    let slot_mapping = &step.batch.slot_mapping;
     let spec = cache.spec;
     let width = spec.num_kv_heads * spec.head_dim;
     let num_slots = spec.num_blocks * spec.block_size;
@@ -53,33 +58,31 @@ pub fn write_kv(
             format!("slot {bad} out of range ({num_slots} slots)"),
         ));
     }
-    let d = &backend.device;
-    let slots = backend.step()?.words(d, slot_mapping, "slot_mapping")?;
-    d.launch(
-        "ember_reshape_and_cache_bf16",
+    d.kernels().reshape_and_cache_bf16(
         row_geometry(key.rows, width),
-        &[
-            Arg::Ptr(d.ptr(&cache.keys[layer])),
-            Arg::Ptr(d.ptr(&cache.values[layer])),
-            Arg::Ptr(key.ptr(d)),
-            Arg::Ptr(value.ptr(d)),
-            Arg::Ptr(slots.ptr(d)),
-            Arg::I32(width as i32),
-            Arg::I64(num_slots as i64),
-        ],
+        &ReshapeAndCacheArgs {
+            k_cache: d.dev(&cache.keys[layer]),
+            v_cache: d.dev(&cache.values[layer]),
+            key: key.dev(d),
+            value: value.dev(d),
+            slot_mapping: step.addrs.slot_mapping,
+            width: width as i32,
+            num_slots: num_slots as i64,
+        },
     )
 }
 
 /// Causal attention of the step's queries over the paged cache (see `Backend::attention`).
 pub fn attention(
-    backend: &CudaBackend,
+    d: &Device,
+    step: &CudaStep,
     query: &CudaTensor,
     cache: &CudaKvCache,
     layer: usize,
-    shape: AttentionShape,
-    scale: f32,
-    meta: &StepMetadata,
+    params: &AttentionParams,
 ) -> BackendResult<CudaTensor> {
+    params.require_plain("cuda")?;
+    let (shape, scale, meta) = (params.shape, params.scale, &step.batch);
     let spec = cache.spec;
     let (num_seqs, num_tokens) = (meta.num_seqs(), meta.num_tokens());
     if layer >= spec.num_layers
@@ -108,7 +111,7 @@ pub fn attention(
             ),
         ));
     }
-    let max_seq_len = meta.seq_lens.iter().copied().max().unwrap_or(0) as usize;
+    let max_seq_len = meta.max_seq_len();
     if max_seq_len.div_ceil(spec.block_size) > meta.max_blocks_per_seq {
         return Err(err(
             "attention",
@@ -118,29 +121,25 @@ pub fn attention(
             ),
         ));
     }
-    let max_query_len = qsl
-        .windows(2)
-        .map(|w| w[1].saturating_sub(w[0]))
-        .max()
-        .unwrap_or(0) as usize;
-    let out = backend.tensor(num_tokens, q_dim, "attention")?;
+    let max_query_len = meta.max_query_len();
+    let out = step.tensor(d, num_tokens, q_dim, "attention")?;
     if num_tokens == 0 {
         return Ok(out);
     }
-    let d = &backend.device;
-    let step = backend.step()?;
-    let tables = step.words(d, &meta.block_tables, "block_tables")?;
-    let seq_lens = step.words(d, &meta.seq_lens, "seq_lens")?;
-    let graph_split = step.graph_split;
-    drop(step);
-    let suffix = format!("bf16_h{}_b{}", spec.head_dim, spec.block_size);
-    let (kc, vc) = (d.ptr(&cache.keys[layer]), d.ptr(&cache.values[layer]));
-    let common = |a: &mut Vec<Arg>| {
-        a.extend([Arg::Ptr(tables.ptr(d)), Arg::Ptr(seq_lens.ptr(d))]);
+    let (tables, seq_lens) = (step.addrs.block_tables, step.addrs.seq_lens);
+    let (kc, vc) = (d.dev(&cache.keys[layer]), d.dev(&cache.values[layer]));
+    let no_kernel = || {
+        err(
+            "attention",
+            format!(
+                "no kernel for head_dim {} and block_size {}",
+                spec.head_dim, spec.block_size
+            ),
+        )
     };
     if max_query_len == 1 && num_tokens == num_seqs {
         // A graph fixes the split for every context of its bucket.
-        let split = graph_split.unwrap_or_else(|| {
+        let split = step.decode_split.unwrap_or_else(|| {
             decode_split(
                 max_seq_len,
                 num_seqs,
@@ -154,68 +153,68 @@ pub fn attention(
         } else {
             0
         };
-        let acc = backend.scratch_f32(partial_len * shape.head_dim, "decode partials")?;
-        let max = backend.scratch_f32(partial_len, "decode partials")?;
-        let sum = backend.scratch_f32(partial_len, "decode partials")?;
-        let mut args = vec![
-            Arg::Ptr(out.ptr(d)),
-            Arg::Ptr(acc.ptr(d)),
-            Arg::Ptr(max.ptr(d)),
-            Arg::Ptr(sum.ptr(d)),
-            Arg::Ptr(query.ptr(d)),
-            Arg::Ptr(kc),
-            Arg::Ptr(vc),
-        ];
-        common(&mut args);
-        args.extend([
-            Arg::I32(meta.max_blocks_per_seq as i32),
-            Arg::I32(shape.num_heads as i32),
-            Arg::I32(shape.num_kv_heads as i32),
-            Arg::F32(scale),
-            Arg::I32(split.partition_size as i32),
-            Arg::I32(split.num_splits as i32),
-        ]);
-        d.launch(
-            &format!("ember_paged_decode_attention_{suffix}"),
+        let acc = step.scratch_f32(d, partial_len * shape.head_dim, "decode partials")?;
+        let max = step.scratch_f32(d, partial_len, "decode partials")?;
+        let sum = step.scratch_f32(d, partial_len, "decode partials")?;
+        let launch = paged_decode_attention_bf16(spec.head_dim, spec.block_size).ok_or_else(no_kernel)?;
+        launch(
+            d.kernels(),
             decode_geometry(num_seqs, shape.num_heads, shape.num_kv_heads, split),
-            &args,
+            &PagedDecodeAttentionArgs {
+                out: out.dev(d),
+                partial_acc: acc.dev(d),
+                partial_max: max.dev(d),
+                partial_sum: sum.dev(d),
+                q: query.dev(d),
+                k_cache: kc,
+                v_cache: vc,
+                block_tables: tables,
+                seq_lens,
+                max_blocks_per_seq: meta.max_blocks_per_seq as i32,
+                num_heads: shape.num_heads as i32,
+                num_kv_heads: shape.num_kv_heads as i32,
+                scale,
+                partition_size: split.partition_size as i32,
+                num_splits: split.num_splits as i32,
+            },
         )?;
         if split.num_splits > 1 {
-            d.launch(
-                "ember_paged_decode_reduce_bf16",
+            d.kernels().paged_decode_reduce_bf16(
                 decode_reduce_geometry(num_seqs, shape.num_heads, shape.head_dim),
-                &[
-                    Arg::Ptr(out.ptr(d)),
-                    Arg::Ptr(acc.ptr(d)),
-                    Arg::Ptr(max.ptr(d)),
-                    Arg::Ptr(sum.ptr(d)),
-                    Arg::Ptr(seq_lens.ptr(d)),
-                    Arg::I32(shape.num_heads as i32),
-                    Arg::I32(shape.head_dim as i32),
-                    Arg::I32(split.partition_size as i32),
-                    Arg::I32(split.num_splits as i32),
-                ],
+                &PagedDecodeReduceArgs {
+                    out: out.dev(d),
+                    partial_acc: acc.dev(d),
+                    partial_max: max.dev(d),
+                    partial_sum: sum.dev(d),
+                    seq_lens,
+                    num_heads: shape.num_heads as i32,
+                    head_dim: shape.head_dim as i32,
+                    partition_size: split.partition_size as i32,
+                    num_splits: split.num_splits as i32,
+                },
             )?;
         }
     } else {
-        let qsl_dev = backend.step()?.words(d, qsl, "query_start_loc")?;
         let (geometry, tiles) = prefill_geometry(num_seqs, max_query_len, shape.num_heads);
-        let mut args = vec![
-            Arg::Ptr(out.ptr(d)),
-            Arg::Ptr(query.ptr(d)),
-            Arg::Ptr(kc),
-            Arg::Ptr(vc),
-        ];
-        common(&mut args);
-        args.extend([
-            Arg::Ptr(qsl_dev.ptr(d)),
-            Arg::I32(meta.max_blocks_per_seq as i32),
-            Arg::I32(shape.num_heads as i32),
-            Arg::I32(shape.num_kv_heads as i32),
-            Arg::F32(scale),
-            Arg::I32(tiles as i32),
-        ]);
-        d.launch(&format!("ember_prefill_attention_{suffix}"), geometry, &args)?;
+        let launch = prefill_attention_bf16(spec.head_dim, spec.block_size).ok_or_else(no_kernel)?;
+        launch(
+            d.kernels(),
+            geometry,
+            &PrefillAttentionArgs {
+                out: out.dev(d),
+                q: query.dev(d),
+                k_cache: kc,
+                v_cache: vc,
+                block_tables: tables,
+                seq_lens,
+                query_start_loc: step.addrs.query_start_loc,
+                max_blocks_per_seq: meta.max_blocks_per_seq as i32,
+                num_heads: shape.num_heads as i32,
+                num_kv_heads: shape.num_kv_heads as i32,
+                scale,
+                q_tiles_per_seq: tiles as i32,
+            },
+        )?;
     }
     Ok(out)
 }

@@ -1,36 +1,45 @@
 //! [`CudaBackend`]: `ember_core::Backend` on one CUDA device, bf16 activations and KV cache.
+//! It opens the device itself, plans its own memory (CUDA graphs, workspace, KV cache) and
+//! makes each step's handle; the operations live in the modules it delegates to.
 
-use std::collections::HashMap;
 use std::sync::Mutex;
 
-use cudarc::driver::CudaSlice;
 use ember_core::{
-    AttentionShape, Backend, BackendError, BackendResult, DeviceSampleRow, ForwardFn, KvCacheSpec, Rope,
-    RopeStyle, StepMetadata, WeightView,
+    AttentionParams, Backend, BackendError, BackendResult, DeviceSampleRow, ForwardFn, KvCacheSpec,
+    MemoryLimits, ModelShape, Rope, StepBatch, WeightView,
 };
 
-use crate::device::{device_err, Arg, Device};
-use crate::graph_exec::GraphRuntime;
-use crate::launch::{elementwise_geometry, row_geometry};
-use crate::step_inputs::StepInputs;
-use crate::tensor::{CudaKvCache, CudaMatrix, CudaTensor, CudaVector, Scratch, TensorData};
-use crate::{attention, gemm, weights};
+use crate::arena::ModelDims;
+use crate::device::Device;
+use crate::error::device_err;
+use crate::graph_exec::{GraphConfig, GraphRuntime};
+use crate::kernel_args::DevPtr;
+use crate::memory_plan::{plan_kv_cache, workspace_bytes};
+use crate::row_ops::{shape_err, GatherSource};
+use crate::step::{CudaStep, StepStaging};
+use crate::tensor::{CudaKvCache, CudaMatrix, CudaTensor, CudaVector, TensorData};
+use crate::{attention, gemm, row_ops, sampling, weights};
+
+/// Bytes of one KV-cache element (bf16).
+const KV_BYTES_PER_ELEMENT: usize = 2;
 
 /// The CUDA backend (see the crate docs).
 pub struct CudaBackend {
-    pub(crate) device: Device,
-    step: Mutex<StepInputs>,
-    inv_freq: Mutex<HashMap<(usize, usize), CudaSlice<f32>>>,
-    pub(crate) graphs: Option<GraphRuntime>,
+    device: Device,
+    staging: Mutex<StepStaging>,
+    graphs_wanted: bool,
+    graphs: Option<GraphRuntime>,
 }
 
-fn shape_err(op: &str, detail: String) -> BackendError {
-    BackendError::Device(format!("{op}: {detail}"))
+/// CUDA graphs for decode steps are on unless `EMBER_CUDA_GRAPHS` is "0" (eager, for debugging).
+fn graphs_enabled(env: Option<&str>) -> bool {
+    env != Some("0")
 }
 
 impl CudaBackend {
-    /// Opens CUDA device `ordinal` and loads the kernels.
-    pub fn new(ordinal: usize) -> BackendResult<Self> {
+    /// Opens CUDA device `ordinal` and loads the kernels; CUDA graphs are planned with the
+    /// memory unless `EMBER_CUDA_GRAPHS=0`.
+    pub fn open(ordinal: usize) -> BackendResult<Self> {
         let device = Device::open(ordinal)?;
         let name = device.ctx().name().unwrap_or_else(|_| "unknown".into());
         log::info!(
@@ -40,116 +49,29 @@ impl CudaBackend {
         );
         Ok(Self {
             device,
-            step: Mutex::new(StepInputs::default()),
-            inv_freq: Mutex::new(HashMap::new()),
+            staging: Mutex::new(StepStaging::default()),
+            graphs_wanted: graphs_enabled(std::env::var("EMBER_CUDA_GRAPHS").ok().as_deref()),
             graphs: None,
         })
     }
 
-    /// A new `[rows, cols]` activation: on the graph arena during graph warm-up and capture,
-    /// else from the stream-ordered allocator.
-    pub(crate) fn tensor(&self, rows: usize, cols: usize, what: &str) -> BackendResult<CudaTensor> {
-        let data = match self.arena_region(rows * cols * 2, what)? {
-            Some(region) => TensorData::Arena(region),
-            None => TensorData::Owned(self.device.alloc::<u16>(rows * cols, what)?),
-        };
-        Ok(CudaTensor { data, rows, cols })
-    }
-
-    /// `len` f32 of scratch, placed like [`Self::tensor`].
-    pub(crate) fn scratch_f32(&self, len: usize, what: &str) -> BackendResult<Scratch> {
-        Ok(match self.arena_region(len * 4, what)? {
-            Some(region) => Scratch::Arena(region),
-            None => Scratch::Owned(self.device.alloc::<f32>(len, what)?),
-        })
-    }
-
-    fn arena_region(&self, bytes: usize, what: &str) -> BackendResult<Option<crate::arena::ArenaRegion>> {
-        match &self.graphs {
-            Some(g) => g.region(bytes, what),
-            None => Ok(None),
-        }
-    }
-
-    pub(crate) fn step(&self) -> BackendResult<std::sync::MutexGuard<'_, StepInputs>> {
-        self.step
+    fn staging(&self) -> BackendResult<std::sync::MutexGuard<'_, StepStaging>> {
+        self.staging
             .lock()
             .map_err(|_| device_err("step inputs", "poisoned lock"))
     }
+}
 
-    fn add_rms_norm_launch(
-        &self,
-        out: &CudaTensor,
-        residual: u64,
-        x: u64,
-        weight: &CudaVector,
-        eps: f32,
-    ) -> BackendResult<()> {
-        if weight.len != out.cols {
-            return Err(shape_err(
-                "rms_norm",
-                format!("weight has {} elements, rows have {}", weight.len, out.cols),
-            ));
-        }
-        let d = &self.device;
-        d.launch(
-            "ember_add_rms_norm_bf16",
-            row_geometry(out.rows, out.cols),
-            &[
-                Arg::Ptr(out.ptr(d)),
-                Arg::Ptr(residual),
-                Arg::Ptr(x),
-                Arg::Ptr(d.ptr(&weight.data)),
-                Arg::I32(out.cols as i32),
-                Arg::F32(eps),
-            ],
-        )
-    }
-
-    fn same_shape(op: &str, a: &CudaTensor, b: &CudaTensor) -> BackendResult<()> {
-        if (a.rows, a.cols) != (b.rows, b.cols) {
-            return Err(shape_err(
-                op,
-                format!(
-                    "shapes [{}, {}] and [{}, {}] differ",
-                    a.rows, a.cols, b.rows, b.cols
-                ),
-            ));
-        }
-        Ok(())
-    }
-
-    fn gather(
-        &self,
-        table: u64,
-        table_rows: usize,
-        cols: usize,
-        ids: &[u32],
-        what: &str,
-    ) -> BackendResult<CudaTensor> {
-        if let Some(&bad) = ids.iter().find(|&&t| t as usize >= table_rows) {
-            return Err(shape_err(
-                what,
-                format!("index {bad} out of range ({table_rows} rows)"),
-            ));
-        }
-        let out = self.tensor(ids.len(), cols, what)?;
-        let d = &self.device;
-        let dev_ids = self.step()?.words(d, ids, what)?;
-        d.launch(
-            "ember_gather_rows_bf16",
-            row_geometry(ids.len(), cols),
-            &[
-                Arg::Ptr(out.ptr(d)),
-                Arg::Ptr(table),
-                Arg::Ptr(dev_ids.ptr(d)),
-                Arg::I32(ids.len() as i32),
-                Arg::I32(cols as i32),
-                Arg::I32(table_rows as i32),
-            ],
-        )?;
-        Ok(out)
-    }
+fn model_dims(shape: &ModelShape) -> BackendResult<ModelDims> {
+    let kv = shape.uniform_kv()?;
+    Ok(ModelDims {
+        hidden: shape.hidden_size,
+        num_heads: shape.num_heads,
+        num_kv_heads: kv.num_kv_heads,
+        head_dim: shape.head_dim,
+        intermediate: shape.intermediate_size,
+        vocab: shape.vocab_size,
+    })
 }
 
 impl Backend for CudaBackend {
@@ -157,43 +79,65 @@ impl Backend for CudaBackend {
     type Matrix = CudaMatrix;
     type Vector = CudaVector;
     type KvCache = CudaKvCache;
+    type Step = CudaStep;
 
     fn name(&self) -> &'static str {
         "cuda"
     }
 
-    fn begin_step(&self, token_ids: &[u32], meta: &StepMetadata) -> BackendResult<()> {
-        self.step()?.begin(&self.device, token_ids, meta)
-    }
-
-    fn run_forward(
-        &self,
-        token_ids: &[u32],
-        meta: &StepMetadata,
-        forward: &mut ForwardFn<'_, CudaTensor>,
-    ) -> BackendResult<CudaTensor> {
-        self.graph_forward(token_ids, meta, forward)
-    }
-
-    fn sample_on_device(
-        &self,
-        logits: &CudaTensor,
-        rows: &[DeviceSampleRow],
-    ) -> BackendResult<Option<Vec<(u32, f32)>>> {
-        crate::sampling::sample(self, logits, rows).map(Some)
-    }
-
-    fn load_matrix(&self, weight: &WeightView<'_>) -> BackendResult<CudaMatrix> {
-        weights::load_matrix(&self.device, weight)
-    }
-
-    fn load_vector(&self, weight: &WeightView<'_>) -> BackendResult<CudaVector> {
-        weights::load_vector(weight).and_then(|v| {
-            Ok(CudaVector {
-                len: v.len(),
-                data: self.device.upload(&v, weight.name)?,
-            })
+    fn plan_memory(&mut self, shape: &ModelShape, limits: &MemoryLimits) -> BackendResult<KvCacheSpec> {
+        let dims = model_dims(shape)?;
+        if self.graphs_wanted {
+            let config = GraphConfig {
+                max_num_seqs: limits.max_num_seqs,
+                max_model_len: limits.max_model_len,
+                block_size: limits.block_size,
+                dims,
+            };
+            self.graphs = Some(GraphRuntime::new(&self.device, config)?);
+        }
+        let spec = KvCacheSpec::for_model(shape, limits.block_size)?;
+        if let Some(bytes) = limits.kv_cache_memory_bytes {
+            return Ok(spec.with_budget(bytes, KV_BYTES_PER_ELEMENT));
+        }
+        let workspace = workspace_bytes(
+            limits.max_num_batched_tokens,
+            dims.hidden,
+            dims.num_heads * dims.head_dim,
+            dims.num_kv_heads * dims.head_dim,
+            dims.intermediate,
+            dims.vocab,
+            KV_BYTES_PER_ELEMENT,
+        );
+        let block_bytes = spec.bytes_per_block(KV_BYTES_PER_ELEMENT) as u64;
+        let (free, total) = self.device.mem_info()?;
+        let utilization = limits.gpu_memory_utilization;
+        let plan = plan_kv_cache(free, total, utilization, workspace, block_bytes).map_err(|detail| {
+            BackendError::OutOfMemory {
+                what: format!("KV cache ({detail})"),
+                requested_bytes: block_bytes,
+                available_bytes: free,
+            }
+        })?;
+        let gib = |b: u64| b as f64 / (1u64 << 30) as f64;
+        log::info!(
+            "GPU memory: {:.2} GiB total, budget {:.2} GiB (gpu_memory_utilization {utilization}), \
+             {:.2} GiB in use after loading, {:.2} GiB workspace, {:.2} GiB KV cache = {} blocks",
+            gib(plan.total_bytes),
+            gib(plan.budget_bytes),
+            gib(plan.used_bytes),
+            gib(plan.workspace_bytes),
+            gib(plan.kv_cache_bytes),
+            plan.num_blocks
+        );
+        Ok(KvCacheSpec {
+            num_blocks: plan.num_blocks,
+            ..spec
         })
+    }
+
+    fn kv_cache_bytes_per_element(&self) -> usize {
+        KV_BYTES_PER_ELEMENT
     }
 
     fn allocate_kv_cache(&self, spec: &KvCacheSpec) -> BackendResult<CudaKvCache> {
@@ -216,36 +160,76 @@ impl Backend for CudaBackend {
         })
     }
 
-    fn kv_cache_bytes_per_element(&self) -> usize {
-        2
+    fn load_matrix(&self, weight: &WeightView<'_>) -> BackendResult<CudaMatrix> {
+        weights::load_matrix(&self.device, weight)
     }
 
-    fn embed(&self, table: &CudaMatrix, token_ids: &[u32]) -> BackendResult<CudaTensor> {
-        let table_ptr = self.device.ptr(&table.data);
-        self.gather(table_ptr, table.rows, table.cols, token_ids, "embed")
+    fn load_vector(&self, weight: &WeightView<'_>) -> BackendResult<CudaVector> {
+        weights::load_vector(weight).and_then(|v| {
+            Ok(CudaVector {
+                len: v.len(),
+                data: self.device.upload(&v, weight.name)?,
+            })
+        })
     }
 
-    fn rms_norm(&self, x: &CudaTensor, weight: &CudaVector, eps: f32) -> BackendResult<CudaTensor> {
-        let out = self.tensor(x.rows, x.cols, "rms_norm")?;
-        self.add_rms_norm_launch(&out, x.ptr(&self.device), 0, weight, eps)?;
+    fn prepare_step(&self, batch: StepBatch) -> BackendResult<CudaStep> {
+        self.staging()?.eager(&self.device, batch)
+    }
+
+    fn run_forward(&self, batch: StepBatch, forward: &mut ForwardFn<'_, Self>) -> BackendResult<CudaTensor> {
+        if let Some(graphs) = &self.graphs {
+            if let Some(logits) = graphs.run(&self.device, &self.staging, &batch, forward)? {
+                return Ok(logits);
+            }
+        }
+        let step = self.prepare_step(batch)?;
+        forward(&step)
+    }
+
+    fn sample_on_device(
+        &self,
+        logits: &CudaTensor,
+        rows: &[DeviceSampleRow],
+    ) -> BackendResult<Option<Vec<(u32, f32)>>> {
+        sampling::sample(&self.device, logits, rows).map(Some)
+    }
+
+    fn embed(&self, step: &CudaStep, table: &CudaMatrix) -> BackendResult<CudaTensor> {
+        let source = GatherSource::matrix(&self.device, table);
+        row_ops::gather(&self.device, step, source, step.input_ids(), "embed")
+    }
+
+    fn rms_norm(
+        &self,
+        step: &CudaStep,
+        x: &CudaTensor,
+        weight: &CudaVector,
+        eps: f32,
+    ) -> BackendResult<CudaTensor> {
+        let out = step.tensor(&self.device, x.rows, x.cols, "rms_norm")?;
+        row_ops::add_rms_norm(&self.device, &out, x.dev(&self.device), DevPtr::NULL, weight, eps)?;
         Ok(out)
     }
 
     fn add_rms_norm(
         &self,
+        step: &CudaStep,
         residual: &mut CudaTensor,
         x: &CudaTensor,
         weight: &CudaVector,
         eps: f32,
     ) -> BackendResult<CudaTensor> {
-        Self::same_shape("add_rms_norm", residual, x)?;
-        let out = self.tensor(x.rows, x.cols, "add_rms_norm")?;
-        self.add_rms_norm_launch(&out, residual.ptr(&self.device), x.ptr(&self.device), weight, eps)?;
+        row_ops::same_shape("add_rms_norm", residual, x)?;
+        let d = &self.device;
+        let out = step.tensor(d, x.rows, x.cols, "add_rms_norm")?;
+        row_ops::add_rms_norm(d, &out, residual.dev(d), x.dev(d), weight, eps)?;
         Ok(out)
     }
 
     fn matmul(
         &self,
+        step: &CudaStep,
         x: &CudaTensor,
         weight: &CudaMatrix,
         bias: Option<&CudaVector>,
@@ -263,136 +247,58 @@ impl Backend for CudaBackend {
                 ),
             ));
         }
-        let out = self.tensor(x.rows, weight.rows, "matmul")?;
+        let out = step.tensor(&self.device, x.rows, weight.rows, "matmul")?;
         gemm::gemm_bf16(&self.device, &out, x, weight)?;
         if let Some(b) = bias {
-            let d = &self.device;
-            let n = out.rows * out.cols;
-            d.launch(
-                "ember_add_bf16",
-                elementwise_geometry(n, d.num_sms()),
-                &[
-                    Arg::Ptr(out.ptr(d)),
-                    Arg::Ptr(0),
-                    Arg::Ptr(d.ptr(&b.data)),
-                    Arg::I64(n as i64),
-                    Arg::I32(out.cols as i32),
-                ],
-            )?;
+            row_ops::add(&self.device, &out, DevPtr::NULL, self.device.dev(&b.data))?;
         }
         Ok(out)
     }
 
     fn rope(
         &self,
+        step: &CudaStep,
         x: &mut CudaTensor,
         num_heads: usize,
-        positions: &[u32],
-        rope: &Rope,
+        rope: &Rope<CudaVector>,
     ) -> BackendResult<()> {
-        let rotary_dim = 2 * rope.inv_freq.len();
-        if num_heads == 0
-            || !x.cols.is_multiple_of(num_heads)
-            || rotary_dim > x.cols / num_heads
-            || rotary_dim > 512
-            || positions.len() != x.rows
-        {
-            return Err(shape_err(
-                "rope",
-                format!(
-                    "[{}, {}], {num_heads} heads, rotary dim {rotary_dim}, {} positions",
-                    x.rows,
-                    x.cols,
-                    positions.len()
-                ),
-            ));
-        }
-        let d = &self.device;
-        let key = (rope.inv_freq.as_ptr() as usize, rope.inv_freq.len());
-        let mut freqs = self
-            .inv_freq
-            .lock()
-            .map_err(|_| device_err("rope", "poisoned lock"))?;
-        if let std::collections::hash_map::Entry::Vacant(slot) = freqs.entry(key) {
-            slot.insert(d.upload(&rope.inv_freq, "rope inv_freq")?);
-        }
-        let inv_freq = d.ptr(&freqs[&key]);
-        let pos = self.step()?.words(d, positions, "positions")?;
-        d.launch(
-            "ember_rope_bf16",
-            row_geometry(x.rows, num_heads * rotary_dim / 2 * 8),
-            &[
-                Arg::Ptr(x.ptr(d)),
-                Arg::Ptr(pos.ptr(d)),
-                Arg::Ptr(inv_freq),
-                Arg::I32(num_heads as i32),
-                Arg::I32((x.cols / num_heads) as i32),
-                Arg::I32(rotary_dim as i32),
-                Arg::I32(i32::from(rope.style == RopeStyle::Interleaved)),
-            ],
-        )
+        row_ops::rope(&self.device, step, x, num_heads, rope)
     }
 
     fn write_kv(
         &self,
+        step: &CudaStep,
         cache: &mut CudaKvCache,
         layer: usize,
         key: &CudaTensor,
         value: &CudaTensor,
-        slot_mapping: &[u32],
     ) -> BackendResult<()> {
-        attention::write_kv(self, cache, layer, key, value, slot_mapping)
+        attention::write_kv(&self.device, step, cache, layer, key, value)
     }
 
     fn attention(
         &self,
+        step: &CudaStep,
         query: &CudaTensor,
         cache: &CudaKvCache,
         layer: usize,
-        shape: AttentionShape,
-        scale: f32,
-        meta: &StepMetadata,
+        params: &AttentionParams,
     ) -> BackendResult<CudaTensor> {
-        attention::attention(self, query, cache, layer, shape, scale, meta)
+        attention::attention(&self.device, step, query, cache, layer, params)
     }
 
-    fn silu_mul(&self, gate: &CudaTensor, up: &CudaTensor) -> BackendResult<CudaTensor> {
-        Self::same_shape("silu_mul", gate, up)?;
-        let out = self.tensor(gate.rows, gate.cols, "silu_mul")?;
-        let d = &self.device;
-        let n = gate.rows * gate.cols;
-        d.launch(
-            "ember_silu_mul_bf16",
-            elementwise_geometry(n.div_ceil(8), d.num_sms()),
-            &[
-                Arg::Ptr(out.ptr(d)),
-                Arg::Ptr(gate.ptr(d)),
-                Arg::Ptr(up.ptr(d)),
-                Arg::I64(n as i64),
-            ],
-        )?;
-        Ok(out)
+    fn silu_mul(&self, step: &CudaStep, gate: &CudaTensor, up: &CudaTensor) -> BackendResult<CudaTensor> {
+        row_ops::silu_mul(&self.device, step, gate, up)
     }
 
     fn add_assign(&self, x: &mut CudaTensor, y: &CudaTensor) -> BackendResult<()> {
-        Self::same_shape("add_assign", x, y)?;
-        let d = &self.device;
-        let n = x.rows * x.cols;
-        d.launch(
-            "ember_add_bf16",
-            elementwise_geometry(n, d.num_sms()),
-            &[
-                Arg::Ptr(x.ptr(d)),
-                Arg::Ptr(y.ptr(d)),
-                Arg::Ptr(0),
-                Arg::I64(n as i64),
-                Arg::I32(x.cols.max(1) as i32),
-            ],
-        )
+        row_ops::same_shape("add_assign", x, y)?;
+        row_ops::add(&self.device, x, y.dev(&self.device), DevPtr::NULL)
     }
 
-    fn gather_rows(&self, x: &CudaTensor, rows: &[u32]) -> BackendResult<CudaTensor> {
-        self.gather(x.ptr(&self.device), x.rows, x.cols, rows, "gather_rows")
+    fn logits_rows(&self, step: &CudaStep, x: &CudaTensor) -> BackendResult<CudaTensor> {
+        let source = GatherSource::tensor(&self.device, x);
+        row_ops::gather(&self.device, step, source, step.logits_indices(), "logits_rows")
     }
 
     fn to_host(&self, x: &CudaTensor) -> BackendResult<Vec<f32>> {
@@ -405,5 +311,15 @@ impl Backend for CudaBackend {
             .iter()
             .map(|&b| half::bf16::from_bits(b).to_f32())
             .collect())
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    #[test]
+    fn graphs_are_on_unless_disabled() {
+        assert!(super::graphs_enabled(None));
+        assert!(super::graphs_enabled(Some("1")));
+        assert!(!super::graphs_enabled(Some("0")));
     }
 }

@@ -1,41 +1,20 @@
-//! One CUDA device: context, stream, the kernel module, cuBLAS, and typed kernel launches.
+//! One CUDA device: context, stream, the kernels (typed launchers), cuBLAS, and memory.
 
-use std::collections::HashMap;
-use std::sync::{Arc, Mutex};
+use std::sync::Arc;
 
 use cudarc::cublas::CudaBlas;
-use cudarc::driver::{
-    sys, CudaContext, CudaFunction, CudaModule, CudaSlice, CudaStream, DevicePtr, DeviceRepr, LaunchConfig,
-    PushKernelArg, ValidAsZeroBits,
-};
+use cudarc::driver::{sys, CudaContext, CudaSlice, CudaStream, DevicePtr, DeviceRepr, ValidAsZeroBits};
 use ember_core::{BackendError, BackendResult};
 
-use crate::launch::Geometry;
-
-/// A kernel argument (device pointers travel as `u64`).
-#[derive(Clone, Copy, Debug)]
-pub enum Arg {
-    /// A device pointer (0 for null).
-    Ptr(u64),
-    /// A 32-bit integer.
-    I32(i32),
-    /// A 64-bit integer.
-    I64(i64),
-    /// A float.
-    F32(f32),
-}
-
-/// Maps any driver-side error to a backend error naming the operation.
-pub fn device_err(what: &str, e: impl std::fmt::Debug) -> BackendError {
-    BackendError::Device(format!("{what}: {e:?}"))
-}
+use crate::error::device_err;
+use crate::kernel_args::DevPtr;
+use crate::kernels::Kernels;
 
 /// The device a [`crate::CudaBackend`] runs on.
 pub struct Device {
     ctx: Arc<CudaContext>,
     stream: Arc<CudaStream>,
-    module: Arc<CudaModule>,
-    functions: Mutex<HashMap<String, CudaFunction>>,
+    kernels: Kernels,
     blas: CudaBlas,
     num_sms: usize,
 }
@@ -51,6 +30,7 @@ impl Device {
         unsafe { ctx.disable_event_tracking() };
         let stream = ctx.new_stream().map_err(|e| device_err("cuda stream", e))?;
         let module = crate::module::load_kernels(&ctx).map_err(BackendError::Device)?;
+        let kernels = Kernels::load(&module, stream.clone()).map_err(BackendError::Device)?;
         let blas = CudaBlas::new(stream.clone()).map_err(|e| device_err("cublas", e))?;
         let num_sms = ctx
             .attribute(sys::CUdevice_attribute::CU_DEVICE_ATTRIBUTE_MULTIPROCESSOR_COUNT)
@@ -58,8 +38,7 @@ impl Device {
         Ok(Self {
             ctx,
             stream,
-            module,
-            functions: Mutex::new(HashMap::new()),
+            kernels,
             blas,
             num_sms,
         })
@@ -73,6 +52,11 @@ impl Device {
     /// The stream every operation runs on.
     pub fn stream(&self) -> &Arc<CudaStream> {
         &self.stream
+    }
+
+    /// The kernels, launched on the stream.
+    pub fn kernels(&self) -> &Kernels {
+        &self.kernels
     }
 
     /// cuBLAS bound to the stream.
@@ -165,44 +149,13 @@ impl Device {
         .map_err(|e| device_err("cublasSetWorkspace", e))
     }
 
-    /// The raw address of a buffer, for kernel arguments.
+    /// The raw address of a buffer.
     pub fn ptr<T>(&self, slice: &CudaSlice<T>) -> u64 {
         slice.device_ptr(&self.stream).0
     }
 
-    /// Launches kernel `name` of the module with `args`.
-    pub fn launch(&self, name: &str, geometry: Geometry, args: &[Arg]) -> BackendResult<()> {
-        let function = {
-            let mut cache = self
-                .functions
-                .lock()
-                .map_err(|_| device_err(name, "poisoned lock"))?;
-            match cache.get(name) {
-                Some(f) => f.clone(),
-                None => {
-                    let f = self.module.load_function(name).map_err(|e| device_err(name, e))?;
-                    cache.insert(name.to_string(), f.clone());
-                    f
-                }
-            }
-        };
-        let mut builder = self.stream.launch_builder(&function);
-        for arg in args {
-            match arg {
-                Arg::Ptr(v) => builder.arg(v),
-                Arg::I32(v) => builder.arg(v),
-                Arg::I64(v) => builder.arg(v),
-                Arg::F32(v) => builder.arg(v),
-            };
-        }
-        let config = LaunchConfig {
-            grid_dim: geometry.grid,
-            block_dim: geometry.block,
-            shared_mem_bytes: 0,
-        };
-        // SAFETY: every kernel's argument list is built by the op in `ops.rs` that matches its
-        // `extern "C"` signature in cuda/ember_kernels.h, with live device pointers.
-        unsafe { builder.launch(config) }.map_err(|e| device_err(name, e))?;
-        Ok(())
+    /// The address of a buffer as a kernel argument.
+    pub fn dev<T>(&self, slice: &CudaSlice<T>) -> DevPtr {
+        DevPtr(self.ptr(slice))
     }
 }

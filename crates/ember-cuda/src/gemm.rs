@@ -4,7 +4,8 @@
 
 use cudarc::cublas::{result, sys};
 
-use crate::device::{device_err, Device};
+use crate::device::Device;
+use crate::error::device_err;
 use crate::tensor::{CudaMatrix, CudaTensor};
 use ember_core::BackendResult;
 

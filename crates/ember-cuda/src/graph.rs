@@ -5,7 +5,7 @@
 
 use std::collections::HashMap;
 
-use ember_core::StepMetadata;
+use ember_core::StepBatch;
 
 /// Largest batch a decode graph is captured for.
 pub const MAX_GRAPH_BATCH: usize = 256;
@@ -83,10 +83,10 @@ impl GraphPlan {
     /// The graph a step runs as, or `None` for an eager step: prefill or mixed steps (more
     /// tokens than sequences), steps that do not sample every sequence's row in order,
     /// batches above the largest size, contexts above `max_context`.
-    pub fn key_for(&self, num_token_ids: usize, meta: &StepMetadata) -> Option<GraphKey> {
+    pub fn key_for(&self, meta: &StepBatch) -> Option<GraphKey> {
         let n = meta.num_seqs();
         let pure_decode = n > 0
-            && num_token_ids == n
+            && meta.input_ids.len() == n
             && meta.num_tokens() == n
             && meta.query_start_loc.iter().copied().eq(0..=n as u32)
             && meta.logits_indices.iter().copied().eq(0..n as u32);
@@ -109,12 +109,7 @@ impl GraphPlan {
 /// The step padded to `key`: inert rows (token 0, position 0, slot -1 so no KV write,
 /// seq_len 0 so attention writes zeros), every block table re-strided to `blocks_per_seq`,
 /// one logits row per sequence. `meta` must be a pure-decode step that fits the key.
-pub fn pad_decode_step(
-    token_ids: &[u32],
-    meta: &StepMetadata,
-    key: GraphKey,
-    blocks_per_seq: usize,
-) -> (Vec<u32>, StepMetadata) {
+pub fn pad_decode_step(meta: &StepBatch, key: GraphKey, blocks_per_seq: usize) -> StepBatch {
     let n = meta.num_seqs();
     let batch = key.batch.max(n);
     let padded = |real: &[u32], fill: u32| {
@@ -128,7 +123,8 @@ pub fn pad_decode_step(
         let keep = row.len().min(blocks_per_seq);
         block_tables[seq * blocks_per_seq..][..keep].copy_from_slice(&row[..keep]);
     }
-    let meta = StepMetadata {
+    StepBatch {
+        input_ids: padded(&meta.input_ids, 0),
         positions: padded(&meta.positions, 0),
         slot_mapping: padded(&meta.slot_mapping, u32::MAX),
         query_start_loc: (0..=batch as u32).collect(),
@@ -136,8 +132,7 @@ pub fn pad_decode_step(
         block_tables,
         max_blocks_per_seq: blocks_per_seq,
         logits_indices: (0..batch as u32).collect(),
-    };
-    (padded(token_ids, 0), meta)
+    }
 }
 
 /// What to do with a graph-eligible step.

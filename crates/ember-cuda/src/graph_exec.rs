@@ -1,25 +1,28 @@
 //! CUDA-graph execution of pure-decode steps. Planning (keys, padding, the state machine) is
 //! [`crate::graph`]; the fixed-address memory is [`crate::arena`]. A graph step pads the batch
-//! to its key, packs the inputs with one pinned copy into a fixed device buffer, and then:
+//! to its key and sends it with the one pinned copy into a fixed device buffer, as a
+//! [`CudaStep`] that allocates from the arena and carries the key's decode split; then the
 //! first use of a key runs the forward pass eagerly on the arena (warm-up), the second
 //! captures it into a graph and launches it, later ones only launch the graph.
 
-use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::Mutex;
 
 use cudarc::driver::{sys, CudaGraph, CudaSlice};
-use ember_core::{BackendError, BackendResult, ForwardFn, StepMetadata};
+use ember_core::{BackendResult, StepBatch};
 
-use crate::arena::{step_bytes, ArenaHandle, ArenaRegion, ModelDims};
-use crate::backend::CudaBackend;
-use crate::device::device_err;
+use crate::arena::{step_bytes, ArenaHandle, ModelDims};
+use crate::device::Device;
+use crate::error::device_err;
 use crate::graph::{pad_decode_step, GraphAction, GraphKey, GraphPlan, GraphTable};
 use crate::launch::{decode_split, DecodeSplit};
-use crate::step_inputs::step_words;
+use crate::step::{step_words, CudaStep, StepStaging};
 use crate::tensor::{CudaTensor, TensorData};
 
 /// cuBLAS workspace bytes (set once, so captured GEMMs never allocate).
 const BLAS_WORKSPACE_BYTES: usize = 32 << 20;
+
+/// The forward pass of one step, as the backend's `run_forward` receives it.
+pub(crate) type Forward<'a> = dyn FnMut(&CudaStep) -> BackendResult<CudaTensor> + 'a;
 
 /// What graph capture needs to know about the engine and the model.
 #[derive(Clone, Copy, Debug)]
@@ -50,7 +53,6 @@ pub(crate) struct GraphRuntime {
     plan: GraphPlan,
     dims: ModelDims,
     arena: ArenaHandle,
-    arena_on: AtomicBool,
     inputs: CudaSlice<u32>,
     inputs_words: usize,
     table: Mutex<GraphTable<CapturedGraph>>,
@@ -80,30 +82,11 @@ pub fn arena_bytes(plan: &GraphPlan, dims: &ModelDims, num_sms: usize) -> usize 
 }
 
 impl GraphRuntime {
-    /// A region of the arena while a graph step runs on it, else `None`.
-    pub(crate) fn region(&self, bytes: usize, what: &str) -> BackendResult<Option<ArenaRegion>> {
-        if !self.arena_on.load(Ordering::Acquire) {
-            return Ok(None);
-        }
-        let (used, capacity) = self.arena.usage();
-        self.arena
-            .alloc(bytes)
-            .map(Some)
-            .ok_or_else(|| BackendError::OutOfMemory {
-                what: format!("{what} (graph arena)"),
-                requested_bytes: bytes as u64,
-                available_bytes: (capacity - used) as u64,
-            })
-    }
-}
-
-impl CudaBackend {
-    /// Turns on CUDA graphs for pure-decode steps: allocates the activation arena, the fixed
-    /// input buffer and the cuBLAS workspace (call after loading the weights, before sizing
-    /// the KV cache, so the memory plan sees them).
-    pub fn enable_graphs(&mut self, config: GraphConfig) -> BackendResult<()> {
+    /// Allocates the activation arena, the fixed input buffer and the cuBLAS workspace of
+    /// `config`'s graphs (made after the weights are loaded, before the KV cache is sized, so
+    /// the memory plan sees them).
+    pub fn new(d: &Device, config: GraphConfig) -> BackendResult<Self> {
         let plan = GraphPlan::new(config.max_num_seqs, config.max_model_len, config.block_size);
-        let d = &self.device;
         let arena_len = arena_bytes(&plan, &config.dims, d.num_sms());
         let arena_buffer = d.alloc::<u8>(arena_len, "graph arena")?;
         let largest = plan.largest();
@@ -123,9 +106,8 @@ impl CudaBackend {
             plan.max_context,
             arena_len as f64 / (1 << 20) as f64
         );
-        self.graphs = Some(GraphRuntime {
+        Ok(Self {
             arena: ArenaHandle::new(d.ptr(&arena_buffer), arena_len),
-            arena_on: AtomicBool::new(false),
             plan,
             dims: config.dims,
             inputs,
@@ -133,114 +115,101 @@ impl CudaBackend {
             table: Mutex::new(GraphTable::default()),
             _arena_buffer: arena_buffer,
             _blas_workspace: blas_workspace,
-        });
-        Ok(())
+        })
     }
 
-    /// The forward pass of one step: as a graph when it is a pure-decode step that fits a
-    /// key (see [`GraphPlan::key_for`]), else eagerly.
-    pub(crate) fn graph_forward(
+    /// Runs `batch` as a graph when it is a pure-decode step that fits a key (see
+    /// [`GraphPlan::key_for`]) whose graph works: `Ok(None)` tells the caller to run it
+    /// eagerly (not a graph step, or its key failed, now or before; failures are logged).
+    pub fn run(
         &self,
-        token_ids: &[u32],
-        meta: &StepMetadata,
-        forward: &mut ForwardFn<'_, CudaTensor>,
-    ) -> BackendResult<CudaTensor> {
-        let Some(g) = &self.graphs else {
-            return forward(token_ids, meta);
+        d: &Device,
+        staging: &Mutex<StepStaging>,
+        batch: &StepBatch,
+        forward: &mut Forward<'_>,
+    ) -> BackendResult<Option<CudaTensor>> {
+        let Some(key) = self.plan.key_for(batch) else {
+            return Ok(None);
         };
-        let Some(key) = g.plan.key_for(token_ids.len(), meta) else {
-            return forward(token_ids, meta);
-        };
-        let action = self.table(g)?.action(key);
+        let action = self.table()?.action(key);
         if action == GraphAction::Eager {
-            return forward(token_ids, meta);
+            return Ok(None);
         }
-        let split = graph_split(&g.dims, key, self.device.num_sms());
-        let (ids, padded) = pad_decode_step(token_ids, meta, key, g.plan.blocks_per_seq(key));
-        debug_assert!(step_words(&padded) <= g.inputs_words);
-        let inputs = self.device.ptr(&g.inputs);
-        self.step()?
-            .stage(&self.device, &ids, &padded, inputs, g.inputs_words)?;
-        let rows = meta.logits_indices.len();
+        let rows = batch.logits_indices.len();
+        let padded = pad_decode_step(batch, key, self.plan.blocks_per_seq(key));
+        debug_assert!(step_words(&padded) <= self.inputs_words);
+        let arena = (action != GraphAction::Replay).then(|| self.arena.clone());
+        let split = graph_split(&self.dims, key, d.num_sms());
+        let step = staging
+            .lock()
+            .map_err(|_| device_err("step inputs", "poisoned lock"))?
+            .fixed(d, padded, d.ptr(&self.inputs), self.inputs_words, arena, split)?;
         let result = match action {
-            GraphAction::Replay => self.replay(g, key, rows),
-            GraphAction::Warmup => self.on_arena(g, split, &mut || forward(&ids, &padded)),
-            _ => self.capture(g, key, split, rows, &mut || forward(&ids, &padded)),
+            GraphAction::Replay => self.replay(key, rows),
+            GraphAction::Warmup => self.on_arena(&step, forward),
+            _ => self.capture(d, key, &step, rows, forward),
         };
-        self.step()?.unstage();
         match result {
             Ok(mut logits) => {
                 if action == GraphAction::Warmup {
-                    self.table(g)?.warmed(key);
+                    self.table()?.warmed(key);
                 }
                 logits.rows = rows;
-                Ok(logits)
+                Ok(Some(logits))
             }
             Err(e) => {
                 log::warn!("CUDA graph {key:?} ({action:?}) failed, running its steps eagerly: {e}");
-                self.table(g)?.failed(key);
-                forward(token_ids, meta)
+                self.table()?.failed(key);
+                Ok(None)
             }
         }
     }
 
-    fn table<'a>(
-        &self,
-        g: &'a GraphRuntime,
-    ) -> BackendResult<std::sync::MutexGuard<'a, GraphTable<CapturedGraph>>> {
-        g.table.lock().map_err(|_| device_err("graphs", "poisoned lock"))
+    fn table(&self) -> BackendResult<std::sync::MutexGuard<'_, GraphTable<CapturedGraph>>> {
+        self.table
+            .lock()
+            .map_err(|_| device_err("graphs", "poisoned lock"))
     }
 
-    /// Runs `f` with activations on the arena and the decode split fixed.
-    fn on_arena(
-        &self,
-        g: &GraphRuntime,
-        split: DecodeSplit,
-        f: &mut dyn FnMut() -> BackendResult<CudaTensor>,
-    ) -> BackendResult<CudaTensor> {
-        if !g.arena.reset() {
+    /// Runs the forward pass of `step`, whose activations come from the arena, from an empty arena.
+    fn on_arena(&self, step: &CudaStep, forward: &mut Forward<'_>) -> BackendResult<CudaTensor> {
+        if !self.arena.reset() {
             return Err(device_err(
                 "graph arena",
                 "a tensor of the last step is still alive",
             ));
         }
-        self.step()?.graph_split = Some(split);
-        g.arena_on.store(true, Ordering::Release);
-        let out = f();
-        g.arena_on.store(false, Ordering::Release);
-        self.step()?.graph_split = None;
-        out
+        forward(step)
     }
 
     fn capture(
         &self,
-        g: &GraphRuntime,
+        d: &Device,
         key: GraphKey,
-        split: DecodeSplit,
+        step: &CudaStep,
         rows: usize,
-        f: &mut dyn FnMut() -> BackendResult<CudaTensor>,
+        forward: &mut Forward<'_>,
     ) -> BackendResult<CudaTensor> {
-        let stream = self.device.stream();
+        let stream = d.stream();
         stream
             .begin_capture(sys::CUstreamCaptureMode::CU_STREAM_CAPTURE_MODE_THREAD_LOCAL)
             .map_err(|e| device_err("graph capture", e))?;
-        let out = self.on_arena(g, split, f);
+        let out = self.on_arena(step, forward);
         // Always end the capture, so the stream is usable again whatever happened.
         let graph = stream.end_capture(sys::CUgraphInstantiate_flags(0));
         let (logits, cols) = {
             let out = out?;
-            (out.ptr(&self.device), out.cols)
+            (out.ptr(d), out.cols)
         };
         let graph = graph
             .map_err(|e| device_err("graph instantiate", e))?
             .ok_or_else(|| device_err("graph capture", "empty graph"))?;
-        self.table(g)?
-            .captured(key, CapturedGraph { graph, logits, cols });
-        self.replay(g, key, rows)
+        self.table()?.captured(key, CapturedGraph { graph, logits, cols });
+        self.replay(key, rows)
     }
 
-    fn replay(&self, g: &GraphRuntime, key: GraphKey, rows: usize) -> BackendResult<CudaTensor> {
-        let table = self.table(g)?;
+    fn replay(&self, key: GraphKey, rows: usize) -> BackendResult<CudaTensor> {
+        let table = self.table()?;
         let c = table
             .graph(key)
             .ok_or_else(|| device_err("graph replay", "no graph"))?;

@@ -16,10 +16,11 @@ fn sizes_and_buckets() {
 }
 
 /// A decode step of `n` sequences with context lengths `base + i`, 16-token blocks.
-fn decode(n: usize, base: u32) -> (Vec<u32>, StepMetadata) {
+fn decode(n: usize, base: u32) -> StepBatch {
     let seq_lens: Vec<u32> = (0..n as u32).map(|i| base + i).collect();
     let mbps = seq_lens.iter().map(|&l| l.div_ceil(16)).max().unwrap_or(0) as usize;
-    let meta = StepMetadata {
+    StepBatch {
+        input_ids: (0..n as u32).map(|i| 50 + i).collect(),
         positions: seq_lens.iter().map(|l| l - 1).collect(),
         slot_mapping: (0..n as u32).map(|i| 1000 + i).collect(),
         query_start_loc: (0..=n as u32).collect(),
@@ -27,8 +28,7 @@ fn decode(n: usize, base: u32) -> (Vec<u32>, StepMetadata) {
         seq_lens,
         max_blocks_per_seq: mbps,
         logits_indices: (0..n as u32).collect(),
-    };
-    ((0..n as u32).map(|i| 50 + i).collect(), meta)
+    }
 }
 
 #[test]
@@ -61,50 +61,50 @@ fn context_buckets_are_powers_of_two_capped_by_the_model() {
 #[test]
 fn only_pure_decode_steps_within_limits_are_graphs() {
     let plan = GraphPlan::new(256, 4096, 16);
-    let (ids, meta) = decode(3, 100);
+    let meta = decode(3, 100);
     assert_eq!(
-        plan.key_for(ids.len(), &meta),
+        plan.key_for(&meta),
         Some(GraphKey {
             batch: 4,
             context: 1024
         })
     );
-    let (ids, meta) = decode(256, 3000);
+    let meta = decode(256, 3000);
     assert_eq!(
-        plan.key_for(ids.len(), &meta),
+        plan.key_for(&meta),
         Some(GraphKey {
             batch: 256,
             context: 4096
         })
     );
-    let (ids, meta) = decode(257, 10);
-    assert_eq!(plan.key_for(ids.len(), &meta), None, "too many sequences");
-    let (ids, meta) = decode(2, 4096);
-    assert_eq!(plan.key_for(ids.len(), &meta), None, "context beyond the plan");
+    let meta = decode(257, 10);
+    assert_eq!(plan.key_for(&meta), None, "too many sequences");
+    let meta = decode(2, 4096);
+    assert_eq!(plan.key_for(&meta), None, "context beyond the plan");
     // A prefill chunk: two tokens for the last sequence.
-    let (mut ids, mut meta) = decode(2, 100);
-    ids.push(7);
+    let mut meta = decode(2, 100);
+    meta.input_ids.push(7);
     meta.positions.push(100);
     meta.slot_mapping.push(7);
     *meta.query_start_loc.last_mut().unwrap() = 3;
     meta.logits_indices = vec![0, 2];
-    assert_eq!(plan.key_for(ids.len(), &meta), None);
+    assert_eq!(plan.key_for(&meta), None);
     // A sequence that does not sample.
-    let (ids, mut meta) = decode(2, 100);
+    let mut meta = decode(2, 100);
     meta.logits_indices = vec![1];
-    assert_eq!(plan.key_for(ids.len(), &meta), None);
-    assert_eq!(plan.key_for(0, &StepMetadata::default()), None);
+    assert_eq!(plan.key_for(&meta), None);
+    assert_eq!(plan.key_for(&StepBatch::default()), None);
 }
 
 #[test]
 fn padding_adds_inert_rows_and_restrides_block_tables() {
-    let (ids, meta) = decode(3, 20); // 2 blocks per sequence
+    let meta = decode(3, 20); // 2 blocks per sequence
     let key = GraphKey {
         batch: 4,
         context: 1024,
     };
-    let (pids, p) = pad_decode_step(&ids, &meta, key, 64);
-    assert_eq!(pids, vec![50, 51, 52, 0]);
+    let p = pad_decode_step(&meta, key, 64);
+    assert_eq!(p.input_ids, vec![50, 51, 52, 0]);
     assert_eq!(p.positions, vec![19, 20, 21, 0]);
     assert_eq!(p.slot_mapping, vec![1000, 1001, 1002, u32::MAX]);
     assert_eq!(p.seq_lens, vec![20, 21, 22, 0]);
@@ -117,11 +117,11 @@ fn padding_adds_inert_rows_and_restrides_block_tables() {
         assert!(p.block_table(seq)[2..].iter().all(|&b| b == 0));
     }
     assert!(p.block_table(3).iter().all(|&b| b == 0));
-    assert_eq!(plan_key(&pids, &p), Some(key), "a padded step is its own key");
+    assert_eq!(plan_key(&p), Some(key), "a padded step is its own key");
 }
 
-fn plan_key(ids: &[u32], meta: &StepMetadata) -> Option<GraphKey> {
-    GraphPlan::new(256, 4096, 16).key_for(ids.len(), meta)
+fn plan_key(meta: &StepBatch) -> Option<GraphKey> {
+    GraphPlan::new(256, 4096, 16).key_for(meta)
 }
 
 #[test]

@@ -1,10 +1,6 @@
 //! Start-up memory sizing: the KV cache gets what `gpu_memory_utilization` leaves after the
 //! weights (already loaded), the activation workspace and everything else on the device.
 
-use ember_core::{BackendError, BackendResult};
-
-use crate::backend::CudaBackend;
-
 /// The numbers behind the KV-cache size, logged at start.
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
 pub struct MemoryPlan {
@@ -78,38 +74,6 @@ pub fn workspace_bytes(
     let partials = max_tokens.min(256) * 64 * (q_dim + 64) * 4;
     let bytes = (max_tokens * per_token * bytes_per_element + partials + vocab * max_tokens * 4) as u64;
     bytes.div_ceil(2 << 20) * (2 << 20)
-}
-
-impl CudaBackend {
-    /// Sizes the KV cache from the memory free now (call after loading the weights), logging
-    /// the numbers.
-    pub fn plan_kv_cache(
-        &self,
-        gpu_memory_utilization: f32,
-        workspace_bytes: u64,
-        block_bytes: u64,
-    ) -> BackendResult<MemoryPlan> {
-        let (free, total) = self.device.mem_info()?;
-        let plan = plan_kv_cache(free, total, gpu_memory_utilization, workspace_bytes, block_bytes).map_err(
-            |detail| BackendError::OutOfMemory {
-                what: format!("KV cache ({detail})"),
-                requested_bytes: block_bytes,
-                available_bytes: free,
-            },
-        )?;
-        let gib = |b: u64| b as f64 / (1u64 << 30) as f64;
-        log::info!(
-            "GPU memory: {:.2} GiB total, budget {:.2} GiB (gpu_memory_utilization {gpu_memory_utilization}), \
-             {:.2} GiB in use after loading, {:.2} GiB workspace, {:.2} GiB KV cache = {} blocks",
-            gib(plan.total_bytes),
-            gib(plan.budget_bytes),
-            gib(plan.used_bytes),
-            gib(plan.workspace_bytes),
-            gib(plan.kv_cache_bytes),
-            plan.num_blocks
-        );
-        Ok(plan)
-    }
 }
 
 #[cfg(test)]

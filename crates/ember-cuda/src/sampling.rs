@@ -4,8 +4,8 @@
 
 use ember_core::{BackendError, BackendResult, DeviceSampleRow};
 
-use crate::backend::CudaBackend;
-use crate::device::Arg;
+use crate::device::Device;
+use crate::kernel_args::{SampleArgs, ToF32Args, TokenLogprobArgs};
 use crate::launch::{elementwise_geometry, sampling_geometry};
 use crate::tensor::CudaTensor;
 
@@ -32,11 +32,7 @@ pub fn pack_sample_params(rows: &[DeviceSampleRow]) -> Vec<u32> {
 }
 
 /// Samples one token per row of `logits` (`[rows.len(), vocab]`); returns `(token_id, logprob)`.
-pub fn sample(
-    backend: &CudaBackend,
-    logits: &CudaTensor,
-    rows: &[DeviceSampleRow],
-) -> BackendResult<Vec<(u32, f32)>> {
+pub fn sample(d: &Device, logits: &CudaTensor, rows: &[DeviceSampleRow]) -> BackendResult<Vec<(u32, f32)>> {
     if rows.len() != logits.rows {
         return Err(BackendError::Device(format!(
             "sample: {} parameter rows for {} logits rows",
@@ -47,41 +43,37 @@ pub fn sample(
     if rows.is_empty() {
         return Ok(Vec::new());
     }
-    let d = &backend.device;
     let (n, vocab) = (rows.len(), logits.cols);
     let elements = n * vocab;
     let f32_logits = d.alloc::<f32>(elements, "sampling logits")?;
-    d.launch(
-        "ember_to_f32_bf16",
+    d.kernels().to_f32_bf16(
         elementwise_geometry(elements, d.num_sms()),
-        &[
-            Arg::Ptr(d.ptr(&f32_logits)),
-            Arg::Ptr(logits.ptr(d)),
-            Arg::I64(elements as i64),
-        ],
+        &ToF32Args {
+            out: d.dev(&f32_logits),
+            x: logits.dev(d),
+            n: elements as i64,
+        },
     )?;
     let params = d.upload(&pack_sample_params(rows), "sampling params")?;
     let ids = d.alloc::<i32>(n, "sampled ids")?;
     let logprobs = d.alloc::<f32>(n, "sampled logprobs")?;
-    d.launch(
-        "ember_sample_f32",
+    d.kernels().sample_f32(
         sampling_geometry(n),
-        &[
-            Arg::Ptr(d.ptr(&ids)),
-            Arg::Ptr(d.ptr(&f32_logits)),
-            Arg::Ptr(d.ptr(&params)),
-            Arg::I32(vocab as i32),
-        ],
+        &SampleArgs {
+            out_ids: d.dev(&ids),
+            logits: d.dev(&f32_logits),
+            params: d.dev(&params),
+            vocab: vocab as i32,
+        },
     )?;
-    d.launch(
-        "ember_token_logprob_f32",
+    d.kernels().token_logprob_f32(
         sampling_geometry(n),
-        &[
-            Arg::Ptr(d.ptr(&logprobs)),
-            Arg::Ptr(d.ptr(&f32_logits)),
-            Arg::Ptr(d.ptr(&ids)),
-            Arg::I32(vocab as i32),
-        ],
+        &TokenLogprobArgs {
+            out: d.dev(&logprobs),
+            logits: d.dev(&f32_logits),
+            ids: d.dev(&ids),
+            vocab: vocab as i32,
+        },
     )?;
     let ids = d.download(&ids)?;
     let logprobs = d.download(&logprobs)?;

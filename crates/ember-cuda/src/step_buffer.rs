@@ -11,7 +11,7 @@
 //! | `block_tables`    | `num_seqs * max_blocks_per_seq`| block 0 (never read)           |
 //! | `logits_indices`  | `num_logits`                   | the padding rows               |
 
-use ember_core::StepMetadata;
+use ember_core::StepBatch;
 
 /// Words per 16-byte alignment unit.
 const ALIGN_WORDS: usize = 4;
@@ -91,23 +91,19 @@ impl StepLayout {
     }
 }
 
-/// Packs `input_ids` and `meta` into `buf`, padding a decode batch (one token per sequence)
-/// up to `padded_seqs` sequences; returns the layout, or `None` when `buf` is too small or
+/// Packs `batch` into `buf`, padding a decode batch (one token per sequence) up to
+/// `padded_seqs` sequences; returns the layout, or `None` when `buf` is too small or
 /// padding was asked for a step that is not pure decode.
-pub fn pack_step(
-    input_ids: &[u32],
-    meta: &StepMetadata,
-    padded_seqs: usize,
-    buf: &mut [u32],
-) -> Option<StepLayout> {
-    let (num_tokens, num_seqs) = (meta.num_tokens(), meta.num_seqs());
+pub fn pack_step(batch: &StepBatch, padded_seqs: usize, buf: &mut [u32]) -> Option<StepLayout> {
+    let input_ids = &batch.input_ids;
+    let (num_tokens, num_seqs) = (batch.num_tokens(), batch.num_seqs());
     let pad = padded_seqs.saturating_sub(num_seqs);
     if pad > 0 && num_tokens != num_seqs {
         return None;
     }
-    let num_logits = meta.logits_indices.len();
+    let num_logits = batch.logits_indices.len();
     let logits_pad = if num_logits == num_seqs { pad } else { 0 };
-    let mbps = meta.max_blocks_per_seq;
+    let mbps = batch.max_blocks_per_seq;
     let layout = StepLayout::new(num_tokens + pad, num_seqs + pad, mbps, num_logits + logits_pad);
     if buf.len() < layout.total_words || input_ids.len() != num_tokens {
         return None;
@@ -120,15 +116,19 @@ pub fn pack_step(
         }
     };
     write(layout.input_ids, input_ids, &|_| 0);
-    write(layout.positions, &meta.positions, &|_| 0);
-    write(layout.slot_mapping, &meta.slot_mapping, &|_| u32::MAX);
-    let last = meta.query_start_loc.last().copied().unwrap_or(0);
-    write(layout.query_start_loc, &meta.query_start_loc, &|i| {
+    write(layout.positions, &batch.positions, &|_| 0);
+    write(layout.slot_mapping, &batch.slot_mapping, &|_| u32::MAX);
+    let last = batch.query_start_loc.last().copied().unwrap_or(0);
+    write(layout.query_start_loc, &batch.query_start_loc, &|i| {
         last + (i - num_seqs) as u32
     });
-    write(layout.seq_lens, &meta.seq_lens, &|_| 0);
-    write(layout.block_tables, &meta.block_tables[..num_seqs * mbps], &|_| 0);
-    write(layout.logits_indices, &meta.logits_indices, &|i| {
+    write(layout.seq_lens, &batch.seq_lens, &|_| 0);
+    write(
+        layout.block_tables,
+        &batch.block_tables[..num_seqs * mbps],
+        &|_| 0,
+    );
+    write(layout.logits_indices, &batch.logits_indices, &|i| {
         (i - num_logits + num_tokens) as u32
     });
     Some(layout)
@@ -138,9 +138,9 @@ pub fn pack_step(
 mod tests {
     use super::*;
 
-    fn decode_meta(n: usize) -> (Vec<u32>, StepMetadata) {
-        let ids = (0..n as u32).map(|i| 100 + i).collect();
-        let meta = StepMetadata {
+    fn decode_meta(n: usize) -> StepBatch {
+        StepBatch {
+            input_ids: (0..n as u32).map(|i| 100 + i).collect(),
             positions: (0..n as u32).map(|i| 10 + i).collect(),
             slot_mapping: (0..n as u32).map(|i| 16 * i + 3).collect(),
             query_start_loc: (0..=n as u32).collect(),
@@ -148,8 +148,7 @@ mod tests {
             block_tables: (0..2 * n as u32).collect(),
             max_blocks_per_seq: 2,
             logits_indices: (0..n as u32).collect(),
-        };
-        (ids, meta)
+        }
     }
 
     #[test]
@@ -175,11 +174,11 @@ mod tests {
 
     #[test]
     fn unpadded_step_round_trips() {
-        let (ids, meta) = decode_meta(3);
+        let meta = decode_meta(3);
         let mut buf = vec![7u32; 64];
-        let l = pack_step(&ids, &meta, 3, &mut buf).unwrap();
+        let l = pack_step(&meta, 3, &mut buf).unwrap();
         let get = |s: Section| buf[s.offset..s.offset + s.len].to_vec();
-        assert_eq!(get(l.input_ids), ids);
+        assert_eq!(get(l.input_ids), meta.input_ids);
         assert_eq!(get(l.positions), meta.positions);
         assert_eq!(get(l.slot_mapping), meta.slot_mapping);
         assert_eq!(get(l.query_start_loc), meta.query_start_loc);
@@ -190,9 +189,9 @@ mod tests {
 
     #[test]
     fn decode_batch_is_padded_with_inert_rows() {
-        let (ids, meta) = decode_meta(3);
+        let meta = decode_meta(3);
         let mut buf = vec![7u32; 128];
-        let l = pack_step(&ids, &meta, 8, &mut buf).unwrap();
+        let l = pack_step(&meta, 8, &mut buf).unwrap();
         assert_eq!((l.num_tokens, l.num_seqs), (8, 8));
         let get = |s: Section| buf[s.offset..s.offset + s.len].to_vec();
         assert_eq!(get(l.input_ids)[3..], [0; 5]);
@@ -205,14 +204,19 @@ mod tests {
 
     #[test]
     fn bad_requests_are_refused() {
-        let (ids, mut meta) = decode_meta(3);
-        assert!(pack_step(&ids, &meta, 3, &mut [0u32; 8]).is_none());
-        assert!(pack_step(&ids[..2], &meta, 3, &mut [0u32; 64]).is_none());
+        let mut meta = decode_meta(3);
+        assert!(pack_step(&meta, 3, &mut [0u32; 8]).is_none());
+        let short = StepBatch {
+            input_ids: meta.input_ids[..2].to_vec(),
+            ..meta.clone()
+        };
+        assert!(pack_step(&short, 3, &mut [0u32; 64]).is_none());
         // A prefill step (more tokens than sequences) cannot be padded.
+        meta.input_ids = vec![1, 2, 3, 4];
         meta.positions.push(0);
         meta.slot_mapping.push(0);
         *meta.query_start_loc.last_mut().unwrap() = 4;
-        assert!(pack_step(&[1, 2, 3, 4], &meta, 4, &mut [0u32; 64]).is_none());
-        assert!(pack_step(&[1, 2, 3, 4], &meta, 3, &mut [0u32; 64]).is_some());
+        assert!(pack_step(&meta, 4, &mut [0u32; 64]).is_none());
+        assert!(pack_step(&meta, 3, &mut [0u32; 64]).is_some());
     }
 }

@@ -6,6 +6,7 @@ use ember_core::KvCacheSpec;
 
 use crate::arena::ArenaRegion;
 use crate::device::Device;
+use crate::kernel_args::DevPtr;
 
 /// Where a tensor's elements live.
 pub(crate) enum TensorData {
@@ -34,6 +35,11 @@ impl CudaTensor {
         }
     }
 
+    /// The first element's address as a kernel argument.
+    pub(crate) fn dev(&self, device: &Device) -> DevPtr {
+        DevPtr(self.ptr(device))
+    }
+
     /// Rows.
     pub fn rows(&self) -> usize {
         self.rows
@@ -54,12 +60,12 @@ pub(crate) enum Scratch {
 }
 
 impl Scratch {
-    /// Device address.
-    pub(crate) fn ptr(&self, device: &Device) -> u64 {
-        match self {
+    /// Device address, as a kernel argument.
+    pub(crate) fn dev(&self, device: &Device) -> DevPtr {
+        DevPtr(match self {
             Self::Owned(s) => device.ptr(s),
             Self::Arena(r) => r.ptr(),
-        }
+        })
     }
 }
 

@@ -7,7 +7,8 @@
 
 use ember_core::{BackendError, BackendResult, WeightDType, WeightView};
 
-use crate::device::{Arg, Device};
+use crate::device::Device;
+use crate::kernel_args::DequantArgs;
 use crate::launch::elementwise_geometry;
 use crate::tensor::CudaMatrix;
 
@@ -88,15 +89,14 @@ pub fn load_matrix(device: &Device, weight: &WeightView<'_>) -> BackendResult<Cu
     let raw = device.upload(weight.bytes, weight.name)?;
     let data = device.alloc::<u16>(rows * cols, weight.name)?;
     let num_blocks = rows * cols / 32;
-    device.launch(
-        "ember_dequant_bf16",
+    device.kernels().dequant_bf16(
         elementwise_geometry(num_blocks, device.num_sms()),
-        &[
-            Arg::Ptr(device.ptr(&data)),
-            Arg::Ptr(device.ptr(&raw)),
-            Arg::I64(num_blocks as i64),
-            Arg::I32(kind),
-        ],
+        &DequantArgs {
+            out: device.dev(&data),
+            src: device.dev(&raw),
+            num_blocks: num_blocks as i64,
+            kind,
+        },
     )?;
     Ok(CudaMatrix { data, rows, cols })
 }

@@ -7,8 +7,8 @@
 
 use std::path::{Path, PathBuf};
 
-use ember_model::gguf::GgufFile;
-use ember_model::tokenizer::Tokenizer;
+use ember_model::formats::gguf::GgufFile;
+use ember_model::text::tokenizer::Tokenizer;
 
 #[path = "../src/reference_env.rs"]
 mod reference_env;

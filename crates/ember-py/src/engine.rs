@@ -2,15 +2,15 @@
 
 use std::sync::{Arc, Mutex, MutexGuard};
 
-use ember_model::engine::{LlmEngine, StepFault, StepOutput, StopReason, TokenLogprobs};
-use ember_model::engine_args::EngineArgs;
+use ember_model::engine::engine_args::EngineArgs;
+use ember_model::engine::{LlmEngine, LogprobEntry, StepFault, StepOutput, StopReason, TokenLogprobs};
 use pyo3::prelude::*;
 use pyo3::types::PyDict;
 
-use crate::convert;
+use crate::convert::{self, type_name};
 use crate::errors::{engine_error, invalid_param, invalid_request, py_error, ErrorKind};
 use crate::guard::guard;
-use crate::params::sampling_params_from_dict;
+use crate::sampling_params::PySamplingParams;
 use crate::tokenizer::PyTokenizer;
 
 /// What one request gained in one engine step.
@@ -23,12 +23,32 @@ pub struct PyStepOutput {
     stop_reason: Option<Py<PyAny>>,
     num_cached_tokens: usize,
     num_prompt_tokens: usize,
-    new_logprobs: Option<Vec<TokenLogprobs>>,
-    new_prompt_logprobs: Option<Vec<PromptTokenLogprob>>,
+    new_logprobs: Option<Vec<PyTokenLogprobs>>,
+    new_prompt_logprobs: Option<Vec<PyTokenLogprobs>>,
 }
 
-/// One prompt token's `(token_id, logprob, rank, top_logprobs)`.
-type PromptTokenLogprob = (u32, f32, u32, Vec<(u32, f32)>);
+/// One alternative's `(token_id, logprob, decoded_token)`.
+type PyAlternative = (u32, f32, Option<String>);
+
+/// One position's `(token_id, logprob, rank, decoded_token, [alternatives, best first])`.
+type PyTokenLogprobs = (u32, f32, Option<u32>, Option<String>, Vec<PyAlternative>);
+
+fn py_logprobs(entries: Vec<TokenLogprobs>) -> Vec<PyTokenLogprobs> {
+    let alternative = |e: LogprobEntry| (e.token_id, e.logprob, e.decoded_token);
+    entries
+        .into_iter()
+        .map(|p| {
+            let top = p.top.into_iter().map(alternative).collect();
+            (
+                p.token.token_id,
+                p.token.logprob,
+                p.token.rank,
+                p.token.decoded_token,
+                top,
+            )
+        })
+        .collect()
+}
 
 impl PyStepOutput {
     fn new(py: Python<'_>, output: StepOutput) -> PyResult<Self> {
@@ -45,13 +65,8 @@ impl PyStepOutput {
             stop_reason,
             num_cached_tokens: output.num_cached_tokens,
             num_prompt_tokens: output.num_prompt_tokens,
-            new_logprobs: output.new_logprobs,
-            new_prompt_logprobs: output.new_prompt_logprobs.map(|entries| {
-                entries
-                    .into_iter()
-                    .map(|t| (t.token_id, t.logprob, t.rank, t.top_logprobs))
-                    .collect()
-            }),
+            new_logprobs: output.new_logprobs.map(py_logprobs),
+            new_prompt_logprobs: output.new_prompt_logprobs.map(py_logprobs),
         })
     }
 }
@@ -195,9 +210,19 @@ impl PyEngine {
             let request_id = convert::text(request_id, "request_id")?;
             let prompt_token_ids = convert::token_ids(prompt_token_ids, "prompt_token_ids")?;
             let params = params
-                .cast::<PyDict>()
-                .map_err(|_| invalid_request("params must be a dict of sampling parameters"))?;
-            let params = sampling_params_from_dict(params)?;
+                .cast::<PySamplingParams>()
+                .map_err(|_| {
+                    invalid_param(
+                        "params",
+                        format!(
+                            "params must be an ember.SamplingParams, got {}",
+                            type_name(params)
+                        ),
+                    )
+                })?
+                .get()
+                .params()
+                .clone();
             let priority = match priority {
                 Some(value) => convert::int(value, "priority", (i32::MIN.into(), i32::MAX.into()))?,
                 None => 0,

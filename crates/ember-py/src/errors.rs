@@ -1,8 +1,7 @@
 //! The one place Rust errors become Python exceptions.
 
 use ember_core::BackendError;
-use ember_model::engine::EngineError;
-use ember_model::weights::LoadError;
+use ember_model::error::{EngineError, ModelLoadError};
 use pyo3::exceptions::{PyException, PyMemoryError, PyValueError};
 use pyo3::prelude::*;
 use pyo3::sync::PyOnceLock;
@@ -108,7 +107,7 @@ pub fn engine_error(err: EngineError) -> PyErr {
     let kind = match &err {
         EngineError::InvalidParam(e) => return invalid_param(e.field, e.to_string()),
         EngineError::InvalidRequest(_) => ErrorKind::InvalidRequest,
-        EngineError::Load(LoadError::Backend(BackendError::OutOfMemory { .. }))
+        EngineError::Load(ModelLoadError::Backend(BackendError::OutOfMemory { .. }))
         | EngineError::Backend(BackendError::OutOfMemory { .. }) => ErrorKind::OutOfMemory,
         EngineError::Load(_) => ErrorKind::ModelLoad,
         EngineError::Backend(_) | EngineError::StepFailed { .. } => ErrorKind::Ember,

@@ -6,19 +6,12 @@ mod engine;
 mod errors;
 mod guard;
 mod logger;
-mod params;
 mod routing;
 mod sampling;
+mod sampling_params;
 mod tokenizer;
 
 use pyo3::prelude::*;
-use pyo3::types::PyDict;
-
-/// Raises InvalidRequestError when a sampling parameter is out of range.
-#[pyfunction]
-fn validate_sampling_params(params: &Bound<'_, PyDict>) -> PyResult<()> {
-    guard::guard(|| params::sampling_params_from_dict(params).map(|_| ()))
-}
 
 #[pymodule]
 fn _core(py: Python<'_>, module: &Bound<'_, PyModule>) -> PyResult<()> {
@@ -32,7 +25,7 @@ fn init_module(py: Python<'_>, module: &Bound<'_, PyModule>) -> PyResult<()> {
     module.add_class::<engine::PyEngine>()?;
     module.add_class::<engine::PyStepOutput>()?;
     module.add_class::<tokenizer::PyTokenizer>()?;
-    module.add_function(wrap_pyfunction!(validate_sampling_params, module)?)?;
+    module.add_class::<sampling_params::PySamplingParams>()?;
     module.add_function(wrap_pyfunction!(sampling::sampling_probs, module)?)?;
     module.add_function(wrap_pyfunction!(sampling::sample_token, module)?)?;
     module.add_function(wrap_pyfunction!(sampling::token_logprobs, module)?)?;

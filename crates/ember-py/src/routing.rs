@@ -4,8 +4,8 @@
 use std::path::Path;
 use std::sync::Arc;
 
-use ember_model::engine::EngineError;
-use ember_model::loader::open_model;
+use ember_model::engine::loader::open_model;
+use ember_model::error::EngineError;
 use pyo3::prelude::*;
 
 use crate::convert;

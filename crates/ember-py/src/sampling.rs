@@ -5,13 +5,12 @@
 use std::sync::Arc;
 
 use ember_core::sampler::{probabilities, sample};
-use ember_core::{token_logprob, SampleContext, SamplingParams, TokenHistory};
+use ember_core::{token_logprob, SampleContext, TokenHistory, ValidSamplingParams};
 use pyo3::prelude::*;
-use pyo3::types::PyDict;
 
-use crate::errors::invalid_request;
+use crate::errors::{invalid_param, invalid_request};
 use crate::guard::guard;
-use crate::params::sampling_params_from_dict;
+use crate::sampling_params::PySamplingParams;
 
 /// One sampled token: `(token_id, logprob, rank, top_logprobs)`.
 type PySample = (u32, f32, Option<u32>, Vec<(u32, f32)>);
@@ -19,12 +18,12 @@ type PySample = (u32, f32, Option<u32>, Vec<(u32, f32)>);
 /// One token's `(logprob, rank, top_logprobs)`.
 type PyTokenLogprob = (f32, u32, Vec<(u32, f32)>);
 
-fn checked_params(params: &Bound<'_, PyDict>, vocab_size: usize) -> PyResult<SamplingParams> {
-    let params = sampling_params_from_dict(params)?;
+fn checked_params(params: &PySamplingParams, vocab_size: usize) -> PyResult<ValidSamplingParams> {
+    let params = params.params();
     params
         .validate_token_ids(vocab_size)
-        .map_err(|e| invalid_request(e.to_string()))?;
-    Ok(params)
+        .map_err(|e| invalid_param(e.field, e.to_string()))?;
+    Ok(params.clone())
 }
 
 /// The probabilities `sample` draws from for one row of logits: penalties (over the given
@@ -33,13 +32,13 @@ fn checked_params(params: &Bound<'_, PyDict>, vocab_size: usize) -> PyResult<Sam
 #[pyo3(signature = (logits, params, prompt_token_ids=Vec::new(), output_token_ids=Vec::new(), eos_token_ids=Vec::new()))]
 pub fn sampling_probs(
     logits: Vec<f32>,
-    params: &Bound<'_, PyDict>,
+    params: PyRef<'_, PySamplingParams>,
     prompt_token_ids: Vec<u32>,
     output_token_ids: Vec<u32>,
     eos_token_ids: Vec<u32>,
 ) -> PyResult<Vec<f64>> {
     guard(|| {
-        let params = checked_params(params, logits.len())?;
+        let params = checked_params(&params, logits.len())?;
         let history = TokenHistory::new(Arc::from(prompt_token_ids), &output_token_ids);
         let ctx = SampleContext {
             seed: 0,
@@ -52,19 +51,19 @@ pub fn sampling_probs(
 }
 
 /// One draw of the sampler for output token `len(output_token_ids)` of a request with `seed`:
-/// `(token_id, logprob, rank, top_logprobs)` (rank only when `params["logprobs"]` is set).
+/// `(token_id, logprob, rank, top_logprobs)` (rank only when `params.logprobs` is set).
 #[pyfunction]
 #[pyo3(signature = (logits, params, prompt_token_ids=Vec::new(), output_token_ids=Vec::new(), seed=0, eos_token_ids=Vec::new()))]
 pub fn sample_token(
     mut logits: Vec<f32>,
-    params: &Bound<'_, PyDict>,
+    params: PyRef<'_, PySamplingParams>,
     prompt_token_ids: Vec<u32>,
     output_token_ids: Vec<u32>,
     seed: u64,
     eos_token_ids: Vec<u32>,
 ) -> PyResult<PySample> {
     guard(|| {
-        let params = checked_params(params, logits.len())?;
+        let params = checked_params(&params, logits.len())?;
         let history = TokenHistory::new(Arc::from(prompt_token_ids), &output_token_ids);
         let ctx = SampleContext {
             seed,

@@ -2,8 +2,8 @@
 
 use std::sync::Arc;
 
-use ember_model::chat_template::{ChatMessage, ChatTemplate};
-use ember_model::tokenizer::Tokenizer;
+use ember_model::text::chat_template::{ChatMessage, ChatTemplate};
+use ember_model::text::tokenizer::Tokenizer;
 use pyo3::prelude::*;
 use pyo3::types::PyDict;
 

@@ -153,7 +153,7 @@ impl FakeModel {
     /// Runs one scheduled step, checking every sequence against the record.
     pub fn execute(&mut self, output: &SchedulerOutput) -> ModelRunnerOutput {
         if let Some(histories) = self.histories.as_mut() {
-            histories.begin_step(output);
+            histories.apply_schedule(output);
         }
         let mut sampled = Vec::new();
         let mut total = 0;

@@ -8,9 +8,9 @@ use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
 
-use ember_core::SamplingParams;
+use ember_core::{SamplingParams, ValidSamplingParams};
+use ember_model::engine::engine_args::EngineArgs;
 use ember_model::engine::LlmEngine;
-use ember_model::engine_args::EngineArgs;
 
 use super::hf_writer::HfFiles;
 
@@ -185,7 +185,7 @@ fn load_and_generate(path: &Path, float32: bool) -> Result<(), String> {
         ..EngineArgs::new(path)
     };
     let mut engine = LlmEngine::new(&args).map_err(|e| e.to_string())?;
-    let params = SamplingParams {
+    let params = ValidSamplingParams::new(SamplingParams {
         max_tokens: Some(3),
         temperature: 0.8,
         top_p: 0.9,
@@ -194,7 +194,8 @@ fn load_and_generate(path: &Path, float32: bool) -> Result<(), String> {
         prompt_logprobs: Some(1),
         stop: vec!["ab".into()],
         ..SamplingParams::default()
-    };
+    })
+    .map_err(|e| format!("the fuzz request's parameters are invalid: {e}"))?;
     let _ = engine.tokenizer().encode("a b, c!", true);
     if engine.add_request("r", vec![0, 1, 2, 3], params, 0, None).is_ok() {
         for _ in 0..6 {

@@ -1,0 +1,167 @@
+//! Backend choice: `EngineArgs.device` ("auto", "cuda", "cpu") decides where the model runs.
+//! Each backend opens itself and plans its own memory; this file only chooses one, loads the
+//! model onto it and hands back the runner.
+
+use ember_core::{Backend, KvCacheSpec, MemoryLimits};
+use ember_cpu::{CpuBackend, CpuOptions};
+
+use crate::engine::engine_args::{EngineArgs, DEFAULT_MAX_NUM_BATCHED_TOKENS};
+use crate::engine::executor::StepExecutor;
+use crate::engine::loader::OpenedModel;
+use crate::engine::runner::ModelRunner;
+use crate::error::EngineError;
+
+/// Where the model runs.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+enum DeviceKind {
+    Cpu,
+    #[cfg(feature = "cuda")]
+    Cuda,
+}
+
+/// Opens the backend named by `args.device`, loads the model onto it and allocates the KV
+/// cache the backend planned; returns the step executor and the cache geometry.
+pub fn load_on_device(
+    args: &EngineArgs,
+    opened: &OpenedModel,
+) -> Result<(Box<dyn StepExecutor>, KvCacheSpec), EngineError> {
+    let kind = choose(&args.device)?;
+    check_dtype(&args.dtype, kind).map_err(EngineError::InvalidRequest)?;
+    let limits = MemoryLimits {
+        max_num_seqs: args.max_num_seqs,
+        max_num_batched_tokens: args
+            .max_num_batched_tokens
+            .unwrap_or(DEFAULT_MAX_NUM_BATCHED_TOKENS),
+        max_model_len: args
+            .max_model_len
+            .unwrap_or(opened.config.max_position_embeddings),
+        block_size: args.block_size,
+        kv_cache_memory_bytes: args.kv_cache_memory_bytes,
+        gpu_memory_utilization: args.gpu_memory_utilization,
+    };
+    match kind {
+        DeviceKind::Cpu => {
+            let options = CpuOptions {
+                num_threads: args.num_threads,
+                f32_weights: args.dtype == "float32",
+            };
+            load(CpuBackend::open(options), opened, &limits)
+        }
+        #[cfg(feature = "cuda")]
+        DeviceKind::Cuda => load(ember_cuda::CudaBackend::open(0)?, opened, &limits),
+    }
+}
+
+/// The backend `device` names; "auto" is CUDA when a device is usable.
+fn choose(device: &str) -> Result<DeviceKind, EngineError> {
+    match device {
+        "cpu" => Ok(DeviceKind::Cpu),
+        #[cfg(feature = "cuda")]
+        "auto" if ember_cuda::is_available() => Ok(DeviceKind::Cuda),
+        "auto" => Ok(DeviceKind::Cpu),
+        #[cfg(feature = "cuda")]
+        "cuda" => match ember_cuda::probe() {
+            Ok(_) => Ok(DeviceKind::Cuda),
+            Err(reason) => Err(EngineError::InvalidRequest(format!(
+                "device=\"cuda\" but no usable CUDA device: {reason}"
+            ))),
+        },
+        #[cfg(not(feature = "cuda"))]
+        "cuda" => Err(EngineError::InvalidRequest(
+            "device=\"cuda\" but this build of Ember has no CUDA backend (built without the `cuda` feature)"
+                .into(),
+        )),
+        other => Err(EngineError::InvalidRequest(format!(
+            "device must be \"auto\", \"cuda\" or \"cpu\", got \"{other}\""
+        ))),
+    }
+}
+
+/// `dtype` values each backend accepts: the CPU computes in its own formats ("auto") or f32;
+/// the CUDA backend in bf16 ("auto" = "bfloat16"; f16 kernels exist, the host side does not yet).
+fn check_dtype(dtype: &str, kind: DeviceKind) -> Result<(), String> {
+    let (allowed, device): (&[&str], &str) = match kind {
+        DeviceKind::Cpu => (&["auto", "float32"], "the CPU backend"),
+        #[cfg(feature = "cuda")]
+        DeviceKind::Cuda => (
+            &["auto", "bfloat16"],
+            "the CUDA backend (float16 is not supported yet)",
+        ),
+    };
+    if allowed.contains(&dtype) {
+        return Ok(());
+    }
+    let names: Vec<String> = allowed.iter().map(|a| format!("\"{a}\"")).collect();
+    Err(format!(
+        "dtype must be {} on {device}, got \"{dtype}\"",
+        names.join(" or ")
+    ))
+}
+
+/// Loads the model onto `backend`, lets the backend plan its memory, and builds the runner.
+fn load<B: Backend + 'static>(
+    mut backend: B,
+    opened: &OpenedModel,
+    limits: &MemoryLimits,
+) -> Result<(Box<dyn StepExecutor>, KvCacheSpec), EngineError> {
+    log::info!("loading {} onto the {} backend", opened.name, backend.name());
+    let model = opened.architecture.family.load(&backend, &opened.source())?;
+    let spec = backend.plan_memory(model.shape(), limits)?;
+    if spec.num_blocks == 0 {
+        return Err(EngineError::InvalidRequest(format!(
+            "the KV cache memory is smaller than one block ({} bytes)",
+            spec.bytes_per_block(backend.kv_cache_bytes_per_element())
+        )));
+    }
+    let runner = ModelRunner::new(
+        backend,
+        model,
+        spec,
+        opened.config.vocab_size,
+        opened.config.eos_token_ids.clone(),
+    )?;
+    Ok((Box::new(runner), spec))
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn dtype_is_checked_per_device() {
+        assert!(check_dtype("auto", DeviceKind::Cpu).is_ok());
+        assert!(check_dtype("float32", DeviceKind::Cpu).is_ok());
+        let cpu = check_dtype("bfloat16", DeviceKind::Cpu).unwrap_err();
+        assert_eq!(
+            cpu,
+            "dtype must be \"auto\" or \"float32\" on the CPU backend, got \"bfloat16\""
+        );
+        #[cfg(feature = "cuda")]
+        {
+            assert!(check_dtype("bfloat16", DeviceKind::Cuda).is_ok());
+            let cuda = check_dtype("float32", DeviceKind::Cuda).unwrap_err();
+            assert!(
+                cuda.starts_with("dtype must be \"auto\" or \"bfloat16\" on the CUDA backend"),
+                "{cuda}"
+            );
+        }
+    }
+
+    #[test]
+    fn devices_are_chosen_by_name() {
+        assert_eq!(choose("cpu").unwrap(), DeviceKind::Cpu);
+        let err = choose("tpu").unwrap_err().to_string();
+        assert_eq!(err, "device must be \"auto\", \"cuda\" or \"cpu\", got \"tpu\"");
+        // This machine has no usable GPU (or the build has no CUDA backend): "cuda" is a clear
+        // error and "auto" falls back to the CPU.
+        #[cfg(feature = "cuda")]
+        let has_gpu = ember_cuda::is_available();
+        #[cfg(not(feature = "cuda"))]
+        let has_gpu = false;
+        if !has_gpu {
+            assert_eq!(choose("auto").unwrap(), DeviceKind::Cpu);
+            let err = choose("cuda").unwrap_err().to_string();
+            assert!(err.starts_with("device=\"cuda\" but "), "{err}");
+        }
+    }
+}

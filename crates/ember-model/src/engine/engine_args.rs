@@ -1,0 +1,152 @@
+//! Engine construction options.
+
+use std::path::PathBuf;
+
+use ember_core::SchedulingPolicy;
+
+/// Most CPU threads an engine may start.
+pub const MAX_NUM_THREADS: usize = 1024;
+/// Default token budget per step.
+pub const DEFAULT_MAX_NUM_BATCHED_TOKENS: usize = 2048;
+
+/// Everything needed to build an engine.
+#[derive(Clone, Debug)]
+pub struct EngineArgs {
+    /// A GGUF file or a Hugging Face model folder.
+    pub model_path: PathBuf,
+    /// Longest sequence (prompt + output); `None` uses the model's context length.
+    pub max_model_len: Option<usize>,
+    /// Most sequences in one step.
+    pub max_num_seqs: usize,
+    /// Most tokens in one step; `None` uses [`DEFAULT_MAX_NUM_BATCHED_TOKENS`].
+    pub max_num_batched_tokens: Option<usize>,
+    /// KV-cache memory; `None` lets the backend decide (CPU: a capped fraction of available
+    /// memory; CUDA: what `gpu_memory_utilization` leaves).
+    pub kv_cache_memory_bytes: Option<u64>,
+    /// Tokens per KV-cache block.
+    pub block_size: usize,
+    /// Seed from which requests without their own seed derive one.
+    pub seed: u64,
+    /// Compute dtype on the CPU: "auto" (quantized weights stay quantized, 8-bit activations in
+    /// their products, llama.cpp's scheme) or "float32" (weights dequantized at load, f32 throughout).
+    pub dtype: String,
+    /// CPU threads; `None` uses every available core.
+    pub num_threads: Option<usize>,
+    /// Reuse cached KV blocks of shared prompt prefixes.
+    pub enable_prefix_caching: bool,
+    /// Admission order of waiting requests: first come, first served (default), or by
+    /// `priority` (lower first); requests with a priority other than 0 need the latter.
+    pub scheduling_policy: SchedulingPolicy,
+    /// Where the model runs: "auto" (CUDA when usable, else CPU), "cuda" or "cpu".
+    pub device: String,
+    /// Fraction of GPU memory the engine may use (weights, workspace and KV cache).
+    pub gpu_memory_utilization: f32,
+}
+
+impl EngineArgs {
+    /// Defaults for `model_path`, matching the Python API's defaults.
+    pub fn new(model_path: impl Into<PathBuf>) -> Self {
+        Self {
+            model_path: model_path.into(),
+            max_model_len: None,
+            max_num_seqs: 256,
+            max_num_batched_tokens: None,
+            kv_cache_memory_bytes: None,
+            block_size: 16,
+            seed: 0,
+            dtype: "auto".into(),
+            num_threads: None,
+            enable_prefix_caching: true,
+            scheduling_policy: SchedulingPolicy::Fcfs,
+            device: "auto".into(),
+            gpu_memory_utilization: 0.9,
+        }
+    }
+}
+
+impl EngineArgs {
+    /// Checks every option against its allowed range; the message names the option and the limit.
+    pub fn validate(&self) -> Result<(), String> {
+        if !(self.block_size.is_power_of_two() && (1..=256).contains(&self.block_size)) {
+            return Err(format!(
+                "block_size must be a power of two in [1, 256], got {}",
+                self.block_size
+            ));
+        }
+        for (field, value) in [
+            ("max_num_seqs", Some(self.max_num_seqs)),
+            ("max_model_len", self.max_model_len),
+            ("max_num_batched_tokens", self.max_num_batched_tokens),
+            ("num_threads", self.num_threads),
+        ] {
+            if value == Some(0) {
+                return Err(format!("{field} must be at least 1, got 0"));
+            }
+        }
+        if let Some(num_threads) = self.num_threads.filter(|&n| n > MAX_NUM_THREADS) {
+            return Err(format!(
+                "num_threads must be at most {MAX_NUM_THREADS}, got {num_threads}"
+            ));
+        }
+        if self.kv_cache_memory_bytes == Some(0) {
+            return Err("kv_cache_memory_bytes must be at least 1, got 0".into());
+        }
+        let fraction = self.gpu_memory_utilization;
+        if !(fraction > 0.0 && fraction <= 1.0) {
+            return Err(format!(
+                "gpu_memory_utilization must be in (0, 1], got {fraction}"
+            ));
+        }
+        Ok(())
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn options_are_range_checked_with_their_names() {
+        assert_eq!(EngineArgs::new("m").validate(), Ok(()));
+        let cases: [(&str, EngineArgs); 5] = [
+            (
+                "max_num_batched_tokens must be at least 1, got 0",
+                EngineArgs {
+                    max_num_batched_tokens: Some(0),
+                    ..EngineArgs::new("m")
+                },
+            ),
+            (
+                "num_threads must be at least 1, got 0",
+                EngineArgs {
+                    num_threads: Some(0),
+                    ..EngineArgs::new("m")
+                },
+            ),
+            (
+                "gpu_memory_utilization must be in (0, 1], got 5",
+                EngineArgs {
+                    gpu_memory_utilization: 5.0,
+                    ..EngineArgs::new("m")
+                },
+            ),
+            (
+                "gpu_memory_utilization must be in (0, 1], got NaN",
+                EngineArgs {
+                    gpu_memory_utilization: f32::NAN,
+                    ..EngineArgs::new("m")
+                },
+            ),
+            (
+                "block_size must be a power of two in [1, 256], got 24",
+                EngineArgs {
+                    block_size: 24,
+                    ..EngineArgs::new("m")
+                },
+            ),
+        ];
+        for (message, args) in cases {
+            assert_eq!(args.validate().unwrap_err(), message);
+        }
+    }
+}

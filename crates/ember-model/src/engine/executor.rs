@@ -1,0 +1,26 @@
+//! The object-safe face of a model runner, so the engine does not depend on the backend type.
+
+use ember_core::{Backend, BackendResult, ModelRunnerOutput, SchedulerOutput};
+
+use crate::engine::runner::ModelRunner;
+
+/// Runs scheduled steps on some backend.
+pub trait StepExecutor: Send {
+    /// Runs one step and samples.
+    fn execute(&mut self, output: &SchedulerOutput) -> BackendResult<ModelRunnerOutput>;
+    /// Logits at every position of one prompt, `[len * vocab_size]` row-major.
+    fn score(&self, token_ids: &[u32]) -> BackendResult<Vec<f32>>;
+}
+
+impl<B: Backend> StepExecutor for ModelRunner<B>
+where
+    B::KvCache: Send,
+{
+    fn execute(&mut self, output: &SchedulerOutput) -> BackendResult<ModelRunnerOutput> {
+        ModelRunner::execute(self, output)
+    }
+
+    fn score(&self, token_ids: &[u32]) -> BackendResult<Vec<f32>> {
+        ModelRunner::score(self, token_ids)
+    }
+}

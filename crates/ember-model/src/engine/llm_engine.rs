@@ -1,0 +1,331 @@
+//! The engine: tokenizer, scheduler and model runner behind one step loop.
+
+use std::collections::HashMap;
+use std::sync::Arc;
+use std::time::{SystemTime, UNIX_EPOCH};
+
+use ember_core::{
+    FinishReason, InvalidParam, Request, RequestId, RequestUpdate, Scheduler, SchedulerConfig,
+    SchedulerStats, SchedulingPolicy, ValidSamplingParams,
+};
+
+use crate::engine::device::load_on_device;
+use crate::engine::engine_args::{EngineArgs, DEFAULT_MAX_NUM_BATCHED_TOKENS};
+use crate::engine::executor::StepExecutor;
+use crate::engine::loader::open_model;
+use crate::engine::output_state::OutputState;
+use crate::engine::step_output::{StepOutput, StopReason};
+use crate::error::EngineError;
+use crate::text::chat_template::ChatTemplate;
+use crate::text::tokenizer::Tokenizer;
+
+#[path = "engine_faults.rs"]
+mod faults;
+pub use faults::{panic_message, StepFault};
+
+/// The engine: owns the model runner, the scheduler and the tokenizer.
+pub struct LlmEngine {
+    executor: Box<dyn StepExecutor>,
+    scheduler: Scheduler,
+    tokenizer: Arc<Tokenizer>,
+    chat_template: Option<Arc<ChatTemplate>>,
+    eos_token_ids: Vec<u32>,
+    vocab_size: usize,
+    requests: HashMap<RequestId, OutputState>,
+    pending: Vec<StepOutput>,
+    max_model_len: usize,
+    block_size: usize,
+    num_blocks: usize,
+    seed: u64,
+    num_requests_added: u64,
+    model_name: String,
+    faults: faults::FaultPlan,
+}
+
+fn invalid(message: String) -> EngineError {
+    EngineError::InvalidRequest(message)
+}
+
+impl LlmEngine {
+    /// Opens the model, loads it onto the chosen device's backend and sizes the KV cache.
+    pub fn new(args: &EngineArgs) -> Result<Self, EngineError> {
+        args.validate().map_err(invalid)?;
+        let opened = open_model(&args.model_path)?;
+        log::info!(
+            "loading {} ({}, {} layers, hidden {}) on device \"{}\"",
+            opened.name,
+            opened.architecture.name,
+            opened.config.num_layers,
+            opened.config.hidden_size,
+            args.device
+        );
+        let (executor, kv_spec) = load_on_device(args, &opened)?;
+        opened.weights.warn_unread(&opened.name);
+        let config = opened.config;
+        drop(opened.weights);
+        let cache_tokens = kv_spec.num_blocks * args.block_size;
+        let (model_len_limit, limit_name) = match config.sliding_window {
+            Some(window) if window < config.max_position_embeddings => {
+                log::warn!(
+                    "{}: sliding_window {window}: Ember has no sliding-window attention yet, so \
+                     max_model_len is capped at the window (below it full attention is exact)",
+                    opened.name
+                );
+                (window, "sliding window")
+            }
+            _ => (config.max_position_embeddings, "context length"),
+        };
+        let max_model_len = match args.max_model_len {
+            Some(len) if len > model_len_limit => {
+                return Err(invalid(format!(
+                    "max_model_len ({len}) is larger than the model's {limit_name} ({model_len_limit})"
+                )))
+            }
+            Some(len) => len,
+            None => model_len_limit.min(cache_tokens),
+        };
+        log::info!(
+            "KV cache: {} blocks of {} tokens ({} tokens); max_model_len {}; max concurrency {:.2}x",
+            kv_spec.num_blocks,
+            args.block_size,
+            cache_tokens,
+            max_model_len,
+            cache_tokens as f64 / max_model_len as f64
+        );
+        let scheduler = Scheduler::try_new(SchedulerConfig {
+            max_num_seqs: args.max_num_seqs,
+            max_num_batched_tokens: args
+                .max_num_batched_tokens
+                .unwrap_or(DEFAULT_MAX_NUM_BATCHED_TOKENS),
+            max_model_len,
+            block_size: args.block_size,
+            num_blocks: kv_spec.num_blocks,
+            enable_prefix_caching: args.enable_prefix_caching,
+            policy: args.scheduling_policy,
+            ..SchedulerConfig::default()
+        })
+        .map_err(|e| invalid(e.to_string()))?;
+        Ok(Self {
+            executor,
+            scheduler,
+            tokenizer: Arc::new(opened.tokenizer),
+            chat_template: opened.chat_template.map(Arc::new),
+            eos_token_ids: config.eos_token_ids.clone(),
+            vocab_size: config.vocab_size,
+            requests: HashMap::new(),
+            pending: Vec::new(),
+            max_model_len,
+            block_size: args.block_size,
+            num_blocks: kv_spec.num_blocks,
+            seed: args.seed,
+            num_requests_added: 0,
+            model_name: opened.name,
+            faults: faults::FaultPlan::default(),
+        })
+    }
+
+    /// The model's tokenizer.
+    pub fn tokenizer(&self) -> &Arc<Tokenizer> {
+        &self.tokenizer
+    }
+
+    /// The model's chat template, when it ships one.
+    pub fn chat_template(&self) -> Option<&Arc<ChatTemplate>> {
+        self.chat_template.as_ref()
+    }
+
+    /// End-of-sequence token ids of the model.
+    pub fn eos_token_ids(&self) -> &[u32] {
+        &self.eos_token_ids
+    }
+
+    /// Longest sequence the engine accepts (prompt + output).
+    pub fn max_model_len(&self) -> usize {
+        self.max_model_len
+    }
+
+    /// Number of KV-cache blocks.
+    pub fn num_blocks(&self) -> usize {
+        self.num_blocks
+    }
+
+    /// Tokens per KV-cache block.
+    pub fn block_size(&self) -> usize {
+        self.block_size
+    }
+
+    /// Display name of the loaded model.
+    pub fn model_name(&self) -> &str {
+        &self.model_name
+    }
+
+    /// Queues a request; token ids out of the vocabulary (in the prompt, `logit_bias` or
+    /// `stop_token_ids`) and lengths beyond the limits are rejected at once (the parameters
+    /// were validated when made).
+    ///
+    /// `fork_of` names a live sibling with the same prompt (another completion of an `n > 1`
+    /// request): this request then shares the sibling's prompt blocks once they are computed
+    /// instead of computing them again.
+    pub fn add_request(
+        &mut self,
+        request_id: &str,
+        prompt_token_ids: Vec<u32>,
+        params: ValidSamplingParams,
+        priority: i32,
+        fork_of: Option<&str>,
+    ) -> Result<(), EngineError> {
+        // Ids must have an embedding row and a token text: the smaller vocabulary bounds them.
+        let vocab_size = self.tokenizer.vocab_size().min(self.vocab_size);
+        params.validate_token_ids(vocab_size)?;
+        ember_core::check_prompt_token_ids(&prompt_token_ids, vocab_size)?;
+        let policy = self.scheduler.config().policy;
+        if priority != 0 && policy == SchedulingPolicy::Fcfs {
+            return Err(EngineError::InvalidParam(InvalidParam {
+                field: "priority",
+                message: format!(
+                    "{priority} needs scheduling_policy=\"priority\"; this engine schedules \"{}\" \
+                     (first come, first served), which accepts only priority 0",
+                    policy.as_str()
+                ),
+            }));
+        }
+        let request_id: RequestId = Arc::from(request_id);
+        if self.requests.contains_key(&request_id) {
+            return Err(invalid(format!("request_id '{request_id}' is already in use")));
+        }
+        let seed = params
+            .seed
+            .unwrap_or_else(|| derive_seed(self.seed, self.num_requests_added));
+        let state = OutputState::new(&params, prompt_token_ids.len());
+        let request = Request::new(
+            request_id.clone(),
+            prompt_token_ids,
+            params.shared(),
+            self.eos_token_ids.clone(),
+            seed,
+            priority,
+            now_s(),
+        )
+        .with_fork_of(fork_of.map(RequestId::from));
+        self.scheduler
+            .add_request(request)
+            .map_err(|e| invalid(e.to_string()))?;
+        self.num_requests_added += 1;
+        self.requests.insert(request_id, state);
+        Ok(())
+    }
+
+    /// Aborts a request; its blocks are freed at once and its final output (finish reason
+    /// "abort") comes with the next step. Returns false when the id is unknown or finished.
+    pub fn abort(&mut self, request_id: &str) -> bool {
+        match self.scheduler.finish_request(request_id, FinishReason::Abort) {
+            Some(update) => {
+                let output = self.apply_update(update);
+                self.pending.extend(output);
+                true
+            }
+            None => false,
+        }
+    }
+
+    /// True while any request is queued, running, or has output not yet returned.
+    pub fn has_unfinished_requests(&self) -> bool {
+        self.scheduler.has_unfinished_requests() || !self.pending.is_empty()
+    }
+
+    /// Scheduler and cache counters.
+    pub fn stats(&self) -> SchedulerStats {
+        self.scheduler.stats()
+    }
+
+    /// Forgets every cached prefix; false when blocks are still in use.
+    pub fn reset_prefix_cache(&mut self) -> bool {
+        self.scheduler.reset_prefix_cache()
+    }
+
+    /// Logits at every position of one prompt, outside the scheduler (for testing against
+    /// reference implementations); `[len][vocab_size]`.
+    pub fn score(&self, token_ids: &[u32]) -> Result<Vec<Vec<f32>>, EngineError> {
+        if token_ids.is_empty() || token_ids.len() > self.max_model_len {
+            return Err(invalid(format!(
+                "prompt_token_ids must have 1 to max_model_len ({}) tokens, got {}",
+                self.max_model_len,
+                token_ids.len()
+            )));
+        }
+        let logits = self.executor.score(token_ids)?;
+        let vocab_size = logits.len() / token_ids.len();
+        Ok(logits.chunks(vocab_size).map(<[f32]>::to_vec).collect())
+    }
+
+    /// Runs one step: schedule, execute, update; returns what changed for each request.
+    pub fn step(&mut self) -> Result<Vec<StepOutput>, EngineError> {
+        let mut outputs = std::mem::take(&mut self.pending);
+        let scheduled = self.scheduler.schedule();
+        let mut runner_output = match self.execute_guarded(&scheduled) {
+            Ok(output) => output,
+            Err(source) => {
+                // Outputs of aborts and stops from before the step still belong to their callers.
+                self.pending = outputs;
+                return Err(self.fail_step(&scheduled, source));
+            }
+        };
+        for chunk in std::mem::take(&mut runner_output.prompt_logprobs) {
+            if let Some(state) = self.requests.get_mut(&chunk.request_id) {
+                state.add_prompt_logprobs(chunk);
+            }
+        }
+        for update in self.scheduler.update(&scheduled, &runner_output) {
+            if let Some(output) = self.apply_update(update) {
+                outputs.push(output);
+            }
+        }
+        Ok(outputs)
+    }
+
+    /// Detokenizes a request's new tokens, applies stop strings and builds its output.
+    fn apply_update(&mut self, update: RequestUpdate) -> Option<StepOutput> {
+        let state = self.requests.get_mut(&update.request_id)?;
+        let absorbed = state.absorb(&self.tokenizer, &update.new_tokens);
+        let mut new_text = absorbed.new_text;
+        let mut finish_reason = update.finish_reason;
+        let mut stop_reason = update.stop_token_id.map(StopReason::Token);
+        if let Some(stop) = absorbed.matched_stop {
+            if finish_reason.is_none() {
+                self.scheduler
+                    .finish_request(&update.request_id, FinishReason::Stop);
+            }
+            finish_reason = Some(FinishReason::Stop);
+            stop_reason = Some(StopReason::Text(stop));
+        } else if finish_reason.is_some() {
+            new_text.push_str(&state.flush());
+        }
+        let num_prompt_tokens = state.num_prompt_tokens;
+        let new_prompt_logprobs = state.take_prompt_logprobs(&self.tokenizer);
+        if finish_reason.is_some() {
+            self.requests.remove(&update.request_id);
+        }
+        Some(StepOutput {
+            request_id: update.request_id,
+            new_token_ids: update.new_tokens.iter().map(|t| t.token_id).collect(),
+            new_text,
+            finish_reason,
+            stop_reason,
+            num_cached_tokens: update.num_cached_tokens,
+            num_prompt_tokens,
+            new_logprobs: absorbed.new_logprobs,
+            new_prompt_logprobs,
+        })
+    }
+}
+
+/// A request seed derived from the engine seed and the request's arrival index.
+fn derive_seed(engine_seed: u64, index: u64) -> u64 {
+    ember_core::sampler::splitmix64(engine_seed ^ ember_core::sampler::splitmix64(index))
+}
+
+fn now_s() -> f64 {
+    SystemTime::now()
+        .duration_since(UNIX_EPOCH)
+        .map_or(0.0, |d| d.as_secs_f64())
+}

@@ -1,0 +1,203 @@
+//! One step's logits into tokens: every sampled row is sampled (on the device when the whole
+//! step allows it, else on the host with the request's full sampling parameters and token
+//! history) and every prompt-logprob row gives the logprob of the next prompt token. This is
+//! where per-row logits processing (masks, adjustments) belongs: before `sample`.
+
+use ember_core::{
+    device_sample_row, sample, token_logprob, Backend, BackendResult, DeviceSampleRow, ModelRunnerOutput,
+    PromptLogprobs, RequestHistories, SampleContext, SampledToken, ScheduledSeq, SchedulerOutput,
+    TokenLogprob,
+};
+use rayon::prelude::*;
+
+use crate::engine::batch::prompt_logprob_positions;
+
+/// The device sampling parameters of every sampled row of `output`, in batch order, when the
+/// whole step can be sampled on the device: no prompt-logprob rows and every sampled row plain
+/// (see [`device_sample_row`]). `None` sends the step to the host sampler.
+fn device_sample_rows(output: &SchedulerOutput) -> Option<Vec<DeviceSampleRow>> {
+    let mut rows = Vec::with_capacity(output.seqs.len());
+    for seq in &output.seqs {
+        if !prompt_logprob_positions(seq).is_empty() {
+            return None;
+        }
+        if seq.sample {
+            rows.push(device_sample_row(
+                &seq.sampling_params,
+                seq.seed,
+                seq.num_output_tokens,
+            )?);
+        }
+    }
+    Some(rows)
+}
+
+/// What one row of logits is for.
+enum RowJob<'a> {
+    /// Sample the sequence's next token.
+    Sample(&'a ScheduledSeq),
+    /// The logprob of the prompt token at `position + 1`, the row being at `position`.
+    Prompt(&'a ScheduledSeq, usize),
+}
+
+/// What one row of logits gave.
+enum RowResult {
+    Sampled(SampledToken),
+    Prompt(Option<TokenLogprob>),
+}
+
+/// Appends the prompt logprob from the row at `position` of `seq` to this step's chunks. A
+/// missing entry (no history: a bookkeeping bug) ends the request's chunk for this step.
+fn push_prompt_logprob(
+    chunks: &mut Vec<PromptLogprobs>,
+    seq: &ScheduledSeq,
+    position: usize,
+    entry: Option<TokenLogprob>,
+) {
+    let Some(entry) = entry else {
+        log::warn!(
+            "no prompt history for request {} at position {position}",
+            seq.request_id
+        );
+        return;
+    };
+    match chunks.last_mut() {
+        Some(chunk)
+            if chunk.request_id == seq.request_id
+                && chunk.first_position + chunk.entries.len() == position + 1 =>
+        {
+            chunk.entries.push(entry);
+        }
+        _ => chunks.push(PromptLogprobs {
+            request_id: seq.request_id.clone(),
+            first_position: position + 1,
+            entries: vec![entry],
+        }),
+    }
+}
+
+/// Samples one token for every sequence of `output` with `sample == true` and computes the
+/// prompt logprobs of the rows that asked for them, from `logits`
+/// (`[logits rows of the step, vocab_size]`); records the sampled tokens in `histories`.
+/// `eos_token_ids` are masked before a request's `min_tokens`.
+pub fn sample_step<B: Backend>(
+    backend: &B,
+    logits: &B::Tensor,
+    vocab_size: usize,
+    output: &SchedulerOutput,
+    histories: &mut RequestHistories,
+    eos_token_ids: &[u32],
+) -> BackendResult<ModelRunnerOutput> {
+    if let Some(rows) = device_sample_rows(output) {
+        if let Some(tokens) = backend.sample_on_device(logits, &rows)? {
+            let mut out = ModelRunnerOutput::default();
+            let sampled = output.seqs.iter().filter(|s| s.sample);
+            for (seq, (token_id, logprob)) in sampled.zip(tokens) {
+                out.sampled.push(SampledToken {
+                    request_id: seq.request_id.clone(),
+                    token_id,
+                    logprob,
+                    rank: None,
+                    top_logprobs: Vec::new(),
+                });
+            }
+            histories.record(&out.sampled);
+            return Ok(out);
+        }
+    }
+    let mut jobs = Vec::new();
+    for seq in &output.seqs {
+        jobs.extend(prompt_logprob_positions(seq).map(|p| RowJob::Prompt(seq, p)));
+        if seq.sample {
+            jobs.push(RowJob::Sample(seq));
+        }
+    }
+    let mut logits = backend.to_host(logits)?;
+    let history_of = &*histories;
+    let results: Vec<RowResult> = logits
+        .par_chunks_mut(vocab_size)
+        .zip(jobs.par_iter())
+        .map(|(row, job)| match *job {
+            RowJob::Sample(seq) => {
+                let ctx = SampleContext {
+                    seed: seq.seed,
+                    token_index: seq.num_output_tokens,
+                    history: history_of.get(&seq.request_id),
+                    eos_token_ids,
+                };
+                RowResult::Sampled(
+                    sample(row, &seq.sampling_params, &ctx).into_sampled_token(seq.request_id.clone()),
+                )
+            }
+            RowJob::Prompt(seq, position) => {
+                let next = history_of
+                    .get(&seq.request_id)
+                    .and_then(|h| h.prompt_token_ids().get(position + 1).copied());
+                let k = seq.sampling_params.prompt_logprobs.unwrap_or(0);
+                RowResult::Prompt(next.and_then(|token_id| token_logprob(row, token_id, k)))
+            }
+        })
+        .collect();
+    let mut out = ModelRunnerOutput::default();
+    for (job, result) in jobs.iter().zip(results) {
+        match (job, result) {
+            (_, RowResult::Sampled(token)) => out.sampled.push(token),
+            (RowJob::Prompt(seq, position), RowResult::Prompt(entry)) => {
+                push_prompt_logprob(&mut out.prompt_logprobs, seq, *position, entry);
+            }
+            (RowJob::Sample(_), RowResult::Prompt(_)) => {}
+        }
+    }
+    histories.record(&out.sampled);
+    Ok(out)
+}
+
+#[cfg(test)]
+mod tests {
+    use std::sync::Arc;
+
+    use ember_core::SamplingParams;
+
+    use super::*;
+    use crate::engine::batch::tests::{seq, step};
+
+    #[test]
+    fn device_sampling_needs_every_row_plain_and_no_prompt_logprobs() {
+        // "b" is mid-prompt (no sampled row): only "a" and "c" get device rows.
+        let plain = step(vec![
+            seq("a", 5, 1, 3, None),
+            seq("b", 0, 2, 10, None),
+            seq("c", 9, 1, 3, None),
+        ]);
+        assert_eq!(device_sample_rows(&plain).map(|r| r.len()), Some(2));
+        let prompt_rows = step(vec![seq("a", 5, 1, 3, None), seq("b", 0, 2, 10, Some(0))]);
+        assert!(device_sample_rows(&prompt_rows).is_none());
+        let mut penalized = seq("a", 5, 1, 3, None);
+        penalized.sampling_params = Arc::new(SamplingParams {
+            repetition_penalty: 1.2,
+            ..Default::default()
+        });
+        assert!(device_sample_rows(&step(vec![penalized, seq("c", 9, 1, 3, None)])).is_none());
+    }
+
+    #[test]
+    fn prompt_logprob_chunks_group_consecutive_rows() {
+        let s = seq("a", 0, 4, 6, Some(0));
+        let entry = |token_id| {
+            Some(TokenLogprob {
+                token_id,
+                logprob: 0.0,
+                rank: 1,
+                top_logprobs: Vec::new(),
+            })
+        };
+        let mut chunks = Vec::new();
+        push_prompt_logprob(&mut chunks, &s, 0, entry(5));
+        push_prompt_logprob(&mut chunks, &s, 1, entry(6));
+        push_prompt_logprob(&mut chunks, &s, 2, None);
+        push_prompt_logprob(&mut chunks, &s, 3, entry(8));
+        assert_eq!(chunks.len(), 2);
+        assert_eq!((chunks[0].first_position, chunks[0].entries.len()), (1, 2));
+        assert_eq!((chunks[1].first_position, chunks[1].entries.len()), (4, 1));
+    }
+}

@@ -1,0 +1,307 @@
+//! `ModelConfig` from a Hugging Face `config.json` and `generation_config.json`.
+
+use std::path::Path;
+
+use serde_json::Value;
+
+use super::{div_exact, ArchitectureName, ConfigError, ModelConfig, NameSource, RopeScaling};
+
+/// A Hugging Face model folder's `config.json` and `generation_config.json`, read as JSON.
+pub struct HfConfigJson {
+    /// `config.json`.
+    pub config: Value,
+    /// `generation_config.json`, when present.
+    pub generation: Option<Value>,
+    /// The path of `config.json`, for errors.
+    pub source_name: String,
+}
+
+impl HfConfigJson {
+    /// Reads `config.json` (and `generation_config.json` when present) from `dir`.
+    pub fn read(dir: &Path) -> Result<Self, ConfigError> {
+        let config_path = dir.join("config.json");
+        let config = read_json(&config_path)?;
+        let gen_path = dir.join("generation_config.json");
+        let generation = if gen_path.is_file() {
+            Some(read_json(&gen_path)?)
+        } else {
+            None
+        };
+        Ok(Self {
+            config,
+            generation,
+            source_name: config_path.display().to_string(),
+        })
+    }
+
+    /// The architecture names, most specific first: each class of `architectures`, then
+    /// `model_type`; an error when there is neither.
+    pub fn architecture_names(&self) -> Result<Vec<ArchitectureName>, ConfigError> {
+        let name = |source, value: &Value| {
+            value.as_str().map(|name| ArchitectureName {
+                source,
+                name: name.to_string(),
+            })
+        };
+        let classes = self.config.get("architectures").and_then(Value::as_array);
+        let mut names: Vec<ArchitectureName> = classes
+            .into_iter()
+            .flatten()
+            .filter_map(|c| name(NameSource::HfArchitectures, c))
+            .collect();
+        names.extend(
+            self.config
+                .get("model_type")
+                .and_then(|t| name(NameSource::HfModelType, t)),
+        );
+        if names.is_empty() {
+            return Err(ConfigError::MissingField {
+                source_name: self.source_name.clone(),
+                field: "architectures (or model_type)".into(),
+            });
+        }
+        Ok(names)
+    }
+}
+
+impl ModelConfig {
+    /// The hyperparameters of a Hugging Face model folder's config files.
+    pub fn from_hf(json: &HfConfigJson) -> Result<Self, ConfigError> {
+        Self::from_hf_json(&json.config, json.generation.as_ref(), &json.source_name)
+    }
+
+    /// Builds a config from parsed `config.json` and optional `generation_config.json`
+    /// values; `source_name` labels errors.
+    pub fn from_hf_json(
+        config: &Value,
+        generation: Option<&Value>,
+        source_name: &str,
+    ) -> Result<Self, ConfigError> {
+        let f = HfFields {
+            json: config,
+            source_name,
+        };
+        check_mlp(config, &f)?;
+        let hidden_size = f.usize("hidden_size")?;
+        let num_heads = f.usize("num_attention_heads")?;
+        let num_kv_heads = f.opt_usize("num_key_value_heads")?.unwrap_or(num_heads);
+        let head_dim = match f.opt_usize("head_dim")? {
+            Some(d) => d,
+            None => div_exact(hidden_size, num_heads, source_name)?,
+        };
+        // transformers 5 writes `rope_parameters: {rope_theta, rope_type, ...}` instead.
+        let rope_params = config.get("rope_parameters").filter(|v| v.is_object());
+        let mut eos_token_ids = token_ids(config.get("eos_token_id"));
+        for id in token_ids(generation.and_then(|g| g.get("eos_token_id"))) {
+            if !eos_token_ids.contains(&id) {
+                eos_token_ids.push(id);
+            }
+        }
+        let cfg = Self {
+            hidden_size,
+            intermediate_size: f.usize("intermediate_size")?,
+            num_layers: f.usize("num_hidden_layers")?,
+            num_heads,
+            num_kv_heads,
+            head_dim,
+            vocab_size: f.usize("vocab_size")?,
+            rms_norm_eps: f.opt_f64("rms_norm_eps")?.unwrap_or(1e-6) as f32,
+            rope_theta: match f.opt_f64("rope_theta")? {
+                Some(theta) => theta,
+                None => HfFields {
+                    json: rope_params.unwrap_or(&Value::Null),
+                    source_name,
+                }
+                .opt_f64("rope_parameters.rope_theta")?
+                .unwrap_or(10000.0),
+            } as f32,
+            rope_scaling: hf_rope_scaling(config.get("rope_scaling").or(rope_params), source_name)?,
+            max_position_embeddings: f.opt_usize("max_position_embeddings")?.unwrap_or(2048),
+            sliding_window: sliding_window(config, &f)?,
+            tie_word_embeddings: config
+                .get("tie_word_embeddings")
+                .and_then(Value::as_bool)
+                .unwrap_or(false),
+            bos_token_id: token_ids(config.get("bos_token_id")).first().copied(),
+            eos_token_ids,
+        };
+        cfg.validate(source_name)?;
+        Ok(cfg)
+    }
+}
+
+fn read_json(path: &Path) -> Result<Value, ConfigError> {
+    let text = std::fs::read_to_string(path).map_err(|source| ConfigError::Io {
+        path: path.to_path_buf(),
+        source,
+    })?;
+    serde_json::from_str(&text).map_err(|source| ConfigError::Json {
+        path: path.to_path_buf(),
+        source,
+    })
+}
+
+/// Token ids from an int, a list of ints, or null.
+fn token_ids(value: Option<&Value>) -> Vec<u32> {
+    let to_id = |v: &Value| v.as_u64().and_then(|v| u32::try_from(v).ok());
+    match value {
+        Some(Value::Array(items)) => items.iter().filter_map(to_id).collect(),
+        Some(v) => to_id(v).into_iter().collect(),
+        None => Vec::new(),
+    }
+}
+
+/// Rejects MLP settings the decoder code would silently compute wrong: an activation other
+/// than SiLU, and `mlp_bias` (the MLP projections have no bias here).
+fn check_mlp(config: &Value, f: &HfFields<'_>) -> Result<(), ConfigError> {
+    let invalid = |detail: String| ConfigError::Invalid {
+        source_name: f.source_name.to_string(),
+        detail,
+    };
+    match f.field("hidden_act") {
+        None => {}
+        Some(Value::String(act)) if act == "silu" || act == "swish" => {}
+        Some(other) => {
+            return Err(invalid(format!(
+                "hidden_act {other} is not supported (supported: \"silu\")"
+            )))
+        }
+    }
+    if config.get("mlp_bias").and_then(Value::as_bool) == Some(true) {
+        return Err(invalid(
+            "mlp_bias true is not supported (MLP projections without biases only)".into(),
+        ));
+    }
+    Ok(())
+}
+
+/// When a config's `sliding_window` applies; transformers' config classes read it differently.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+enum WindowRule {
+    /// Llama (and any config not listed): the field is ignored.
+    Never,
+    /// Mistral: whenever it is set.
+    WhenSet,
+    /// Qwen2: only with `use_sliding_window`, for layers from `max_window_layers` on.
+    Qwen2,
+}
+
+/// The window rule of the config class `config` names (its `architectures`, then `model_type`).
+fn window_rule(config: &Value) -> WindowRule {
+    let classes = config.get("architectures").and_then(Value::as_array);
+    let names = classes
+        .into_iter()
+        .flatten()
+        .chain(config.get("model_type"))
+        .filter_map(Value::as_str);
+    for name in names {
+        match name {
+            "MistralForCausalLM" | "mistral" => return WindowRule::WhenSet,
+            "Qwen2ForCausalLM" | "qwen2" => return WindowRule::Qwen2,
+            "LlamaForCausalLM" | "llama" => return WindowRule::Never,
+            _ => {}
+        }
+    }
+    WindowRule::Never
+}
+
+/// The attention window of the layers that use one, as transformers reads it (see
+/// [`WindowRule`]); an explicit `layer_types` list decides for either.
+fn sliding_window(config: &Value, f: &HfFields<'_>) -> Result<Option<usize>, ConfigError> {
+    let rule = window_rule(config);
+    let use_window = match rule {
+        WindowRule::Never => false,
+        WindowRule::WhenSet => true,
+        WindowRule::Qwen2 => config.get("use_sliding_window").and_then(Value::as_bool) == Some(true),
+    };
+    let Some(window) = f.opt_usize("sliding_window")?.filter(|_| use_window) else {
+        return Ok(None);
+    };
+    let any_layer_slides = match config.get("layer_types").and_then(Value::as_array) {
+        Some(types) => types.iter().any(|t| t.as_str() == Some("sliding_attention")),
+        None if rule == WindowRule::Qwen2 => {
+            let num_layers = f.usize("num_hidden_layers")?;
+            f.opt_usize("max_window_layers")?.unwrap_or(28) < num_layers
+        }
+        None => true,
+    };
+    Ok(any_layer_slides.then_some(window))
+}
+
+fn hf_rope_scaling(value: Option<&Value>, source_name: &str) -> Result<RopeScaling, ConfigError> {
+    let Some(obj) = value.filter(|v| !v.is_null()) else {
+        return Ok(RopeScaling::None);
+    };
+    let f = HfFields {
+        json: obj,
+        source_name,
+    };
+    let kind = obj
+        .get("rope_type")
+        .or_else(|| obj.get("type"))
+        .and_then(Value::as_str)
+        .unwrap_or("default");
+    match kind {
+        "default" => Ok(RopeScaling::None),
+        "linear" => Ok(RopeScaling::Linear {
+            factor: f.f64("rope_scaling.factor")? as f32,
+        }),
+        "llama3" => Ok(RopeScaling::Llama3 {
+            factor: f.f64("rope_scaling.factor")? as f32,
+            low_freq_factor: f.f64("rope_scaling.low_freq_factor")? as f32,
+            high_freq_factor: f.f64("rope_scaling.high_freq_factor")? as f32,
+            original_max_position_embeddings: f.usize("rope_scaling.original_max_position_embeddings")?,
+        }),
+        other => Err(ConfigError::Invalid {
+            source_name: source_name.to_string(),
+            detail: format!("rope_scaling type {other:?} is not supported (supported: linear, llama3)"),
+        }),
+    }
+}
+
+struct HfFields<'a> {
+    json: &'a Value,
+    source_name: &'a str,
+}
+
+impl HfFields<'_> {
+    fn field(&self, path: &str) -> Option<&Value> {
+        let key = path.rsplit('.').next().unwrap_or(path);
+        self.json.get(key).filter(|v| !v.is_null())
+    }
+
+    fn missing(&self, field: &str) -> ConfigError {
+        ConfigError::MissingField {
+            source_name: self.source_name.to_string(),
+            field: field.to_string(),
+        }
+    }
+
+    fn opt_usize(&self, field: &str) -> Result<Option<usize>, ConfigError> {
+        self.field(field)
+            .map(|v| {
+                v.as_u64()
+                    .and_then(|v| usize::try_from(v).ok())
+                    .ok_or_else(|| self.missing(field))
+            })
+            .transpose()
+    }
+
+    fn usize(&self, field: &str) -> Result<usize, ConfigError> {
+        self.opt_usize(field)?.ok_or_else(|| self.missing(field))
+    }
+
+    fn opt_f64(&self, field: &str) -> Result<Option<f64>, ConfigError> {
+        self.field(field)
+            .map(|v| v.as_f64().ok_or_else(|| self.missing(field)))
+            .transpose()
+    }
+
+    fn f64(&self, field: &str) -> Result<f64, ConfigError> {
+        self.opt_f64(field)?.ok_or_else(|| self.missing(field))
+    }
+}
+
+#[cfg(test)]
+#[path = "hf_config_tests.rs"]
+mod tests;

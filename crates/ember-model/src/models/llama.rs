@@ -1,0 +1,392 @@
+//! The Llama family (Llama 2/3, Mistral, Qwen2/2.5 with qkv bias, SmolLM), written once over
+//! [`Backend`]: pre-norm decoder layers of grouped-query attention with RoPE and a SiLU-gated
+//! MLP, optional q/k/v/o biases (loaded when the file has them), tied or untied output.
+
+use ember_core::{
+    AttentionParams, AttentionShape, Backend, BackendResult, LayerKv, ModelShape, Rope, WeightDType,
+    WeightView,
+};
+
+use crate::error::ModelLoadError;
+use crate::formats::config::ModelConfig;
+use crate::formats::weights::{TensorNames, WeightNames, WeightSource};
+use crate::models::{Model, ModelSource};
+
+const fn names(canonical: &'static str, hf: &'static str, gguf: &'static str) -> TensorNames {
+    TensorNames { canonical, hf, gguf }
+}
+
+/// The family's tensors: `embed_tokens`, `norm`, `lm_head`, and per layer
+/// `layers.{i}.X` (`.bias` for a bias) with X one of the `layer` names.
+pub static LLAMA_WEIGHT_NAMES: WeightNames = WeightNames {
+    global: &[
+        names("embed_tokens", "model.embed_tokens.weight", "token_embd.weight"),
+        names("norm", "model.norm.weight", "output_norm.weight"),
+        names("lm_head", "lm_head.weight", "output.weight"),
+    ],
+    layer: &[
+        names("input_layernorm", "input_layernorm", "attn_norm"),
+        names("post_attention_layernorm", "post_attention_layernorm", "ffn_norm"),
+        names("q_proj", "self_attn.q_proj", "attn_q"),
+        names("k_proj", "self_attn.k_proj", "attn_k"),
+        names("v_proj", "self_attn.v_proj", "attn_v"),
+        names("o_proj", "self_attn.o_proj", "attn_output"),
+        names("gate_proj", "mlp.gate_proj", "ffn_gate"),
+        names("up_proj", "mlp.up_proj", "ffn_up"),
+        names("down_proj", "mlp.down_proj", "ffn_down"),
+    ],
+};
+
+/// Weights of one decoder layer.
+struct LlamaLayer<B: Backend> {
+    input_norm: B::Vector,
+    q_proj: B::Matrix,
+    k_proj: B::Matrix,
+    v_proj: B::Matrix,
+    q_bias: Option<B::Vector>,
+    k_bias: Option<B::Vector>,
+    v_bias: Option<B::Vector>,
+    o_proj: B::Matrix,
+    o_bias: Option<B::Vector>,
+    post_attention_norm: B::Vector,
+    gate_proj: B::Matrix,
+    up_proj: B::Matrix,
+    down_proj: B::Matrix,
+}
+
+/// A loaded Llama-family decoder.
+pub struct LlamaModel<B: Backend> {
+    embed_tokens: B::Matrix,
+    layers: Vec<LlamaLayer<B>>,
+    norm: B::Vector,
+    /// `None` when the output projection is tied to `embed_tokens`.
+    lm_head: Option<B::Matrix>,
+    attention: AttentionParams,
+    rope: Rope<B::Vector>,
+    rms_norm_eps: f32,
+    shape: ModelShape,
+}
+
+fn load_optional_vector<B: Backend>(
+    backend: &B,
+    weights: &WeightSource,
+    name: &str,
+) -> Result<Option<B::Vector>, ModelLoadError> {
+    if !weights.contains(name) {
+        return Ok(None);
+    }
+    Ok(Some(backend.load_vector(&weights.get(name)?)?))
+}
+
+fn shape_error(name: &str, expected: &[usize], found: &[usize]) -> ModelLoadError {
+    ModelLoadError::BadTensor {
+        tensor: name.to_string(),
+        detail: format!("shape {found:?} does not match the config's {expected:?}"),
+    }
+}
+
+/// Checks, before anything is allocated, that every tensor `config` implies is present with
+/// the shape it implies (and every optional bias, when present, too). A config value no tensor
+/// confirms (a layer count larger than the file holds, a width that no matrix has) is refused
+/// here, so loading never sizes anything from an unconfirmed number.
+pub fn check_weight_shapes(config: &ModelConfig, weights: &WeightSource) -> Result<(), ModelLoadError> {
+    let check = |name: &str, expected: &[usize]| -> Result<(), ModelLoadError> {
+        let view = weights.get(name)?;
+        if view.shape != expected {
+            return Err(shape_error(name, expected, view.shape));
+        }
+        Ok(())
+    };
+    let hidden = config.hidden_size;
+    let q_dim = config.num_heads * config.head_dim;
+    let kv_dim = config.num_kv_heads * config.head_dim;
+    let inter = config.intermediate_size;
+    check("embed_tokens", &[config.vocab_size, hidden])?;
+    check("norm", &[hidden])?;
+    if !config.tie_word_embeddings || weights.contains("lm_head") {
+        check("lm_head", &[config.vocab_size, hidden])?;
+    }
+    let required: [(&str, &[usize]); 9] = [
+        ("input_layernorm", &[hidden]),
+        ("post_attention_layernorm", &[hidden]),
+        ("q_proj", &[q_dim, hidden]),
+        ("k_proj", &[kv_dim, hidden]),
+        ("v_proj", &[kv_dim, hidden]),
+        ("o_proj", &[hidden, q_dim]),
+        ("gate_proj", &[inter, hidden]),
+        ("up_proj", &[inter, hidden]),
+        ("down_proj", &[hidden, inter]),
+    ];
+    let biases: [(&str, &[usize]); 4] = [
+        ("q_proj.bias", &[q_dim]),
+        ("k_proj.bias", &[kv_dim]),
+        ("v_proj.bias", &[kv_dim]),
+        ("o_proj.bias", &[hidden]),
+    ];
+    // Stops at the first missing tensor, so a huge layer count costs one lookup per real layer.
+    for layer in 0..config.num_layers {
+        for (suffix, shape) in required {
+            check(&format!("layers.{layer}.{suffix}"), shape)?;
+        }
+        for (suffix, shape) in biases {
+            let name = format!("layers.{layer}.{suffix}");
+            if weights.contains(&name) {
+                check(&name, shape)?;
+            }
+        }
+    }
+    Ok(())
+}
+
+impl<B: Backend> Model<B> for LlamaModel<B> {
+    fn load(backend: &B, source: &ModelSource<'_>) -> Result<Self, ModelLoadError> {
+        let (config, weights) = (source.config, source.weights);
+        let matrix = |name: &str, rows: usize, cols: usize| -> Result<B::Matrix, ModelLoadError> {
+            let view = weights.get(name)?;
+            if view.shape != [rows, cols] {
+                return Err(shape_error(name, &[rows, cols], view.shape));
+            }
+            Ok(backend.load_matrix(&view)?)
+        };
+        let vector = |name: &str, len: usize| -> Result<B::Vector, ModelLoadError> {
+            let view = weights.get(name)?;
+            if view.shape != [len] {
+                return Err(shape_error(name, &[len], view.shape));
+            }
+            Ok(backend.load_vector(&view)?)
+        };
+        let hidden = config.hidden_size;
+        let q_dim = config.num_heads * config.head_dim;
+        let kv_dim = config.num_kv_heads * config.head_dim;
+        check_weight_shapes(config, weights)?;
+        let mut layers = Vec::new();
+        for i in 0..config.num_layers {
+            let name = |suffix: &str| format!("layers.{i}.{suffix}");
+            layers.push(LlamaLayer {
+                input_norm: vector(&name("input_layernorm"), hidden)?,
+                q_proj: matrix(&name("q_proj"), q_dim, hidden)?,
+                k_proj: matrix(&name("k_proj"), kv_dim, hidden)?,
+                v_proj: matrix(&name("v_proj"), kv_dim, hidden)?,
+                q_bias: load_optional_vector(backend, weights, &name("q_proj.bias"))?,
+                k_bias: load_optional_vector(backend, weights, &name("k_proj.bias"))?,
+                v_bias: load_optional_vector(backend, weights, &name("v_proj.bias"))?,
+                o_proj: matrix(&name("o_proj"), hidden, q_dim)?,
+                o_bias: load_optional_vector(backend, weights, &name("o_proj.bias"))?,
+                post_attention_norm: vector(&name("post_attention_layernorm"), hidden)?,
+                gate_proj: matrix(&name("gate_proj"), config.intermediate_size, hidden)?,
+                up_proj: matrix(&name("up_proj"), config.intermediate_size, hidden)?,
+                down_proj: matrix(&name("down_proj"), hidden, config.intermediate_size)?,
+            });
+        }
+        let lm_head = if config.tie_word_embeddings && !weights.contains("lm_head") {
+            None
+        } else {
+            Some(matrix("lm_head", config.vocab_size, hidden)?)
+        };
+        let inv_freq = config.rope_inv_freq();
+        let inv_freq_bytes: Vec<u8> = inv_freq.iter().flat_map(|f| f.to_le_bytes()).collect();
+        let inv_freq = backend.load_vector(&WeightView {
+            name: "rope inv_freq",
+            dtype: WeightDType::F32,
+            shape: &[inv_freq.len()],
+            bytes: &inv_freq_bytes,
+        })?;
+        Ok(Self {
+            embed_tokens: matrix("embed_tokens", config.vocab_size, hidden)?,
+            layers,
+            norm: vector("norm", hidden)?,
+            lm_head,
+            attention: AttentionParams::causal(AttentionShape {
+                num_heads: config.num_heads,
+                num_kv_heads: config.num_kv_heads,
+                head_dim: config.head_dim,
+            }),
+            rope: Rope {
+                style: source.rope_style,
+                inv_freq,
+            },
+            rms_norm_eps: config.rms_norm_eps,
+            shape: ModelShape {
+                hidden_size: hidden,
+                intermediate_size: config.intermediate_size,
+                vocab_size: config.vocab_size,
+                num_heads: config.num_heads,
+                head_dim: config.head_dim,
+                kv_layers: vec![
+                    LayerKv {
+                        num_kv_heads: config.num_kv_heads,
+                        head_dim: config.head_dim,
+                    };
+                    config.num_layers
+                ],
+            },
+        })
+    }
+
+    fn shape(&self) -> &ModelShape {
+        &self.shape
+    }
+
+    fn forward(&self, backend: &B, step: &B::Step, kv_cache: &mut B::KvCache) -> BackendResult<B::Tensor> {
+        let mut residual = backend.embed(step, &self.embed_tokens)?;
+        let mut hidden = backend.rms_norm(step, &residual, &self.layers[0].input_norm, self.rms_norm_eps)?;
+        for (index, layer) in self.layers.iter().enumerate() {
+            let attn_out = self.attention(backend, step, kv_cache, index, layer, &hidden)?;
+            hidden = backend.add_rms_norm(
+                step,
+                &mut residual,
+                &attn_out,
+                &layer.post_attention_norm,
+                self.rms_norm_eps,
+            )?;
+            let gate = backend.matmul(step, &hidden, &layer.gate_proj, None)?;
+            let up = backend.matmul(step, &hidden, &layer.up_proj, None)?;
+            let mlp_out =
+                backend.matmul(step, &backend.silu_mul(step, &gate, &up)?, &layer.down_proj, None)?;
+            match self.layers.get(index + 1) {
+                Some(next) => {
+                    hidden = backend.add_rms_norm(
+                        step,
+                        &mut residual,
+                        &mlp_out,
+                        &next.input_norm,
+                        self.rms_norm_eps,
+                    )?;
+                }
+                None => backend.add_assign(&mut residual, &mlp_out)?,
+            }
+        }
+        let last_rows = backend.logits_rows(step, &residual)?;
+        let normed = backend.rms_norm(step, &last_rows, &self.norm, self.rms_norm_eps)?;
+        backend.matmul(
+            step,
+            &normed,
+            self.lm_head.as_ref().unwrap_or(&self.embed_tokens),
+            None,
+        )
+    }
+}
+
+impl<B: Backend> LlamaModel<B> {
+    fn attention(
+        &self,
+        backend: &B,
+        step: &B::Step,
+        kv_cache: &mut B::KvCache,
+        index: usize,
+        layer: &LlamaLayer<B>,
+        hidden: &B::Tensor,
+    ) -> BackendResult<B::Tensor> {
+        let shape = self.attention.shape;
+        let mut query = backend.matmul(step, hidden, &layer.q_proj, layer.q_bias.as_ref())?;
+        let mut key = backend.matmul(step, hidden, &layer.k_proj, layer.k_bias.as_ref())?;
+        let value = backend.matmul(step, hidden, &layer.v_proj, layer.v_bias.as_ref())?;
+        backend.rope(step, &mut query, shape.num_heads, &self.rope)?;
+        backend.rope(step, &mut key, shape.num_kv_heads, &self.rope)?;
+        backend.write_kv(step, kv_cache, index, &key, &value)?;
+        let context = backend.attention(step, &query, kv_cache, index, &self.attention)?;
+        backend.matmul(step, &context, &layer.o_proj, layer.o_bias.as_ref())
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use ember_core::WeightDType;
+
+    use super::*;
+    use crate::formats::config::tests::{SMOLLM2_VAR, SMOLLM2_WHAT};
+    use crate::formats::gguf::GgufFile;
+    use crate::formats::weights::{NameScheme, TensorName};
+    use crate::reference_env::reference_path;
+
+    #[test]
+    fn llama_names_round_trip() {
+        for (canonical, hf, gguf) in [
+            ("embed_tokens", "model.embed_tokens.weight", "token_embd.weight"),
+            ("norm", "model.norm.weight", "output_norm.weight"),
+            ("lm_head", "lm_head.weight", "output.weight"),
+            (
+                "layers.0.input_layernorm",
+                "model.layers.0.input_layernorm.weight",
+                "blk.0.attn_norm.weight",
+            ),
+            (
+                "layers.7.post_attention_layernorm",
+                "model.layers.7.post_attention_layernorm.weight",
+                "blk.7.ffn_norm.weight",
+            ),
+            (
+                "layers.3.q_proj",
+                "model.layers.3.self_attn.q_proj.weight",
+                "blk.3.attn_q.weight",
+            ),
+            (
+                "layers.3.k_proj.bias",
+                "model.layers.3.self_attn.k_proj.bias",
+                "blk.3.attn_k.bias",
+            ),
+            (
+                "layers.12.o_proj",
+                "model.layers.12.self_attn.o_proj.weight",
+                "blk.12.attn_output.weight",
+            ),
+            (
+                "layers.1.gate_proj",
+                "model.layers.1.mlp.gate_proj.weight",
+                "blk.1.ffn_gate.weight",
+            ),
+            (
+                "layers.1.up_proj",
+                "model.layers.1.mlp.up_proj.weight",
+                "blk.1.ffn_up.weight",
+            ),
+            (
+                "layers.1.down_proj",
+                "model.layers.1.mlp.down_proj.weight",
+                "blk.1.ffn_down.weight",
+            ),
+        ] {
+            let names = &LLAMA_WEIGHT_NAMES;
+            let name = TensorName::parse(names, canonical).expect(canonical);
+            assert_eq!(name.canonical(names), canonical);
+            assert_eq!(name.stored_name(names, NameScheme::HuggingFace), hf);
+            assert_eq!(name.stored_name(names, NameScheme::Gguf), gguf);
+            assert_eq!(
+                TensorName::from_stored(names, hf, NameScheme::HuggingFace),
+                Some(name)
+            );
+            assert_eq!(TensorName::from_stored(names, gguf, NameScheme::Gguf), Some(name));
+        }
+    }
+
+    #[test]
+    fn smollm2_gguf_tensors() {
+        let Some(path) = reference_path(SMOLLM2_VAR, SMOLLM2_WHAT) else {
+            return;
+        };
+        let file = GgufFile::open(&path).expect("open");
+        let source = WeightSource::from_gguf(file, &LLAMA_WEIGHT_NAMES);
+        assert!(!source.contains("lm_head"));
+        let embed = source.get("embed_tokens").expect("embed");
+        assert_eq!(
+            (embed.dtype, embed.shape),
+            (WeightDType::Q8_0, &[49152usize, 576][..])
+        );
+        for i in 0..30 {
+            for part in [
+                "q_proj",
+                "k_proj",
+                "v_proj",
+                "o_proj",
+                "gate_proj",
+                "up_proj",
+                "down_proj",
+                "input_layernorm",
+            ] {
+                let view = source.get(&format!("layers.{i}.{part}")).expect("layer tensor");
+                assert_eq!(Some(view.bytes.len()), view.dtype.bytes_for(view.num_elements()));
+            }
+        }
+        assert_eq!(source.get("layers.0.k_proj").expect("k").shape, &[192, 576]);
+    }
+}
