@@ -16,6 +16,11 @@ caching; `kv_unified` off).
     python bench/serve.py [--model PATH] [--threads 2] [--concurrency 16] [--quick]
 
 Prints a table and writes bench/out/serve-<date>.json.
+
+With `--data-parallel` it compares `ember serve` alone with two replicas behind its router instead, on the same
+total threads and KV-cache memory: 1 replica with all of them, 2 replicas routed by prefix, and 2 replicas routed
+blind (least loaded), over a shared-prefix workload (8 long prefixes, interleaved, `--shared-prefix-len` tokens
+each). It writes bench/out/serve-dp-<date>.json.
 """
 
 from __future__ import annotations
@@ -54,6 +59,15 @@ ROWS = (
 )
 
 
+DP_ROWS = (
+    *(row for row in ROWS if row[0] in ("requests ok / failed", "duration (s)", "output tok/s")),
+    ("total tok/s", lambda s: f"{s['total_token_throughput_per_s']:.1f}"),
+    *(row for row in ROWS if row[0] in ("TTFT p50 / p99 (ms)", "E2E p50 / p99 (ms)")),
+    ("prompt tokens cached", lambda s: f"{s['total_cached_tokens'] / max(1, s['total_input_tokens']):.0%}"),
+)
+"""The --data-parallel table: the serving rows that matter there, total throughput and the cache hits."""
+
+
 def control_token_ids(model: str) -> list[int]:
     """The GGUF file's control tokens (end-of-sequence and the other special markers)."""
     field = GGUFReader(model).fields["tokenizer.ggml.token_type"]
@@ -75,6 +89,18 @@ def server_commands(model: str, port: int, threads: int, max_model_len: int, slo
     llama += ["--parallel", str(slots), "--ctx-size", str(slots * max_model_len), "--no-kv-unified"]
     llama += ["--cont-batching"]
     return {"ember": ember, "llama-server": llama}
+
+
+def data_parallel_commands(model: str, port: int, threads: int, kv_bytes: int) -> dict[str, list[str]]:
+    """`ember serve` alone and with two replicas (by prefix, blind), with the same total threads and KV memory."""
+    ember = [sys.executable, "-m", "ember.cli", "serve", model, "--port", str(port), "--threads", str(threads)]
+    ember += ["--max-model-len", "2048"]
+    two = [*ember, "--data-parallel-size", "2", "--kv-cache-memory-bytes", str(kv_bytes // 2)]
+    return {
+        "1 replica": [*ember, "--kv-cache-memory-bytes", str(kv_bytes)],
+        "2 replicas, prefix": [*two, "--routing", "prefix"],
+        "2 replicas, blind": [*two, "--routing", "load"],
+    }
 
 
 def wait_ready(base_url: str, proc: subprocess.Popen[bytes], timeout_s: float = 120.0) -> None:
@@ -114,11 +140,11 @@ def bench_one(name: str, command: list[str], base_url: str, bench_args: list[str
             proc.kill()
 
 
-def table(results: dict[str, dict[str, Any]]) -> str:
-    """Both servers' figures side by side."""
+def table(results: dict[str, dict[str, Any]], rows: tuple[tuple[str, Any], ...] = ROWS) -> str:
+    """The servers' figures side by side."""
     names = list(results)
     lines = [f"{'':<24}" + "".join(f"{n:>20}" for n in names)]
-    for label, cell in ROWS:
+    for label, cell in rows:
         lines.append(f"{label:<24}" + "".join(f"{cell(results[n]):>20}" for n in names))
     return "\n".join(lines)
 
@@ -129,7 +155,23 @@ def main() -> None:
     parser.add_argument("--input-len", type=int, default=200, help="prompt tokens, about (default: 200)")
     parser.add_argument("--output-len", type=int, default=64, help="max_tokens per request (default: 64)")
     parser.add_argument("--port", type=int, default=8765, help="loopback port for the servers (default: 8765)")
+    parser.add_argument(
+        "--data-parallel", action="store_true", help="1 vs 2 ember replicas on a shared-prefix workload (see above)"
+    )
+    parser.add_argument(
+        "--shared-prefix-len", type=int, default=384, help="with --data-parallel: prefix tokens (default: 384)"
+    )
+    parser.add_argument(
+        "--kv-cache-memory-bytes",
+        type=int,
+        default=288 << 20,
+        help="with --data-parallel: KV memory in all, split between replicas (default: 288 MiB: each of two "
+        "replicas holds the requests in flight and half of the prefixes, not all of them)",
+    )
     args = parser.parse_args()
+    if args.data_parallel:
+        main_data_parallel(args)
+        return
     model = args.model or resolve_model(None)
     num_prompts = 16 if args.quick else 128
     bench_args = ["--num-prompts", str(num_prompts), "--max-concurrency", str(args.concurrency)]
@@ -150,6 +192,32 @@ def main() -> None:
     fields["commands"] = {name: " ".join(command) for name, command in commands.items()}
     versions = {"ember": version("ember"), "llama_server": "llama.cpp vendored in llama-cpp-python 0.3.36"}
     write_record(args.out, "serve", fields, versions)
+
+
+def main_data_parallel(args: argparse.Namespace) -> None:
+    """The --data-parallel comparison: one table, one JSON record."""
+    model = args.model or resolve_model(None)
+    num_prompts = 24 if args.quick else 96
+    bench_args = ["--num-prompts", str(num_prompts), "--max-concurrency", str(args.concurrency)]
+    bench_args += ["--input-len", str(args.input_len), "--output-len", str(args.output_len)]
+    bench_args += ["--shared-prefix-len", str(args.shared_prefix_len), "--shared-prefix-groups", "8"]
+    bench_args += ["--seed", str(args.seed), "--no-progress", "--temperature", "0"]
+    banned = {str(token_id): -100 for token_id in control_token_ids(str(model))}
+    bench_args += ["--extra-body", json.dumps({"logit_bias": banned})]
+    base_url = f"http://127.0.0.1:{args.port}/v1"
+    commands = data_parallel_commands(str(model), args.port, args.threads, args.kv_cache_memory_bytes)
+    os.environ.setdefault("EMBER_LOG", "warn")
+    results = {name: bench_one(name, command, base_url, bench_args) for name, command in commands.items()}
+    print(
+        f"\nData parallel: {num_prompts} streamed completions over 8 shared {args.shared_prefix_len}-token prefixes, "
+        f"concurrency {args.concurrency}, {args.threads} threads and {args.kv_cache_memory_bytes >> 20} MiB of KV "
+        "cache in all"
+    )
+    print(table(results, DP_ROWS))
+    fields = {"model": str(model), "num_prompts": num_prompts, "concurrency": args.concurrency, "results": results}
+    fields |= {"threads": args.threads, "input_len": args.input_len, "output_len": args.output_len}
+    fields |= {"shared_prefix_len": args.shared_prefix_len, "kv_cache_memory_bytes": args.kv_cache_memory_bytes}
+    write_record(args.out, "serve-dp", fields, {"ember": version("ember")})
 
 
 if __name__ == "__main__":

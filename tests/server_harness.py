@@ -2,7 +2,9 @@
 
 from __future__ import annotations
 
+import signal
 import socket
+import subprocess
 import threading
 import time
 from collections.abc import Iterator
@@ -63,3 +65,18 @@ def wait_idle(engine: AsyncEngine, timeout: float = 30.0) -> dict[str, float]:
         if time.monotonic() > deadline:
             raise TimeoutError(f"engine still busy after {timeout}s: {stats}")
         time.sleep(0.05)
+
+
+def check_sigterm_ends_streams(proc: subprocess.Popen[bytes], port: int, max_tokens: int) -> None:
+    """Sends `ember serve` (process `proc` on `port`) SIGTERM while a long stream runs: after the grace period the
+    engine aborts the request, so the stream ends properly (finish_reason "abort", then [DONE]), not cut off, and
+    the drained shutdown exits 0."""
+    body = {"prompt": "Go:", "max_tokens": max_tokens, "temperature": 0, "stream": True, "ignore_eos": True}
+    with httpx.stream("POST", f"http://127.0.0.1:{port}/v1/completions", json=body, timeout=60) as r:
+        lines = r.iter_lines()
+        assert next(lines).startswith("data: ")
+        proc.send_signal(signal.SIGTERM)
+        events = [line for line in lines if line.startswith("data: ")]
+    assert proc.wait(timeout=60) == 0
+    assert events[-1] == "data: [DONE]"
+    assert '"finish_reason":"abort"' in events[-2]

@@ -68,6 +68,19 @@ def test_prompts_are_seeded_distinct_and_about_the_requested_length() -> None:
     assert len(serve.make_prompts(1, 1, seed=0)[0].split()) == 2  # index and one word
 
 
+def test_shared_prefix_prompts_interleave_every_prefix_once_per_round() -> None:
+    prompts = serve.shared_prefix_prompts(20, 8, 30, 4, seed=0)
+    assert prompts == serve.shared_prefix_prompts(20, 8, 30, 4, seed=0) and len(set(prompts)) == 20
+    prefixes = [p.split("\n")[0] for p in prompts]
+    assert len(set(prefixes)) == 4 and all(len(p.split()) == 2 + 30 for p in prefixes)  # "Agent g." and the words
+    for start in range(0, 16, 4):
+        assert len(set(prefixes[start : start + 4])) == 4
+    assert prefixes[:4] != prefixes[4:8] or prefixes[4:8] != prefixes[8:12]  # not one fixed cycle
+    for i, prompt in enumerate(prompts):
+        index, words = prompt.split("\n")[1].split(": ", 1)
+        assert index == str(i) and len(words.split()) == 8
+
+
 def test_arrivals_are_seeded_poisson_or_all_at_once() -> None:
     """An infinite rate sends everything at 0; a finite one gives seeded, increasing times at about that rate."""
     assert serve.arrival_offsets_s(5, float("inf"), seed=0) == [0.0] * 5
@@ -125,13 +138,15 @@ def test_recorder_times_content_and_takes_usage() -> None:
     assert not recorder.on_data(json.dumps(role_only), 10.1)
     assert not recorder.on_data(json.dumps({"choices": [{"delta": {"content": "Hi"}}]}), 10.5)
     assert not recorder.on_data(json.dumps({"choices": [{"text": " there"}]}), 10.75)
-    assert not recorder.on_data(json.dumps({"choices": [], "usage": {"prompt_tokens": 9, "completion_tokens": 3}}), 11)
+    usage = {"prompt_tokens": 9, "completion_tokens": 3, "prompt_tokens_details": {"cached_tokens": 4}}
+    assert not recorder.on_data(json.dumps({"choices": [], "usage": usage}), 11)
     assert recorder.on_data("[DONE]", 11.0)
     result = recorder.result
     assert result.error == ""
     assert result.ttft_s == pytest.approx(0.5)
     assert result.itl_s == pytest.approx([0.25])
     assert (result.prompt_tokens, result.output_tokens, result.num_content_chunks) == (9, 3, 2)
+    assert result.cached_tokens == 4
 
 
 @pytest.mark.parametrize(

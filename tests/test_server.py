@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import uuid
 from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
@@ -231,3 +232,30 @@ def test_echo_prefixes_every_choice_streamed_and_not(client: openai.OpenAI) -> N
             streamed[choice.index] += choice.text
     assert [c.text for c in sorted(whole.choices, key=lambda c: c.index)] == streamed
     assert all(text.startswith("Roses are red,") and len(text) > len("Roses are red,") for text in streamed)
+
+
+def test_usage_reports_cached_prompt_tokens(client: openai.OpenAI) -> None:
+    """`usage.prompt_tokens_details.cached_tokens`: none for a new prompt; its full blocks (all but the last token)
+    when it comes again, streamed or not, counted once for n=2."""
+    system = f"You are assistant {uuid.uuid4()}. Answer in one careful sentence. " * 4
+    messages = [{"role": "system", "content": system}, {"role": "user", "content": "Name a color."}]
+    first = client.chat.completions.create(model=MODEL, messages=messages, max_tokens=2, temperature=0)  # type: ignore[arg-type]
+    assert first.usage is not None and first.usage.prompt_tokens_details is not None
+    assert first.usage.prompt_tokens_details.cached_tokens == 0
+    full_blocks = (first.usage.prompt_tokens - 1) // 16 * 16
+    again = client.chat.completions.create(model=MODEL, messages=messages, max_tokens=2, temperature=0, n=2)  # type: ignore[arg-type]
+    assert again.usage is not None and again.usage.prompt_tokens_details is not None
+    assert again.usage.prompt_tokens == first.usage.prompt_tokens
+    assert again.usage.prompt_tokens_details.cached_tokens == full_blocks > 0
+    chunks = list(
+        client.chat.completions.create(
+            model=MODEL,
+            messages=messages,  # type: ignore[arg-type]
+            max_tokens=2,
+            stream=True,
+            stream_options={"include_usage": True},
+        )
+    )
+    usage = chunks[-1].usage
+    assert usage is not None and usage.prompt_tokens_details is not None
+    assert usage.prompt_tokens_details.cached_tokens == full_blocks

@@ -4,7 +4,6 @@ from __future__ import annotations
 
 import asyncio
 import os
-import signal
 import subprocess
 import sys
 import time
@@ -16,7 +15,7 @@ import openai
 from ember import AsyncEngine
 from ember.server.app import ServerConfig
 
-from server_harness import free_port, running_server, wait_healthy, wait_idle
+from server_harness import check_sigterm_ends_streams, free_port, running_server, wait_healthy, wait_idle
 
 MODEL = "smollm2-load"
 PROMPTS = [f"Write a short note about the number {i}." for i in range(8)]
@@ -101,17 +100,7 @@ def test_sigterm_shuts_down_cleanly(default_gguf: Path) -> None:
     proc = subprocess.Popen(command, stdout=subprocess.PIPE, stderr=subprocess.STDOUT, env={**os.environ})
     try:
         wait_healthy(f"http://127.0.0.1:{port}")
-        body = {"prompt": "Go:", "max_tokens": 900, "temperature": 0, "stream": True, "ignore_eos": True}
-        with httpx.stream("POST", f"http://127.0.0.1:{port}/v1/completions", json=body, timeout=60) as r:
-            lines = r.iter_lines()
-            assert next(lines).startswith("data: ")
-            proc.send_signal(signal.SIGTERM)
-            # After the grace period the engine aborts the request: the stream ends properly, not cut off.
-            events = [line for line in lines if line.startswith("data: ")]
-        # A drained shutdown is a clean exit.
-        assert proc.wait(timeout=60) == 0
-        assert events[-1] == "data: [DONE]"
-        assert '"finish_reason":"abort"' in events[-2]
+        check_sigterm_ends_streams(proc, port, max_tokens=900)
     finally:
         if proc.poll() is None:
             proc.kill()

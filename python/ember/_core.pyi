@@ -120,6 +120,14 @@ class SamplingParams:
         """The parameters of sub-request `index` of an n > 1 request: n=1, seed+index (mod 2**64) when seeded;
         only sub-request 0 computes prompt logprobs."""
 
+# For a router in front of several engines (crates/ember-py/src/routing.rs).
+
+def prefix_block_hashes(token_ids: Sequence[int], block_size: int) -> list[int]:
+    """The prefix-cache keys of the prompt's full blocks, each chained over the one before (the engine's own hashes)."""
+
+def load_tokenizer(model_path: str) -> Tokenizer:
+    """The tokenizer and chat template of a GGUF file or Hugging Face folder, without loading its weights."""
+
 # Testing aids: the Rust sampler's own code path on one row of logits, to check against a reference.
 
 def sampling_probs(

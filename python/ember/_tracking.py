@@ -134,7 +134,9 @@ class RequestState:
     def add(self, child_id: str, out: StepOutput | None) -> None:
         """Records one step output (None: aborted) of sub-request `child_id`."""
         if out is not None:
-            self.num_cached_tokens = max(self.num_cached_tokens, out.num_cached_tokens)
+            # The prompt's cache hit is that of sub-request 0; the others share its blocks (forked, not cached).
+            if child_id == self.child_ids[0]:
+                self.num_cached_tokens = max(self.num_cached_tokens, out.num_cached_tokens)
             if self.prompt_logprobs is not None and out.new_prompt_logprobs and child_id == self.child_ids[0]:
                 self.prompt_logprobs.extend(_logprob_dict(position) for position in out.new_prompt_logprobs)
         self.completions[child_id].add(out)

@@ -55,6 +55,10 @@ class AsyncEngine:
         """The longest sequence (prompt plus generated tokens) a request may reach."""
         self.model_name: str = core.model_name
         """The model's display name."""
+        self.num_blocks: int = core.num_blocks
+        """KV-cache blocks of the engine."""
+        self.block_size: int = core.block_size
+        """Tokens per KV-cache block (the unit of prefix caching)."""
         self._loop = EngineLoop(core)
         self._counter = itertools.count()
         self._ids_lock = threading.Lock()

@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+from collections.abc import Sequence
+
 # (metric name, type, stats() key, help text)
 _METRICS: tuple[tuple[str, str, str, str], ...] = (
     ("ember_num_requests_running", "gauge", "num_running", "Requests currently scheduled."),
@@ -26,11 +28,19 @@ def _format_value(value: float) -> str:
     return str(int(value)) if float(value).is_integer() else repr(float(value))
 
 
-def render_prometheus(stats: dict[str, float]) -> str:
-    """The text exposition of `Engine.stats()`: # HELP, # TYPE and one sample per metric; missing keys are skipped."""
+def render_prometheus(stats: dict[str, float], per_replica: Sequence[dict[str, float]] = ()) -> str:
+    """The text exposition of `Engine.stats()`: # HELP, # TYPE and one sample per metric; missing keys are skipped.
+
+    With `per_replica` (data parallel: `stats` is then the total), each metric also gets one sample per replica,
+    labelled `replica="<index>"`; the unlabelled sample stays the total."""
     lines: list[str] = []
     for name, kind, key, help_text in _METRICS:
         if key not in stats:
             continue
         lines += [f"# HELP {name} {help_text}", f"# TYPE {name} {kind}", f"{name} {_format_value(stats[key])}"]
+        lines += [
+            f'{name}{{replica="{i}"}} {_format_value(replica[key])}'
+            for i, replica in enumerate(per_replica)
+            if key in replica
+        ]
     return "\n".join(lines) + "\n"

@@ -43,6 +43,20 @@ impl BlockHash {
     }
 }
 
+/// Hashes of the full blocks of `token_ids`, each chained over the one before: the keys a
+/// request's prompt is looked up under in the prefix cache. A partial last block has none.
+/// A router uses them to predict which replica already holds a prompt's prefix.
+pub fn prefix_block_hashes(token_ids: &[u32], block_size: usize, extra_key: Option<u64>) -> Vec<BlockHash> {
+    if block_size == 0 {
+        return Vec::new();
+    }
+    let mut hashes: Vec<BlockHash> = Vec::with_capacity(token_ids.len() / block_size);
+    for block in token_ids.chunks_exact(block_size) {
+        hashes.push(BlockHash::new(hashes.last().copied(), block, extra_key));
+    }
+    hashes
+}
+
 /// Owner of every cache block id in `0..num_blocks`.
 #[derive(Debug)]
 pub struct BlockPool {

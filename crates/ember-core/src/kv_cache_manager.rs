@@ -297,6 +297,24 @@ mod tests {
     }
 
     #[test]
+    fn cached_blocks_carry_the_prefix_block_hashes() {
+        let mut kv = KvCacheManager::new(8, 4, true);
+        let prompt: Vec<u32> = (100..111).collect();
+        let mut a = request("a", prompt.clone()).with_cache_salt(Some(7));
+        kv.allocate_slots(&a, prompt.len(), &[]).unwrap();
+        a.num_computed_tokens = prompt.len();
+        kv.cache_full_blocks(&a);
+        let expected = crate::block_pool::prefix_block_hashes(&prompt, 4, Some(7));
+        assert_eq!(expected.len(), 2);
+        let cached: Vec<_> = kv.block_ids("a")[..2]
+            .iter()
+            .map(|&b| kv.pool.hash_of(b))
+            .collect();
+        assert_eq!(cached, expected.into_iter().map(Some).collect::<Vec<_>>());
+        assert!(crate::block_pool::prefix_block_hashes(&prompt, 0, None).is_empty());
+    }
+
+    #[test]
     fn prompt_logprobs_requests_skip_the_lookup() {
         let mut kv = KvCacheManager::new(8, 2, true);
         let mut a = request("a", vec![1, 2, 3, 4, 5]);

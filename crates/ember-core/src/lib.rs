@@ -26,7 +26,7 @@ pub mod waiting_queue;
 pub mod weight;
 
 pub use backend::{Backend, BackendError, BackendResult, ForwardFn};
-pub use block_pool::{BlockHash, BlockPool};
+pub use block_pool::{prefix_block_hashes, BlockHash, BlockPool};
 pub use detokenizer::{IncrementalDetokenizer, StopStringMatch, StopStrings, StopUpdate, TokenVocab};
 pub use device_sampling::{device_sample_row, DeviceSampleRow};
 pub use dtype::WeightDType;

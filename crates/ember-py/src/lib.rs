@@ -7,6 +7,7 @@ mod engine;
 mod errors;
 mod guard;
 mod logger;
+mod routing;
 mod sampling;
 mod sampling_params;
 mod tokenizer;
@@ -32,5 +33,7 @@ fn init_module(py: Python<'_>, module: &Bound<'_, PyModule>) -> PyResult<()> {
     module.add_function(wrap_pyfunction!(dequant::dequantize, module)?)?;
     module.add_function(wrap_pyfunction!(dequant::quantize_activations, module)?)?;
     module.add_function(wrap_pyfunction!(guard::_raise_panic, module)?)?;
+    module.add_function(wrap_pyfunction!(routing::prefix_block_hashes, module)?)?;
+    module.add_function(wrap_pyfunction!(routing::load_tokenizer, module)?)?;
     Ok(())
 }

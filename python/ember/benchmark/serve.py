@@ -77,6 +77,23 @@ def make_prompts(num_prompts: int, input_len: int, seed: int) -> list[str]:
     return [f"{i}: " + " ".join(rng.choices(_WORDS, k=num_words)) for i in range(num_prompts)]
 
 
+def shared_prefix_prompts(num_prompts: int, input_len: int, prefix_len: int, num_groups: int, seed: int) -> list[str]:
+    """`num_prompts` seeded prompts over `num_groups` shared prefixes of about `prefix_len` tokens, interleaved as
+    the turns of concurrent agents with their own long system prompts: in each round of `num_groups` prompts every
+    prefix comes once, in a seeded order of its own (a fixed cycle would line up with round-robin routing). Each
+    prompt then has its index and about `input_len` tokens of its own."""
+    rng = random.Random(seed)
+    num_prefix_words = max(1, round(prefix_len * WORDS_PER_TOKEN))
+    num_words = max(1, round(input_len * WORDS_PER_TOKEN))
+    prefixes = [f"Agent {g}. " + " ".join(rng.choices(_WORDS, k=num_prefix_words)) for g in range(num_groups)]
+    order: list[int] = []
+    while len(order) < num_prompts:
+        order += rng.sample(range(num_groups), num_groups)
+    return [
+        f"{prefixes[g]}\n{i}: " + " ".join(rng.choices(_WORDS, k=num_words)) for i, g in enumerate(order[:num_prompts])
+    ]
+
+
 def arrival_offsets_s(num_requests: int, request_rate: float, seed: int) -> list[float]:
     """Send time of each request in seconds from the start: seeded Poisson arrivals, all 0.0 at an infinite rate."""
     if math.isinf(request_rate):
@@ -161,6 +178,7 @@ def summarize(results: Sequence[RequestResult], duration_s: float) -> dict[str, 
         "duration_s": duration_s,
         "total_input_tokens": num_input_tokens,
         "total_output_tokens": num_output_tokens,
+        "total_cached_tokens": sum(r.cached_tokens for r in ok),
         "request_throughput_per_s": len(ok) * per_s,
         "output_token_throughput_per_s": num_output_tokens * per_s,
         "total_token_throughput_per_s": (num_input_tokens + num_output_tokens) * per_s,
@@ -181,6 +199,7 @@ def format_table(summary: dict[str, Any], model: str, args: argparse.Namespace) 
         ("Requests: succeeded / failed", f"{summary['num_succeeded']} / {summary['num_failed']}"),
         ("Duration (s)", f"{summary['duration_s']:.2f}"),
         ("Input / output tokens", f"{summary['total_input_tokens']} / {summary['total_output_tokens']}"),
+        ("Input tokens cached (server's usage)", str(summary["total_cached_tokens"])),
         ("Request throughput (req/s)", f"{summary['request_throughput_per_s']:.2f}"),
         ("Output token throughput (tok/s)", f"{summary['output_token_throughput_per_s']:.2f}"),
         ("Total token throughput (tok/s)", f"{summary['total_token_throughput_per_s']:.2f}"),
@@ -276,7 +295,12 @@ async def _benchmark(args: argparse.Namespace) -> int:
     base_url = args.base_url.rstrip("/")
     async with _client(args) as client:
         model = args.model or await discover_model(client, base_url)
-        prompts = make_prompts(args.num_prompts, args.input_len, args.seed)
+        if args.shared_prefix_len:
+            prompts = shared_prefix_prompts(
+                args.num_prompts, args.input_len, args.shared_prefix_len, args.shared_prefix_groups, args.seed
+            )
+        else:
+            prompts = make_prompts(args.num_prompts, args.input_len, args.seed)
         bodies = [request_body(args.endpoint, model, prompt, args) for prompt in prompts]
         offsets_s = arrival_offsets_s(args.num_prompts, args.request_rate, args.seed)
         url = base_url + ENDPOINT_PATHS[args.endpoint]

@@ -59,6 +59,19 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
         default=200,
         help="approximate prompt tokens: one word of a built-in list each, plus an index (default: %(default)s)",
     )
+    add(
+        "--shared-prefix-len",
+        type=int,
+        default=0,
+        help="start the prompts with one of --shared-prefix-groups shared prefixes of about this many tokens, "
+        "interleaved (default: 0, every prompt its own)",
+    )
+    add(
+        "--shared-prefix-groups",
+        type=_positive(int),
+        default=8,
+        help="distinct shared prefixes with --shared-prefix-len (default: %(default)s)",
+    )
     add("--output-len", type=_positive(int), default=128, help="max_tokens of each request (default: %(default)s)")
     add("--temperature", type=float, default=0.0, help="sampling temperature (default: %(default)s)")
     add(

@@ -62,6 +62,8 @@ class RequestResult:
     itl_s: list[float] = field(default_factory=list)
     e2e_s: float = 0.0
     prompt_tokens: int = 0
+    cached_tokens: int = 0
+    """Prompt tokens the server reports as served from its prefix cache (`usage.prompt_tokens_details`)."""
     output_tokens: int = 0
     num_content_chunks: int = 0
     usage_reported: bool = False
@@ -106,6 +108,9 @@ class StreamRecorder:
         if isinstance(usage, dict):
             self.result.prompt_tokens = int(usage.get("prompt_tokens") or 0)
             self.result.output_tokens = int(usage.get("completion_tokens") or 0)
+            details = usage.get("prompt_tokens_details")
+            if isinstance(details, dict):
+                self.result.cached_tokens = int(details.get("cached_tokens") or 0)
             self.result.usage_reported = True
 
     def _record_content(self, now_s: float) -> None:

@@ -14,8 +14,10 @@ from fastapi.responses import JSONResponse, PlainTextResponse, Response, Streami
 from starlette.exceptions import HTTPException
 
 from ember._core import EmberError, InvalidRequestError
-from ember.async_engine import AsyncEngine
+from ember.data_parallel.pool import NoReplicaError
+from ember.data_parallel.router import ReplicaRouter
 from ember.outputs import RequestOutput
+from ember.server.engine_client import EngineClient
 from ember.server.errors import ApiError, error_body, error_response
 from ember.server.generation import TrackedStream, merge, resolve_max_tokens, unless_disconnected
 from ember.server.limits import BodyLimitMiddleware
@@ -58,7 +60,7 @@ class _Job:
 class OpenAiServer:
     """The handlers, sharing one engine, one config and one set of metrics."""
 
-    def __init__(self, engine: AsyncEngine, config: ServerConfig) -> None:
+    def __init__(self, engine: EngineClient, config: ServerConfig) -> None:
         self.engine = engine
         self.config = config
         self.metrics = ServerMetrics()
@@ -174,7 +176,8 @@ class OpenAiServer:
                     yield builder.delta_chunk(delta, i * n, prefixes)
             if job.body.include_usage:
                 prompt_tokens = sum(s.num_prompt_tokens for s in streams)
-                yield builder.usage_chunk(prompt_tokens, sum(s.num_generated for s in streams))
+                cached_tokens = sum(s.num_cached_tokens for s in streams)
+                yield builder.usage_chunk(prompt_tokens, sum(s.num_generated for s in streams), cached_tokens)
         except EmberError as exc:
             # The engine failed this request after the response started: say so in the stream itself.
             yield sse(error_body(500, str(exc)))
@@ -196,8 +199,9 @@ async def _collect(streams: list[TrackedStream], firsts: list[RequestOutput]) ->
     return finals
 
 
-def build_app(engine: AsyncEngine, config: ServerConfig) -> FastAPI:
-    """The FastAPI application; the engine is shut down when the application stops."""
+def build_app(engine: EngineClient, config: ServerConfig) -> FastAPI:
+    """The FastAPI application over an AsyncEngine or a ReplicaRouter; the engine is shut down when the
+    application stops."""
 
     @asynccontextmanager
     async def lifespan(_: FastAPI) -> AsyncIterator[None]:
@@ -236,13 +240,24 @@ def build_app(engine: AsyncEngine, config: ServerConfig) -> FastAPI:
     async def engine_error(_: Request, exc: EmberError) -> JSONResponse:
         return error_response(500, str(exc))
 
+    @app.exception_handler(NoReplicaError)
+    async def no_replica(_: Request, exc: NoReplicaError) -> JSONResponse:
+        return error_response(503, str(exc))
+
     @app.get("/health")
     async def health() -> Response:
+        if isinstance(engine, ReplicaRouter):
+            status, body = engine.health()
+            return JSONResponse(body, status_code=status)
         return Response(status_code=200 if engine.alive else 503)
 
     @app.get("/metrics")
     async def metrics() -> PlainTextResponse:
-        return PlainTextResponse(server.metrics.render(engine.stats()), media_type="text/plain; version=0.0.4")
+        if isinstance(engine, ReplicaRouter):
+            text = server.metrics.render(engine.stats(), engine.replica_stats(), engine.metric_lines())
+        else:
+            text = server.metrics.render(engine.stats())
+        return PlainTextResponse(text, media_type="text/plain; version=0.0.4")
 
     @app.get("/v1/models")
     async def models() -> dict[str, Any]:

@@ -79,6 +79,50 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
         help="admission order of waiting requests: fcfs (first come, first served; requests must leave "
         "`priority` at 0) or priority (lowest `priority` first, then arrival) (default: %(default)s)",
     )
+    _add_data_parallel_arguments(parser)
+
+
+def _add_data_parallel_arguments(parser: argparse.ArgumentParser) -> None:
+    """Replicas of the engine behind the one endpoint (see `ember.data_parallel`)."""
+    dp = parser.add_argument_group("data parallel (several engines behind this one endpoint)")
+    dp.add_argument(
+        "--data-parallel-size",
+        type=int,
+        default=1,
+        help="engine replicas; requests go to the one with the longest cached prefix unless it is overloaded "
+        "(default: %(default)s)",
+    )
+    dp.add_argument(
+        "--distributed-executor-backend",
+        choices=["mp", "ray"],
+        default=None,
+        help="mp: one process per replica on this machine (default with --data-parallel-size > 1); ray: one Ray "
+        "actor per replica, placed by Ray on any node of the cluster (pip install 'ember[ray]')",
+    )
+    dp.add_argument(
+        "--threads-per-replica",
+        type=int,
+        default=None,
+        help="CPU threads of each replica (default: --threads, or all cores, split evenly)",
+    )
+    dp.add_argument(
+        "--routing",
+        choices=["prefix", "load"],
+        default="prefix",
+        help="prefix: longest cached prefix unless overloaded; load: least loaded, blind to prefixes "
+        "(default: %(default)s)",
+    )
+    dp.add_argument(
+        "--routing-load-weight",
+        type=float,
+        default=1.0,
+        help="beta in: score = matched prefix fraction - beta * relative load (default: %(default)s)",
+    )
+    dp.add_argument(
+        "--ray-address",
+        default=None,
+        help="the Ray cluster to join (default: $RAY_ADDRESS, a cluster started on this machine, else a local one)",
+    )
 
 
 def served_name(model: str, explicit: str | None) -> str:

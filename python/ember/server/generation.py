@@ -10,9 +10,9 @@ from typing import Any, TypeVar
 
 from starlette.requests import Request
 
-from ember.async_engine import AsyncEngine
 from ember.outputs import RequestOutput
 from ember.sampling_params import SamplingParams
+from ember.server.engine_client import EngineClient
 from ember.server.errors import ApiError
 from ember.server.metrics import ServerMetrics
 
@@ -51,7 +51,7 @@ class TrackedStream:
 
     def __init__(
         self,
-        engine: AsyncEngine,
+        engine: EngineClient,
         metrics: ServerMetrics,
         token_ids: list[int],
         params: SamplingParams,
@@ -66,6 +66,8 @@ class TrackedStream:
         self._arrival = time.monotonic()
         self._last_token: float | None = None
         self.num_prompt_tokens = len(token_ids)
+        self.num_cached_tokens = 0
+        """Prompt tokens the engine found in its prefix cache."""
         self.num_generated = 0
 
     async def first(self) -> RequestOutput:
@@ -83,6 +85,7 @@ class TrackedStream:
         self._engine.abort(self.request_id)
 
     def _record(self, out: RequestOutput) -> RequestOutput:
+        self.num_cached_tokens = max(self.num_cached_tokens, out.num_cached_tokens)
         num_tokens = sum(len(c.token_ids) for c in out.outputs)
         new = num_tokens if self._delta else num_tokens - self.num_generated
         now = time.monotonic()

@@ -5,6 +5,7 @@ from __future__ import annotations
 import bisect
 import threading
 from collections import Counter
+from collections.abc import Sequence
 
 from ember.metrics import render_prometheus
 
@@ -61,8 +62,14 @@ class ServerMetrics:
         with self._lock:
             histogram.observe(value, times)
 
-    def render(self, engine_stats: dict[str, float]) -> str:
-        """Prometheus text: the engine's stats, the request counter and the latency histograms."""
+    def render(
+        self,
+        engine_stats: dict[str, float],
+        replica_stats: Sequence[dict[str, float]] = (),
+        extra_lines: Sequence[str] = (),
+    ) -> str:
+        """Prometheus text: the engine's stats (with data parallelism: the total, then each replica's), the request
+        counter, the latency histograms and `extra_lines` (the router's own metrics)."""
         with self._lock:
             lines = [
                 "# HELP ember_http_requests_total HTTP requests answered, by endpoint and status code.",
@@ -72,4 +79,5 @@ class ServerMetrics:
                 lines.append(f'ember_http_requests_total{{endpoint="{endpoint}",status="{status}"}} {count}')
             for histogram in (self.ttft, self.itl, self.e2e):
                 lines += histogram.render()
-        return render_prometheus(engine_stats) + "\n".join(lines) + "\n"
+            lines += extra_lines
+        return render_prometheus(engine_stats, replica_stats) + "\n".join(lines) + "\n"

@@ -34,7 +34,7 @@ class ApiMiddleware:
         if scope["type"] != "http":
             await self.app(scope, receive, send)
             return
-        path: str = scope["path"]
+        path = _route_path(scope)
         endpoint = path if path in _ENDPOINTS else "other"
         if self.expected is not None and path not in self.open_paths and not self._authorized(scope):
             response = error_response(401, "Missing or invalid API key: send 'Authorization: Bearer <key>'.")
@@ -75,3 +75,12 @@ class ApiMiddleware:
                 scheme, _, token = value.strip().partition(b" ")
                 return scheme.lower() == b"bearer" and hmac.compare_digest(token.strip(), self.expected)
         return False
+
+
+def _route_path(scope: Scope) -> str:
+    """The path inside this application: without the prefix it is mounted under (`root_path`), if any."""
+    path: str = scope["path"]
+    root_path: str = scope.get("root_path", "")
+    if root_path and path.startswith(root_path):
+        return path[len(root_path) :] or "/"
+    return path

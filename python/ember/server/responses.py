@@ -10,12 +10,13 @@ from ember.outputs import CompletionOutput, Logprob, RequestOutput
 from ember.server.protocol import CompletionKind
 
 
-def usage(prompt_tokens: int, completion_tokens: int) -> dict[str, int]:
-    """The `usage` object."""
+def usage(prompt_tokens: int, completion_tokens: int, cached_tokens: int) -> dict[str, Any]:
+    """The `usage` object; `prompt_tokens_details.cached_tokens` counts prompt tokens served from the prefix cache."""
     return {
         "prompt_tokens": prompt_tokens,
         "completion_tokens": completion_tokens,
         "total_tokens": prompt_tokens + completion_tokens,
+        "prompt_tokens_details": {"cached_tokens": cached_tokens},
     }
 
 
@@ -105,14 +106,19 @@ class ResponseBuilder:
     def full(self, outputs: list[RequestOutput], echo_prompts: list[str] | None = None) -> dict[str, Any]:
         """A non-streamed response over one or more prompts' outputs (choices numbered across prompts)."""
         choices = []
-        prompt_tokens = completion_tokens = 0
+        prompt_tokens = completion_tokens = cached_tokens = 0
         for i, out in enumerate(outputs):
             prompt_tokens += len(out.prompt_token_ids)
+            cached_tokens += out.num_cached_tokens
             prefix = echo_prompts[i] if echo_prompts else ""
             for completion in out.outputs:
                 completion_tokens += len(completion.token_ids)
                 choices.append(self.choice(completion, i * len(out.outputs) + completion.index, prefix))
-        return {**self._envelope(False), "choices": choices, "usage": usage(prompt_tokens, completion_tokens)}
+        return {
+            **self._envelope(False),
+            "choices": choices,
+            "usage": usage(prompt_tokens, completion_tokens, cached_tokens),
+        }
 
     def role_chunk(self, n: int) -> str:
         """The first chat chunk of each choice: the assistant role with empty content."""
@@ -129,9 +135,10 @@ class ResponseBuilder:
         ]
         return sse({**self._envelope(True), "choices": choices})
 
-    def usage_chunk(self, prompt_tokens: int, completion_tokens: int) -> str:
+    def usage_chunk(self, prompt_tokens: int, completion_tokens: int, cached_tokens: int) -> str:
         """The last chunk when `stream_options.include_usage` is set: no choices, the usage counts."""
-        return sse({**self._envelope(True), "choices": [], "usage": usage(prompt_tokens, completion_tokens)})
+        usage_body = usage(prompt_tokens, completion_tokens, cached_tokens)
+        return sse({**self._envelope(True), "choices": [], "usage": usage_body})
 
 
 def sse(payload: dict[str, Any] | str) -> str:

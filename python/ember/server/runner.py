@@ -1,4 +1,5 @@
-"""Running `ember serve`: load the model into an AsyncEngine, build the app, serve it with uvicorn."""
+"""Running `ember serve`: load the model into an AsyncEngine (or replicas behind a router), build the app, serve it
+with uvicorn."""
 
 from __future__ import annotations
 
@@ -14,8 +15,11 @@ import uvicorn
 
 from ember._cli_options import device_kwargs
 from ember.async_engine import AsyncEngine
+from ember.data_parallel.config import DataParallelConfig
+from ember.data_parallel.router import ReplicaRouter
 from ember.server.app import ServerConfig, build_app
 from ember.server.cli import served_name
+from ember.server.engine_client import EngineClient
 from ember.server.limits import uvicorn_config
 from ember.server.request_limits import RequestLimits
 
@@ -24,18 +28,7 @@ def run_server(args: argparse.Namespace) -> int:
     """Loads the model, then serves until SIGINT/SIGTERM; returns the exit status."""
     logging.basicConfig(level=logging.INFO, format="%(levelname)s %(name)s: %(message)s")
     print(f"ember: loading {args.model}...", file=sys.stderr, flush=True)
-    engine = AsyncEngine(
-        args.model,
-        max_model_len=args.max_model_len,
-        max_num_seqs=args.max_num_seqs,
-        max_num_batched_tokens=args.max_num_batched_tokens,
-        kv_cache_memory_bytes=args.kv_cache_memory_bytes,
-        num_threads=args.threads,
-        **device_kwargs(args),
-        seed=args.seed,
-        enable_prefix_caching=not args.no_prefix_caching,
-        scheduling_policy=args.scheduling_policy,
-    )
+    engine = _load_engine(args)
     server_config = ServerConfig(
         model_name=served_name(args.model, args.served_model_name),
         api_key=args.api_key,
@@ -50,7 +43,8 @@ def run_server(args: argparse.Namespace) -> int:
     app = build_app(engine, server_config)
     print(
         f"ember: serving '{server_config.model_name}' on http://{args.host}:{args.port}/v1 "
-        f"(max_model_len {engine.max_model_len}{', API key required' if server_config.api_key else ''})",
+        f"(max_model_len {engine.max_model_len}{_replicas_note(engine)}"
+        f"{', API key required' if server_config.api_key else ''})",
         file=sys.stderr,
         flush=True,
     )
@@ -66,12 +60,44 @@ def run_server(args: argparse.Namespace) -> int:
     return 0
 
 
+def _load_engine(args: argparse.Namespace) -> EngineClient:
+    """One AsyncEngine, or a ReplicaRouter over `--data-parallel-size` replicas (or any size on Ray)."""
+    engine_args = {
+        "max_model_len": args.max_model_len,
+        "max_num_seqs": args.max_num_seqs,
+        "max_num_batched_tokens": args.max_num_batched_tokens,
+        "kv_cache_memory_bytes": args.kv_cache_memory_bytes,
+        "num_threads": args.threads,
+        **device_kwargs(args),
+        "seed": args.seed,
+        "enable_prefix_caching": not args.no_prefix_caching,
+        "scheduling_policy": args.scheduling_policy,
+    }
+    if args.data_parallel_size == 1 and args.distributed_executor_backend != "ray":
+        return AsyncEngine(args.model, **engine_args)
+    config = DataParallelConfig(
+        data_parallel_size=args.data_parallel_size,
+        backend=args.distributed_executor_backend or "mp",
+        routing=args.routing,
+        load_weight=args.routing_load_weight,
+        threads_per_replica=args.threads_per_replica,
+        ray_address=args.ray_address,
+    )
+    return ReplicaRouter(args.model, config, **engine_args)
+
+
+def _replicas_note(engine: EngineClient) -> str:
+    if not isinstance(engine, ReplicaRouter):
+        return ""
+    return f", {engine.config.data_parallel_size} replicas on {engine.config.backend}"
+
+
 class _GracefulServer(uvicorn.Server):
     """uvicorn's server, plus: after a shutdown signal, in-flight requests get `grace` seconds to finish, then
     the engine aborts them, so every stream still ends with its final chunk and [DONE]. A drained shutdown is a
     clean exit: the signal is not raised again afterwards, so `ember serve` exits 0."""
 
-    def __init__(self, config: uvicorn.Config, engine: AsyncEngine, grace: float) -> None:
+    def __init__(self, config: uvicorn.Config, engine: EngineClient, grace: float) -> None:
         super().__init__(config)
         self._engine = engine
         self._grace = grace
