@@ -164,9 +164,10 @@ def main() -> None:
     parser.add_argument(
         "--kv-cache-memory-bytes",
         type=int,
-        default=288 << 20,
-        help="with --data-parallel: KV memory in all, split between replicas (default: 288 MiB: each of two "
-        "replicas holds the requests in flight and half of the prefixes, not all of them)",
+        default=144 << 20,
+        help="with --data-parallel: KV memory in all, split between replicas (default: 144 MiB, about 409 blocks "
+        "of the default model's float16 KV: each of two replicas holds the requests in flight and half of the "
+        "prefixes, not all of them)",
     )
     args = parser.parse_args()
     if args.data_parallel:

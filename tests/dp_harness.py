@@ -16,8 +16,9 @@ import httpx
 from ember.benchmark.serve import make_prompts, shared_prefix_prompts
 from ember.data_parallel import DataParallelConfig, ReplicaRouter
 
-SMOLLM2_KV_BYTES_PER_BLOCK = 16 * 30 * 3 * 64 * 2 * 4
-"""KV-cache bytes of one 16-token block of the default model (30 layers, 3 KV heads of 64, K and V, f32)."""
+SMOLLM2_KV_BYTES_PER_BLOCK = 16 * 30 * 3 * 64 * 2 * 2
+"""KV-cache bytes of one 16-token block of the default model (30 layers, 3 KV heads of 64, K and V, float16: the CPU's
+default `kv_cache_dtype`)."""
 NUM_PREFIXES = 8
 PREFIX_LEN = 96
 """Tokens of each shared prefix: 6 full blocks."""
