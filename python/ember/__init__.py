@@ -15,7 +15,7 @@ from ember._core import (
 from ember.async_engine import AsyncEngine
 from ember.engine import Engine
 from ember.outputs import CompletionOutput, Logprob, RequestMetrics, RequestOutput
-from ember.sampling_params import SamplingParams
+from ember.sampling_params import SamplingParams, StructuredOutputsParams
 
 __all__ = [
     "AsyncEngine",
@@ -29,5 +29,6 @@ __all__ = [
     "RequestMetrics",
     "RequestOutput",
     "SamplingParams",
+    "StructuredOutputsParams",
     "__version__",
 ]

@@ -23,6 +23,45 @@ class ModelLoadError(EmberError):
 class OutOfMemoryError(EmberError, MemoryError):
     """Not enough memory for the weights or the KV cache; the message has the numbers."""
 
+class StructuredOutputsParams:
+    """What a request's output must match: exactly one of `json` (a JSON schema, dict or str), `regex`
+    (the whole output matches), `choice`, `grammar` (Lark, llguidance's dialect) or `json_object=True`.
+
+    `whitespace_pattern` (JSON only) is a regex of the whitespace allowed between JSON tokens; by
+    default JSON is compact (", " and ": " separators). Wrong values raise `ember.InvalidRequestError`.
+    """
+
+    def __init__(
+        self,
+        *,
+        json: dict[str, Any] | str | None = None,
+        regex: str | None = None,
+        choice: Sequence[str] | None = None,
+        grammar: str | None = None,
+        json_object: bool | None = None,
+        whitespace_pattern: str | None = None,
+    ) -> None: ...
+    @property
+    def json(self) -> str | None:
+        """The JSON schema as JSON text, when the constraint is a schema."""
+    @property
+    def regex(self) -> str | None:
+        """The regular expression the whole output must match."""
+    @property
+    def choice(self) -> list[str] | None:
+        """The strings the output must be one of."""
+    @property
+    def grammar(self) -> str | None:
+        """The Lark grammar (llguidance's dialect)."""
+    @property
+    def json_object(self) -> bool:
+        """True when the output must be any JSON object."""
+    @property
+    def whitespace_pattern(self) -> str | None:
+        """Regex of the whitespace allowed between JSON tokens; None: compact JSON."""
+    def to_dict(self) -> dict[str, Any]:
+        """The set field and the options, as keyword arguments that make an equal object."""
+
 class SamplingParams:
     """How to sample one request; validated when made (keyword arguments only), immutable afterwards.
 
@@ -53,6 +92,7 @@ class SamplingParams:
         prompt_logprobs: int | None = None,
         include_stop_str_in_output: bool = False,
         detokenize: bool = True,
+        structured_outputs: StructuredOutputsParams | dict[str, Any] | None = None,
     ) -> None: ...
     @property
     def n(self) -> int:
@@ -114,6 +154,9 @@ class SamplingParams:
     @property
     def detokenize(self) -> bool:
         """Decode generated tokens to text; False leaves text empty and cannot be combined with stop."""
+    @property
+    def structured_outputs(self) -> StructuredOutputsParams | None:
+        """What the output must match (ember.StructuredOutputsParams); None: free text."""
     def to_dict(self) -> dict[str, Any]:
         """Every field by name: keyword arguments that make an equal `SamplingParams`."""
     def for_child(self, index: int) -> SamplingParams:

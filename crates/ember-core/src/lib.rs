@@ -22,6 +22,8 @@ pub mod scheduler_config;
 pub mod scheduler_stats;
 pub mod step;
 pub mod step_batch;
+pub mod structured_outputs;
+pub mod token_mask;
 pub mod waiting_queue;
 pub mod weight;
 
@@ -47,4 +49,6 @@ pub use step::{
     SchedulerOutput,
 };
 pub use step_batch::StepBatch;
+pub use structured_outputs::{Constraint, StructuredOutputs, StructuredOutputsFields};
+pub use token_mask::TokenMask;
 pub use weight::WeightView;

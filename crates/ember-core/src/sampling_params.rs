@@ -6,6 +6,8 @@ use std::sync::Arc;
 
 use thiserror::Error;
 
+use crate::structured_outputs::StructuredOutputs;
+
 /// Largest number of top log-probabilities a request may ask for per token.
 pub const MAX_LOGPROBS: usize = 20;
 
@@ -87,6 +89,8 @@ pub struct SamplingParams {
     pub prompt_logprobs: Option<usize>,
     /// Decode generated tokens to text; when false the text stays empty and `stop` is refused.
     pub detokenize: bool,
+    /// What the output must match (JSON schema, regex, choice, grammar); `None` is free text.
+    pub structured_outputs: Option<Arc<StructuredOutputs>>,
 }
 
 impl Default for SamplingParams {
@@ -112,6 +116,7 @@ impl Default for SamplingParams {
             logit_bias: Vec::new(),
             prompt_logprobs: None,
             detokenize: true,
+            structured_outputs: None,
         }
     }
 }

@@ -218,6 +218,7 @@ impl Scheduler {
                 seed: req.seed,
                 num_prompt_tokens: req.num_prompt_tokens(),
                 all_token_ids,
+                token_mask: None,
                 request_id: id,
             });
         }

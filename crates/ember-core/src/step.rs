@@ -5,6 +5,7 @@ use std::sync::Arc;
 
 use crate::logprobs::TokenLogprob;
 use crate::sampling_params::SamplingParams;
+use crate::token_mask::TokenMask;
 
 /// A request's identity, unique among live requests.
 pub type RequestId = Arc<str>;
@@ -34,6 +35,9 @@ pub struct ScheduledSeq {
     /// the request is admitted or resumed after preemption, and only when its sampling needs
     /// the history (penalties, prompt logprobs); the runner keeps it until the id is released.
     pub all_token_ids: Option<Arc<[u32]>>,
+    /// The tokens a constrained request may sample this step (set by the engine's structured
+    /// output state after scheduling, only on sampled rows); `None` allows every token.
+    pub token_mask: Option<Arc<TokenMask>>,
 }
 
 /// What the scheduler decided for one step.

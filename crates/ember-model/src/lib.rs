@@ -1,7 +1,8 @@
-//! Ember's model layer, in four layers that only use the ones listed before them:
+//! Ember's model layer, in five layers that only use the ones listed before them:
 //! `formats` (GGUF, safetensors, configs, weights under canonical names), `text` (tokenizers
-//! and chat templates), `models` (the architectures, written once over `ember_core::Backend`)
-//! and `engine` (the engine, its model runner and request output state).
+//! and chat templates), `structured` (grammar-constrained output over the tokenizer),
+//! `models` (the architectures, written once over `ember_core::Backend`) and `engine` (the
+//! engine, its model runner and request output state).
 
 pub mod engine;
 pub mod error;
@@ -9,4 +10,5 @@ pub mod formats;
 pub mod models;
 #[cfg(test)]
 mod reference_env;
+pub mod structured;
 pub mod text;

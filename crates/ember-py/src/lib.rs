@@ -10,6 +10,7 @@ mod logger;
 mod routing;
 mod sampling;
 mod sampling_params;
+mod structured_outputs;
 mod tokenizer;
 
 use pyo3::prelude::*;
@@ -27,6 +28,7 @@ fn init_module(py: Python<'_>, module: &Bound<'_, PyModule>) -> PyResult<()> {
     module.add_class::<engine::PyStepOutput>()?;
     module.add_class::<tokenizer::PyTokenizer>()?;
     module.add_class::<sampling_params::PySamplingParams>()?;
+    module.add_class::<structured_outputs::PyStructuredOutputsParams>()?;
     module.add_function(wrap_pyfunction!(sampling::sampling_probs, module)?)?;
     module.add_function(wrap_pyfunction!(sampling::sample_token, module)?)?;
     module.add_function(wrap_pyfunction!(sampling::token_logprobs, module)?)?;

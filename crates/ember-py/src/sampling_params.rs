@@ -3,8 +3,9 @@
 //! are read into it, how it reads back); the fields themselves are `ember_core::SamplingParams`.
 
 use std::collections::BTreeMap;
+use std::sync::Arc;
 
-use ember_core::{SamplingParams, ValidSamplingParams};
+use ember_core::{SamplingParams, StructuredOutputs, ValidSamplingParams};
 use pyo3::conversion::FromPyObjectOwned;
 use pyo3::exceptions::PyTypeError;
 use pyo3::prelude::*;
@@ -13,6 +14,7 @@ use pyo3::types::{PyBool, PyDict, PyInt, PyString, PyTuple};
 use crate::convert::{self, type_name};
 use crate::errors::invalid_param;
 use crate::guard::guard;
+use crate::structured_outputs::PyStructuredOutputsParams;
 
 /// A reader of one field's Python value; the `&str` is the field name for errors.
 type Read<T> = fn(&Bound<'_, PyAny>, &'static str) -> PyResult<T>;
@@ -158,6 +160,11 @@ fn logit_bias(value: &Bound<'_, PyAny>, name: &'static str) -> PyResult<Vec<(u32
     Ok(bias)
 }
 
+/// `structured_outputs`: a `StructuredOutputsParams` or a dict of its fields.
+fn structured(value: &Bound<'_, PyAny>, _name: &'static str) -> PyResult<Arc<StructuredOutputs>> {
+    PyStructuredOutputsParams::read(value)
+}
+
 /// Sets a field from a Python value; `None` keeps the default.
 fn set<T>(slot: &mut T, value: Option<&Bound<'_, PyAny>>, name: &'static str, read: Read<T>) -> PyResult<()> {
     if let Some(value) = value {
@@ -261,7 +268,7 @@ sampling_fields! {
             temperature=1.0, top_p=1.0, top_k=0, min_p=0.0, seed=None, stop=None, stop_token_ids=None, \
             ignore_eos=False, logprobs=None, skip_special_tokens=True, presence_penalty=0.0, \
             frequency_penalty=0.0, repetition_penalty=1.0, logit_bias=None, prompt_logprobs=None, \
-            include_stop_str_in_output=False, detokenize=True)")]
+            include_stop_str_in_output=False, detokenize=True, structured_outputs=None)")]
         fn new(kwargs: Option<&Bound<'_, PyDict>>) -> PyResult<Self> {
             guard(|| {
                 let params = match kwargs {
@@ -356,4 +363,7 @@ sampling_fields! {
         |p| p.include_stop_str_in_output;
     /// Decode generated tokens to text; False leaves text empty and cannot be combined with stop.
     detokenize: bool = |p, v, f| set(&mut p.detokenize, v, f, flag), |p| p.detokenize;
+    /// What the output must match (ember.StructuredOutputsParams); None: free text.
+    structured_outputs: Option<PyStructuredOutputsParams> = |p, v, f| set_opt(&mut p.structured_outputs, v, f, structured),
+        |p| p.structured_outputs.clone().map(PyStructuredOutputsParams::from_spec);
 }

@@ -93,6 +93,7 @@ pub(crate) mod tests {
             seed: 0,
             num_prompt_tokens: num_prompt,
             all_token_ids: None,
+            token_mask: None,
         }
     }
 

@@ -80,6 +80,7 @@ impl LlmEngine {
                 .is_some()
             {
                 self.requests.remove(&seq.request_id);
+                self.structured.remove(&seq.request_id);
                 request_ids.push(seq.request_id.clone());
             }
         }

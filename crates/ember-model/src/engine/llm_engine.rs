@@ -16,6 +16,7 @@ use crate::engine::loader::open_model;
 use crate::engine::output_state::OutputState;
 use crate::engine::step_output::{StepOutput, StopReason};
 use crate::error::EngineError;
+use crate::structured::StructuredOutputs;
 use crate::text::chat_template::ChatTemplate;
 use crate::text::tokenizer::Tokenizer;
 
@@ -32,6 +33,7 @@ pub struct LlmEngine {
     eos_token_ids: Vec<u32>,
     vocab_size: usize,
     requests: HashMap<RequestId, OutputState>,
+    structured: StructuredOutputs,
     pending: Vec<StepOutput>,
     max_model_len: usize,
     block_size: usize,
@@ -105,10 +107,14 @@ impl LlmEngine {
             ..SchedulerConfig::default()
         })
         .map_err(|e| invalid(e.to_string()))?;
+        let tokenizer = Arc::new(opened.tokenizer);
+        let structured =
+            StructuredOutputs::new(tokenizer.clone(), config.vocab_size, config.eos_token_ids.clone());
         Ok(Self {
             executor,
             scheduler,
-            tokenizer: Arc::new(opened.tokenizer),
+            tokenizer,
+            structured,
             chat_template: opened.chat_template.map(Arc::new),
             eos_token_ids: config.eos_token_ids.clone(),
             vocab_size: config.vocab_size,
@@ -196,6 +202,9 @@ impl LlmEngine {
         let seed = params
             .seed
             .unwrap_or_else(|| derive_seed(self.seed, self.num_requests_added));
+        if let Some(spec) = &params.structured_outputs {
+            self.structured.add(&request_id, spec)?;
+        }
         let state = OutputState::new(&params, prompt_token_ids.len());
         let request = Request::new(
             request_id.clone(),
@@ -207,9 +216,10 @@ impl LlmEngine {
             now_s(),
         )
         .with_fork_of(fork_of.map(RequestId::from));
-        self.scheduler
-            .add_request(request)
-            .map_err(|e| invalid(e.to_string()))?;
+        if let Err(e) = self.scheduler.add_request(request) {
+            self.structured.remove(&request_id);
+            return Err(invalid(e.to_string()));
+        }
         self.num_requests_added += 1;
         self.requests.insert(request_id, state);
         Ok(())
@@ -273,7 +283,8 @@ impl LlmEngine {
     /// Runs one step: schedule, execute, update; returns what changed for each request.
     pub fn step(&mut self) -> Result<Vec<StepOutput>, EngineError> {
         let mut outputs = std::mem::take(&mut self.pending);
-        let scheduled = self.scheduler.schedule();
+        let mut scheduled = self.scheduler.schedule();
+        self.structured.fill_masks(&mut scheduled);
         let mut runner_output = match self.execute_guarded(&scheduled) {
             Ok(output) => output,
             Err(source) => {
@@ -287,7 +298,13 @@ impl LlmEngine {
                 state.add_prompt_logprobs(chunk);
             }
         }
-        for update in self.scheduler.update(&scheduled, &runner_output) {
+        for mut update in self.scheduler.update(&scheduled, &runner_output) {
+            if let Some(reason) = self.structured.accept(&mut update) {
+                if update.finish_reason.is_none() {
+                    self.scheduler.finish_request(&update.request_id, reason);
+                    update.finish_reason = Some(reason);
+                }
+            }
             if let Some(output) = self.apply_update(update) {
                 outputs.push(output);
             }
@@ -316,6 +333,7 @@ impl LlmEngine {
         let new_prompt_logprobs = state.take_prompt_logprobs(&self.tokenizer);
         if finish_reason.is_some() {
             self.requests.remove(&update.request_id);
+            self.structured.remove(&update.request_id);
         }
         Some(StepOutput {
             request_id: update.request_id,

@@ -13,12 +13,13 @@ use rayon::prelude::*;
 use crate::engine::batch::prompt_logprob_positions;
 
 /// The device sampling parameters of every sampled row of `output`, in batch order, when the
-/// whole step can be sampled on the device: no prompt-logprob rows and every sampled row plain
-/// (see [`device_sample_row`]). `None` sends the step to the host sampler.
+/// whole step can be sampled on the device: no prompt-logprob rows, no token masks (structured
+/// output) and every sampled row plain (see [`device_sample_row`]). `None` sends the step to
+/// the host sampler.
 fn device_sample_rows(output: &SchedulerOutput) -> Option<Vec<DeviceSampleRow>> {
     let mut rows = Vec::with_capacity(output.seqs.len());
     for seq in &output.seqs {
-        if !prompt_logprob_positions(seq).is_empty() {
+        if !prompt_logprob_positions(seq).is_empty() || seq.token_mask.is_some() {
             return None;
         }
         if seq.sample {
@@ -79,7 +80,9 @@ fn push_prompt_logprob(
 /// Samples one token for every sequence of `output` with `sample == true` and computes the
 /// prompt logprobs of the rows that asked for them, from `logits`
 /// (`[logits rows of the step, vocab_size]`); records the sampled tokens in `histories`.
-/// `eos_token_ids` are masked before a request's `min_tokens`.
+/// `eos_token_ids` are masked before a request's `min_tokens`. A row's `token_mask` is applied
+/// to its raw logits first, so the sampled token, its logprob and the top alternatives all come
+/// from the constrained distribution.
 pub fn sample_step<B: Backend>(
     backend: &B,
     logits: &B::Tensor,
@@ -119,6 +122,9 @@ pub fn sample_step<B: Backend>(
         .zip(jobs.par_iter())
         .map(|(row, job)| match *job {
             RowJob::Sample(seq) => {
+                if let Some(mask) = &seq.token_mask {
+                    mask.apply(row);
+                }
                 let ctx = SampleContext {
                     seed: seq.seed,
                     token_index: seq.num_output_tokens,

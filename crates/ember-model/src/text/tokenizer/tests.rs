@@ -14,6 +14,13 @@ fn scratch(name: &str) -> PathBuf {
     dir
 }
 
+/// A byte-level tokenizer: 256 byte tokens, then the merged tokens, then added tokens
+/// `(text, is_special)`.
+pub(crate) fn byte_level_tokenizer(merges: &[(&str, &str)], added: &[(&str, bool)]) -> Tokenizer {
+    let (path, _) = byte_level_json(merges, added, false);
+    Tokenizer::from_hf_files(&path, None).unwrap()
+}
+
 /// Byte-level tokenizer.json: 256 byte tokens, then the merged tokens, then added tokens.
 fn byte_level_json(
     merges: &[(&str, &str)],
@@ -47,7 +54,7 @@ fn byte_level_json(
         "decoder": {"type": "ByteLevel"},
         "model": {"type": "BPE", "vocab": vocab_obj, "merges": merges_json, "ignore_merges": ignore_merges},
     });
-    let dir = scratch(&format!("bl{}", merges.len() + added.len()));
+    let dir = scratch(&format!("bl{}-{}-{ignore_merges}", merges.len(), added.len()));
     let path = dir.join("tokenizer.json");
     std::fs::write(&path, json.to_string()).unwrap();
     (path, vocab)

@@ -1,0 +1,271 @@
+//! Every constrained request's llguidance matcher, keyed by request id. Compiled when the
+//! request is added (a grammar that does not compile is an [`InvalidParam`], never
+//! unconstrained output), asked for a mask before each sampled step, fed every sampled token.
+//! State lives here and only here, so it survives preemption (recompute keeps the generated
+//! tokens, so the matcher's position stays right) and is dropped when the request ends.
+
+use std::collections::{HashMap, HashSet, VecDeque};
+use std::sync::Arc;
+
+use ember_core::{FinishReason, InvalidParam, RequestId, RequestUpdate, SchedulerOutput, TokenMask};
+use llguidance::toktrie::TokEnv;
+use llguidance::{Matcher, ParserFactory};
+use rayon::prelude::*;
+
+use super::grammar::grammar_of;
+use super::token_env::EmberTokEnv;
+use crate::text::tokenizer::Tokenizer;
+
+/// Compiled constraints kept for reuse (an `n > 1` request's completions, a server's
+/// repeated schema): a fresh clone of a compiled matcher costs no compilation.
+const NUM_CACHED_GRAMMARS: usize = 64;
+
+fn invalid(message: String) -> InvalidParam {
+    InvalidParam {
+        field: "structured_outputs",
+        message,
+    }
+}
+
+/// One request's matcher.
+struct RequestMatcher {
+    matcher: Matcher,
+    /// Set when computing a mask failed: the request ends at its next update.
+    failed: Option<String>,
+}
+
+/// The compiler and the per-request matchers of one engine.
+pub struct StructuredOutputs {
+    tokenizer: Arc<Tokenizer>,
+    vocab_size: usize,
+    eos_token_ids: Vec<u32>,
+    /// Built on the first constrained request (the token trie takes a moment).
+    factory: Option<Arc<ParserFactory>>,
+    compiled: HashMap<Arc<ember_core::StructuredOutputs>, Matcher>,
+    compiled_order: VecDeque<Arc<ember_core::StructuredOutputs>>,
+    requests: HashMap<RequestId, RequestMatcher>,
+}
+
+impl StructuredOutputs {
+    /// No requests yet; masks have `vocab_size` entries (the logits row), and where a grammar
+    /// accepts, every id of `eos_token_ids` is allowed.
+    pub fn new(tokenizer: Arc<Tokenizer>, vocab_size: usize, mut eos_token_ids: Vec<u32>) -> Self {
+        if eos_token_ids.is_empty() {
+            eos_token_ids.extend(tokenizer.eos_token_id());
+        }
+        Self {
+            tokenizer,
+            vocab_size,
+            eos_token_ids,
+            factory: None,
+            compiled: HashMap::new(),
+            compiled_order: VecDeque::new(),
+            requests: HashMap::new(),
+        }
+    }
+
+    fn factory(&mut self) -> Result<Arc<ParserFactory>, InvalidParam> {
+        if let Some(factory) = &self.factory {
+            return Ok(factory.clone());
+        }
+        let eos = self
+            .eos_token_ids
+            .first()
+            .copied()
+            .ok_or_else(|| invalid("needs a model with an end-of-sequence token".into()))?;
+        let env: TokEnv = EmberTokEnv::new_env(self.tokenizer.clone(), self.vocab_size, eos);
+        let mut factory = ParserFactory::new_simple(&env)
+            .map_err(|e| invalid(format!("cannot index the tokenizer for grammars: {e}")))?;
+        factory.quiet();
+        let factory = Arc::new(factory);
+        self.factory = Some(factory.clone());
+        Ok(factory)
+    }
+
+    /// A fresh matcher for `spec`, compiled or from the cache.
+    fn compile(&mut self, spec: &Arc<ember_core::StructuredOutputs>) -> Result<Matcher, InvalidParam> {
+        if let Some(matcher) = self.compiled.get(spec) {
+            return Ok(matcher.clone());
+        }
+        let field = spec.constraint.field_name();
+        let grammar = grammar_of(spec).map_err(invalid)?;
+        let factory = self.factory()?;
+        let parser = factory
+            .create_parser(grammar)
+            .map_err(|e| invalid(format!("{field} does not compile: {e}")))?;
+        let matcher = Matcher::new(Ok(parser));
+        if let Some(error) = matcher.get_error() {
+            return Err(invalid(format!("{field} does not compile: {error}")));
+        }
+        if self.compiled_order.len() == NUM_CACHED_GRAMMARS {
+            if let Some(oldest) = self.compiled_order.pop_front() {
+                self.compiled.remove(&oldest);
+            }
+        }
+        self.compiled_order.push_back(spec.clone());
+        self.compiled.insert(spec.clone(), matcher.clone());
+        Ok(matcher)
+    }
+
+    /// Compiles `spec` for `request_id` (replacing any matcher it had).
+    pub fn add(
+        &mut self,
+        request_id: &RequestId,
+        spec: &Arc<ember_core::StructuredOutputs>,
+    ) -> Result<(), InvalidParam> {
+        let matcher = self.compile(spec)?;
+        self.requests.insert(
+            request_id.clone(),
+            RequestMatcher {
+                matcher,
+                failed: None,
+            },
+        );
+        Ok(())
+    }
+
+    /// Forgets a request (finished, aborted or failed); unknown ids are ignored.
+    pub fn remove(&mut self, request_id: &str) {
+        self.requests.remove(request_id);
+    }
+
+    /// True when `request_id` is constrained.
+    pub fn contains(&self, request_id: &str) -> bool {
+        self.requests.contains_key(request_id)
+    }
+
+    /// Number of constrained requests alive.
+    pub fn num_requests(&self) -> usize {
+        self.requests.len()
+    }
+
+    /// Sets the token mask of every sampled, constrained sequence of `output` (in parallel).
+    /// A matcher that fails to give a mask allows only EOS and ends its request at the update.
+    pub fn fill_masks(&mut self, output: &mut SchedulerOutput) {
+        if self.requests.is_empty() {
+            return;
+        }
+        let wanted: HashSet<&str> = output
+            .seqs
+            .iter()
+            .filter(|s| s.sample)
+            .map(|s| &*s.request_id)
+            .collect();
+        let eos_token_ids = &self.eos_token_ids;
+        let vocab_size = self.vocab_size;
+        let mut work: Vec<(&RequestId, &mut RequestMatcher)> = self
+            .requests
+            .iter_mut()
+            .filter(|(id, _)| wanted.contains(&***id))
+            .collect();
+        let masks: HashMap<RequestId, Arc<TokenMask>> = work
+            .par_iter_mut()
+            .map(|(id, state)| {
+                let mask = match state.matcher.compute_mask() {
+                    Ok(vob) => {
+                        let eos_allowed = eos_token_ids.first().is_some_and(|&eos| vob.is_allowed(eos));
+                        mask_words(vob.as_slice(), vocab_size, eos_token_ids, eos_allowed)
+                    }
+                    Err(e) => {
+                        log::error!("structured output of request {id}: no mask: {e}");
+                        state.failed = Some(e.to_string());
+                        mask_words(&[], vocab_size, eos_token_ids, true)
+                    }
+                };
+                ((*id).clone(), Arc::new(mask))
+            })
+            .collect();
+        for seq in output.seqs.iter_mut().filter(|s| s.sample) {
+            seq.token_mask = masks.get(&seq.request_id).cloned();
+        }
+    }
+
+    /// Feeds the tokens a constrained request gained this step to its matcher. Returns the
+    /// reason to end the request now: `Stop` when the grammar is complete (nothing more may
+    /// follow) or EOS came; `Abort` when the matcher failed or refused a token (the refused
+    /// token and the rest are removed from `update`, so no unconstrained text is returned).
+    pub fn accept(&mut self, update: &mut RequestUpdate) -> Option<FinishReason> {
+        let state = self.requests.get_mut(&update.request_id)?;
+        if let Some(error) = &state.failed {
+            log::error!(
+                "ending request {}: structured output failed: {error}",
+                update.request_id
+            );
+            update.new_tokens.clear();
+            return Some(FinishReason::Abort);
+        }
+        for (index, token) in update.new_tokens.iter().enumerate() {
+            if self.eos_token_ids.contains(&token.token_id) {
+                update.new_tokens.truncate(index + 1);
+                return Some(FinishReason::Stop);
+            }
+            match state.matcher.try_consume_tokens(&[token.token_id]) {
+                Ok(1) => {}
+                refused => {
+                    let accepting = state.matcher.is_accepting().unwrap_or(false);
+                    log::warn!(
+                        "request {}: the grammar refused token {} ({refused:?})",
+                        update.request_id,
+                        token.token_id
+                    );
+                    update.new_tokens.truncate(index);
+                    return Some(if accepting {
+                        FinishReason::Stop
+                    } else {
+                        FinishReason::Abort
+                    });
+                }
+            }
+            if state.matcher.is_stopped() {
+                update.new_tokens.truncate(index + 1);
+                return Some(FinishReason::Stop);
+            }
+        }
+        None
+    }
+
+    /// How many of `token_ids` the request's matcher would accept in a row from its current
+    /// state, without changing it (for checking draft tokens); `None` for an unconstrained id.
+    pub fn num_acceptable(&mut self, request_id: &str, token_ids: &[u32]) -> Option<usize> {
+        let state = self.requests.get_mut(request_id)?;
+        Some(state.matcher.validate_tokens(token_ids).unwrap_or(0))
+    }
+
+    /// Takes back the last `num_tokens` consumed tokens of a request (rejected draft tokens).
+    pub fn rollback(&mut self, request_id: &str, num_tokens: usize) -> Result<(), String> {
+        match self.requests.get_mut(request_id) {
+            Some(state) => state.matcher.rollback(num_tokens).map_err(|e| e.to_string()),
+            None => Ok(()),
+        }
+    }
+}
+
+/// The mask of `vocab_size` tokens from llguidance's words, with every EOS id allowed when
+/// `eos_allowed`.
+fn mask_words(words: &[u32], vocab_size: usize, eos_token_ids: &[u32], eos_allowed: bool) -> TokenMask {
+    let num_words = vocab_size.div_ceil(32);
+    let mut mask = TokenMask {
+        words: words
+            .iter()
+            .copied()
+            .chain(std::iter::repeat(0))
+            .take(num_words)
+            .collect(),
+    };
+    // Bits past the vocabulary (llguidance pads its words) must stay clear.
+    if vocab_size % 32 != 0 {
+        if let Some(last) = mask.words.last_mut() {
+            *last &= (1u32 << (vocab_size % 32)) - 1;
+        }
+    }
+    if eos_allowed {
+        for &id in eos_token_ids {
+            mask.allow(id);
+        }
+    }
+    mask
+}
+
+#[cfg(test)]
+#[path = "matchers_tests.rs"]
+mod tests;
