@@ -23,7 +23,7 @@ def test_stop_string_becomes_list_and_to_dict_has_every_field() -> None:
         "n", "max_tokens", "min_tokens", "temperature", "top_p", "top_k", "min_p", "seed",
         "stop", "stop_token_ids", "ignore_eos", "logprobs", "skip_special_tokens",
         "presence_penalty", "frequency_penalty", "repetition_penalty", "logit_bias", "prompt_logprobs",
-        "include_stop_str_in_output", "detokenize",
+        "include_stop_str_in_output", "detokenize", "structured_outputs",
     }  # fmt: skip
 
 

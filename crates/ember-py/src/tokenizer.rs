@@ -28,6 +28,18 @@ impl PyTokenizer {
     }
 }
 
+/// A Python value as JSON (through the `json` module); `what` names it in the error.
+fn json_value(value: &Bound<'_, PyAny>, what: &str) -> PyResult<serde_json::Value> {
+    let text: String = value
+        .py()
+        .import("json")?
+        .call_method1("dumps", (value,))
+        .and_then(|t| t.extract())
+        .map_err(|e| invalid_param("messages", format!("{what} must be JSON data: {e}")))?;
+    serde_json::from_str(&text)
+        .map_err(|e| invalid_param("messages", format!("{what} must be JSON data: {e}")))
+}
+
 fn message_from_dict(index: usize, message: &Bound<'_, PyAny>) -> PyResult<ChatMessage> {
     let dict = message.cast::<PyDict>().map_err(|_| {
         invalid_param(
@@ -38,10 +50,9 @@ fn message_from_dict(index: usize, message: &Bound<'_, PyAny>) -> PyResult<ChatM
             ),
         )
     })?;
-    let text = |key: &str| -> PyResult<String> {
-        let value = dict
-            .get_item(key)?
-            .ok_or_else(|| invalid_param("messages", format!("messages[{index}] has no '{key}'")))?;
+    let text = |key: &str, value: Option<Bound<'_, PyAny>>| -> PyResult<String> {
+        let value =
+            value.ok_or_else(|| invalid_param("messages", format!("messages[{index}] has no '{key}'")))?;
         convert::text(&value, "messages").map_err(|_| {
             invalid_param(
                 "messages",
@@ -52,9 +63,27 @@ fn message_from_dict(index: usize, message: &Bound<'_, PyAny>) -> PyResult<ChatM
             )
         })
     };
+    // An assistant message that only calls tools has no content (OpenAI sends null).
+    let content = dict.get_item("content")?.filter(|c| !c.is_none());
+    let content = match content {
+        Some(c) => text("content", Some(c))?,
+        None if dict.contains("tool_calls")? => String::new(),
+        None => text("content", None)?,
+    };
+    let mut extra = serde_json::Map::new();
+    for (key, value) in dict.iter() {
+        let key: String = key.extract()?;
+        if key != "role" && key != "content" {
+            extra.insert(
+                key.clone(),
+                json_value(&value, &format!("messages[{index}]['{key}']"))?,
+            );
+        }
+    }
     Ok(ChatMessage {
-        role: text("role")?,
-        content: text("content")?,
+        role: text("role", dict.get_item("role")?)?,
+        content,
+        extra,
     })
 }
 
@@ -108,17 +137,26 @@ impl PyTokenizer {
         })
     }
 
+    /// True when the chat template has its own tool-calling format (it reads `tools`).
+    #[getter]
+    fn chat_template_renders_tools(&self) -> bool {
+        self.chat_template.as_ref().is_some_and(|t| t.renders_tools())
+    }
+
     /// The id of a token's text form, if it is in the vocabulary.
     fn token_to_id(&self, token: &Bound<'_, PyAny>) -> PyResult<Option<u32>> {
         guard(|| Ok(self.tokenizer.token_to_id(&convert::text(token, "token")?)))
     }
 
-    /// Renders a conversation (a list of {"role", "content"} dicts) with the chat template.
-    #[pyo3(signature = (messages, add_generation_prompt = true))]
+    /// Renders a conversation (a list of {"role", "content", ...} dicts; other keys such as
+    /// `tool_calls` reach the template as they are) with the chat template, with OpenAI-style
+    /// function definitions in its `tools` variable when given.
+    #[pyo3(signature = (messages, add_generation_prompt = true, tools = None))]
     fn apply_chat_template(
         &self,
         messages: &Bound<'_, PyAny>,
         add_generation_prompt: bool,
+        tools: Option<&Bound<'_, PyAny>>,
     ) -> PyResult<String> {
         guard(|| {
             let template = self
@@ -139,8 +177,13 @@ impl PyTokenizer {
                 .enumerate()
                 .map(|(i, m)| message_from_dict(i, m))
                 .collect::<PyResult<Vec<_>>>()?;
+            let tools = tools
+                .filter(|t| !t.is_none())
+                .map(|t| json_value(t, "tools"))
+                .transpose()
+                .map_err(|e| invalid_param("tools", e.to_string()))?;
             template
-                .render(&messages, add_generation_prompt)
+                .render_with_tools(&messages, tools.as_ref(), add_generation_prompt)
                 .map_err(|e| invalid_param("messages", format!("chat template: {e}")))
         })
     }

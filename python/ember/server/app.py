@@ -26,6 +26,8 @@ from ember.server.middleware import ApiMiddleware
 from ember.server.protocol import ChatCompletionRequest, CompletionKind, CompletionRequest, SamplingFields
 from ember.server.request_limits import RequestLimits
 from ember.server.responses import ResponseBuilder, sse
+from ember.server.structured import Constraint, constraint_error
+from ember.server.tools import ToolPlan, plan_tools, template_messages
 
 
 @dataclass
@@ -55,6 +57,8 @@ class _Job:
     echo_texts: list[str] | None
     max_tokens: int | None
     logprobs: int | None
+    constraint: Constraint | None = None
+    tools: ToolPlan | None = None
 
 
 class OpenAiServer:
@@ -79,12 +83,26 @@ class OpenAiServer:
     def chat_job(self, body: ChatCompletionRequest) -> _Job:
         """Renders the conversation with the model's chat template and encodes it."""
         messages = [{**(m.model_extra or {}), "role": m.role, "content": m.text()} for m in body.messages]
-        if body.response_format is not None and body.response_format.get("type", "text") != "text":
-            raise ApiError(400, "response_format: only {'type': 'text'} is supported", "response_format")
+        plan = plan_tools(body.tools, body.tool_choice, body.parallel_tool_calls)
+        constraint = body.constraint()
+        if plan.constraint is not None:
+            if constraint is not None:
+                message = (
+                    f"tool_choice {plan.mode!r} constrains the output; it cannot be combined with {constraint.param}"
+                )
+                raise ApiError(400, message, "tool_choice")
+            constraint = plan.constraint
         tokenizer = self.engine.tokenizer
-        text = tokenizer.apply_chat_template(messages, add_generation_prompt=body.add_generation_prompt)
+        renders_tools = tokenizer.chat_template_renders_tools
+        tools = [t.model_dump(exclude_none=True) for t in body.tools or []] if renders_tools else []
+        text = tokenizer.apply_chat_template(
+            template_messages(messages, plan, renders_tools),
+            add_generation_prompt=body.add_generation_prompt,
+            tools=tools or None,
+        )
         ids = tokenizer.encode(text, add_special_tokens=False)
-        return _Job("chat", body, [ids], None, body.requested_max_tokens(), body.requested_logprobs())
+        max_tokens, logprobs = body.requested_max_tokens(), body.requested_logprobs()
+        return _Job("chat", body, [ids], None, max_tokens, logprobs, constraint, plan)
 
     def completion_job(self, body: CompletionRequest) -> _Job:
         """Encodes the prompt(s): text with the model's BOS, or token ids as given."""
@@ -98,7 +116,7 @@ class OpenAiServer:
         if any(len(p) == 0 for p in ids):
             raise ApiError(400, "prompt must not be empty", "prompt")
         echo = [p if isinstance(p, str) else tokenizer.decode(p) for p in prompts] if body.echo else None
-        return _Job("completion", body, ids, echo, body.max_tokens, body.logprobs)
+        return _Job("completion", body, ids, echo, body.max_tokens, body.logprobs, body.constraint())
 
     async def answer(self, request: Request, make_job: Callable[[], _Job]) -> Response:
         """Builds the job (templating and tokenization, on a worker thread) and runs it; from the moment the
@@ -118,13 +136,16 @@ class OpenAiServer:
             )
         streams = self._streams(job)
         self._check_capacity(len(streams) * body.n)
-        builder = ResponseBuilder(job.kind, self.config.model_name, job.logprobs or 0)
+        builder = ResponseBuilder(job.kind, self.config.model_name, job.logprobs or 0, job.tools)
         firsts: list[RequestOutput] = []
         try:
             firsts = [await s.first() for s in streams]
-        except BaseException:
+        except BaseException as exc:
             for s in streams:
                 s.abort()
+            if isinstance(exc, InvalidRequestError) and job.constraint and exc.param == "structured_outputs":
+                # A grammar that does not compile: name the body field it came from.
+                raise constraint_error(job.constraint.param, exc) from None
             raise
         if body.stream:
             return StreamingResponse(self._events(job, builder, streams, firsts), media_type="text/event-stream")
@@ -154,7 +175,7 @@ class OpenAiServer:
         prompt_param = "messages" if job.kind == "chat" else "prompt"
         for ids in job.prompts:
             max_tokens = resolve_max_tokens(len(ids), job.max_tokens, self.engine.max_model_len, prompt_param)
-            params = job.body.sampling_params(max_tokens, job.logprobs)
+            params = job.body.sampling_params(max_tokens, job.logprobs, job.constraint)
             delta = job.body.stream
             streams.append(TrackedStream(self.engine, self.metrics, ids, params, job.body.priority, delta))
         return streams
@@ -170,7 +191,11 @@ class OpenAiServer:
             # Each choice's first chunk carries its prompt when echo is on.
             echo_pending = {i * n + c: text for i, text in enumerate(job.echo_texts or []) for c in range(n)}
             async for i, delta in merge(streams, firsts):
-                if delta.outputs:
+                if delta.outputs and builder.tools is not None:
+                    chunk = builder.tool_delta_chunk(delta, i * n)
+                    if chunk is not None:
+                        yield chunk
+                elif delta.outputs:
                     indices = [i * n + c.index for c in delta.outputs]
                     prefixes = {index: echo_pending.pop(index) for index in indices if index in echo_pending}
                     yield builder.delta_chunk(delta, i * n, prefixes)

@@ -9,6 +9,8 @@ from pydantic import BaseModel, ConfigDict, Field
 
 from ember.sampling_params import SamplingParams
 from ember.server.errors import ApiError
+from ember.server.structured import Constraint, body_constraint
+from ember.server.tools import ToolDefinition
 
 _TOKEN_ID_KEY = re.compile(r"-?[0-9]{1,20}")
 """A logit_bias key: decimal digits only (no spaces, signs other than '-', or '_' separators)."""
@@ -19,6 +21,22 @@ class StreamOptions(BaseModel):
 
     model_config = ConfigDict(extra="forbid")
     include_usage: bool = False
+
+
+class StructuredOutputsBody(BaseModel):
+    """vLLM's `structured_outputs` object: exactly one of json, regex, choice, grammar, json_object."""
+
+    model_config = ConfigDict(extra="forbid")
+    json_: dict[str, Any] | str | None = Field(default=None, alias="json")
+    regex: str | None = None
+    choice: list[str] | None = None
+    grammar: str | None = None
+    json_object: bool | None = None
+    whitespace_pattern: str | None = None
+
+    def fields(self) -> dict[str, Any]:
+        """The set fields, as StructuredOutputsParams keyword arguments."""
+        return self.model_dump(by_alias=True, exclude_none=True)
 
 
 class SamplingFields(BaseModel):
@@ -48,10 +66,33 @@ class SamplingFields(BaseModel):
     skip_special_tokens: bool = True
     include_stop_str_in_output: bool = False
     priority: int = 0
+    # Structured output: OpenAI's response_format, vLLM's structured_outputs and its older guided_* fields.
+    response_format: dict[str, Any] | None = None
+    structured_outputs: StructuredOutputsBody | None = None
+    guided_json: dict[str, Any] | str | None = None
+    guided_regex: str | None = None
+    guided_choice: list[str] | None = None
+    guided_grammar: str | None = None
+    guided_whitespace_pattern: str | None = None
 
-    def sampling_params(self, max_tokens: int | None, logprobs: int | None) -> SamplingParams:
+    def constraint(self) -> Constraint | None:
+        """The body's output constraint, if any (a 400 naming the field when it is malformed or set twice)."""
+        guided = {
+            "guided_json": self.guided_json,
+            "guided_regex": self.guided_regex,
+            "guided_choice": self.guided_choice,
+            "guided_grammar": self.guided_grammar,
+        }
+        structured = self.structured_outputs.fields() if self.structured_outputs is not None else None
+        return body_constraint(self.response_format, structured, guided, self.guided_whitespace_pattern)
+
+    def sampling_params(
+        self, max_tokens: int | None, logprobs: int | None, constraint: Constraint | None = None
+    ) -> SamplingParams:
         """The engine's SamplingParams for this body (raises InvalidRequestError naming a bad field)."""
         extra: dict[str, Any] = {}
+        if constraint is not None:
+            extra["structured_outputs"] = constraint.params
         for name in ("temperature", "top_p", "top_k", "min_p", "repetition_penalty"):
             value = getattr(self, name)
             if value is not None:
@@ -120,7 +161,9 @@ class ChatCompletionRequest(SamplingFields):
     logprobs: bool = False
     top_logprobs: int | None = None
     add_generation_prompt: bool = True
-    response_format: dict[str, Any] | None = None
+    tools: list[ToolDefinition] | None = None
+    tool_choice: str | dict[str, Any] | None = None
+    parallel_tool_calls: bool = True
 
     def requested_max_tokens(self) -> int | None:
         """`max_completion_tokens`, else the deprecated `max_tokens`; None means up to the context length."""

@@ -8,6 +8,7 @@ from typing import Any
 
 from ember.outputs import CompletionOutput, Logprob, RequestOutput
 from ember.server.protocol import CompletionKind
+from ember.server.tools import ToolCall, ToolPlan
 
 
 def usage(prompt_tokens: int, completion_tokens: int, cached_tokens: int) -> dict[str, Any]:
@@ -71,10 +72,14 @@ def completion_logprobs(completion: CompletionOutput, top: int, text_offset: int
 class ResponseBuilder:
     """Builds the bodies of one response (one id, one creation time) for either endpoint."""
 
-    def __init__(self, kind: CompletionKind, model: str, top_logprobs: int) -> None:
+    def __init__(self, kind: CompletionKind, model: str, top_logprobs: int, tools: ToolPlan | None = None) -> None:
         self.kind = kind
         self.model = model
         self.top_logprobs = top_logprobs
+        self.tools = tools if tools is not None and tools.parses_calls else None
+        """Set when outputs may hold tool calls (chat with tools and tool_choice other than 'none')."""
+        self._tool_text: dict[int, str] = {}
+        self._named_call_ids: dict[int, str] = {}
         self.id = f"{'chatcmpl' if kind == 'chat' else 'cmpl'}-{time.time_ns():x}"
         self.created = int(time.time())
 
@@ -86,11 +91,18 @@ class ResponseBuilder:
 
     def choice(self, completion: CompletionOutput, index: int, prefix: str = "", chunk: bool = False) -> dict[str, Any]:
         """One choice: a chat message (or delta) or a completion text, with its logprobs and finish reason."""
+        finish_reason = completion.finish_reason
         if self.kind == "chat":
-            body = {"content": prefix + completion.text}
+            body: dict[str, Any] = {"content": prefix + completion.text}
             choice: dict[str, Any] = {"index": index, "delta" if chunk else "message": body}
             if not chunk:
                 body["role"] = "assistant"
+                if self.tools is not None and finish_reason == "stop":
+                    content, calls = self.tools.parse(completion.text)
+                    if calls:
+                        body["content"] = content
+                        body["tool_calls"] = [c.as_dict() for c in calls]
+                        finish_reason = "tool_calls"
             choice["logprobs"] = chat_logprobs(completion, self.top_logprobs)
         else:
             choice = {
@@ -98,7 +110,7 @@ class ResponseBuilder:
                 "text": prefix + completion.text,
                 "logprobs": completion_logprobs(completion, self.top_logprobs, len(prefix)),
             }
-        choice["finish_reason"] = completion.finish_reason
+        choice["finish_reason"] = finish_reason
         if completion.stop_reason is not None:
             choice["stop_reason"] = completion.stop_reason
         return choice
@@ -135,10 +147,55 @@ class ResponseBuilder:
         ]
         return sse({**self._envelope(True), "choices": choices})
 
+    def tool_delta_chunk(self, delta: RequestOutput, index_base: int = 0) -> str | None:
+        """A streamed chunk of a request whose output may hold tool calls, or None when nothing is sent yet. A named
+        function's arguments stream as they are generated (the first delta carries the call's id and name); other
+        modes hold the text until the choice finishes, then send its calls (or its text when it made none)."""
+        assert self.tools is not None
+        choices = []
+        for c in delta.outputs:
+            index = index_base + c.index
+            if self.tools.mode == "named":
+                choices.extend(self._named_delta(index, c))
+                continue
+            self._tool_text[index] = self._tool_text.get(index, "") + c.text
+            if c.finish_reason is None:
+                continue
+            text = self._tool_text.pop(index)
+            content, calls = self.tools.parse(text) if c.finish_reason == "stop" else (text, [])
+            body: dict[str, Any] = {"content": content}
+            if calls:
+                body["tool_calls"] = [_call_delta(k, call) for k, call in enumerate(calls)]
+            reason = "tool_calls" if calls else c.finish_reason
+            choices.append({"index": index, "delta": body, "logprobs": None, "finish_reason": reason})
+        if not choices:
+            return None
+        return sse({**self._envelope(True), "choices": choices})
+
+    def _named_delta(self, index: int, c: CompletionOutput) -> list[dict[str, Any]]:
+        assert self.tools is not None
+        function: dict[str, Any] = {"arguments": c.text}
+        call: dict[str, Any] = {"index": 0, "function": function}
+        if index not in self._named_call_ids:
+            self._named_call_ids[index] = ToolCall.new_id()
+            call.update(id=self._named_call_ids[index], type="function")
+            function["name"] = self.tools.named
+        elif not c.text and c.finish_reason is None:
+            return []
+        reason = None
+        if c.finish_reason is not None:
+            reason = "tool_calls" if c.finish_reason == "stop" else c.finish_reason
+        return [{"index": index, "delta": {"tool_calls": [call]}, "logprobs": None, "finish_reason": reason}]
+
     def usage_chunk(self, prompt_tokens: int, completion_tokens: int, cached_tokens: int) -> str:
         """The last chunk when `stream_options.include_usage` is set: no choices, the usage counts."""
         usage_body = usage(prompt_tokens, completion_tokens, cached_tokens)
         return sse({**self._envelope(True), "choices": [], "usage": usage_body})
+
+
+def _call_delta(index: int, call: ToolCall) -> dict[str, Any]:
+    """One whole call as a streamed `tool_calls` entry."""
+    return {"index": index, **call.as_dict()}
 
 
 def sse(payload: dict[str, Any] | str) -> str:

@@ -20,11 +20,16 @@ pub struct ChatMessage {
     pub role: String,
     /// Message text.
     pub content: String,
+    /// Other keys of the message (`tool_calls`, `tool_call_id`, `name`, ...), passed to the
+    /// template as they are.
+    #[serde(flatten)]
+    pub extra: serde_json::Map<String, serde_json::Value>,
 }
 
 /// A compiled chat template with the special-token strings it may reference.
 pub struct ChatTemplate {
     env: Environment<'static>,
+    renders_tools: bool,
     bos_token: Option<String>,
     eos_token: Option<String>,
 }
@@ -62,8 +67,12 @@ impl ChatTemplate {
         env.add_filter("tojson", tojson);
         env.add_template_owned(TEMPLATE_NAME, source.to_string())
             .map_err(|e| ChatTemplateError::Syntax(describe(&e)))?;
+        let renders_tools = env
+            .get_template(TEMPLATE_NAME)
+            .is_ok_and(|t| t.undeclared_variables(false).contains("tools"));
         Ok(Self {
             env,
+            renders_tools,
             bos_token,
             eos_token,
         })
@@ -150,11 +159,27 @@ impl ChatTemplate {
         self.eos_token.as_deref()
     }
 
+    /// True when the template reads a `tools` variable (it has its own tool-calling format).
+    pub fn renders_tools(&self) -> bool {
+        self.renders_tools
+    }
+
     /// Renders the conversation; with `add_generation_prompt` the text ends where the
     /// assistant's reply begins.
     pub fn render(
         &self,
         messages: &[ChatMessage],
+        add_generation_prompt: bool,
+    ) -> Result<String, ChatTemplateError> {
+        self.render_with_tools(messages, None, add_generation_prompt)
+    }
+
+    /// Like [`ChatTemplate::render`], with OpenAI-style function definitions in the template's
+    /// `tools` variable (`None` passes none, as transformers does without tools).
+    pub fn render_with_tools(
+        &self,
+        messages: &[ChatMessage],
+        tools: Option<&serde_json::Value>,
         add_generation_prompt: bool,
     ) -> Result<String, ChatTemplateError> {
         let template = self
@@ -166,6 +191,7 @@ impl ChatTemplate {
             add_generation_prompt => add_generation_prompt,
             bos_token => self.bos_token.as_deref().unwrap_or(""),
             eos_token => self.eos_token.as_deref().unwrap_or(""),
+            tools => tools.map(Value::from_serialize),
         };
         template
             .render(ctx)

@@ -10,6 +10,7 @@ fn msg(role: &str, content: &str) -> ChatMessage {
     ChatMessage {
         role: role.into(),
         content: content.into(),
+        extra: serde_json::Map::new(),
     }
 }
 
@@ -161,4 +162,34 @@ fn hf_tokenizer_config_forms() {
         .expect_err("bad json")
         .to_string();
     assert!(err.contains("tokenizer_config.json"), "{err}");
+}
+
+#[test]
+fn tools_and_message_extras_reach_the_template() {
+    let source = "{% if tools %}T:{{ tools | map(attribute='function') | map(attribute='name') | join(',') }};{% endif %}\
+                  {% for m in messages %}{{ m.role }}{% if m.tool_calls %}[{{ m.tool_calls[0].function.name }}]{% endif %}\
+                  {% if m.tool_call_id %}({{ m.tool_call_id }}){% endif %};{% endfor %}";
+    let template = ChatTemplate::new(source, None, None).expect("compile");
+    assert!(template.renders_tools());
+    assert!(!ChatTemplate::new(SMOLLM2_TEMPLATE, None, None)
+        .expect("compile")
+        .renders_tools());
+    let mut call = msg("assistant", "");
+    call.extra.insert(
+        "tool_calls".into(),
+        serde_json::json!([{"id": "c1", "type": "function", "function": {"name": "f", "arguments": {}}}]),
+    );
+    let mut result = msg("tool", "42");
+    result
+        .extra
+        .insert("tool_call_id".into(), serde_json::json!("c1"));
+    let tools = serde_json::json!([{"type": "function", "function": {"name": "f"}}, {"type": "function", "function": {"name": "g"}}]);
+    let rendered = template
+        .render_with_tools(&[msg("user", "q"), call, result], Some(&tools), false)
+        .expect("render");
+    assert_eq!(rendered, "T:f,g;user;assistant[f];tool(c1);");
+    assert_eq!(
+        template.render(&[msg("user", "q")], false).expect("render"),
+        "user;"
+    );
 }
