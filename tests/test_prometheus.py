@@ -19,6 +19,8 @@ COUNTERS = {
     "ember_num_preemptions_total": "num_preemptions",
     "ember_prompt_tokens_total": "num_prompt_tokens",
     "ember_generation_tokens_total": "num_generation_tokens",
+    "ember_structured_masks_total": "num_structured_masks",
+    "ember_structured_mask_seconds_total": "structured_mask_s",
 }
 _HELP = re.compile(r"# HELP (ember_[a-z_]+) \S.*")
 _TYPE = re.compile(r"# TYPE (ember_[a-z_]+) (gauge|counter)")

@@ -168,3 +168,22 @@ def test_logprobs_are_of_the_constrained_distribution(tiny_engine: Engine) -> No
     allowed = {t: lp for t, lp in entry.items() if lp.logprob > -math.inf}
     assert {lp.decoded_token for lp in allowed.values()} == {"a", "b"}
     assert sum(math.exp(lp.logprob) for lp in allowed.values()) == pytest.approx(1.0, abs=1e-5)
+
+
+def test_jump_forward_keeps_outputs_and_saves_steps(tiny_engine: Engine, tiny_model_dir: Path) -> None:
+    stepwise = Engine(str(tiny_model_dir), kv_cache_memory_bytes=8 << 20, structured_jump_forward=False)
+    schema = {
+        "type": "object",
+        "properties": {"a_rather_long_fixed_key": {"enum": ["x", "y"]}, "another_long_key": {"type": "boolean"}},
+        "required": ["a_rather_long_fixed_key", "another_long_key"],
+        "additionalProperties": False,
+    }
+    for constraint in (StructuredOutputsParams(json=schema), StructuredOutputsParams(regex="fixed-(ab|cd)-tail[0-9]")):
+        for temperature in (0.0, 1.0):
+            params = SamplingParams(temperature=temperature, seed=9, max_tokens=80, structured_outputs=constraint)
+            jumped = tiny_engine.generate(PROMPTS, params, use_tqdm=False)
+            stepped = stepwise.generate(PROMPTS, params, use_tqdm=False)
+            assert [o.outputs[0].token_ids for o in jumped] == [o.outputs[0].token_ids for o in stepped]
+            assert all(o.outputs[0].finish_reason == "stop" for o in jumped)
+            num_steps = [sum(1 for _ in e.generate_stream(PROMPTS[0], params)) for e in (tiny_engine, stepwise)]
+            assert num_steps[0] < num_steps[1] / 2, num_steps

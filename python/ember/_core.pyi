@@ -238,10 +238,16 @@ class Tokenizer:
     vocab_size: int
     bos_token_id: int | None
     eos_token_id: int | None
+    chat_template_renders_tools: bool
     def encode(self, text: str, add_special_tokens: bool = False) -> list[int]: ...
     def decode(self, token_ids: Sequence[int], skip_special_tokens: bool = True) -> str: ...
     def token_to_id(self, token: str) -> int | None: ...
-    def apply_chat_template(self, messages: list[dict[str, Any]], add_generation_prompt: bool = True) -> str: ...
+    def apply_chat_template(
+        self,
+        messages: list[dict[str, Any]],
+        add_generation_prompt: bool = True,
+        tools: list[dict[str, Any]] | None = None,
+    ) -> str: ...
 
 class Engine:
     """The Rust engine: owns the model, the KV cache, the scheduler and the tokenizer."""
@@ -263,6 +269,7 @@ class Engine:
         gpu_memory_utilization: float = 0.9,
         kv_cache_dtype: str = "auto",
         scheduling_policy: str = "fcfs",
+        structured_jump_forward: bool = True,
     ) -> None: ...
     tokenizer: Tokenizer
     max_model_len: int

@@ -28,6 +28,7 @@ _OTHERS = {
     "dtype",
     "kv_cache_dtype",
     "enable_prefix_caching",
+    "structured_jump_forward",
     "device",
     "gpu_memory_utilization",
     "scheduling_policy",
@@ -46,7 +47,7 @@ def check_engine_args(args: dict[str, Any]) -> None:
         elif name in ("dtype", "kv_cache_dtype", "device", "scheduling_policy"):
             if not isinstance(value, str):
                 raise InvalidRequestError(f"{name} must be a str, got {type(value).__name__}")
-        elif name == "enable_prefix_caching":
+        elif name in ("enable_prefix_caching", "structured_jump_forward"):
             if not isinstance(value, bool):
                 raise InvalidRequestError(f"{name} must be a bool, got {type(value).__name__}")
         elif name == "gpu_memory_utilization":

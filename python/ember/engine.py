@@ -48,7 +48,9 @@ class Engine:
     size the engine; see `ember._core.Engine`. `scheduling_policy` is vLLM's:
     "fcfs" (default) admits waiting requests first come, first served and takes
     only priority 0; "priority" admits the lowest `priority` value first (then
-    the earliest) and preempts the highest first. Safe to share between threads: the
+    the earliest) and preempts the highest first. `structured_jump_forward` appends
+    the tokens a structured-output grammar forces (the single token allowed) without
+    a decode step each; outputs are the same with it off. Safe to share between threads: the
     Rust engine releases the GIL while it computes, and one lock serializes calls
     into it.
     """
@@ -70,6 +72,7 @@ class Engine:
         gpu_memory_utilization: float = 0.9,
         kv_cache_dtype: str = "auto",
         scheduling_policy: str = "fcfs",
+        structured_jump_forward: bool = True,
     ) -> None:
         engine_args = {
             "max_model_len": max_model_len,
@@ -85,6 +88,7 @@ class Engine:
             "gpu_memory_utilization": gpu_memory_utilization,
             "kv_cache_dtype": kv_cache_dtype,
             "scheduling_policy": scheduling_policy,
+            "structured_jump_forward": structured_jump_forward,
         }
         check_engine_args(engine_args)
         self.model_path = resolve_model(model)

@@ -20,6 +20,18 @@ _METRICS: tuple[tuple[str, str, str, str], ...] = (
     ("ember_num_preemptions_total", "counter", "num_preemptions", "Requests preempted for lack of KV-cache space."),
     ("ember_prompt_tokens_total", "counter", "num_prompt_tokens", "Prompt tokens processed."),
     ("ember_generation_tokens_total", "counter", "num_generation_tokens", "Tokens generated."),
+    (
+        "ember_structured_masks_total",
+        "counter",
+        "num_structured_masks",
+        "Token masks computed for structured output.",
+    ),
+    (
+        "ember_structured_mask_seconds_total",
+        "counter",
+        "structured_mask_s",
+        "Wall time of structured-output mask computation, in seconds.",
+    ),
 )
 
 

@@ -291,6 +291,36 @@ impl Scheduler {
         updates
     }
 
+    /// Appends tokens a grammar forced to a running request's output without sampling them
+    /// (structured output's jump-forward); the next step computes their KV in one chunk and
+    /// samples after them. Stops at the first token that ends the request, exactly as `update`
+    /// would have (EOS, a stop id, `max_tokens`, `max_model_len`). Returns how many tokens were
+    /// appended, the finish reason and the stop token; `(0, None, None)` for a request that is
+    /// not running or still has tokens to compute.
+    pub fn append_forced_tokens(
+        &mut self,
+        request_id: &str,
+        token_ids: &[u32],
+    ) -> (usize, Option<FinishReason>, Option<u32>) {
+        let Some(entry) = self.requests.get_mut(request_id) else {
+            return (0, None, None);
+        };
+        let req = &mut entry.request;
+        if req.status != RequestStatus::Running || req.num_computed_tokens + 1 != req.num_tokens() {
+            return (0, None, None);
+        }
+        for (index, &token_id) in token_ids.iter().enumerate() {
+            req.output_token_ids.push(token_id);
+            self.stats.num_generation_tokens += 1;
+            let (finish_reason, stop_token_id) = check_stop(req, token_id, self.config.max_model_len);
+            if let Some(reason) = finish_reason {
+                self.finish_request(request_id, reason);
+                return (index + 1, Some(reason), stop_token_id);
+            }
+        }
+        (token_ids.len(), None, None)
+    }
+
     /// Ends a waiting or running request now (stop string, abort) and frees its blocks.
     /// `None` when no live request has this id.
     pub fn finish_request(&mut self, request_id: &str, reason: FinishReason) -> Option<RequestUpdate> {

@@ -22,6 +22,10 @@ pub struct SchedulerStats {
     pub num_prompt_tokens: u64,
     /// Tokens generated.
     pub num_generation_tokens: u64,
+    /// Token masks computed for structured output (filled in by the engine).
+    pub num_structured_masks: u64,
+    /// Wall time of those mask computations, in seconds (each step's masks run in parallel).
+    pub structured_mask_s: f64,
 }
 
 impl SchedulerStats {
@@ -35,7 +39,7 @@ impl SchedulerStats {
     }
 
     /// Every counter as `(name, value)`, for metrics exporters and the Python `stats()` dict.
-    pub fn as_pairs(&self) -> [(&'static str, f64); 10] {
+    pub fn as_pairs(&self) -> [(&'static str, f64); 12] {
         [
             ("num_running", self.num_running as f64),
             ("num_waiting", self.num_waiting as f64),
@@ -47,6 +51,8 @@ impl SchedulerStats {
             ("num_preemptions", self.num_preemptions as f64),
             ("num_prompt_tokens", self.num_prompt_tokens as f64),
             ("num_generation_tokens", self.num_generation_tokens as f64),
+            ("num_structured_masks", self.num_structured_masks as f64),
+            ("structured_mask_s", self.structured_mask_s),
         ]
     }
 }

@@ -23,6 +23,12 @@ impl TokenMask {
         }
     }
 
+    /// The lowest allowed token id, if any.
+    pub fn first_allowed(&self) -> Option<u32> {
+        let (index, word) = self.words.iter().enumerate().find(|(_, w)| **w != 0)?;
+        Some(index as u32 * 32 + word.trailing_zeros())
+    }
+
     /// Number of allowed tokens.
     pub fn num_allowed(&self) -> usize {
         self.words.iter().map(|w| w.count_ones() as usize).sum()
@@ -63,5 +69,7 @@ mod tests {
             assert_eq!(l.is_finite(), id == 3 || id == 40, "id {id}");
         }
         assert!(mask.allows(40) && !mask.allows(41) && !mask.allows(1000));
+        assert_eq!(mask.first_allowed(), Some(3));
+        assert_eq!(TokenMask { words: vec![0; 3] }.first_allowed(), None);
     }
 }

@@ -109,7 +109,7 @@ impl PyEngine {
     #[pyo3(signature = (model_path, *, max_model_len=None, max_num_seqs=256, max_num_batched_tokens=None,
         kv_cache_memory_bytes=None, block_size=16, seed=0, dtype="auto".to_string(), num_threads=None,
         enable_prefix_caching=true, device="auto".to_string(), gpu_memory_utilization=0.9,
-        kv_cache_dtype="auto".to_string(), scheduling_policy="fcfs".to_string()))]
+        kv_cache_dtype="auto".to_string(), scheduling_policy="fcfs".to_string(), structured_jump_forward=true))]
     #[allow(clippy::too_many_arguments)]
     fn new(
         py: Python<'_>,
@@ -127,6 +127,7 @@ impl PyEngine {
         gpu_memory_utilization: f32,
         kv_cache_dtype: String,
         scheduling_policy: String,
+        structured_jump_forward: bool,
     ) -> PyResult<Self> {
         guard(|| {
             let scheduling_policy = scheduling_policy
@@ -146,6 +147,7 @@ impl PyEngine {
                 gpu_memory_utilization,
                 kv_cache_dtype,
                 scheduling_policy,
+                structured_jump_forward,
                 ..EngineArgs::new(model_path)
             };
             let engine = py.detach(|| LlmEngine::new(&args)).map_err(engine_error)?;

@@ -45,6 +45,9 @@ pub struct EngineArgs {
     pub device: String,
     /// Fraction of GPU memory the engine may use (weights, workspace and KV cache).
     pub gpu_memory_utilization: f32,
+    /// Append the tokens a structured-output grammar forces without a decode step each (only
+    /// tokens that are the single one allowed, so outputs are unchanged).
+    pub structured_jump_forward: bool,
 }
 
 impl EngineArgs {
@@ -65,6 +68,7 @@ impl EngineArgs {
             scheduling_policy: SchedulingPolicy::Fcfs,
             device: "auto".into(),
             gpu_memory_utilization: 0.9,
+            structured_jump_forward: true,
         }
     }
 }

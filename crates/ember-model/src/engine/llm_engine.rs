@@ -5,7 +5,7 @@ use std::sync::Arc;
 use std::time::{SystemTime, UNIX_EPOCH};
 
 use ember_core::{
-    FinishReason, InvalidParam, Request, RequestId, RequestUpdate, Scheduler, SchedulerConfig,
+    FinishReason, InvalidParam, Request, RequestId, RequestUpdate, SampledToken, Scheduler, SchedulerConfig,
     SchedulerStats, SchedulingPolicy, ValidSamplingParams,
 };
 
@@ -34,6 +34,7 @@ pub struct LlmEngine {
     vocab_size: usize,
     requests: HashMap<RequestId, OutputState>,
     structured: StructuredOutputs,
+    jump_forward: bool,
     pending: Vec<StepOutput>,
     max_model_len: usize,
     block_size: usize,
@@ -43,6 +44,9 @@ pub struct LlmEngine {
     model_name: String,
     faults: faults::FaultPlan,
 }
+
+/// Most forced tokens appended after one step (a chunk of the next step).
+const MAX_FORCED_TOKENS: usize = 64;
 
 fn invalid(message: String) -> EngineError {
     EngineError::InvalidRequest(message)
@@ -115,6 +119,7 @@ impl LlmEngine {
             scheduler,
             tokenizer,
             structured,
+            jump_forward: args.structured_jump_forward,
             chat_template: opened.chat_template.map(Arc::new),
             eos_token_ids: config.eos_token_ids.clone(),
             vocab_size: config.vocab_size,
@@ -203,7 +208,11 @@ impl LlmEngine {
             .seed
             .unwrap_or_else(|| derive_seed(self.seed, self.num_requests_added));
         if let Some(spec) = &params.structured_outputs {
-            self.structured.add(&request_id, spec)?;
+            // Forced tokens skip the sampler: only where no logprobs or token history are kept.
+            let jump_forward =
+                (self.jump_forward && params.logprobs.is_none() && !params.needs_token_history())
+                    .then(|| params.stop_token_ids.clone());
+            self.structured.add(&request_id, spec, jump_forward)?;
         }
         let state = OutputState::new(&params, prompt_token_ids.len());
         let request = Request::new(
@@ -243,9 +252,14 @@ impl LlmEngine {
         self.scheduler.has_unfinished_requests() || !self.pending.is_empty()
     }
 
-    /// Scheduler and cache counters.
+    /// Scheduler, cache and structured-output counters.
     pub fn stats(&self) -> SchedulerStats {
-        self.scheduler.stats()
+        let (num_structured_masks, structured_mask_s) = self.structured.mask_counters();
+        SchedulerStats {
+            num_structured_masks,
+            structured_mask_s,
+            ..self.scheduler.stats()
+        }
     }
 
     /// Forgets every cached prefix; false when blocks are still in use.
@@ -305,11 +319,48 @@ impl LlmEngine {
                     update.finish_reason = Some(reason);
                 }
             }
+            if update.finish_reason.is_none() {
+                self.jump_forward(&mut update);
+            }
             if let Some(output) = self.apply_update(update) {
                 outputs.push(output);
             }
         }
         Ok(outputs)
+    }
+
+    /// Appends the tokens a constrained request's grammar forces after this step's token
+    /// (structured output's jump-forward): their KV is computed in the next step's chunk, not
+    /// one decode step each. Their logprob is 0: under the constrained distribution each was the
+    /// only token allowed.
+    fn jump_forward(&mut self, update: &mut RequestUpdate) {
+        let id = update.request_id.clone();
+        let (forced, complete) = self.structured.take_forced_tokens(&id, MAX_FORCED_TOKENS);
+        if forced.is_empty() {
+            return;
+        }
+        let (num_appended, finish_reason, stop_token_id) = self.scheduler.append_forced_tokens(&id, &forced);
+        update
+            .new_tokens
+            .extend(forced[..num_appended].iter().map(|&token_id| SampledToken {
+                request_id: id.clone(),
+                token_id,
+                logprob: 0.0,
+                rank: None,
+                top_logprobs: Vec::new(),
+            }));
+        if finish_reason.is_some() {
+            update.finish_reason = finish_reason;
+            update.stop_token_id = stop_token_id;
+        } else if num_appended < forced.len() {
+            // Not appended (the request was not waiting for its next token): undo them.
+            if let Err(e) = self.structured.rollback(&id, forced.len() - num_appended) {
+                log::error!("request {id}: cannot roll the grammar back: {e}");
+            }
+        } else if complete {
+            self.scheduler.finish_request(&id, FinishReason::Stop);
+            update.finish_reason = Some(FinishReason::Stop);
+        }
     }
 
     /// Detokenizes a request's new tokens, applies stop strings and builds its output.

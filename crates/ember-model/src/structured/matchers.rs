@@ -6,6 +6,7 @@
 
 use std::collections::{HashMap, HashSet, VecDeque};
 use std::sync::Arc;
+use std::time::Instant;
 
 use ember_core::{FinishReason, InvalidParam, RequestId, RequestUpdate, SchedulerOutput, TokenMask};
 use llguidance::toktrie::TokEnv;
@@ -32,6 +33,10 @@ struct RequestMatcher {
     matcher: Matcher,
     /// Set when computing a mask failed: the request ends at its next update.
     failed: Option<String>,
+    /// Token ids that end the request besides EOS (never jumped over), when jump-forward is on.
+    jump_forward: Option<Vec<u32>>,
+    /// The mask of the matcher's current state, when jump-forward already computed it.
+    next_mask: Option<Arc<TokenMask>>,
 }
 
 /// The compiler and the per-request matchers of one engine.
@@ -44,6 +49,8 @@ pub struct StructuredOutputs {
     compiled: HashMap<Arc<ember_core::StructuredOutputs>, Matcher>,
     compiled_order: VecDeque<Arc<ember_core::StructuredOutputs>>,
     requests: HashMap<RequestId, RequestMatcher>,
+    num_masks: u64,
+    mask_s: f64,
 }
 
 impl StructuredOutputs {
@@ -61,6 +68,8 @@ impl StructuredOutputs {
             compiled: HashMap::new(),
             compiled_order: VecDeque::new(),
             requests: HashMap::new(),
+            num_masks: 0,
+            mask_s: 0.0,
         }
     }
 
@@ -107,11 +116,14 @@ impl StructuredOutputs {
         Ok(matcher)
     }
 
-    /// Compiles `spec` for `request_id` (replacing any matcher it had).
+    /// Compiles `spec` for `request_id` (replacing any matcher it had). `jump_forward` holds
+    /// the request's stop token ids when forced tokens may be appended without sampling (see
+    /// [`StructuredOutputs::take_forced_tokens`]), `None` when they may not.
     pub fn add(
         &mut self,
         request_id: &RequestId,
         spec: &Arc<ember_core::StructuredOutputs>,
+        jump_forward: Option<Vec<u32>>,
     ) -> Result<(), InvalidParam> {
         let matcher = self.compile(spec)?;
         self.requests.insert(
@@ -119,6 +131,8 @@ impl StructuredOutputs {
             RequestMatcher {
                 matcher,
                 failed: None,
+                jump_forward,
+                next_mask: None,
             },
         );
         Ok(())
@@ -145,6 +159,7 @@ impl StructuredOutputs {
         if self.requests.is_empty() {
             return;
         }
+        let start = Instant::now();
         let wanted: HashSet<&str> = output
             .seqs
             .iter()
@@ -161,23 +176,30 @@ impl StructuredOutputs {
         let masks: HashMap<RequestId, Arc<TokenMask>> = work
             .par_iter_mut()
             .map(|(id, state)| {
-                let mask = match state.matcher.compute_mask() {
-                    Ok(vob) => {
-                        let eos_allowed = eos_token_ids.first().is_some_and(|&eos| vob.is_allowed(eos));
-                        mask_words(vob.as_slice(), vocab_size, eos_token_ids, eos_allowed)
-                    }
+                if let Some(mask) = state.next_mask.take() {
+                    return ((*id).clone(), mask);
+                }
+                let mask = match next_mask(&mut state.matcher, vocab_size, eos_token_ids) {
+                    Ok(mask) => mask,
                     Err(e) => {
                         log::error!("structured output of request {id}: no mask: {e}");
-                        state.failed = Some(e.to_string());
+                        state.failed = Some(e);
                         mask_words(&[], vocab_size, eos_token_ids, true)
                     }
                 };
                 ((*id).clone(), Arc::new(mask))
             })
             .collect();
+        self.num_masks += masks.len() as u64;
+        self.mask_s += start.elapsed().as_secs_f64();
         for seq in output.seqs.iter_mut().filter(|s| s.sample) {
             seq.token_mask = masks.get(&seq.request_id).cloned();
         }
+    }
+
+    /// (masks computed, their wall time in seconds) since the engine started.
+    pub fn mask_counters(&self) -> (u64, f64) {
+        (self.num_masks, self.mask_s)
     }
 
     /// Feeds the tokens a constrained request gained this step to its matcher. Returns the
@@ -186,6 +208,7 @@ impl StructuredOutputs {
     /// token and the rest are removed from `update`, so no unconstrained text is returned).
     pub fn accept(&mut self, update: &mut RequestUpdate) -> Option<FinishReason> {
         let state = self.requests.get_mut(&update.request_id)?;
+        state.next_mask = None;
         if let Some(error) = &state.failed {
             log::error!(
                 "ending request {}: structured output failed: {error}",
@@ -224,6 +247,44 @@ impl StructuredOutputs {
         None
     }
 
+    /// Jump-forward: while the grammar allows exactly one next token (not EOS, not a stop id),
+    /// consumes it; at most `max_num`. Sampling from a row with one allowed token gives that
+    /// token whatever the logits, temperature or seed, so appending these without a forward
+    /// pass each leaves the output unchanged. Returns the forced tokens and whether the grammar
+    /// is complete after them. The mask that ended the run is kept for the next step.
+    pub fn take_forced_tokens(&mut self, request_id: &str, max_num: usize) -> (Vec<u32>, bool) {
+        let mut forced = Vec::new();
+        let Some(state) = self.requests.get_mut(request_id) else {
+            return (forced, false);
+        };
+        let Some(stop_token_ids) = state.jump_forward.as_ref().filter(|_| state.failed.is_none()) else {
+            return (forced, false);
+        };
+        let start = Instant::now();
+        while forced.len() < max_num {
+            let Ok(mask) = next_mask(&mut state.matcher, self.vocab_size, &self.eos_token_ids) else {
+                break;
+            };
+            self.num_masks += 1;
+            let only = mask.first_allowed().filter(|_| mask.num_allowed() == 1);
+            let forcible = only.filter(|t| !self.eos_token_ids.contains(t) && !stop_token_ids.contains(t));
+            let Some(token_id) = forcible else {
+                state.next_mask = Some(Arc::new(mask));
+                break;
+            };
+            if !matches!(state.matcher.try_consume_tokens(&[token_id]), Ok(1)) {
+                break;
+            }
+            forced.push(token_id);
+            if state.matcher.is_stopped() {
+                self.mask_s += start.elapsed().as_secs_f64();
+                return (forced, true);
+            }
+        }
+        self.mask_s += start.elapsed().as_secs_f64();
+        (forced, false)
+    }
+
     /// How many of `token_ids` the request's matcher would accept in a row from its current
     /// state, without changing it (for checking draft tokens); `None` for an unconstrained id.
     pub fn num_acceptable(&mut self, request_id: &str, token_ids: &[u32]) -> Option<usize> {
@@ -240,6 +301,13 @@ impl StructuredOutputs {
     }
 }
 
+/// The mask of the matcher's current state (every EOS id allowed where the grammar accepts).
+fn next_mask(matcher: &mut Matcher, vocab_size: usize, eos_token_ids: &[u32]) -> Result<TokenMask, String> {
+    let vob = matcher.compute_mask().map_err(|e| e.to_string())?;
+    let eos_allowed = eos_token_ids.first().is_some_and(|&eos| vob.is_allowed(eos));
+    Ok(mask_words(vob.as_slice(), vocab_size, eos_token_ids, eos_allowed))
+}
+
 /// The mask of `vocab_size` tokens from llguidance's words, with every EOS id allowed when
 /// `eos_allowed`.
 fn mask_words(words: &[u32], vocab_size: usize, eos_token_ids: &[u32], eos_allowed: bool) -> TokenMask {
@@ -253,7 +321,7 @@ fn mask_words(words: &[u32], vocab_size: usize, eos_token_ids: &[u32], eos_allow
             .collect(),
     };
     // Bits past the vocabulary (llguidance pads its words) must stay clear.
-    if vocab_size % 32 != 0 {
+    if !vocab_size.is_multiple_of(32) {
         if let Some(last) = mask.words.last_mut() {
             *last &= (1u32 << (vocab_size % 32)) - 1;
         }

@@ -58,7 +58,7 @@ fn update(token_ids: &[u32]) -> RequestUpdate {
 #[test]
 fn eos_is_allowed_only_where_the_grammar_accepts() {
     let mut s = state();
-    s.add(&"r".into(), &regex("a{2,3}")).unwrap();
+    s.add(&"r".into(), &regex("a{2,3}"), None).unwrap();
     let first = mask(&mut s);
     assert!(first.allows(b'a'.into()) && !first.allows(EOS) && !first.allows(b'b'.into()));
     assert!(!first.allows(256), "\"ab\" leaves the language");
@@ -102,7 +102,7 @@ fn grammars_that_do_not_compile_name_the_field() {
         ),
     ];
     for (spec, expected) in bad {
-        let err = s.add(&"r".into(), &spec).unwrap_err();
+        let err = s.add(&"r".into(), &spec, None).unwrap_err();
         assert_eq!(err.field, "structured_outputs");
         assert!(err.message.contains(expected), "{err}");
     }
@@ -116,8 +116,8 @@ fn forks_get_independent_matchers_of_one_compilation() {
         choice: Some(vec!["ab".into(), "ba".into()]),
         ..Default::default()
     });
-    s.add(&"r".into(), &choice).unwrap();
-    s.add(&"fork".into(), &choice).unwrap();
+    s.add(&"r".into(), &choice, None).unwrap();
+    s.add(&"fork".into(), &choice, None).unwrap();
     assert_eq!(s.compiled.len(), 1);
     assert_eq!(s.accept(&mut update(&[b'b'.into()])), None);
     let mut output = step(vec![seq("r", 0, 1, 1, None), seq("fork", 0, 1, 1, None)]);
@@ -133,11 +133,11 @@ fn forks_get_independent_matchers_of_one_compilation() {
 #[test]
 fn refused_tokens_are_dropped_and_end_the_request() {
     let mut s = state();
-    s.add(&"r".into(), &regex("ab+")).unwrap();
+    s.add(&"r".into(), &regex("ab+"), None).unwrap();
     let mut refused = update(&[b'a'.into(), b'c'.into(), b'b'.into()]);
     assert_eq!(s.accept(&mut refused), Some(FinishReason::Abort));
     assert_eq!(refused.new_tokens.len(), 1);
-    s.add(&"r".into(), &regex("ab+")).unwrap();
+    s.add(&"r".into(), &regex("ab+"), None).unwrap();
     let mut accepted_then_refused = update(&[256, b'c'.into()]);
     assert_eq!(s.accept(&mut accepted_then_refused), Some(FinishReason::Stop));
     assert_eq!(accepted_then_refused.new_tokens.len(), 1);
@@ -146,7 +146,7 @@ fn refused_tokens_are_dropped_and_end_the_request() {
 #[test]
 fn draft_tokens_can_be_checked_and_rolled_back() {
     let mut s = state();
-    s.add(&"r".into(), &regex("ab*c")).unwrap();
+    s.add(&"r".into(), &regex("ab*c"), None).unwrap();
     assert_eq!(s.num_acceptable("r", &[256, 98, 98, 120]), Some(3));
     assert_eq!(s.num_acceptable("unknown", &[1]), None);
     assert_eq!(s.accept(&mut update(&[256, 98])), None);
@@ -160,4 +160,31 @@ fn mask_words_clear_bits_past_the_vocabulary() {
     let mask = mask_words(&[u32::MAX; 9], VOCAB_SIZE, &[EOS], false);
     assert_eq!(mask.words.len(), 9);
     assert_eq!(mask.num_allowed(), VOCAB_SIZE);
+}
+
+#[test]
+fn jump_forward_takes_only_tokens_that_are_the_one_allowed() {
+    let mut s = state();
+    // After "x", "yz" is forced byte by byte ("ab" would be a second choice only where "a" is).
+    s.add(&"r".into(), &regex("x(yz)(a|b)"), Some(vec![u32::from(b'q')]))
+        .unwrap();
+    assert_eq!(s.accept(&mut update(&[b'x'.into()])), None);
+    let (forced, complete) = s.take_forced_tokens("r", 16);
+    assert_eq!(
+        (forced, complete),
+        (vec![u32::from(b'y'), u32::from(b'z')], false)
+    );
+    // The mask that stopped the run (two choices) serves the next step.
+    let next = mask(&mut s);
+    assert!(next.allows(b'a'.into()) && next.allows(b'b'.into()) && !next.allows(256));
+    // A forced last token completes the grammar.
+    s.add(&"r".into(), &regex("ab?c"), Some(Vec::new())).unwrap();
+    assert_eq!(s.accept(&mut update(&[b'a'.into(), b'b'.into()])), None);
+    assert_eq!(s.take_forced_tokens("r", 16), (vec![u32::from(b'c')], true));
+    // Stop ids, EOS and requests without jump-forward are never forced.
+    s.add(&"r".into(), &regex("q"), Some(vec![u32::from(b'q')]))
+        .unwrap();
+    assert_eq!(s.take_forced_tokens("r", 16), (Vec::new(), false));
+    s.add(&"r".into(), &regex("zz"), None).unwrap();
+    assert_eq!(s.take_forced_tokens("r", 16), (Vec::new(), false));
 }
