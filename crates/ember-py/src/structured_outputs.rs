@@ -81,6 +81,18 @@ impl PyStructuredOutputsParams {
         &self.spec
     }
 
+    /// The constraint's text when it is the one the field `field` holds (json, regex, grammar).
+    fn text_of(&self, field: &str) -> Option<String> {
+        match &self.spec.constraint {
+            Constraint::Json(text) | Constraint::Regex(text) | Constraint::Grammar(text)
+                if self.spec.constraint.field_name() == field =>
+            {
+                Some(text.clone())
+            }
+            _ => None,
+        }
+    }
+
     /// Wraps an already validated constraint.
     pub fn from_spec(spec: Arc<StructuredOutputs>) -> Self {
         Self { spec }
@@ -146,19 +158,13 @@ impl PyStructuredOutputsParams {
     /// The JSON schema as JSON text, when the constraint is a schema.
     #[getter]
     fn json(&self) -> Option<String> {
-        match &self.spec.constraint {
-            Constraint::Json(text) => Some(text.clone()),
-            _ => None,
-        }
+        self.text_of("json")
     }
 
     /// The regular expression the whole output must match.
     #[getter]
     fn regex(&self) -> Option<String> {
-        match &self.spec.constraint {
-            Constraint::Regex(text) => Some(text.clone()),
-            _ => None,
-        }
+        self.text_of("regex")
     }
 
     /// The strings the output must be one of.
@@ -173,10 +179,7 @@ impl PyStructuredOutputsParams {
     /// The Lark grammar (llguidance's dialect).
     #[getter]
     fn grammar(&self) -> Option<String> {
-        match &self.spec.constraint {
-            Constraint::Grammar(text) => Some(text.clone()),
-            _ => None,
-        }
+        self.text_of("grammar")
     }
 
     /// True when the output must be any JSON object.
