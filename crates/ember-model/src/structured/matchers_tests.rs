@@ -3,10 +3,9 @@
 
 use std::sync::Arc;
 
-use ember_core::{SampledToken, StructuredOutputsFields};
+use ember_core::{SampledToken, SamplingParams, ScheduledSeq, StructuredOutputsFields};
 
 use super::*;
-use crate::engine::batch::tests::{seq, step};
 use crate::text::tokenizer::tests::byte_level_tokenizer;
 
 /// 256 bytes, merges "ab" (256) and "{\"" (257), then the special EOS "<|end|>" (258).
@@ -31,9 +30,34 @@ fn regex(rx: &str) -> Arc<ember_core::StructuredOutputs> {
 
 /// The mask of request "r" for its next token.
 fn mask(state: &mut StructuredOutputs) -> Arc<TokenMask> {
-    let mut output = step(vec![seq("r", 0, 1, 1, None)]);
+    let mut output = step(&["r"]);
     state.fill_masks(&mut output);
     output.seqs[0].token_mask.clone().unwrap()
+}
+
+/// A step that samples the next token of each request in `ids`.
+fn step(ids: &[&str]) -> SchedulerOutput {
+    let seqs = ids
+        .iter()
+        .map(|&id| ScheduledSeq {
+            request_id: id.into(),
+            token_ids: vec![0],
+            num_computed_tokens: 0,
+            block_ids: vec![0],
+            sample: true,
+            sampling_params: Arc::new(SamplingParams::default()),
+            num_output_tokens: 0,
+            seed: 0,
+            num_prompt_tokens: 1,
+            all_token_ids: None,
+            token_mask: None,
+        })
+        .collect();
+    SchedulerOutput {
+        seqs,
+        num_batched_tokens: ids.len(),
+        released_ids: Vec::new(),
+    }
 }
 
 fn update(token_ids: &[u32]) -> RequestUpdate {
@@ -120,7 +144,7 @@ fn forks_get_independent_matchers_of_one_compilation() {
     s.add(&"fork".into(), &choice, None).unwrap();
     assert_eq!(s.compiled.len(), 1);
     assert_eq!(s.accept(&mut update(&[b'b'.into()])), None);
-    let mut output = step(vec![seq("r", 0, 1, 1, None), seq("fork", 0, 1, 1, None)]);
+    let mut output = step(&["r", "fork"]);
     s.fill_masks(&mut output);
     let (after_b, fresh) = (
         output.seqs[0].token_mask.clone().unwrap(),
