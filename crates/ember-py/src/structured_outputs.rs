@@ -157,41 +157,43 @@ impl PyStructuredOutputsParams {
 
     /// The JSON schema as JSON text, when the constraint is a schema.
     #[getter]
-    fn json(&self) -> Option<String> {
-        self.text_of("json")
+    fn json(&self) -> PyResult<Option<String>> {
+        guard(|| Ok(self.text_of("json")))
     }
 
     /// The regular expression the whole output must match.
     #[getter]
-    fn regex(&self) -> Option<String> {
-        self.text_of("regex")
+    fn regex(&self) -> PyResult<Option<String>> {
+        guard(|| Ok(self.text_of("regex")))
     }
 
     /// The strings the output must be one of.
     #[getter]
-    fn choice(&self) -> Option<Vec<String>> {
-        match &self.spec.constraint {
-            Constraint::Choice(choices) => Some(choices.clone()),
-            _ => None,
-        }
+    fn choice(&self) -> PyResult<Option<Vec<String>>> {
+        guard(|| {
+            Ok(match &self.spec.constraint {
+                Constraint::Choice(choices) => Some(choices.clone()),
+                _ => None,
+            })
+        })
     }
 
     /// The Lark grammar (llguidance's dialect).
     #[getter]
-    fn grammar(&self) -> Option<String> {
-        self.text_of("grammar")
+    fn grammar(&self) -> PyResult<Option<String>> {
+        guard(|| Ok(self.text_of("grammar")))
     }
 
     /// True when the output must be any JSON object.
     #[getter]
-    fn json_object(&self) -> bool {
-        self.spec.constraint == Constraint::JsonObject
+    fn json_object(&self) -> PyResult<bool> {
+        guard(|| Ok(self.spec.constraint == Constraint::JsonObject))
     }
 
     /// Regex of the whitespace allowed between JSON tokens; None: compact JSON.
     #[getter]
-    fn whitespace_pattern(&self) -> Option<String> {
-        self.spec.whitespace_pattern.clone()
+    fn whitespace_pattern(&self) -> PyResult<Option<String>> {
+        guard(|| Ok(self.spec.whitespace_pattern.clone()))
     }
 
     /// The set field and the options, as keyword arguments that make an equal object.

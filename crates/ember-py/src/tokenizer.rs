@@ -139,8 +139,8 @@ impl PyTokenizer {
 
     /// True when the chat template has its own tool-calling format (it reads `tools`).
     #[getter]
-    fn chat_template_renders_tools(&self) -> bool {
-        self.chat_template.as_ref().is_some_and(|t| t.renders_tools())
+    fn chat_template_renders_tools(&self) -> PyResult<bool> {
+        guard(|| Ok(self.chat_template.as_ref().is_some_and(|t| t.renders_tools())))
     }
 
     /// The id of a token's text form, if it is in the vocabulary.
