@@ -8,6 +8,15 @@ use crate::step_batch::StepBatch;
 use crate::weight::WeightView;
 use thiserror::Error;
 
+/// The text of a panic payload (`&str` or `String`), or a placeholder.
+pub fn panic_message(payload: &(dyn std::any::Any + Send)) -> &str {
+    payload
+        .downcast_ref::<&str>()
+        .copied()
+        .or_else(|| payload.downcast_ref::<String>().map(String::as_str))
+        .unwrap_or("(no message)")
+}
+
 /// A failure inside a backend: unsupported input, bad shapes, or the device itself.
 #[derive(Debug, Error)]
 pub enum BackendError {

@@ -25,7 +25,7 @@ pub mod step_batch;
 pub mod waiting_queue;
 pub mod weight;
 
-pub use backend::{Backend, BackendError, BackendResult, ForwardFn};
+pub use backend::{panic_message, Backend, BackendError, BackendResult, ForwardFn};
 pub use block_pool::{prefix_block_hashes, BlockHash, BlockPool};
 pub use detokenizer::{IncrementalDetokenizer, StopStringMatch, StopStrings, StopUpdate, TokenVocab};
 pub use device_sampling::{device_sample_row, DeviceSampleRow};

@@ -21,8 +21,18 @@ pub struct Device {
 
 impl Device {
     /// Opens device `ordinal`, loads the kernels and creates the stream and cuBLAS handle.
+    /// A panic inside cudarc (a library or symbol the probe did not foresee) is an error.
     pub fn open(ordinal: usize) -> BackendResult<Self> {
         crate::probe::probe().map_err(BackendError::Device)?;
+        std::panic::catch_unwind(|| Self::open_checked(ordinal)).unwrap_or_else(|payload| {
+            Err(BackendError::Device(format!(
+                "opening CUDA device {ordinal} failed inside cudarc: {}",
+                ember_core::panic_message(payload.as_ref())
+            )))
+        })
+    }
+
+    fn open_checked(ordinal: usize) -> BackendResult<Self> {
         let ctx = CudaContext::new(ordinal).map_err(|e| device_err("cuda context", e))?;
         // One stream, in-order: cudarc's per-allocation event tracking is unnecessary, and its
         // events would break CUDA-graph capture.
