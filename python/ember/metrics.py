@@ -20,6 +20,14 @@ _METRICS: tuple[tuple[str, str, str, str], ...] = (
     ("ember_num_preemptions_total", "counter", "num_preemptions", "Requests preempted for lack of KV-cache space."),
     ("ember_prompt_tokens_total", "counter", "num_prompt_tokens", "Prompt tokens processed."),
     ("ember_generation_tokens_total", "counter", "num_generation_tokens", "Tokens generated."),
+    ("ember_cuda_graphs_captured_total", "counter", "num_cuda_graphs_captured", "Decode CUDA graphs captured."),
+    ("ember_cuda_graph_replays_total", "counter", "num_cuda_graph_replays", "Decode steps run from a CUDA graph."),
+    (
+        "ember_cuda_graph_failures_total",
+        "counter",
+        "num_cuda_graph_failures",
+        "CUDA graph warm-ups or captures that failed (their steps run eagerly).",
+    ),
 )
 
 

@@ -1,6 +1,7 @@
 //! The operations a model needs from a device. Model architectures are written once
 //! against [`Backend`]; the CPU and CUDA crates implement it.
 
+use crate::backend_stats::BackendStats;
 use crate::device_sampling::DeviceSampleRow;
 use crate::layer_params::{AttentionParams, Rope};
 use crate::memory::{KvCacheSpec, MemoryLimits, ModelShape};
@@ -85,6 +86,11 @@ pub trait Backend: Send + Sync {
 
     /// Short name for logs and errors ("cpu", "cuda").
     fn name(&self) -> &'static str;
+
+    /// The backend's own counters (CUDA graphs); zeros by default.
+    fn stats(&self) -> BackendStats {
+        BackendStats::default()
+    }
 
     /// Plans the memory left once the weights are loaded (activation workspace, CUDA graphs)
     /// for a model of `shape` under `limits`, and returns the KV cache geometry that fits;

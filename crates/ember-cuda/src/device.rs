@@ -17,7 +17,14 @@ pub struct Device {
     kernels: Kernels,
     blas: CudaBlas,
     num_sms: usize,
+    /// cuBLAS's workspace, set once for eager and captured GEMMs alike: captured GEMMs must not
+    /// allocate, and the same workspace gives both the same algorithm choice (same sums).
+    /// Declared after `blas`, so the handle is destroyed first.
+    blas_workspace: CudaSlice<u8>,
 }
+
+/// cuBLAS workspace bytes.
+const BLAS_WORKSPACE_BYTES: usize = 32 << 20;
 
 impl Device {
     /// Opens device `ordinal`, loads the kernels and creates the stream and cuBLAS handle.
@@ -45,13 +52,19 @@ impl Device {
         let num_sms = ctx
             .attribute(sys::CUdevice_attribute::CU_DEVICE_ATTRIBUTE_MULTIPROCESSOR_COUNT)
             .map_err(|e| device_err("device attribute", e))? as usize;
-        Ok(Self {
+        let blas_workspace = stream
+            .alloc_zeros::<u8>(BLAS_WORKSPACE_BYTES)
+            .map_err(|e| device_err("cuBLAS workspace", e))?;
+        let device = Self {
             ctx,
             stream,
             kernels,
             blas,
             num_sms,
-        })
+            blas_workspace,
+        };
+        device.setblas_workspace(&device.blas_workspace)?;
+        Ok(device)
     }
 
     /// The context.
@@ -146,7 +159,7 @@ impl Device {
     }
 
     /// Gives cuBLAS `workspace` for its GEMMs (graph capture must not allocate).
-    pub fn set_blas_workspace(&self, workspace: &CudaSlice<u8>) -> BackendResult<()> {
+    pub fn setblas_workspace(&self, workspace: &CudaSlice<u8>) -> BackendResult<()> {
         // SAFETY: the workspace is a live device buffer the caller keeps for the handle's life.
         unsafe {
             cudarc::cublas::sys::cublasSetWorkspace_v2(
