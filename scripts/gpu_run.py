@@ -38,6 +38,7 @@ SITE = "/tmp/site"
 WORK = Path("/tmp/ember-gpu")
 E2E_GLOB = "tests/gpu/test_e2e*.py"
 PYTEST = ["python3", "-m", "pytest", "-o", "norecursedirs=", "-q", "-rs", "-p", "no:cacheprovider"]
+ATTENTION = "tests/gpu/test_attention.py"
 #: The tiny end-to-end test that runs under compute-sanitizer (graphs off).
 SANITIZED_E2E = "tests/gpu/test_e2e_tiny.py::test_greedy_tokens_match_cpu_and_transformers[llama-gqa-h64]"
 
@@ -89,21 +90,16 @@ def sanitizer_stages(sanitizer: str) -> list[Stage]:
     memcheck = [sanitizer, "--tool", "memcheck", "--error-exitcode", "3", "--print-limit", "20"]
     env = {"EMBER_GPU_SANITIZE": "1", "EMBER_CUDA_GRAPHS": "0"}
     stages = []
-    for name, target, select, budget in (
-        ("memcheck-decode", "tests/gpu/test_attention.py", "decode", 100),
-        ("memcheck-prefill", "tests/gpu/test_attention.py", "prefill", 100),
-        ("memcheck-e2e", SANITIZED_E2E, "", 150),
+    for name, targets, budget in (
+        ("memcheck-decode", [f"{ATTENTION}::test_decode[{p}]" for p in ("16-16-128-bf16", "3-32-64-f16")], 100),
+        (
+            "memcheck-prefill",
+            [f"{ATTENTION}::test_prefill_and_chunked_prefill[{p}]" for p in ("4-16-128-bf16", "16-32-64-f16")],
+            100,
+        ),
+        ("memcheck-e2e", [SANITIZED_E2E], 150),
     ):
-        stage = pytest_stage(
-            name,
-            [target],
-            budget,
-            "sanitizer.log",
-            "-x",
-            *(["-k", select] if select else []),
-            per_test_s=budget,
-            env=env,
-        )
+        stage = pytest_stage(name, targets, budget, "sanitizer.log", "-x", per_test_s=budget, env=env)
         stage.argv = memcheck + stage.argv
         stage.sanitizer = True
         stages.append(stage)

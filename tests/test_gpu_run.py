@@ -190,3 +190,7 @@ def test_gpu_tests_collect_without_a_device():
     expected = {f"tests/gpu/{p.name}" for p in (ROOT / "tests" / "gpu").glob("test_*.py")}
     assert files == expected, expected - files
     assert re.search(r"(\d+) tests collected", proc.stdout), proc.stdout[-500:]
+    # The tests the memcheck stages name exist.
+    for stage in gpu_run.sanitizer_stages("compute-sanitizer"):
+        for target in (a for a in stage.argv if a.startswith("tests/gpu/")):
+            assert target in ids, target
