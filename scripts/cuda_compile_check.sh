@@ -8,23 +8,13 @@
 # carry no disassembler) must show 16-byte loads in decode attention and silu_mul
 # (scripts/check_sass.py).
 #
-#   scripts/cuda_compile_check.sh            # uses/creates .cache/cuda-venv
+#   scripts/cuda_compile_check.sh            # uses/creates .cache/cuda-venv (scripts/cuda_nvcc.sh)
 #   EMBER_CUDA_VENV=/path scripts/cuda_compile_check.sh
 #   NVCC=/path/to/nvcc scripts/cuda_compile_check.sh   # skip the venv
 set -euo pipefail
 root="$(cd "$(dirname "$0")/.." && pwd)"
 cd "$root"
-wheel_spec='cuda-toolkit[nvcc,nvvm,crt,cudart,cccl,nvrtc]==13.0.2'
-venv="${EMBER_CUDA_VENV:-$root/.cache/cuda-venv}"
-if [[ -z "${NVCC:-}" ]]; then
-  NVCC="$(ls "$venv"/lib/python3*/site-packages/nvidia/cu13/bin/nvcc 2>/dev/null | head -n1 || true)"
-  if [[ -z "$NVCC" ]]; then
-    echo "installing $wheel_spec into $venv"
-    python3 -m venv "$venv"
-    "$venv/bin/pip" install --quiet "$wheel_spec"
-    NVCC="$(ls "$venv"/lib/python3*/site-packages/nvidia/cu13/bin/nvcc | head -n1)"
-  fi
-fi
+NVCC="$(bash scripts/cuda_nvcc.sh)"
 echo "nvcc: $NVCC ($("$NVCC" --version | tail -n1))"
 # A disassembler reads older code, so these need not match the compiler's 13.0 pin.
 sass_spec=(nvidia-cuda-cuobjdump==13.4.92 nvidia-cuda-nvdisasm==13.4.92)
