@@ -105,11 +105,16 @@ def read_bench(folder: Path) -> list[dict[str, Any]]:
     return records
 
 
+def stage_problem(stage: StageRecord) -> str:
+    """What went wrong with a stage that did not exit 0."""
+    if stage.rc is None:
+        return f"stage {stage.name}: {stage.note or 'not run'}"
+    return f"stage {stage.name}: exit {stage.rc} {stage.note}".strip()
+
+
 def verdict(stages: list[StageRecord], counts: TestCounts, sanitizers: dict[str, str]) -> list[str]:
     """Every reason the run is not a pass (empty: it passed)."""
-    reasons = [
-        f"stage {s.name}: {'not run' if s.rc is None else f'exit {s.rc}'} {s.note}".strip() for s in stages if s.rc != 0
-    ]
+    reasons = [stage_problem(s) for s in stages if s.rc != 0]
     if counts.passed == 0:
         reasons.append("no GPU test passed")
     reasons += counts.problems

@@ -108,7 +108,7 @@ def test_failed_and_unrun_stages_fail_the_run(tmp_path):
         gpu_results.StageRecord("bench-e2e", None, 0.0, "bench.log", "not run: out of time"),
     ]
     result = gpu_results.summarize(stages, [passed], {}, tmp_path)
-    assert result["reasons"] == ["stage bench-e2e: not run not run: out of time"]
+    assert result["reasons"] == ["stage bench-e2e: not run: out of time"]
 
 
 @pytest.mark.parametrize(
