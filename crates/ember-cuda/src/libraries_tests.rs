@@ -22,9 +22,12 @@ fn search() -> SearchPath {
     SearchPath::parse(Some("/opt/cu13/lib::/usr/local/lib"))
 }
 
-/// Opens only `present` (a file name), as `version` with every symbol of `spec`.
-fn only(present: &'static str, version: c_int, spec: &LibrarySpec) -> impl Fn(&str) -> Result<Fake, String> {
-    let symbols = spec.symbols.to_vec();
+/// Opens only `present` (a file name), as `version` exporting `symbols`.
+fn only_with(
+    present: &'static str,
+    version: c_int,
+    symbols: Vec<&'static str>,
+) -> impl Fn(&str) -> Result<Fake, String> {
     move |name: &str| {
         if name == present {
             Ok(Fake {
@@ -35,6 +38,11 @@ fn only(present: &'static str, version: c_int, spec: &LibrarySpec) -> impl Fn(&s
             Err(format!("{name}: cannot open shared object file"))
         }
     }
+}
+
+/// Opens only `present`, as `version` with every symbol of `spec`.
+fn only(present: &'static str, version: c_int, spec: &LibrarySpec) -> impl Fn(&str) -> Result<Fake, String> {
+    only_with(present, version, spec.symbols.to_vec())
 }
 
 #[test]
@@ -91,16 +99,8 @@ fn a_wrong_version_is_refused_with_both_versions() {
 #[test]
 fn a_missing_symbol_is_named() {
     let names = candidates(&CUBLAS);
-    let open = |name: &str| {
-        if name == "libcublas.so.13" {
-            Ok(Fake {
-                version: Ok(13),
-                symbols: vec!["cublasCreate_v2", "cublasSetStream_v2", "cublasDestroy_v2"],
-            })
-        } else {
-            Err("absent".to_string())
-        }
-    };
+    let present = vec!["cublasCreate_v2", "cublasSetStream_v2", "cublasDestroy_v2"];
+    let open = only_with("libcublas.so.13", 13, present);
     let err = check_library(&CUBLAS, &names, open, &search()).unwrap_err();
     assert!(err.contains("lacks cublasGemmEx, cublasSetWorkspace_v2"), "{err}");
 }
@@ -125,17 +125,11 @@ fn an_unreadable_version_is_an_error() {
 fn the_first_name_that_opens_is_the_one_checked() {
     // cudarc takes the first candidate that opens, so a newer file later in the list does not help.
     let names = candidates(&CUBLAS);
-    let open = |name: &str| match name {
-        "libcublas.so" => Ok(Fake {
-            version: Ok(12),
-            symbols: CUBLAS.symbols.to_vec(),
-        }),
-        "libcublas.so.13" => Ok(Fake {
-            version: Ok(13),
-            symbols: CUBLAS.symbols.to_vec(),
-        }),
-        _ => Err("absent".into()),
-    };
+    let (old, new) = (
+        only("libcublas.so", 12, &CUBLAS),
+        only("libcublas.so.13", 13, &CUBLAS),
+    );
+    let open = |name: &str| old(name).or_else(|_| new(name));
     assert!(check_library(&CUBLAS, &names, open, &search()).is_err());
     let fine = check_library(&CUBLAS, &names, only("libcublas.so.13", 13, &CUBLAS), &search());
     assert_eq!(fine, Ok("libcublas.so.13".to_string()));
