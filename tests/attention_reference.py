@@ -50,25 +50,26 @@ def paged_attention(
     """Causal attention of each sequence's new rows over its context.
 
     q: [tokens, heads, d] (rows of each sequence in order); k, v: per sequence [len, kv_heads, d].
-    A sequence's row i sits at position seq_len - q_len + i; a row of a seq_len 0 sequence (a
-    padding row) is all zeros."""
+    A sequence's row i sits at position seq_len - q_len + i and sees keys 0..=position; a row of
+    a seq_len 0 sequence (a padding row) is all zeros. Query head h reads KV head h // group."""
+    num_heads, d = q.shape[1:]
     outs, row = [], 0
     for s, (length, q_len) in enumerate(zip(seq_lens, q_lens, strict=True)):
-        group = q.shape[1] // k[s].shape[1]
-        for i in range(q_len):
-            pos = length - q_len + i
-            if pos < 0:
-                outs.append(np.zeros(q.shape[1:]))
-                row += 1
-                continue
-            kk = np.repeat(k[s][: pos + 1], group, axis=1)
-            vv = np.repeat(v[s][: pos + 1], group, axis=1)
-            logits = np.einsum("hd,thd->ht", q[row], kk) * scale
-            p = np.exp(logits - logits.max(axis=1, keepdims=True))
-            p /= p.sum(axis=1, keepdims=True)
-            outs.append(np.einsum("ht,thd->hd", p, vv))
-            row += 1
-    return np.stack(outs)
+        rows = q[row : row + q_len]
+        row += q_len
+        if length == 0:
+            outs.append(np.zeros((q_len, num_heads, d)))
+            continue
+        kv_heads = k[s].shape[1]
+        grouped = rows.reshape(q_len, kv_heads, num_heads // kv_heads, d)
+        logits = np.einsum("qkgd,lkd->qkgl", grouped, k[s]) * scale
+        positions = length - q_len + np.arange(q_len)
+        visible = np.arange(length)[None, :] <= positions[:, None]  # [q_len, length]
+        logits = np.where(visible[:, None, None, :], logits, -np.inf)
+        p = np.exp(logits - logits.max(axis=-1, keepdims=True))
+        p /= p.sum(axis=-1, keepdims=True)
+        outs.append(np.einsum("qkgl,lkd->qkgd", p, v[s]).reshape(q_len, num_heads, d))
+    return np.concatenate(outs)
 
 
 def relative_l2(got: np.ndarray, want: np.ndarray) -> np.ndarray:
