@@ -21,6 +21,9 @@ COUNTERS = {
     "ember_generation_tokens_total": "num_generation_tokens",
     "ember_structured_masks_total": "num_structured_masks",
     "ember_structured_mask_seconds_total": "structured_mask_s",
+    "ember_cuda_graphs_captured_total": "num_cuda_graphs_captured",
+    "ember_cuda_graph_replays_total": "num_cuda_graph_replays",
+    "ember_cuda_graph_failures_total": "num_cuda_graph_failures",
 }
 _HELP = re.compile(r"# HELP (ember_[a-z_]+) \S.*")
 _TYPE = re.compile(r"# TYPE (ember_[a-z_]+) (gauge|counter)")
@@ -55,6 +58,7 @@ def test_render_reflects_engine_stats_after_generate(engine: Engine) -> None:
         assert values[name] == stats[key]
     assert values["ember_generation_tokens_total"] >= 8
     assert values["ember_prompt_tokens_total"] > 0
+    assert values["ember_cuda_graphs_captured_total"] == 0, "the CPU backend has no graphs"
 
 
 def test_render_writes_fractions_and_skips_missing_keys() -> None:

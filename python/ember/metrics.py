@@ -32,6 +32,14 @@ _METRICS: tuple[tuple[str, str, str, str], ...] = (
         "structured_mask_s",
         "Wall time of structured-output mask computation, in seconds.",
     ),
+    ("ember_cuda_graphs_captured_total", "counter", "num_cuda_graphs_captured", "Decode CUDA graphs captured."),
+    ("ember_cuda_graph_replays_total", "counter", "num_cuda_graph_replays", "Decode steps run from a CUDA graph."),
+    (
+        "ember_cuda_graph_failures_total",
+        "counter",
+        "num_cuda_graph_failures",
+        "CUDA graph warm-ups or captures that failed (their steps run eagerly).",
+    ),
 )
 
 

@@ -5,8 +5,8 @@ use std::sync::Arc;
 use std::time::{SystemTime, UNIX_EPOCH};
 
 use ember_core::{
-    FinishReason, InvalidParam, Request, RequestId, RequestUpdate, SampledToken, Scheduler, SchedulerConfig,
-    SchedulerStats, SchedulingPolicy, ValidSamplingParams,
+    BackendStats, FinishReason, InvalidParam, Request, RequestId, RequestUpdate, SampledToken, Scheduler,
+    SchedulerConfig, SchedulerStats, SchedulingPolicy, ValidSamplingParams,
 };
 
 use crate::engine::device::load_on_device;
@@ -260,6 +260,11 @@ impl LlmEngine {
             structured_mask_s,
             ..self.scheduler.stats()
         }
+    }
+
+    /// The backend's counters (CUDA graphs captured, replayed, failed).
+    pub fn backend_stats(&self) -> BackendStats {
+        self.executor.backend_stats()
     }
 
     /// Forgets every cached prefix; false when blocks are still in use.
