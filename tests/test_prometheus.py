@@ -19,6 +19,7 @@ COUNTERS = {
     "ember_num_preemptions_total": "num_preemptions",
     "ember_prompt_tokens_total": "num_prompt_tokens",
     "ember_generation_tokens_total": "num_generation_tokens",
+    "ember_window_freed_blocks_total": "num_window_freed_blocks",
 }
 _HELP = re.compile(r"# HELP (ember_[a-z_]+) \S.*")
 _TYPE = re.compile(r"# TYPE (ember_[a-z_]+) (gauge|counter)")

@@ -1,4 +1,4 @@
-"""Small random Llama-family models written with transformers, for exact comparisons.
+"""Small random models of each supported family written with transformers, for exact comparisons.
 
 Each variant is saved as a Hugging Face folder (config.json, model.safetensors,
 generation_config.json, tokenizer.json, tokenizer_config.json) with a byte-level
@@ -8,7 +8,7 @@ BPE tokenizer: 256 byte tokens, a few merges, and ChatML special tokens.
 from __future__ import annotations
 
 import json
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
@@ -23,13 +23,15 @@ CHAT_TEMPLATE = (
 
 @dataclass(frozen=True)
 class Variant:
-    """One tiny architecture to test: family, KV heads (GQA when < 4), tied embeddings, RoPE base."""
+    """One tiny architecture to test: family, KV heads (GQA when < 4), tied embeddings, RoPE base, and
+    family-specific config fields."""
 
     name: str
-    family: str  # "llama" | "qwen2"
+    family: str  # a key of FAMILY_CLASSES
     num_key_value_heads: int
     tie_word_embeddings: bool
     rope_theta: float
+    config: dict[str, Any] = field(default_factory=dict)
 
 
 VARIANTS = [
@@ -39,6 +41,32 @@ VARIANTS = [
     Variant("qwen2-qkvbias-gqa-untied", "qwen2", 2, False, 10_000.0),
     Variant("qwen2-qkvbias-mha-tied-rope5e5", "qwen2", 4, True, 500_000.0),
 ]
+
+# Window (in tokens) of the sliding-window variants: prompts in the tests run well past it.
+SLIDING_WINDOW = 24
+
+# The families added beside Llama/Qwen2, each checked in tests/test_model_families.py.
+FAMILY_VARIANTS = [
+    Variant("qwen3-qknorm-gqa-untied", "qwen3", 2, False, 1_000_000.0, {"head_dim": 32}),
+    Variant("qwen3-qknorm-mha-tied", "qwen3", 4, True, 10_000.0, {"head_dim": 16}),
+    Variant("mistral-window-gqa", "mistral", 2, False, 10_000.0, {"head_dim": 16, "sliding_window": SLIDING_WINDOW}),
+    Variant(
+        "qwen3-window-upper-layers",
+        "qwen3",
+        2,
+        False,
+        10_000.0,
+        {"head_dim": 16, "use_sliding_window": True, "sliding_window": SLIDING_WINDOW, "max_window_layers": 1},
+    ),
+]
+
+# transformers' (config class, model class) names of each family.
+FAMILY_CLASSES = {
+    "llama": ("LlamaConfig", "LlamaForCausalLM"),
+    "qwen2": ("Qwen2Config", "Qwen2ForCausalLM"),
+    "qwen3": ("Qwen3Config", "Qwen3ForCausalLM"),
+    "mistral": ("MistralConfig", "MistralForCausalLM"),
+}
 
 
 def _bytes_to_unicode() -> dict[int, str]:
@@ -88,7 +116,8 @@ def write_model(variant: Variant, folder: Path, seed: int = 0, sizes: dict[str, 
     `sizes` overrides the config's sizes (e.g. hidden_size, intermediate_size) for variants
     that need another head size (the CUDA attention kernels take 64 and 128)."""
     import torch
-    from transformers import GenerationConfig, LlamaConfig, LlamaForCausalLM, Qwen2Config, Qwen2ForCausalLM
+    import transformers
+    from transformers import GenerationConfig
 
     folder.mkdir(parents=True, exist_ok=True)
     eos_id = write_tokenizer(folder)
@@ -109,12 +138,20 @@ def write_model(variant: Variant, folder: Path, seed: int = 0, sizes: dict[str, 
         initializer_range=0.2,
         dtype="float32",
     )
+    if variant.family == "qwen2":
+        common["use_sliding_window"] = False
+    common.update(variant.config)
     common.update(sizes or {})
     torch.manual_seed(seed)
-    if variant.family == "llama":
-        model = LlamaForCausalLM(LlamaConfig(**common))
-    else:
-        model = Qwen2ForCausalLM(Qwen2Config(**common, use_sliding_window=False))
+    config_class, model_class = (getattr(transformers, name) for name in FAMILY_CLASSES[variant.family])
+    model = model_class(config_class(**common))
+    if variant in FAMILY_VARIANTS:
+        # transformers initializes norm weights to ones (zeros for Gemma's 1 + w), which would hide a
+        # missing or misplaced norm.
+        with torch.no_grad():
+            for name, param in model.named_parameters():
+                if param.ndim == 1 and "norm" in name:
+                    param.uniform_(-0.5, 1.5)
     model = model.float().eval()
     model.generation_config = GenerationConfig(eos_token_id=eos_id, bos_token_id=None)
     model.save_pretrained(str(folder), safe_serialization=True)

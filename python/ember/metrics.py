@@ -20,6 +20,12 @@ _METRICS: tuple[tuple[str, str, str, str], ...] = (
     ("ember_num_preemptions_total", "counter", "num_preemptions", "Requests preempted for lack of KV-cache space."),
     ("ember_prompt_tokens_total", "counter", "num_prompt_tokens", "Prompt tokens processed."),
     ("ember_generation_tokens_total", "counter", "num_generation_tokens", "Tokens generated."),
+    (
+        "ember_window_freed_blocks_total",
+        "counter",
+        "num_window_freed_blocks",
+        "KV-cache blocks released early because they fell wholly before a sliding window.",
+    ),
 )
 
 

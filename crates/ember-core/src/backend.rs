@@ -90,6 +90,11 @@ pub trait Backend: Send + Sync {
     /// Copies or converts a stored vector into the backend's format (f32 on the CPU).
     fn load_vector(&self, weight: &WeightView<'_>) -> BackendResult<Self::Vector>;
 
+    /// Whether `attention` honours every option of `params` (sliding window, soft-capping); a
+    /// model checks each layer's at load, so an unsupported family is refused before it runs.
+    fn check_attention(&self, _params: &AttentionParams) -> BackendResult<()> {
+        Ok(())
+    }
     /// Makes the step handle of `batch` (a device backend uploads the inputs here, once).
     fn prepare_step(&self, batch: StepBatch) -> BackendResult<Self::Step>;
     /// Runs one step's forward pass: prepares the step and calls `forward` on it; a device
@@ -118,6 +123,16 @@ pub trait Backend: Send + Sync {
     fn embed(&self, step: &Self::Step, table: &Self::Matrix) -> BackendResult<Self::Tensor>;
     /// RMS norm of each row of `x`, scaled by `weight`.
     fn rms_norm(
+        &self,
+        step: &Self::Step,
+        x: &Self::Tensor,
+        weight: &Self::Vector,
+        eps: f32,
+    ) -> BackendResult<Self::Tensor>;
+    /// RMS norm of every `weight.len()`-wide head of each row of `x` (`[rows, num_heads *
+    /// head_dim]`), each scaled by `weight` (`[head_dim]`): the per-head q/k norms of Qwen3 and
+    /// Gemma 3.
+    fn rms_norm_heads(
         &self,
         step: &Self::Step,
         x: &Self::Tensor,

@@ -22,6 +22,8 @@ pub struct SchedulerStats {
     pub num_prompt_tokens: u64,
     /// Tokens generated.
     pub num_generation_tokens: u64,
+    /// KV-cache blocks released early because they fell wholly before a sliding window.
+    pub num_window_freed_blocks: u64,
 }
 
 impl SchedulerStats {
@@ -35,7 +37,7 @@ impl SchedulerStats {
     }
 
     /// Every counter as `(name, value)`, for metrics exporters and the Python `stats()` dict.
-    pub fn as_pairs(&self) -> [(&'static str, f64); 10] {
+    pub fn as_pairs(&self) -> [(&'static str, f64); 11] {
         [
             ("num_running", self.num_running as f64),
             ("num_waiting", self.num_waiting as f64),
@@ -47,6 +49,7 @@ impl SchedulerStats {
             ("num_preemptions", self.num_preemptions as f64),
             ("num_prompt_tokens", self.num_prompt_tokens as f64),
             ("num_generation_tokens", self.num_generation_tokens as f64),
+            ("num_window_freed_blocks", self.num_window_freed_blocks as f64),
         ]
     }
 }

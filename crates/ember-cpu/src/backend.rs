@@ -333,6 +333,29 @@ impl Backend for CpuBackend {
         matmul::matmul(&self.pool, self.isa, x, weight, bias.map(|b| b.as_slice()))
     }
 
+    fn rms_norm_heads(
+        &self,
+        _step: &StepBatch,
+        x: &CpuTensor,
+        weight: &Vec<f32>,
+        eps: f32,
+    ) -> BackendResult<CpuTensor> {
+        let head_dim = weight.len();
+        if head_dim == 0 || !x.cols().is_multiple_of(head_dim) {
+            return Err(shape_err(
+                "rms_norm_heads",
+                format!("rows of {} are not whole heads of {head_dim}", x.cols()),
+            ));
+        }
+        let mut out = CpuTensor::zeros(x.rows(), x.cols())?;
+        self.map_rows(x, &mut out, |_, xr, o| {
+            for (head, out_head) in xr.chunks_exact(head_dim).zip(o.chunks_exact_mut(head_dim)) {
+                norm::rms_norm_row(head, weight, eps, out_head);
+            }
+        });
+        Ok(out)
+    }
+
     fn rope(
         &self,
         step: &StepBatch,

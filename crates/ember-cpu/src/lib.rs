@@ -46,6 +46,8 @@ pub use tensor::CpuTensor;
 #[cfg(test)]
 mod attention_tests;
 #[cfg(test)]
+mod family_ops_tests;
+#[cfg(test)]
 mod matmul_large_tests;
 #[cfg(test)]
 mod matmul_tests;

@@ -212,6 +212,32 @@ impl Backend for CudaBackend {
         Ok(out)
     }
 
+    fn check_attention(&self, params: &AttentionParams) -> BackendResult<()> {
+        params.require_plain("cuda")
+    }
+
+    fn rms_norm_heads(
+        &self,
+        step: &CudaStep,
+        x: &CudaTensor,
+        weight: &CudaVector,
+        eps: f32,
+    ) -> BackendResult<CudaTensor> {
+        let head_dim = weight.len;
+        if head_dim == 0 || !x.cols.is_multiple_of(head_dim) {
+            return Err(shape_err(
+                "rms_norm_heads",
+                format!("rows of {} are not whole heads of {head_dim}", x.cols),
+            ));
+        }
+        // The row kernel over the heads as rows of `[rows * num_heads, head_dim]`.
+        let num_heads = x.cols / head_dim;
+        let mut out = step.tensor(&self.device, x.rows * num_heads, head_dim, "rms_norm_heads")?;
+        row_ops::add_rms_norm(&self.device, &out, x.dev(&self.device), DevPtr::NULL, weight, eps)?;
+        (out.rows, out.cols) = (x.rows, x.cols);
+        Ok(out)
+    }
+
     fn add_rms_norm(
         &self,
         step: &CudaStep,

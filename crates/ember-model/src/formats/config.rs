@@ -84,10 +84,12 @@ pub struct ModelConfig {
     pub rope_scaling: RopeScaling,
     /// Longest context the model supports.
     pub max_position_embeddings: usize,
-    /// Attention window of the layers that use one (Mistral's `sliding_window`, Qwen2's with
-    /// `use_sliding_window`). Ember has no sliding-window attention yet: up to the window,
-    /// full attention is exact, so the engine caps `max_model_len` at it.
+    /// Attention window of the layers that use one (Mistral's `sliding_window`, Qwen2's and
+    /// Qwen3's with `use_sliding_window`): such a layer attends to its last `sliding_window`
+    /// positions.
     pub sliding_window: Option<usize>,
+    /// Which layers use `sliding_window` (one entry per layer; all false without a window).
+    pub sliding_layers: Vec<bool>,
     /// True when the output projection reuses the token embedding.
     pub tie_word_embeddings: bool,
     /// Beginning-of-sequence token, when the model defines one.
@@ -97,6 +99,12 @@ pub struct ModelConfig {
 }
 
 impl ModelConfig {
+    /// The attention window of layer `layer` (`None`: it attends to the whole context).
+    pub fn layer_window(&self, layer: usize) -> Option<usize> {
+        self.sliding_window
+            .filter(|_| self.sliding_layers.get(layer).copied().unwrap_or(false))
+    }
+
     /// RoPE inverse frequencies (`head_dim / 2` of them), computed in float32 exactly as
     /// Hugging Face transformers does, with the configured scaling applied.
     pub fn rope_inv_freq(&self) -> Vec<f32> {

@@ -1,6 +1,8 @@
-//! The Llama family (Llama 2/3, Mistral, Qwen2/2.5 with qkv bias, SmolLM), written once over
-//! [`Backend`]: pre-norm decoder layers of grouped-query attention with RoPE and a SiLU-gated
-//! MLP, optional q/k/v/o biases (loaded when the file has them), tied or untied output.
+//! The Llama family (Llama 2/3, Mistral with its sliding window, Qwen2/2.5 with qkv bias, Qwen3
+//! with per-head q/k norms, SmolLM), written once over [`Backend`]: pre-norm decoder layers of
+//! grouped-query attention with RoPE and a SiLU-gated MLP, optional q/k/v/o biases and q/k
+//! norms (loaded when the file has them), per-layer sliding windows from the config, tied or
+//! untied output.
 
 use ember_core::{
     AttentionParams, AttentionShape, Backend, BackendResult, LayerKv, ModelShape, Rope, WeightDType,
@@ -31,6 +33,8 @@ pub static LLAMA_WEIGHT_NAMES: WeightNames = WeightNames {
         names("k_proj", "self_attn.k_proj", "attn_k"),
         names("v_proj", "self_attn.v_proj", "attn_v"),
         names("o_proj", "self_attn.o_proj", "attn_output"),
+        names("q_norm", "self_attn.q_norm", "attn_q_norm"),
+        names("k_norm", "self_attn.k_norm", "attn_k_norm"),
         names("gate_proj", "mlp.gate_proj", "ffn_gate"),
         names("up_proj", "mlp.up_proj", "ffn_up"),
         names("down_proj", "mlp.down_proj", "ffn_down"),
@@ -48,6 +52,11 @@ struct LlamaLayer<B: Backend> {
     v_bias: Option<B::Vector>,
     o_proj: B::Matrix,
     o_bias: Option<B::Vector>,
+    /// Per-head RMS norms of queries and keys before RoPE (Qwen3), `[head_dim]`.
+    q_norm: Option<B::Vector>,
+    k_norm: Option<B::Vector>,
+    /// This layer's attention options (its sliding window).
+    attention: AttentionParams,
     post_attention_norm: B::Vector,
     gate_proj: B::Matrix,
     up_proj: B::Matrix,
@@ -61,7 +70,6 @@ pub struct LlamaModel<B: Backend> {
     norm: B::Vector,
     /// `None` when the output projection is tied to `embed_tokens`.
     lm_head: Option<B::Matrix>,
-    attention: AttentionParams,
     rope: Rope<B::Vector>,
     rms_norm_eps: f32,
     shape: ModelShape,
@@ -117,18 +125,20 @@ pub fn check_weight_shapes(config: &ModelConfig, weights: &WeightSource) -> Resu
         ("up_proj", &[inter, hidden]),
         ("down_proj", &[hidden, inter]),
     ];
-    let biases: [(&str, &[usize]); 4] = [
+    let optional: [(&str, &[usize]); 6] = [
         ("q_proj.bias", &[q_dim]),
         ("k_proj.bias", &[kv_dim]),
         ("v_proj.bias", &[kv_dim]),
         ("o_proj.bias", &[hidden]),
+        ("q_norm", &[config.head_dim]),
+        ("k_norm", &[config.head_dim]),
     ];
     // Stops at the first missing tensor, so a huge layer count costs one lookup per real layer.
     for layer in 0..config.num_layers {
         for (suffix, shape) in required {
             check(&format!("layers.{layer}.{suffix}"), shape)?;
         }
-        for (suffix, shape) in biases {
+        for (suffix, shape) in optional {
             let name = format!("layers.{layer}.{suffix}");
             if weights.contains(&name) {
                 check(&name, shape)?;
@@ -159,9 +169,19 @@ impl<B: Backend> Model<B> for LlamaModel<B> {
         let q_dim = config.num_heads * config.head_dim;
         let kv_dim = config.num_kv_heads * config.head_dim;
         check_weight_shapes(config, weights)?;
+        let shape = AttentionShape {
+            num_heads: config.num_heads,
+            num_kv_heads: config.num_kv_heads,
+            head_dim: config.head_dim,
+        };
         let mut layers = Vec::new();
         for i in 0..config.num_layers {
             let name = |suffix: &str| format!("layers.{i}.{suffix}");
+            let attention = AttentionParams {
+                sliding_window: config.layer_window(i),
+                ..AttentionParams::causal(shape)
+            };
+            backend.check_attention(&attention)?;
             layers.push(LlamaLayer {
                 input_norm: vector(&name("input_layernorm"), hidden)?,
                 q_proj: matrix(&name("q_proj"), q_dim, hidden)?,
@@ -172,6 +192,9 @@ impl<B: Backend> Model<B> for LlamaModel<B> {
                 v_bias: load_optional_vector(backend, weights, &name("v_proj.bias"))?,
                 o_proj: matrix(&name("o_proj"), hidden, q_dim)?,
                 o_bias: load_optional_vector(backend, weights, &name("o_proj.bias"))?,
+                q_norm: load_optional_vector(backend, weights, &name("q_norm"))?,
+                k_norm: load_optional_vector(backend, weights, &name("k_norm"))?,
+                attention,
                 post_attention_norm: vector(&name("post_attention_layernorm"), hidden)?,
                 gate_proj: matrix(&name("gate_proj"), config.intermediate_size, hidden)?,
                 up_proj: matrix(&name("up_proj"), config.intermediate_size, hidden)?,
@@ -196,11 +219,6 @@ impl<B: Backend> Model<B> for LlamaModel<B> {
             layers,
             norm: vector("norm", hidden)?,
             lm_head,
-            attention: AttentionParams::causal(AttentionShape {
-                num_heads: config.num_heads,
-                num_kv_heads: config.num_kv_heads,
-                head_dim: config.head_dim,
-            }),
             rope: Rope {
                 style: source.rope_style,
                 inv_freq,
@@ -212,13 +230,13 @@ impl<B: Backend> Model<B> for LlamaModel<B> {
                 vocab_size: config.vocab_size,
                 num_heads: config.num_heads,
                 head_dim: config.head_dim,
-                kv_layers: vec![
-                    LayerKv {
+                kv_layers: (0..config.num_layers)
+                    .map(|i| LayerKv {
                         num_kv_heads: config.num_kv_heads,
                         head_dim: config.head_dim,
-                    };
-                    config.num_layers
-                ],
+                        sliding_window: config.layer_window(i),
+                    })
+                    .collect(),
             },
         })
     }
@@ -277,14 +295,20 @@ impl<B: Backend> LlamaModel<B> {
         layer: &LlamaLayer<B>,
         hidden: &B::Tensor,
     ) -> BackendResult<B::Tensor> {
-        let shape = self.attention.shape;
+        let shape = layer.attention.shape;
         let mut query = backend.matmul(step, hidden, &layer.q_proj, layer.q_bias.as_ref())?;
         let mut key = backend.matmul(step, hidden, &layer.k_proj, layer.k_bias.as_ref())?;
         let value = backend.matmul(step, hidden, &layer.v_proj, layer.v_bias.as_ref())?;
+        if let Some(norm) = &layer.q_norm {
+            query = backend.rms_norm_heads(step, &query, norm, self.rms_norm_eps)?;
+        }
+        if let Some(norm) = &layer.k_norm {
+            key = backend.rms_norm_heads(step, &key, norm, self.rms_norm_eps)?;
+        }
         backend.rope(step, &mut query, shape.num_heads, &self.rope)?;
         backend.rope(step, &mut key, shape.num_kv_heads, &self.rope)?;
         backend.write_kv(step, kv_cache, index, &key, &value)?;
-        let context = backend.attention(step, &query, kv_cache, index, &self.attention)?;
+        let context = backend.attention(step, &query, kv_cache, index, &layer.attention)?;
         backend.matmul(step, &context, &layer.o_proj, layer.o_bias.as_ref())
     }
 }

@@ -13,7 +13,8 @@ use crate::models::{Model, ModelSource};
 /// The model implementations, one file each in `models/`.
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
 pub enum Family {
-    /// `models/llama.rs`: Llama 2/3, Mistral (no sliding window), Qwen2/2.5 (qkv bias), SmolLM.
+    /// `models/llama.rs`: Llama 2/3, Mistral (sliding window), Qwen2/2.5 (qkv bias), Qwen3
+    /// (q/k norms), SmolLM.
     Llama,
 }
 
@@ -51,6 +52,8 @@ pub struct Architecture {
     pub rope_style: RopeStyle,
 }
 
+/// A name whose files keep Hugging Face's half-split Q/K rows (every Hugging Face name, and
+/// the GGUF architectures llama.cpp converts without permuting).
 const fn hf(name: &'static str, source: NameSource, family: Family) -> Architecture {
     Architecture {
         name,
@@ -65,21 +68,19 @@ pub const ARCHITECTURES: &[Architecture] = &[
     hf("LlamaForCausalLM", NameSource::HfArchitectures, Family::Llama),
     hf("MistralForCausalLM", NameSource::HfArchitectures, Family::Llama),
     hf("Qwen2ForCausalLM", NameSource::HfArchitectures, Family::Llama),
+    hf("Qwen3ForCausalLM", NameSource::HfArchitectures, Family::Llama),
     hf("llama", NameSource::HfModelType, Family::Llama),
     hf("mistral", NameSource::HfModelType, Family::Llama),
     hf("qwen2", NameSource::HfModelType, Family::Llama),
+    hf("qwen3", NameSource::HfModelType, Family::Llama),
     Architecture {
         name: "llama",
         source: NameSource::GgufArchitecture,
         family: Family::Llama,
         rope_style: RopeStyle::Interleaved,
     },
-    Architecture {
-        name: "qwen2",
-        source: NameSource::GgufArchitecture,
-        family: Family::Llama,
-        rope_style: RopeStyle::HalfSplit,
-    },
+    hf("qwen2", NameSource::GgufArchitecture, Family::Llama),
+    hf("qwen3", NameSource::GgufArchitecture, Family::Llama),
 ];
 
 /// The field a name source stands for, as errors spell it.
@@ -169,14 +170,14 @@ mod tests {
         assert_eq!(
             msg,
             "unsupported architecture GPT2LMHeadModel (architectures); supported: \
-             LlamaForCausalLM, MistralForCausalLM, Qwen2ForCausalLM"
+             LlamaForCausalLM, MistralForCausalLM, Qwen2ForCausalLM, Qwen3ForCausalLM"
         );
         let msg = resolve(&[name(NameSource::GgufArchitecture, "gemma2")])
             .unwrap_err()
             .to_string();
         assert_eq!(
             msg,
-            "unsupported architecture gemma2 (general.architecture); supported: llama, qwen2"
+            "unsupported architecture gemma2 (general.architecture); supported: llama, qwen2, qwen3"
         );
         let msg = resolve(&[name(NameSource::HfModelType, "phi3")])
             .unwrap_err()

@@ -77,6 +77,7 @@ impl ModelConfig {
             rope_scaling: gguf_rope_scaling(&g)?,
             max_position_embeddings: g.opt_usize("context_length").unwrap_or(2048),
             sliding_window: None,
+            sliding_layers: Vec::new(),
             tie_word_embeddings: file.tensor("output.weight").is_none(),
             bos_token_id: id("tokenizer.ggml.bos_token_id"),
             eos_token_ids,

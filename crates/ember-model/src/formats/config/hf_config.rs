@@ -97,6 +97,7 @@ impl ModelConfig {
                 eos_token_ids.push(id);
             }
         }
+        let (sliding_window, sliding_layers) = sliding_window(config, &f)?;
         let cfg = Self {
             hidden_size,
             intermediate_size: f.usize("intermediate_size")?,
@@ -117,7 +118,8 @@ impl ModelConfig {
             } as f32,
             rope_scaling: hf_rope_scaling(config.get("rope_scaling").or(rope_params), source_name)?,
             max_position_embeddings: f.opt_usize("max_position_embeddings")?.unwrap_or(2048),
-            sliding_window: sliding_window(config, &f)?,
+            sliding_window,
+            sliding_layers,
             tie_word_embeddings: config
                 .get("tie_word_embeddings")
                 .and_then(Value::as_bool)
@@ -182,7 +184,7 @@ enum WindowRule {
     Never,
     /// Mistral: whenever it is set.
     WhenSet,
-    /// Qwen2: only with `use_sliding_window`, for layers from `max_window_layers` on.
+    /// Qwen2 and Qwen3: only with `use_sliding_window`, for layers from `max_window_layers` on.
     Qwen2,
 }
 
@@ -197,7 +199,7 @@ fn window_rule(config: &Value) -> WindowRule {
     for name in names {
         match name {
             "MistralForCausalLM" | "mistral" => return WindowRule::WhenSet,
-            "Qwen2ForCausalLM" | "qwen2" => return WindowRule::Qwen2,
+            "Qwen2ForCausalLM" | "qwen2" | "Qwen3ForCausalLM" | "qwen3" => return WindowRule::Qwen2,
             "LlamaForCausalLM" | "llama" => return WindowRule::Never,
             _ => {}
         }
@@ -205,9 +207,9 @@ fn window_rule(config: &Value) -> WindowRule {
     WindowRule::Never
 }
 
-/// The attention window of the layers that use one, as transformers reads it (see
-/// [`WindowRule`]); an explicit `layer_types` list decides for either.
-fn sliding_window(config: &Value, f: &HfFields<'_>) -> Result<Option<usize>, ConfigError> {
+/// The attention window and which layers use it, as transformers reads them (see
+/// [`WindowRule`]); an explicit `layer_types` list decides the layers for either.
+fn sliding_window(config: &Value, f: &HfFields<'_>) -> Result<(Option<usize>, Vec<bool>), ConfigError> {
     let rule = window_rule(config);
     let use_window = match rule {
         WindowRule::Never => false,
@@ -215,17 +217,39 @@ fn sliding_window(config: &Value, f: &HfFields<'_>) -> Result<Option<usize>, Con
         WindowRule::Qwen2 => config.get("use_sliding_window").and_then(Value::as_bool) == Some(true),
     };
     let Some(window) = f.opt_usize("sliding_window")?.filter(|_| use_window) else {
-        return Ok(None);
+        return Ok((None, Vec::new()));
     };
-    let any_layer_slides = match config.get("layer_types").and_then(Value::as_array) {
-        Some(types) => types.iter().any(|t| t.as_str() == Some("sliding_attention")),
+    let num_layers = f.usize("num_hidden_layers")?;
+    let sliding_layers: Vec<bool> = match config.get("layer_types").and_then(Value::as_array) {
+        Some(types) => types
+            .iter()
+            .map(|t| t.as_str() == Some("sliding_attention"))
+            .collect(),
         None if rule == WindowRule::Qwen2 => {
-            let num_layers = f.usize("num_hidden_layers")?;
-            f.opt_usize("max_window_layers")?.unwrap_or(28) < num_layers
+            let first = f.opt_usize("max_window_layers")?.unwrap_or(28);
+            (0..num_layers).map(|i| i >= first).collect()
         }
-        None => true,
+        None => vec![true; num_layers],
     };
-    Ok(any_layer_slides.then_some(window))
+    if sliding_layers.len() != num_layers {
+        return Err(ConfigError::Invalid {
+            source_name: f.source_name.to_string(),
+            detail: format!(
+                "layer_types has {} entries for {num_layers} layers",
+                sliding_layers.len()
+            ),
+        });
+    }
+    if !sliding_layers.contains(&true) {
+        return Ok((None, Vec::new()));
+    }
+    if window == 0 {
+        return Err(ConfigError::Invalid {
+            source_name: f.source_name.to_string(),
+            detail: "sliding_window must be at least 1".into(),
+        });
+    }
+    Ok((Some(window), sliding_layers))
 }
 
 fn hf_rope_scaling(value: Option<&Value>, source_name: &str) -> Result<RopeScaling, ConfigError> {

@@ -47,7 +47,14 @@ fn qwen2_slides_only_with_use_sliding_window_from_max_window_layers_on() {
     let qwen = "Qwen2ForCausalLM";
     assert_eq!(window(qwen, json!({"sliding_window": 1024})), None);
     let on = json!({"sliding_window": 1024, "use_sliding_window": true, "max_window_layers": 2});
-    assert_eq!(window(qwen, on), Some(1024));
+    assert_eq!(window(qwen, on.clone()), Some(1024));
+    let parsed = ModelConfig::from_hf_json(&config(qwen, on.clone()), None, "config.json").unwrap();
+    assert_eq!(parsed.sliding_layers, [false, false, true, true]);
+    assert_eq!(
+        (parsed.layer_window(1), parsed.layer_window(2)),
+        (None, Some(1024))
+    );
+    assert_eq!(window("Qwen3ForCausalLM", on), Some(1024));
     let no_layer = json!({"sliding_window": 1024, "use_sliding_window": true, "max_window_layers": 4});
     assert_eq!(window(qwen, no_layer), None);
     // transformers' default max_window_layers (28) is past these 4 layers.
@@ -65,6 +72,13 @@ fn layer_types_decide_when_present_and_llama_has_no_window() {
     let full = json!({"sliding_window": 512, "layer_types": types("full_attention")});
     assert_eq!(window("MistralForCausalLM", full), None);
     assert_eq!(window("LlamaForCausalLM", json!({"sliding_window": 512})), None);
+    let mixed = json!({"sliding_window": 512, "layer_types":
+        ["sliding_attention", "full_attention", "sliding_attention", "full_attention"]});
+    let parsed = ModelConfig::from_hf_json(&config("MistralForCausalLM", mixed), None, "c").unwrap();
+    assert_eq!(parsed.sliding_layers, [true, false, true, false]);
+    let short = json!({"sliding_window": 512, "layer_types": ["sliding_attention"]});
+    assert!(error("MistralForCausalLM", short).contains("layer_types has 1 entries for 4 layers"));
+    assert!(error("MistralForCausalLM", json!({"sliding_window": 0})).contains("sliding_window must be"));
 }
 
 #[test]
