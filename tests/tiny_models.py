@@ -58,6 +58,27 @@ FAMILY_VARIANTS = [
         10_000.0,
         {"head_dim": 16, "use_sliding_window": True, "sliding_window": SLIDING_WINDOW, "max_window_layers": 1},
     ),
+    # Long-rope past its original 64-token context (the long factors), and Phi-3's window.
+    Variant(
+        "phi3-fused-longrope",
+        "phi3",
+        2,
+        False,
+        10_000.0,
+        {
+            "head_dim": 16,
+            "pad_token_id": None,
+            "original_max_position_embeddings": 64,
+            "rope_scaling": {
+                "rope_type": "longrope",
+                "short_factor": [1.0 + 0.15 * i for i in range(8)],
+                "long_factor": [1.5 + 0.9 * i for i in range(8)],
+            },
+        },
+    ),
+    Variant(
+        "phi3-fused-window", "phi3", 4, True, 10_000.0, {"head_dim": 16, "pad_token_id": None, "sliding_window": 24}
+    ),
 ]
 
 # transformers' (config class, model class) names of each family.
@@ -66,6 +87,7 @@ FAMILY_CLASSES = {
     "qwen2": ("Qwen2Config", "Qwen2ForCausalLM"),
     "qwen3": ("Qwen3Config", "Qwen3ForCausalLM"),
     "mistral": ("MistralConfig", "MistralForCausalLM"),
+    "phi3": ("Phi3Config", "Phi3ForCausalLM"),
 }
 
 
@@ -156,3 +178,16 @@ def write_model(variant: Variant, folder: Path, seed: int = 0, sizes: dict[str, 
     model.generation_config = GenerationConfig(eos_token_id=eos_id, bos_token_id=None)
     model.save_pretrained(str(folder), safe_serialization=True)
     return model
+
+
+def assert_prefill_logits_match(engine: Any, model: Any, prompt_ids: list[int], max_rel_error: float = 1e-4) -> None:
+    """Ember's logits at every prompt position within `max_rel_error` of transformers' (row-wise and max-abs)."""
+    import torch
+
+    ours = torch.tensor(engine.score(prompt_ids), dtype=torch.float32)
+    with torch.no_grad():
+        ref = model(torch.tensor([prompt_ids])).logits[0].float()
+    assert ours.shape == ref.shape
+    row_rel = ((ours - ref).norm(dim=-1) / ref.norm(dim=-1)).max().item()
+    abs_rel = ((ours - ref).abs().max() / ref.abs().max()).item()
+    assert row_rel < max_rel_error and abs_rel < max_rel_error, f"row-wise {row_rel:.2e}, max-abs {abs_rel:.2e}"

@@ -139,7 +139,10 @@ fn load<B: Backend + 'static>(
     limits: &MemoryLimits,
 ) -> Result<DeviceModel, EngineError> {
     log::info!("loading {} onto the {} backend", opened.name, backend.name());
-    let model = opened.architecture.family.load(&backend, &opened.source())?;
+    let model = opened
+        .architecture
+        .family
+        .load(&backend, &opened.source(limits.max_model_len))?;
     let spec = backend.plan_memory(model.shape(), limits)?;
     let kv_release_window = model.shape().kv_release_window();
     if spec.num_blocks == 0 {

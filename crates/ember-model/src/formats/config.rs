@@ -7,8 +7,10 @@ use crate::error::ConfigError;
 
 mod gguf_config;
 mod hf_config;
+mod rope;
 
 pub use hf_config::HfConfigJson;
+pub use rope::{RopeScaling, RopeTables};
 
 /// Which field of a model's files names its architecture.
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
@@ -28,35 +30,6 @@ pub struct ArchitectureName {
     pub source: NameSource,
     /// The name as written.
     pub name: String,
-}
-
-/// RoPE frequency scaling.
-#[derive(Clone, Debug, PartialEq)]
-pub enum RopeScaling {
-    /// Plain RoPE.
-    None,
-    /// Position interpolation: every inverse frequency divided by `factor`.
-    Linear {
-        /// Divisor.
-        factor: f32,
-    },
-    /// Llama 3.1 frequency-dependent scaling.
-    Llama3 {
-        /// Divisor for low frequencies.
-        factor: f32,
-        /// Wavelengths above `original / low_freq_factor` are fully scaled.
-        low_freq_factor: f32,
-        /// Wavelengths below `original / high_freq_factor` are unscaled.
-        high_freq_factor: f32,
-        /// Context length the model was pre-trained with.
-        original_max_position_embeddings: usize,
-    },
-    /// Per-frequency divisors as stored in a GGUF `rope_freqs.weight` tensor (llama.cpp's
-    /// form of Llama 3 scaling): `inv_freq[i] / factors[i]`.
-    FreqFactors {
-        /// One divisor per dimension pair.
-        factors: Vec<f32>,
-    },
 }
 
 /// Hyperparameters of a decoder.
@@ -105,50 +78,6 @@ impl ModelConfig {
             .filter(|_| self.sliding_layers.get(layer).copied().unwrap_or(false))
     }
 
-    /// RoPE inverse frequencies (`head_dim / 2` of them), computed in float32 exactly as
-    /// Hugging Face transformers does, with the configured scaling applied.
-    pub fn rope_inv_freq(&self) -> Vec<f32> {
-        let dim = self.head_dim as f32;
-        let base = self.rope_theta as f64;
-        // transformers: 1.0 / (base ** (arange(0, dim, 2).float() / dim)), all float32;
-        // the power is rounded once from float64, i.e. correctly rounded.
-        let inv_freq = (0..self.head_dim)
-            .step_by(2)
-            .map(|i| 1.0f32 / (base.powf(f64::from(i as f32 / dim)) as f32));
-        match &self.rope_scaling {
-            RopeScaling::None => inv_freq.collect(),
-            RopeScaling::Linear { factor } => inv_freq.map(|f| f / factor).collect(),
-            RopeScaling::FreqFactors { factors } => inv_freq
-                .zip(factors.iter().chain(std::iter::repeat(&1.0)))
-                .map(|(f, d)| f / d)
-                .collect(),
-            RopeScaling::Llama3 {
-                factor,
-                low_freq_factor,
-                high_freq_factor,
-                original_max_position_embeddings,
-            } => {
-                let old_len = *original_max_position_embeddings as f32;
-                let low_freq_wavelen = old_len / low_freq_factor;
-                let high_freq_wavelen = old_len / high_freq_factor;
-                let two_pi = 2.0 * std::f32::consts::PI;
-                inv_freq
-                    .map(|f| {
-                        // `scalar / tensor` in PyTorch is `reciprocal(tensor) * scalar`.
-                        let wavelen = (1.0 / f) * two_pi;
-                        let scaled = if wavelen > low_freq_wavelen { f / factor } else { f };
-                        if wavelen < high_freq_wavelen || wavelen > low_freq_wavelen {
-                            return scaled;
-                        }
-                        let smooth = ((1.0 / wavelen) * old_len - low_freq_factor)
-                            / (high_freq_factor - low_freq_factor);
-                        (1.0 - smooth) * scaled / factor + smooth * scaled
-                    })
-                    .collect()
-            }
-        }
-    }
-
     fn validate(&self, source_name: &str) -> Result<(), ConfigError> {
         let invalid = |detail: String| ConfigError::Invalid {
             source_name: source_name.to_string(),
@@ -168,10 +97,19 @@ impl ModelConfig {
             )));
         }
         self.validate_ranges().map_err(invalid)?;
-        if let RopeScaling::FreqFactors { factors } = &self.rope_scaling {
+        let factor_lists: Vec<(&str, &Vec<f32>)> = match &self.rope_scaling {
+            RopeScaling::FreqFactors { factors } => vec![("rope_freqs", factors)],
+            RopeScaling::LongRope {
+                short_factor,
+                long_factor,
+                ..
+            } => vec![("short_factor", short_factor), ("long_factor", long_factor)],
+            _ => Vec::new(),
+        };
+        for (name, factors) in factor_lists {
             if factors.len() != self.head_dim / 2 {
                 return Err(invalid(format!(
-                    "rope_freqs has {} factors, expected head_dim / 2 = {}",
+                    "{name} has {} factors, expected head_dim / 2 = {}",
                     factors.len(),
                     self.head_dim / 2
                 )));

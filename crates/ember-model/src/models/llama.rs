@@ -11,7 +11,8 @@ use ember_core::{
 
 use crate::error::ModelLoadError;
 use crate::formats::config::ModelConfig;
-use crate::formats::weights::{TensorNames, WeightNames, WeightSource};
+use crate::formats::weights::{TensorNames, WeightNames};
+use crate::models::decoder_tensors::DecoderTensors;
 use crate::models::{Model, ModelSource};
 
 const fn names(canonical: &'static str, hf: &'static str, gguf: &'static str) -> TensorNames {
@@ -77,13 +78,13 @@ pub struct LlamaModel<B: Backend> {
 
 fn load_optional_vector<B: Backend>(
     backend: &B,
-    weights: &WeightSource,
+    weights: &dyn DecoderTensors,
     name: &str,
 ) -> Result<Option<B::Vector>, ModelLoadError> {
     if !weights.contains(name) {
         return Ok(None);
     }
-    Ok(Some(backend.load_vector(&weights.get(name)?)?))
+    Ok(Some(backend.load_vector(&weights.tensor(name)?.view())?))
 }
 
 fn shape_error(name: &str, expected: &[usize], found: &[usize]) -> ModelLoadError {
@@ -97,11 +98,11 @@ fn shape_error(name: &str, expected: &[usize], found: &[usize]) -> ModelLoadErro
 /// the shape it implies (and every optional bias, when present, too). A config value no tensor
 /// confirms (a layer count larger than the file holds, a width that no matrix has) is refused
 /// here, so loading never sizes anything from an unconfirmed number.
-pub fn check_weight_shapes(config: &ModelConfig, weights: &WeightSource) -> Result<(), ModelLoadError> {
+pub fn check_weight_shapes(config: &ModelConfig, weights: &dyn DecoderTensors) -> Result<(), ModelLoadError> {
     let check = |name: &str, expected: &[usize]| -> Result<(), ModelLoadError> {
-        let view = weights.get(name)?;
-        if view.shape != expected {
-            return Err(shape_error(name, expected, view.shape));
+        let tensor = weights.tensor(name)?;
+        if tensor.shape != expected {
+            return Err(shape_error(name, expected, &tensor.shape));
         }
         Ok(())
     };
@@ -150,20 +151,40 @@ pub fn check_weight_shapes(config: &ModelConfig, weights: &WeightSource) -> Resu
 
 impl<B: Backend> Model<B> for LlamaModel<B> {
     fn load(backend: &B, source: &ModelSource<'_>) -> Result<Self, ModelLoadError> {
-        let (config, weights) = (source.config, source.weights);
+        Self::load_from(backend, source, source.weights)
+    }
+
+    fn shape(&self) -> &ModelShape {
+        &self.shape
+    }
+
+    fn forward(&self, backend: &B, step: &B::Step, kv_cache: &mut B::KvCache) -> BackendResult<B::Tensor> {
+        self.run(backend, step, kv_cache)
+    }
+}
+
+impl<B: Backend> LlamaModel<B> {
+    /// Loads the decoder of `source`'s config from `weights` (its own tensors, or a family's
+    /// fused ones cut into the canonical ones).
+    pub fn load_from(
+        backend: &B,
+        source: &ModelSource<'_>,
+        weights: &dyn DecoderTensors,
+    ) -> Result<Self, ModelLoadError> {
+        let config = source.config;
         let matrix = |name: &str, rows: usize, cols: usize| -> Result<B::Matrix, ModelLoadError> {
-            let view = weights.get(name)?;
-            if view.shape != [rows, cols] {
-                return Err(shape_error(name, &[rows, cols], view.shape));
+            let tensor = weights.tensor(name)?;
+            if tensor.shape != [rows, cols] {
+                return Err(shape_error(name, &[rows, cols], &tensor.shape));
             }
-            Ok(backend.load_matrix(&view)?)
+            Ok(backend.load_matrix(&tensor.view())?)
         };
         let vector = |name: &str, len: usize| -> Result<B::Vector, ModelLoadError> {
-            let view = weights.get(name)?;
-            if view.shape != [len] {
-                return Err(shape_error(name, &[len], view.shape));
+            let tensor = weights.tensor(name)?;
+            if tensor.shape != [len] {
+                return Err(shape_error(name, &[len], &tensor.shape));
             }
-            Ok(backend.load_vector(&view)?)
+            Ok(backend.load_vector(&tensor.view())?)
         };
         let hidden = config.hidden_size;
         let q_dim = config.num_heads * config.head_dim;
@@ -174,10 +195,14 @@ impl<B: Backend> Model<B> for LlamaModel<B> {
             num_kv_heads: config.num_kv_heads,
             head_dim: config.head_dim,
         };
+        let rope_tables = config.rope_tables(source.max_model_len);
+        // YaRN and long-rope scale cos and sin, hence every q . k by the factor's square.
+        let scale = AttentionParams::causal(shape).scale * rope_tables.attention_factor.powi(2);
         let mut layers = Vec::new();
         for i in 0..config.num_layers {
             let name = |suffix: &str| format!("layers.{i}.{suffix}");
             let attention = AttentionParams {
+                scale,
                 sliding_window: config.layer_window(i),
                 ..AttentionParams::causal(shape)
             };
@@ -206,7 +231,7 @@ impl<B: Backend> Model<B> for LlamaModel<B> {
         } else {
             Some(matrix("lm_head", config.vocab_size, hidden)?)
         };
-        let inv_freq = config.rope_inv_freq();
+        let inv_freq = rope_tables.inv_freq;
         let inv_freq_bytes: Vec<u8> = inv_freq.iter().flat_map(|f| f.to_le_bytes()).collect();
         let inv_freq = backend.load_vector(&WeightView {
             name: "rope inv_freq",
@@ -241,11 +266,8 @@ impl<B: Backend> Model<B> for LlamaModel<B> {
         })
     }
 
-    fn shape(&self) -> &ModelShape {
-        &self.shape
-    }
-
-    fn forward(&self, backend: &B, step: &B::Step, kv_cache: &mut B::KvCache) -> BackendResult<B::Tensor> {
+    /// The forward pass of [`Model::forward`].
+    fn run(&self, backend: &B, step: &B::Step, kv_cache: &mut B::KvCache) -> BackendResult<B::Tensor> {
         let mut residual = backend.embed(step, &self.embed_tokens)?;
         let mut hidden = backend.rms_norm(step, &residual, &self.layers[0].input_norm, self.rms_norm_eps)?;
         for (index, layer) in self.layers.iter().enumerate() {
@@ -283,9 +305,7 @@ impl<B: Backend> Model<B> for LlamaModel<B> {
             None,
         )
     }
-}
 
-impl<B: Backend> LlamaModel<B> {
     fn attention(
         &self,
         backend: &B,
@@ -320,7 +340,7 @@ mod tests {
     use super::*;
     use crate::formats::config::tests::{SMOLLM2_VAR, SMOLLM2_WHAT};
     use crate::formats::gguf::GgufFile;
-    use crate::formats::weights::{NameScheme, TensorName};
+    use crate::formats::weights::{NameScheme, TensorName, WeightSource};
     use crate::reference_env::reference_path;
 
     #[test]

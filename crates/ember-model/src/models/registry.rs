@@ -8,6 +8,7 @@ use crate::error::ModelLoadError;
 use crate::formats::config::{ArchitectureName, NameSource};
 use crate::formats::weights::WeightNames;
 use crate::models::llama::{LlamaModel, LLAMA_WEIGHT_NAMES};
+use crate::models::phi3::{Phi3Tensors, PHI3_WEIGHT_NAMES};
 use crate::models::{Model, ModelSource};
 
 /// The model implementations, one file each in `models/`.
@@ -16,6 +17,8 @@ pub enum Family {
     /// `models/llama.rs`: Llama 2/3, Mistral (sliding window), Qwen2/2.5 (qkv bias), Qwen3
     /// (q/k norms), SmolLM.
     Llama,
+    /// `models/phi3.rs`: Phi-3 / 3.5 (the Llama decoder with fused qkv and gate/up).
+    Phi3,
 }
 
 impl Family {
@@ -23,6 +26,7 @@ impl Family {
     pub fn weight_names(self) -> &'static WeightNames {
         match self {
             Self::Llama => &LLAMA_WEIGHT_NAMES,
+            Self::Phi3 => &PHI3_WEIGHT_NAMES,
         }
     }
 
@@ -34,6 +38,7 @@ impl Family {
     ) -> Result<Box<dyn Model<B>>, ModelLoadError> {
         Ok(match self {
             Self::Llama => Box::new(LlamaModel::load(backend, source)?),
+            Self::Phi3 => Box::new(LlamaModel::load_from(backend, source, &Phi3Tensors::new(source))?),
         })
     }
 }
@@ -69,10 +74,12 @@ pub const ARCHITECTURES: &[Architecture] = &[
     hf("MistralForCausalLM", NameSource::HfArchitectures, Family::Llama),
     hf("Qwen2ForCausalLM", NameSource::HfArchitectures, Family::Llama),
     hf("Qwen3ForCausalLM", NameSource::HfArchitectures, Family::Llama),
+    hf("Phi3ForCausalLM", NameSource::HfArchitectures, Family::Phi3),
     hf("llama", NameSource::HfModelType, Family::Llama),
     hf("mistral", NameSource::HfModelType, Family::Llama),
     hf("qwen2", NameSource::HfModelType, Family::Llama),
     hf("qwen3", NameSource::HfModelType, Family::Llama),
+    hf("phi3", NameSource::HfModelType, Family::Phi3),
     Architecture {
         name: "llama",
         source: NameSource::GgufArchitecture,
@@ -170,7 +177,7 @@ mod tests {
         assert_eq!(
             msg,
             "unsupported architecture GPT2LMHeadModel (architectures); supported: \
-             LlamaForCausalLM, MistralForCausalLM, Qwen2ForCausalLM, Qwen3ForCausalLM"
+             LlamaForCausalLM, MistralForCausalLM, Qwen2ForCausalLM, Qwen3ForCausalLM, Phi3ForCausalLM"
         );
         let msg = resolve(&[name(NameSource::GgufArchitecture, "gemma2")])
             .unwrap_err()
@@ -179,11 +186,11 @@ mod tests {
             msg,
             "unsupported architecture gemma2 (general.architecture); supported: llama, qwen2, qwen3"
         );
-        let msg = resolve(&[name(NameSource::HfModelType, "phi3")])
+        let msg = resolve(&[name(NameSource::HfModelType, "gemma2")])
             .unwrap_err()
             .to_string();
         assert!(
-            msg.contains("phi3 (model_type)") && msg.contains("Qwen2ForCausalLM"),
+            msg.contains("gemma2 (model_type)") && msg.contains("Phi3ForCausalLM"),
             "{msg}"
         );
     }

@@ -4,6 +4,7 @@ use std::path::Path;
 
 use serde_json::Value;
 
+use super::rope::{long_rope_mscale, yarn_mscale};
 use super::{div_exact, ArchitectureName, ConfigError, ModelConfig, NameSource, RopeScaling};
 
 /// A Hugging Face model folder's `config.json` and `generation_config.json`, read as JSON.
@@ -116,7 +117,7 @@ impl ModelConfig {
                 .opt_f64("rope_parameters.rope_theta")?
                 .unwrap_or(10000.0),
             } as f32,
-            rope_scaling: hf_rope_scaling(config.get("rope_scaling").or(rope_params), source_name)?,
+            rope_scaling: hf_rope_scaling(config, config.get("rope_scaling").or(rope_params), source_name)?,
             max_position_embeddings: f.opt_usize("max_position_embeddings")?.unwrap_or(2048),
             sliding_window,
             sliding_layers,
@@ -182,7 +183,7 @@ fn check_mlp(config: &Value, f: &HfFields<'_>) -> Result<(), ConfigError> {
 enum WindowRule {
     /// Llama (and any config not listed): the field is ignored.
     Never,
-    /// Mistral: whenever it is set.
+    /// Mistral and Phi-3: whenever it is set.
     WhenSet,
     /// Qwen2 and Qwen3: only with `use_sliding_window`, for layers from `max_window_layers` on.
     Qwen2,
@@ -198,7 +199,7 @@ fn window_rule(config: &Value) -> WindowRule {
         .filter_map(Value::as_str);
     for name in names {
         match name {
-            "MistralForCausalLM" | "mistral" => return WindowRule::WhenSet,
+            "MistralForCausalLM" | "mistral" | "Phi3ForCausalLM" | "phi3" => return WindowRule::WhenSet,
             "Qwen2ForCausalLM" | "qwen2" | "Qwen3ForCausalLM" | "qwen3" => return WindowRule::Qwen2,
             "LlamaForCausalLM" | "llama" => return WindowRule::Never,
             _ => {}
@@ -252,7 +253,30 @@ fn sliding_window(config: &Value, f: &HfFields<'_>) -> Result<(Option<usize>, Ve
     Ok((Some(window), sliding_layers))
 }
 
-fn hf_rope_scaling(value: Option<&Value>, source_name: &str) -> Result<RopeScaling, ConfigError> {
+/// The RoPE scaling of `value` (`rope_scaling`, or transformers 5's `rope_parameters`);
+/// `config` gives the top-level fields some scalings fall back to.
+fn hf_rope_scaling(
+    config: &Value,
+    value: Option<&Value>,
+    source_name: &str,
+) -> Result<RopeScaling, ConfigError> {
+    let top = HfFields {
+        json: config,
+        source_name,
+    };
+    let invalid = |detail: String| ConfigError::Invalid {
+        source_name: source_name.to_string(),
+        detail,
+    };
+    let partial = match value.and_then(|v| v.get("partial_rotary_factor")) {
+        Some(v) if !v.is_null() => v.as_f64(),
+        _ => top.opt_f64("partial_rotary_factor")?,
+    };
+    if let Some(partial) = partial.filter(|&p| p != 1.0) {
+        return Err(invalid(format!(
+            "partial_rotary_factor {partial} is not supported (every head dimension is rotated)"
+        )));
+    }
     let Some(obj) = value.filter(|v| !v.is_null()) else {
         return Ok(RopeScaling::None);
     };
@@ -265,6 +289,30 @@ fn hf_rope_scaling(value: Option<&Value>, source_name: &str) -> Result<RopeScali
         .or_else(|| obj.get("type"))
         .and_then(Value::as_str)
         .unwrap_or("default");
+    // transformers prefers a top-level original context (Phi-3 writes it there), then the
+    // scaling's own, then max_position_embeddings.
+    let original = || -> Result<usize, ConfigError> {
+        match top.opt_usize("original_max_position_embeddings")? {
+            Some(n) => Ok(n),
+            None => match f.opt_usize("rope_scaling.original_max_position_embeddings")? {
+                Some(n) => Ok(n),
+                None => top.usize("max_position_embeddings"),
+            },
+        }
+    };
+    // The context the scaling stretches to: `factor`, else max_position_embeddings / original.
+    let factor = |original: usize| -> Result<f64, ConfigError> {
+        match f.opt_f64("rope_scaling.factor")? {
+            Some(factor) => Ok(factor),
+            None => Ok(top.usize("max_position_embeddings")? as f64 / original.max(1) as f64),
+        }
+    };
+    let factors = |field: &str| -> Result<Vec<f32>, ConfigError> {
+        obj.get(field)
+            .and_then(Value::as_array)
+            .and_then(|items| items.iter().map(|v| v.as_f64().map(|x| x as f32)).collect())
+            .ok_or_else(|| f.missing(&format!("rope_scaling.{field}")))
+    };
     match kind {
         "default" => Ok(RopeScaling::None),
         "linear" => Ok(RopeScaling::Linear {
@@ -276,10 +324,50 @@ fn hf_rope_scaling(value: Option<&Value>, source_name: &str) -> Result<RopeScali
             high_freq_factor: f.f64("rope_scaling.high_freq_factor")? as f32,
             original_max_position_embeddings: f.usize("rope_scaling.original_max_position_embeddings")?,
         }),
-        other => Err(ConfigError::Invalid {
-            source_name: source_name.to_string(),
-            detail: format!("rope_scaling type {other:?} is not supported (supported: linear, llama3)"),
-        }),
+        "yarn" => {
+            let original = original()?;
+            let factor = factor(original)?;
+            let mscale = (
+                f.opt_f64("rope_scaling.mscale")?,
+                f.opt_f64("rope_scaling.mscale_all_dim")?,
+            );
+            let attention_factor = match (f.opt_f64("rope_scaling.attention_factor")?, mscale) {
+                (Some(explicit), _) => explicit,
+                (None, (Some(m), Some(all))) if m != 0.0 && all != 0.0 => {
+                    (0.1 * m * factor.ln() + 1.0) / (0.1 * all * factor.ln() + 1.0)
+                }
+                (None, _) => yarn_mscale(factor),
+            };
+            Ok(RopeScaling::Yarn {
+                factor: factor as f32,
+                original_max_position_embeddings: original,
+                beta_fast: f.opt_f64("rope_scaling.beta_fast")?.unwrap_or(32.0) as f32,
+                beta_slow: f.opt_f64("rope_scaling.beta_slow")?.unwrap_or(1.0) as f32,
+                truncate: obj.get("truncate").and_then(Value::as_bool).unwrap_or(true),
+                attention_factor: attention_factor as f32,
+            })
+        }
+        "longrope" | "su" => {
+            let original = original()?;
+            let attention_factor = match f.opt_f64("rope_scaling.attention_factor")? {
+                Some(explicit) => explicit,
+                None => long_rope_mscale(factor(original)?, original),
+            };
+            Ok(RopeScaling::LongRope {
+                short_factor: factors("short_factor")?,
+                long_factor: factors("long_factor")?,
+                original_max_position_embeddings: original,
+                attention_factor: attention_factor as f32,
+            })
+        }
+        "dynamic" => Err(invalid(
+            "rope_scaling type \"dynamic\" is not supported: transformers recomputes its frequencies \
+             from each forward pass's length, which cached keys cannot follow"
+                .into(),
+        )),
+        other => Err(invalid(format!(
+            "rope_scaling type {other:?} is not supported (supported: linear, llama3, yarn, longrope)"
+        ))),
     }
 }
 

@@ -108,3 +108,61 @@ fn llama_mlp_bias_is_refused() {
         ModelConfig::from_hf_json(&config("LlamaForCausalLM", json!({"mlp_bias": false})), None, "c").is_ok()
     );
 }
+
+#[test]
+fn yarn_and_long_rope_read_their_fields_and_defaults() {
+    let parse = |extra: Value| ModelConfig::from_hf_json(&config("LlamaForCausalLM", extra), None, "c");
+    let yarn = parse(json!({"rope_scaling": {"rope_type": "yarn", "factor": 4.0,
+        "original_max_position_embeddings": 1024}}))
+    .unwrap();
+    let RopeScaling::Yarn {
+        beta_fast,
+        beta_slow,
+        truncate,
+        attention_factor,
+        ..
+    } = yarn.rope_scaling
+    else {
+        panic!("{:?}", yarn.rope_scaling)
+    };
+    assert_eq!((beta_fast, beta_slow, truncate), (32.0, 1.0, true));
+    assert!((attention_factor - (0.1 * 4f32.ln() + 1.0)).abs() < 1e-6);
+    // Phi-3's form: "su" with the original context at the top level.
+    let long = parse(
+        json!({"original_max_position_embeddings": 1024, "rope_scaling": {"type": "su",
+        "short_factor": vec![1.0; 8], "long_factor": vec![2.0; 8]}}),
+    )
+    .unwrap();
+    let RopeScaling::LongRope {
+        original_max_position_embeddings,
+        attention_factor,
+        ..
+    } = &long.rope_scaling
+    else {
+        panic!("{:?}", long.rope_scaling)
+    };
+    assert_eq!(*original_max_position_embeddings, 1024);
+    // factor = 4096 / 1024: sqrt(1 + ln 4 / ln 1024).
+    assert!((attention_factor - (1.0 + 4f32.ln() / 1024f32.ln()).sqrt()).abs() < 1e-6);
+    let short = long.rope_tables(1024);
+    let stretched = long.rope_tables(1025);
+    assert_eq!(short.inv_freq.len(), 8);
+    assert!(short
+        .inv_freq
+        .iter()
+        .zip(&stretched.inv_freq)
+        .all(|(s, l)| (s / l - 2.0).abs() < 1e-6));
+}
+
+#[test]
+fn rope_settings_that_cannot_be_honoured_are_refused() {
+    let short = json!({"original_max_position_embeddings": 1024, "rope_scaling": {"type": "longrope",
+        "short_factor": [1.0], "long_factor": vec![1.0; 8]}});
+    assert!(error("Phi3ForCausalLM", short).contains("short_factor has 1 factors, expected head_dim / 2 = 8"));
+    let dynamic = json!({"rope_scaling": {"rope_type": "dynamic", "factor": 2.0}});
+    assert!(error("LlamaForCausalLM", dynamic).contains("\"dynamic\" is not supported"));
+    let partial = json!({"partial_rotary_factor": 0.5});
+    assert!(error("Phi3ForCausalLM", partial).contains("partial_rotary_factor 0.5 is not supported"));
+    let missing = json!({"rope_scaling": {"rope_type": "longrope", "long_factor": vec![1.0; 8]}});
+    assert!(error("Phi3ForCausalLM", missing).contains("rope_scaling.short_factor"));
+}
