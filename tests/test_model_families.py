@@ -1,7 +1,8 @@
 """The newer families against transformers on tiny random float32 models of its own config classes.
 
 For each variant of `tiny_models.FAMILY_VARIANTS` (Qwen3's q/k norms, Mistral's sliding window on every
-layer, Qwen3's window on its upper layers only, Phi-3's fused projections with long-rope or a window):
+layer, Qwen3's window on its upper layers only, Phi-3's fused projections with long-rope or a window, Gemma 2's
+soft-capping and interleaved windows, Gemma 3's q/k norms and local RoPE base):
 logits within 1e-4 relative of transformers in one prefill, through chunked prefill (prompt logprobs) and
 decode (sampled-token logprobs); greedy tokens identical past the window; each prompt's tokens the same
 alone, batched, from the prefix cache, forked (n = 2) and after preemption; blocks wholly before the
@@ -111,7 +112,8 @@ def test_tokens_do_not_depend_on_batch_cache_forks_or_preemption(family: tuple[V
     assert [c.token_ids for c in forked.outputs] == [alone[6], alone[6]]
     # A cache of 12 blocks of 16 tokens for five ~100-token sequences: requests are preempted.
     head_dim = variant.config["head_dim"]
-    block_bytes = 2 * 2 * 16 * variant.num_key_value_heads * head_dim * 4  # K and V, 2 layers, float32
+    num_layers = variant.config.get("num_hidden_layers", 2)
+    block_bytes = 2 * num_layers * 16 * variant.num_key_value_heads * head_dim * 4  # K and V, float32
     tight = Engine(str(folder), dtype="float32", max_model_len=256, kv_cache_memory_bytes=12 * block_bytes,
                    max_num_batched_tokens=32, enable_prefix_caching=False)  # fmt: skip
     outs = tight.generate(prompts, greedy, use_tqdm=False)
@@ -126,7 +128,7 @@ def test_blocks_before_the_window_are_released_when_every_layer_slides(family: t
     (out,) = engine.generate(PROMPT_IDS, params, use_tqdm=False)
     freed = engine.stats()["num_window_freed_blocks"]
     num_tokens = len(PROMPT_IDS) + len(out.outputs[0].token_ids)
-    if variant.config.get("sliding_window") and not variant.config.get("use_sliding_window"):
+    if variant.family in ("mistral", "phi3") and variant.config.get("sliding_window"):
         # Released at each allocation: all but the blocks of the last window and the newest block.
         assert freed >= (num_tokens - SLIDING_WINDOW) // 16 - 1
     else:

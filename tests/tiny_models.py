@@ -79,6 +79,40 @@ FAMILY_VARIANTS = [
     Variant(
         "phi3-fused-window", "phi3", 4, True, 10_000.0, {"head_dim": 16, "pad_token_id": None, "sliding_window": 24}
     ),
+    # Soft-capping strong enough to bend these random logits; query_pre_attn_scalar unlike head_dim.
+    Variant(
+        "gemma2-softcap-interleaved",
+        "gemma2",
+        2,
+        True,
+        10_000.0,
+        {
+            "head_dim": 16,
+            "num_hidden_layers": 3,
+            "query_pre_attn_scalar": 24,
+            "sliding_window": SLIDING_WINDOW,
+            "attn_logit_softcapping": 2.0,
+            "final_logit_softcapping": 3.0,
+        },
+    ),
+    Variant(
+        "gemma3-qknorm-local-rope",
+        "gemma3",
+        2,
+        True,
+        1_000_000.0,
+        {
+            "head_dim": 16,
+            "num_hidden_layers": 3,
+            "query_pre_attn_scalar": 16,
+            "sliding_window": SLIDING_WINDOW,
+            "layer_types": ["sliding_attention", "full_attention", "sliding_attention"],
+            "rope_parameters": {
+                "full_attention": {"rope_type": "linear", "factor": 4.0, "rope_theta": 1_000_000.0},
+                "sliding_attention": {"rope_type": "default", "rope_theta": 10_000.0},
+            },
+        },
+    ),
 ]
 
 # transformers' (config class, model class) names of each family.
@@ -88,6 +122,8 @@ FAMILY_CLASSES = {
     "qwen3": ("Qwen3Config", "Qwen3ForCausalLM"),
     "mistral": ("MistralConfig", "MistralForCausalLM"),
     "phi3": ("Phi3Config", "Phi3ForCausalLM"),
+    "gemma2": ("Gemma2Config", "Gemma2ForCausalLM"),
+    "gemma3": ("Gemma3TextConfig", "Gemma3ForCausalLM"),
 }
 
 
@@ -162,6 +198,8 @@ def write_model(variant: Variant, folder: Path, seed: int = 0, sizes: dict[str, 
     )
     if variant.family == "qwen2":
         common["use_sliding_window"] = False
+    if "rope_parameters" in variant.config:
+        del common["rope_theta"]
     common.update(variant.config)
     common.update(sizes or {})
     torch.manual_seed(seed)

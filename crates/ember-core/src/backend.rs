@@ -193,6 +193,17 @@ pub trait Backend: Send + Sync {
         gate: &Self::Tensor,
         up: &Self::Tensor,
     ) -> BackendResult<Self::Tensor>;
+    /// `gelu_tanh(gate) * up`, elementwise, with GELU's tanh approximation (Gemma's GeGLU).
+    fn gelu_tanh_mul(
+        &self,
+        step: &Self::Step,
+        gate: &Self::Tensor,
+        up: &Self::Tensor,
+    ) -> BackendResult<Self::Tensor>;
+    /// `x *= factor`, elementwise (Gemma's embedding scale).
+    fn scale(&self, x: &mut Self::Tensor, factor: f32) -> BackendResult<()>;
+    /// `x = cap * tanh(x / cap)`, elementwise (Gemma 2's final logit soft-capping).
+    fn soft_cap(&self, x: &mut Self::Tensor, cap: f32) -> BackendResult<()>;
     /// `x += y`, elementwise.
     fn add_assign(&self, x: &mut Self::Tensor, y: &Self::Tensor) -> BackendResult<()>;
     /// The rows of `x` at the step's `logits_indices`, in order.

@@ -414,6 +414,27 @@ impl Backend for CpuBackend {
         Ok(out)
     }
 
+    fn gelu_tanh_mul(&self, _step: &StepBatch, gate: &CpuTensor, up: &CpuTensor) -> BackendResult<CpuTensor> {
+        same_shape("gelu_tanh_mul", gate, up)?;
+        let mut out = CpuTensor::zeros(gate.rows(), gate.cols())?;
+        self.map_rows(gate, &mut out, |r, g, o| {
+            elementwise::gelu_tanh_mul(g, up.row(r), o)
+        });
+        Ok(out)
+    }
+
+    fn scale(&self, x: &mut CpuTensor, factor: f32) -> BackendResult<()> {
+        x.as_mut_slice().iter_mut().for_each(|v| *v *= factor);
+        Ok(())
+    }
+
+    fn soft_cap(&self, x: &mut CpuTensor, cap: f32) -> BackendResult<()> {
+        x.as_mut_slice()
+            .iter_mut()
+            .for_each(|v| *v = (*v / cap).tanh() * cap);
+        Ok(())
+    }
+
     fn add_assign(&self, x: &mut CpuTensor, y: &CpuTensor) -> BackendResult<()> {
         same_shape("add_assign", x, y)?;
         x.as_mut_slice()

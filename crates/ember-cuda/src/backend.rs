@@ -317,6 +317,23 @@ impl Backend for CudaBackend {
         row_ops::silu_mul(&self.device, step, gate, up)
     }
 
+    fn gelu_tanh_mul(
+        &self,
+        _step: &CudaStep,
+        _gate: &CudaTensor,
+        _up: &CudaTensor,
+    ) -> BackendResult<CudaTensor> {
+        Err(not_yet("gelu_tanh_mul"))
+    }
+
+    fn scale(&self, _x: &mut CudaTensor, _factor: f32) -> BackendResult<()> {
+        Err(not_yet("scale"))
+    }
+
+    fn soft_cap(&self, _x: &mut CudaTensor, _cap: f32) -> BackendResult<()> {
+        Err(not_yet("soft_cap"))
+    }
+
     fn add_assign(&self, x: &mut CudaTensor, y: &CudaTensor) -> BackendResult<()> {
         row_ops::same_shape("add_assign", x, y)?;
         row_ops::add(&self.device, x, y.dev(&self.device), DevPtr::NULL)
@@ -338,6 +355,12 @@ impl Backend for CudaBackend {
             .map(|&b| half::bf16::from_bits(b).to_f32())
             .collect())
     }
+}
+
+/// The error of an op the Gemma family needs that has no CUDA kernel yet (Gemma models are
+/// refused at load on CUDA, by `check_attention`, before any of these could run).
+fn not_yet(op: &str) -> BackendError {
+    BackendError::Unsupported(format!("{op} is not supported on CUDA yet"))
 }
 
 #[cfg(test)]

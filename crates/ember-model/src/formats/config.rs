@@ -12,6 +12,25 @@ mod rope;
 pub use hf_config::HfConfigJson;
 pub use rope::{RopeScaling, RopeTables};
 
+/// An error unless `config`'s MLP activation is `supported`, the one `family` computes.
+pub fn refuse_activation(
+    config: &ModelConfig,
+    family: &str,
+    supported: Activation,
+) -> Result<(), ConfigError> {
+    if config.hidden_act == supported {
+        return Ok(());
+    }
+    Err(ConfigError::Invalid {
+        source_name: family.to_string(),
+        detail: format!(
+            "hidden_act \"{}\" is not supported by the {family} family (supported: \"{}\")",
+            config.hidden_act.hf_name(),
+            supported.hf_name()
+        ),
+    })
+}
+
 /// Which field of a model's files names its architecture.
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
 pub enum NameSource {
@@ -30,6 +49,25 @@ pub struct ArchitectureName {
     pub source: NameSource,
     /// The name as written.
     pub name: String,
+}
+
+/// The activation of the MLP's gate.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum Activation {
+    /// `silu` (Llama, Qwen, Mistral, Phi-3).
+    Silu,
+    /// `gelu_pytorch_tanh`, GELU's tanh approximation (Gemma).
+    GeluTanh,
+}
+
+impl Activation {
+    /// The name Hugging Face configs give it.
+    pub fn hf_name(self) -> &'static str {
+        match self {
+            Self::Silu => "silu",
+            Self::GeluTanh => "gelu_pytorch_tanh",
+        }
+    }
 }
 
 /// Hyperparameters of a decoder.
@@ -63,6 +101,18 @@ pub struct ModelConfig {
     pub sliding_window: Option<usize>,
     /// Which layers use `sliding_window` (one entry per layer; all false without a window).
     pub sliding_layers: Vec<bool>,
+    /// RoPE base of the sliding-window layers, when it differs from `rope_theta` (Gemma 3's
+    /// `rope_local_base_freq`); those layers take no scaling.
+    pub rope_local_theta: Option<f32>,
+    /// The MLP gate's activation.
+    pub hidden_act: Activation,
+    /// Attention scores scale by `query_pre_attn_scalar^-1/2` rather than `head_dim^-1/2`
+    /// (Gemma).
+    pub query_pre_attn_scalar: Option<f32>,
+    /// Attention scores become `cap * tanh(score / cap)` (Gemma 2's `attn_logit_softcapping`).
+    pub attn_logit_softcapping: Option<f32>,
+    /// Output logits become `cap * tanh(logit / cap)` (Gemma 2's `final_logit_softcapping`).
+    pub final_logit_softcapping: Option<f32>,
     /// True when the output projection reuses the token embedding.
     pub tie_word_embeddings: bool,
     /// Beginning-of-sequence token, when the model defines one.

@@ -4,14 +4,12 @@
 //! norms (loaded when the file has them), per-layer sliding windows from the config, tied or
 //! untied output.
 
-use ember_core::{
-    AttentionParams, AttentionShape, Backend, BackendResult, LayerKv, ModelShape, Rope, WeightDType,
-    WeightView,
-};
+use ember_core::{AttentionParams, AttentionShape, Backend, BackendResult, ModelShape, Rope};
 
 use crate::error::ModelLoadError;
-use crate::formats::config::ModelConfig;
+use crate::formats::config::{refuse_activation, Activation, ModelConfig};
 use crate::formats::weights::{TensorNames, WeightNames};
+use crate::models::blocks::{decoder_shape, shape_error, AttentionBlock, GatedMlp, Loader};
 use crate::models::decoder_tensors::DecoderTensors;
 use crate::models::{Model, ModelSource};
 
@@ -42,26 +40,12 @@ pub static LLAMA_WEIGHT_NAMES: WeightNames = WeightNames {
     ],
 };
 
-/// Weights of one decoder layer.
+/// One decoder layer.
 struct LlamaLayer<B: Backend> {
     input_norm: B::Vector,
-    q_proj: B::Matrix,
-    k_proj: B::Matrix,
-    v_proj: B::Matrix,
-    q_bias: Option<B::Vector>,
-    k_bias: Option<B::Vector>,
-    v_bias: Option<B::Vector>,
-    o_proj: B::Matrix,
-    o_bias: Option<B::Vector>,
-    /// Per-head RMS norms of queries and keys before RoPE (Qwen3), `[head_dim]`.
-    q_norm: Option<B::Vector>,
-    k_norm: Option<B::Vector>,
-    /// This layer's attention options (its sliding window).
-    attention: AttentionParams,
+    attention: AttentionBlock<B>,
     post_attention_norm: B::Vector,
-    gate_proj: B::Matrix,
-    up_proj: B::Matrix,
-    down_proj: B::Matrix,
+    mlp: GatedMlp<B>,
 }
 
 /// A loaded Llama-family decoder.
@@ -76,28 +60,10 @@ pub struct LlamaModel<B: Backend> {
     shape: ModelShape,
 }
 
-fn load_optional_vector<B: Backend>(
-    backend: &B,
-    weights: &dyn DecoderTensors,
-    name: &str,
-) -> Result<Option<B::Vector>, ModelLoadError> {
-    if !weights.contains(name) {
-        return Ok(None);
-    }
-    Ok(Some(backend.load_vector(&weights.tensor(name)?.view())?))
-}
-
-fn shape_error(name: &str, expected: &[usize], found: &[usize]) -> ModelLoadError {
-    ModelLoadError::BadTensor {
-        tensor: name.to_string(),
-        detail: format!("shape {found:?} does not match the config's {expected:?}"),
-    }
-}
-
 /// Checks, before anything is allocated, that every tensor `config` implies is present with
-/// the shape it implies (and every optional bias, when present, too). A config value no tensor
-/// confirms (a layer count larger than the file holds, a width that no matrix has) is refused
-/// here, so loading never sizes anything from an unconfirmed number.
+/// the shape it implies (and every optional bias or norm, when present, too). A config value no
+/// tensor confirms (a layer count larger than the file holds, a width that no matrix has) is
+/// refused here, so loading never sizes anything from an unconfirmed number.
 pub fn check_weight_shapes(config: &ModelConfig, weights: &dyn DecoderTensors) -> Result<(), ModelLoadError> {
     let check = |name: &str, expected: &[usize]| -> Result<(), ModelLoadError> {
         let tensor = weights.tensor(name)?;
@@ -126,24 +92,10 @@ pub fn check_weight_shapes(config: &ModelConfig, weights: &dyn DecoderTensors) -
         ("up_proj", &[inter, hidden]),
         ("down_proj", &[hidden, inter]),
     ];
-    let optional: [(&str, &[usize]); 6] = [
-        ("q_proj.bias", &[q_dim]),
-        ("k_proj.bias", &[kv_dim]),
-        ("v_proj.bias", &[kv_dim]),
-        ("o_proj.bias", &[hidden]),
-        ("q_norm", &[config.head_dim]),
-        ("k_norm", &[config.head_dim]),
-    ];
     // Stops at the first missing tensor, so a huge layer count costs one lookup per real layer.
     for layer in 0..config.num_layers {
         for (suffix, shape) in required {
             check(&format!("layers.{layer}.{suffix}"), shape)?;
-        }
-        for (suffix, shape) in optional {
-            let name = format!("layers.{layer}.{suffix}");
-            if weights.contains(&name) {
-                check(&name, shape)?;
-            }
         }
     }
     Ok(())
@@ -159,7 +111,30 @@ impl<B: Backend> Model<B> for LlamaModel<B> {
     }
 
     fn forward(&self, backend: &B, step: &B::Step, kv_cache: &mut B::KvCache) -> BackendResult<B::Tensor> {
-        self.run(backend, step, kv_cache)
+        let eps = self.rms_norm_eps;
+        let mut residual = backend.embed(step, &self.embed_tokens)?;
+        let mut hidden = backend.rms_norm(step, &residual, &self.layers[0].input_norm, eps)?;
+        for (index, layer) in self.layers.iter().enumerate() {
+            let attn_out = layer
+                .attention
+                .forward(backend, step, kv_cache, index, &hidden, &self.rope, eps)?;
+            hidden = backend.add_rms_norm(step, &mut residual, &attn_out, &layer.post_attention_norm, eps)?;
+            let mlp_out = layer.mlp.forward(backend, step, &hidden)?;
+            match self.layers.get(index + 1) {
+                Some(next) => {
+                    hidden = backend.add_rms_norm(step, &mut residual, &mlp_out, &next.input_norm, eps)?;
+                }
+                None => backend.add_assign(&mut residual, &mlp_out)?,
+            }
+        }
+        let last_rows = backend.logits_rows(step, &residual)?;
+        let normed = backend.rms_norm(step, &last_rows, &self.norm, eps)?;
+        backend.matmul(
+            step,
+            &normed,
+            self.lm_head.as_ref().unwrap_or(&self.embed_tokens),
+            None,
+        )
     }
 }
 
@@ -172,24 +147,14 @@ impl<B: Backend> LlamaModel<B> {
         weights: &dyn DecoderTensors,
     ) -> Result<Self, ModelLoadError> {
         let config = source.config;
-        let matrix = |name: &str, rows: usize, cols: usize| -> Result<B::Matrix, ModelLoadError> {
-            let tensor = weights.tensor(name)?;
-            if tensor.shape != [rows, cols] {
-                return Err(shape_error(name, &[rows, cols], &tensor.shape));
-            }
-            Ok(backend.load_matrix(&tensor.view())?)
-        };
-        let vector = |name: &str, len: usize| -> Result<B::Vector, ModelLoadError> {
-            let tensor = weights.tensor(name)?;
-            if tensor.shape != [len] {
-                return Err(shape_error(name, &[len], &tensor.shape));
-            }
-            Ok(backend.load_vector(&tensor.view())?)
+        refuse_activation(config, "Llama", Activation::Silu)?;
+        check_weight_shapes(config, weights)?;
+        let loader = Loader {
+            backend,
+            weights,
+            norm_offset: 0.0,
         };
         let hidden = config.hidden_size;
-        let q_dim = config.num_heads * config.head_dim;
-        let kv_dim = config.num_kv_heads * config.head_dim;
-        check_weight_shapes(config, weights)?;
         let shape = AttentionShape {
             num_heads: config.num_heads,
             num_kv_heads: config.num_kv_heads,
@@ -198,138 +163,35 @@ impl<B: Backend> LlamaModel<B> {
         let rope_tables = config.rope_tables(source.max_model_len);
         // YaRN and long-rope scale cos and sin, hence every q . k by the factor's square.
         let scale = AttentionParams::causal(shape).scale * rope_tables.attention_factor.powi(2);
+        let windows: Vec<Option<usize>> = (0..config.num_layers).map(|i| config.layer_window(i)).collect();
         let mut layers = Vec::new();
-        for i in 0..config.num_layers {
-            let name = |suffix: &str| format!("layers.{i}.{suffix}");
-            let attention = AttentionParams {
+        for (i, &sliding_window) in windows.iter().enumerate() {
+            let params = AttentionParams {
                 scale,
-                sliding_window: config.layer_window(i),
+                sliding_window,
                 ..AttentionParams::causal(shape)
             };
-            backend.check_attention(&attention)?;
             layers.push(LlamaLayer {
-                input_norm: vector(&name("input_layernorm"), hidden)?,
-                q_proj: matrix(&name("q_proj"), q_dim, hidden)?,
-                k_proj: matrix(&name("k_proj"), kv_dim, hidden)?,
-                v_proj: matrix(&name("v_proj"), kv_dim, hidden)?,
-                q_bias: load_optional_vector(backend, weights, &name("q_proj.bias"))?,
-                k_bias: load_optional_vector(backend, weights, &name("k_proj.bias"))?,
-                v_bias: load_optional_vector(backend, weights, &name("v_proj.bias"))?,
-                o_proj: matrix(&name("o_proj"), hidden, q_dim)?,
-                o_bias: load_optional_vector(backend, weights, &name("o_proj.bias"))?,
-                q_norm: load_optional_vector(backend, weights, &name("q_norm"))?,
-                k_norm: load_optional_vector(backend, weights, &name("k_norm"))?,
-                attention,
-                post_attention_norm: vector(&name("post_attention_layernorm"), hidden)?,
-                gate_proj: matrix(&name("gate_proj"), config.intermediate_size, hidden)?,
-                up_proj: matrix(&name("up_proj"), config.intermediate_size, hidden)?,
-                down_proj: matrix(&name("down_proj"), hidden, config.intermediate_size)?,
+                input_norm: loader.norm(&format!("layers.{i}.input_layernorm"), hidden)?,
+                attention: AttentionBlock::load(&loader, i, config, params)?,
+                post_attention_norm: loader.norm(&format!("layers.{i}.post_attention_layernorm"), hidden)?,
+                mlp: GatedMlp::load(&loader, &format!("layers.{i}"), config, Activation::Silu)?,
             });
         }
         let lm_head = if config.tie_word_embeddings && !weights.contains("lm_head") {
             None
         } else {
-            Some(matrix("lm_head", config.vocab_size, hidden)?)
+            Some(loader.matrix("lm_head", config.vocab_size, hidden)?)
         };
-        let inv_freq = rope_tables.inv_freq;
-        let inv_freq_bytes: Vec<u8> = inv_freq.iter().flat_map(|f| f.to_le_bytes()).collect();
-        let inv_freq = backend.load_vector(&WeightView {
-            name: "rope inv_freq",
-            dtype: WeightDType::F32,
-            shape: &[inv_freq.len()],
-            bytes: &inv_freq_bytes,
-        })?;
         Ok(Self {
-            embed_tokens: matrix("embed_tokens", config.vocab_size, hidden)?,
+            embed_tokens: loader.matrix("embed_tokens", config.vocab_size, hidden)?,
             layers,
-            norm: vector("norm", hidden)?,
+            norm: loader.norm("norm", hidden)?,
             lm_head,
-            rope: Rope {
-                style: source.rope_style,
-                inv_freq,
-            },
+            rope: loader.rope(&rope_tables.inv_freq, source.rope_style)?,
             rms_norm_eps: config.rms_norm_eps,
-            shape: ModelShape {
-                hidden_size: hidden,
-                intermediate_size: config.intermediate_size,
-                vocab_size: config.vocab_size,
-                num_heads: config.num_heads,
-                head_dim: config.head_dim,
-                kv_layers: (0..config.num_layers)
-                    .map(|i| LayerKv {
-                        num_kv_heads: config.num_kv_heads,
-                        head_dim: config.head_dim,
-                        sliding_window: config.layer_window(i),
-                    })
-                    .collect(),
-            },
+            shape: decoder_shape(config, &windows),
         })
-    }
-
-    /// The forward pass of [`Model::forward`].
-    fn run(&self, backend: &B, step: &B::Step, kv_cache: &mut B::KvCache) -> BackendResult<B::Tensor> {
-        let mut residual = backend.embed(step, &self.embed_tokens)?;
-        let mut hidden = backend.rms_norm(step, &residual, &self.layers[0].input_norm, self.rms_norm_eps)?;
-        for (index, layer) in self.layers.iter().enumerate() {
-            let attn_out = self.attention(backend, step, kv_cache, index, layer, &hidden)?;
-            hidden = backend.add_rms_norm(
-                step,
-                &mut residual,
-                &attn_out,
-                &layer.post_attention_norm,
-                self.rms_norm_eps,
-            )?;
-            let gate = backend.matmul(step, &hidden, &layer.gate_proj, None)?;
-            let up = backend.matmul(step, &hidden, &layer.up_proj, None)?;
-            let mlp_out =
-                backend.matmul(step, &backend.silu_mul(step, &gate, &up)?, &layer.down_proj, None)?;
-            match self.layers.get(index + 1) {
-                Some(next) => {
-                    hidden = backend.add_rms_norm(
-                        step,
-                        &mut residual,
-                        &mlp_out,
-                        &next.input_norm,
-                        self.rms_norm_eps,
-                    )?;
-                }
-                None => backend.add_assign(&mut residual, &mlp_out)?,
-            }
-        }
-        let last_rows = backend.logits_rows(step, &residual)?;
-        let normed = backend.rms_norm(step, &last_rows, &self.norm, self.rms_norm_eps)?;
-        backend.matmul(
-            step,
-            &normed,
-            self.lm_head.as_ref().unwrap_or(&self.embed_tokens),
-            None,
-        )
-    }
-
-    fn attention(
-        &self,
-        backend: &B,
-        step: &B::Step,
-        kv_cache: &mut B::KvCache,
-        index: usize,
-        layer: &LlamaLayer<B>,
-        hidden: &B::Tensor,
-    ) -> BackendResult<B::Tensor> {
-        let shape = layer.attention.shape;
-        let mut query = backend.matmul(step, hidden, &layer.q_proj, layer.q_bias.as_ref())?;
-        let mut key = backend.matmul(step, hidden, &layer.k_proj, layer.k_bias.as_ref())?;
-        let value = backend.matmul(step, hidden, &layer.v_proj, layer.v_bias.as_ref())?;
-        if let Some(norm) = &layer.q_norm {
-            query = backend.rms_norm_heads(step, &query, norm, self.rms_norm_eps)?;
-        }
-        if let Some(norm) = &layer.k_norm {
-            key = backend.rms_norm_heads(step, &key, norm, self.rms_norm_eps)?;
-        }
-        backend.rope(step, &mut query, shape.num_heads, &self.rope)?;
-        backend.rope(step, &mut key, shape.num_kv_heads, &self.rope)?;
-        backend.write_kv(step, kv_cache, index, &key, &value)?;
-        let context = backend.attention(step, &query, kv_cache, index, &layer.attention)?;
-        backend.matmul(step, &context, &layer.o_proj, layer.o_bias.as_ref())
     }
 }
 

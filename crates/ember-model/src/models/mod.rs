@@ -9,7 +9,9 @@
 //! `ember_core::AttentionParams`; what each layer keeps in the cache into
 //! `ModelShape::kv_layers`.
 
+pub mod blocks;
 pub mod decoder_tensors;
+pub mod gemma;
 pub mod llama;
 pub mod phi3;
 pub mod registry;

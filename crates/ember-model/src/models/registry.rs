@@ -7,6 +7,7 @@ use ember_core::{Backend, RopeStyle};
 use crate::error::ModelLoadError;
 use crate::formats::config::{ArchitectureName, NameSource};
 use crate::formats::weights::WeightNames;
+use crate::models::gemma::{GemmaModel, GEMMA_WEIGHT_NAMES};
 use crate::models::llama::{LlamaModel, LLAMA_WEIGHT_NAMES};
 use crate::models::phi3::{Phi3Tensors, PHI3_WEIGHT_NAMES};
 use crate::models::{Model, ModelSource};
@@ -19,6 +20,8 @@ pub enum Family {
     Llama,
     /// `models/phi3.rs`: Phi-3 / 3.5 (the Llama decoder with fused qkv and gate/up).
     Phi3,
+    /// `models/gemma.rs`: Gemma 2 and Gemma 3 (text).
+    Gemma,
 }
 
 impl Family {
@@ -27,6 +30,7 @@ impl Family {
         match self {
             Self::Llama => &LLAMA_WEIGHT_NAMES,
             Self::Phi3 => &PHI3_WEIGHT_NAMES,
+            Self::Gemma => &GEMMA_WEIGHT_NAMES,
         }
     }
 
@@ -39,6 +43,7 @@ impl Family {
         Ok(match self {
             Self::Llama => Box::new(LlamaModel::load(backend, source)?),
             Self::Phi3 => Box::new(LlamaModel::load_from(backend, source, &Phi3Tensors::new(source))?),
+            Self::Gemma => Box::new(GemmaModel::load(backend, source)?),
         })
     }
 }
@@ -75,11 +80,15 @@ pub const ARCHITECTURES: &[Architecture] = &[
     hf("Qwen2ForCausalLM", NameSource::HfArchitectures, Family::Llama),
     hf("Qwen3ForCausalLM", NameSource::HfArchitectures, Family::Llama),
     hf("Phi3ForCausalLM", NameSource::HfArchitectures, Family::Phi3),
+    hf("Gemma2ForCausalLM", NameSource::HfArchitectures, Family::Gemma),
+    hf("Gemma3ForCausalLM", NameSource::HfArchitectures, Family::Gemma),
     hf("llama", NameSource::HfModelType, Family::Llama),
     hf("mistral", NameSource::HfModelType, Family::Llama),
     hf("qwen2", NameSource::HfModelType, Family::Llama),
     hf("qwen3", NameSource::HfModelType, Family::Llama),
     hf("phi3", NameSource::HfModelType, Family::Phi3),
+    hf("gemma2", NameSource::HfModelType, Family::Gemma),
+    hf("gemma3_text", NameSource::HfModelType, Family::Gemma),
     Architecture {
         name: "llama",
         source: NameSource::GgufArchitecture,
@@ -177,20 +186,20 @@ mod tests {
         assert_eq!(
             msg,
             "unsupported architecture GPT2LMHeadModel (architectures); supported: \
-             LlamaForCausalLM, MistralForCausalLM, Qwen2ForCausalLM, Qwen3ForCausalLM, Phi3ForCausalLM"
+             LlamaForCausalLM, MistralForCausalLM, Qwen2ForCausalLM, Qwen3ForCausalLM, Phi3ForCausalLM, Gemma2ForCausalLM, Gemma3ForCausalLM"
         );
-        let msg = resolve(&[name(NameSource::GgufArchitecture, "gemma2")])
+        let msg = resolve(&[name(NameSource::GgufArchitecture, "mixtral")])
             .unwrap_err()
             .to_string();
         assert_eq!(
             msg,
-            "unsupported architecture gemma2 (general.architecture); supported: llama, qwen2, qwen3"
+            "unsupported architecture mixtral (general.architecture); supported: llama, qwen2, qwen3"
         );
-        let msg = resolve(&[name(NameSource::HfModelType, "gemma2")])
+        let msg = resolve(&[name(NameSource::HfModelType, "mixtral")])
             .unwrap_err()
             .to_string();
         assert!(
-            msg.contains("gemma2 (model_type)") && msg.contains("Phi3ForCausalLM"),
+            msg.contains("mixtral (model_type)") && msg.contains("Phi3ForCausalLM"),
             "{msg}"
         );
     }

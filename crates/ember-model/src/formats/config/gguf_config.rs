@@ -1,6 +1,6 @@
 //! `ModelConfig` from GGUF metadata.
 
-use super::{div_exact, ArchitectureName, ConfigError, ModelConfig, NameSource, RopeScaling};
+use super::{div_exact, Activation, ArchitectureName, ConfigError, ModelConfig, NameSource, RopeScaling};
 use crate::formats::gguf::{GgufFile, GgufValue};
 
 impl ModelConfig {
@@ -78,6 +78,11 @@ impl ModelConfig {
             max_position_embeddings: g.opt_usize("context_length").unwrap_or(2048),
             sliding_window: None,
             sliding_layers: Vec::new(),
+            rope_local_theta: None,
+            hidden_act: Activation::Silu,
+            query_pre_attn_scalar: None,
+            attn_logit_softcapping: None,
+            final_logit_softcapping: None,
             tie_word_embeddings: file.tensor("output.weight").is_none(),
             bos_token_id: id("tokenizer.ggml.bos_token_id"),
             eos_token_ids,

@@ -5,7 +5,7 @@ use std::path::Path;
 use serde_json::Value;
 
 use super::rope::{long_rope_mscale, yarn_mscale};
-use super::{div_exact, ArchitectureName, ConfigError, ModelConfig, NameSource, RopeScaling};
+use super::{div_exact, Activation, ArchitectureName, ConfigError, ModelConfig, NameSource, RopeScaling};
 
 /// A Hugging Face model folder's `config.json` and `generation_config.json`, read as JSON.
 pub struct HfConfigJson {
@@ -82,7 +82,7 @@ impl ModelConfig {
             json: config,
             source_name,
         };
-        check_mlp(config, &f)?;
+        let hidden_act = check_mlp(config, &f)?;
         let hidden_size = f.usize("hidden_size")?;
         let num_heads = f.usize("num_attention_heads")?;
         let num_kv_heads = f.opt_usize("num_key_value_heads")?.unwrap_or(num_heads);
@@ -90,8 +90,30 @@ impl ModelConfig {
             Some(d) => d,
             None => div_exact(hidden_size, num_heads, source_name)?,
         };
-        // transformers 5 writes `rope_parameters: {rope_theta, rope_type, ...}` instead.
-        let rope_params = config.get("rope_parameters").filter(|v| v.is_object());
+        // transformers 5 writes `rope_parameters: {rope_theta, rope_type, ...}` instead, or one
+        // such object per layer type (Gemma 3: `full_attention`, `sliding_attention`).
+        let all_rope_params = config.get("rope_parameters").filter(|v| v.is_object());
+        let per_layer_type = all_rope_params.and_then(|p| p.get("full_attention"));
+        let rope_params = per_layer_type.or(all_rope_params);
+        let local_rope_params = all_rope_params
+            .and_then(|p| p.get("sliding_attention"))
+            .filter(|_| per_layer_type.is_some());
+        let rope_local_theta = match f.opt_f64("rope_local_base_freq")? {
+            Some(theta) => Some(theta),
+            None => local_rope_params
+                .and_then(|p| p.get("rope_theta"))
+                .and_then(Value::as_f64),
+        };
+        if let Some(kind) = local_rope_params
+            .and_then(|p| p.get("rope_type"))
+            .and_then(Value::as_str)
+            .filter(|&k| k != "default")
+        {
+            return Err(ConfigError::Invalid {
+                source_name: source_name.to_string(),
+                detail: format!("rope_parameters.sliding_attention type {kind:?} is not supported"),
+            });
+        }
         let mut eos_token_ids = token_ids(config.get("eos_token_id"));
         for id in token_ids(generation.and_then(|g| g.get("eos_token_id"))) {
             if !eos_token_ids.contains(&id) {
@@ -121,6 +143,11 @@ impl ModelConfig {
             max_position_embeddings: f.opt_usize("max_position_embeddings")?.unwrap_or(2048),
             sliding_window,
             sliding_layers,
+            rope_local_theta: rope_local_theta.map(|t| t as f32),
+            hidden_act,
+            query_pre_attn_scalar: f.opt_f64("query_pre_attn_scalar")?.map(|v| v as f32),
+            attn_logit_softcapping: f.opt_f64("attn_logit_softcapping")?.map(|v| v as f32),
+            final_logit_softcapping: f.opt_f64("final_logit_softcapping")?.map(|v| v as f32),
             tie_word_embeddings: config
                 .get("tie_word_embeddings")
                 .and_then(Value::as_bool)
@@ -154,28 +181,33 @@ fn token_ids(value: Option<&Value>) -> Vec<u32> {
     }
 }
 
-/// Rejects MLP settings the decoder code would silently compute wrong: an activation other
-/// than SiLU, and `mlp_bias` (the MLP projections have no bias here).
-fn check_mlp(config: &Value, f: &HfFields<'_>) -> Result<(), ConfigError> {
+/// The MLP's activation (`hidden_activation`, Gemma's name, or `hidden_act`); rejects one no
+/// family computes, and `mlp_bias` (the MLP projections have no bias here).
+fn check_mlp(config: &Value, f: &HfFields<'_>) -> Result<Activation, ConfigError> {
     let invalid = |detail: String| ConfigError::Invalid {
         source_name: f.source_name.to_string(),
         detail,
     };
-    match f.field("hidden_act") {
-        None => {}
-        Some(Value::String(act)) if act == "silu" || act == "swish" => {}
+    let (field, value) = match f.field("hidden_activation") {
+        Some(v) => ("hidden_activation", Some(v)),
+        None => ("hidden_act", f.field("hidden_act")),
+    };
+    let activation = match value {
+        None => Activation::Silu,
+        Some(Value::String(act)) if act == "silu" || act == "swish" => Activation::Silu,
+        Some(Value::String(act)) if act == "gelu_pytorch_tanh" => Activation::GeluTanh,
         Some(other) => {
             return Err(invalid(format!(
-                "hidden_act {other} is not supported (supported: \"silu\")"
+                "{field} {other} is not supported (supported: \"silu\", \"gelu_pytorch_tanh\")"
             )))
         }
-    }
+    };
     if config.get("mlp_bias").and_then(Value::as_bool) == Some(true) {
         return Err(invalid(
             "mlp_bias true is not supported (MLP projections without biases only)".into(),
         ));
     }
-    Ok(())
+    Ok(activation)
 }
 
 /// When a config's `sliding_window` applies; transformers' config classes read it differently.
@@ -185,6 +217,10 @@ enum WindowRule {
     Never,
     /// Mistral and Phi-3: whenever it is set.
     WhenSet,
+    /// Gemma 2: whenever it is set, on every other layer from the first.
+    Gemma2,
+    /// Gemma 3: whenever it is set, on all but every `sliding_window_pattern`-th layer.
+    Gemma3,
     /// Qwen2 and Qwen3: only with `use_sliding_window`, for layers from `max_window_layers` on.
     Qwen2,
 }
@@ -200,6 +236,8 @@ fn window_rule(config: &Value) -> WindowRule {
     for name in names {
         match name {
             "MistralForCausalLM" | "mistral" | "Phi3ForCausalLM" | "phi3" => return WindowRule::WhenSet,
+            "Gemma2ForCausalLM" | "gemma2" => return WindowRule::Gemma2,
+            "Gemma3ForCausalLM" | "gemma3_text" => return WindowRule::Gemma3,
             "Qwen2ForCausalLM" | "qwen2" | "Qwen3ForCausalLM" | "qwen3" => return WindowRule::Qwen2,
             "LlamaForCausalLM" | "llama" => return WindowRule::Never,
             _ => {}
@@ -214,7 +252,7 @@ fn sliding_window(config: &Value, f: &HfFields<'_>) -> Result<(Option<usize>, Ve
     let rule = window_rule(config);
     let use_window = match rule {
         WindowRule::Never => false,
-        WindowRule::WhenSet => true,
+        WindowRule::WhenSet | WindowRule::Gemma2 | WindowRule::Gemma3 => true,
         WindowRule::Qwen2 => config.get("use_sliding_window").and_then(Value::as_bool) == Some(true),
     };
     let Some(window) = f.opt_usize("sliding_window")?.filter(|_| use_window) else {
@@ -229,6 +267,11 @@ fn sliding_window(config: &Value, f: &HfFields<'_>) -> Result<(Option<usize>, Ve
         None if rule == WindowRule::Qwen2 => {
             let first = f.opt_usize("max_window_layers")?.unwrap_or(28);
             (0..num_layers).map(|i| i >= first).collect()
+        }
+        None if rule == WindowRule::Gemma2 => (0..num_layers).map(|i| i % 2 == 0).collect(),
+        None if rule == WindowRule::Gemma3 => {
+            let pattern = f.opt_usize("sliding_window_pattern")?.unwrap_or(6).max(1);
+            (0..num_layers).map(|i| (i + 1) % pattern != 0).collect()
         }
         None => vec![true; num_layers],
     };

@@ -91,13 +91,25 @@ fn activations_other_than_silu_are_refused_by_name() {
         )
         .is_ok());
     }
-    let msg = error("LlamaForCausalLM", json!({"hidden_act": "gelu_pytorch_tanh"}));
+    let gelu = ModelConfig::from_hf_json(
+        &config("LlamaForCausalLM", json!({"hidden_act": "gelu_pytorch_tanh"})),
+        None,
+        "c",
+    )
+    .unwrap();
+    assert_eq!(gelu.hidden_act, Activation::GeluTanh);
+    let msg = crate::formats::config::refuse_activation(&gelu, "Llama", Activation::Silu)
+        .unwrap_err()
+        .to_string();
     assert!(
-        msg.contains("hidden_act") && msg.contains("gelu_pytorch_tanh") && msg.contains("silu"),
+        msg.contains("hidden_act \"gelu_pytorch_tanh\" is not supported by the Llama family"),
         "{msg}"
     );
     let msg = error("Qwen2ForCausalLM", json!({"hidden_act": "relu"}));
     assert!(msg.contains("hidden_act \"relu\""), "{msg}");
+    let gemma = json!({"hidden_activation": "gelu_pytorch_tanh", "hidden_act": "silu"});
+    let parsed = ModelConfig::from_hf_json(&config("Gemma2ForCausalLM", gemma), None, "c").unwrap();
+    assert_eq!(parsed.hidden_act, Activation::GeluTanh);
 }
 
 #[test]
@@ -107,6 +119,40 @@ fn llama_mlp_bias_is_refused() {
     assert!(
         ModelConfig::from_hf_json(&config("LlamaForCausalLM", json!({"mlp_bias": false})), None, "c").is_ok()
     );
+}
+
+#[test]
+fn gemma_layers_alternate_and_gemma3_reads_its_local_rope() {
+    let layers = |architecture: &str, extra: Value| {
+        let mut extra = extra;
+        extra["sliding_window"] = json!(64);
+        ModelConfig::from_hf_json(&config(architecture, extra), None, "c")
+            .unwrap()
+            .sliding_layers
+    };
+    assert_eq!(layers("Gemma2ForCausalLM", json!({})), [true, false, true, false]);
+    assert_eq!(
+        layers("Gemma3ForCausalLM", json!({"sliding_window_pattern": 2})),
+        [true, false, true, false]
+    );
+    assert_eq!(layers("Gemma3ForCausalLM", json!({})), [true; 4]);
+    let nested = json!({"rope_parameters": {
+        "full_attention": {"rope_type": "linear", "factor": 8.0, "rope_theta": 1_000_000.0},
+        "sliding_attention": {"rope_type": "default", "rope_theta": 10_000.0}},
+        "query_pre_attn_scalar": 144, "final_logit_softcapping": 30.0});
+    let parsed = ModelConfig::from_hf_json(&config("Gemma3ForCausalLM", nested), None, "c").unwrap();
+    assert_eq!(
+        (parsed.rope_theta, parsed.rope_local_theta),
+        (1_000_000.0, Some(10_000.0))
+    );
+    assert_eq!(parsed.rope_scaling, RopeScaling::Linear { factor: 8.0 });
+    assert_eq!(
+        (parsed.query_pre_attn_scalar, parsed.final_logit_softcapping),
+        (Some(144.0), Some(30.0))
+    );
+    let flat = json!({"rope_theta": 1_000_000.0, "rope_local_base_freq": 10_000.0});
+    let parsed = ModelConfig::from_hf_json(&config("Gemma3ForCausalLM", flat), None, "c").unwrap();
+    assert_eq!(parsed.rope_local_theta, Some(10_000.0));
 }
 
 #[test]
