@@ -128,7 +128,7 @@ def test_blocks_before_the_window_are_released_when_every_layer_slides(family: t
     (out,) = engine.generate(PROMPT_IDS, params, use_tqdm=False)
     freed = engine.stats()["num_window_freed_blocks"]
     num_tokens = len(PROMPT_IDS) + len(out.outputs[0].token_ids)
-    if variant.family in ("mistral", "phi3") and variant.config.get("sliding_window"):
+    if variant.family in ("mistral", "mixtral", "phi3") and variant.config.get("sliding_window"):
         # Released at each allocation: all but the blocks of the last window and the newest block.
         assert freed >= (num_tokens - SLIDING_WINDOW) // 16 - 1
     else:

@@ -113,6 +113,44 @@ FAMILY_VARIANTS = [
             },
         },
     ),
+    Variant(
+        "mixtral-top2-window",
+        "mixtral",
+        2,
+        False,
+        10_000.0,
+        {"head_dim": 16, "num_local_experts": 4, "num_experts_per_tok": 2, "sliding_window": SLIDING_WINDOW},
+    ),
+    # Router rows equal in pairs: every token's top 2 is a tied pair (routing ties, as transformers).
+    Variant(
+        "qwen3moe-tied-router-dense-layer",
+        "qwen3_moe",
+        2,
+        True,
+        10_000.0,
+        {
+            "head_dim": 16,
+            "num_experts": 4,
+            "num_experts_per_tok": 2,
+            "moe_intermediate_size": 24,
+            "mlp_only_layers": [1],
+            "tie_router_pairs": True,
+        },
+    ),
+    Variant(
+        "qwen3moe-top3-normalized",
+        "qwen3_moe",
+        2,
+        False,
+        10_000.0,
+        {
+            "head_dim": 16,
+            "num_experts": 6,
+            "num_experts_per_tok": 3,
+            "moe_intermediate_size": 24,
+            "norm_topk_prob": True,
+        },
+    ),
 ]
 
 # transformers' (config class, model class) names of each family.
@@ -124,6 +162,8 @@ FAMILY_CLASSES = {
     "phi3": ("Phi3Config", "Phi3ForCausalLM"),
     "gemma2": ("Gemma2Config", "Gemma2ForCausalLM"),
     "gemma3": ("Gemma3TextConfig", "Gemma3ForCausalLM"),
+    "mixtral": ("MixtralConfig", "MixtralForCausalLM"),
+    "qwen3_moe": ("Qwen3MoeConfig", "Qwen3MoeForCausalLM"),
 }
 
 
@@ -202,6 +242,7 @@ def write_model(variant: Variant, folder: Path, seed: int = 0, sizes: dict[str, 
         del common["rope_theta"]
     common.update(variant.config)
     common.update(sizes or {})
+    tie_router_pairs = common.pop("tie_router_pairs", False)
     torch.manual_seed(seed)
     config_class, model_class = (getattr(transformers, name) for name in FAMILY_CLASSES[variant.family])
     model = model_class(config_class(**common))
@@ -212,6 +253,10 @@ def write_model(variant: Variant, folder: Path, seed: int = 0, sizes: dict[str, 
             for name, param in model.named_parameters():
                 if param.ndim == 1 and "norm" in name:
                     param.uniform_(-0.5, 1.5)
+                if name.endswith("mlp.gate.weight"):  # the MoE router
+                    param.normal_(0.0, 0.5)
+                    if tie_router_pairs:
+                        param[1::2] = param[0::2]
     model = model.float().eval()
     model.generation_config = GenerationConfig(eos_token_id=eos_id, bos_token_id=None)
     model.save_pretrained(str(folder), safe_serialization=True)

@@ -90,6 +90,11 @@ pub trait Backend: Send + Sync {
     /// Copies or converts a stored vector into the backend's format (f32 on the CPU).
     fn load_vector(&self, weight: &WeightView<'_>) -> BackendResult<Self::Vector>;
 
+    /// The ops of this trait the backend does not implement yet (their calls fail with
+    /// [`BackendError::Unsupported`]); a model needing one is refused at load.
+    fn unsupported_ops(&self) -> &'static [&'static str] {
+        &[]
+    }
     /// Whether `attention` honours every option of `params` (sliding window, soft-capping); a
     /// model checks each layer's at load, so an unsupported family is refused before it runs.
     fn check_attention(&self, _params: &AttentionParams) -> BackendResult<()> {
@@ -204,6 +209,25 @@ pub trait Backend: Send + Sync {
     fn scale(&self, x: &mut Self::Tensor, factor: f32) -> BackendResult<()>;
     /// `x = cap * tanh(x / cap)`, elementwise (Gemma 2's final logit soft-capping).
     fn soft_cap(&self, x: &mut Self::Tensor, cap: f32) -> BackendResult<()>;
+    /// A zero tensor `[rows, cols]`.
+    fn zeros(&self, step: &Self::Step, rows: usize, cols: usize) -> BackendResult<Self::Tensor>;
+    /// Rows `row_ids` of `x`, in that order: `[row_ids.len(), cols]` (the tokens routed to one
+    /// expert).
+    fn gather_rows(
+        &self,
+        step: &Self::Step,
+        x: &Self::Tensor,
+        row_ids: &[u32],
+    ) -> BackendResult<Self::Tensor>;
+    /// `out[row_ids[i]] += weights[i] * y[i]` for every row `i` of `y`, in order (one expert's
+    /// outputs into the tokens it serves).
+    fn scatter_add_rows(
+        &self,
+        out: &mut Self::Tensor,
+        y: &Self::Tensor,
+        row_ids: &[u32],
+        weights: &[f32],
+    ) -> BackendResult<()>;
     /// `x += y`, elementwise.
     fn add_assign(&self, x: &mut Self::Tensor, y: &Self::Tensor) -> BackendResult<()>;
     /// The rows of `x` at the step's `logits_indices`, in order.

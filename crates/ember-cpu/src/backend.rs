@@ -435,6 +435,24 @@ impl Backend for CpuBackend {
         Ok(())
     }
 
+    fn zeros(&self, _step: &StepBatch, rows: usize, cols: usize) -> BackendResult<CpuTensor> {
+        CpuTensor::zeros(rows, cols)
+    }
+
+    fn gather_rows(&self, _step: &StepBatch, x: &CpuTensor, row_ids: &[u32]) -> BackendResult<CpuTensor> {
+        crate::rows::gather_rows(x, row_ids)
+    }
+
+    fn scatter_add_rows(
+        &self,
+        out: &mut CpuTensor,
+        y: &CpuTensor,
+        row_ids: &[u32],
+        weights: &[f32],
+    ) -> BackendResult<()> {
+        crate::rows::scatter_add_rows(out, y, row_ids, weights)
+    }
+
     fn add_assign(&self, x: &mut CpuTensor, y: &CpuTensor) -> BackendResult<()> {
         same_shape("add_assign", x, y)?;
         x.as_mut_slice()

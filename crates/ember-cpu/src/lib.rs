@@ -35,6 +35,7 @@ mod packed_x86;
 mod par;
 pub mod quant;
 mod rope;
+mod rows;
 pub mod tensor;
 
 pub use backend::{CpuBackend, CpuOptions, DEFAULT_KV_CACHE_DTYPE};

@@ -212,6 +212,10 @@ impl Backend for CudaBackend {
         Ok(out)
     }
 
+    fn unsupported_ops(&self) -> &'static [&'static str] {
+        NOT_YET
+    }
+
     fn check_attention(&self, params: &AttentionParams) -> BackendResult<()> {
         params.require_plain("cuda")
     }
@@ -334,6 +338,24 @@ impl Backend for CudaBackend {
         Err(not_yet("soft_cap"))
     }
 
+    fn zeros(&self, _step: &CudaStep, _rows: usize, _cols: usize) -> BackendResult<CudaTensor> {
+        Err(not_yet("zeros"))
+    }
+
+    fn gather_rows(&self, _step: &CudaStep, _x: &CudaTensor, _row_ids: &[u32]) -> BackendResult<CudaTensor> {
+        Err(not_yet("gather_rows"))
+    }
+
+    fn scatter_add_rows(
+        &self,
+        _out: &mut CudaTensor,
+        _y: &CudaTensor,
+        _row_ids: &[u32],
+        _weights: &[f32],
+    ) -> BackendResult<()> {
+        Err(not_yet("scatter_add_rows"))
+    }
+
     fn add_assign(&self, x: &mut CudaTensor, y: &CudaTensor) -> BackendResult<()> {
         row_ops::same_shape("add_assign", x, y)?;
         row_ops::add(&self.device, x, y.dev(&self.device), DevPtr::NULL)
@@ -357,8 +379,18 @@ impl Backend for CudaBackend {
     }
 }
 
-/// The error of an op the Gemma family needs that has no CUDA kernel yet (Gemma models are
-/// refused at load on CUDA, by `check_attention`, before any of these could run).
+/// The ops Gemma (GeGLU, embedding scale, soft-capping) and the mixture-of-experts families
+/// need that have no CUDA kernel yet; models needing them are refused at load.
+const NOT_YET: &[&str] = &[
+    "gelu_tanh_mul",
+    "scale",
+    "soft_cap",
+    "zeros",
+    "gather_rows",
+    "scatter_add_rows",
+];
+
+/// The error of an op in [`NOT_YET`].
 fn not_yet(op: &str) -> BackendError {
     BackendError::Unsupported(format!("{op} is not supported on CUDA yet"))
 }

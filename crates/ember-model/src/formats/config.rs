@@ -7,9 +7,11 @@ use crate::error::ConfigError;
 
 mod gguf_config;
 mod hf_config;
+mod moe;
 mod rope;
 
 pub use hf_config::HfConfigJson;
+pub use moe::MoeConfig;
 pub use rope::{RopeScaling, RopeTables};
 
 /// An error unless `config`'s MLP activation is `supported`, the one `family` computes.
@@ -113,6 +115,8 @@ pub struct ModelConfig {
     pub attn_logit_softcapping: Option<f32>,
     /// Output logits become `cap * tanh(logit / cap)` (Gemma 2's `final_logit_softcapping`).
     pub final_logit_softcapping: Option<f32>,
+    /// Mixture-of-experts MLPs (Mixtral, Qwen3-MoE), when the model has them.
+    pub moe: Option<MoeConfig>,
     /// True when the output projection reuses the token embedding.
     pub tie_word_embeddings: bool,
     /// Beginning-of-sequence token, when the model defines one.

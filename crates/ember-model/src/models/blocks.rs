@@ -191,9 +191,10 @@ impl<B: Backend> GatedMlp<B> {
         loader: &Loader<'_, B>,
         prefix: &str,
         config: &ModelConfig,
+        intermediate_size: usize,
         activation: Activation,
     ) -> Result<Self, ModelLoadError> {
-        let (hidden, inter) = (config.hidden_size, config.intermediate_size);
+        let (hidden, inter) = (config.hidden_size, intermediate_size);
         Ok(Self {
             gate_proj: loader.matrix(&format!("{prefix}.gate_proj"), inter, hidden)?,
             up_proj: loader.matrix(&format!("{prefix}.up_proj"), inter, hidden)?,
@@ -211,6 +212,19 @@ impl<B: Backend> GatedMlp<B> {
             Activation::GeluTanh => backend.gelu_tanh_mul(step, &gate, &up)?,
         };
         backend.matmul(step, &act, &self.down_proj, None)
+    }
+}
+
+/// The ops the backend must implement for a model, refused at load otherwise.
+pub fn require_ops<B: Backend>(backend: &B, family: &str, ops: &[&str]) -> Result<(), ModelLoadError> {
+    match ops.iter().find(|op| backend.unsupported_ops().contains(op)) {
+        Some(op) => Err(ModelLoadError::Backend(ember_core::BackendError::Unsupported(
+            format!(
+                "the {family} family needs {op}, which the {} backend does not implement yet",
+                backend.name()
+            ),
+        ))),
+        None => Ok(()),
     }
 }
 

@@ -9,7 +9,7 @@ use ember_core::{AttentionParams, AttentionShape, Backend, BackendResult, ModelS
 use crate::error::ModelLoadError;
 use crate::formats::config::{refuse_activation, Activation, RopeScaling};
 use crate::formats::weights::{TensorNames, WeightNames};
-use crate::models::blocks::{decoder_shape, AttentionBlock, GatedMlp, Loader};
+use crate::models::blocks::{decoder_shape, require_ops, AttentionBlock, GatedMlp, Loader};
 use crate::models::{Model, ModelSource};
 
 const fn names(canonical: &'static str, hf: &'static str, gguf: &'static str) -> TensorNames {
@@ -85,6 +85,7 @@ impl<B: Backend> Model<B> for GemmaModel<B> {
     fn load(backend: &B, source: &ModelSource<'_>) -> Result<Self, ModelLoadError> {
         let config = source.config;
         refuse_activation(config, "Gemma", Activation::GeluTanh)?;
+        require_ops(backend, "Gemma", &["gelu_tanh_mul", "scale", "soft_cap"])?;
         // llama.cpp's converter stores Gemma's norms as `1 + w` already.
         let norm_offset = if source.weights.gguf().is_some() { 0.0 } else { 1.0 };
         let loader = Loader {
@@ -92,7 +93,7 @@ impl<B: Backend> Model<B> for GemmaModel<B> {
             weights: source.weights,
             norm_offset,
         };
-        let hidden = config.hidden_size;
+        let (hidden, inter) = (config.hidden_size, config.intermediate_size);
         let shape = AttentionShape {
             num_heads: config.num_heads,
             num_kv_heads: config.num_kv_heads,
@@ -130,7 +131,13 @@ impl<B: Backend> Model<B> for GemmaModel<B> {
                 attention: AttentionBlock::load(&loader, i, config, params)?,
                 post_attention_norm: norm("post_attention_layernorm")?,
                 pre_feedforward_norm: norm("pre_feedforward_layernorm")?,
-                mlp: GatedMlp::load(&loader, &format!("layers.{i}"), config, Activation::GeluTanh)?,
+                mlp: GatedMlp::load(
+                    &loader,
+                    &format!("layers.{i}"),
+                    config,
+                    inter,
+                    Activation::GeluTanh,
+                )?,
                 post_feedforward_norm: norm("post_feedforward_layernorm")?,
                 local_rope: sliding_window.is_some(),
             });

@@ -2,15 +2,17 @@
 //! with per-head q/k norms, SmolLM), written once over [`Backend`]: pre-norm decoder layers of
 //! grouped-query attention with RoPE and a SiLU-gated MLP, optional q/k/v/o biases and q/k
 //! norms (loaded when the file has them), per-layer sliding windows from the config, tied or
-//! untied output.
+//! untied output, and mixture-of-experts MLPs where the config has experts (Mixtral,
+//! Qwen3-MoE; `moe.rs`).
 
 use ember_core::{AttentionParams, AttentionShape, Backend, BackendResult, ModelShape, Rope};
 
 use crate::error::ModelLoadError;
 use crate::formats::config::{refuse_activation, Activation, ModelConfig};
 use crate::formats::weights::{TensorNames, WeightNames};
-use crate::models::blocks::{decoder_shape, shape_error, AttentionBlock, GatedMlp, Loader};
+use crate::models::blocks::{decoder_shape, require_ops, shape_error, AttentionBlock, GatedMlp, Loader};
 use crate::models::decoder_tensors::DecoderTensors;
+use crate::models::moe::MoeBlock;
 use crate::models::{Model, ModelSource};
 
 const fn names(canonical: &'static str, hf: &'static str, gguf: &'static str) -> TensorNames {
@@ -40,12 +42,18 @@ pub static LLAMA_WEIGHT_NAMES: WeightNames = WeightNames {
     ],
 };
 
+/// A layer's feed-forward part: one MLP, or experts behind a router.
+enum FeedForward<B: Backend> {
+    Dense(GatedMlp<B>),
+    Experts(MoeBlock<B>),
+}
+
 /// One decoder layer.
 struct LlamaLayer<B: Backend> {
     input_norm: B::Vector,
     attention: AttentionBlock<B>,
     post_attention_norm: B::Vector,
-    mlp: GatedMlp<B>,
+    mlp: FeedForward<B>,
 }
 
 /// A loaded Llama-family decoder.
@@ -81,24 +89,39 @@ pub fn check_weight_shapes(config: &ModelConfig, weights: &dyn DecoderTensors) -
     if !config.tie_word_embeddings || weights.contains("lm_head") {
         check("lm_head", &[config.vocab_size, hidden])?;
     }
-    let required: [(&str, &[usize]); 9] = [
+    let attention: [(&str, &[usize]); 6] = [
         ("input_layernorm", &[hidden]),
         ("post_attention_layernorm", &[hidden]),
         ("q_proj", &[q_dim, hidden]),
         ("k_proj", &[kv_dim, hidden]),
         ("v_proj", &[kv_dim, hidden]),
         ("o_proj", &[hidden, q_dim]),
+    ];
+    let dense: [(&str, &[usize]); 3] = [
         ("gate_proj", &[inter, hidden]),
         ("up_proj", &[inter, hidden]),
         ("down_proj", &[hidden, inter]),
     ];
-    // Stops at the first missing tensor, so a huge layer count costs one lookup per real layer.
+    // Stops at the first missing tensor, so a huge layer count costs one lookup per real layer
+    // (experts are checked as they load, after the router confirmed their count).
     for layer in 0..config.num_layers {
-        for (suffix, shape) in required {
+        let mlp = match sparse_layer(config, layer) {
+            true => &[][..],
+            false => &dense[..],
+        };
+        for (suffix, shape) in attention.iter().chain(mlp) {
             check(&format!("layers.{layer}.{suffix}"), shape)?;
         }
     }
     Ok(())
+}
+
+/// Whether layer `layer` routes to experts.
+fn sparse_layer(config: &ModelConfig, layer: usize) -> bool {
+    config
+        .moe
+        .as_ref()
+        .is_some_and(|moe| moe.sparse_layers.get(layer).copied().unwrap_or(false))
 }
 
 impl<B: Backend> Model<B> for LlamaModel<B> {
@@ -119,7 +142,10 @@ impl<B: Backend> Model<B> for LlamaModel<B> {
                 .attention
                 .forward(backend, step, kv_cache, index, &hidden, &self.rope, eps)?;
             hidden = backend.add_rms_norm(step, &mut residual, &attn_out, &layer.post_attention_norm, eps)?;
-            let mlp_out = layer.mlp.forward(backend, step, &hidden)?;
+            let mlp_out = match &layer.mlp {
+                FeedForward::Dense(mlp) => mlp.forward(backend, step, &hidden)?,
+                FeedForward::Experts(experts) => experts.forward(backend, step, &hidden)?,
+            };
             match self.layers.get(index + 1) {
                 Some(next) => {
                     hidden = backend.add_rms_norm(step, &mut residual, &mlp_out, &next.input_norm, eps)?;
@@ -148,6 +174,13 @@ impl<B: Backend> LlamaModel<B> {
     ) -> Result<Self, ModelLoadError> {
         let config = source.config;
         refuse_activation(config, "Llama", Activation::Silu)?;
+        if config.moe.is_some() {
+            require_ops(
+                backend,
+                "mixture-of-experts",
+                &["zeros", "gather_rows", "scatter_add_rows"],
+            )?;
+        }
         check_weight_shapes(config, weights)?;
         let loader = Loader {
             backend,
@@ -175,7 +208,16 @@ impl<B: Backend> LlamaModel<B> {
                 input_norm: loader.norm(&format!("layers.{i}.input_layernorm"), hidden)?,
                 attention: AttentionBlock::load(&loader, i, config, params)?,
                 post_attention_norm: loader.norm(&format!("layers.{i}.post_attention_layernorm"), hidden)?,
-                mlp: GatedMlp::load(&loader, &format!("layers.{i}"), config, Activation::Silu)?,
+                mlp: match (&config.moe, sparse_layer(config, i)) {
+                    (Some(moe), true) => FeedForward::Experts(MoeBlock::load(&loader, i, config, moe)?),
+                    _ => FeedForward::Dense(GatedMlp::load(
+                        &loader,
+                        &format!("layers.{i}"),
+                        config,
+                        config.intermediate_size,
+                        Activation::Silu,
+                    )?),
+                },
             });
         }
         let lm_head = if config.tie_word_embeddings && !weights.contains("lm_head") {

@@ -13,6 +13,7 @@ pub mod blocks;
 pub mod decoder_tensors;
 pub mod gemma;
 pub mod llama;
+pub mod moe;
 pub mod phi3;
 pub mod registry;
 

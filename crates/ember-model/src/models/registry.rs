@@ -9,6 +9,7 @@ use crate::formats::config::{ArchitectureName, NameSource};
 use crate::formats::weights::WeightNames;
 use crate::models::gemma::{GemmaModel, GEMMA_WEIGHT_NAMES};
 use crate::models::llama::{LlamaModel, LLAMA_WEIGHT_NAMES};
+use crate::models::moe::{MIXTRAL_WEIGHT_NAMES, QWEN3_MOE_WEIGHT_NAMES};
 use crate::models::phi3::{Phi3Tensors, PHI3_WEIGHT_NAMES};
 use crate::models::{Model, ModelSource};
 
@@ -22,6 +23,10 @@ pub enum Family {
     Phi3,
     /// `models/gemma.rs`: Gemma 2 and Gemma 3 (text).
     Gemma,
+    /// `models/llama.rs` with `moe.rs`: Mixtral.
+    Mixtral,
+    /// `models/llama.rs` with `moe.rs`: Qwen3-MoE (q/k norms, optional dense layers).
+    Qwen3Moe,
 }
 
 impl Family {
@@ -31,6 +36,8 @@ impl Family {
             Self::Llama => &LLAMA_WEIGHT_NAMES,
             Self::Phi3 => &PHI3_WEIGHT_NAMES,
             Self::Gemma => &GEMMA_WEIGHT_NAMES,
+            Self::Mixtral => &MIXTRAL_WEIGHT_NAMES,
+            Self::Qwen3Moe => &QWEN3_MOE_WEIGHT_NAMES,
         }
     }
 
@@ -41,7 +48,7 @@ impl Family {
         source: &ModelSource<'_>,
     ) -> Result<Box<dyn Model<B>>, ModelLoadError> {
         Ok(match self {
-            Self::Llama => Box::new(LlamaModel::load(backend, source)?),
+            Self::Llama | Self::Mixtral | Self::Qwen3Moe => Box::new(LlamaModel::load(backend, source)?),
             Self::Phi3 => Box::new(LlamaModel::load_from(backend, source, &Phi3Tensors::new(source))?),
             Self::Gemma => Box::new(GemmaModel::load(backend, source)?),
         })
@@ -82,6 +89,12 @@ pub const ARCHITECTURES: &[Architecture] = &[
     hf("Phi3ForCausalLM", NameSource::HfArchitectures, Family::Phi3),
     hf("Gemma2ForCausalLM", NameSource::HfArchitectures, Family::Gemma),
     hf("Gemma3ForCausalLM", NameSource::HfArchitectures, Family::Gemma),
+    hf("MixtralForCausalLM", NameSource::HfArchitectures, Family::Mixtral),
+    hf(
+        "Qwen3MoeForCausalLM",
+        NameSource::HfArchitectures,
+        Family::Qwen3Moe,
+    ),
     hf("llama", NameSource::HfModelType, Family::Llama),
     hf("mistral", NameSource::HfModelType, Family::Llama),
     hf("qwen2", NameSource::HfModelType, Family::Llama),
@@ -89,6 +102,8 @@ pub const ARCHITECTURES: &[Architecture] = &[
     hf("phi3", NameSource::HfModelType, Family::Phi3),
     hf("gemma2", NameSource::HfModelType, Family::Gemma),
     hf("gemma3_text", NameSource::HfModelType, Family::Gemma),
+    hf("mixtral", NameSource::HfModelType, Family::Mixtral),
+    hf("qwen3_moe", NameSource::HfModelType, Family::Qwen3Moe),
     Architecture {
         name: "llama",
         source: NameSource::GgufArchitecture,
@@ -186,20 +201,21 @@ mod tests {
         assert_eq!(
             msg,
             "unsupported architecture GPT2LMHeadModel (architectures); supported: \
-             LlamaForCausalLM, MistralForCausalLM, Qwen2ForCausalLM, Qwen3ForCausalLM, Phi3ForCausalLM, Gemma2ForCausalLM, Gemma3ForCausalLM"
+             LlamaForCausalLM, MistralForCausalLM, Qwen2ForCausalLM, Qwen3ForCausalLM, Phi3ForCausalLM, Gemma2ForCausalLM, Gemma3ForCausalLM, \
+             MixtralForCausalLM, Qwen3MoeForCausalLM"
         );
-        let msg = resolve(&[name(NameSource::GgufArchitecture, "mixtral")])
+        let msg = resolve(&[name(NameSource::GgufArchitecture, "gemma2")])
             .unwrap_err()
             .to_string();
         assert_eq!(
             msg,
-            "unsupported architecture mixtral (general.architecture); supported: llama, qwen2, qwen3"
+            "unsupported architecture gemma2 (general.architecture); supported: llama, qwen2, qwen3"
         );
-        let msg = resolve(&[name(NameSource::HfModelType, "mixtral")])
+        let msg = resolve(&[name(NameSource::HfModelType, "deepseek_v3")])
             .unwrap_err()
             .to_string();
         assert!(
-            msg.contains("mixtral (model_type)") && msg.contains("Phi3ForCausalLM"),
+            msg.contains("deepseek_v3 (model_type)") && msg.contains("Qwen3MoeForCausalLM"),
             "{msg}"
         );
     }

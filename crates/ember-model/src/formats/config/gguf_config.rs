@@ -83,6 +83,7 @@ impl ModelConfig {
             query_pre_attn_scalar: None,
             attn_logit_softcapping: None,
             final_logit_softcapping: None,
+            moe: None,
             tie_word_embeddings: file.tensor("output.weight").is_none(),
             bos_token_id: id("tokenizer.ggml.bos_token_id"),
             eos_token_ids,

@@ -148,6 +148,7 @@ impl ModelConfig {
             query_pre_attn_scalar: f.opt_f64("query_pre_attn_scalar")?.map(|v| v as f32),
             attn_logit_softcapping: f.opt_f64("attn_logit_softcapping")?.map(|v| v as f32),
             final_logit_softcapping: f.opt_f64("final_logit_softcapping")?.map(|v| v as f32),
+            moe: super::moe::moe_config(config, f.usize("num_hidden_layers")?, source_name)?,
             tie_word_embeddings: config
                 .get("tie_word_embeddings")
                 .and_then(Value::as_bool)
@@ -215,13 +216,14 @@ fn check_mlp(config: &Value, f: &HfFields<'_>) -> Result<Activation, ConfigError
 enum WindowRule {
     /// Llama (and any config not listed): the field is ignored.
     Never,
-    /// Mistral and Phi-3: whenever it is set.
+    /// Mistral, Mixtral and Phi-3: whenever it is set.
     WhenSet,
     /// Gemma 2: whenever it is set, on every other layer from the first.
     Gemma2,
     /// Gemma 3: whenever it is set, on all but every `sliding_window_pattern`-th layer.
     Gemma3,
-    /// Qwen2 and Qwen3: only with `use_sliding_window`, for layers from `max_window_layers` on.
+    /// Qwen2, Qwen3 and Qwen3-MoE: only with `use_sliding_window`, for layers from
+    /// `max_window_layers` on.
     Qwen2,
 }
 
@@ -235,10 +237,16 @@ fn window_rule(config: &Value) -> WindowRule {
         .filter_map(Value::as_str);
     for name in names {
         match name {
-            "MistralForCausalLM" | "mistral" | "Phi3ForCausalLM" | "phi3" => return WindowRule::WhenSet,
+            "MistralForCausalLM" | "mistral" | "Phi3ForCausalLM" | "phi3" | "MixtralForCausalLM"
+            | "mixtral" => return WindowRule::WhenSet,
             "Gemma2ForCausalLM" | "gemma2" => return WindowRule::Gemma2,
             "Gemma3ForCausalLM" | "gemma3_text" => return WindowRule::Gemma3,
-            "Qwen2ForCausalLM" | "qwen2" | "Qwen3ForCausalLM" | "qwen3" => return WindowRule::Qwen2,
+            "Qwen2ForCausalLM"
+            | "qwen2"
+            | "Qwen3ForCausalLM"
+            | "qwen3"
+            | "Qwen3MoeForCausalLM"
+            | "qwen3_moe" => return WindowRule::Qwen2,
             "LlamaForCausalLM" | "llama" => return WindowRule::Never,
             _ => {}
         }
