@@ -52,10 +52,39 @@ fn message_from_dict(index: usize, message: &Bound<'_, PyAny>) -> PyResult<ChatM
             )
         })
     };
+    let mut extra = serde_json::Map::new();
+    for (key, value) in dict.iter() {
+        let key = convert::text(&key, "messages")?;
+        if key == "role" || key == "content" {
+            continue;
+        }
+        extra.insert(key.clone(), json_value(index, &key, &value)?);
+    }
     Ok(ChatMessage {
         role: text("role")?,
         content: text("content")?,
+        extra,
     })
+}
+
+/// A message field other than role and content (tool calls, ids) as JSON, through Python's
+/// `json.dumps`; an error naming the field when it is not JSON data.
+fn json_value(index: usize, key: &str, value: &Bound<'_, PyAny>) -> PyResult<serde_json::Value> {
+    let not_json = |detail: String| {
+        invalid_param(
+            "messages",
+            format!(
+                "messages[{index}]['{key}'] must be JSON data (dicts, lists, strings, numbers): {detail}"
+            ),
+        )
+    };
+    let dumped = value
+        .py()
+        .import("json")?
+        .call_method1("dumps", (value,))
+        .map_err(|e| not_json(e.to_string()))?;
+    let text: String = dumped.extract()?;
+    serde_json::from_str(&text).map_err(|e| not_json(e.to_string()))
 }
 
 #[pymethods]
@@ -113,7 +142,8 @@ impl PyTokenizer {
         guard(|| Ok(self.tokenizer.token_to_id(&convert::text(token, "token")?)))
     }
 
-    /// Renders a conversation (a list of {"role", "content"} dicts) with the chat template.
+    /// Renders a conversation (a list of {"role", "content", ...} dicts; other fields such as
+    /// `tool_calls` reach the template as they are) with the chat template.
     #[pyo3(signature = (messages, add_generation_prompt = true))]
     fn apply_chat_template(
         &self,

@@ -8,7 +8,36 @@ use ember_core::{
 
 use crate::error::ModelLoadError;
 use crate::formats::config::{Activation, ModelConfig};
+use crate::formats::weights::TensorNames;
 use crate::models::decoder_tensors::DecoderTensors;
+
+/// A tensor's canonical, Hugging Face and GGUF (llama.cpp) names.
+pub const fn names(canonical: &'static str, hf: &'static str, gguf: &'static str) -> TensorNames {
+    TensorNames { canonical, hf, gguf }
+}
+
+/// The model-wide tensors of every decoder family here.
+pub const GLOBAL_NAMES: &[TensorNames] = &[
+    names("embed_tokens", "model.embed_tokens.weight", "token_embd.weight"),
+    names("norm", "model.norm.weight", "output_norm.weight"),
+    names("lm_head", "lm_head.weight", "output.weight"),
+];
+
+/// A layer-name table: the Llama layer's norms and attention projections, then `$extra`.
+macro_rules! llama_layer_names {
+    ($($extra:expr),* $(,)?) => {
+        &[
+            $crate::models::blocks::names("input_layernorm", "input_layernorm", "attn_norm"),
+            $crate::models::blocks::names("post_attention_layernorm", "post_attention_layernorm", "ffn_norm"),
+            $crate::models::blocks::names("q_proj", "self_attn.q_proj", "attn_q"),
+            $crate::models::blocks::names("k_proj", "self_attn.k_proj", "attn_k"),
+            $crate::models::blocks::names("v_proj", "self_attn.v_proj", "attn_v"),
+            $crate::models::blocks::names("o_proj", "self_attn.o_proj", "attn_output"),
+            $($extra),*
+        ]
+    };
+}
+pub(crate) use llama_layer_names;
 
 /// The error of a tensor whose shape is not the config's.
 pub fn shape_error(name: &str, expected: &[usize], found: &[usize]) -> ModelLoadError {

@@ -8,21 +8,15 @@ use ember_core::{AttentionParams, AttentionShape, Backend, BackendResult, ModelS
 
 use crate::error::ModelLoadError;
 use crate::formats::config::{refuse_activation, Activation, RopeScaling};
-use crate::formats::weights::{TensorNames, WeightNames};
-use crate::models::blocks::{decoder_shape, require_ops, AttentionBlock, GatedMlp, Loader};
+use crate::formats::weights::WeightNames;
+use crate::models::blocks::{
+    decoder_shape, names, require_ops, AttentionBlock, GatedMlp, Loader, GLOBAL_NAMES,
+};
 use crate::models::{Model, ModelSource};
-
-const fn names(canonical: &'static str, hf: &'static str, gguf: &'static str) -> TensorNames {
-    TensorNames { canonical, hf, gguf }
-}
 
 /// The family's tensors (llama.cpp's names for the GGUF side).
 pub static GEMMA_WEIGHT_NAMES: WeightNames = WeightNames {
-    global: &[
-        names("embed_tokens", "model.embed_tokens.weight", "token_embd.weight"),
-        names("norm", "model.norm.weight", "output_norm.weight"),
-        names("lm_head", "lm_head.weight", "output.weight"),
-    ],
+    global: GLOBAL_NAMES,
     layer: &[
         names("input_layernorm", "input_layernorm", "attn_norm"),
         names(

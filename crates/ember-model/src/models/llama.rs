@@ -9,31 +9,20 @@ use ember_core::{AttentionParams, AttentionShape, Backend, BackendResult, ModelS
 
 use crate::error::ModelLoadError;
 use crate::formats::config::{refuse_activation, Activation, ModelConfig};
-use crate::formats::weights::{TensorNames, WeightNames};
-use crate::models::blocks::{decoder_shape, require_ops, shape_error, AttentionBlock, GatedMlp, Loader};
+use crate::formats::weights::WeightNames;
+use crate::models::blocks::{
+    decoder_shape, llama_layer_names, names, require_ops, shape_error, AttentionBlock, GatedMlp, Loader,
+    GLOBAL_NAMES,
+};
 use crate::models::decoder_tensors::DecoderTensors;
 use crate::models::moe::MoeBlock;
 use crate::models::{Model, ModelSource};
 
-const fn names(canonical: &'static str, hf: &'static str, gguf: &'static str) -> TensorNames {
-    TensorNames { canonical, hf, gguf }
-}
-
 /// The family's tensors: `embed_tokens`, `norm`, `lm_head`, and per layer
 /// `layers.{i}.X` (`.bias` for a bias) with X one of the `layer` names.
 pub static LLAMA_WEIGHT_NAMES: WeightNames = WeightNames {
-    global: &[
-        names("embed_tokens", "model.embed_tokens.weight", "token_embd.weight"),
-        names("norm", "model.norm.weight", "output_norm.weight"),
-        names("lm_head", "lm_head.weight", "output.weight"),
-    ],
-    layer: &[
-        names("input_layernorm", "input_layernorm", "attn_norm"),
-        names("post_attention_layernorm", "post_attention_layernorm", "ffn_norm"),
-        names("q_proj", "self_attn.q_proj", "attn_q"),
-        names("k_proj", "self_attn.k_proj", "attn_k"),
-        names("v_proj", "self_attn.v_proj", "attn_v"),
-        names("o_proj", "self_attn.o_proj", "attn_output"),
+    global: GLOBAL_NAMES,
+    layer: llama_layer_names![
         names("q_norm", "self_attn.q_norm", "attn_q_norm"),
         names("k_norm", "self_attn.k_norm", "attn_k_norm"),
         names("gate_proj", "mlp.gate_proj", "ffn_gate"),

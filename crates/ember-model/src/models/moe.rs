@@ -7,40 +7,15 @@ use ember_core::{Backend, BackendResult};
 
 use crate::error::ModelLoadError;
 use crate::formats::config::{Activation, ModelConfig, MoeConfig};
-use crate::formats::weights::{TensorNames, WeightNames};
-use crate::models::blocks::{GatedMlp, Loader};
-
-const fn names(canonical: &'static str, hf: &'static str, gguf: &'static str) -> TensorNames {
-    TensorNames { canonical, hf, gguf }
-}
-
-/// The attention and norm tensors every MoE family shares with Llama (and Qwen3's q/k norms).
-macro_rules! moe_layer_names {
-    ($($extra:expr),* $(,)?) => {
-        &[
-            names("input_layernorm", "input_layernorm", "attn_norm"),
-            names("post_attention_layernorm", "post_attention_layernorm", "ffn_norm"),
-            names("q_proj", "self_attn.q_proj", "attn_q"),
-            names("k_proj", "self_attn.k_proj", "attn_k"),
-            names("v_proj", "self_attn.v_proj", "attn_v"),
-            names("o_proj", "self_attn.o_proj", "attn_output"),
-            $($extra),*
-        ]
-    };
-}
-
-const GLOBAL_NAMES: &[TensorNames] = &[
-    names("embed_tokens", "model.embed_tokens.weight", "token_embd.weight"),
-    names("norm", "model.norm.weight", "output_norm.weight"),
-    names("lm_head", "lm_head.weight", "output.weight"),
-];
+use crate::formats::weights::WeightNames;
+use crate::models::blocks::{llama_layer_names, names, GatedMlp, Loader, GLOBAL_NAMES};
 
 /// Mixtral's tensors: `block_sparse_moe.gate` routes to `experts.{e}.w1` (gate), `w3` (up)
 /// and `w2` (down). (GGUF files stack each layer's experts in one 3-D tensor, which this
 /// per-expert table does not read: MoE GGUF files are not supported yet.)
 pub static MIXTRAL_WEIGHT_NAMES: WeightNames = WeightNames {
     global: GLOBAL_NAMES,
-    layer: moe_layer_names![
+    layer: llama_layer_names![
         names("router", "block_sparse_moe.gate", "ffn_gate_inp"),
         names(
             "experts.{e}.gate_proj",
@@ -64,7 +39,7 @@ pub static MIXTRAL_WEIGHT_NAMES: WeightNames = WeightNames {
 /// `mlp_only_layers` keep a dense `mlp.*_proj`; per-head q/k norms as Qwen3.
 pub static QWEN3_MOE_WEIGHT_NAMES: WeightNames = WeightNames {
     global: GLOBAL_NAMES,
-    layer: moe_layer_names![
+    layer: llama_layer_names![
         names("q_norm", "self_attn.q_norm", "attn_q_norm"),
         names("k_norm", "self_attn.k_norm", "attn_k_norm"),
         names("router", "mlp.gate", "ffn_gate_inp"),

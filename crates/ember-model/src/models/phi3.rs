@@ -3,21 +3,14 @@
 //! tall), cut into the canonical tensors at load; long-rope scaling comes from the config.
 
 use crate::error::ModelLoadError;
-use crate::formats::weights::{TensorNames, WeightNames, WeightSource};
+use crate::formats::weights::{WeightNames, WeightSource};
+use crate::models::blocks::{names, GLOBAL_NAMES};
 use crate::models::decoder_tensors::{DecoderTensors, TensorSlice};
 use crate::models::ModelSource;
 
-const fn names(canonical: &'static str, hf: &'static str, gguf: &'static str) -> TensorNames {
-    TensorNames { canonical, hf, gguf }
-}
-
 /// The family's stored tensors: the Llama ones, with q/k/v and gate/up fused.
 pub static PHI3_WEIGHT_NAMES: WeightNames = WeightNames {
-    global: &[
-        names("embed_tokens", "model.embed_tokens.weight", "token_embd.weight"),
-        names("norm", "model.norm.weight", "output_norm.weight"),
-        names("lm_head", "lm_head.weight", "output.weight"),
-    ],
+    global: GLOBAL_NAMES,
     layer: &[
         names("input_layernorm", "input_layernorm", "attn_norm"),
         names("post_attention_layernorm", "post_attention_layernorm", "ffn_norm"),

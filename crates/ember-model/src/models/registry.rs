@@ -112,6 +112,7 @@ pub const ARCHITECTURES: &[Architecture] = &[
     },
     hf("qwen2", NameSource::GgufArchitecture, Family::Llama),
     hf("qwen3", NameSource::GgufArchitecture, Family::Llama),
+    hf("phi3", NameSource::GgufArchitecture, Family::Phi3),
 ];
 
 /// The field a name source stands for, as errors spell it.
@@ -209,7 +210,7 @@ mod tests {
             .to_string();
         assert_eq!(
             msg,
-            "unsupported architecture gemma2 (general.architecture); supported: llama, qwen2, qwen3"
+            "unsupported architecture gemma2 (general.architecture); supported: llama, qwen2, qwen3, phi3"
         );
         let msg = resolve(&[name(NameSource::HfModelType, "deepseek_v3")])
             .unwrap_err()

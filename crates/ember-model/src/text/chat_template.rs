@@ -16,10 +16,14 @@ const TEMPLATE_NAME: &str = "chat_template";
 /// One chat message.
 #[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
 pub struct ChatMessage {
-    /// "system", "user", "assistant", ...
+    /// "system", "user", "assistant", "tool", ...
     pub role: String,
     /// Message text.
     pub content: String,
+    /// Every other field (`tool_calls`, `tool_call_id`, `name`, ...), handed to the template as
+    /// it is.
+    #[serde(flatten)]
+    pub extra: serde_json::Map<String, serde_json::Value>,
 }
 
 /// A compiled chat template with the special-token strings it may reference.

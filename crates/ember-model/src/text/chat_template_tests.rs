@@ -10,6 +10,7 @@ fn msg(role: &str, content: &str) -> ChatMessage {
     ChatMessage {
         role: role.into(),
         content: content.into(),
+        extra: serde_json::Map::new(),
     }
 }
 
