@@ -181,8 +181,10 @@ pub trait Backend: Send + Sync {
         value: &Self::Tensor,
     ) -> BackendResult<()>;
     /// Causal attention of the step's queries (`[num_tokens, num_heads * head_dim]`) over
-    /// each sequence's cached context (which already holds this step's K/V);
-    /// returns `[num_tokens, num_heads * head_dim]`.
+    /// each sequence's cached context (which already holds this step's K/V), within the
+    /// layer's `sliding_window` and soft-capped by its `logit_soft_cap` when set; block-table
+    /// entries wholly before every window of a sequence may be `NULL_BLOCK` and are never read.
+    /// Returns `[num_tokens, num_heads * head_dim]`.
     fn attention(
         &self,
         step: &Self::Step,
