@@ -41,7 +41,10 @@ struct VecWidth {
 // Unpacks the `VecWidth<T>` elements of a 16-byte vector into f32.
 template <typename T>
 __device__ __forceinline__ void unpack16(const vec16_t& v, float* out) {
-    const T* elems = reinterpret_cast<const T*>(&v);
+    // A local copy: one 16-byte load (LDG.E.128). Through the reference itself the compiler
+    // reads global memory element by element (2-byte loads); scripts/check_sass.py checks this.
+    const vec16_t local = v;
+    const T* elems = reinterpret_cast<const T*>(&local);
 #pragma unroll
     for (int i = 0; i < VecWidth<T>::value; ++i) {
         out[i] = to_float(elems[i]);

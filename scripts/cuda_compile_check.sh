@@ -2,27 +2,30 @@
 # Compiles every CUDA kernel file for sm_90a and sm_80 (+ compute_80 PTX) with the pinned
 # CUDA 13.0 compiler from PyPI, then the whole module exactly as crates/ember-cuda/build.rs
 # does. No GPU needed. Warnings are errors (flags in cuda/nvcc_flags.txt, shared with build.rs).
-# Last, the host's typed launchers (crates/ember-cuda/src/kernels.rs) are checked against the
-# entries of the module's PTX: names, argument counts and widths.
+# Then the host's typed launchers (crates/ember-cuda/src/kernels.rs) are checked against the
+# entries of the module's PTX: names, argument counts and widths; last, the module's SASS
+# (cuobjdump + nvdisasm from their pinned wheels, in .cache/cuda-sass-venv; the toolkit wheels
+# carry no disassembler) must show 16-byte loads in decode attention and silu_mul
+# (scripts/check_sass.py).
 #
-#   scripts/cuda_compile_check.sh            # uses/creates .cache/cuda-venv
+#   scripts/cuda_compile_check.sh            # uses/creates .cache/cuda-venv (scripts/cuda_nvcc.sh)
 #   EMBER_CUDA_VENV=/path scripts/cuda_compile_check.sh
 #   NVCC=/path/to/nvcc scripts/cuda_compile_check.sh   # skip the venv
 set -euo pipefail
 root="$(cd "$(dirname "$0")/.." && pwd)"
 cd "$root"
-wheel_spec='cuda-toolkit[nvcc,nvvm,crt,cudart,cccl,nvrtc]==13.0.2'
-venv="${EMBER_CUDA_VENV:-$root/.cache/cuda-venv}"
-if [[ -z "${NVCC:-}" ]]; then
-  NVCC="$(ls "$venv"/lib/python3*/site-packages/nvidia/cu13/bin/nvcc 2>/dev/null | head -n1 || true)"
-  if [[ -z "$NVCC" ]]; then
-    echo "installing $wheel_spec into $venv"
-    python3 -m venv "$venv"
-    "$venv/bin/pip" install --quiet "$wheel_spec"
-    NVCC="$(ls "$venv"/lib/python3*/site-packages/nvidia/cu13/bin/nvcc | head -n1)"
-  fi
-fi
+NVCC="$(bash scripts/cuda_nvcc.sh)"
 echo "nvcc: $NVCC ($("$NVCC" --version | tail -n1))"
+# A disassembler reads older code, so these need not match the compiler's 13.0 pin.
+sass_spec=(nvidia-cuda-cuobjdump==13.4.92 nvidia-cuda-nvdisasm==13.4.92)
+sass_venv="${EMBER_CUDA_SASS_VENV:-$root/.cache/cuda-sass-venv}"
+sass_bin="$(ls -d "$sass_venv"/lib/python3*/site-packages/nvidia/cu13/bin 2>/dev/null | head -n1 || true)"
+if [[ -z "$sass_bin" || ! -x "$sass_bin/cuobjdump" || ! -x "$sass_bin/nvdisasm" ]]; then
+  echo "installing ${sass_spec[*]} into $sass_venv"
+  python3 -m venv "$sass_venv"
+  "$sass_venv/bin/pip" install --quiet "${sass_spec[@]}"
+  sass_bin="$(ls -d "$sass_venv"/lib/python3*/site-packages/nvidia/cu13/bin | head -n1)"
+fi
 mapfile -t flags < cuda/nvcc_flags.txt
 out="$(mktemp -d)"
 trap 'rm -rf "$out"' EXIT
@@ -55,10 +58,12 @@ if [[ $failed == 0 ]]; then
   "$NVCC" -ptx -O3 -std=c++17 -arch=compute_80 cuda/ember_kernels.cu -o "$out/ember_kernels.ptx"
   cargo run -q -p ember-cuda --example kernel_signatures >"$out/signatures.txt"
   python3 scripts/check_kernel_signatures.py "$out/ember_kernels.ptx" "$out/signatures.txt" || failed=1
+  PATH="$sass_bin:$PATH" "$sass_bin/cuobjdump" -sass "$out/ember_kernels.fatbin" >"$out/ember_kernels.sass"
+  python3 scripts/check_sass.py "$out/ember_kernels.sass" || failed=1
 fi
 elapsed=$(( $(date +%s) - start ))
 if [[ $failed == 0 ]]; then
-  echo "summary: all ${#files[@]} files compiled for sm_90a + sm_80, typed launchers match the PTX, in ${elapsed}s"
+  echo "summary: all ${#files[@]} files compiled for sm_90a + sm_80, typed launchers match the PTX, 16-byte loads in the SASS, in ${elapsed}s"
 else
   echo "summary: FAILED (see above) after ${elapsed}s"
   exit 1

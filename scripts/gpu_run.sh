@@ -1,30 +1,19 @@
 #!/usr/bin/env bash
-# Runs the GPU checks on the lent GPU machine and writes everything under $OUT:
-# installs a carried wheel with `pip install --no-deps --target`, then the kernel tests
-# (tests/gpu, with the fatbin built by build.rs), compute-sanitizer memcheck on them when
-# available, the end-to-end device tests, then bench/gpu_kernels.py and bench/gpu_e2e.py.
+# The GPU checks of a lent GPU machine as one prepared command (at most 8 minutes): installs the
+# carried wheel into /tmp/site, points LD_LIBRARY_PATH at the pip CUDA 13 libraries, runs the
+# kernel tests (8 workers), each end-to-end test in its own process, compute-sanitizer memcheck
+# and the quick GPU benchmarks, every stage under `timeout`; a skipped GPU test is a failure.
+# Writes at most 7 files under $OUT (logs and summary.json). Stages: scripts/gpu_run.py.
 #
-#   scripts/gpu_run.sh <wheel> <ember_kernels.fatbin>
+#   OUT=$OUT bash scripts/gpu_run.sh .whl/ember-*.whl .whl/ember_kernels.fatbin
+#   bash scripts/gpu_run.sh --dry-run WHEEL FATBIN     # print the plan, run nothing
 set -uo pipefail
-wheel="${1:?usage: gpu_run.sh WHEEL FATBIN}"
-fatbin="${2:?usage: gpu_run.sh WHEEL FATBIN}"
-OUT="${OUT:-$(pwd)/gpu-out}"
-mkdir -p "$OUT"
-site="$OUT/site"
-pip install --quiet --no-deps --target "$site" "$wheel" >"$OUT/pip.log" 2>&1 || { echo "pip failed"; cat "$OUT/pip.log"; exit 1; }
-export PYTHONPATH="$site${PYTHONPATH:+:$PYTHONPATH}"
-export EMBER_FATBIN="$fatbin" EMBER_TEST_HAS_CUDA=1
-nvidia-smi >"$OUT/nvidia-smi.txt" 2>&1 || true
-status=0
-python -m pytest -o norecursedirs= tests/gpu -q --junitxml="$OUT/gpu-kernels.xml" 2>&1 | tee "$OUT/gpu-kernels.log" || status=1
-if command -v compute-sanitizer >/dev/null; then
-  compute-sanitizer --tool memcheck --error-exitcode 3 python -m pytest -o norecursedirs= tests/gpu -q -x \
-    -k "decode and bf16 and 128" 2>&1 | tail -n 40 >"$OUT/memcheck.log" || status=1
+cd "$(dirname "$0")/.."
+export EMBER_OFFLINE=1 PYTHONUNBUFFERED=1
+if [[ " $* " == *" --dry-run "* ]]; then
+    exec python3 scripts/gpu_run.py "$@"
 fi
-python -m pytest tests/test_device.py -q 2>&1 | tee "$OUT/device.log" || status=1
-# GPU benchmarks, quick modes by default to fit the 10-minute call (EMBER_BENCH_FULL=1: full).
-quick="--quick"; [[ "${EMBER_BENCH_FULL:-0}" == 1 ]] && quick=""
-python bench/gpu_kernels.py $quick --fatbin "$fatbin" --out "$OUT/bench" 2>&1 | tee "$OUT/gpu_kernels.log" || status=1
-python bench/gpu_e2e.py $quick --out "$OUT/bench" --workdir "${TMPDIR:-/tmp}/ember-gpu-e2e" 2>&1 | tee "$OUT/gpu_e2e.log" || status=1
-echo "gpu_run: status $status (results in $OUT)"
-exit $status
+: "${OUT:?set OUT to the folder the device call brings back}"
+mkdir -p "$OUT"
+python3 scripts/gpu_run.py "$@" 2>&1 | tee -a "$OUT/run.log"
+exit "${PIPESTATUS[0]}"

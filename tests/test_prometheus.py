@@ -20,6 +20,9 @@ COUNTERS = {
     "ember_prompt_tokens_total": "num_prompt_tokens",
     "ember_generation_tokens_total": "num_generation_tokens",
     "ember_window_freed_blocks_total": "num_window_freed_blocks",
+    "ember_cuda_graphs_captured_total": "num_cuda_graphs_captured",
+    "ember_cuda_graph_replays_total": "num_cuda_graph_replays",
+    "ember_cuda_graph_failures_total": "num_cuda_graph_failures",
 }
 _HELP = re.compile(r"# HELP (ember_[a-z_]+) \S.*")
 _TYPE = re.compile(r"# TYPE (ember_[a-z_]+) (gauge|counter)")
@@ -54,6 +57,7 @@ def test_render_reflects_engine_stats_after_generate(engine: Engine) -> None:
         assert values[name] == stats[key]
     assert values["ember_generation_tokens_total"] >= 8
     assert values["ember_prompt_tokens_total"] > 0
+    assert values["ember_cuda_graphs_captured_total"] == 0, "the CPU backend has no graphs"
 
 
 def test_render_writes_fractions_and_skips_missing_keys() -> None:

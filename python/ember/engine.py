@@ -184,7 +184,8 @@ class Engine:
             return aborted
 
     def stats(self) -> dict[str, float]:
-        """Engine counters and gauges (requests, tokens, KV-cache usage, prefix-cache hits)."""
+        """Engine counters and gauges (requests, tokens, KV-cache usage, prefix-cache hits, CUDA graphs
+        captured, replayed and failed)."""
         with self._lock:
             return self._core.stats()
 

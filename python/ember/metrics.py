@@ -26,6 +26,14 @@ _METRICS: tuple[tuple[str, str, str, str], ...] = (
         "num_window_freed_blocks",
         "KV-cache blocks released early because they fell wholly before a sliding window.",
     ),
+    ("ember_cuda_graphs_captured_total", "counter", "num_cuda_graphs_captured", "Decode CUDA graphs captured."),
+    ("ember_cuda_graph_replays_total", "counter", "num_cuda_graph_replays", "Decode steps run from a CUDA graph."),
+    (
+        "ember_cuda_graph_failures_total",
+        "counter",
+        "num_cuda_graph_failures",
+        "CUDA graph warm-ups or captures that failed (their steps run eagerly).",
+    ),
 )
 
 

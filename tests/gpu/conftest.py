@@ -5,6 +5,9 @@ collected by the default run (pyproject's norecursedirs); run with scripts/gpu_r
 Kernels are driven through CuPy's RawModule on the fatbin that build.rs embeds
 (EMBER_FATBIN=<path>); references are float64 numpy (tests/kernel_reference.py).
 
+Under compute-sanitizer (EMBER_GPU_SANITIZE=1) CuPy's pools are off. With tests/stubs/cupy on
+the path the modules are imported for collection only (tests/test_gpu_collection.py).
+
 Without a device every test module of this folder is reported SKIPPED with the reason instead
 of being imported (they import cupy at the top): a module-level skip raised while pytest loads
 this conftest as an initial conftest (`pytest tests/gpu`) would abort the run instead."""
@@ -25,6 +28,8 @@ def _unavailable() -> str | None:
         import cupy
     except Exception as e:  # ImportError, or a broken CUDA install
         return f"cupy is not installed or does not load ({type(e).__name__}: {e})"
+    if getattr(cupy, "EMBER_COLLECT_STUB", False):
+        return None  # tests/stubs/cupy: collection only (tests/test_gpu_collection.py)
     try:
         count = cupy.cuda.runtime.getDeviceCount()
     except Exception as e:
@@ -33,6 +38,16 @@ def _unavailable() -> str | None:
 
 
 SKIP_REASON = _unavailable()
+
+
+def pytest_configure(config: pytest.Config) -> None:
+    """Under compute-sanitizer (EMBER_GPU_SANITIZE=1, scripts/gpu_run.py) CuPy's memory pools are
+    off, so every buffer is its own allocation and an access past its end is caught."""
+    if SKIP_REASON is None and os.environ.get("EMBER_GPU_SANITIZE") == "1":
+        import cupy
+
+        cupy.cuda.set_allocator(None)
+        cupy.cuda.set_pinned_memory_allocator(None)
 
 
 class _UnavailableModule(pytest.Module):

@@ -1,12 +1,22 @@
 //! The operations a model needs from a device. Model architectures are written once
 //! against [`Backend`]; the CPU and CUDA crates implement it.
 
+use crate::backend_stats::BackendStats;
 use crate::device_sampling::DeviceSampleRow;
 use crate::layer_params::{AttentionParams, Rope};
 use crate::memory::{KvCacheSpec, MemoryLimits, ModelShape};
 use crate::step_batch::StepBatch;
 use crate::weight::WeightView;
 use thiserror::Error;
+
+/// The text of a panic payload (`&str` or `String`), or a placeholder.
+pub fn panic_message(payload: &(dyn std::any::Any + Send)) -> &str {
+    payload
+        .downcast_ref::<&str>()
+        .copied()
+        .or_else(|| payload.downcast_ref::<String>().map(String::as_str))
+        .unwrap_or("(no message)")
+}
 
 /// A failure inside a backend: unsupported input, bad shapes, or the device itself.
 #[derive(Debug, Error)]
@@ -76,6 +86,11 @@ pub trait Backend: Send + Sync {
 
     /// Short name for logs and errors ("cpu", "cuda").
     fn name(&self) -> &'static str;
+
+    /// The backend's own counters (CUDA graphs); zeros by default.
+    fn stats(&self) -> BackendStats {
+        BackendStats::default()
+    }
 
     /// Plans the memory left once the weights are loaded (activation workspace, CUDA graphs)
     /// for a model of `shape` under `limits`, and returns the KV cache geometry that fits;

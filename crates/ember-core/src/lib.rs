@@ -3,6 +3,7 @@
 //! that model code is written against. No device code and no model formats live here.
 
 pub mod backend;
+pub mod backend_stats;
 pub mod block_pool;
 pub mod detokenizer;
 pub mod device_sampling;
@@ -25,7 +26,8 @@ pub mod step_batch;
 pub mod waiting_queue;
 pub mod weight;
 
-pub use backend::{Backend, BackendError, BackendResult, ForwardFn};
+pub use backend::{panic_message, Backend, BackendError, BackendResult, ForwardFn};
+pub use backend_stats::BackendStats;
 pub use block_pool::{prefix_block_hashes, BlockHash, BlockPool};
 pub use detokenizer::{IncrementalDetokenizer, StopStringMatch, StopStrings, StopUpdate, TokenVocab};
 pub use device_sampling::{device_sample_row, DeviceSampleRow};

@@ -5,8 +5,8 @@
 use std::sync::Mutex;
 
 use ember_core::{
-    AttentionParams, Backend, BackendError, BackendResult, DeviceSampleRow, ForwardFn, KvCacheSpec,
-    MemoryLimits, ModelShape, Rope, StepBatch, WeightView,
+    AttentionParams, Backend, BackendError, BackendResult, BackendStats, DeviceSampleRow, ForwardFn,
+    KvCacheSpec, MemoryLimits, ModelShape, Rope, StepBatch, WeightView,
 };
 
 use crate::arena::ModelDims;
@@ -83,6 +83,10 @@ impl Backend for CudaBackend {
 
     fn name(&self) -> &'static str {
         "cuda"
+    }
+
+    fn stats(&self) -> BackendStats {
+        self.graphs.as_ref().map(GraphRuntime::stats).unwrap_or_default()
     }
 
     fn plan_memory(&mut self, shape: &ModelShape, limits: &MemoryLimits) -> BackendResult<KvCacheSpec> {

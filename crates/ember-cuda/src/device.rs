@@ -17,12 +17,29 @@ pub struct Device {
     kernels: Kernels,
     blas: CudaBlas,
     num_sms: usize,
+    /// cuBLAS's workspace, set once for eager and captured GEMMs alike: captured GEMMs must not
+    /// allocate, and the same workspace gives both the same algorithm choice (same sums).
+    /// Declared after `blas`, so the handle is destroyed first.
+    blas_workspace: CudaSlice<u8>,
 }
+
+/// cuBLAS workspace bytes.
+const BLAS_WORKSPACE_BYTES: usize = 32 << 20;
 
 impl Device {
     /// Opens device `ordinal`, loads the kernels and creates the stream and cuBLAS handle.
+    /// A panic inside cudarc (a library or symbol the probe did not foresee) is an error.
     pub fn open(ordinal: usize) -> BackendResult<Self> {
         crate::probe::probe().map_err(BackendError::Device)?;
+        std::panic::catch_unwind(|| Self::open_checked(ordinal)).unwrap_or_else(|payload| {
+            Err(BackendError::Device(format!(
+                "opening CUDA device {ordinal} failed inside cudarc: {}",
+                ember_core::panic_message(payload.as_ref())
+            )))
+        })
+    }
+
+    fn open_checked(ordinal: usize) -> BackendResult<Self> {
         let ctx = CudaContext::new(ordinal).map_err(|e| device_err("cuda context", e))?;
         // One stream, in-order: cudarc's per-allocation event tracking is unnecessary, and its
         // events would break CUDA-graph capture.
@@ -35,13 +52,20 @@ impl Device {
         let num_sms = ctx
             .attribute(sys::CUdevice_attribute::CU_DEVICE_ATTRIBUTE_MULTIPROCESSOR_COUNT)
             .map_err(|e| device_err("device attribute", e))? as usize;
-        Ok(Self {
+        keep_pool_memory(&ctx)?;
+        let blas_workspace = stream
+            .alloc_zeros::<u8>(BLAS_WORKSPACE_BYTES)
+            .map_err(|e| device_err("cuBLAS workspace", e))?;
+        let device = Self {
             ctx,
             stream,
             kernels,
             blas,
             num_sms,
-        })
+            blas_workspace,
+        };
+        device.setblas_workspace(&device.blas_workspace)?;
+        Ok(device)
     }
 
     /// The context.
@@ -78,24 +102,38 @@ impl Device {
         Ok((free as u64, total as u64))
     }
 
-    /// Allocates `len` zeroed elements; out-of-memory becomes [`BackendError::OutOfMemory`].
+    /// Allocates `len` zeroed elements (weights, the KV cache, buffers made once);
+    /// out-of-memory becomes [`BackendError::OutOfMemory`].
     pub fn alloc<T: DeviceRepr + ValidAsZeroBits>(
         &self,
         len: usize,
         what: &str,
     ) -> BackendResult<CudaSlice<T>> {
-        self.stream.alloc_zeros::<T>(len.max(1)).map_err(|e| {
-            let (free, _) = self.mem_info().unwrap_or((0, 0));
-            if format!("{e:?}").contains("OUT_OF_MEMORY") {
-                BackendError::OutOfMemory {
-                    what: what.to_string(),
-                    requested_bytes: (len * std::mem::size_of::<T>()) as u64,
-                    available_bytes: free,
-                }
-            } else {
-                device_err(what, e)
+        self.stream
+            .alloc_zeros::<T>(len.max(1))
+            .map_err(|e| self.alloc_error(e, len * std::mem::size_of::<T>(), what))
+    }
+
+    /// Allocates `len` elements left undefined, for buffers whose every element is written
+    /// before it is read (a step's activations and inputs): no memset per allocation.
+    pub fn alloc_uninit<T: DeviceRepr>(&self, len: usize, what: &str) -> BackendResult<CudaSlice<T>> {
+        // SAFETY: callers pass only buffers that the op making them writes in full (an
+        // activation is its op's output; step inputs are copied in) before anything reads them.
+        unsafe { self.stream.alloc::<T>(len.max(1)) }
+            .map_err(|e| self.alloc_error(e, len * std::mem::size_of::<T>(), what))
+    }
+
+    fn alloc_error(&self, e: impl std::fmt::Debug, requested_bytes: usize, what: &str) -> BackendError {
+        let (free, _) = self.mem_info().unwrap_or((0, 0));
+        if format!("{e:?}").contains("OUT_OF_MEMORY") {
+            BackendError::OutOfMemory {
+                what: what.to_string(),
+                requested_bytes: requested_bytes as u64,
+                available_bytes: free,
             }
-        })
+        } else {
+            device_err(what, e)
+        }
     }
 
     /// Copies host data into a new device buffer.
@@ -104,7 +142,7 @@ impl Device {
         host: &[T],
         what: &str,
     ) -> BackendResult<CudaSlice<T>> {
-        let mut dst = self.alloc::<T>(host.len(), what)?;
+        let mut dst = self.alloc_uninit::<T>(host.len(), what)?;
         self.stream
             .memcpy_htod(host, &mut dst)
             .map_err(|e| device_err(what, e))?;
@@ -136,7 +174,7 @@ impl Device {
     }
 
     /// Gives cuBLAS `workspace` for its GEMMs (graph capture must not allocate).
-    pub fn set_blas_workspace(&self, workspace: &CudaSlice<u8>) -> BackendResult<()> {
+    pub fn setblas_workspace(&self, workspace: &CudaSlice<u8>) -> BackendResult<()> {
         // SAFETY: the workspace is a live device buffer the caller keeps for the handle's life.
         unsafe {
             cudarc::cublas::sys::cublasSetWorkspace_v2(
@@ -157,5 +195,31 @@ impl Device {
     /// The address of a buffer as a kernel argument.
     pub fn dev<T>(&self, slice: &CudaSlice<T>) -> DevPtr {
         DevPtr(self.ptr(slice))
+    }
+}
+
+/// Sets the release threshold of the device's default memory pool to the maximum, so memory a
+/// step frees stays in the pool for the next step instead of going back to the driver at every
+/// synchronize (the default threshold, 0, makes each step's activations a fresh driver
+/// allocation).
+fn keep_pool_memory(ctx: &CudaContext) -> BackendResult<()> {
+    if !ctx.has_async_alloc() {
+        return Ok(());
+    }
+    let mut pool: sys::CUmemoryPool = std::ptr::null_mut();
+    let mut threshold: u64 = u64::MAX;
+    // SAFETY: `pool` receives the device's default pool handle; the attribute value is a u64
+    // read by the driver during the call.
+    unsafe {
+        sys::cuDeviceGetDefaultMemPool(&mut pool, ctx.cu_device())
+            .result()
+            .map_err(|e| device_err("default memory pool", e))?;
+        sys::cuMemPoolSetAttribute(
+            pool,
+            sys::CUmemPool_attribute::CU_MEMPOOL_ATTR_RELEASE_THRESHOLD,
+            (&mut threshold as *mut u64).cast(),
+        )
+        .result()
+        .map_err(|e| device_err("memory pool release threshold", e))
     }
 }

@@ -5,12 +5,12 @@
 
 use std::collections::HashMap;
 
-use ember_core::StepBatch;
+use ember_core::{BackendStats, StepBatch};
 
 /// Largest batch a decode graph is captured for.
 pub const MAX_GRAPH_BATCH: usize = 256;
 /// Smallest context bucket.
-pub const MIN_GRAPH_CONTEXT: usize = 1024;
+pub const MIN_GRAPH_CONTEXT: usize = crate::launch::SPLIT_MIN_CONTEXT;
 /// Longest context a graph is captured for (longer decode steps run eagerly: their attention
 /// dominates the launch overhead, and the split partials would bloat the arena).
 pub const MAX_GRAPH_CONTEXT: usize = 16384;
@@ -155,15 +155,18 @@ enum Phase<G> {
     Failed,
 }
 
-/// The state machine of every key, generic over the captured graph type (tests use `()`).
+/// The state machine of every key, generic over the captured graph type (tests use `()`),
+/// with its counters.
 pub struct GraphTable<G> {
     entries: HashMap<GraphKey, Phase<G>>,
+    stats: BackendStats,
 }
 
 impl<G> Default for GraphTable<G> {
     fn default() -> Self {
         Self {
             entries: HashMap::new(),
+            stats: BackendStats::default(),
         }
     }
 }
@@ -187,11 +190,23 @@ impl<G> GraphTable<G> {
     /// `key` was captured as `graph`.
     pub fn captured(&mut self, key: GraphKey, graph: G) {
         self.entries.insert(key, Phase::Captured(graph));
+        self.stats.num_cuda_graphs_captured += 1;
+    }
+
+    /// A step was computed by launching the graph of a captured key.
+    pub fn replayed(&mut self) {
+        self.stats.num_cuda_graph_replays += 1;
     }
 
     /// `key` cannot run as a graph; its steps run eagerly from now on.
     pub fn failed(&mut self, key: GraphKey) {
         self.entries.insert(key, Phase::Failed);
+        self.stats.num_cuda_graph_failures += 1;
+    }
+
+    /// Graphs captured, steps replayed and keys failed so far.
+    pub fn stats(&self) -> BackendStats {
+        self.stats
     }
 
     /// The captured graph of `key`.

@@ -8,7 +8,7 @@
 use std::sync::Mutex;
 
 use cudarc::driver::{sys, CudaGraph, CudaSlice};
-use ember_core::{BackendResult, StepBatch};
+use ember_core::{BackendResult, BackendStats, StepBatch};
 
 use crate::arena::{step_bytes, ArenaHandle, ModelDims};
 use crate::device::Device;
@@ -17,9 +17,6 @@ use crate::graph::{pad_decode_step, GraphAction, GraphKey, GraphPlan, GraphTable
 use crate::launch::{decode_split, DecodeSplit};
 use crate::step::{step_words, CudaStep, StepStaging};
 use crate::tensor::{CudaTensor, TensorData};
-
-/// cuBLAS workspace bytes (set once, so captured GEMMs never allocate).
-const BLAS_WORKSPACE_BYTES: usize = 32 << 20;
 
 /// The forward pass of one step, as the backend's `run_forward` receives it.
 pub(crate) type Forward<'a> = dyn FnMut(&CudaStep) -> BackendResult<CudaTensor> + 'a;
@@ -57,7 +54,6 @@ pub(crate) struct GraphRuntime {
     inputs_words: usize,
     table: Mutex<GraphTable<CapturedGraph>>,
     _arena_buffer: CudaSlice<u8>,
-    _blas_workspace: CudaSlice<u8>,
 }
 
 /// The decode split of a graph: fixed by its context bucket and batch.
@@ -82,7 +78,7 @@ pub fn arena_bytes(plan: &GraphPlan, dims: &ModelDims, num_sms: usize) -> usize 
 }
 
 impl GraphRuntime {
-    /// Allocates the activation arena, the fixed input buffer and the cuBLAS workspace of
+    /// Allocates the activation arena and the fixed input buffer of
     /// `config`'s graphs (made after the weights are loaded, before the KV cache is sized, so
     /// the memory plan sees them).
     pub fn new(d: &Device, config: GraphConfig) -> BackendResult<Self> {
@@ -98,8 +94,6 @@ impl GraphRuntime {
         )
         .total_words;
         let inputs = d.alloc::<u32>(inputs_words, "graph step inputs")?;
-        let blas_workspace = d.alloc::<u8>(BLAS_WORKSPACE_BYTES, "cuBLAS workspace")?;
-        d.set_blas_workspace(&blas_workspace)?;
         log::info!(
             "CUDA graphs: batch sizes {:?}, contexts up to {} tokens, arena {:.1} MiB",
             plan.sizes,
@@ -114,7 +108,6 @@ impl GraphRuntime {
             inputs_words,
             table: Mutex::new(GraphTable::default()),
             _arena_buffer: arena_buffer,
-            _blas_workspace: blas_workspace,
         })
     }
 
@@ -151,8 +144,11 @@ impl GraphRuntime {
         };
         match result {
             Ok(mut logits) => {
+                let mut table = self.table()?;
                 if action == GraphAction::Warmup {
-                    self.table()?.warmed(key);
+                    table.warmed(key);
+                } else {
+                    table.replayed();
                 }
                 logits.rows = rows;
                 Ok(Some(logits))
@@ -163,6 +159,11 @@ impl GraphRuntime {
                 Ok(None)
             }
         }
+    }
+
+    /// Graphs captured, replayed and failed so far.
+    pub fn stats(&self) -> BackendStats {
+        self.table().map(|t| t.stats()).unwrap_or_default()
     }
 
     fn table(&self) -> BackendResult<std::sync::MutexGuard<'_, GraphTable<CapturedGraph>>> {

@@ -149,4 +149,14 @@ fn keys_warm_up_then_capture_then_replay() {
     assert_eq!(table.action(b), GraphAction::Eager);
     assert_eq!(table.graph(b), None);
     assert_eq!(table.num_captured(), 1);
+    table.replayed();
+    table.replayed();
+    assert_eq!(
+        table.stats(),
+        ember_core::BackendStats {
+            num_cuda_graphs_captured: 1,
+            num_cuda_graph_replays: 2,
+            num_cuda_graph_failures: 1,
+        }
+    );
 }

@@ -46,9 +46,26 @@ pub struct DecodeSplit {
     pub num_splits: usize,
 }
 
-/// The split for contexts up to `max_seq_len` tokens: the largest partition (512, 256 or 128
-/// tokens) that still gives at least one block per SM, so long contexts of few sequences keep
-/// the GPU busy while short or many sequences avoid the reduction.
+/// Resident decode blocks per SM the split aims for: with fewer, a long context of few
+/// sequences keeps too few loads in flight to approach the memory bandwidth.
+pub const DECODE_BLOCKS_PER_SM: usize = 4;
+/// Partition sizes the split chooses from, largest first.
+pub const DECODE_PARTITIONS: [usize; 4] = [DECODE_MAX_PARTITION, 256, 128, 64];
+/// Shortest context a split is planned for (also the smallest CUDA-graph context bucket).
+pub const SPLIT_MIN_CONTEXT: usize = 1024;
+
+/// The context a decode split is planned for: the longest sequence rounded up to a power of
+/// two, at least [`SPLIT_MIN_CONTEXT`]. CUDA graphs key on the same buckets (a graph's context
+/// is this bucket, or the model's shorter limit, which rounds to the same bucket), so a graph
+/// and the eager path of the same step use the same partitions: the same sums, the same tokens.
+pub fn split_context(max_seq_len: usize) -> usize {
+    max_seq_len.max(SPLIT_MIN_CONTEXT).next_power_of_two()
+}
+
+/// The split of a decode step whose longest sequence has `max_seq_len` tokens: the largest
+/// partition (512, 256, 128 or 64 tokens) that gives at least [`DECODE_BLOCKS_PER_SM`] blocks
+/// per SM over the planned context ([`split_context`]), else 64. Partitions past a sequence's
+/// length are empty and exit at once.
 pub fn decode_split(
     max_seq_len: usize,
     num_seqs: usize,
@@ -56,22 +73,18 @@ pub fn decode_split(
     num_kv_heads: usize,
     num_sms: usize,
 ) -> DecodeSplit {
-    let base = num_seqs * head_blocks(num_heads, num_kv_heads);
-    let mut choice = DecodeSplit {
-        partition_size: 128,
-        num_splits: max_seq_len.div_ceil(128).max(1),
-    };
-    for partition_size in [DECODE_MAX_PARTITION, 256, 128] {
-        let num_splits = max_seq_len.div_ceil(partition_size).max(1);
-        if base * num_splits >= num_sms {
-            choice = DecodeSplit {
-                partition_size,
-                num_splits,
-            };
-            break;
-        }
+    let context = split_context(max_seq_len);
+    let base = num_seqs.max(1) * head_blocks(num_heads, num_kv_heads);
+    let target = DECODE_BLOCKS_PER_SM * num_sms;
+    let smallest = DECODE_PARTITIONS[DECODE_PARTITIONS.len() - 1];
+    let partition_size = DECODE_PARTITIONS
+        .into_iter()
+        .find(|&p| base * context.div_ceil(p) >= target)
+        .unwrap_or(smallest);
+    DecodeSplit {
+        partition_size,
+        num_splits: context.div_ceil(partition_size),
     }
-    choice
 }
 
 /// Decode blocks along grid x: KV heads times chunks of at most [`DECODE_MAX_GROUP`] query heads.
@@ -130,37 +143,59 @@ fn warp_multiple(threads: usize, max: u32) -> u32 {
 mod tests {
     use super::*;
 
+    fn split(partition_size: usize, num_splits: usize) -> DecodeSplit {
+        DecodeSplit {
+            partition_size,
+            num_splits,
+        }
+    }
+
     #[test]
-    fn decode_split_fills_the_gpu_for_long_single_sequences() {
-        // One sequence, 8 KV heads of Llama-3-8B, 4097 tokens, 132 SMs: 8 x 17 blocks.
-        let s = decode_split(4097, 1, 32, 8, 132);
-        assert_eq!(
-            s,
-            DecodeSplit {
-                partition_size: 256,
-                num_splits: 17
-            }
-        );
-        // Fewer heads: the smallest partition.
-        assert_eq!(decode_split(4097, 1, 9, 3, 132).partition_size, 128);
-        // Many sequences: no split at all for short contexts.
-        assert_eq!(
-            decode_split(300, 64, 32, 8, 132),
-            DecodeSplit {
-                partition_size: 512,
-                num_splits: 1
-            }
-        );
-        // Short context, few blocks: still one partition (nothing to split).
-        assert_eq!(decode_split(1, 1, 9, 3, 132).num_splits, 1);
-        // Every partition fits the kernel's shared-memory buffer.
+    fn decode_split_aims_at_four_blocks_per_sm() {
+        // Llama-3-8B heads (8 KV heads, 8 blocks per sequence), an H200's 132 SMs: 528 blocks.
+        // One sequence of 4097 tokens (planned as 8192): only 64-token partitions give 1024.
+        assert_eq!(decode_split(4097, 1, 32, 8, 132), split(64, 128));
+        // 16 sequences of up to 1000 tokens: 128 blocks per split, 128-token partitions.
+        assert_eq!(decode_split(1000, 16, 32, 8, 132), split(128, 8));
+        // 32 sequences: 256-token partitions; 64 and 256 sequences: 512-token ones.
+        assert_eq!(decode_split(1000, 32, 32, 8, 132), split(256, 4));
+        assert_eq!(decode_split(300, 64, 32, 8, 132), split(512, 2));
+        assert_eq!(decode_split(16384, 256, 32, 8, 132), split(512, 32));
+        // SmolLM2 heads (3 KV heads), one short sequence: the smallest partition, 16 of them.
+        assert_eq!(decode_split(1, 1, 9, 3, 132), split(64, 16));
+        // GQA group 16: two blocks per KV head.
+        assert_eq!(decode_split(2000, 8, 64, 4, 132), split(128, 16));
         for len in [1, 15, 16, 17, 1000, 4097, 100_000] {
-            for seqs in [1, 7, 64] {
+            for seqs in [1, 7, 64, 256] {
                 let s = decode_split(len, seqs, 32, 8, 132);
-                assert!(s.partition_size <= DECODE_MAX_PARTITION);
-                assert!(s.partition_size * s.num_splits >= len);
+                assert!(DECODE_PARTITIONS.contains(&s.partition_size));
+                assert!(s.partition_size * s.num_splits >= len, "covers the context");
+                assert_eq!(s.partition_size * s.num_splits, split_context(len));
+                let blocks = seqs * head_blocks(32, 8) * s.num_splits;
+                assert!(blocks >= 4 * 132 || s.partition_size == 64, "{len} {seqs} {s:?}");
             }
         }
+    }
+
+    #[test]
+    fn a_graph_bucket_and_its_steps_split_alike() {
+        // A graph's context is the step's bucket, or the model's limit when that is shorter;
+        // both plan the same split as the eager path of any step of the bucket.
+        for max_context in [300, 1000, 1024, 3000, 4096, 16384] {
+            for len in [1, 17, 299, 300, 999, 1024, 1025, 2999, 3000, 4096, 16384] {
+                if len > max_context {
+                    continue;
+                }
+                let graph_context = split_context(len).min(max_context);
+                assert_eq!(
+                    split_context(graph_context),
+                    split_context(len),
+                    "{max_context} {len}"
+                );
+            }
+        }
+        assert_eq!(split_context(1), 1024);
+        assert_eq!(split_context(1025), 2048);
     }
 
     #[test]

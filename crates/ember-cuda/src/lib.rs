@@ -16,6 +16,7 @@ pub mod kernel_args;
 mod kernel_build;
 pub mod kernels;
 pub mod launch;
+mod libraries;
 pub mod memory_plan;
 mod module;
 mod nvrtc_cache;

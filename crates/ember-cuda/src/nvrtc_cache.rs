@@ -5,6 +5,7 @@ use std::path::{Path, PathBuf};
 
 /// NVRTC's virtual architecture for compute capability `major.minor` (`compute_90a` on Hopper,
 /// whose arch-specific features the kernels may use).
+#[cfg_attr(ember_fatbin, allow(dead_code))]
 pub fn arch_name(major: i32, minor: i32) -> String {
     let suffix = if (major, minor) == (9, 0) { "a" } else { "" };
     format!("compute_{major}{minor}{suffix}")

@@ -1,13 +1,13 @@
-//! Is a usable CUDA device here? Probed without ever panicking: the driver library is
-//! opened with `dlopen` first (cudarc's dynamic loading panics when it is missing), and the
-//! driver calls run under `catch_unwind`.
+//! Is a usable CUDA device here? Probed without ever panicking: every library cudarc will
+//! load (the driver, cuBLAS, and NVRTC when the kernels are compiled at run time) is opened and
+//! version-checked first ([`crate::libraries`]; cudarc's dynamic loading panics when one is
+//! missing), and the driver calls run under `catch_unwind`.
 
 use std::sync::OnceLock;
 
 use cudarc::driver::CudaContext;
 
-/// Names of the driver library, most specific first.
-const LIBCUDA_NAMES: [&str; 2] = ["libcuda.so.1", "libcuda.so"];
+use crate::libraries::{check_installed, CUBLAS, DRIVER, NVRTC};
 
 static PROBE: OnceLock<Result<usize, String>> = OnceLock::new();
 
@@ -22,7 +22,7 @@ pub fn is_available() -> bool {
 }
 
 fn probe_uncached() -> Result<usize, String> {
-    open_driver_library()?;
+    check_libraries()?;
     let count = std::panic::catch_unwind(|| CudaContext::device_count().map_err(|e| format!("{e:?}")))
         .map_err(|_| "the CUDA driver library could not be initialized".to_string())??;
     if count <= 0 {
@@ -31,19 +31,14 @@ fn probe_uncached() -> Result<usize, String> {
     Ok(count as usize)
 }
 
-/// Opens (and closes) the driver library; the error lists the names tried.
-fn open_driver_library() -> Result<(), String> {
-    for name in LIBCUDA_NAMES {
-        // SAFETY: loading the NVIDIA driver library runs its initializers, which have no
-        // preconditions; the handle is dropped at once (cudarc opens its own).
-        if unsafe { libloading::Library::new(name) }.is_ok() {
-            return Ok(());
-        }
+/// The libraries this build loads, each present, of the right version and complete.
+fn check_libraries() -> Result<(), String> {
+    check_installed(&DRIVER)?;
+    check_installed(&CUBLAS)?;
+    if crate::module::KERNEL_IMAGE_KIND == "nvrtc" {
+        check_installed(&NVRTC)?;
     }
-    Err(format!(
-        "no CUDA driver library ({} not found)",
-        LIBCUDA_NAMES.join(", ")
-    ))
+    Ok(())
 }
 
 #[cfg(test)]

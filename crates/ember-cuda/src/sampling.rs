@@ -45,7 +45,7 @@ pub fn sample(d: &Device, logits: &CudaTensor, rows: &[DeviceSampleRow]) -> Back
     }
     let (n, vocab) = (rows.len(), logits.cols);
     let elements = n * vocab;
-    let f32_logits = d.alloc::<f32>(elements, "sampling logits")?;
+    let f32_logits = d.alloc_uninit::<f32>(elements, "sampling logits")?;
     d.kernels().to_f32_bf16(
         elementwise_geometry(elements, d.num_sms()),
         &ToF32Args {
@@ -55,8 +55,8 @@ pub fn sample(d: &Device, logits: &CudaTensor, rows: &[DeviceSampleRow]) -> Back
         },
     )?;
     let params = d.upload(&pack_sample_params(rows), "sampling params")?;
-    let ids = d.alloc::<i32>(n, "sampled ids")?;
-    let logprobs = d.alloc::<f32>(n, "sampled logprobs")?;
+    let ids = d.alloc_uninit::<i32>(n, "sampled ids")?;
+    let logprobs = d.alloc_uninit::<f32>(n, "sampled logprobs")?;
     d.kernels().sample_f32(
         sampling_geometry(n),
         &SampleArgs {

@@ -102,7 +102,7 @@ impl CudaStep {
     ) -> BackendResult<CudaTensor> {
         let data = match &self.arena {
             Some(arena) => TensorData::Arena(arena_region(arena, rows * cols * 2, what)?),
-            None => TensorData::Owned(device.alloc::<u16>(rows * cols, what)?),
+            None => TensorData::Owned(device.alloc_uninit::<u16>(rows * cols, what)?),
         };
         Ok(CudaTensor { data, rows, cols })
     }
@@ -111,7 +111,7 @@ impl CudaStep {
     pub(crate) fn scratch_f32(&self, device: &Device, len: usize, what: &str) -> BackendResult<Scratch> {
         Ok(match &self.arena {
             Some(arena) => Scratch::Arena(arena_region(arena, len * 4, what)?),
-            None => Scratch::Owned(device.alloc::<f32>(len, what)?),
+            None => Scratch::Owned(device.alloc_uninit::<f32>(len, what)?),
         })
     }
 }
@@ -157,7 +157,7 @@ impl StepStaging {
             .filter(|d| d.len() >= needed)
             .is_some_and(|d| Arc::get_mut(d).is_some());
         if !reusable {
-            let buffer = device.alloc::<u32>(needed.next_power_of_two(), "step inputs")?;
+            let buffer = device.alloc_uninit::<u32>(needed.next_power_of_two(), "step inputs")?;
             self.eager = Some(Arc::new(buffer));
         }
         let buffer = self
@@ -209,18 +209,19 @@ impl StepStaging {
                 format!("{needed} words, room for {capacity}"),
             ));
         }
+        // The previous step's copy must be done before the pinned buffer is rewritten or
+        // replaced (freed while the copy still reads it); steps end with a device-to-host read,
+        // so this returns at once.
+        device
+            .stream()
+            .synchronize()
+            .map_err(|e| device_err("step inputs", e))?;
         if self.pinned.as_ref().is_none_or(|p| p.len() < needed) {
             // SAFETY: the buffer is fully written by `pack_step` before it is read.
             let pinned = unsafe { device.ctx().alloc_pinned::<u32>(needed.next_power_of_two()) }
                 .map_err(|e| device_err("pinned buffer", e))?;
             self.pinned = Some(pinned);
         }
-        // The previous step's copy must be done before the pinned buffer is rewritten (steps
-        // end with a device-to-host read, so this returns at once).
-        device
-            .stream()
-            .synchronize()
-            .map_err(|e| device_err("step inputs", e))?;
         let pinned = self
             .pinned
             .as_mut()

@@ -257,12 +257,13 @@ impl PyEngine {
         guard(|| Ok(self.lock()?.has_unfinished_requests()))
     }
 
-    /// Scheduler and KV-cache counters.
+    /// Scheduler, KV-cache and backend (CUDA graph) counters.
     fn stats<'py>(&self, py: Python<'py>) -> PyResult<Bound<'py, PyDict>> {
         guard(|| {
-            let stats = self.lock()?.stats();
+            let engine = self.lock()?;
+            let (stats, backend) = (engine.stats(), engine.backend_stats());
             let dict = PyDict::new(py);
-            for (key, value) in stats.as_pairs() {
+            for (key, value) in stats.as_pairs().into_iter().chain(backend.as_pairs()) {
                 dict.set_item(key, value)?;
             }
             Ok(dict)

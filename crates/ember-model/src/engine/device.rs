@@ -57,7 +57,14 @@ fn choose(device: &str) -> Result<DeviceKind, EngineError> {
     match device {
         "cpu" => Ok(DeviceKind::Cpu),
         #[cfg(feature = "cuda")]
-        "auto" if ember_cuda::is_available() => Ok(DeviceKind::Cuda),
+        "auto" => match ember_cuda::probe() {
+            Ok(_) => Ok(DeviceKind::Cuda),
+            Err(reason) => {
+                log::warn!("device=\"auto\": no usable CUDA device ({reason}); running on the CPU");
+                Ok(DeviceKind::Cpu)
+            }
+        },
+        #[cfg(not(feature = "cuda"))]
         "auto" => Ok(DeviceKind::Cpu),
         #[cfg(feature = "cuda")]
         "cuda" => match ember_cuda::probe() {

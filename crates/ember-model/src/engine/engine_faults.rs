@@ -4,6 +4,7 @@
 
 use std::panic::{catch_unwind, AssertUnwindSafe};
 
+pub use ember_core::panic_message;
 use ember_core::{BackendError, FinishReason, ModelRunnerOutput, RequestId, SchedulerOutput};
 
 use super::{EngineError, LlmEngine};
@@ -97,13 +98,4 @@ impl LlmEngine {
         self.faults.num_steps -= 1;
         self.faults.fault
     }
-}
-
-/// The text of a panic payload (`&str` or `String`), or a placeholder.
-pub fn panic_message(payload: &(dyn std::any::Any + Send)) -> &str {
-    payload
-        .downcast_ref::<&str>()
-        .copied()
-        .or_else(|| payload.downcast_ref::<String>().map(String::as_str))
-        .unwrap_or("(no message)")
 }

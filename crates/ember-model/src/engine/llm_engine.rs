@@ -5,7 +5,7 @@ use std::sync::Arc;
 use std::time::{SystemTime, UNIX_EPOCH};
 
 use ember_core::{
-    FinishReason, InvalidParam, Request, RequestId, RequestUpdate, Scheduler, SchedulerConfig,
+    BackendStats, FinishReason, InvalidParam, Request, RequestId, RequestUpdate, Scheduler, SchedulerConfig,
     SchedulerStats, SchedulingPolicy, ValidSamplingParams,
 };
 
@@ -228,6 +228,11 @@ impl LlmEngine {
     /// Scheduler and cache counters.
     pub fn stats(&self) -> SchedulerStats {
         self.scheduler.stats()
+    }
+
+    /// The backend's counters (CUDA graphs captured, replayed, failed).
+    pub fn backend_stats(&self) -> BackendStats {
+        self.executor.backend_stats()
     }
 
     /// Forgets every cached prefix; false when blocks are still in use.

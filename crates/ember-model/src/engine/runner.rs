@@ -42,6 +42,11 @@ impl<B: Backend> ModelRunner<B> {
         })
     }
 
+    /// The backend the model runs on.
+    pub fn backend(&self) -> &B {
+        &self.backend
+    }
+
     /// The KV cache geometry.
     pub fn kv_spec(&self) -> &KvCacheSpec {
         &self.kv_spec
