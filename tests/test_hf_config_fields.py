@@ -1,7 +1,7 @@
 """Hugging Face config fields that change the math are honoured or refused, never ignored.
 
-Ember has no sliding-window attention yet, so a model whose layers use one is capped at
-max_model_len = window (below it full attention is exact, which transformers confirms here);
+A sliding window applies to the layers transformers' config class says (Mistral: all; Qwen2 with
+use_sliding_window: from max_window_layers on), and sequences run past it exactly as transformers;
 activations other than SiLU and Llama's mlp_bias are refused; tensors the model code does not
 read are named in a warning.
 """
@@ -14,7 +14,7 @@ from typing import Any
 
 import pytest
 
-from ember import Engine, InvalidRequestError, ModelLoadError, SamplingParams
+from ember import Engine, ModelLoadError, SamplingParams
 
 from references import require
 from tiny_models import VARIANTS, write_model
@@ -45,16 +45,12 @@ def _variant(source: Path, target: Path, **config: Any) -> Path:
     return target
 
 
-def test_sliding_window_caps_max_model_len_and_matches_transformers(llama_folder: Path, tmp_path: Path) -> None:
+def _greedy_matches_transformers(folder: Path, num_new: int) -> None:
+    """Ember's greedy tokens (past the window) equal transformers' on the folder's model."""
     torch = require("torch")
     transformers = require("transformers")
-    folder = _variant(llama_folder, tmp_path / "mistral", architectures=["MistralForCausalLM"], model_type="mistral",
-                      sliding_window=WINDOW)  # fmt: skip
     engine = Engine(str(folder), **ENGINE_ARGS)
-    assert engine.max_model_len == WINDOW
-    with pytest.raises(InvalidRequestError, match=rf"larger than the model's sliding window \({WINDOW}\)"):
-        Engine(str(folder), max_model_len=WINDOW + 1, **ENGINE_ARGS)
-    num_new = WINDOW - len(PROMPT_IDS)
+    assert engine.max_model_len == MAX_POSITION_EMBEDDINGS
     params = SamplingParams(temperature=0.0, max_tokens=num_new, ignore_eos=True)
     (out,) = engine.generate(PROMPT_IDS, params, use_tqdm=False)
     model = transformers.AutoModelForCausalLM.from_pretrained(str(folder), dtype=torch.float32).eval()
@@ -66,15 +62,23 @@ def test_sliding_window_caps_max_model_len_and_matches_transformers(llama_folder
     assert out.outputs[0].token_ids == seq[0, len(PROMPT_IDS) :].tolist()
 
 
+def test_mistral_window_runs_past_it_and_matches_transformers(llama_folder: Path, tmp_path: Path) -> None:
+    folder = _variant(llama_folder, tmp_path / "mistral", architectures=["MistralForCausalLM"], model_type="mistral",
+                      sliding_window=WINDOW)  # fmt: skip
+    _greedy_matches_transformers(folder, 2 * WINDOW)
+
+
 def test_qwen2_window_applies_only_with_use_sliding_window(llama_folder: Path, tmp_path: Path) -> None:
     off = _variant(llama_folder, tmp_path / "off", architectures=["Qwen2ForCausalLM"], model_type="qwen2",
                    sliding_window=WINDOW, use_sliding_window=False)  # fmt: skip
-    assert Engine(str(off), **ENGINE_ARGS).max_model_len == MAX_POSITION_EMBEDDINGS
-    # Layers from max_window_layers on use the window.
+    (plain,) = Engine(str(llama_folder), **ENGINE_ARGS).generate(PROMPT_IDS, SamplingParams(temperature=0.0,
+        max_tokens=2 * WINDOW, ignore_eos=True), use_tqdm=False)  # fmt: skip
+    (ignored,) = Engine(str(off), **ENGINE_ARGS).generate(PROMPT_IDS, SamplingParams(temperature=0.0,
+        max_tokens=2 * WINDOW, ignore_eos=True), use_tqdm=False)  # fmt: skip
+    assert ignored.outputs[0].token_ids == plain.outputs[0].token_ids
+    # Layers from max_window_layers on use the window (here the second of two).
     on = _variant(off, tmp_path / "on", use_sliding_window=True, max_window_layers=1)
-    assert Engine(str(on), **ENGINE_ARGS).max_model_len == WINDOW
-    beyond = _variant(off, tmp_path / "beyond", use_sliding_window=True, max_window_layers=2)
-    assert Engine(str(beyond), **ENGINE_ARGS).max_model_len == MAX_POSITION_EMBEDDINGS
+    _greedy_matches_transformers(on, 2 * WINDOW)
 
 
 @pytest.mark.parametrize(

@@ -3,9 +3,10 @@
 Each vocabulary is trained here by `tokenizers`' own BPE trainer on a corpus of the Python
 standard library's docstrings plus multilingual sentences, then saved in the layout real
 models ship: GPT-2 style byte-level BPE; Llama 3 style (a Split regex before ByteLevel,
-`ignore_merges`); Llama 2 style SentencePiece BPE with byte fallback (Prepend + Replace
-normalizer); and the Metaspace pre-tokenizer forms of the latter (prepend schemes "first"
-and "always"). Ember loads each
+`ignore_merges`); Qwen2/Qwen3 style (NFC, then a Split regex with single digits before
+ByteLevel); Llama 2 style SentencePiece BPE with byte fallback (Prepend + Replace normalizer;
+also Mistral's, Mixtral's and Phi-3's layout); Gemma's (Replace without Prepend); and the
+Metaspace pre-tokenizer forms (prepend schemes "first" and "always"). Ember loads each
 through a tiny model folder, exactly as a user's model, and must produce the same ids as
 `tokenizers` and decode them back to the same text.
 """
@@ -82,6 +83,11 @@ LLAMA3_SPLIT = (
     r"|\s+(?!\S)|\s+"
 )
 
+QWEN2_SPLIT = (
+    r"(?i:'s|'t|'re|'ve|'m|'ll|'d)|[^\r\n\p{L}\p{N}]?\p{L}+|\p{N}| ?[^\s\p{L}\p{N}]+[\r\n]*|\s*[\r\n]+"
+    r"|\s+(?!\S)|\s+"
+)
+
 
 def _corpus() -> list[str]:
     """Docstrings of standard-library modules and their public callables, plus the sentences above."""
@@ -93,13 +99,16 @@ def _corpus() -> list[str]:
     return texts
 
 
-def _byte_level(split_regex: bool) -> Any:
-    """GPT-2 style byte-level BPE, or Llama 3 style (Split regex, then ByteLevel without its own)."""
+def _byte_level(split_regex: str | None, nfc: bool = False) -> Any:
+    """GPT-2 style byte-level BPE, or with a Split regex before ByteLevel (Llama 3's, with
+    `ignore_merges`; Qwen2's, after an NFC normalizer)."""
     tk = require("tokenizers")
-    tokenizer = tk.Tokenizer(tk.models.BPE(ignore_merges=split_regex))
+    tokenizer = tk.Tokenizer(tk.models.BPE(ignore_merges=split_regex == LLAMA3_SPLIT))
+    if nfc:
+        tokenizer.normalizer = tk.normalizers.NFC()
     if split_regex:
         tokenizer.pre_tokenizer = tk.pre_tokenizers.Sequence([
-            tk.pre_tokenizers.Split(tk.Regex(LLAMA3_SPLIT), behavior="isolated"),
+            tk.pre_tokenizers.Split(tk.Regex(split_regex), behavior="isolated"),
             tk.pre_tokenizers.ByteLevel(add_prefix_space=False, use_regex=False),
         ])  # fmt: skip
     else:
@@ -111,10 +120,11 @@ def _byte_level(split_regex: bool) -> Any:
     return tokenizer, {"bos_token": None, "eos_token": "<|endoftext|>", "add_bos_token": False}
 
 
-def _sentencepiece(prepend_scheme: str | None) -> Any:
+def _sentencepiece(prepend_scheme: str | None, prepend: bool = True) -> Any:
     """SentencePiece-style BPE with byte fallback: Llama 2's layout (Prepend + Replace normalizer,
-    no pre-tokenizer) when `prepend_scheme` is None, else the Metaspace pre-tokenizer form with
-    that scheme ("first" unsplit, "always" split on `▁`); `<s>` added by the post-processor."""
+    no pre-tokenizer) when `prepend_scheme` is None (Gemma's without the Prepend when not
+    `prepend`), else the Metaspace pre-tokenizer form with that scheme ("first" unsplit,
+    "always" split on `▁`); `<s>` added by the post-processor."""
     tk = require("tokenizers")
     trainer_tok = tk.Tokenizer(tk.models.BPE(unk_token="<unk>"))
     trainer_tok.pre_tokenizer = tk.pre_tokenizers.Metaspace(prepend_scheme="first", split=True)
@@ -134,20 +144,26 @@ def _sentencepiece(prepend_scheme: str | None) -> Any:
         tokenizer.pre_tokenizer = tk.pre_tokenizers.Metaspace(prepend_scheme=prepend_scheme, split=split)
         tokenizer.decoder = tk.decoders.Sequence([tk.decoders.Metaspace(prepend_scheme=prepend_scheme, split=split),
                                                   tk.decoders.ByteFallback(), tk.decoders.Fuse()])  # fmt: skip
-    else:
+    elif prepend:
         tokenizer.normalizer = tk.normalizers.Sequence([tk.normalizers.Prepend("▁"),
                                                         tk.normalizers.Replace(" ", "▁")])  # fmt: skip
         tokenizer.decoder = tk.decoders.Sequence([tk.decoders.Replace("▁", " "), tk.decoders.ByteFallback(),
                                                   tk.decoders.Fuse(), tk.decoders.Strip(" ", 1, 0)])  # fmt: skip
+    else:
+        tokenizer.normalizer = tk.normalizers.Replace(" ", "▁")
+        tokenizer.decoder = tk.decoders.Sequence([tk.decoders.Replace("▁", " "), tk.decoders.ByteFallback(),
+                                                  tk.decoders.Fuse()])  # fmt: skip
     tokenizer.add_special_tokens(SPM_SPECIAL)
     tokenizer.post_processor = tk.processors.TemplateProcessing(single="<s> $A", special_tokens=[("<s>", 1)])
     return tokenizer, {"bos_token": "<s>", "eos_token": "</s>", "unk_token": "<unk>", "add_bos_token": True}
 
 
 LAYOUTS = {
-    "gpt2-byte-level": lambda: _byte_level(split_regex=False),
-    "llama3-split-byte-level": lambda: _byte_level(split_regex=True),
+    "gpt2-byte-level": lambda: _byte_level(split_regex=None),
+    "llama3-split-byte-level": lambda: _byte_level(split_regex=LLAMA3_SPLIT),
+    "qwen2-nfc-split-byte-level": lambda: _byte_level(split_regex=QWEN2_SPLIT, nfc=True),
     "llama2-sentencepiece": lambda: _sentencepiece(prepend_scheme=None),
+    "gemma-sentencepiece": lambda: _sentencepiece(prepend_scheme=None, prepend=False),
     "metaspace-first-sentencepiece": lambda: _sentencepiece(prepend_scheme="first"),
     "metaspace-always-sentencepiece": lambda: _sentencepiece(prepend_scheme="always"),
 }

@@ -21,6 +21,7 @@ COUNTERS = {
     "ember_generation_tokens_total": "num_generation_tokens",
     "ember_structured_masks_total": "num_structured_masks",
     "ember_structured_mask_seconds_total": "structured_mask_s",
+    "ember_window_freed_blocks_total": "num_window_freed_blocks",
     "ember_cuda_graphs_captured_total": "num_cuda_graphs_captured",
     "ember_cuda_graph_replays_total": "num_cuda_graph_replays",
     "ember_cuda_graph_failures_total": "num_cuda_graph_failures",

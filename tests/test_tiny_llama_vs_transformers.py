@@ -13,7 +13,7 @@ import pytest
 from ember import Engine, SamplingParams
 
 from references import require
-from tiny_models import VARIANTS, Variant, write_model
+from tiny_models import VARIANTS, Variant, assert_prefill_logits_match, write_model
 
 PROMPT_IDS = [265, 72, 101, 108, 108, 111, 44, 32, 119, 111, 114, 108, 100, 33, 10, 259, 257, 3, 250, 199]
 NUM_GREEDY_STEPS = 20
@@ -33,16 +33,8 @@ def tiny(request: pytest.FixtureRequest, tmp_path_factory: pytest.TempPathFactor
 
 
 def test_logits_match_at_every_position(tiny: tuple[Any, Engine]) -> None:
-    import torch
-
     model, engine = tiny
-    ours = torch.tensor(engine.score(PROMPT_IDS), dtype=torch.float32)
-    with torch.no_grad():
-        ref = model(torch.tensor([PROMPT_IDS])).logits[0].float()
-    assert ours.shape == ref.shape
-    row_rel = ((ours - ref).norm(dim=-1) / ref.norm(dim=-1)).max().item()
-    abs_rel = ((ours - ref).abs().max() / ref.abs().max()).item()
-    assert row_rel < MAX_REL_ERROR and abs_rel < MAX_REL_ERROR, f"row-wise {row_rel:.2e}, max-abs {abs_rel:.2e}"
+    assert_prefill_logits_match(engine, model, PROMPT_IDS, MAX_REL_ERROR)
 
 
 def test_greedy_tokens_match(tiny: tuple[Any, Engine]) -> None:

@@ -32,6 +32,12 @@ _METRICS: tuple[tuple[str, str, str, str], ...] = (
         "structured_mask_s",
         "Wall time of structured-output mask computation, in seconds.",
     ),
+    (
+        "ember_window_freed_blocks_total",
+        "counter",
+        "num_window_freed_blocks",
+        "KV-cache blocks released early because they fell wholly before a sliding window.",
+    ),
     ("ember_cuda_graphs_captured_total", "counter", "num_cuda_graphs_captured", "Decode CUDA graphs captured."),
     ("ember_cuda_graph_replays_total", "counter", "num_cuda_graph_replays", "Decode steps run from a CUDA graph."),
     (

@@ -105,6 +105,16 @@ pub trait Backend: Send + Sync {
     /// Copies or converts a stored vector into the backend's format (f32 on the CPU).
     fn load_vector(&self, weight: &WeightView<'_>) -> BackendResult<Self::Vector>;
 
+    /// The ops of this trait the backend does not implement yet (their calls fail with
+    /// [`BackendError::Unsupported`]); a model needing one is refused at load.
+    fn unsupported_ops(&self) -> &'static [&'static str] {
+        &[]
+    }
+    /// Whether `attention` honours every option of `params` (sliding window, soft-capping); a
+    /// model checks each layer's at load, so an unsupported family is refused before it runs.
+    fn check_attention(&self, _params: &AttentionParams) -> BackendResult<()> {
+        Ok(())
+    }
     /// Makes the step handle of `batch` (a device backend uploads the inputs here, once).
     fn prepare_step(&self, batch: StepBatch) -> BackendResult<Self::Step>;
     /// Runs one step's forward pass: prepares the step and calls `forward` on it; a device
@@ -133,6 +143,16 @@ pub trait Backend: Send + Sync {
     fn embed(&self, step: &Self::Step, table: &Self::Matrix) -> BackendResult<Self::Tensor>;
     /// RMS norm of each row of `x`, scaled by `weight`.
     fn rms_norm(
+        &self,
+        step: &Self::Step,
+        x: &Self::Tensor,
+        weight: &Self::Vector,
+        eps: f32,
+    ) -> BackendResult<Self::Tensor>;
+    /// RMS norm of every `weight.len()`-wide head of each row of `x` (`[rows, num_heads *
+    /// head_dim]`), each scaled by `weight` (`[head_dim]`): the per-head q/k norms of Qwen3 and
+    /// Gemma 3.
+    fn rms_norm_heads(
         &self,
         step: &Self::Step,
         x: &Self::Tensor,
@@ -176,8 +196,10 @@ pub trait Backend: Send + Sync {
         value: &Self::Tensor,
     ) -> BackendResult<()>;
     /// Causal attention of the step's queries (`[num_tokens, num_heads * head_dim]`) over
-    /// each sequence's cached context (which already holds this step's K/V);
-    /// returns `[num_tokens, num_heads * head_dim]`.
+    /// each sequence's cached context (which already holds this step's K/V), within the
+    /// layer's `sliding_window` and soft-capped by its `logit_soft_cap` when set; block-table
+    /// entries wholly before every window of a sequence may be `NULL_BLOCK` and are never read.
+    /// Returns `[num_tokens, num_heads * head_dim]`.
     fn attention(
         &self,
         step: &Self::Step,
@@ -193,6 +215,36 @@ pub trait Backend: Send + Sync {
         gate: &Self::Tensor,
         up: &Self::Tensor,
     ) -> BackendResult<Self::Tensor>;
+    /// `gelu_tanh(gate) * up`, elementwise, with GELU's tanh approximation (Gemma's GeGLU).
+    fn gelu_tanh_mul(
+        &self,
+        step: &Self::Step,
+        gate: &Self::Tensor,
+        up: &Self::Tensor,
+    ) -> BackendResult<Self::Tensor>;
+    /// `x *= factor`, elementwise (Gemma's embedding scale).
+    fn scale(&self, x: &mut Self::Tensor, factor: f32) -> BackendResult<()>;
+    /// `x = cap * tanh(x / cap)`, elementwise (Gemma 2's final logit soft-capping).
+    fn soft_cap(&self, x: &mut Self::Tensor, cap: f32) -> BackendResult<()>;
+    /// A zero tensor `[rows, cols]`.
+    fn zeros(&self, step: &Self::Step, rows: usize, cols: usize) -> BackendResult<Self::Tensor>;
+    /// Rows `row_ids` of `x`, in that order: `[row_ids.len(), cols]` (the tokens routed to one
+    /// expert).
+    fn gather_rows(
+        &self,
+        step: &Self::Step,
+        x: &Self::Tensor,
+        row_ids: &[u32],
+    ) -> BackendResult<Self::Tensor>;
+    /// `out[row_ids[i]] += weights[i] * y[i]` for every row `i` of `y`, in order (one expert's
+    /// outputs into the tokens it serves).
+    fn scatter_add_rows(
+        &self,
+        out: &mut Self::Tensor,
+        y: &Self::Tensor,
+        row_ids: &[u32],
+        weights: &[f32],
+    ) -> BackendResult<()>;
     /// `x += y`, elementwise.
     fn add_assign(&self, x: &mut Self::Tensor, y: &Self::Tensor) -> BackendResult<()>;
     /// The rows of `x` at the step's `logits_indices`, in order.

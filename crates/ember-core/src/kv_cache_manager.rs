@@ -7,12 +7,19 @@ use crate::block_pool::{BlockHash, BlockPool};
 use crate::request::Request;
 use crate::step::RequestId;
 
+/// Block-table entry of a block released because it lies wholly before a sliding attention
+/// window: attention never reads it, and it is no block id (`u32::MAX`).
+pub const NULL_BLOCK: u32 = u32::MAX;
+
 /// Blocks and block hashes of one request.
 #[derive(Debug, Default)]
 struct RequestBlocks {
+    /// The block of every `block_size` positions; the first `num_null_blocks` are
+    /// [`NULL_BLOCK`] (released outside the sliding window).
     block_ids: Vec<u32>,
     block_hashes: Vec<BlockHash>,
     num_cached_blocks: usize,
+    num_null_blocks: usize,
 }
 
 /// Paged KV-cache bookkeeping: which blocks each request holds, and prefix-cache reuse.
@@ -23,6 +30,10 @@ pub struct KvCacheManager {
     enable_prefix_caching: bool,
     requests: HashMap<RequestId, RequestBlocks>,
     token_scratch: Vec<u32>,
+    /// Every layer attends to at most this many last positions: blocks wholly before it are
+    /// released as requests advance.
+    sliding_window: Option<usize>,
+    num_window_freed_blocks: u64,
 }
 
 impl KvCacheManager {
@@ -38,7 +49,24 @@ impl KvCacheManager {
             enable_prefix_caching,
             requests: HashMap::new(),
             token_scratch: Vec::with_capacity(block_size),
+            sliding_window: None,
+            num_window_freed_blocks: 0,
         }
+    }
+
+    /// This manager for a model whose every layer attends to at most the last `window`
+    /// positions (`None`: the whole context): blocks wholly before the window of a request's
+    /// next token are released (their table entries become [`NULL_BLOCK`]).
+    pub fn with_sliding_window(self, window: Option<usize>) -> Self {
+        Self {
+            sliding_window: window.filter(|&w| w > 0),
+            ..self
+        }
+    }
+
+    /// Blocks released so far because they fell wholly before the sliding window.
+    pub fn num_window_freed_blocks(&self) -> u64 {
+        self.num_window_freed_blocks
     }
 
     /// Tokens per block.
@@ -116,6 +144,11 @@ impl KvCacheManager {
         let num_blocks = ((request.num_tokens() - 1) / self.block_size)
             .min(source.num_computed_tokens / self.block_size)
             .min(held.len());
+        // Released blocks are fine only before the fork's own window.
+        let first_needed = self.first_needed_block(num_blocks * self.block_size);
+        if held[first_needed.min(num_blocks)..num_blocks].contains(&NULL_BLOCK) {
+            return (Vec::new(), 0);
+        }
         (held[..num_blocks].to_vec(), num_blocks * self.block_size)
     }
 
@@ -128,21 +161,27 @@ impl KvCacheManager {
         num_new_tokens: usize,
         new_computed_blocks: &[u32],
     ) -> Option<&[u32]> {
+        self.free_outside_window(request);
         let num_total =
             request.num_computed_tokens + new_computed_blocks.len() * self.block_size + num_new_tokens;
         let num_required = num_total.div_ceil(self.block_size);
         let num_held = self.block_ids(&request.request_id).len();
         let num_to_allocate = num_required.saturating_sub(num_held + new_computed_blocks.len());
-        let num_revived = new_computed_blocks
+        let num_null = new_computed_blocks
             .iter()
-            .filter(|&&b| self.pool.ref_count(b) == 0)
+            .take_while(|&&b| b == NULL_BLOCK)
             .count();
+        let live = &new_computed_blocks[num_null..];
+        let num_revived = live.iter().filter(|&&b| self.pool.ref_count(b) == 0).count();
         if num_to_allocate + num_revived > self.pool.num_free_blocks() {
             return None;
         }
-        self.pool.touch(new_computed_blocks);
+        self.pool.touch(live);
         let fresh = self.pool.allocate(num_to_allocate)?;
         let state = self.requests.entry(request.request_id.clone()).or_default();
+        if state.block_ids.is_empty() {
+            state.num_null_blocks = num_null;
+        }
         state.block_ids.extend_from_slice(new_computed_blocks);
         state.block_ids.extend_from_slice(&fresh);
         Some(&state.block_ids)
@@ -167,7 +206,7 @@ impl KvCacheManager {
         let Some(state) = self.requests.get_mut(&request.request_id) else {
             return;
         };
-        for i in state.num_cached_blocks..num_full {
+        for i in state.num_cached_blocks.max(state.num_null_blocks)..num_full {
             self.pool.cache_block(state.block_ids[i], state.block_hashes[i]);
         }
         state.num_cached_blocks = num_full;
@@ -177,8 +216,37 @@ impl KvCacheManager {
     /// tail-first, so the request's last blocks are evicted before its first ones.
     pub fn free(&mut self, request_id: &str) {
         if let Some(state) = self.requests.remove(request_id) {
-            self.pool.free_blocks(state.block_ids.into_iter().rev());
+            let live = state.block_ids.into_iter().skip(state.num_null_blocks);
+            self.pool.free_blocks(live.rev());
         }
+    }
+
+    /// The first block the window of a query at `position` reads (0 without a window).
+    fn first_needed_block(&self, position: usize) -> usize {
+        self.sliding_window.map_or(0, |window| {
+            (position + 1).saturating_sub(window) / self.block_size
+        })
+    }
+
+    /// Releases the request's blocks that lie wholly before the window of its next token (at
+    /// `num_computed_tokens`), earliest last into the free queue, so they stay hittable longest.
+    fn free_outside_window(&mut self, request: &Request) {
+        let first_needed = self.first_needed_block(request.num_computed_tokens);
+        let Some(state) = self.requests.get_mut(&request.request_id) else {
+            return;
+        };
+        let end = first_needed.min(state.block_ids.len());
+        if end <= state.num_null_blocks {
+            return;
+        }
+        let released = &mut state.block_ids[state.num_null_blocks..end];
+        let blocks: Vec<u32> = released.iter().rev().copied().collect();
+        released.fill(NULL_BLOCK);
+        state.num_null_blocks = end;
+        // Hashes of released blocks are already recorded when caching is on.
+        state.num_cached_blocks = state.num_cached_blocks.max(end);
+        self.num_window_freed_blocks += blocks.len() as u64;
+        self.pool.free_blocks(blocks);
     }
 
     /// Forgets every cached block hash. Returns false when prefix caching is off.
@@ -193,7 +261,13 @@ impl KvCacheManager {
     pub fn check_invariants(&self) -> Result<(), String> {
         let mut expected = vec![0u32; self.pool.num_blocks()];
         for (id, state) in &self.requests {
-            for &block in &state.block_ids {
+            if state.block_ids[..state.num_null_blocks.min(state.block_ids.len())]
+                .iter()
+                .any(|&b| b != NULL_BLOCK)
+            {
+                return Err(format!("request {id}: a released entry holds a block"));
+            }
+            for &block in &state.block_ids[state.num_null_blocks.min(state.block_ids.len())..] {
                 let Some(slot) = expected.get_mut(block as usize) else {
                     return Err(format!("request {id} holds block {block}, out of range"));
                 };
@@ -341,3 +415,7 @@ mod tests {
         assert!(!kv.reset_prefix_cache());
     }
 }
+
+#[cfg(test)]
+#[path = "kv_cache_window_tests.rs"]
+mod window_tests;

@@ -34,7 +34,7 @@ pub use block_pool::{prefix_block_hashes, BlockHash, BlockPool};
 pub use detokenizer::{IncrementalDetokenizer, StopStringMatch, StopStrings, StopUpdate, TokenVocab};
 pub use device_sampling::{device_sample_row, DeviceSampleRow};
 pub use dtype::WeightDType;
-pub use kv_cache_manager::KvCacheManager;
+pub use kv_cache_manager::{KvCacheManager, NULL_BLOCK};
 pub use layer_params::{AttentionParams, AttentionShape, Rope, RopeStyle};
 pub use logprobs::{token_logprob, TokenLogprob};
 pub use memory::{KvCacheSpec, LayerKv, MemoryLimits, ModelShape};

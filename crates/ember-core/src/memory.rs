@@ -10,6 +10,8 @@ pub struct LayerKv {
     pub num_kv_heads: usize,
     /// Dimensions per head.
     pub head_dim: usize,
+    /// The layer attends to at most its last `sliding_window` positions (`None`: all).
+    pub sliding_window: Option<usize>,
 }
 
 /// The sizes of a loaded model that its activations and KV cache depend on.
@@ -36,7 +38,8 @@ impl ModelShape {
         let Some(&first) = self.kv_layers.first() else {
             return Err(BackendError::Unsupported("a model without decoder layers".into()));
         };
-        if let Some((i, other)) = self.kv_layers.iter().enumerate().find(|(_, l)| **l != first) {
+        let same = |l: &LayerKv| (l.num_kv_heads, l.head_dim) == (first.num_kv_heads, first.head_dim);
+        if let Some((i, other)) = self.kv_layers.iter().enumerate().find(|(_, l)| !same(l)) {
             return Err(BackendError::Unsupported(format!(
                 "layer {i} stores {} KV heads of {} dims but layer 0 stores {} of {}: per-layer KV \
                  shapes are not supported by the paged cache",
@@ -44,6 +47,13 @@ impl ModelShape {
             )));
         }
         Ok(first)
+    }
+
+    /// The window every layer stays within (the largest of their windows), so cached
+    /// positions before it are never read again; `None` when some layer attends to all.
+    pub fn kv_release_window(&self) -> Option<usize> {
+        let windows: Option<Vec<usize>> = self.kv_layers.iter().map(|l| l.sliding_window).collect();
+        windows.and_then(|w| w.into_iter().max())
     }
 }
 
@@ -133,6 +143,7 @@ mod tests {
         let kv = LayerKv {
             num_kv_heads: 2,
             head_dim: 16,
+            sliding_window: None,
         };
         let spec = KvCacheSpec::for_model(&shape(vec![kv; 3]), 16).unwrap();
         assert_eq!(
@@ -151,5 +162,21 @@ mod tests {
         let err = KvCacheSpec::for_model(&mixed, 16).unwrap_err().to_string();
         assert!(err.contains("layer 1 stores 4 KV heads"), "{err}");
         assert!(KvCacheSpec::for_model(&shape(Vec::new()), 16).is_err());
+    }
+
+    #[test]
+    fn cached_positions_are_released_only_when_every_layer_slides() {
+        let layer = |w| LayerKv {
+            num_kv_heads: 2,
+            head_dim: 16,
+            sliding_window: w,
+        };
+        assert_eq!(
+            shape(vec![layer(Some(8)), layer(Some(32))]).kv_release_window(),
+            Some(32)
+        );
+        assert_eq!(shape(vec![layer(Some(8)), layer(None)]).kv_release_window(), None);
+        // Windows do not change what a layer stores.
+        assert!(KvCacheSpec::for_model(&shape(vec![layer(Some(8)), layer(None)]), 16).is_ok());
     }
 }

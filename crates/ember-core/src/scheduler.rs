@@ -73,7 +73,8 @@ impl Scheduler {
     pub fn try_new(config: SchedulerConfig) -> Result<Self, ConfigError> {
         config.validate()?;
         Ok(Self {
-            kv: KvCacheManager::new(config.num_blocks, config.block_size, config.enable_prefix_caching),
+            kv: KvCacheManager::new(config.num_blocks, config.block_size, config.enable_prefix_caching)
+                .with_sliding_window(config.sliding_window),
             waiting: WaitingQueue::new(config.policy),
             config,
             requests: HashMap::new(),
@@ -369,6 +370,7 @@ impl Scheduler {
             num_running: self.running.len(),
             num_waiting: self.waiting.len(),
             kv_cache_usage: self.kv.usage(),
+            num_window_freed_blocks: self.kv.num_window_freed_blocks(),
             ..self.stats.clone()
         }
     }

@@ -59,6 +59,9 @@ pub struct SchedulerConfig {
     pub long_prefill_token_threshold: usize,
     /// Admission order of waiting requests.
     pub policy: SchedulingPolicy,
+    /// Every layer of the model attends to at most this many last positions, so blocks
+    /// wholly before a request's window are released as it advances (`None`: keep all).
+    pub sliding_window: Option<usize>,
 }
 
 impl Default for SchedulerConfig {
@@ -72,6 +75,7 @@ impl Default for SchedulerConfig {
             enable_prefix_caching: true,
             long_prefill_token_threshold: 0,
             policy: SchedulingPolicy::Fcfs,
+            sliding_window: None,
         }
     }
 }

@@ -26,6 +26,8 @@ pub struct SchedulerStats {
     pub num_structured_masks: u64,
     /// Wall time of those mask computations, in seconds (each step's masks run in parallel).
     pub structured_mask_s: f64,
+    /// KV-cache blocks released early because they fell wholly before a sliding window.
+    pub num_window_freed_blocks: u64,
 }
 
 impl SchedulerStats {
@@ -39,7 +41,7 @@ impl SchedulerStats {
     }
 
     /// Every counter as `(name, value)`, for metrics exporters and the Python `stats()` dict.
-    pub fn as_pairs(&self) -> [(&'static str, f64); 12] {
+    pub fn as_pairs(&self) -> [(&'static str, f64); 13] {
         [
             ("num_running", self.num_running as f64),
             ("num_waiting", self.num_waiting as f64),
@@ -53,6 +55,7 @@ impl SchedulerStats {
             ("num_generation_tokens", self.num_generation_tokens as f64),
             ("num_structured_masks", self.num_structured_masks as f64),
             ("structured_mask_s", self.structured_mask_s),
+            ("num_window_freed_blocks", self.num_window_freed_blocks as f64),
         ]
     }
 }

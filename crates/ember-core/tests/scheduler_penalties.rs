@@ -18,6 +18,7 @@ fn config(num_blocks: usize) -> SchedulerConfig {
         enable_prefix_caching: true,
         long_prefill_token_threshold: 0,
         policy: SchedulingPolicy::Fcfs,
+        sliding_window: None,
     }
 }
 

@@ -56,21 +56,25 @@ fn config() -> impl Strategy<Value = SchedulerConfig> {
         any::<bool>(),
         any::<bool>(),
         prop_oneof![Just(0usize), 1..=6usize],
+        prop_oneof![Just(None), (1..=9usize).prop_map(Some)],
     )
         .prop_map(
-            |(block_size, num_blocks, budget, max_num_seqs, caching, priority, threshold)| SchedulerConfig {
-                max_num_seqs,
-                max_num_batched_tokens: budget,
-                max_model_len: MAX_MODEL_LEN,
-                block_size,
-                num_blocks,
-                enable_prefix_caching: caching,
-                long_prefill_token_threshold: threshold,
-                policy: if priority {
-                    SchedulingPolicy::Priority
-                } else {
-                    SchedulingPolicy::Fcfs
-                },
+            |(block_size, num_blocks, budget, max_num_seqs, caching, priority, threshold, window)| {
+                SchedulerConfig {
+                    max_num_seqs,
+                    max_num_batched_tokens: budget,
+                    max_model_len: MAX_MODEL_LEN,
+                    block_size,
+                    num_blocks,
+                    enable_prefix_caching: caching,
+                    long_prefill_token_threshold: threshold,
+                    policy: if priority {
+                        SchedulingPolicy::Priority
+                    } else {
+                        SchedulingPolicy::Fcfs
+                    },
+                    sliding_window: window,
+                }
             },
         )
 }
@@ -89,7 +93,7 @@ proptest! {
     #[test]
     fn random_interleavings_keep_invariants(config in config(), ops in prop::collection::vec(op(), 1..60)) {
         let mut scheduler = Scheduler::new(config.clone());
-        let mut model = FakeModel::new(config.num_blocks, config.block_size);
+        let mut model = FakeModel::new(config.num_blocks, config.block_size).with_sliding_window(config.sliding_window);
         let bases = bases();
         let mut added: Vec<(Arc<str>, Vec<u32>, SamplingParams)> = Vec::new();
         let mut aborted = std::collections::HashSet::new();

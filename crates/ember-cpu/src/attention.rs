@@ -1,7 +1,10 @@
 //! Paged causal attention over the KV cache (f32, f16 or bf16 elements).
 //!
-//! Token `t` of sequence `s` at position `p` attends to context positions `0..=p` of `s`,
-//! found through `s`'s block table. Query head `h` reads KV head `h / (num_heads / num_kv_heads)`;
+//! Token `t` of sequence `s` at position `p` attends to context positions `lo..=p` of `s`
+//! (`lo` is 0, or `p + 1 - sliding_window` with a window), found through `s`'s block table;
+//! entries of blocks wholly before every window of the step are never read (they may be
+//! `NULL_BLOCK`). Scores are `scale * q . k`, soft-capped to `cap * tanh(score / cap)` when the
+//! layer has a cap. Query head `h` reads KV head `h / (num_heads / num_kv_heads)`;
 //! the query heads sharing a KV head are computed together, so each cached row is read once
 //! for all of them. Softmax is two-pass in f32 (scores and their max, then `exp` and the
 //! weighted values, see `attention_dot`); each (token, head) pair is computed in a fixed order
@@ -14,10 +17,18 @@ use crate::tensor::CpuTensor;
 use ember_core::{AttentionParams, AttentionShape, BackendError, BackendResult, StepBatch};
 use rayon::ThreadPool;
 
-/// Validated per-token context: sequence index and position.
+/// Validated per-token context: sequence index, position and first attended position.
 struct TokenCtx {
     seq: usize,
     pos: usize,
+    lo: usize,
+}
+
+impl TokenCtx {
+    /// Context positions the token attends to.
+    fn len(&self) -> usize {
+        self.pos + 1 - self.lo
+    }
 }
 
 /// `[num_tokens, num_heads * head_dim]` attention output; see the module docs.
@@ -31,9 +42,8 @@ pub fn attention(
     layer: usize,
     params: &AttentionParams,
 ) -> BackendResult<CpuTensor> {
-    params.require_plain("cpu")?;
     let (shape, scale) = (params.shape, params.scale);
-    let tokens = validate(query, cache, layer, shape, meta)?;
+    let tokens = validate(query, cache, layer, params, meta)?;
     let AttentionShape {
         num_heads,
         num_kv_heads,
@@ -50,25 +60,30 @@ pub fn attention(
     let out_ptr = OutPtr(out.as_mut_slice().as_mut_ptr());
     // (token, KV head) units `start..end`, each computed alone in a fixed order.
     let run = |start: usize, end: usize| {
-        let (mut row_offs, mut offs_seq) = (Vec::new(), usize::MAX);
+        let (mut row_offs, mut offs_seq, mut offs_lo) = (Vec::new(), usize::MAX, 0);
         let (mut offs, mut probs, mut denoms) = (Vec::new(), Vec::new(), vec![0.0f32; group]);
         for unit in start..end {
             let (t, kvh) = (unit / num_kv_heads, unit % num_kv_heads);
             let ctx = &tokens[t];
-            if offs_seq != ctx.seq {
-                // Element offset of every cached row of the sequence (head 0).
+            if offs_seq != ctx.seq || ctx.lo < offs_lo {
+                // Element offset (head 0) of every cached row of the sequence from this
+                // token's first attended position; later tokens of the sequence start later.
                 let table = meta.block_table(ctx.seq);
                 let len = meta.seq_lens[ctx.seq] as usize;
                 row_offs.clear();
-                row_offs.extend((0..len).map(|j| {
+                row_offs.extend((ctx.lo..len).map(|j| {
                     let slot = table[j / spec.block_size] as usize * spec.block_size + j % spec.block_size;
                     slot * kv_width
                 }));
-                offs_seq = ctx.seq;
+                (offs_seq, offs_lo) = (ctx.seq, ctx.lo);
             }
-            let n = ctx.pos + 1;
+            let n = ctx.len();
             offs.clear();
-            offs.extend(row_offs[..n].iter().map(|&o| o + kvh * head_dim));
+            offs.extend(
+                row_offs[ctx.lo - offs_lo..][..n]
+                    .iter()
+                    .map(|&o| o + kvh * head_dim),
+            );
             let heads = kvh * group * head_dim..(kvh + 1) * group * head_dim;
             let q = &query.row(t)[heads.clone()];
             let rows = |bytes| KvRows {
@@ -78,6 +93,9 @@ pub fn attention(
             };
             probs.resize(group * n, 0.0);
             scores(isa, q, head_dim, &rows(cache.key_bytes(layer)), scale, &mut probs);
+            if let Some(cap) = params.logit_soft_cap {
+                probs.iter_mut().for_each(|s| *s = (*s / cap).tanh() * cap);
+            }
             for (g, p) in probs.chunks_exact_mut(n).enumerate() {
                 let max = p.iter().fold(f32::NEG_INFINITY, |m, &s| m.max(s));
                 let mut denom = 0.0f32;
@@ -102,7 +120,7 @@ pub fn attention(
             }
         }
     };
-    let work: usize = tokens.iter().map(|c| c.pos + 1).sum::<usize>() * num_heads * head_dim;
+    let work: usize = tokens.iter().map(TokenCtx::len).sum::<usize>() * num_heads * head_dim;
     let threads = pool.current_num_threads();
     if work < (1 << 16) || threads <= 1 {
         run(0, total);
@@ -117,13 +135,13 @@ pub fn attention(
 /// Unit boundaries `[0, .., tokens * num_kv_heads]` cutting the (token, KV head) units into
 /// at most `num_chunks` runs of about equal context length.
 fn split_by_work(tokens: &[TokenCtx], num_kv_heads: usize, num_chunks: usize) -> Vec<usize> {
-    let total: usize = tokens.iter().map(|c| c.pos + 1).sum::<usize>() * num_kv_heads;
+    let total: usize = tokens.iter().map(TokenCtx::len).sum::<usize>() * num_kv_heads;
     let target = total.div_ceil(num_chunks.max(1)).max(1);
     let num_units = tokens.len() * num_kv_heads;
     let mut bounds = vec![0];
     let mut acc = 0;
     for unit in 0..num_units {
-        acc += tokens[unit / num_kv_heads].pos + 1;
+        acc += tokens[unit / num_kv_heads].len();
         if acc >= target && unit + 1 < num_units {
             bounds.push(unit + 1);
             acc = 0;
@@ -153,11 +171,18 @@ fn validate(
     query: &CpuTensor,
     cache: &CpuKvCache,
     layer: usize,
-    shape: AttentionShape,
+    params: &AttentionParams,
     meta: &StepBatch,
 ) -> BackendResult<Vec<TokenCtx>> {
-    let spec = cache.spec();
+    let (shape, spec) = (params.shape, cache.spec());
     let err = |m: String| BackendError::Device(format!("attention: {m}"));
+    if params.sliding_window == Some(0) || params.logit_soft_cap.is_some_and(|c| c.is_nan() || c <= 0.0) {
+        return Err(err(format!(
+            "sliding_window {:?} and logit_soft_cap {:?} must be positive",
+            params.sliding_window, params.logit_soft_cap
+        )));
+    }
+    let first_pos = |pos: usize| params.sliding_window.map_or(0, |w| (pos + 1).saturating_sub(w));
     if layer >= spec.num_layers {
         return Err(err(format!(
             "layer {layer} out of range ({} layers)",
@@ -208,7 +233,10 @@ fn validate(
                 meta.max_blocks_per_seq
             )));
         }
-        if let Some(&b) = meta.block_table(seq)[..blocks_needed]
+        let (start, end) = (qsl[seq] as usize, qsl[seq + 1] as usize);
+        // The step's tokens of a sequence come in position order; the first reads furthest back.
+        let first_block = meta.positions.get(start).map_or(0, |&p| first_pos(p as usize)) / spec.block_size;
+        if let Some(&b) = meta.block_table(seq)[first_block.min(blocks_needed)..blocks_needed]
             .iter()
             .find(|&&b| b as usize >= spec.num_blocks)
         {
@@ -217,14 +245,20 @@ fn validate(
                 spec.num_blocks
             )));
         }
-        for t in qsl[seq] as usize..qsl[seq + 1] as usize {
+        for t in start..end {
             let pos = meta.positions[t] as usize;
             if pos >= seq_len {
                 return Err(err(format!(
                     "token {t} at position {pos} is past its sequence length {seq_len}"
                 )));
             }
-            tokens.push(TokenCtx { seq, pos });
+            let lo = first_pos(pos);
+            if lo / spec.block_size < first_block {
+                return Err(err(format!(
+                    "token {t} at position {pos} comes before its sequence's first token"
+                )));
+            }
+            tokens.push(TokenCtx { seq, pos, lo });
         }
     }
     Ok(tokens)

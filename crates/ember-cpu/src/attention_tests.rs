@@ -95,94 +95,122 @@ fn attention_matches_naive_f64_and_is_batch_invariant() {
                 num_kv_heads,
                 head_dim,
             };
-            let params = AttentionParams::causal(shape);
-            let scale = params.scale;
-            let width = num_heads * head_dim;
-            let case = build_case(&mut rng, &tables, width, max_blocks);
-            let out = backend
-                .attention(&case.meta, &case.query, &cache, 1, &params)
-                .unwrap();
-            for isa in [Isa::Scalar, Isa::Avx2, Isa::Avx512Vnni]
-                .into_iter()
-                .filter(|i| i.is_supported())
-            {
-                let other = CpuBackend::with_isa(Some(1), isa)
-                    .with_kv_cache_dtype(kv_dtype)
-                    .unwrap();
-                let got = other
+            for (sliding_window, logit_soft_cap) in ATTENTION_OPTIONS {
+                let params = AttentionParams {
+                    sliding_window,
+                    logit_soft_cap,
+                    ..AttentionParams::causal(shape)
+                };
+                let scale = params.scale;
+                let width = num_heads * head_dim;
+                let first_pos = |pos: usize| sliding_window.map_or(0, |w| (pos + 1).saturating_sub(w));
+                // Blocks wholly before every window of a sequence's queries are never read.
+                let nulled: Vec<(usize, usize, Vec<u32>)> = tables
+                    .iter()
+                    .map(|(len, num_new, table)| {
+                        let first_block = first_pos(len - num_new) / block_size;
+                        let mut table = table.clone();
+                        table[..first_block].fill(u32::MAX);
+                        (*len, *num_new, table)
+                    })
+                    .collect();
+                let case = build_case(&mut rng, &nulled, width, max_blocks);
+                let out = backend
                     .attention(&case.meta, &case.query, &cache, 1, &params)
                     .unwrap();
-                let same = got
-                    .as_slice()
-                    .iter()
-                    .zip(out.as_slice())
-                    .all(|(a, b)| a.to_bits() == b.to_bits());
-                assert!(same, "{isa:?} differs ({kv_dtype}, head_dim {head_dim})");
-            }
-            // Naive f64 reference.
-            let (keys, values) = (cache.keys(1), cache.values(1));
-            for (s, (len, num_new, table)) in tables.iter().enumerate() {
-                for i in 0..*num_new {
-                    let t = case.meta.query_start_loc[s] as usize + i;
-                    let pos = len - num_new + i;
-                    for h in 0..num_heads {
-                        let kvh = h / (num_heads / num_kv_heads);
-                        let q = &case.query.row(t)[h * head_dim..(h + 1) * head_dim];
-                        let offs: Vec<usize> = (0..=pos)
-                            .map(|j| {
-                                let slot = table[j / block_size] as usize * block_size + j % block_size;
-                                slot * kv_width + kvh * head_dim
-                            })
-                            .collect();
-                        let scores: Vec<f64> = offs
-                            .iter()
-                            .map(|&o| {
-                                let d: f64 = (0..head_dim)
-                                    .map(|e| f64::from(q[e]) * f64::from(keys[o + e]))
-                                    .sum();
-                                d * f64::from(scale)
-                            })
-                            .collect();
-                        let m = scores.iter().cloned().fold(f64::NEG_INFINITY, f64::max);
-                        let w: Vec<f64> = scores.iter().map(|s| (s - m).exp()).collect();
-                        let z: f64 = w.iter().sum();
-                        for e in 0..head_dim {
-                            let want: f64 = offs
+                for isa in [Isa::Scalar, Isa::Avx2, Isa::Avx512Vnni]
+                    .into_iter()
+                    .filter(|i| i.is_supported())
+                {
+                    let other = CpuBackend::with_isa(Some(1), isa)
+                        .with_kv_cache_dtype(kv_dtype)
+                        .unwrap();
+                    let got = other
+                        .attention(&case.meta, &case.query, &cache, 1, &params)
+                        .unwrap();
+                    let same = got
+                        .as_slice()
+                        .iter()
+                        .zip(out.as_slice())
+                        .all(|(a, b)| a.to_bits() == b.to_bits());
+                    assert!(same, "{isa:?} differs ({kv_dtype}, head_dim {head_dim})");
+                }
+                // Naive f64 reference.
+                let (keys, values) = (cache.keys(1), cache.values(1));
+                for (s, (len, num_new, table)) in tables.iter().enumerate() {
+                    for i in 0..*num_new {
+                        let t = case.meta.query_start_loc[s] as usize + i;
+                        let pos = len - num_new + i;
+                        for h in 0..num_heads {
+                            let kvh = h / (num_heads / num_kv_heads);
+                            let q = &case.query.row(t)[h * head_dim..(h + 1) * head_dim];
+                            let offs: Vec<usize> = (first_pos(pos)..=pos)
+                                .map(|j| {
+                                    let slot = table[j / block_size] as usize * block_size + j % block_size;
+                                    slot * kv_width + kvh * head_dim
+                                })
+                                .collect();
+                            let scores: Vec<f64> = offs
                                 .iter()
-                                .zip(&w)
-                                .map(|(&o, &p)| p * f64::from(values[o + e]))
-                                .sum::<f64>()
-                                / z;
-                            let got = f64::from(out.row(t)[h * head_dim + e]);
-                            assert!(
+                                .map(|&o| {
+                                    let d: f64 = (0..head_dim)
+                                        .map(|e| f64::from(q[e]) * f64::from(keys[o + e]))
+                                        .sum();
+                                    let score = d * f64::from(scale);
+                                    logit_soft_cap
+                                        .map_or(score, |c| f64::from(c) * (score / f64::from(c)).tanh())
+                                })
+                                .collect();
+                            let m = scores.iter().cloned().fold(f64::NEG_INFINITY, f64::max);
+                            let w: Vec<f64> = scores.iter().map(|s| (s - m).exp()).collect();
+                            let z: f64 = w.iter().sum();
+                            for e in 0..head_dim {
+                                let want: f64 = offs
+                                    .iter()
+                                    .zip(&w)
+                                    .map(|(&o, &p)| p * f64::from(values[o + e]))
+                                    .sum::<f64>()
+                                    / z;
+                                let got = f64::from(out.row(t)[h * head_dim + e]);
+                                assert!(
                                 (got - want).abs() < 2e-5,
-                                "{kv_dtype} bs={block_size} heads={num_heads} seq={s} t={t} h={h}: {got} vs {want}"
+                                "{kv_dtype} bs={block_size} heads={num_heads} {params:?} seq={s} t={t} h={h}: {got} vs {want}"
                             );
+                            }
                         }
                     }
                 }
-            }
-            // Each sequence alone gives bit-identical rows.
-            for (s, seq) in tables.iter().enumerate() {
-                let mut alone = build_case(&mut rng, std::slice::from_ref(seq), width, max_blocks);
-                let start = case.meta.query_start_loc[s] as usize;
-                let rows: Vec<f32> = case.query.as_slice()[start * width..(start + seq.1) * width].to_vec();
-                alone.query = CpuTensor::from_vec(seq.1, width, rows).unwrap();
-                let got = backend
-                    .attention(&alone.meta, &alone.query, &cache, 1, &params)
-                    .unwrap();
-                for i in 0..seq.1 {
-                    let same = got
-                        .row(i)
-                        .iter()
-                        .zip(out.row(start + i))
-                        .all(|(a, b)| a.to_bits() == b.to_bits());
-                    assert!(same, "sequence {s} row {i} depends on the batch");
+                // Each sequence alone gives bit-identical rows.
+                for (s, seq) in nulled.iter().enumerate() {
+                    let mut alone = build_case(&mut rng, std::slice::from_ref(seq), width, max_blocks);
+                    let start = case.meta.query_start_loc[s] as usize;
+                    let rows: Vec<f32> =
+                        case.query.as_slice()[start * width..(start + seq.1) * width].to_vec();
+                    alone.query = CpuTensor::from_vec(seq.1, width, rows).unwrap();
+                    let got = backend
+                        .attention(&alone.meta, &alone.query, &cache, 1, &params)
+                        .unwrap();
+                    for i in 0..seq.1 {
+                        let same = got
+                            .row(i)
+                            .iter()
+                            .zip(out.row(start + i))
+                            .all(|(a, b)| a.to_bits() == b.to_bits());
+                        assert!(same, "sequence {s} row {i} depends on the batch");
+                    }
                 }
             }
         }
     }
 }
+
+/// (sliding_window, logit_soft_cap) combinations every attention test runs.
+const ATTENTION_OPTIONS: [(Option<usize>, Option<f32>); 4] = [
+    (None, None),
+    (Some(7), None),
+    (None, Some(2.5)),
+    (Some(20), Some(1.5)),
+];
 
 #[test]
 fn attention_rejects_bad_metadata() {
@@ -237,16 +265,37 @@ fn attention_rejects_bad_metadata() {
         backend.attention(&meta, &q, &cache, 1, &params).is_err(),
         "layer out of range"
     );
+    for bad in [
+        AttentionParams {
+            sliding_window: Some(0),
+            ..params
+        },
+        AttentionParams {
+            logit_soft_cap: Some(0.0),
+            ..params
+        },
+        AttentionParams {
+            logit_soft_cap: Some(f32::NAN),
+            ..params
+        },
+    ] {
+        let err = backend
+            .attention(&meta, &q, &cache, 0, &bad)
+            .unwrap_err()
+            .to_string();
+        assert!(err.contains("must be positive"), "{err}");
+    }
+    // A window of 2 reads only block 1 (positions 4 and 5): block 0 may be released.
     let windowed = AttentionParams {
         sliding_window: Some(2),
         ..params
     };
-    let err = backend
-        .attention(&meta, &q, &cache, 0, &windowed)
-        .err()
-        .unwrap()
-        .to_string();
-    assert!(err.contains("sliding_window 2"), "{err}");
+    let released = StepBatch {
+        block_tables: vec![u32::MAX, 1],
+        ..meta
+    };
+    assert!(backend.attention(&released, &q, &cache, 0, &windowed).is_ok());
+    assert!(backend.attention(&released, &q, &cache, 0, &params).is_err());
 }
 
 /// A half-precision cache holds the written keys and values to its rounding: attention

@@ -333,6 +333,29 @@ impl Backend for CpuBackend {
         matmul::matmul(&self.pool, self.isa, x, weight, bias.map(|b| b.as_slice()))
     }
 
+    fn rms_norm_heads(
+        &self,
+        _step: &StepBatch,
+        x: &CpuTensor,
+        weight: &Vec<f32>,
+        eps: f32,
+    ) -> BackendResult<CpuTensor> {
+        let head_dim = weight.len();
+        if head_dim == 0 || !x.cols().is_multiple_of(head_dim) {
+            return Err(shape_err(
+                "rms_norm_heads",
+                format!("rows of {} are not whole heads of {head_dim}", x.cols()),
+            ));
+        }
+        let mut out = CpuTensor::zeros(x.rows(), x.cols())?;
+        self.map_rows(x, &mut out, |_, xr, o| {
+            for (head, out_head) in xr.chunks_exact(head_dim).zip(o.chunks_exact_mut(head_dim)) {
+                norm::rms_norm_row(head, weight, eps, out_head);
+            }
+        });
+        Ok(out)
+    }
+
     fn rope(
         &self,
         step: &StepBatch,
@@ -389,6 +412,45 @@ impl Backend for CpuBackend {
         let mut out = CpuTensor::zeros(gate.rows(), gate.cols())?;
         self.map_rows(gate, &mut out, |r, g, o| elementwise::silu_mul(g, up.row(r), o));
         Ok(out)
+    }
+
+    fn gelu_tanh_mul(&self, _step: &StepBatch, gate: &CpuTensor, up: &CpuTensor) -> BackendResult<CpuTensor> {
+        same_shape("gelu_tanh_mul", gate, up)?;
+        let mut out = CpuTensor::zeros(gate.rows(), gate.cols())?;
+        self.map_rows(gate, &mut out, |r, g, o| {
+            elementwise::gelu_tanh_mul(g, up.row(r), o)
+        });
+        Ok(out)
+    }
+
+    fn scale(&self, x: &mut CpuTensor, factor: f32) -> BackendResult<()> {
+        x.as_mut_slice().iter_mut().for_each(|v| *v *= factor);
+        Ok(())
+    }
+
+    fn soft_cap(&self, x: &mut CpuTensor, cap: f32) -> BackendResult<()> {
+        x.as_mut_slice()
+            .iter_mut()
+            .for_each(|v| *v = (*v / cap).tanh() * cap);
+        Ok(())
+    }
+
+    fn zeros(&self, _step: &StepBatch, rows: usize, cols: usize) -> BackendResult<CpuTensor> {
+        CpuTensor::zeros(rows, cols)
+    }
+
+    fn gather_rows(&self, _step: &StepBatch, x: &CpuTensor, row_ids: &[u32]) -> BackendResult<CpuTensor> {
+        crate::rows::gather_rows(x, row_ids)
+    }
+
+    fn scatter_add_rows(
+        &self,
+        out: &mut CpuTensor,
+        y: &CpuTensor,
+        row_ids: &[u32],
+        weights: &[f32],
+    ) -> BackendResult<()> {
+        crate::rows::scatter_add_rows(out, y, row_ids, weights)
     }
 
     fn add_assign(&self, x: &mut CpuTensor, y: &CpuTensor) -> BackendResult<()> {

@@ -35,6 +35,7 @@ mod packed_x86;
 mod par;
 pub mod quant;
 mod rope;
+mod rows;
 pub mod tensor;
 
 pub use backend::{CpuBackend, CpuOptions, DEFAULT_KV_CACHE_DTYPE};
@@ -45,6 +46,8 @@ pub use tensor::CpuTensor;
 
 #[cfg(test)]
 mod attention_tests;
+#[cfg(test)]
+mod family_ops_tests;
 #[cfg(test)]
 mod matmul_large_tests;
 #[cfg(test)]

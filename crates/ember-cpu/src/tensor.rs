@@ -54,6 +54,11 @@ impl CpuTensor {
         &self.data[r * self.cols..(r + 1) * self.cols]
     }
 
+    /// Row `r`, mutable; `[cols]`.
+    pub fn row_mut(&mut self, r: usize) -> &mut [f32] {
+        &mut self.data[r * self.cols..(r + 1) * self.cols]
+    }
+
     /// Consumes the tensor, returning its row-major elements.
     pub fn into_vec(self) -> Vec<f32> {
         self.data

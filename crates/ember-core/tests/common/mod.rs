@@ -70,6 +70,9 @@ pub struct FakeModel {
     /// Set by [`FakeModel::with_real_sampler`]: sample [`fake_logits`] with the real sampler,
     /// keeping token histories the way the model runner does.
     histories: Option<RequestHistories>,
+    /// Set by [`FakeModel::with_sliding_window`]: only the last `window` positions of a
+    /// context must still be in the cache.
+    window: Option<usize>,
 }
 
 impl FakeModel {
@@ -81,7 +84,15 @@ impl FakeModel {
             tokens: HashMap::new(),
             finished: HashMap::new(),
             histories: None,
+            window: None,
         }
+    }
+
+    /// The same model attending to the last `window` positions only (`None`: all), so the
+    /// scheduler may release blocks before them.
+    pub fn with_sliding_window(mut self, window: Option<usize>) -> Self {
+        self.window = window;
+        self
     }
 
     /// The same model, sampling with the real sampler (penalties, seeds) over [`fake_logits`].
@@ -187,7 +198,9 @@ impl FakeModel {
             }
             total += seq.token_ids.len();
             if seq.sample {
-                let context: Vec<u32> = (0..end)
+                // The first token of the chunk reads furthest back.
+                let first = self.window.map_or(0, |w| (start + 1).saturating_sub(w));
+                let context: Vec<u32> = (first..end)
                     .map(|pos| {
                         self.cache[seq.block_ids[pos / self.block_size] as usize * self.block_size
                             + pos % self.block_size]
@@ -195,11 +208,12 @@ impl FakeModel {
                     .collect();
                 assert_eq!(
                     &context[..],
-                    &known[..end],
+                    &known[first..end],
                     "{}: cache holds the wrong context",
                     seq.request_id
                 );
-                sampled.push(self.next(seq, &context));
+                let known_context = known[..end].to_vec();
+                sampled.push(self.next(seq, &known_context));
             }
         }
         assert_eq!(total, output.num_batched_tokens);

@@ -21,10 +21,7 @@ enum DeviceKind {
 
 /// Opens the backend named by `args.device`, loads the model onto it and allocates the KV
 /// cache the backend planned; returns the step executor and the cache geometry.
-pub fn load_on_device(
-    args: &EngineArgs,
-    opened: &OpenedModel,
-) -> Result<(Box<dyn StepExecutor>, KvCacheSpec), EngineError> {
+pub fn load_on_device(args: &EngineArgs, opened: &OpenedModel) -> Result<DeviceModel, EngineError> {
     let kind = choose(&args.device)?;
     check_dtype(&args.dtype, kind).map_err(EngineError::InvalidRequest)?;
     let kv_dtype = kv_cache_dtype(&args.kv_cache_dtype, kind, args.dtype == "float32")
@@ -132,15 +129,29 @@ fn kv_cache_dtype(name: &str, kind: DeviceKind, f32_compute: bool) -> Result<Wei
     Ok(dtype)
 }
 
+/// A model loaded on its device, and what the scheduler needs to know of its cache.
+pub struct DeviceModel {
+    /// Runs the steps.
+    pub executor: Box<dyn StepExecutor>,
+    /// The KV cache the backend allocated.
+    pub kv_spec: KvCacheSpec,
+    /// Every layer attends within this many last positions: blocks before it can be released.
+    pub kv_release_window: Option<usize>,
+}
+
 /// Loads the model onto `backend`, lets the backend plan its memory, and builds the runner.
 fn load<B: Backend + 'static>(
     mut backend: B,
     opened: &OpenedModel,
     limits: &MemoryLimits,
-) -> Result<(Box<dyn StepExecutor>, KvCacheSpec), EngineError> {
+) -> Result<DeviceModel, EngineError> {
     log::info!("loading {} onto the {} backend", opened.name, backend.name());
-    let model = opened.architecture.family.load(&backend, &opened.source())?;
+    let model = opened
+        .architecture
+        .family
+        .load(&backend, &opened.source(limits.max_model_len))?;
     let spec = backend.plan_memory(model.shape(), limits)?;
+    let kv_release_window = model.shape().kv_release_window();
     if spec.num_blocks == 0 {
         return Err(EngineError::InvalidRequest(format!(
             "the KV cache memory is smaller than one block ({} bytes)",
@@ -154,7 +165,11 @@ fn load<B: Backend + 'static>(
         opened.config.vocab_size,
         opened.config.eos_token_ids.clone(),
     )?;
-    Ok((Box::new(runner), spec))
+    Ok(DeviceModel {
+        executor: Box::new(runner),
+        kv_spec: spec,
+        kv_release_window,
+    })
 }
 
 #[cfg(test)]

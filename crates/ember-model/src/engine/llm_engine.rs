@@ -65,26 +65,17 @@ impl LlmEngine {
             opened.config.hidden_size,
             args.device
         );
-        let (executor, kv_spec) = load_on_device(args, &opened)?;
+        let device_model = load_on_device(args, &opened)?;
+        let (executor, kv_spec) = (device_model.executor, device_model.kv_spec);
         opened.weights.warn_unread(&opened.name);
         let config = opened.config;
         drop(opened.weights);
         let cache_tokens = kv_spec.num_blocks * args.block_size;
-        let (model_len_limit, limit_name) = match config.sliding_window {
-            Some(window) if window < config.max_position_embeddings => {
-                log::warn!(
-                    "{}: sliding_window {window}: Ember has no sliding-window attention yet, so \
-                     max_model_len is capped at the window (below it full attention is exact)",
-                    opened.name
-                );
-                (window, "sliding window")
-            }
-            _ => (config.max_position_embeddings, "context length"),
-        };
+        let model_len_limit = config.max_position_embeddings;
         let max_model_len = match args.max_model_len {
             Some(len) if len > model_len_limit => {
                 return Err(invalid(format!(
-                    "max_model_len ({len}) is larger than the model's {limit_name} ({model_len_limit})"
+                    "max_model_len ({len}) is larger than the model's context length ({model_len_limit})"
                 )))
             }
             Some(len) => len,
@@ -108,6 +99,7 @@ impl LlmEngine {
             num_blocks: kv_spec.num_blocks,
             enable_prefix_caching: args.enable_prefix_caching,
             policy: args.scheduling_policy,
+            sliding_window: device_model.kv_release_window,
             ..SchedulerConfig::default()
         })
         .map_err(|e| invalid(e.to_string()))?;

@@ -31,12 +31,13 @@ pub struct OpenedModel {
 }
 
 impl OpenedModel {
-    /// What the model is loaded from.
-    pub fn source(&self) -> ModelSource<'_> {
+    /// What the model is loaded from, for sequences of up to `max_model_len` tokens.
+    pub fn source(&self, max_model_len: usize) -> ModelSource<'_> {
         ModelSource {
             config: &self.config,
             weights: &self.weights,
             rope_style: self.architecture.rope_style,
+            max_model_len,
         }
     }
 }

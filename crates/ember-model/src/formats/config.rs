@@ -7,8 +7,31 @@ use crate::error::ConfigError;
 
 mod gguf_config;
 mod hf_config;
+mod moe;
+mod rope;
 
 pub use hf_config::HfConfigJson;
+pub use moe::MoeConfig;
+pub use rope::{RopeScaling, RopeTables};
+
+/// An error unless `config`'s MLP activation is `supported`, the one `family` computes.
+pub fn refuse_activation(
+    config: &ModelConfig,
+    family: &str,
+    supported: Activation,
+) -> Result<(), ConfigError> {
+    if config.hidden_act == supported {
+        return Ok(());
+    }
+    Err(ConfigError::Invalid {
+        source_name: family.to_string(),
+        detail: format!(
+            "hidden_act \"{}\" is not supported by the {family} family (supported: \"{}\")",
+            config.hidden_act.hf_name(),
+            supported.hf_name()
+        ),
+    })
+}
 
 /// Which field of a model's files names its architecture.
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
@@ -30,33 +53,23 @@ pub struct ArchitectureName {
     pub name: String,
 }
 
-/// RoPE frequency scaling.
-#[derive(Clone, Debug, PartialEq)]
-pub enum RopeScaling {
-    /// Plain RoPE.
-    None,
-    /// Position interpolation: every inverse frequency divided by `factor`.
-    Linear {
-        /// Divisor.
-        factor: f32,
-    },
-    /// Llama 3.1 frequency-dependent scaling.
-    Llama3 {
-        /// Divisor for low frequencies.
-        factor: f32,
-        /// Wavelengths above `original / low_freq_factor` are fully scaled.
-        low_freq_factor: f32,
-        /// Wavelengths below `original / high_freq_factor` are unscaled.
-        high_freq_factor: f32,
-        /// Context length the model was pre-trained with.
-        original_max_position_embeddings: usize,
-    },
-    /// Per-frequency divisors as stored in a GGUF `rope_freqs.weight` tensor (llama.cpp's
-    /// form of Llama 3 scaling): `inv_freq[i] / factors[i]`.
-    FreqFactors {
-        /// One divisor per dimension pair.
-        factors: Vec<f32>,
-    },
+/// The activation of the MLP's gate.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum Activation {
+    /// `silu` (Llama, Qwen, Mistral, Phi-3).
+    Silu,
+    /// `gelu_pytorch_tanh`, GELU's tanh approximation (Gemma).
+    GeluTanh,
+}
+
+impl Activation {
+    /// The name Hugging Face configs give it.
+    pub fn hf_name(self) -> &'static str {
+        match self {
+            Self::Silu => "silu",
+            Self::GeluTanh => "gelu_pytorch_tanh",
+        }
+    }
 }
 
 /// Hyperparameters of a decoder.
@@ -84,10 +97,26 @@ pub struct ModelConfig {
     pub rope_scaling: RopeScaling,
     /// Longest context the model supports.
     pub max_position_embeddings: usize,
-    /// Attention window of the layers that use one (Mistral's `sliding_window`, Qwen2's with
-    /// `use_sliding_window`). Ember has no sliding-window attention yet: up to the window,
-    /// full attention is exact, so the engine caps `max_model_len` at it.
+    /// Attention window of the layers that use one (Mistral's `sliding_window`, Qwen2's and
+    /// Qwen3's with `use_sliding_window`): such a layer attends to its last `sliding_window`
+    /// positions.
     pub sliding_window: Option<usize>,
+    /// Which layers use `sliding_window` (one entry per layer; all false without a window).
+    pub sliding_layers: Vec<bool>,
+    /// RoPE base of the sliding-window layers, when it differs from `rope_theta` (Gemma 3's
+    /// `rope_local_base_freq`); those layers take no scaling.
+    pub rope_local_theta: Option<f32>,
+    /// The MLP gate's activation.
+    pub hidden_act: Activation,
+    /// Attention scores scale by `query_pre_attn_scalar^-1/2` rather than `head_dim^-1/2`
+    /// (Gemma).
+    pub query_pre_attn_scalar: Option<f32>,
+    /// Attention scores become `cap * tanh(score / cap)` (Gemma 2's `attn_logit_softcapping`).
+    pub attn_logit_softcapping: Option<f32>,
+    /// Output logits become `cap * tanh(logit / cap)` (Gemma 2's `final_logit_softcapping`).
+    pub final_logit_softcapping: Option<f32>,
+    /// Mixture-of-experts MLPs (Mixtral, Qwen3-MoE), when the model has them.
+    pub moe: Option<MoeConfig>,
     /// True when the output projection reuses the token embedding.
     pub tie_word_embeddings: bool,
     /// Beginning-of-sequence token, when the model defines one.
@@ -97,48 +126,10 @@ pub struct ModelConfig {
 }
 
 impl ModelConfig {
-    /// RoPE inverse frequencies (`head_dim / 2` of them), computed in float32 exactly as
-    /// Hugging Face transformers does, with the configured scaling applied.
-    pub fn rope_inv_freq(&self) -> Vec<f32> {
-        let dim = self.head_dim as f32;
-        let base = self.rope_theta as f64;
-        // transformers: 1.0 / (base ** (arange(0, dim, 2).float() / dim)), all float32;
-        // the power is rounded once from float64, i.e. correctly rounded.
-        let inv_freq = (0..self.head_dim)
-            .step_by(2)
-            .map(|i| 1.0f32 / (base.powf(f64::from(i as f32 / dim)) as f32));
-        match &self.rope_scaling {
-            RopeScaling::None => inv_freq.collect(),
-            RopeScaling::Linear { factor } => inv_freq.map(|f| f / factor).collect(),
-            RopeScaling::FreqFactors { factors } => inv_freq
-                .zip(factors.iter().chain(std::iter::repeat(&1.0)))
-                .map(|(f, d)| f / d)
-                .collect(),
-            RopeScaling::Llama3 {
-                factor,
-                low_freq_factor,
-                high_freq_factor,
-                original_max_position_embeddings,
-            } => {
-                let old_len = *original_max_position_embeddings as f32;
-                let low_freq_wavelen = old_len / low_freq_factor;
-                let high_freq_wavelen = old_len / high_freq_factor;
-                let two_pi = 2.0 * std::f32::consts::PI;
-                inv_freq
-                    .map(|f| {
-                        // `scalar / tensor` in PyTorch is `reciprocal(tensor) * scalar`.
-                        let wavelen = (1.0 / f) * two_pi;
-                        let scaled = if wavelen > low_freq_wavelen { f / factor } else { f };
-                        if wavelen < high_freq_wavelen || wavelen > low_freq_wavelen {
-                            return scaled;
-                        }
-                        let smooth = ((1.0 / wavelen) * old_len - low_freq_factor)
-                            / (high_freq_factor - low_freq_factor);
-                        (1.0 - smooth) * scaled / factor + smooth * scaled
-                    })
-                    .collect()
-            }
-        }
+    /// The attention window of layer `layer` (`None`: it attends to the whole context).
+    pub fn layer_window(&self, layer: usize) -> Option<usize> {
+        self.sliding_window
+            .filter(|_| self.sliding_layers.get(layer).copied().unwrap_or(false))
     }
 
     fn validate(&self, source_name: &str) -> Result<(), ConfigError> {
@@ -160,10 +151,19 @@ impl ModelConfig {
             )));
         }
         self.validate_ranges().map_err(invalid)?;
-        if let RopeScaling::FreqFactors { factors } = &self.rope_scaling {
+        let factor_lists: Vec<(&str, &Vec<f32>)> = match &self.rope_scaling {
+            RopeScaling::FreqFactors { factors } => vec![("rope_freqs", factors)],
+            RopeScaling::LongRope {
+                short_factor,
+                long_factor,
+                ..
+            } => vec![("short_factor", short_factor), ("long_factor", long_factor)],
+            _ => Vec::new(),
+        };
+        for (name, factors) in factor_lists {
             if factors.len() != self.head_dim / 2 {
                 return Err(invalid(format!(
-                    "rope_freqs has {} factors, expected head_dim / 2 = {}",
+                    "{name} has {} factors, expected head_dim / 2 = {}",
                     factors.len(),
                     self.head_dim / 2
                 )));

@@ -73,15 +73,43 @@ impl ModelConfig {
                         "rope_scaling.high_freq_factor ({high_freq_factor}) must be larger than low_freq_factor ({low_freq_factor})"
                     ));
                 }
-                if *original_max_position_embeddings == 0 {
-                    return Err(
-                        "rope_scaling.original_max_position_embeddings must be at least 1, got 0".into(),
-                    );
+                original_at_least_one(*original_max_position_embeddings)
+            }
+            RopeScaling::Yarn {
+                factor,
+                original_max_position_embeddings,
+                beta_fast,
+                beta_slow,
+                attention_factor,
+                ..
+            } => {
+                positive("rope_scaling.factor", *factor)?;
+                positive("rope_scaling.beta_fast", *beta_fast)?;
+                positive("rope_scaling.beta_slow", *beta_slow)?;
+                positive("rope_scaling.attention_factor", *attention_factor)?;
+                original_at_least_one(*original_max_position_embeddings)
+            }
+            RopeScaling::LongRope {
+                short_factor,
+                long_factor,
+                original_max_position_embeddings,
+                attention_factor,
+            } => {
+                for &f in short_factor.iter().chain(long_factor) {
+                    positive("rope_scaling.short_factor / long_factor entries", f)?;
                 }
-                Ok(())
+                positive("rope_scaling.attention_factor", *attention_factor)?;
+                original_at_least_one(*original_max_position_embeddings)
             }
         }
     }
+}
+
+fn original_at_least_one(original_max_position_embeddings: usize) -> Result<(), String> {
+    if original_max_position_embeddings == 0 {
+        return Err("rope_scaling.original_max_position_embeddings must be at least 1, got 0".into());
+    }
+    Ok(())
 }
 
 fn positive(field: &str, value: f32) -> Result<(), String> {

@@ -133,7 +133,10 @@ fn llama3_config_and_inv_freq_match_transformers() {
             ..
         }
     ));
-    assert_eq!(bits(&cfg.rope_inv_freq()), LLAMA3_INV_FREQ.to_vec());
+    assert_eq!(
+        bits(&cfg.rope_tables(cfg.max_position_embeddings).inv_freq),
+        LLAMA3_INV_FREQ.to_vec()
+    );
 }
 
 #[test]
@@ -141,10 +144,16 @@ fn default_and_linear_inv_freq_match_transformers() {
     let mut cfg = ModelConfig::from_hf_json(&llama3_json(), None, "config.json").expect("config");
     cfg.rope_scaling = RopeScaling::None;
     (cfg.head_dim, cfg.rope_theta) = (64, 100000.0);
-    assert_eq!(bits(&cfg.rope_inv_freq()), SMOLLM2_INV_FREQ.to_vec());
+    assert_eq!(
+        bits(&cfg.rope_tables(cfg.max_position_embeddings).inv_freq),
+        SMOLLM2_INV_FREQ.to_vec()
+    );
     cfg.rope_scaling = RopeScaling::Linear { factor: 4.0 };
     (cfg.head_dim, cfg.rope_theta) = (32, 10000.0);
-    assert_eq!(bits(&cfg.rope_inv_freq()), LINEAR4_INV_FREQ.to_vec());
+    assert_eq!(
+        bits(&cfg.rope_tables(cfg.max_position_embeddings).inv_freq),
+        LINEAR4_INV_FREQ.to_vec()
+    );
 }
 
 #[test]
@@ -223,11 +232,14 @@ fn hf_errors_are_clear() {
     );
 
     let mut bad = llama3_json();
-    bad["rope_scaling"] = json!({"type": "yarn", "factor": 4.0});
+    bad["rope_scaling"] = json!({"type": "ntk-by-parts", "factor": 4.0});
     let msg = ModelConfig::from_hf_json(&bad, None, "config.json")
-        .expect_err("yarn")
+        .expect_err("unknown scaling")
         .to_string();
-    assert!(msg.contains("yarn"), "{msg}");
+    assert!(
+        msg.contains("ntk-by-parts") && msg.contains("yarn, longrope"),
+        "{msg}"
+    );
 
     let dir = temp_dir("cfg-missing");
     let msg = HfConfigJson::read(&dir).err().expect("no config").to_string();
@@ -294,7 +306,10 @@ fn gguf_config_from_smollm2() {
     assert_eq!((cfg.rope_theta, cfg.rms_norm_eps), (100000.0, 1e-5));
     assert!(cfg.tie_word_embeddings);
     assert_eq!(cfg.eos_token_ids, vec![2]);
-    assert_eq!(bits(&cfg.rope_inv_freq()), SMOLLM2_INV_FREQ.to_vec());
+    assert_eq!(
+        bits(&cfg.rope_tables(cfg.max_position_embeddings).inv_freq),
+        SMOLLM2_INV_FREQ.to_vec()
+    );
 }
 
 #[test]

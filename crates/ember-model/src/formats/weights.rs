@@ -48,6 +48,8 @@ pub enum TensorName {
         kind: usize,
         /// True for the bias, false for the weight.
         bias: bool,
+        /// The expert, for a name with an `{e}` placeholder (mixture-of-experts layers).
+        expert: Option<usize>,
     },
 }
 
@@ -73,17 +75,27 @@ impl TensorName {
             Some(part) => (part, true),
             None => (rest, false),
         };
-        let kind = names.layer.iter().position(|t| t.canonical == part)?;
-        Some(Self::Layer { layer, kind, bias })
+        let (kind, expert) = find_part(names, part, |t| t.canonical)?;
+        Some(Self::Layer {
+            layer,
+            kind,
+            bias,
+            expert,
+        })
     }
 
     /// The name a file in `scheme` stores this tensor under.
     pub fn stored_name(self, names: &WeightNames, scheme: NameScheme) -> String {
         match self {
             Self::Global(i) => scheme.name_of(&names.global[i]).to_string(),
-            Self::Layer { layer, kind, bias } => {
+            Self::Layer {
+                layer,
+                kind,
+                bias,
+                expert,
+            } => {
                 let suffix = if bias { "bias" } else { "weight" };
-                let part = scheme.name_of(&names.layer[kind]);
+                let part = fill_expert(scheme.name_of(&names.layer[kind]), expert);
                 match scheme {
                     NameScheme::HuggingFace => format!("model.layers.{layer}.{part}.{suffix}"),
                     NameScheme::Gguf => format!("blk.{layer}.{part}.{suffix}"),
@@ -109,19 +121,58 @@ impl TensorName {
         } else {
             (rest.strip_suffix(".bias")?, true)
         };
-        let kind = names.layer.iter().position(|t| scheme.name_of(t) == part)?;
-        Some(Self::Layer { layer, kind, bias })
+        let (kind, expert) = find_part(names, part, |t| scheme.name_of(t))?;
+        Some(Self::Layer {
+            layer,
+            kind,
+            bias,
+            expert,
+        })
     }
 
     /// The canonical name, e.g. `layers.3.q_proj.bias`.
     pub fn canonical(self, names: &WeightNames) -> String {
         match self {
             Self::Global(i) => names.global[i].canonical.to_string(),
-            Self::Layer { layer, kind, bias } => {
+            Self::Layer {
+                layer,
+                kind,
+                bias,
+                expert,
+            } => {
                 let suffix = if bias { ".bias" } else { "" };
-                format!("layers.{layer}.{}{suffix}", names.layer[kind].canonical)
+                let part = fill_expert(names.layer[kind].canonical, expert);
+                format!("layers.{layer}.{part}{suffix}")
             }
         }
+    }
+}
+
+/// The layer-table entry whose name (`name_of`) matches `part`, and the expert index an
+/// `{e}` placeholder in it stands for.
+fn find_part(
+    names: &WeightNames,
+    part: &str,
+    name_of: impl Fn(&TensorNames) -> &'static str,
+) -> Option<(usize, Option<usize>)> {
+    names.layer.iter().enumerate().find_map(|(kind, t)| {
+        let pattern = name_of(t);
+        match pattern.split_once("{e}") {
+            None => (pattern == part).then_some((kind, None)),
+            Some((before, after)) => {
+                let digits = part.strip_prefix(before)?.strip_suffix(after)?;
+                let ok = !digits.is_empty() && digits.bytes().all(|b| b.is_ascii_digit());
+                ok.then(|| digits.parse().ok().map(|e| (kind, Some(e))))?
+            }
+        }
+    })
+}
+
+/// `pattern` with its `{e}` placeholder (if any) replaced by `expert`.
+fn fill_expert(pattern: &str, expert: Option<usize>) -> String {
+    match expert {
+        Some(e) => pattern.replace("{e}", &e.to_string()),
+        None => pattern.to_string(),
     }
 }
 

@@ -1,57 +1,48 @@
-//! The Llama family (Llama 2/3, Mistral, Qwen2/2.5 with qkv bias, SmolLM), written once over
-//! [`Backend`]: pre-norm decoder layers of grouped-query attention with RoPE and a SiLU-gated
-//! MLP, optional q/k/v/o biases (loaded when the file has them), tied or untied output.
+//! The Llama family (Llama 2/3, Mistral with its sliding window, Qwen2/2.5 with qkv bias, Qwen3
+//! with per-head q/k norms, SmolLM), written once over [`Backend`]: pre-norm decoder layers of
+//! grouped-query attention with RoPE and a SiLU-gated MLP, optional q/k/v/o biases and q/k
+//! norms (loaded when the file has them), per-layer sliding windows from the config, tied or
+//! untied output, and mixture-of-experts MLPs where the config has experts (Mixtral,
+//! Qwen3-MoE; `moe.rs`).
 
-use ember_core::{
-    AttentionParams, AttentionShape, Backend, BackendResult, LayerKv, ModelShape, Rope, WeightDType,
-    WeightView,
-};
+use ember_core::{AttentionParams, AttentionShape, Backend, BackendResult, ModelShape, Rope};
 
 use crate::error::ModelLoadError;
-use crate::formats::config::ModelConfig;
-use crate::formats::weights::{TensorNames, WeightNames, WeightSource};
+use crate::formats::config::{refuse_activation, Activation, ModelConfig};
+use crate::formats::weights::WeightNames;
+use crate::models::blocks::{
+    decoder_shape, llama_layer_names, names, require_ops, shape_error, AttentionBlock, GatedMlp, Loader,
+    GLOBAL_NAMES,
+};
+use crate::models::decoder_tensors::DecoderTensors;
+use crate::models::moe::MoeBlock;
 use crate::models::{Model, ModelSource};
-
-const fn names(canonical: &'static str, hf: &'static str, gguf: &'static str) -> TensorNames {
-    TensorNames { canonical, hf, gguf }
-}
 
 /// The family's tensors: `embed_tokens`, `norm`, `lm_head`, and per layer
 /// `layers.{i}.X` (`.bias` for a bias) with X one of the `layer` names.
 pub static LLAMA_WEIGHT_NAMES: WeightNames = WeightNames {
-    global: &[
-        names("embed_tokens", "model.embed_tokens.weight", "token_embd.weight"),
-        names("norm", "model.norm.weight", "output_norm.weight"),
-        names("lm_head", "lm_head.weight", "output.weight"),
-    ],
-    layer: &[
-        names("input_layernorm", "input_layernorm", "attn_norm"),
-        names("post_attention_layernorm", "post_attention_layernorm", "ffn_norm"),
-        names("q_proj", "self_attn.q_proj", "attn_q"),
-        names("k_proj", "self_attn.k_proj", "attn_k"),
-        names("v_proj", "self_attn.v_proj", "attn_v"),
-        names("o_proj", "self_attn.o_proj", "attn_output"),
+    global: GLOBAL_NAMES,
+    layer: llama_layer_names![
+        names("q_norm", "self_attn.q_norm", "attn_q_norm"),
+        names("k_norm", "self_attn.k_norm", "attn_k_norm"),
         names("gate_proj", "mlp.gate_proj", "ffn_gate"),
         names("up_proj", "mlp.up_proj", "ffn_up"),
         names("down_proj", "mlp.down_proj", "ffn_down"),
     ],
 };
 
-/// Weights of one decoder layer.
+/// A layer's feed-forward part: one MLP, or experts behind a router.
+enum FeedForward<B: Backend> {
+    Dense(GatedMlp<B>),
+    Experts(MoeBlock<B>),
+}
+
+/// One decoder layer.
 struct LlamaLayer<B: Backend> {
     input_norm: B::Vector,
-    q_proj: B::Matrix,
-    k_proj: B::Matrix,
-    v_proj: B::Matrix,
-    q_bias: Option<B::Vector>,
-    k_bias: Option<B::Vector>,
-    v_bias: Option<B::Vector>,
-    o_proj: B::Matrix,
-    o_bias: Option<B::Vector>,
+    attention: AttentionBlock<B>,
     post_attention_norm: B::Vector,
-    gate_proj: B::Matrix,
-    up_proj: B::Matrix,
-    down_proj: B::Matrix,
+    mlp: FeedForward<B>,
 }
 
 /// A loaded Llama-family decoder.
@@ -61,39 +52,20 @@ pub struct LlamaModel<B: Backend> {
     norm: B::Vector,
     /// `None` when the output projection is tied to `embed_tokens`.
     lm_head: Option<B::Matrix>,
-    attention: AttentionParams,
     rope: Rope<B::Vector>,
     rms_norm_eps: f32,
     shape: ModelShape,
 }
 
-fn load_optional_vector<B: Backend>(
-    backend: &B,
-    weights: &WeightSource,
-    name: &str,
-) -> Result<Option<B::Vector>, ModelLoadError> {
-    if !weights.contains(name) {
-        return Ok(None);
-    }
-    Ok(Some(backend.load_vector(&weights.get(name)?)?))
-}
-
-fn shape_error(name: &str, expected: &[usize], found: &[usize]) -> ModelLoadError {
-    ModelLoadError::BadTensor {
-        tensor: name.to_string(),
-        detail: format!("shape {found:?} does not match the config's {expected:?}"),
-    }
-}
-
 /// Checks, before anything is allocated, that every tensor `config` implies is present with
-/// the shape it implies (and every optional bias, when present, too). A config value no tensor
-/// confirms (a layer count larger than the file holds, a width that no matrix has) is refused
-/// here, so loading never sizes anything from an unconfirmed number.
-pub fn check_weight_shapes(config: &ModelConfig, weights: &WeightSource) -> Result<(), ModelLoadError> {
+/// the shape it implies (and every optional bias or norm, when present, too). A config value no
+/// tensor confirms (a layer count larger than the file holds, a width that no matrix has) is
+/// refused here, so loading never sizes anything from an unconfirmed number.
+pub fn check_weight_shapes(config: &ModelConfig, weights: &dyn DecoderTensors) -> Result<(), ModelLoadError> {
     let check = |name: &str, expected: &[usize]| -> Result<(), ModelLoadError> {
-        let view = weights.get(name)?;
-        if view.shape != expected {
-            return Err(shape_error(name, expected, view.shape));
+        let tensor = weights.tensor(name)?;
+        if tensor.shape != expected {
+            return Err(shape_error(name, expected, &tensor.shape));
         }
         Ok(())
     };
@@ -106,121 +78,44 @@ pub fn check_weight_shapes(config: &ModelConfig, weights: &WeightSource) -> Resu
     if !config.tie_word_embeddings || weights.contains("lm_head") {
         check("lm_head", &[config.vocab_size, hidden])?;
     }
-    let required: [(&str, &[usize]); 9] = [
+    let attention: [(&str, &[usize]); 6] = [
         ("input_layernorm", &[hidden]),
         ("post_attention_layernorm", &[hidden]),
         ("q_proj", &[q_dim, hidden]),
         ("k_proj", &[kv_dim, hidden]),
         ("v_proj", &[kv_dim, hidden]),
         ("o_proj", &[hidden, q_dim]),
+    ];
+    let dense: [(&str, &[usize]); 3] = [
         ("gate_proj", &[inter, hidden]),
         ("up_proj", &[inter, hidden]),
         ("down_proj", &[hidden, inter]),
     ];
-    let biases: [(&str, &[usize]); 4] = [
-        ("q_proj.bias", &[q_dim]),
-        ("k_proj.bias", &[kv_dim]),
-        ("v_proj.bias", &[kv_dim]),
-        ("o_proj.bias", &[hidden]),
-    ];
-    // Stops at the first missing tensor, so a huge layer count costs one lookup per real layer.
+    // Stops at the first missing tensor, so a huge layer count costs one lookup per real layer
+    // (experts are checked as they load, after the router confirmed their count).
     for layer in 0..config.num_layers {
-        for (suffix, shape) in required {
+        let mlp = match sparse_layer(config, layer) {
+            true => &[][..],
+            false => &dense[..],
+        };
+        for (suffix, shape) in attention.iter().chain(mlp) {
             check(&format!("layers.{layer}.{suffix}"), shape)?;
-        }
-        for (suffix, shape) in biases {
-            let name = format!("layers.{layer}.{suffix}");
-            if weights.contains(&name) {
-                check(&name, shape)?;
-            }
         }
     }
     Ok(())
 }
 
+/// Whether layer `layer` routes to experts.
+fn sparse_layer(config: &ModelConfig, layer: usize) -> bool {
+    config
+        .moe
+        .as_ref()
+        .is_some_and(|moe| moe.sparse_layers.get(layer).copied().unwrap_or(false))
+}
+
 impl<B: Backend> Model<B> for LlamaModel<B> {
     fn load(backend: &B, source: &ModelSource<'_>) -> Result<Self, ModelLoadError> {
-        let (config, weights) = (source.config, source.weights);
-        let matrix = |name: &str, rows: usize, cols: usize| -> Result<B::Matrix, ModelLoadError> {
-            let view = weights.get(name)?;
-            if view.shape != [rows, cols] {
-                return Err(shape_error(name, &[rows, cols], view.shape));
-            }
-            Ok(backend.load_matrix(&view)?)
-        };
-        let vector = |name: &str, len: usize| -> Result<B::Vector, ModelLoadError> {
-            let view = weights.get(name)?;
-            if view.shape != [len] {
-                return Err(shape_error(name, &[len], view.shape));
-            }
-            Ok(backend.load_vector(&view)?)
-        };
-        let hidden = config.hidden_size;
-        let q_dim = config.num_heads * config.head_dim;
-        let kv_dim = config.num_kv_heads * config.head_dim;
-        check_weight_shapes(config, weights)?;
-        let mut layers = Vec::new();
-        for i in 0..config.num_layers {
-            let name = |suffix: &str| format!("layers.{i}.{suffix}");
-            layers.push(LlamaLayer {
-                input_norm: vector(&name("input_layernorm"), hidden)?,
-                q_proj: matrix(&name("q_proj"), q_dim, hidden)?,
-                k_proj: matrix(&name("k_proj"), kv_dim, hidden)?,
-                v_proj: matrix(&name("v_proj"), kv_dim, hidden)?,
-                q_bias: load_optional_vector(backend, weights, &name("q_proj.bias"))?,
-                k_bias: load_optional_vector(backend, weights, &name("k_proj.bias"))?,
-                v_bias: load_optional_vector(backend, weights, &name("v_proj.bias"))?,
-                o_proj: matrix(&name("o_proj"), hidden, q_dim)?,
-                o_bias: load_optional_vector(backend, weights, &name("o_proj.bias"))?,
-                post_attention_norm: vector(&name("post_attention_layernorm"), hidden)?,
-                gate_proj: matrix(&name("gate_proj"), config.intermediate_size, hidden)?,
-                up_proj: matrix(&name("up_proj"), config.intermediate_size, hidden)?,
-                down_proj: matrix(&name("down_proj"), hidden, config.intermediate_size)?,
-            });
-        }
-        let lm_head = if config.tie_word_embeddings && !weights.contains("lm_head") {
-            None
-        } else {
-            Some(matrix("lm_head", config.vocab_size, hidden)?)
-        };
-        let inv_freq = config.rope_inv_freq();
-        let inv_freq_bytes: Vec<u8> = inv_freq.iter().flat_map(|f| f.to_le_bytes()).collect();
-        let inv_freq = backend.load_vector(&WeightView {
-            name: "rope inv_freq",
-            dtype: WeightDType::F32,
-            shape: &[inv_freq.len()],
-            bytes: &inv_freq_bytes,
-        })?;
-        Ok(Self {
-            embed_tokens: matrix("embed_tokens", config.vocab_size, hidden)?,
-            layers,
-            norm: vector("norm", hidden)?,
-            lm_head,
-            attention: AttentionParams::causal(AttentionShape {
-                num_heads: config.num_heads,
-                num_kv_heads: config.num_kv_heads,
-                head_dim: config.head_dim,
-            }),
-            rope: Rope {
-                style: source.rope_style,
-                inv_freq,
-            },
-            rms_norm_eps: config.rms_norm_eps,
-            shape: ModelShape {
-                hidden_size: hidden,
-                intermediate_size: config.intermediate_size,
-                vocab_size: config.vocab_size,
-                num_heads: config.num_heads,
-                head_dim: config.head_dim,
-                kv_layers: vec![
-                    LayerKv {
-                        num_kv_heads: config.num_kv_heads,
-                        head_dim: config.head_dim,
-                    };
-                    config.num_layers
-                ],
-            },
-        })
+        Self::load_from(backend, source, source.weights)
     }
 
     fn shape(&self) -> &ModelShape {
@@ -228,36 +123,27 @@ impl<B: Backend> Model<B> for LlamaModel<B> {
     }
 
     fn forward(&self, backend: &B, step: &B::Step, kv_cache: &mut B::KvCache) -> BackendResult<B::Tensor> {
+        let eps = self.rms_norm_eps;
         let mut residual = backend.embed(step, &self.embed_tokens)?;
-        let mut hidden = backend.rms_norm(step, &residual, &self.layers[0].input_norm, self.rms_norm_eps)?;
+        let mut hidden = backend.rms_norm(step, &residual, &self.layers[0].input_norm, eps)?;
         for (index, layer) in self.layers.iter().enumerate() {
-            let attn_out = self.attention(backend, step, kv_cache, index, layer, &hidden)?;
-            hidden = backend.add_rms_norm(
-                step,
-                &mut residual,
-                &attn_out,
-                &layer.post_attention_norm,
-                self.rms_norm_eps,
-            )?;
-            let gate = backend.matmul(step, &hidden, &layer.gate_proj, None)?;
-            let up = backend.matmul(step, &hidden, &layer.up_proj, None)?;
-            let mlp_out =
-                backend.matmul(step, &backend.silu_mul(step, &gate, &up)?, &layer.down_proj, None)?;
+            let attn_out = layer
+                .attention
+                .forward(backend, step, kv_cache, index, &hidden, &self.rope, eps)?;
+            hidden = backend.add_rms_norm(step, &mut residual, &attn_out, &layer.post_attention_norm, eps)?;
+            let mlp_out = match &layer.mlp {
+                FeedForward::Dense(mlp) => mlp.forward(backend, step, &hidden)?,
+                FeedForward::Experts(experts) => experts.forward(backend, step, &hidden)?,
+            };
             match self.layers.get(index + 1) {
                 Some(next) => {
-                    hidden = backend.add_rms_norm(
-                        step,
-                        &mut residual,
-                        &mlp_out,
-                        &next.input_norm,
-                        self.rms_norm_eps,
-                    )?;
+                    hidden = backend.add_rms_norm(step, &mut residual, &mlp_out, &next.input_norm, eps)?;
                 }
                 None => backend.add_assign(&mut residual, &mlp_out)?,
             }
         }
         let last_rows = backend.logits_rows(step, &residual)?;
-        let normed = backend.rms_norm(step, &last_rows, &self.norm, self.rms_norm_eps)?;
+        let normed = backend.rms_norm(step, &last_rows, &self.norm, eps)?;
         backend.matmul(
             step,
             &normed,
@@ -268,24 +154,75 @@ impl<B: Backend> Model<B> for LlamaModel<B> {
 }
 
 impl<B: Backend> LlamaModel<B> {
-    fn attention(
-        &self,
+    /// Loads the decoder of `source`'s config from `weights` (its own tensors, or a family's
+    /// fused ones cut into the canonical ones).
+    pub fn load_from(
         backend: &B,
-        step: &B::Step,
-        kv_cache: &mut B::KvCache,
-        index: usize,
-        layer: &LlamaLayer<B>,
-        hidden: &B::Tensor,
-    ) -> BackendResult<B::Tensor> {
-        let shape = self.attention.shape;
-        let mut query = backend.matmul(step, hidden, &layer.q_proj, layer.q_bias.as_ref())?;
-        let mut key = backend.matmul(step, hidden, &layer.k_proj, layer.k_bias.as_ref())?;
-        let value = backend.matmul(step, hidden, &layer.v_proj, layer.v_bias.as_ref())?;
-        backend.rope(step, &mut query, shape.num_heads, &self.rope)?;
-        backend.rope(step, &mut key, shape.num_kv_heads, &self.rope)?;
-        backend.write_kv(step, kv_cache, index, &key, &value)?;
-        let context = backend.attention(step, &query, kv_cache, index, &self.attention)?;
-        backend.matmul(step, &context, &layer.o_proj, layer.o_bias.as_ref())
+        source: &ModelSource<'_>,
+        weights: &dyn DecoderTensors,
+    ) -> Result<Self, ModelLoadError> {
+        let config = source.config;
+        refuse_activation(config, "Llama", Activation::Silu)?;
+        if config.moe.is_some() {
+            require_ops(
+                backend,
+                "mixture-of-experts",
+                &["zeros", "gather_rows", "scatter_add_rows"],
+            )?;
+        }
+        check_weight_shapes(config, weights)?;
+        let loader = Loader {
+            backend,
+            weights,
+            norm_offset: 0.0,
+        };
+        let hidden = config.hidden_size;
+        let shape = AttentionShape {
+            num_heads: config.num_heads,
+            num_kv_heads: config.num_kv_heads,
+            head_dim: config.head_dim,
+        };
+        let rope_tables = config.rope_tables(source.max_model_len);
+        // YaRN and long-rope scale cos and sin, hence every q . k by the factor's square.
+        let scale = AttentionParams::causal(shape).scale * rope_tables.attention_factor.powi(2);
+        let windows: Vec<Option<usize>> = (0..config.num_layers).map(|i| config.layer_window(i)).collect();
+        let mut layers = Vec::new();
+        for (i, &sliding_window) in windows.iter().enumerate() {
+            let params = AttentionParams {
+                scale,
+                sliding_window,
+                ..AttentionParams::causal(shape)
+            };
+            layers.push(LlamaLayer {
+                input_norm: loader.norm(&format!("layers.{i}.input_layernorm"), hidden)?,
+                attention: AttentionBlock::load(&loader, i, config, params)?,
+                post_attention_norm: loader.norm(&format!("layers.{i}.post_attention_layernorm"), hidden)?,
+                mlp: match (&config.moe, sparse_layer(config, i)) {
+                    (Some(moe), true) => FeedForward::Experts(MoeBlock::load(&loader, i, config, moe)?),
+                    _ => FeedForward::Dense(GatedMlp::load(
+                        &loader,
+                        &format!("layers.{i}"),
+                        config,
+                        config.intermediate_size,
+                        Activation::Silu,
+                    )?),
+                },
+            });
+        }
+        let lm_head = if config.tie_word_embeddings && !weights.contains("lm_head") {
+            None
+        } else {
+            Some(loader.matrix("lm_head", config.vocab_size, hidden)?)
+        };
+        Ok(Self {
+            embed_tokens: loader.matrix("embed_tokens", config.vocab_size, hidden)?,
+            layers,
+            norm: loader.norm("norm", hidden)?,
+            lm_head,
+            rope: loader.rope(&rope_tables.inv_freq, source.rope_style)?,
+            rms_norm_eps: config.rms_norm_eps,
+            shape: decoder_shape(config, &windows),
+        })
     }
 }
 
@@ -296,7 +233,7 @@ mod tests {
     use super::*;
     use crate::formats::config::tests::{SMOLLM2_VAR, SMOLLM2_WHAT};
     use crate::formats::gguf::GgufFile;
-    use crate::formats::weights::{NameScheme, TensorName};
+    use crate::formats::weights::{NameScheme, TensorName, WeightSource};
     use crate::reference_env::reference_path;
 
     #[test]

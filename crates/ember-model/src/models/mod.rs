@@ -9,7 +9,12 @@
 //! `ember_core::AttentionParams`; what each layer keeps in the cache into
 //! `ModelShape::kv_layers`.
 
+pub mod blocks;
+pub mod decoder_tensors;
+pub mod gemma;
 pub mod llama;
+pub mod moe;
+pub mod phi3;
 pub mod registry;
 
 use ember_core::{Backend, BackendResult, ModelShape, RopeStyle};
@@ -27,6 +32,8 @@ pub struct ModelSource<'a> {
     pub weights: &'a WeightSource,
     /// RoPE pair layout of the stored Q/K rows (GGUF converters permute some architectures').
     pub rope_style: RopeStyle,
+    /// Longest sequence the engine runs (long-rope picks its factors by it).
+    pub max_model_len: usize,
 }
 
 /// A decoder-only architecture whose weights live on backend `B`.

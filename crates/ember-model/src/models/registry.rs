@@ -7,14 +7,26 @@ use ember_core::{Backend, RopeStyle};
 use crate::error::ModelLoadError;
 use crate::formats::config::{ArchitectureName, NameSource};
 use crate::formats::weights::WeightNames;
+use crate::models::gemma::{GemmaModel, GEMMA_WEIGHT_NAMES};
 use crate::models::llama::{LlamaModel, LLAMA_WEIGHT_NAMES};
+use crate::models::moe::{MIXTRAL_WEIGHT_NAMES, QWEN3_MOE_WEIGHT_NAMES};
+use crate::models::phi3::{Phi3Tensors, PHI3_WEIGHT_NAMES};
 use crate::models::{Model, ModelSource};
 
 /// The model implementations, one file each in `models/`.
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
 pub enum Family {
-    /// `models/llama.rs`: Llama 2/3, Mistral (no sliding window), Qwen2/2.5 (qkv bias), SmolLM.
+    /// `models/llama.rs`: Llama 2/3, Mistral (sliding window), Qwen2/2.5 (qkv bias), Qwen3
+    /// (q/k norms), SmolLM.
     Llama,
+    /// `models/phi3.rs`: Phi-3 / 3.5 (the Llama decoder with fused qkv and gate/up).
+    Phi3,
+    /// `models/gemma.rs`: Gemma 2 and Gemma 3 (text).
+    Gemma,
+    /// `models/llama.rs` with `moe.rs`: Mixtral.
+    Mixtral,
+    /// `models/llama.rs` with `moe.rs`: Qwen3-MoE (q/k norms, optional dense layers).
+    Qwen3Moe,
 }
 
 impl Family {
@@ -22,6 +34,10 @@ impl Family {
     pub fn weight_names(self) -> &'static WeightNames {
         match self {
             Self::Llama => &LLAMA_WEIGHT_NAMES,
+            Self::Phi3 => &PHI3_WEIGHT_NAMES,
+            Self::Gemma => &GEMMA_WEIGHT_NAMES,
+            Self::Mixtral => &MIXTRAL_WEIGHT_NAMES,
+            Self::Qwen3Moe => &QWEN3_MOE_WEIGHT_NAMES,
         }
     }
 
@@ -32,7 +48,9 @@ impl Family {
         source: &ModelSource<'_>,
     ) -> Result<Box<dyn Model<B>>, ModelLoadError> {
         Ok(match self {
-            Self::Llama => Box::new(LlamaModel::load(backend, source)?),
+            Self::Llama | Self::Mixtral | Self::Qwen3Moe => Box::new(LlamaModel::load(backend, source)?),
+            Self::Phi3 => Box::new(LlamaModel::load_from(backend, source, &Phi3Tensors::new(source))?),
+            Self::Gemma => Box::new(GemmaModel::load(backend, source)?),
         })
     }
 }
@@ -51,6 +69,8 @@ pub struct Architecture {
     pub rope_style: RopeStyle,
 }
 
+/// A name whose files keep Hugging Face's half-split Q/K rows (every Hugging Face name, and
+/// the GGUF architectures llama.cpp converts without permuting).
 const fn hf(name: &'static str, source: NameSource, family: Family) -> Architecture {
     Architecture {
         name,
@@ -65,21 +85,34 @@ pub const ARCHITECTURES: &[Architecture] = &[
     hf("LlamaForCausalLM", NameSource::HfArchitectures, Family::Llama),
     hf("MistralForCausalLM", NameSource::HfArchitectures, Family::Llama),
     hf("Qwen2ForCausalLM", NameSource::HfArchitectures, Family::Llama),
+    hf("Qwen3ForCausalLM", NameSource::HfArchitectures, Family::Llama),
+    hf("Phi3ForCausalLM", NameSource::HfArchitectures, Family::Phi3),
+    hf("Gemma2ForCausalLM", NameSource::HfArchitectures, Family::Gemma),
+    hf("Gemma3ForCausalLM", NameSource::HfArchitectures, Family::Gemma),
+    hf("MixtralForCausalLM", NameSource::HfArchitectures, Family::Mixtral),
+    hf(
+        "Qwen3MoeForCausalLM",
+        NameSource::HfArchitectures,
+        Family::Qwen3Moe,
+    ),
     hf("llama", NameSource::HfModelType, Family::Llama),
     hf("mistral", NameSource::HfModelType, Family::Llama),
     hf("qwen2", NameSource::HfModelType, Family::Llama),
+    hf("qwen3", NameSource::HfModelType, Family::Llama),
+    hf("phi3", NameSource::HfModelType, Family::Phi3),
+    hf("gemma2", NameSource::HfModelType, Family::Gemma),
+    hf("gemma3_text", NameSource::HfModelType, Family::Gemma),
+    hf("mixtral", NameSource::HfModelType, Family::Mixtral),
+    hf("qwen3_moe", NameSource::HfModelType, Family::Qwen3Moe),
     Architecture {
         name: "llama",
         source: NameSource::GgufArchitecture,
         family: Family::Llama,
         rope_style: RopeStyle::Interleaved,
     },
-    Architecture {
-        name: "qwen2",
-        source: NameSource::GgufArchitecture,
-        family: Family::Llama,
-        rope_style: RopeStyle::HalfSplit,
-    },
+    hf("qwen2", NameSource::GgufArchitecture, Family::Llama),
+    hf("qwen3", NameSource::GgufArchitecture, Family::Llama),
+    hf("phi3", NameSource::GgufArchitecture, Family::Phi3),
 ];
 
 /// The field a name source stands for, as errors spell it.
@@ -169,20 +202,21 @@ mod tests {
         assert_eq!(
             msg,
             "unsupported architecture GPT2LMHeadModel (architectures); supported: \
-             LlamaForCausalLM, MistralForCausalLM, Qwen2ForCausalLM"
+             LlamaForCausalLM, MistralForCausalLM, Qwen2ForCausalLM, Qwen3ForCausalLM, Phi3ForCausalLM, Gemma2ForCausalLM, Gemma3ForCausalLM, \
+             MixtralForCausalLM, Qwen3MoeForCausalLM"
         );
         let msg = resolve(&[name(NameSource::GgufArchitecture, "gemma2")])
             .unwrap_err()
             .to_string();
         assert_eq!(
             msg,
-            "unsupported architecture gemma2 (general.architecture); supported: llama, qwen2"
+            "unsupported architecture gemma2 (general.architecture); supported: llama, qwen2, qwen3, phi3"
         );
-        let msg = resolve(&[name(NameSource::HfModelType, "phi3")])
+        let msg = resolve(&[name(NameSource::HfModelType, "deepseek_v3")])
             .unwrap_err()
             .to_string();
         assert!(
-            msg.contains("phi3 (model_type)") && msg.contains("Qwen2ForCausalLM"),
+            msg.contains("deepseek_v3 (model_type)") && msg.contains("Qwen3MoeForCausalLM"),
             "{msg}"
         );
     }

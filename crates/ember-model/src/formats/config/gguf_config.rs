@@ -1,6 +1,6 @@
 //! `ModelConfig` from GGUF metadata.
 
-use super::{div_exact, ArchitectureName, ConfigError, ModelConfig, NameSource, RopeScaling};
+use super::{div_exact, Activation, ArchitectureName, ConfigError, ModelConfig, NameSource, RopeScaling};
 use crate::formats::gguf::{GgufFile, GgufValue};
 
 impl ModelConfig {
@@ -64,10 +64,25 @@ impl ModelConfig {
                 eos_token_ids.push(v);
             }
         }
+        let num_layers = g.usize("block_count")?;
+        if file.tensor("rope_factors_long.weight").is_some() {
+            return Err(ConfigError::Invalid {
+                source_name,
+                detail: "long-rope factors (rope_factors_long / rope_factors_short) in a GGUF file are \
+                         not supported yet; load the Hugging Face folder"
+                    .into(),
+            });
+        }
+        // llama.cpp applies `phi3.attention.sliding_window` to every layer (its Llama arch,
+        // which Mistral converts to, has no window).
+        let (sliding_window, sliding_layers) = match (arch, g.opt_usize("attention.sliding_window")) {
+            ("phi3", Some(window)) if window > 0 => (Some(window), vec![true; num_layers]),
+            _ => (None, Vec::new()),
+        };
         let cfg = Self {
             hidden_size,
             intermediate_size: g.usize("feed_forward_length")?,
-            num_layers: g.usize("block_count")?,
+            num_layers,
             num_heads,
             num_kv_heads: g.opt_usize("attention.head_count_kv").unwrap_or(num_heads),
             head_dim,
@@ -76,7 +91,14 @@ impl ModelConfig {
             rope_theta: g.opt_f64("rope.freq_base").unwrap_or(10000.0) as f32,
             rope_scaling: gguf_rope_scaling(&g)?,
             max_position_embeddings: g.opt_usize("context_length").unwrap_or(2048),
-            sliding_window: None,
+            sliding_window,
+            sliding_layers,
+            rope_local_theta: None,
+            hidden_act: Activation::Silu,
+            query_pre_attn_scalar: None,
+            attn_logit_softcapping: None,
+            final_logit_softcapping: None,
+            moe: None,
             tie_word_embeddings: file.tensor("output.weight").is_none(),
             bos_token_id: id("tokenizer.ggml.bos_token_id"),
             eos_token_ids,

@@ -133,6 +133,7 @@ impl Tokenizer {
             add_bos,
             add_eos,
             vocab,
+            unicode_form: None,
         })
     }
 }

@@ -7,6 +7,7 @@ use serde_json::Value;
 
 use super::bpe::ByteLevelBpe;
 use super::gguf_vocab::{byte_ids, pair_ids, word_ids};
+use super::normalize::UnicodeForm;
 use super::pretokenize::{self, PreTokenizer};
 use super::spm::{self, PairRanks, SpacePrefix, SpmBpe};
 use super::vocab::{byte_fallback_ids, parse_byte_token, TokenType, Vocab};
@@ -249,6 +250,7 @@ impl Tokenizer {
             add_bos,
             add_eos,
             vocab,
+            unicode_form: norms.iter().find_map(|n| UnicodeForm::from_type(type_of(n))),
         })
     }
 }
@@ -315,9 +317,7 @@ fn spm_space_prefix(norms: &[&Value], pres: &[&Value]) -> Result<SpacePrefix, To
         match type_of(n) {
             "Prepend" => prefix = SpacePrefix::AfterSpecial,
             "Replace" => {}
-            "NFC" | "NFKC" | "NFD" | "NFKD" => {
-                log::warn!("tokenizer.json normalizer {} is not applied", type_of(n))
-            }
+            "NFC" | "NFKC" | "NFD" | "NFKD" => {}
             other => {
                 return Err(TokenizerError::UnsupportedPreTokenizer(format!(
                     "normalizer {other}"

@@ -7,6 +7,7 @@ mod bpe;
 mod byte_level;
 mod gguf_vocab;
 mod hf_json;
+mod normalize;
 mod pretokenize;
 mod special;
 mod spm;
@@ -17,6 +18,7 @@ mod vocab;
 pub use vocab::TokenType;
 
 use bpe::ByteLevelBpe;
+use normalize::UnicodeForm;
 use pretokenize::PreTokenizer;
 use special::{Fragment, SpecialMatcher};
 use spm::{SpacePrefix, SpmBpe};
@@ -45,6 +47,8 @@ pub struct Tokenizer {
     pad: Option<u32>,
     add_bos: bool,
     add_eos: bool,
+    /// The `tokenizer.json` normalizer's Unicode form, applied to text between special tokens.
+    unicode_form: Option<UnicodeForm>,
 }
 
 impl Tokenizer {
@@ -69,7 +73,8 @@ impl Tokenizer {
                     match f {
                         Fragment::Token(id) => out.push(id),
                         Fragment::Text(s, e) => {
-                            let piece = &text[s..e];
+                            let piece = self.normalized(&text[s..e]);
+                            let piece = piece.as_ref();
                             for (ws, we) in pre.split(piece) {
                                 bpe.encode_word(&piece.as_bytes()[ws..we], &mut out);
                             }
@@ -86,7 +91,8 @@ impl Tokenizer {
                             prev_special = true;
                         }
                         Fragment::Text(s, e) => {
-                            let piece = &text[s..e];
+                            let piece = self.normalized(&text[s..e]);
+                            let piece = piece.as_ref();
                             let prefix = match spm.space_prefix {
                                 SpacePrefix::Never => false,
                                 SpacePrefix::First => s == 0 && !piece.starts_with(' '),
@@ -105,6 +111,14 @@ impl Tokenizer {
             out.extend(self.eos);
         }
         out
+    }
+
+    /// `text` in the normalizer's Unicode form, if it has one.
+    fn normalized<'t>(&self, text: &'t str) -> std::borrow::Cow<'t, str> {
+        match self.unicode_form {
+            Some(form) => form.apply(text),
+            None => std::borrow::Cow::Borrowed(text),
+        }
     }
 
     /// Decodes ids to text (invalid UTF-8 replaced), optionally skipping control tokens.

@@ -161,6 +161,7 @@ pub(crate) fn spm_tokenizer() -> Tokenizer {
         pad: None,
         add_bos: true,
         add_eos: false,
+        unicode_form: None,
     }
 }
 

@@ -1,0 +1,277 @@
+//! The pieces decoder families share: loading canonical tensors with their shapes checked
+//! ([`Loader`]), grouped-query attention over the paged cache with optional biases and
+//! per-head q/k norms ([`AttentionBlock`]), the gated MLP ([`GatedMlp`]) and the rotary tables.
+
+use ember_core::{
+    AttentionParams, Backend, BackendResult, LayerKv, ModelShape, Rope, RopeStyle, WeightDType, WeightView,
+};
+
+use crate::error::ModelLoadError;
+use crate::formats::config::{Activation, ModelConfig};
+use crate::formats::weights::TensorNames;
+use crate::models::decoder_tensors::DecoderTensors;
+
+/// A tensor's canonical, Hugging Face and GGUF (llama.cpp) names.
+pub const fn names(canonical: &'static str, hf: &'static str, gguf: &'static str) -> TensorNames {
+    TensorNames { canonical, hf, gguf }
+}
+
+/// The model-wide tensors of every decoder family here.
+pub const GLOBAL_NAMES: &[TensorNames] = &[
+    names("embed_tokens", "model.embed_tokens.weight", "token_embd.weight"),
+    names("norm", "model.norm.weight", "output_norm.weight"),
+    names("lm_head", "lm_head.weight", "output.weight"),
+];
+
+/// A layer-name table: the Llama layer's norms and attention projections, then `$extra`.
+macro_rules! llama_layer_names {
+    ($($extra:expr),* $(,)?) => {
+        &[
+            $crate::models::blocks::names("input_layernorm", "input_layernorm", "attn_norm"),
+            $crate::models::blocks::names("post_attention_layernorm", "post_attention_layernorm", "ffn_norm"),
+            $crate::models::blocks::names("q_proj", "self_attn.q_proj", "attn_q"),
+            $crate::models::blocks::names("k_proj", "self_attn.k_proj", "attn_k"),
+            $crate::models::blocks::names("v_proj", "self_attn.v_proj", "attn_v"),
+            $crate::models::blocks::names("o_proj", "self_attn.o_proj", "attn_output"),
+            $($extra),*
+        ]
+    };
+}
+pub(crate) use llama_layer_names;
+
+/// The error of a tensor whose shape is not the config's.
+pub fn shape_error(name: &str, expected: &[usize], found: &[usize]) -> ModelLoadError {
+    ModelLoadError::BadTensor {
+        tensor: name.to_string(),
+        detail: format!("shape {found:?} does not match the config's {expected:?}"),
+    }
+}
+
+/// Loads canonical tensors onto a backend, checking each one's shape.
+pub struct Loader<'a, B: Backend> {
+    /// The backend the weights go to.
+    pub backend: &'a B,
+    /// Where they come from.
+    pub weights: &'a dyn DecoderTensors,
+    /// Added to every RMSNorm weight at load: 1 for Gemma's `(1 + w)` norms stored as `w`.
+    pub norm_offset: f32,
+}
+
+impl<B: Backend> Loader<'_, B> {
+    /// The `[rows, cols]` matrix `name`.
+    pub fn matrix(&self, name: &str, rows: usize, cols: usize) -> Result<B::Matrix, ModelLoadError> {
+        let tensor = self.weights.tensor(name)?;
+        if tensor.shape != [rows, cols] {
+            return Err(shape_error(name, &[rows, cols], &tensor.shape));
+        }
+        Ok(self.backend.load_matrix(&tensor.view())?)
+    }
+
+    /// The `[len]` vector `name`, or `None` when the model has none.
+    pub fn optional_vector(&self, name: &str, len: usize) -> Result<Option<B::Vector>, ModelLoadError> {
+        if !self.weights.contains(name) {
+            return Ok(None);
+        }
+        let tensor = self.weights.tensor(name)?;
+        if tensor.shape != [len] {
+            return Err(shape_error(name, &[len], &tensor.shape));
+        }
+        Ok(Some(self.backend.load_vector(&tensor.view())?))
+    }
+
+    /// The `[len]` RMSNorm weight `name` (plus `norm_offset`), or `None` when absent.
+    pub fn optional_norm(&self, name: &str, len: usize) -> Result<Option<B::Vector>, ModelLoadError> {
+        if self.norm_offset == 0.0 {
+            return self.optional_vector(name, len);
+        }
+        if !self.weights.contains(name) {
+            return Ok(None);
+        }
+        let tensor = self.weights.tensor(name)?;
+        if tensor.shape != [len] {
+            return Err(shape_error(name, &[len], &tensor.shape));
+        }
+        let mut values = vec![0.0f32; len];
+        ember_cpu::blocks::dequantize_row(tensor.dtype, tensor.bytes, &mut values);
+        values.iter_mut().for_each(|v| *v += self.norm_offset);
+        Ok(Some(self.f32_vector(name, &values)?))
+    }
+
+    /// The `[len]` RMSNorm weight `name` (plus `norm_offset`).
+    pub fn norm(&self, name: &str, len: usize) -> Result<B::Vector, ModelLoadError> {
+        match self.optional_norm(name, len)? {
+            Some(vector) => Ok(vector),
+            None => Err(self
+                .weights
+                .tensor(name)
+                .err()
+                .unwrap_or_else(|| shape_error(name, &[len], &[]))),
+        }
+    }
+
+    /// `values` as a backend vector named `name`.
+    pub fn f32_vector(&self, name: &str, values: &[f32]) -> Result<B::Vector, ModelLoadError> {
+        let bytes: Vec<u8> = values.iter().flat_map(|f| f.to_le_bytes()).collect();
+        Ok(self.backend.load_vector(&WeightView {
+            name,
+            dtype: WeightDType::F32,
+            shape: &[values.len()],
+            bytes: &bytes,
+        })?)
+    }
+
+    /// The rotary embedding of `inv_freq` in pair layout `style`.
+    pub fn rope(&self, inv_freq: &[f32], style: RopeStyle) -> Result<Rope<B::Vector>, ModelLoadError> {
+        Ok(Rope {
+            style,
+            inv_freq: self.f32_vector("rope inv_freq", inv_freq)?,
+        })
+    }
+}
+
+/// Grouped-query self-attention of one layer: q/k/v projections (optional biases), optional
+/// per-head q/k RMS norms before RoPE, paged attention, the output projection.
+pub struct AttentionBlock<B: Backend> {
+    q_proj: B::Matrix,
+    k_proj: B::Matrix,
+    v_proj: B::Matrix,
+    q_bias: Option<B::Vector>,
+    k_bias: Option<B::Vector>,
+    v_bias: Option<B::Vector>,
+    o_proj: B::Matrix,
+    o_bias: Option<B::Vector>,
+    /// Per-head RMS norms of queries and keys before RoPE (Qwen3, Gemma 3), `[head_dim]`.
+    q_norm: Option<B::Vector>,
+    k_norm: Option<B::Vector>,
+    /// This layer's attention options (scale, window, soft-cap).
+    pub params: AttentionParams,
+}
+
+impl<B: Backend> AttentionBlock<B> {
+    /// Loads `layers.{layer}`'s attention tensors; the backend must honour `params`.
+    pub fn load(
+        loader: &Loader<'_, B>,
+        layer: usize,
+        config: &ModelConfig,
+        params: AttentionParams,
+    ) -> Result<Self, ModelLoadError> {
+        loader.backend.check_attention(&params)?;
+        let name = |suffix: &str| format!("layers.{layer}.{suffix}");
+        let hidden = config.hidden_size;
+        let q_dim = config.num_heads * config.head_dim;
+        let kv_dim = config.num_kv_heads * config.head_dim;
+        Ok(Self {
+            q_proj: loader.matrix(&name("q_proj"), q_dim, hidden)?,
+            k_proj: loader.matrix(&name("k_proj"), kv_dim, hidden)?,
+            v_proj: loader.matrix(&name("v_proj"), kv_dim, hidden)?,
+            q_bias: loader.optional_vector(&name("q_proj.bias"), q_dim)?,
+            k_bias: loader.optional_vector(&name("k_proj.bias"), kv_dim)?,
+            v_bias: loader.optional_vector(&name("v_proj.bias"), kv_dim)?,
+            o_proj: loader.matrix(&name("o_proj"), hidden, q_dim)?,
+            o_bias: loader.optional_vector(&name("o_proj.bias"), hidden)?,
+            q_norm: loader.optional_norm(&name("q_norm"), config.head_dim)?,
+            k_norm: loader.optional_norm(&name("k_norm"), config.head_dim)?,
+            params,
+        })
+    }
+
+    /// Attention of the step's `hidden` rows (`[tokens, hidden]`) through layer `layer` of the
+    /// cache, rotated by `rope`; returns `[tokens, hidden]`.
+    #[allow(clippy::too_many_arguments)]
+    pub fn forward(
+        &self,
+        backend: &B,
+        step: &B::Step,
+        kv_cache: &mut B::KvCache,
+        layer: usize,
+        hidden: &B::Tensor,
+        rope: &Rope<B::Vector>,
+        eps: f32,
+    ) -> BackendResult<B::Tensor> {
+        let shape = self.params.shape;
+        let mut query = backend.matmul(step, hidden, &self.q_proj, self.q_bias.as_ref())?;
+        let mut key = backend.matmul(step, hidden, &self.k_proj, self.k_bias.as_ref())?;
+        let value = backend.matmul(step, hidden, &self.v_proj, self.v_bias.as_ref())?;
+        if let Some(norm) = &self.q_norm {
+            query = backend.rms_norm_heads(step, &query, norm, eps)?;
+        }
+        if let Some(norm) = &self.k_norm {
+            key = backend.rms_norm_heads(step, &key, norm, eps)?;
+        }
+        backend.rope(step, &mut query, shape.num_heads, rope)?;
+        backend.rope(step, &mut key, shape.num_kv_heads, rope)?;
+        backend.write_kv(step, kv_cache, layer, &key, &value)?;
+        let context = backend.attention(step, &query, kv_cache, layer, &self.params)?;
+        backend.matmul(step, &context, &self.o_proj, self.o_bias.as_ref())
+    }
+}
+
+/// The gated MLP: `down(act(gate(x)) * up(x))`.
+pub struct GatedMlp<B: Backend> {
+    gate_proj: B::Matrix,
+    up_proj: B::Matrix,
+    down_proj: B::Matrix,
+    activation: Activation,
+}
+
+impl<B: Backend> GatedMlp<B> {
+    /// Loads `prefix.{gate,up,down}_proj` for an MLP of `intermediate_size` with `activation`.
+    pub fn load(
+        loader: &Loader<'_, B>,
+        prefix: &str,
+        config: &ModelConfig,
+        intermediate_size: usize,
+        activation: Activation,
+    ) -> Result<Self, ModelLoadError> {
+        let (hidden, inter) = (config.hidden_size, intermediate_size);
+        Ok(Self {
+            gate_proj: loader.matrix(&format!("{prefix}.gate_proj"), inter, hidden)?,
+            up_proj: loader.matrix(&format!("{prefix}.up_proj"), inter, hidden)?,
+            down_proj: loader.matrix(&format!("{prefix}.down_proj"), hidden, inter)?,
+            activation,
+        })
+    }
+
+    /// The MLP of `hidden` (`[tokens, hidden]`).
+    pub fn forward(&self, backend: &B, step: &B::Step, hidden: &B::Tensor) -> BackendResult<B::Tensor> {
+        let gate = backend.matmul(step, hidden, &self.gate_proj, None)?;
+        let up = backend.matmul(step, hidden, &self.up_proj, None)?;
+        let act = match self.activation {
+            Activation::Silu => backend.silu_mul(step, &gate, &up)?,
+            Activation::GeluTanh => backend.gelu_tanh_mul(step, &gate, &up)?,
+        };
+        backend.matmul(step, &act, &self.down_proj, None)
+    }
+}
+
+/// The ops the backend must implement for a model, refused at load otherwise.
+pub fn require_ops<B: Backend>(backend: &B, family: &str, ops: &[&str]) -> Result<(), ModelLoadError> {
+    match ops.iter().find(|op| backend.unsupported_ops().contains(op)) {
+        Some(op) => Err(ModelLoadError::Backend(ember_core::BackendError::Unsupported(
+            format!(
+                "the {family} family needs {op}, which the {} backend does not implement yet",
+                backend.name()
+            ),
+        ))),
+        None => Ok(()),
+    }
+}
+
+/// The shape of a decoder of `config` whose layer `i` attends within `windows[i]`.
+pub fn decoder_shape(config: &ModelConfig, windows: &[Option<usize>]) -> ModelShape {
+    ModelShape {
+        hidden_size: config.hidden_size,
+        intermediate_size: config.intermediate_size,
+        vocab_size: config.vocab_size,
+        num_heads: config.num_heads,
+        head_dim: config.head_dim,
+        kv_layers: windows
+            .iter()
+            .map(|&sliding_window| LayerKv {
+                num_kv_heads: config.num_kv_heads,
+                head_dim: config.head_dim,
+                sliding_window,
+            })
+            .collect(),
+    }
+}
