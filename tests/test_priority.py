@@ -54,6 +54,12 @@ def test_equal_priorities_keep_arrival_order(priority_engine: Engine) -> None:
     assert _first_token_order(outs) == [0, 1, 2, 3]
 
 
+def _num_admitted(engine: AsyncEngine) -> int:
+    """Requests the engine holds, running or waiting."""
+    stats = engine.stats()
+    return int(stats["num_running"] + stats["num_waiting"])
+
+
 def test_a_preferred_request_overtakes_the_queue(default_gguf: Path) -> None:
     """While one long request runs, three queue up; the last to arrive has the lowest priority
     value and runs next, streamed, with n=2 (its two completions share the preference)."""
@@ -72,8 +78,13 @@ def test_a_preferred_request_overtakes_the_queue(default_gguf: Path) -> None:
         running = asyncio.create_task(run("running", "Count to fifty:", long, 5))
         while engine.stats()["num_running"] == 0:
             await asyncio.sleep(0.005)
-        queued = [asyncio.create_task(run(f"queued-{i}", QUEUE[i], short, 0)) for i in range(2)]
-        await asyncio.sleep(0.05)
+        # One at a time: prompts are tokenized in worker threads, so requests started together may
+        # reach the engine in either order, and arrival order is what breaks the priority tie.
+        queued = []
+        for i in range(2):
+            queued.append(asyncio.create_task(run(f"queued-{i}", QUEUE[i], short, 0)))
+            while _num_admitted(engine) + len(finished) < i + 2:
+                await asyncio.sleep(0.005)
         preferred = SamplingParams(temperature=0.8, seed=3, n=2, max_tokens=4, ignore_eos=True)
         late = asyncio.create_task(run("preferred", QUEUE[3], preferred, -1))
         await asyncio.gather(running, *queued, late)
