@@ -6,13 +6,7 @@ use super::byte_level::encode_bytes;
 use super::spm::{PairRanks, SpacePrefix, SpmBpe};
 use super::vocab::{byte_fallback_ids, TokenType, Vocab};
 use super::*;
-
-/// A unique scratch directory for JSON fixtures.
-fn scratch(name: &str) -> PathBuf {
-    let dir = std::env::temp_dir().join(format!("ember-tok-{}-{name}", std::process::id()));
-    std::fs::create_dir_all(&dir).unwrap();
-    dir
-}
+use crate::formats::safetensors::tests::temp_dir;
 
 /// A byte-level tokenizer: 256 byte tokens, then the merged tokens, then added tokens
 /// `(text, is_special)`.
@@ -54,7 +48,7 @@ fn byte_level_json(
         "decoder": {"type": "ByteLevel"},
         "model": {"type": "BPE", "vocab": vocab_obj, "merges": merges_json, "ignore_merges": ignore_merges},
     });
-    let dir = scratch(&format!("bl{}-{}-{ignore_merges}", merges.len(), added.len()));
+    let dir = temp_dir("tok-byte-level");
     let path = dir.join("tokenizer.json");
     std::fs::write(&path, json.to_string()).unwrap();
     (path, vocab)
@@ -221,7 +215,7 @@ fn hf_spm_json_with_merges_and_template() {
         "model": {"type": "BPE", "byte_fallback": true, "unk_token": "<unk>", "vocab": vocab,
                   "merges": [["a", "b"], ["▁", "ab"]]}
     });
-    let dir = scratch("spm");
+    let dir = temp_dir("tok-spm");
     let path = dir.join("tokenizer.json");
     std::fs::write(&path, json.to_string()).unwrap();
     let tok = Tokenizer::from_hf_files(&path, None).unwrap();
