@@ -294,9 +294,11 @@ impl KvCacheManager {
             let start = i * self.block_size;
             self.token_scratch
                 .extend((start..start + self.block_size).filter_map(|p| request.token_at(p)));
-            state
-                .block_hashes
-                .push(BlockHash::new(parent, &self.token_scratch, request.cache_salt));
+            state.block_hashes.push(BlockHash::new(
+                parent,
+                &self.token_scratch,
+                request.block_hash_extra_key(),
+            ));
         }
     }
 }
@@ -368,6 +370,25 @@ mod tests {
         assert_eq!(kv.get_computed_blocks(&b).1, 0);
         let c = request("c", vec![1, 2, 3, 4, 5]).with_cache_salt(Some(1));
         assert_eq!(kv.get_computed_blocks(&c).1, 4);
+    }
+
+    #[test]
+    fn adapters_separate_prefixes() {
+        let mut kv = KvCacheManager::new(8, 2, true);
+        let mut a = request("a", vec![1, 2, 3, 4, 5]).with_lora_id(Some(1));
+        kv.allocate_slots(&a, 5, &[]).unwrap();
+        a.num_computed_tokens = 5;
+        kv.cache_full_blocks(&a);
+        for other in [None, Some(2)] {
+            let b = request("b", vec![1, 2, 3, 4, 5]).with_lora_id(other);
+            assert_eq!(
+                kv.get_computed_blocks(&b).1,
+                0,
+                "adapter {other:?} must not hit adapter 1's KV"
+            );
+        }
+        let same = request("c", vec![1, 2, 3, 4, 5]).with_lora_id(Some(1));
+        assert_eq!(kv.get_computed_blocks(&same).1, 4);
     }
 
     #[test]

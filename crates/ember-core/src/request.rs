@@ -55,6 +55,9 @@ pub struct Request {
     /// A sibling with the same prompt (another completion of an `n > 1` request) whose prompt
     /// blocks this request shares by reference count instead of computing them again.
     pub fork_of: Option<RequestId>,
+    /// The LoRA adapter the request runs with (its `lora_int_id`); `None` for the base model.
+    /// Mixed into every block hash, so adapters never share KV.
+    pub lora_id: Option<u32>,
 }
 
 impl Request {
@@ -82,6 +85,7 @@ impl Request {
             status: RequestStatus::Waiting,
             cache_salt: None,
             fork_of: None,
+            lora_id: None,
         }
     }
 
@@ -96,6 +100,24 @@ impl Request {
     pub fn with_cache_salt(mut self, cache_salt: Option<u64>) -> Self {
         self.cache_salt = cache_salt;
         self
+    }
+
+    /// The same request run with LoRA adapter `lora_id` (`None`: the base model).
+    pub fn with_lora_id(mut self, lora_id: Option<u32>) -> Self {
+        self.lora_id = lora_id;
+        self
+    }
+
+    /// The extra key of the request's block hashes: its cache salt and adapter id together
+    /// (`None` when it has neither).
+    pub fn block_hash_extra_key(&self) -> Option<u64> {
+        match (self.cache_salt, self.lora_id) {
+            (salt, None) => salt,
+            (salt, Some(lora_id)) => {
+                let adapter_key = crate::sampler::splitmix64(u64::from(lora_id) | (1 << 40));
+                Some(crate::sampler::splitmix64(salt.unwrap_or(0) ^ adapter_key))
+            }
+        }
     }
 
     /// Number of prompt tokens.
@@ -183,5 +205,26 @@ mod tests {
     fn effective_max_tokens_falls_back_to_model_len() {
         assert_eq!(request(vec![1; 10], Some(4)).effective_max_tokens(100), 4);
         assert_eq!(request(vec![1; 10], None).effective_max_tokens(100), 90);
+    }
+
+    #[test]
+    fn adapter_and_salt_give_distinct_hash_keys() {
+        let base = request(vec![1], None);
+        let keys = [
+            base.block_hash_extra_key(),
+            base.clone().with_lora_id(Some(1)).block_hash_extra_key(),
+            base.clone().with_lora_id(Some(2)).block_hash_extra_key(),
+            base.clone().with_cache_salt(Some(5)).block_hash_extra_key(),
+            base.clone()
+                .with_cache_salt(Some(5))
+                .with_lora_id(Some(1))
+                .block_hash_extra_key(),
+        ];
+        for (i, a) in keys.iter().enumerate() {
+            for b in &keys[i + 1..] {
+                assert_ne!(a, b);
+            }
+        }
+        assert_eq!(keys[1], base.with_lora_id(Some(1)).block_hash_extra_key());
     }
 }

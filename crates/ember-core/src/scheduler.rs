@@ -220,6 +220,7 @@ impl Scheduler {
                 num_prompt_tokens: req.num_prompt_tokens(),
                 all_token_ids,
                 token_mask: None,
+                lora_id: req.lora_id,
                 request_id: id,
             });
         }

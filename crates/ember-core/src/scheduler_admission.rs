@@ -40,6 +40,9 @@ impl Scheduler {
             let Some(id) = self.waiting.peek().cloned() else {
                 break;
             };
+            if !self.adapter_fits(self.requests[&id].request.lora_id) {
+                break;
+            }
             let (computed_blocks, num_cached, forked) = match self.prompt_source(&id) {
                 PromptSource::WaitForSibling => break,
                 PromptSource::Fork(source) => {
@@ -81,6 +84,24 @@ impl Scheduler {
             self.running.push(id.clone());
             scheduled.push((id, num_new, true));
         }
+    }
+}
+
+impl Scheduler {
+    /// Whether a request with adapter `lora_id` may run beside the running ones under
+    /// `max_loras` (the base model always may).
+    fn adapter_fits(&self, lora_id: Option<u32>) -> bool {
+        let (Some(lora_id), Some(max_loras)) = (lora_id, self.config.max_loras) else {
+            return true;
+        };
+        let mut running: Vec<u32> = self
+            .running
+            .iter()
+            .filter_map(|id| self.requests.get(id).and_then(|e| e.request.lora_id))
+            .collect();
+        running.sort_unstable();
+        running.dedup();
+        running.contains(&lora_id) || running.len() < max_loras
     }
 }
 

@@ -62,6 +62,9 @@ pub struct SchedulerConfig {
     /// Every layer of the model attends to at most this many last positions, so blocks
     /// wholly before a request's window are released as it advances (`None`: keep all).
     pub sliding_window: Option<usize>,
+    /// Most distinct LoRA adapters among running requests (`None`: no limit); a waiting
+    /// request with another adapter waits until one finishes.
+    pub max_loras: Option<usize>,
 }
 
 impl Default for SchedulerConfig {
@@ -76,6 +79,7 @@ impl Default for SchedulerConfig {
             long_prefill_token_threshold: 0,
             policy: SchedulingPolicy::Fcfs,
             sliding_window: None,
+            max_loras: None,
         }
     }
 }

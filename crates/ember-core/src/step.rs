@@ -38,6 +38,8 @@ pub struct ScheduledSeq {
     /// The tokens a constrained request may sample this step (set by the engine's structured
     /// output state after scheduling, only on sampled rows); `None` allows every token.
     pub token_mask: Option<Arc<TokenMask>>,
+    /// The LoRA adapter the sequence runs with; `None` for the base model.
+    pub lora_id: Option<u32>,
 }
 
 /// What the scheduler decided for one step.

@@ -74,6 +74,7 @@ fn config() -> impl Strategy<Value = SchedulerConfig> {
                         SchedulingPolicy::Fcfs
                     },
                     sliding_window: window,
+                    max_loras: None,
                 }
             },
         )

@@ -21,6 +21,7 @@ fn config(num_blocks: usize, block_size: usize, max_num_batched_tokens: usize) -
         long_prefill_token_threshold: 0,
         policy: SchedulingPolicy::Fcfs,
         sliding_window: None,
+        max_loras: None,
     }
 }
 
@@ -464,4 +465,41 @@ fn a_fork_with_a_different_prompt_shares_nothing() {
     let step = model.step(&mut scheduler).0;
     assert_eq!(step.seqs[1].token_ids.len(), 12);
     run_to_completion(&mut scheduler, &mut model);
+}
+
+#[test]
+fn max_loras_caps_the_distinct_adapters_running() {
+    let mut scheduler = Scheduler::new(SchedulerConfig {
+        max_loras: Some(2),
+        ..config(64, 16, 256)
+    });
+    let mut model = FakeModel::new(64, 16);
+    for (id, lora) in [
+        ("a", Some(1)),
+        ("b", Some(2)),
+        ("c", Some(3)),
+        ("d", None),
+        ("e", Some(1)),
+    ] {
+        let req = request(id, vec![1, 2, 3], 4, true, 0).with_lora_id(lora);
+        assert!(model.add(&mut scheduler, req));
+    }
+    let (output, _) = model.step(&mut scheduler);
+    let first: Vec<(&str, Option<u32>)> = output
+        .seqs
+        .iter()
+        .map(|s| (s.request_id.as_ref(), s.lora_id))
+        .collect();
+    // "c" (a third adapter) waits at the head of the queue, holding back the others (first come, first served).
+    assert_eq!(first, [("a", Some(1)), ("b", Some(2))]);
+    let mut steps = 0;
+    while scheduler.has_unfinished_requests() {
+        let (output, _) = model.step(&mut scheduler);
+        let mut adapters: Vec<u32> = output.seqs.iter().filter_map(|s| s.lora_id).collect();
+        adapters.sort_unstable();
+        adapters.dedup();
+        assert!(adapters.len() <= 2, "{adapters:?}");
+        steps += 1;
+        assert!(steps < 100);
+    }
 }
