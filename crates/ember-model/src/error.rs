@@ -211,6 +211,14 @@ pub enum ModelLoadError {
         /// What is missing or ambiguous.
         detail: String,
     },
+    /// A LoRA adapter file cannot be used; `detail` names the key and the limit.
+    #[error("LoRA adapter {path}: {detail}")]
+    LoraAdapter {
+        /// The adapter file.
+        path: PathBuf,
+        /// What is wrong, naming the key.
+        detail: String,
+    },
     /// A canonical tensor name is malformed.
     #[error("invalid tensor name {0:?}")]
     InvalidTensorName(String),

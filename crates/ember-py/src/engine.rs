@@ -3,6 +3,7 @@
 use std::sync::{Arc, Mutex, MutexGuard};
 
 use ember_model::engine::engine_args::EngineArgs;
+use ember_model::engine::lora_registry::{LoraConfig, LoraRef};
 use ember_model::engine::{LlmEngine, LogprobEntry, StepFault, StepOutput, StopReason, TokenLogprobs};
 use pyo3::prelude::*;
 use pyo3::types::PyDict;
@@ -102,6 +103,15 @@ impl PyEngine {
     }
 }
 
+/// The adapter of a `(lora_name, lora_int_id, lora_path)` tuple.
+fn lora_ref((name, lora_id, path): (String, u32, String)) -> LoraRef {
+    LoraRef {
+        name,
+        lora_id,
+        path: path.into(),
+    }
+}
+
 #[pymethods]
 impl PyEngine {
     /// Loads a model (GGUF file or Hugging Face folder) and sizes the KV cache.
@@ -109,7 +119,8 @@ impl PyEngine {
     #[pyo3(signature = (model_path, *, max_model_len=None, max_num_seqs=256, max_num_batched_tokens=None,
         kv_cache_memory_bytes=None, block_size=16, seed=0, dtype="auto".to_string(), num_threads=None,
         enable_prefix_caching=true, device="auto".to_string(), gpu_memory_utilization=0.9,
-        kv_cache_dtype="auto".to_string(), scheduling_policy="fcfs".to_string(), structured_jump_forward=true))]
+        kv_cache_dtype="auto".to_string(), scheduling_policy="fcfs".to_string(), structured_jump_forward=true,
+        enable_lora=false, max_loras=1, max_lora_rank=16, max_cpu_loras=None))]
     #[allow(clippy::too_many_arguments)]
     fn new(
         py: Python<'_>,
@@ -128,6 +139,10 @@ impl PyEngine {
         kv_cache_dtype: String,
         scheduling_policy: String,
         structured_jump_forward: bool,
+        enable_lora: bool,
+        max_loras: usize,
+        max_lora_rank: usize,
+        max_cpu_loras: Option<usize>,
     ) -> PyResult<Self> {
         guard(|| {
             let scheduling_policy = scheduling_policy
@@ -148,6 +163,11 @@ impl PyEngine {
                 kv_cache_dtype,
                 scheduling_policy,
                 structured_jump_forward,
+                lora: enable_lora.then_some(LoraConfig {
+                    max_loras,
+                    max_lora_rank,
+                    max_cpu_loras: max_cpu_loras.unwrap_or(max_loras),
+                }),
                 ..EngineArgs::new(model_path)
             };
             let engine = py.detach(|| LlmEngine::new(&args)).map_err(engine_error)?;
@@ -200,15 +220,19 @@ impl PyEngine {
     }
 
     /// Queues a request; raises InvalidRequestError naming the field and limit. `fork_of` names
-    /// a sibling with the same prompt whose prompt blocks this request shares (`n > 1`).
-    #[pyo3(signature = (request_id, prompt_token_ids, params, priority=None, fork_of=None))]
+    /// a sibling with the same prompt whose prompt blocks this request shares (`n > 1`); `lora`
+    /// is `(lora_name, lora_int_id, lora_path)` of its adapter (loaded on first use).
+    #[pyo3(signature = (request_id, prompt_token_ids, params, priority=None, fork_of=None, lora=None))]
+    #[allow(clippy::too_many_arguments)]
     fn add_request(
         &self,
+        py: Python<'_>,
         request_id: &Bound<'_, PyAny>,
         prompt_token_ids: &Bound<'_, PyAny>,
         params: &Bound<'_, PyAny>,
         priority: Option<&Bound<'_, PyAny>>,
         fork_of: Option<&str>,
+        lora: Option<(String, u32, String)>,
     ) -> PyResult<()> {
         guard(|| {
             let request_id = convert::text(request_id, "request_id")?;
@@ -231,10 +255,42 @@ impl PyEngine {
                 Some(value) => convert::int(value, "priority", (i32::MIN.into(), i32::MAX.into()))?,
                 None => 0,
             };
-            self.lock()?
-                .add_request(&request_id, prompt_token_ids, params, priority, fork_of)
-                .map_err(engine_error)
+            let lora = lora.map(lora_ref);
+            py.detach(|| {
+                self.lock()?
+                    .add_request(
+                        &request_id,
+                        prompt_token_ids,
+                        params,
+                        priority,
+                        fork_of,
+                        lora.as_ref(),
+                    )
+                    .map_err(engine_error)
+            })
         })
+    }
+
+    /// Unloads LoRA adapter `lora_int_id` (an error while requests use it); False when it was
+    /// not loaded.
+    fn unload_lora(&self, lora_int_id: u32) -> PyResult<bool> {
+        guard(|| self.lock()?.unload_lora(lora_int_id).map_err(engine_error))
+    }
+
+    /// `(lora_int_id, lora_name, lora_path)` of every loaded LoRA adapter.
+    fn loaded_loras(&self) -> PyResult<Vec<(u32, String, String)>> {
+        guard(|| {
+            let loaded = self.lock()?.loaded_loras();
+            Ok(loaded
+                .into_iter()
+                .map(|(id, name, path)| (id, name, path.display().to_string()))
+                .collect())
+        })
+    }
+
+    /// `(number of LoRA adapter loads, seconds spent loading them)`.
+    fn lora_load_counters(&self) -> PyResult<(u64, f64)> {
+        guard(|| Ok(self.lock()?.lora_load_counters()))
     }
 
     /// Runs one scheduler step with the GIL released.
@@ -279,18 +335,23 @@ impl PyEngine {
 
     /// Logits at every position of one prompt, or at `positions` only (a prefill outside the
     /// scheduler; for tests and evaluation).
-    #[pyo3(signature = (prompt_token_ids, positions=None))]
+    #[pyo3(signature = (prompt_token_ids, positions=None, lora=None))]
     fn score(
         &self,
         py: Python<'_>,
         prompt_token_ids: &Bound<'_, PyAny>,
         positions: Option<Vec<u32>>,
+        lora: Option<(String, u32, String)>,
     ) -> PyResult<Vec<Vec<f32>>> {
         guard(|| {
             let prompt_token_ids = convert::token_ids(prompt_token_ids, "prompt_token_ids")?;
             py.detach(|| -> PyResult<Vec<Vec<f32>>> {
                 self.lock()?
-                    .score(&prompt_token_ids, positions.as_deref())
+                    .score(
+                        &prompt_token_ids,
+                        positions.as_deref(),
+                        lora.map(lora_ref).as_ref(),
+                    )
                     .map_err(engine_error)
             })
         })

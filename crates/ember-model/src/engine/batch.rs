@@ -94,6 +94,7 @@ pub(crate) mod tests {
             num_prompt_tokens: num_prompt,
             all_token_ids: None,
             token_mask: None,
+            lora_id: None,
         }
     }
 

@@ -4,6 +4,8 @@ use std::path::PathBuf;
 
 use ember_core::SchedulingPolicy;
 
+use crate::engine::lora_registry::LoraConfig;
+
 /// Most CPU threads an engine may start.
 pub const MAX_NUM_THREADS: usize = 1024;
 /// Default token budget per step.
@@ -48,6 +50,8 @@ pub struct EngineArgs {
     /// Append the tokens a structured-output grammar forces without a decode step each (only
     /// tokens that are the single one allowed, so outputs are unchanged).
     pub structured_jump_forward: bool,
+    /// LoRA adapters per request (`enable_lora`) and their limits; `None`: off.
+    pub lora: Option<LoraConfig>,
 }
 
 impl EngineArgs {
@@ -69,6 +73,7 @@ impl EngineArgs {
             device: "auto".into(),
             gpu_memory_utilization: 0.9,
             structured_jump_forward: true,
+            lora: None,
         }
     }
 }
@@ -99,6 +104,9 @@ impl EngineArgs {
         }
         if self.kv_cache_memory_bytes == Some(0) {
             return Err("kv_cache_memory_bytes must be at least 1, got 0".into());
+        }
+        if let Some(lora) = &self.lora {
+            lora.validate()?;
         }
         let fraction = self.gpu_memory_utilization;
         if !(fraction > 0.0 && fraction <= 1.0) {

@@ -80,8 +80,7 @@ impl LlmEngine {
                 .finish_request(&seq.request_id, FinishReason::Abort)
                 .is_some()
             {
-                self.requests.remove(&seq.request_id);
-                self.structured.remove(&seq.request_id);
+                self.forget_request(&seq.request_id);
                 request_ids.push(seq.request_id.clone());
             }
         }

@@ -13,15 +13,19 @@ use crate::engine::device::load_on_device;
 use crate::engine::engine_args::{EngineArgs, DEFAULT_MAX_NUM_BATCHED_TOKENS};
 use crate::engine::executor::StepExecutor;
 use crate::engine::loader::open_model;
+use crate::engine::lora_registry::{LoraRef, LoraRegistry};
 use crate::engine::output_state::OutputState;
 use crate::engine::step_output::{StepOutput, StopReason};
 use crate::error::EngineError;
+use crate::models::lora_adapter::LoraTargets;
 use crate::structured::StructuredOutputs;
 use crate::text::chat_template::ChatTemplate;
 use crate::text::tokenizer::Tokenizer;
 
 #[path = "engine_faults.rs"]
 mod faults;
+#[path = "engine_lora.rs"]
+mod lora;
 pub use faults::{panic_message, StepFault};
 
 /// The engine: owns the model runner, the scheduler and the tokenizer.
@@ -43,6 +47,7 @@ pub struct LlmEngine {
     num_requests_added: u64,
     model_name: String,
     faults: faults::FaultPlan,
+    loras: Option<LoraRegistry>,
 }
 
 /// Most forced tokens appended after one step (a chunk of the next step).
@@ -100,9 +105,18 @@ impl LlmEngine {
             enable_prefix_caching: args.enable_prefix_caching,
             policy: args.scheduling_policy,
             sliding_window: device_model.kv_release_window,
+            max_loras: args.lora.map(|l| l.max_loras),
             ..SchedulerConfig::default()
         })
         .map_err(|e| invalid(e.to_string()))?;
+        let loras = args.lora.map(|limits| {
+            let targets = LoraTargets::new(
+                opened.architecture.family,
+                &config,
+                opened.architecture.rope_style,
+            );
+            LoraRegistry::new(limits, targets)
+        });
         let tokenizer = Arc::new(opened.tokenizer);
         let structured =
             StructuredOutputs::new(tokenizer.clone(), config.vocab_size, config.eos_token_ids.clone());
@@ -124,6 +138,7 @@ impl LlmEngine {
             num_requests_added: 0,
             model_name: opened.name,
             faults: faults::FaultPlan::default(),
+            loras,
         })
     }
 
@@ -168,7 +183,7 @@ impl LlmEngine {
     ///
     /// `fork_of` names a live sibling with the same prompt (another completion of an `n > 1`
     /// request): this request then shares the sibling's prompt blocks once they are computed
-    /// instead of computing them again.
+    /// instead of computing them again. `lora` runs it with that adapter (loaded on first use).
     pub fn add_request(
         &mut self,
         request_id: &str,
@@ -176,6 +191,7 @@ impl LlmEngine {
         params: ValidSamplingParams,
         priority: i32,
         fork_of: Option<&str>,
+        lora: Option<&LoraRef>,
     ) -> Result<(), EngineError> {
         // Ids must have an embedding row and a token text: the smaller vocabulary bounds them.
         let vocab_size = self.tokenizer.vocab_size().min(self.vocab_size);
@@ -196,6 +212,7 @@ impl LlmEngine {
         if self.requests.contains_key(&request_id) {
             return Err(invalid(format!("request_id '{request_id}' is already in use")));
         }
+        let lora_id = self.acquire_lora(&request_id, lora)?;
         let seed = params
             .seed
             .unwrap_or_else(|| derive_seed(self.seed, self.num_requests_added));
@@ -204,7 +221,10 @@ impl LlmEngine {
             let jump_forward =
                 (self.jump_forward && params.logprobs.is_none() && !params.needs_token_history())
                     .then(|| params.stop_token_ids.clone());
-            self.structured.add(&request_id, spec, jump_forward)?;
+            if let Err(e) = self.structured.add(&request_id, spec, jump_forward) {
+                self.release_lora(&request_id);
+                return Err(e.into());
+            }
         }
         let state = OutputState::new(&params, prompt_token_ids.len());
         let request = Request::new(
@@ -216,9 +236,11 @@ impl LlmEngine {
             priority,
             now_s(),
         )
-        .with_fork_of(fork_of.map(RequestId::from));
+        .with_fork_of(fork_of.map(RequestId::from))
+        .with_lora_id(lora_id);
         if let Err(e) = self.scheduler.add_request(request) {
             self.structured.remove(&request_id);
+            self.release_lora(&request_id);
             return Err(invalid(e.to_string()));
         }
         self.num_requests_added += 1;
@@ -266,8 +288,13 @@ impl LlmEngine {
 
     /// Logits of one prompt, outside the scheduler (for testing against reference
     /// implementations and evaluation): at every position, or at `positions` only (in their
-    /// order); `[len(positions)][vocab_size]`.
-    pub fn score(&self, token_ids: &[u32], positions: Option<&[u32]>) -> Result<Vec<Vec<f32>>, EngineError> {
+    /// order); `[len(positions)][vocab_size]`; with adapter `lora` (loaded on first use) when given.
+    pub fn score(
+        &mut self,
+        token_ids: &[u32],
+        positions: Option<&[u32]>,
+        lora: Option<&LoraRef>,
+    ) -> Result<Vec<Vec<f32>>, EngineError> {
         if token_ids.is_empty() || token_ids.len() > self.max_model_len {
             return Err(invalid(format!(
                 "prompt_token_ids must have 1 to max_model_len ({}) tokens, got {}",
@@ -286,7 +313,11 @@ impl LlmEngine {
         if positions.is_empty() {
             return Ok(Vec::new());
         }
-        let logits = self.executor.score(token_ids, positions)?;
+        let score_id = RequestId::from("\0score");
+        let lora_id = self.acquire_lora(&score_id, lora)?;
+        let logits = self.executor.score(token_ids, positions, lora_id);
+        self.release_lora(&score_id);
+        let logits = logits?;
         let vocab_size = logits.len() / positions.len();
         Ok(logits.chunks(vocab_size).map(<[f32]>::to_vec).collect())
     }
@@ -380,8 +411,7 @@ impl LlmEngine {
         let num_prompt_tokens = state.num_prompt_tokens;
         let new_prompt_logprobs = state.take_prompt_logprobs(&self.tokenizer);
         if finish_reason.is_some() {
-            self.requests.remove(&update.request_id);
-            self.structured.remove(&update.request_id);
+            self.forget_request(&update.request_id);
         }
         Some(StepOutput {
             request_id: update.request_id,

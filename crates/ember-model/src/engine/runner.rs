@@ -5,8 +5,12 @@ use ember_core::{
     Backend, BackendResult, KvCacheSpec, ModelRunnerOutput, RequestHistories, SchedulerOutput, StepBatch,
 };
 
+use std::collections::{BTreeMap, HashMap};
+
 use crate::engine::batch::build_step_batch;
 use crate::engine::sample_rows::sample_step;
+use crate::models::lora::{LoraStep, LoraWeights};
+use crate::models::lora_adapter::LoraAdapter;
 use crate::models::Model;
 
 /// Owns the backend, the model, the KV cache and the per-request token histories.
@@ -18,6 +22,8 @@ pub struct ModelRunner<B: Backend> {
     vocab_size: usize,
     eos_token_ids: Vec<u32>,
     histories: RequestHistories,
+    /// Loaded LoRA adapters by `lora_int_id`.
+    loras: HashMap<u32, LoraWeights<B>>,
 }
 
 impl<B: Backend> ModelRunner<B> {
@@ -39,6 +45,7 @@ impl<B: Backend> ModelRunner<B> {
             vocab_size,
             eos_token_ids,
             histories: RequestHistories::default(),
+            loras: HashMap::new(),
         })
     }
 
@@ -60,8 +67,10 @@ impl<B: Backend> ModelRunner<B> {
             return Ok(ModelRunnerOutput::default());
         }
         let batch = build_step_batch(output, self.kv_spec.block_size);
+        let seq_loras = output.seqs.iter().map(|seq| seq.lora_id);
+        let lora = lora_step(&self.loras, seq_loras, &batch.query_start_loc)?;
         let (model, kv_cache, backend) = (&self.model, &mut self.kv_cache, &self.backend);
-        let logits = backend.run_forward(batch, &mut |step| model.forward(backend, step, kv_cache))?;
+        let logits = backend.run_forward(batch, &mut |step| model.forward(backend, step, kv_cache, &lora))?;
         sample_step(
             backend,
             &logits,
@@ -74,8 +83,13 @@ impl<B: Backend> ModelRunner<B> {
 
     /// Logits at `positions` of `token_ids` (`[len(positions), vocab_size]`, row-major; every
     /// position below the prompt length), computed in a scratch KV cache so the serving cache
-    /// is untouched.
-    pub fn score(&self, token_ids: &[u32], positions: &[u32]) -> BackendResult<Vec<f32>> {
+    /// is untouched; with adapter `lora_id` (loaded) when given.
+    pub fn score(
+        &self,
+        token_ids: &[u32],
+        positions: &[u32],
+        lora_id: Option<u32>,
+    ) -> BackendResult<Vec<f32>> {
         let batch = StepBatch {
             logits_indices: positions.to_vec(),
             ..StepBatch::whole_prompt(token_ids, self.kv_spec.block_size)
@@ -85,8 +99,57 @@ impl<B: Backend> ModelRunner<B> {
             ..self.kv_spec
         };
         let mut scratch = self.backend.allocate_kv_cache(&spec)?;
+        let lora = lora_step(&self.loras, std::iter::once(lora_id), &batch.query_start_loc)?;
         let step = self.backend.prepare_step(batch)?;
-        let logits = self.model.forward(&self.backend, &step, &mut scratch)?;
+        let logits = self.model.forward(&self.backend, &step, &mut scratch, &lora)?;
         self.backend.to_host(&logits)
     }
+
+    /// Loads `adapter` onto the backend as `lora_id` (replacing one of that id).
+    pub fn load_lora(&mut self, lora_id: u32, adapter: &LoraAdapter) -> BackendResult<()> {
+        for op in ["gather_rows", "scatter_add_rows"] {
+            if self.backend.unsupported_ops().contains(&op) {
+                return Err(ember_core::BackendError::Unsupported(format!(
+                    "LoRA adapters need {op}, which the {} backend does not implement yet",
+                    self.backend.name()
+                )));
+            }
+        }
+        let num_layers = self.model.shape().kv_layers.len();
+        let weights = LoraWeights::load(&self.backend, adapter, num_layers)?;
+        self.loras.insert(lora_id, weights);
+        Ok(())
+    }
+
+    /// Drops adapter `lora_id`; false when it was not loaded.
+    pub fn unload_lora(&mut self, lora_id: u32) -> bool {
+        self.loras.remove(&lora_id).is_some()
+    }
+}
+
+/// The step's token rows grouped by adapter, from each sequence's adapter in batch order
+/// (rows of sequence `s` are `query_start_loc[s]..query_start_loc[s + 1]`).
+fn lora_step<'a, B: Backend>(
+    loras: &'a HashMap<u32, LoraWeights<B>>,
+    seq_loras: impl Iterator<Item = Option<u32>>,
+    query_start_loc: &[u32],
+) -> BackendResult<LoraStep<'a, B>> {
+    let mut rows_by_lora: BTreeMap<u32, Vec<u32>> = BTreeMap::new();
+    for (s, seq_lora) in seq_loras.enumerate() {
+        if let Some(lora_id) = seq_lora {
+            rows_by_lora
+                .entry(lora_id)
+                .or_default()
+                .extend(query_start_loc[s]..query_start_loc[s + 1]);
+        }
+    }
+    let num_tokens = query_start_loc.last().copied().unwrap_or(0) as usize;
+    let mut groups = Vec::with_capacity(rows_by_lora.len());
+    for (lora_id, row_ids) in rows_by_lora {
+        let weights = loras.get(&lora_id).ok_or_else(|| {
+            ember_core::BackendError::Device(format!("LoRA adapter {lora_id} is not loaded"))
+        })?;
+        groups.push((weights, row_ids));
+    }
+    Ok(LoraStep::new(num_tokens, groups))
 }

@@ -5,5 +5,6 @@ pub mod config;
 pub mod gguf;
 mod mapped_file;
 pub mod model_files;
+pub mod peft;
 pub mod safetensors;
 pub mod weights;

@@ -10,6 +10,8 @@ use crate::error::ModelLoadError;
 use crate::formats::config::{Activation, ModelConfig};
 use crate::formats::weights::TensorNames;
 use crate::models::decoder_tensors::DecoderTensors;
+use crate::models::lora::{LayerLora, Linear, LoraStep};
+use crate::models::lora_adapter::LoraModule;
 
 /// A tensor's canonical, Hugging Face and GGUF (llama.cpp) names.
 pub const fn names(canonical: &'static str, hf: &'static str, gguf: &'static str) -> TensorNames {
@@ -109,6 +111,22 @@ impl<B: Backend> Loader<'_, B> {
         }
     }
 
+    /// The `[rows, cols]` projection `name` (with `name.bias` when `with_bias` and present),
+    /// adapted by LoRA as projection `module`.
+    pub fn linear(
+        &self,
+        name: &str,
+        (rows, cols): (usize, usize),
+        module: LoraModule,
+        with_bias: bool,
+    ) -> Result<Linear<B>, ModelLoadError> {
+        let bias = match with_bias {
+            true => self.optional_vector(&format!("{name}.bias"), rows)?,
+            false => None,
+        };
+        Ok(Linear::new(self.matrix(name, rows, cols)?, bias, module))
+    }
+
     /// `values` as a backend vector named `name`.
     pub fn f32_vector(&self, name: &str, values: &[f32]) -> Result<B::Vector, ModelLoadError> {
         let bytes: Vec<u8> = values.iter().flat_map(|f| f.to_le_bytes()).collect();
@@ -132,14 +150,10 @@ impl<B: Backend> Loader<'_, B> {
 /// Grouped-query self-attention of one layer: q/k/v projections (optional biases), optional
 /// per-head q/k RMS norms before RoPE, paged attention, the output projection.
 pub struct AttentionBlock<B: Backend> {
-    q_proj: B::Matrix,
-    k_proj: B::Matrix,
-    v_proj: B::Matrix,
-    q_bias: Option<B::Vector>,
-    k_bias: Option<B::Vector>,
-    v_bias: Option<B::Vector>,
-    o_proj: B::Matrix,
-    o_bias: Option<B::Vector>,
+    q_proj: Linear<B>,
+    k_proj: Linear<B>,
+    v_proj: Linear<B>,
+    o_proj: Linear<B>,
     /// Per-head RMS norms of queries and keys before RoPE (Qwen3, Gemma 3), `[head_dim]`.
     q_norm: Option<B::Vector>,
     k_norm: Option<B::Vector>,
@@ -161,14 +175,10 @@ impl<B: Backend> AttentionBlock<B> {
         let q_dim = config.num_heads * config.head_dim;
         let kv_dim = config.num_kv_heads * config.head_dim;
         Ok(Self {
-            q_proj: loader.matrix(&name("q_proj"), q_dim, hidden)?,
-            k_proj: loader.matrix(&name("k_proj"), kv_dim, hidden)?,
-            v_proj: loader.matrix(&name("v_proj"), kv_dim, hidden)?,
-            q_bias: loader.optional_vector(&name("q_proj.bias"), q_dim)?,
-            k_bias: loader.optional_vector(&name("k_proj.bias"), kv_dim)?,
-            v_bias: loader.optional_vector(&name("v_proj.bias"), kv_dim)?,
-            o_proj: loader.matrix(&name("o_proj"), hidden, q_dim)?,
-            o_bias: loader.optional_vector(&name("o_proj.bias"), hidden)?,
+            q_proj: loader.linear(&name("q_proj"), (q_dim, hidden), LoraModule::Q, true)?,
+            k_proj: loader.linear(&name("k_proj"), (kv_dim, hidden), LoraModule::K, true)?,
+            v_proj: loader.linear(&name("v_proj"), (kv_dim, hidden), LoraModule::V, true)?,
+            o_proj: loader.linear(&name("o_proj"), (hidden, q_dim), LoraModule::O, true)?,
             q_norm: loader.optional_norm(&name("q_norm"), config.head_dim)?,
             k_norm: loader.optional_norm(&name("k_norm"), config.head_dim)?,
             params,
@@ -176,7 +186,7 @@ impl<B: Backend> AttentionBlock<B> {
     }
 
     /// Attention of the step's `hidden` rows (`[tokens, hidden]`) through layer `layer` of the
-    /// cache, rotated by `rope`; returns `[tokens, hidden]`.
+    /// cache, rotated by `rope`, with the step's adapters; returns `[tokens, hidden]`.
     #[allow(clippy::too_many_arguments)]
     pub fn forward(
         &self,
@@ -187,11 +197,13 @@ impl<B: Backend> AttentionBlock<B> {
         hidden: &B::Tensor,
         rope: &Rope<B::Vector>,
         eps: f32,
+        lora: &LoraStep<'_, B>,
     ) -> BackendResult<B::Tensor> {
         let shape = self.params.shape;
-        let mut query = backend.matmul(step, hidden, &self.q_proj, self.q_bias.as_ref())?;
-        let mut key = backend.matmul(step, hidden, &self.k_proj, self.k_bias.as_ref())?;
-        let value = backend.matmul(step, hidden, &self.v_proj, self.v_bias.as_ref())?;
+        let lora = Some(lora.layer(layer));
+        let mut query = self.q_proj.forward(backend, step, hidden, lora)?;
+        let mut key = self.k_proj.forward(backend, step, hidden, lora)?;
+        let value = self.v_proj.forward(backend, step, hidden, lora)?;
         if let Some(norm) = &self.q_norm {
             query = backend.rms_norm_heads(step, &query, norm, eps)?;
         }
@@ -202,15 +214,15 @@ impl<B: Backend> AttentionBlock<B> {
         backend.rope(step, &mut key, shape.num_kv_heads, rope)?;
         backend.write_kv(step, kv_cache, layer, &key, &value)?;
         let context = backend.attention(step, &query, kv_cache, layer, &self.params)?;
-        backend.matmul(step, &context, &self.o_proj, self.o_bias.as_ref())
+        self.o_proj.forward(backend, step, &context, lora)
     }
 }
 
 /// The gated MLP: `down(act(gate(x)) * up(x))`.
 pub struct GatedMlp<B: Backend> {
-    gate_proj: B::Matrix,
-    up_proj: B::Matrix,
-    down_proj: B::Matrix,
+    gate_proj: Linear<B>,
+    up_proj: Linear<B>,
+    down_proj: Linear<B>,
     activation: Activation,
 }
 
@@ -225,22 +237,44 @@ impl<B: Backend> GatedMlp<B> {
     ) -> Result<Self, ModelLoadError> {
         let (hidden, inter) = (config.hidden_size, intermediate_size);
         Ok(Self {
-            gate_proj: loader.matrix(&format!("{prefix}.gate_proj"), inter, hidden)?,
-            up_proj: loader.matrix(&format!("{prefix}.up_proj"), inter, hidden)?,
-            down_proj: loader.matrix(&format!("{prefix}.down_proj"), hidden, inter)?,
+            gate_proj: loader.linear(
+                &format!("{prefix}.gate_proj"),
+                (inter, hidden),
+                LoraModule::Gate,
+                false,
+            )?,
+            up_proj: loader.linear(
+                &format!("{prefix}.up_proj"),
+                (inter, hidden),
+                LoraModule::Up,
+                false,
+            )?,
+            down_proj: loader.linear(
+                &format!("{prefix}.down_proj"),
+                (hidden, inter),
+                LoraModule::Down,
+                false,
+            )?,
             activation,
         })
     }
 
-    /// The MLP of `hidden` (`[tokens, hidden]`).
-    pub fn forward(&self, backend: &B, step: &B::Step, hidden: &B::Tensor) -> BackendResult<B::Tensor> {
-        let gate = backend.matmul(step, hidden, &self.gate_proj, None)?;
-        let up = backend.matmul(step, hidden, &self.up_proj, None)?;
+    /// The MLP of `hidden` (`[tokens, hidden]`), with the step's adapters of its layer when
+    /// `lora` is given (MoE experts take none).
+    pub fn forward(
+        &self,
+        backend: &B,
+        step: &B::Step,
+        hidden: &B::Tensor,
+        lora: Option<LayerLora<'_, '_, B>>,
+    ) -> BackendResult<B::Tensor> {
+        let gate = self.gate_proj.forward(backend, step, hidden, lora)?;
+        let up = self.up_proj.forward(backend, step, hidden, lora)?;
         let act = match self.activation {
             Activation::Silu => backend.silu_mul(step, &gate, &up)?,
             Activation::GeluTanh => backend.gelu_tanh_mul(step, &gate, &up)?,
         };
-        backend.matmul(step, &act, &self.down_proj, None)
+        self.down_proj.forward(backend, step, &act, lora)
     }
 }
 

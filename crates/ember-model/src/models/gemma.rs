@@ -12,6 +12,7 @@ use crate::formats::weights::WeightNames;
 use crate::models::blocks::{
     decoder_shape, names, require_ops, AttentionBlock, GatedMlp, Loader, GLOBAL_NAMES,
 };
+use crate::models::lora::LoraStep;
 use crate::models::{Model, ModelSource};
 
 /// The family's tensors (llama.cpp's names for the GGUF side).
@@ -159,7 +160,13 @@ impl<B: Backend> Model<B> for GemmaModel<B> {
         &self.shape
     }
 
-    fn forward(&self, backend: &B, step: &B::Step, kv_cache: &mut B::KvCache) -> BackendResult<B::Tensor> {
+    fn forward(
+        &self,
+        backend: &B,
+        step: &B::Step,
+        kv_cache: &mut B::KvCache,
+        lora: &LoraStep<'_, B>,
+    ) -> BackendResult<B::Tensor> {
         let eps = self.rms_norm_eps;
         let mut residual = backend.embed(step, &self.embed_tokens)?;
         backend.scale(&mut residual, self.embed_scale)?;
@@ -171,11 +178,13 @@ impl<B: Backend> Model<B> for GemmaModel<B> {
             };
             let attn_out = layer
                 .attention
-                .forward(backend, step, kv_cache, index, &hidden, rope, eps)?;
+                .forward(backend, step, kv_cache, index, &hidden, rope, eps, lora)?;
             let attn_out = backend.rms_norm(step, &attn_out, &layer.post_attention_norm, eps)?;
             hidden =
                 backend.add_rms_norm(step, &mut residual, &attn_out, &layer.pre_feedforward_norm, eps)?;
-            let mlp_out = layer.mlp.forward(backend, step, &hidden)?;
+            let mlp_out = layer
+                .mlp
+                .forward(backend, step, &hidden, Some(lora.layer(index)))?;
             let mlp_out = backend.rms_norm(step, &mlp_out, &layer.post_feedforward_norm, eps)?;
             match self.layers.get(index + 1) {
                 Some(next) => {

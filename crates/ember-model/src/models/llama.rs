@@ -15,6 +15,7 @@ use crate::models::blocks::{
     GLOBAL_NAMES,
 };
 use crate::models::decoder_tensors::DecoderTensors;
+use crate::models::lora::LoraStep;
 use crate::models::moe::MoeBlock;
 use crate::models::{Model, ModelSource};
 
@@ -122,17 +123,23 @@ impl<B: Backend> Model<B> for LlamaModel<B> {
         &self.shape
     }
 
-    fn forward(&self, backend: &B, step: &B::Step, kv_cache: &mut B::KvCache) -> BackendResult<B::Tensor> {
+    fn forward(
+        &self,
+        backend: &B,
+        step: &B::Step,
+        kv_cache: &mut B::KvCache,
+        lora: &LoraStep<'_, B>,
+    ) -> BackendResult<B::Tensor> {
         let eps = self.rms_norm_eps;
         let mut residual = backend.embed(step, &self.embed_tokens)?;
         let mut hidden = backend.rms_norm(step, &residual, &self.layers[0].input_norm, eps)?;
         for (index, layer) in self.layers.iter().enumerate() {
             let attn_out = layer
                 .attention
-                .forward(backend, step, kv_cache, index, &hidden, &self.rope, eps)?;
+                .forward(backend, step, kv_cache, index, &hidden, &self.rope, eps, lora)?;
             hidden = backend.add_rms_norm(step, &mut residual, &attn_out, &layer.post_attention_norm, eps)?;
             let mlp_out = match &layer.mlp {
-                FeedForward::Dense(mlp) => mlp.forward(backend, step, &hidden)?,
+                FeedForward::Dense(mlp) => mlp.forward(backend, step, &hidden, Some(lora.layer(index)))?,
                 FeedForward::Experts(experts) => experts.forward(backend, step, &hidden)?,
             };
             match self.layers.get(index + 1) {

@@ -13,6 +13,8 @@ pub mod blocks;
 pub mod decoder_tensors;
 pub mod gemma;
 pub mod llama;
+pub mod lora;
+pub mod lora_adapter;
 pub mod moe;
 pub mod phi3;
 pub mod registry;
@@ -22,6 +24,7 @@ use ember_core::{Backend, BackendResult, ModelShape, RopeStyle};
 use crate::error::ModelLoadError;
 use crate::formats::config::ModelConfig;
 use crate::formats::weights::WeightSource;
+use crate::models::lora::LoraStep;
 
 /// What a model is loaded from: its hyperparameters, its weights under the family's canonical
 /// names, and the layout facts its architecture name implies.
@@ -49,6 +52,13 @@ pub trait Model<B: Backend>: Send + Sync {
 
     /// Runs one step's tokens through the model: writes their K/V into `kv_cache` at the
     /// step's slots and returns the logits of the step's `logits_indices` rows
-    /// (`[logits_indices.len(), vocab_size]`, in that order).
-    fn forward(&self, backend: &B, step: &B::Step, kv_cache: &mut B::KvCache) -> BackendResult<B::Tensor>;
+    /// (`[logits_indices.len(), vocab_size]`, in that order). Every projection adds the
+    /// step's adapters (`lora`) on their rows.
+    fn forward(
+        &self,
+        backend: &B,
+        step: &B::Step,
+        kv_cache: &mut B::KvCache,
+        lora: &LoraStep<'_, B>,
+    ) -> BackendResult<B::Tensor>;
 }

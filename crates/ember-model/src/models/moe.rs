@@ -144,7 +144,7 @@ impl<B: Backend> MoeBlock<B> {
                 continue;
             }
             let rows = backend.gather_rows(step, hidden, row_ids)?;
-            let y = expert.forward(backend, step, &rows)?;
+            let y = expert.forward(backend, step, &rows, None)?;
             backend.scatter_add_rows(&mut out, &y, row_ids, weights)?;
         }
         Ok(out)

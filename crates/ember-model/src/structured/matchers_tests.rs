@@ -51,6 +51,7 @@ fn step(ids: &[&str]) -> SchedulerOutput {
             num_prompt_tokens: 1,
             all_token_ids: None,
             token_mask: None,
+            lora_id: None,
         })
         .collect();
     SchedulerOutput {
