@@ -14,6 +14,7 @@ from ember._core import (
 )
 from ember.async_engine import AsyncEngine
 from ember.engine import Engine
+from ember.lora import LoRARequest
 from ember.outputs import CompletionOutput, Logprob, RequestMetrics, RequestOutput
 from ember.sampling_params import SamplingParams, StructuredOutputsParams
 
@@ -24,6 +25,7 @@ __all__ = [
     "Engine",
     "InvalidRequestError",
     "Logprob",
+    "LoRARequest",
     "ModelLoadError",
     "OutOfMemoryError",
     "RequestMetrics",

@@ -284,16 +284,29 @@ class Engine:
         params: SamplingParams,
         priority: int | None = None,
         fork_of: str | None = None,
+        lora: tuple[str, int, str] | None = None,
     ) -> None:
-        """Queues a request; `fork_of` names a sibling with the same prompt whose prompt blocks it shares."""
+        """Queues a request; `fork_of` names a sibling with the same prompt whose prompt blocks it shares;
+        `lora` is its adapter's (lora_name, lora_int_id, lora_path), loaded on first use."""
     def step(self) -> list[StepOutput]:
         """Runs one scheduler step with the GIL released; a failed step raises EmberError with `request_ids`."""
     def abort(self, request_id: str) -> bool: ...
     def has_unfinished_requests(self) -> bool: ...
     def stats(self) -> dict[str, float]: ...
     def reset_prefix_cache(self) -> bool: ...
-    def score(self, prompt_token_ids: list[int], positions: list[int] | None = None) -> list[list[float]]:
+    def score(
+        self,
+        prompt_token_ids: list[int],
+        positions: list[int] | None = None,
+        lora: tuple[str, int, str] | None = None,
+    ) -> list[list[float]]:
         """Logits at every position of one prompt, or at `positions` only (a prefill outside the
-        scheduler; for tests and evaluation)."""
+        scheduler; for tests and evaluation), with adapter `lora` when given."""
+    def unload_lora(self, lora_int_id: int) -> bool:
+        """Unloads a LoRA adapter (an error while requests use it); False when it was not loaded."""
+    def loaded_loras(self) -> list[tuple[int, str, str]]:
+        """(lora_int_id, lora_name, lora_path) of every loaded LoRA adapter."""
+    def lora_load_counters(self) -> tuple[int, float]:
+        """(number of LoRA adapter loads, seconds spent loading them)."""
     def _inject_step_faults(self, fault: str, num_steps: int) -> None:
         """Test hook: the next `num_steps` steps that compute anything fail ("error" or "panic")."""

@@ -20,6 +20,9 @@ _COUNTS = {
     "kv_cache_memory_bytes": True,
     "block_size": False,
     "num_threads": True,
+    "max_loras": False,
+    "max_lora_rank": False,
+    "max_cpu_loras": True,
 }
 """Arguments that are counts of at least 1, and whether each may be None."""
 
@@ -29,6 +32,7 @@ _OTHERS = {
     "kv_cache_dtype",
     "enable_prefix_caching",
     "structured_jump_forward",
+    "enable_lora",
     "device",
     "gpu_memory_utilization",
     "scheduling_policy",
@@ -47,7 +51,7 @@ def check_engine_args(args: dict[str, Any]) -> None:
         elif name in ("dtype", "kv_cache_dtype", "device", "scheduling_policy"):
             if not isinstance(value, str):
                 raise InvalidRequestError(f"{name} must be a str, got {type(value).__name__}")
-        elif name in ("enable_prefix_caching", "structured_jump_forward"):
+        elif name in ("enable_prefix_caching", "structured_jump_forward", "enable_lora"):
             if not isinstance(value, bool):
                 raise InvalidRequestError(f"{name} must be a bool, got {type(value).__name__}")
         elif name == "gpu_memory_utilization":

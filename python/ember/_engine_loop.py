@@ -50,6 +50,8 @@ class AddCommand:
     token_ids: list[int]
     priority: int
     sink: Sink
+    lora: tuple[str, int, str] | None = None
+    """The request's adapter (lora_name, lora_int_id, lora_path), or None for the base model."""
 
 
 @dataclass
@@ -175,7 +177,7 @@ class EngineLoop:
         added: list[str] = []
         try:
             for child_id, params, fork_of in command.requests:
-                self._core.add_request(child_id, command.token_ids, params, command.priority, fork_of)
+                self._core.add_request(child_id, command.token_ids, params, command.priority, fork_of, command.lora)
                 added.append(child_id)
                 self._sinks[child_id] = command.sink
         except Exception as exc:  # the caller gets the engine's own error

@@ -24,6 +24,7 @@ from ember._inputs import (
     one_prompt,
 )
 from ember._tracking import RequestState
+from ember.lora import LoRARequest, normalize_lora
 from ember.models import resolve_model
 from ember.outputs import RequestOutput
 from ember.sampling_params import SamplingParams
@@ -72,6 +73,7 @@ class AsyncEngine:
         request_id: str | None = None,
         priority: int = 0,
         delta: bool = False,
+        lora_request: LoRARequest | None = None,
     ) -> AsyncIterator[RequestOutput]:
         """Streams one prompt's completion (a str or a list of token ids).
 
@@ -84,7 +86,7 @@ class AsyncEngine:
         """
         checked = one_prompt(prompt, "generate")
         (item,) = await asyncio.to_thread(normalize_prompts, [checked], self.tokenizer)
-        async for out in self._run(item, sampling_params, request_id, priority, delta):
+        async for out in self._run(item, sampling_params, request_id, priority, delta, lora_request):
             yield out
 
     async def chat(
@@ -96,11 +98,12 @@ class AsyncEngine:
         priority: int = 0,
         delta: bool = False,
         add_generation_prompt: bool = True,
+        lora_request: LoRARequest | None = None,
     ) -> AsyncIterator[RequestOutput]:
         """Streams the answer to one conversation (rendered with the chat template); like `generate`."""
         conversation = one_conversation(messages, "chat")
         (item,) = await asyncio.to_thread(normalize_conversations, conversation, self.tokenizer, add_generation_prompt)
-        async for out in self._run(item, sampling_params, request_id, priority, delta):
+        async for out in self._run(item, sampling_params, request_id, priority, delta, lora_request):
             yield out
 
     def abort(self, request_id: str) -> bool:
@@ -125,6 +128,10 @@ class AsyncEngine:
         future: asyncio.Future[Any] = asyncio.get_running_loop().create_future()
         self._loop.post(CallCommand(fn, future))
         return await future
+
+    async def unload_lora(self, lora_int_id: int) -> bool:
+        """Unloads a LoRA adapter (an error while requests use it); False if it was not loaded."""
+        return bool(await self.call(lambda core: core.unload_lora(lora_int_id)))
 
     async def reset_prefix_cache(self) -> bool:
         """Forgets cached prefixes; False if blocks are in use and nothing was reset."""
@@ -165,8 +172,10 @@ class AsyncEngine:
         request_id: str | None,
         priority: int,
         delta: bool,
+        lora_request: LoRARequest | None = None,
     ) -> AsyncIterator[RequestOutput]:
         """Submits one request and yields its outputs until it finishes; aborts it if left early."""
+        (lora,) = normalize_lora(lora_request, 1)
         params = sampling_params or SamplingParams()
         if not isinstance(params, SamplingParams):
             raise InvalidRequestError(f"sampling_params must be a SamplingParams, got {type(params).__name__}")
@@ -180,7 +189,7 @@ class AsyncEngine:
         self._register(user_id, state.child_ids)
         sink = Sink(asyncio.get_running_loop())
         try:
-            self._loop.post(AddCommand(state.engine_requests(), list(item.token_ids), priority, sink))
+            self._loop.post(AddCommand(state.engine_requests(), list(item.token_ids), priority, sink, lora))
             while not state.finished:
                 items = [await sink.queue.get()]
                 while not sink.queue.empty():

@@ -24,9 +24,13 @@ from ember._inputs import (
 )
 from ember._progress import PromptProgress
 from ember._tracking import RequestState, step_failure
+from ember.lora import LoRARequest, normalize_lora
 from ember.models import resolve_model
 from ember.outputs import RequestOutput
 from ember.sampling_params import SamplingParams
+
+_Lora = tuple[str, int, str] | None
+"""A request's adapter as the Rust engine takes it: (lora_name, lora_int_id, lora_path), or None."""
 
 _Mail = StepOutput | EmberError | None
 """What a sub-request's mailbox holds: a step output, the error of the step that ended it, or None (aborted)."""
@@ -50,7 +54,9 @@ class Engine:
     only priority 0; "priority" admits the lowest `priority` value first (then
     the earliest) and preempts the highest first. `structured_jump_forward` appends
     the tokens a structured-output grammar forces (the single token allowed) without
-    a decode step each; outputs are the same with it off. Safe to share between threads: the
+    a decode step each; outputs are the same with it off. `enable_lora` lets requests run with
+    PEFT LoRA adapters (`lora_request=`): at most `max_loras` distinct adapters among running
+    requests, ranks up to `max_lora_rank`, `max_cpu_loras` (default `max_loras`) kept loaded. Safe to share between threads: the
     Rust engine releases the GIL while it computes, and one lock serializes calls
     into it.
     """
@@ -73,6 +79,10 @@ class Engine:
         kv_cache_dtype: str = "auto",
         scheduling_policy: str = "fcfs",
         structured_jump_forward: bool = True,
+        enable_lora: bool = False,
+        max_loras: int = 1,
+        max_lora_rank: int = 16,
+        max_cpu_loras: int | None = None,
     ) -> None:
         engine_args = {
             "max_model_len": max_model_len,
@@ -89,6 +99,10 @@ class Engine:
             "kv_cache_dtype": kv_cache_dtype,
             "scheduling_policy": scheduling_policy,
             "structured_jump_forward": structured_jump_forward,
+            "enable_lora": enable_lora,
+            "max_loras": max_loras,
+            "max_lora_rank": max_lora_rank,
+            "max_cpu_loras": max_cpu_loras,
         }
         check_engine_args(engine_args)
         self.model_path = resolve_model(model)
@@ -117,6 +131,7 @@ class Engine:
         *,
         use_tqdm: bool = True,
         priority: int | Sequence[int] | None = None,
+        lora_request: LoRARequest | Sequence[LoRARequest | None] | None = None,
     ) -> list[RequestOutput]:
         """Completes each prompt (str | list[str] | list[int] | list[list[int]]); results in input order.
 
@@ -124,11 +139,14 @@ class Engine:
         or a list with one per prompt. `priority` is None (0), one int for all
         prompts, or a list with one per prompt; with `scheduling_policy="priority"`
         lower values are admitted first and preempted last (an "fcfs" engine
-        accepts only 0). Text is encoded with the model's special tokens (BOS) added.
+        accepts only 0). `lora_request` is None (the base model), one LoRARequest for all prompts,
+        or a list with one (or None) per prompt. Text is encoded with the model's special tokens
+        (BOS) added.
         """
         batch = normalize_prompts(prompts, self.tokenizer)
         params = normalize_params(sampling_params, len(batch))
-        return self._run_batch(batch, params, use_tqdm, normalize_priority(priority, len(batch)))
+        loras = normalize_lora(lora_request, len(batch))
+        return self._run_batch(batch, params, use_tqdm, normalize_priority(priority, len(batch)), loras)
 
     def chat(
         self,
@@ -138,18 +156,24 @@ class Engine:
         use_tqdm: bool = True,
         add_generation_prompt: bool = True,
         priority: int | Sequence[int] | None = None,
+        lora_request: LoRARequest | Sequence[LoRARequest | None] | None = None,
     ) -> list[RequestOutput]:
         """Answers one conversation (a list of {"role", "content"} dicts) or a list of them.
 
-        Each conversation is rendered with the model's chat template. `priority` is
-        as in `generate`.
+        Each conversation is rendered with the model's chat template. `priority` and
+        `lora_request` are as in `generate`.
         """
         batch = normalize_conversations(messages, self.tokenizer, add_generation_prompt)
         params = normalize_params(sampling_params, len(batch))
-        return self._run_batch(batch, params, use_tqdm, normalize_priority(priority, len(batch)))
+        loras = normalize_lora(lora_request, len(batch))
+        return self._run_batch(batch, params, use_tqdm, normalize_priority(priority, len(batch)), loras)
 
     def generate_stream(
-        self, prompt: PromptType, sampling_params: SamplingParams | None = None
+        self,
+        prompt: PromptType,
+        sampling_params: SamplingParams | None = None,
+        *,
+        lora_request: LoRARequest | None = None,
     ) -> Iterator[RequestOutput]:
         """Streams one prompt's completion as it is produced.
 
@@ -160,7 +184,7 @@ class Engine:
         raised there); closing the iterator early aborts it.
         """
         (item,) = normalize_prompts([one_prompt(prompt, "generate_stream")], self.tokenizer)
-        yield from self._stream(item, sampling_params or SamplingParams())
+        yield from self._stream(item, sampling_params or SamplingParams(), normalize_lora(lora_request, 1)[0])
 
     def chat_stream(
         self,
@@ -168,11 +192,12 @@ class Engine:
         sampling_params: SamplingParams | None = None,
         *,
         add_generation_prompt: bool = True,
+        lora_request: LoRARequest | None = None,
     ) -> Iterator[RequestOutput]:
         """Streams the answer to one conversation; yields deltas like `generate_stream`."""
         conversation = one_conversation(messages, "chat_stream")
         (item,) = normalize_conversations(conversation, self.tokenizer, add_generation_prompt)
-        yield from self._stream(item, sampling_params or SamplingParams())
+        yield from self._stream(item, sampling_params or SamplingParams(), normalize_lora(lora_request, 1)[0])
 
     def abort(self, request_id: str) -> bool:
         """Stops a running request (its output finishes with reason "abort"); False if unknown or done."""
@@ -198,18 +223,41 @@ class Engine:
         with self._lock:
             return self._core.reset_prefix_cache()
 
-    def score(self, prompt_token_ids: Sequence[int], positions: Sequence[int] | None = None) -> list[list[float]]:
+    def score(
+        self,
+        prompt_token_ids: Sequence[int],
+        positions: Sequence[int] | None = None,
+        *,
+        lora_request: LoRARequest | None = None,
+    ) -> list[list[float]]:
         """The logits of one prompt, [num_positions][vocab_size] (for tests and evaluation): at every
-        position, or at `positions` only (each below the prompt length), in their order."""
+        position, or at `positions` only (each below the prompt length), in their order; with the
+        adapter of `lora_request` when given."""
         ids = list(prompt_token_ids) if is_sequence(prompt_token_ids) else prompt_token_ids
+        lora = normalize_lora(lora_request, 1)[0]
         with self._lock:
-            return self._core.score(ids, None if positions is None else list(positions))
+            return self._core.score(ids, None if positions is None else list(positions), lora)
+
+    def unload_lora(self, lora_int_id: int) -> bool:
+        """Unloads a LoRA adapter (an error while requests use it); False if it was not loaded."""
+        with self._lock:
+            return self._core.unload_lora(lora_int_id)
+
+    def loaded_loras(self) -> list[tuple[int, str, str]]:
+        """`(lora_int_id, lora_name, lora_path)` of every loaded LoRA adapter."""
+        with self._lock:
+            return self._core.loaded_loras()
 
     def _run_batch(
-        self, batch: list[Prompt], params: list[SamplingParams], use_tqdm: bool, priorities: list[int] | None = None
+        self,
+        batch: list[Prompt],
+        params: list[SamplingParams],
+        use_tqdm: bool,
+        priorities: list[int] | None = None,
+        loras: list[_Lora] | None = None,
     ) -> list[RequestOutput]:
         """Adds every request, steps until all finish, and returns their outputs in order."""
-        states = self._add_requests(batch, params, priorities)
+        states = self._add_requests(batch, params, priorities, loras)
         try:
             with PromptProgress(len(states), use_tqdm) as progress:
                 running = {cid: s for s in states for cid in s.child_ids}
@@ -226,9 +274,9 @@ class Engine:
             self._abort_unfinished(states)
         return [s.output() for s in states]
 
-    def _stream(self, item: Prompt, params: SamplingParams) -> Iterator[RequestOutput]:
+    def _stream(self, item: Prompt, params: SamplingParams, lora: _Lora = None) -> Iterator[RequestOutput]:
         """Adds one request and yields its deltas until it finishes; aborts it if closed early."""
-        (state,) = self._add_requests([item], [params])
+        (state,) = self._add_requests([item], [params], None, [lora])
         try:
             while not state.finished:
                 for child_id, out in _raise_failures(self._next_outputs(state.unfinished_child_ids())):
@@ -240,19 +288,24 @@ class Engine:
             self._abort_unfinished([state])
 
     def _add_requests(
-        self, batch: list[Prompt], params: list[SamplingParams], priorities: list[int] | None = None
+        self,
+        batch: list[Prompt],
+        params: list[SamplingParams],
+        priorities: list[int] | None = None,
+        loras: list[_Lora] | None = None,
     ) -> list[RequestState]:
         """Adds the requests to the engine; if one is rejected, aborts the others and re-raises."""
         states: list[RequestState] = []
         priorities = priorities or [0] * len(batch)
+        loras = loras or [None] * len(batch)
         with self._lock:
             try:
-                for item, p, priority in zip(batch, params, priorities, strict=True):
+                for item, p, priority, lora in zip(batch, params, priorities, loras, strict=True):
                     state = RequestState(str(next(self._request_counter)), item, p)
                     states.append(state)
                     self._child_ids[state.request_id] = state.child_ids
                     for child_id, child_params, fork_of in state.engine_requests():
-                        self._core.add_request(child_id, item.token_ids, child_params, priority, fork_of)
+                        self._core.add_request(child_id, item.token_ids, child_params, priority, fork_of, lora)
                         self._mailboxes[child_id] = []
             except BaseException:
                 for state in states:

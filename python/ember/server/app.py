@@ -16,11 +16,13 @@ from starlette.exceptions import HTTPException
 from ember._core import EmberError, InvalidRequestError
 from ember.data_parallel.pool import NoReplicaError
 from ember.data_parallel.router import ReplicaRouter
+from ember.lora import LoRARequest
 from ember.outputs import RequestOutput
 from ember.server.engine_client import EngineClient
 from ember.server.errors import ApiError, error_body, error_response
 from ember.server.generation import TrackedStream, merge, resolve_max_tokens, unless_disconnected
 from ember.server.limits import BodyLimitMiddleware
+from ember.server.lora_modules import LoadLoraAdapterRequest, LoraModules, UnloadLoraAdapterRequest
 from ember.server.metrics import ServerMetrics
 from ember.server.middleware import ApiMiddleware
 from ember.server.protocol import ChatCompletionRequest, CompletionKind, CompletionRequest, SamplingFields
@@ -45,6 +47,10 @@ class ServerConfig:
     """Whether /metrics also requires the API key."""
     limits: RequestLimits = field(default_factory=RequestLimits)
     """Body size and header / body time limits."""
+    enable_lora: bool = False
+    """Whether requests may pick LoRA adapters (the engine was made with enable_lora=True)."""
+    lora_modules: dict[str, str] = field(default_factory=dict)
+    """Adapters served from the start: model name -> PEFT folder."""
 
 
 @dataclass
@@ -68,6 +74,7 @@ class OpenAiServer:
         self.engine = engine
         self.config = config
         self.metrics = ServerMetrics()
+        self.loras = LoraModules(config.enable_lora, config.model_name, config.lora_modules)
 
     def models(self) -> dict[str, Any]:
         """GET /v1/models."""
@@ -78,7 +85,7 @@ class OpenAiServer:
             "owned_by": "ember",
             "max_model_len": self.engine.max_model_len,
         }
-        return {"object": "list", "data": [card]}
+        return {"object": "list", "data": [card, *self.loras.cards(card)]}
 
     def chat_job(self, body: ChatCompletionRequest) -> _Job:
         """Renders the conversation with the model's chat template and encodes it."""
@@ -130,11 +137,8 @@ class OpenAiServer:
     async def run(self, job: _Job) -> Response:
         """Checks the model and capacity, starts the engine requests, and answers streamed or whole."""
         body = job.body
-        if body.model is not None and body.model != self.config.model_name:
-            raise ApiError(
-                404, f"The model '{body.model}' does not exist; this server serves '{self.config.model_name}'", "model"
-            )
-        streams = self._streams(job)
+        lora = self.loras.resolve(body.model)
+        streams = self._streams(job, lora)
         self._check_capacity(len(streams) * body.n)
         builder = ResponseBuilder(job.kind, self.config.model_name, job.logprobs or 0, job.tools)
         firsts: list[RequestOutput] = []
@@ -169,7 +173,7 @@ class OpenAiServer:
                 f"The server is overloaded: {in_flight} sequences in flight (limit {limit}). Retry later.",
             )
 
-    def _streams(self, job: _Job) -> list[TrackedStream]:
+    def _streams(self, job: _Job, lora: LoRARequest | None) -> list[TrackedStream]:
         """One engine request per prompt (not started until first iterated)."""
         streams = []
         prompt_param = "messages" if job.kind == "chat" else "prompt"
@@ -177,7 +181,8 @@ class OpenAiServer:
             max_tokens = resolve_max_tokens(len(ids), job.max_tokens, self.engine.max_model_len, prompt_param)
             params = job.body.sampling_params(max_tokens, job.logprobs, job.constraint)
             delta = job.body.stream
-            streams.append(TrackedStream(self.engine, self.metrics, ids, params, job.body.priority, delta))
+            stream = TrackedStream(self.engine, self.metrics, ids, params, job.body.priority, delta, lora)
+            streams.append(stream)
         return streams
 
     async def _events(
@@ -287,6 +292,22 @@ def build_app(engine: EngineClient, config: ServerConfig) -> FastAPI:
     @app.get("/v1/models")
     async def models() -> dict[str, Any]:
         return server.models()
+
+    @app.post("/v1/load_lora_adapter")
+    async def load_lora_adapter(body: LoadLoraAdapterRequest) -> PlainTextResponse:
+        server.loras.add(body.lora_name, body.lora_path)
+        return PlainTextResponse(f"Success: LoRA adapter '{body.lora_name}' added successfully.")
+
+    @app.post("/v1/unload_lora_adapter")
+    async def unload_lora_adapter(body: UnloadLoraAdapterRequest) -> PlainTextResponse:
+        lora = server.loras.remove(body.lora_name)
+        unload = getattr(engine, "unload_lora", None)
+        if unload is not None:
+            try:
+                await unload(lora.lora_int_id)
+            except InvalidRequestError:
+                pass  # still in use: its requests finish, then the engine's LRU drops it
+        return PlainTextResponse(f"Success: LoRA adapter '{body.lora_name}' removed successfully.")
 
     @app.post("/v1/chat/completions")
     async def chat_completions(body: ChatCompletionRequest, request: Request) -> Response:

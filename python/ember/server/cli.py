@@ -79,7 +79,28 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
         help="admission order of waiting requests: fcfs (first come, first served; requests must leave "
         "`priority` at 0) or priority (lowest `priority` first, then arrival) (default: %(default)s)",
     )
+    _add_lora_arguments(parser)
     _add_data_parallel_arguments(parser)
+
+
+def _add_lora_arguments(parser: argparse.ArgumentParser) -> None:
+    """LoRA adapters chosen per request by the `model` field."""
+    lora = parser.add_argument_group("LoRA adapters (PEFT folders, picked per request by `model`)")
+    lora.add_argument("--enable-lora", action="store_true", help="let requests run with LoRA adapters")
+    lora.add_argument(
+        "--lora-modules",
+        nargs="+",
+        default=[],
+        metavar="NAME=PATH",
+        help="adapters served from the start, each under its own model name (needs --enable-lora)",
+    )
+    lora.add_argument(
+        "--max-loras", type=int, default=1, help="most distinct adapters among running requests (default: 1)"
+    )
+    lora.add_argument("--max-lora-rank", type=int, default=16, help="highest adapter rank accepted (default: 16)")
+    lora.add_argument(
+        "--max-cpu-loras", type=int, default=None, help="adapters kept loaded (default: --max-loras)"
+    )
 
 
 def _add_data_parallel_arguments(parser: argparse.ArgumentParser) -> None:

@@ -7,6 +7,7 @@ from collections.abc import AsyncIterator
 from typing import Protocol
 
 from ember._core import Tokenizer
+from ember.lora import LoRARequest
 from ember.outputs import RequestOutput
 from ember.sampling_params import SamplingParams
 
@@ -25,8 +26,10 @@ class EngineClient(Protocol):
         request_id: str | None = None,
         priority: int = 0,
         delta: bool = False,
+        lora_request: LoRARequest | None = None,
     ) -> AsyncIterator[RequestOutput]:
-        """Streams one request's outputs."""
+        """Streams one request's outputs (with a LoRA adapter when given; the server passes one only when LoRA
+        is enabled)."""
         ...
 
     def abort(self, request_id: str) -> bool:

@@ -10,6 +10,7 @@ from typing import Any, TypeVar
 
 from starlette.requests import Request
 
+from ember.lora import LoRARequest
 from ember.outputs import RequestOutput
 from ember.sampling_params import SamplingParams
 from ember.server.engine_client import EngineClient
@@ -57,10 +58,15 @@ class TrackedStream:
         params: SamplingParams,
         priority: int,
         delta: bool,
+        lora: LoRARequest | None = None,
     ) -> None:
         self._engine = engine
         self.request_id = f"http-{next(_request_ids)}"
-        self._stream = engine.generate(token_ids, params, request_id=self.request_id, priority=priority, delta=delta)
+        # Only adapter requests pass lora_request, so engines without LoRA support serve the base model.
+        extra = {} if lora is None else {"lora_request": lora}
+        self._stream = engine.generate(
+            token_ids, params, request_id=self.request_id, priority=priority, delta=delta, **extra
+        )
         self._delta = delta
         self._metrics = metrics
         self._arrival = time.monotonic()

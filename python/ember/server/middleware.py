@@ -13,7 +13,15 @@ from ember.server.metrics import ServerMetrics
 
 logger = logging.getLogger("ember.server")
 
-_ENDPOINTS = ("/v1/chat/completions", "/v1/completions", "/v1/models", "/health", "/metrics")
+_ENDPOINTS = (
+    "/v1/chat/completions",
+    "/v1/completions",
+    "/v1/models",
+    "/v1/load_lora_adapter",
+    "/v1/unload_lora_adapter",
+    "/health",
+    "/metrics",
+)
 """Paths counted under their own label; anything else is counted as "other"."""
 
 

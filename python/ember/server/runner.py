@@ -21,6 +21,7 @@ from ember.server.app import ServerConfig, build_app
 from ember.server.cli import served_name
 from ember.server.engine_client import EngineClient
 from ember.server.limits import uvicorn_config
+from ember.server.lora_modules import parse_lora_modules
 from ember.server.request_limits import RequestLimits
 
 
@@ -28,8 +29,16 @@ def run_server(args: argparse.Namespace) -> int:
     """Loads the model, then serves until SIGINT/SIGTERM; returns the exit status."""
     logging.basicConfig(level=logging.INFO, format="%(levelname)s %(name)s: %(message)s")
     print(f"ember: loading {args.model}...", file=sys.stderr, flush=True)
+    try:
+        lora_modules = parse_lora_modules(args.lora_modules)
+    except ValueError as exc:
+        raise SystemExit(f"ember serve: {exc}") from None
+    if lora_modules and not args.enable_lora:
+        raise SystemExit("ember serve: --lora-modules needs --enable-lora")
     engine = _load_engine(args)
     server_config = ServerConfig(
+        enable_lora=args.enable_lora,
+        lora_modules=lora_modules,
         model_name=served_name(args.model, args.served_model_name),
         api_key=args.api_key,
         max_pending_requests=args.max_pending_requests,
@@ -74,7 +83,15 @@ def _load_engine(args: argparse.Namespace) -> EngineClient:
         "scheduling_policy": args.scheduling_policy,
     }
     if args.data_parallel_size == 1 and args.distributed_executor_backend != "ray":
-        return AsyncEngine(args.model, **engine_args)
+        lora_args = {
+            "enable_lora": True,
+            "max_loras": args.max_loras,
+            "max_lora_rank": args.max_lora_rank,
+            "max_cpu_loras": args.max_cpu_loras,
+        }
+        return AsyncEngine(args.model, **engine_args, **(lora_args if args.enable_lora else {}))
+    if args.enable_lora:
+        raise SystemExit("ember serve: --enable-lora is not supported with data-parallel replicas yet")
     config = DataParallelConfig(
         data_parallel_size=args.data_parallel_size,
         backend=args.distributed_executor_backend or "mp",
