@@ -1,0 +1,38 @@
+"""Random PEFT LoRA adapters on the tiny test models (`init_lora_weights=False`, so B != 0), saved as PEFT folders."""
+
+from __future__ import annotations
+
+import copy
+from pathlib import Path
+from typing import Any
+
+ATTENTION = ["q_proj", "k_proj", "v_proj", "o_proj"]
+ALL_LINEAR = [*ATTENTION, "gate_proj", "up_proj", "down_proj"]
+
+
+def write_adapter(
+    model: Any,
+    folder: Path,
+    *,
+    rank: int,
+    alpha: float,
+    targets: list[str],
+    seed: int,
+    use_rslora: bool = False,
+) -> Any:
+    """Wraps a copy of `model` in a seeded random LoRA adapter, saves it to `folder`, returns the PEFT model."""
+    import torch
+    from peft import LoraConfig, get_peft_model
+
+    torch.manual_seed(seed)
+    config = LoraConfig(
+        r=rank,
+        lora_alpha=alpha,
+        target_modules=targets,
+        use_rslora=use_rslora,
+        init_lora_weights=False,
+        lora_dropout=0.0,
+    )
+    peft_model = get_peft_model(copy.deepcopy(model), config)
+    peft_model.save_pretrained(str(folder))
+    return peft_model.eval()
