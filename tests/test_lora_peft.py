@@ -14,8 +14,8 @@ from typing import Any
 import pytest
 
 from ember import Engine, LoRARequest
-
 from gguf_from_hf import write_gguf
+
 from lora_adapters import ALL_LINEAR, ATTENTION, write_adapter
 from references import require
 from tiny_models import FAMILY_VARIANTS, VARIANTS, Variant, assert_prefill_logits_match, write_model

@@ -56,9 +56,9 @@ class Engine:
     the tokens a structured-output grammar forces (the single token allowed) without
     a decode step each; outputs are the same with it off. `enable_lora` lets requests run with
     PEFT LoRA adapters (`lora_request=`): at most `max_loras` distinct adapters among running
-    requests, ranks up to `max_lora_rank`, `max_cpu_loras` (default `max_loras`) kept loaded. Safe to share between threads: the
-    Rust engine releases the GIL while it computes, and one lock serializes calls
-    into it.
+    requests, ranks up to `max_lora_rank`, `max_cpu_loras` (default `max_loras`) kept loaded.
+    Safe to share between threads: the Rust engine releases the GIL while it computes, and one
+    lock serializes calls into it.
     """
 
     def __init__(

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import asyncio
+import contextlib
 from collections.abc import AsyncIterator, Callable
 from contextlib import asynccontextmanager
 from dataclasses import dataclass, field
@@ -303,10 +304,9 @@ def build_app(engine: EngineClient, config: ServerConfig) -> FastAPI:
         lora = server.loras.remove(body.lora_name)
         unload = getattr(engine, "unload_lora", None)
         if unload is not None:
-            try:
+            # Still in use: its requests finish, then the engine's LRU drops it.
+            with contextlib.suppress(InvalidRequestError):
                 await unload(lora.lora_int_id)
-            except InvalidRequestError:
-                pass  # still in use: its requests finish, then the engine's LRU drops it
         return PlainTextResponse(f"Success: LoRA adapter '{body.lora_name}' removed successfully.")
 
     @app.post("/v1/chat/completions")

@@ -98,9 +98,7 @@ def _add_lora_arguments(parser: argparse.ArgumentParser) -> None:
         "--max-loras", type=int, default=1, help="most distinct adapters among running requests (default: 1)"
     )
     lora.add_argument("--max-lora-rank", type=int, default=16, help="highest adapter rank accepted (default: 16)")
-    lora.add_argument(
-        "--max-cpu-loras", type=int, default=None, help="adapters kept loaded (default: --max-loras)"
-    )
+    lora.add_argument("--max-cpu-loras", type=int, default=None, help="adapters kept loaded (default: --max-loras)")
 
 
 def _add_data_parallel_arguments(parser: argparse.ArgumentParser) -> None:

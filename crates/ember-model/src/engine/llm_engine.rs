@@ -111,7 +111,7 @@ impl LlmEngine {
         .map_err(|e| invalid(e.to_string()))?;
         let loras = args.lora.map(|limits| {
             let targets = LoraTargets::new(
-                opened.architecture.family,
+                opened.architecture.family.weight_names(),
                 &config,
                 opened.architecture.rope_style,
             );

@@ -216,3 +216,41 @@ impl LoraRegistry {
         Ok(())
     }
 }
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn limits_are_checked_with_their_names() {
+        let ok = LoraConfig {
+            max_loras: 2,
+            max_lora_rank: 16,
+            max_cpu_loras: 2,
+        };
+        assert_eq!(ok.validate(), Ok(()));
+        let cases = [
+            (
+                LoraConfig { max_loras: 0, ..ok },
+                "max_loras must be at least 1, got 0",
+            ),
+            (
+                LoraConfig {
+                    max_lora_rank: 2048,
+                    ..ok
+                },
+                "max_lora_rank must be at most 1024, got 2048",
+            ),
+            (
+                LoraConfig {
+                    max_cpu_loras: 1,
+                    ..ok
+                },
+                "max_cpu_loras (1) must be at least max_loras (2)",
+            ),
+        ];
+        for (config, message) in cases {
+            assert_eq!(config.validate().unwrap_err(), message);
+        }
+    }
+}

@@ -159,10 +159,13 @@ fn shown(value: Option<&Value>) -> String {
     value.map_or_else(|| "nothing (missing)".to_string(), Value::to_string)
 }
 
+/// A stored matrix as f32 values and its shape.
+type Matrix = (Vec<f32>, Vec<usize>);
+
 /// Every module's `lora_A` / `lora_B` pair of the weights file, as f32.
 fn read_factors(path: &Path) -> Result<BTreeMap<String, PeftFactors>, ModelLoadError> {
     let set = SafetensorsSet::open_file(path)?;
-    let mut halves: BTreeMap<String, [Option<(Vec<f32>, Vec<usize>)>; 2]> = BTreeMap::new();
+    let mut halves: BTreeMap<String, [Option<Matrix>; 2]> = BTreeMap::new();
     for info in set.tensors() {
         let name = info.name.strip_prefix("base_model.model.").unwrap_or(&info.name);
         let (module, half) = if let Some(module) = name.strip_suffix(".lora_A.weight") {
