@@ -5,6 +5,7 @@
 #include "dequant.cu"
 #include "gather.cu"
 #include "kv_cache.cu"
+#include "lora.cu"
 #include "norm.cu"
 #include "prefill_attention.cu"
 #include "rope.cu"

@@ -37,6 +37,21 @@ void ember_rope_T(void* x, const unsigned int* positions, const float* inv_freq,
 void ember_reshape_and_cache_T(void* k_cache, void* v_cache, const void* key, const void* value,
                                const int* slot_mapping, int width, long long num_slots);
 
+// lora.cu. Adapters stacked in slots, rank padded to max_rank (<= 64 for the segmented shrink);
+// token_slots [num_tokens] (-1: base model); seg_starts [num_segments + 1] (runs of equal slots, every
+// row in one); seg_slots [num_segments] (-1: base-model run).
+//   buf [num_tokens, max_rank] f32, x [num_tokens, in_features], a [num_slots, max_rank, in_features]
+// Grid (num_tokens, max_rank), block 128 (decode: grouped GEMV).
+void ember_lora_shrink_gemv_T(float* buf, const void* x, const void* a, const int* token_slots,
+                              int in_features, int max_rank);
+// Grid (num_segments, ceil(max_segment_len / 16)), block 128 (prefill: segmented GEMM).
+void ember_lora_shrink_segments_T(float* buf, const void* x, const void* a, const int* seg_starts,
+                                  const int* seg_slots, int in_features, int max_rank);
+//   y [num_tokens, out_features] (in/out), b [num_slots, out_features, max_rank], scales [num_slots] f32.
+// Grid-stride over num_tokens * out_features.
+void ember_lora_expand_T(void* y, const float* buf, const void* b, const float* scales,
+                         const int* token_slots, int num_tokens, int out_features, int max_rank);
+
 // decode_attention.cu (16-bit). Grid (num_kv_heads * ceil(group / 8), num_seqs, num_splits), block 128.
 //   out [num_seqs, num_heads, HD]; partial_acc [num_seqs, num_heads, num_splits, HD] f32;
 //   partial_max/partial_sum [num_seqs, num_heads, num_splits] f32; q [num_seqs, num_heads, HD];

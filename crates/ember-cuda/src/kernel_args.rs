@@ -109,6 +109,60 @@ kernel_args! {
         table_rows: i32,
     }
 
+    /// `ember_lora_shrink_gemv_*` (`lora.cu`); planned by [`crate::lora_plan`].
+    LoraShrinkGemvArgs {
+        /// `[num_tokens, max_rank]` f32.
+        buf: DevPtr,
+        /// `[num_tokens, in_features]`.
+        x: DevPtr,
+        /// `[num_slots, max_rank, in_features]`.
+        a: DevPtr,
+        /// `[num_tokens]` i32 slots, -1 for the base model.
+        token_slots: DevPtr,
+        /// Input width.
+        in_features: i32,
+        /// Padded rank of the slots.
+        max_rank: i32,
+    }
+
+    /// `ember_lora_shrink_segments_*` (`lora.cu`).
+    LoraShrinkSegmentsArgs {
+        /// `[num_tokens, max_rank]` f32.
+        buf: DevPtr,
+        /// `[num_tokens, in_features]`.
+        x: DevPtr,
+        /// `[num_slots, max_rank, in_features]`.
+        a: DevPtr,
+        /// `[num_segments + 1]` i32 row offsets.
+        seg_starts: DevPtr,
+        /// `[num_segments]` i32 slots, -1 for base-model runs.
+        seg_slots: DevPtr,
+        /// Input width.
+        in_features: i32,
+        /// Padded rank of the slots (at most 64).
+        max_rank: i32,
+    }
+
+    /// `ember_lora_expand_*` (`lora.cu`).
+    LoraExpandArgs {
+        /// `[num_tokens, out_features]`, updated in place.
+        y: DevPtr,
+        /// `[num_tokens, max_rank]` f32.
+        buf: DevPtr,
+        /// `[num_slots, out_features, max_rank]`.
+        b: DevPtr,
+        /// `[num_slots]` f32 adapter scales.
+        scales: DevPtr,
+        /// `[num_tokens]` i32 slots, -1 for the base model.
+        token_slots: DevPtr,
+        /// Rows.
+        num_tokens: i32,
+        /// Output width.
+        out_features: i32,
+        /// Padded rank of the slots.
+        max_rank: i32,
+    }
+
     /// `ember_add_rms_norm_*` (`norm.cu`).
     AddRmsNormArgs {
         /// `[rows, cols]`.

@@ -74,6 +74,12 @@ macro_rules! kernels {
 kernels! {
     /// Row gather (embedding lookup, logits rows).
     gather_rows_bf16 = "ember_gather_rows_bf16" (GatherRowsArgs);
+    /// LoRA shrink of decode rows (grouped GEMV).
+    lora_shrink_gemv_bf16 = "ember_lora_shrink_gemv_bf16" (LoraShrinkGemvArgs);
+    /// LoRA shrink of prefill segments (segmented GEMM).
+    lora_shrink_segments_bf16 = "ember_lora_shrink_segments_bf16" (LoraShrinkSegmentsArgs);
+    /// LoRA expand, `y += scale * B buf` per row's slot.
+    lora_expand_bf16 = "ember_lora_expand_bf16" (LoraExpandArgs);
     /// RMS norm with the residual add fused.
     add_rms_norm_bf16 = "ember_add_rms_norm_bf16" (AddRmsNormArgs);
     /// Residual or bias add.

@@ -17,6 +17,7 @@ mod kernel_build;
 pub mod kernels;
 pub mod launch;
 mod libraries;
+pub mod lora_plan;
 pub mod memory_plan;
 mod module;
 mod nvrtc_cache;
