@@ -4,6 +4,7 @@
   and every prompt is generated for.
 - bench/prefix_cache.py: cached prompt tokens are reported apart and never counted as
   computed throughput.
+- bench/lora.py: its adapters (written for the model's shapes) load, and both cases generate every token.
 - bench/throughput.py: llama.cpp's multi-stream context keeps the library's default
   `kv_unified` off, so each stream attends over its own cells only.
 """
@@ -21,6 +22,7 @@ from references import require
 sys.path.insert(0, str(Path(__file__).resolve().parent.parent / "bench"))
 
 import gpu_e2e
+import lora
 import prefix_cache
 
 import throughput
@@ -52,3 +54,12 @@ def test_llama_cpp_streams_attend_over_their_own_cells(default_gguf: Path) -> No
     runner = throughput.LlamaCppRunner(str(default_gguf), threads=2, max_seqs=4, max_tokens_per_seq=64)
     assert runner.settings["kv_unified"] is False
     assert runner.settings["n_ctx_seq"] == runner.settings["n_ctx"] // 4 >= throughput.PREFILL_TOKENS + 64
+
+
+def test_lora_bench_adapters_load_and_both_cases_generate_every_token(default_gguf: Path, tmp_path: Path) -> None:
+    args = argparse.Namespace(threads=2, seed=0, max_tokens=2, repeats=1)
+    record = lora.run(str(default_gguf), args, tmp_path)
+    expected = lora.NUM_STREAMS * 2
+    assert record["base"]["generated_tokens"] == record["mixed"]["generated_tokens"] == expected
+    assert record["ratio"] == pytest.approx(record["mixed"]["tok_s"] / record["base"]["tok_s"])
+    assert len(record["adapter_load_s"]) == lora.NUM_ADAPTERS and min(record["adapter_load_s"]) > 0

@@ -27,8 +27,9 @@ impl<B: Backend> LoraWeights<B> {
         let mut layers: Vec<[Option<LoraPair<B>>; NUM_LORA_MODULES]> =
             (0..num_layers).map(|_| std::array::from_fn(|_| None)).collect();
         for m in &adapter.matrices {
-            let a = f32_matrix(backend, "lora_A", &m.a, m.rank, m.num_inputs)?;
-            let b = f32_matrix(backend, "lora_B", &m.b, m.num_outputs, m.rank)?;
+            let f = &m.factors;
+            let a = f32_matrix(backend, "lora_A", &f.a, f.rank, f.num_inputs)?;
+            let b = f32_matrix(backend, "lora_B", &f.b, f.num_outputs, f.rank)?;
             if let Some(layer) = layers.get_mut(m.layer) {
                 layer[m.module as usize] = Some(LoraPair { a, b });
             }

@@ -35,24 +35,16 @@ pub const NUM_LORA_MODULES: usize = 7;
 /// The canonical projections of a (possibly fused) stored part and the rows each takes.
 type PartRows = Vec<(LoraModule, usize, usize)>;
 
-/// One projection's factors, ready for a backend: `a` `[rank, num_inputs]`, `b`
-/// `[num_outputs, rank]`, row-major f32.
+/// One projection's factors, ready for a backend (`lora_B` rows cut for a fused projection and
+/// permuted for a GGUF base's interleaved RoPE where needed).
 #[derive(Clone, Debug)]
 pub struct LoraMatrices {
     /// Decoder layer.
     pub layer: usize,
     /// Which projection.
     pub module: LoraModule,
-    /// `lora_A`.
-    pub a: Vec<f32>,
-    /// `lora_B` (rows permuted for a GGUF base's interleaved RoPE where needed).
-    pub b: Vec<f32>,
-    /// The adapter's rank.
-    pub rank: usize,
-    /// Input width.
-    pub num_inputs: usize,
-    /// Output width.
-    pub num_outputs: usize,
+    /// `lora_A` `[rank, num_inputs]` and `lora_B` `[num_outputs, rank]`.
+    pub factors: PeftFactors,
 }
 
 /// An adapter checked against a model: its scale and every adapted projection.
@@ -244,11 +236,13 @@ impl LoraTargets {
         LoraMatrices {
             layer,
             module,
-            a: factors.a.clone(),
-            b,
-            rank,
-            num_inputs: factors.num_inputs,
-            num_outputs: num_rows,
+            factors: PeftFactors {
+                a: factors.a.clone(),
+                b,
+                rank,
+                num_inputs: factors.num_inputs,
+                num_outputs: num_rows,
+            },
         }
     }
 }

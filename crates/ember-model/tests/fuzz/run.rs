@@ -197,7 +197,10 @@ fn load_and_generate(path: &Path, float32: bool) -> Result<(), String> {
     })
     .map_err(|e| format!("the fuzz request's parameters are invalid: {e}"))?;
     let _ = engine.tokenizer().encode("a b, c!", true);
-    if engine.add_request("r", vec![0, 1, 2, 3], params, 0, None, None).is_ok() {
+    if engine
+        .add_request("r", vec![0, 1, 2, 3], params, 0, None, None)
+        .is_ok()
+    {
         for _ in 0..6 {
             if !engine.has_unfinished_requests() || engine.step().is_err() {
                 break;
