@@ -102,6 +102,10 @@ pub fn matmul(
         crate::packed_matmul::quant_matmul(pool, isa, x, w, bias, &mut out);
         return Ok(out);
     }
+    if let Some(w_t) = w.transposed() {
+        skinny_matmul(w_t, n, x.as_slice(), bias, out.as_mut_slice());
+        return Ok(out);
+    }
     let x = x.as_slice();
     let ptr = OutPtr(out.as_mut_slice().as_mut_ptr());
     let threads = pool.current_num_threads();
@@ -120,6 +124,43 @@ pub fn matmul(
         float_cols(isa, w, x, rows, i * chunk, c_end, ptr, bias);
     });
     Ok(out)
+}
+
+/// `out = x @ w^T (+ bias)` for a skinny f32 weight given as its `[k, n]` transpose `w_t` (a
+/// LoRA `lora_B`, `k` = the rank): each row is `sum_k x[k] * w_t[k, :]` in `k` order, as axpys
+/// (no `k`-long dot products, whose horizontal sums dominate at such widths); the same for every
+/// batch size, so rows stay independent of the batch.
+fn skinny_matmul(w_t: &[f32], n: usize, x: &[f32], bias: Option<&[f32]>, out: &mut [f32]) {
+    #[cfg(target_arch = "x86_64")]
+    if is_x86_feature_detected!("avx2") && is_x86_feature_detected!("fma") {
+        // SAFETY: the CPU has AVX2 and FMA, the features the function is compiled for.
+        return unsafe { skinny_rows_avx2(w_t, n, x, bias, out) };
+    }
+    skinny_rows(w_t, n, x, bias, out);
+}
+
+/// [`skinny_matmul`] compiled for AVX2 + FMA (the axpys vectorize 8 wide with fused multiply-adds).
+#[cfg(target_arch = "x86_64")]
+#[target_feature(enable = "avx2,fma")]
+unsafe fn skinny_rows_avx2(w_t: &[f32], n: usize, x: &[f32], bias: Option<&[f32]>, out: &mut [f32]) {
+    skinny_rows(w_t, n, x, bias, out);
+}
+
+/// The rows of [`skinny_matmul`]: `out[r] = bias + sum_k x[r, k] * w_t[k, :]`, in `k` order.
+#[inline(always)]
+fn skinny_rows(w_t: &[f32], n: usize, x: &[f32], bias: Option<&[f32]>, out: &mut [f32]) {
+    let k = w_t.len() / n.max(1);
+    for (x_row, out_row) in x.chunks_exact(k).zip(out.chunks_exact_mut(n)) {
+        if let Some(b) = bias {
+            out_row.copy_from_slice(b);
+        }
+        for (&xv, w_row) in x_row.iter().zip(w_t.chunks_exact(n)) {
+            out_row
+                .iter_mut()
+                .zip(w_row)
+                .for_each(|(o, &wv)| *o = xv.mul_add(wv, *o));
+        }
+    }
 }
 
 /// Multiply-adds (`rows * n * k`) below which a matmul runs on the calling thread.

@@ -278,3 +278,37 @@ fn matmul_rejects_bad_shapes() {
         .to_string();
     assert!(err.contains("256") && err.contains("576"), "{err}");
 }
+
+/// Skinny f32 weights (a LoRA `lora_B`, `k` = the rank): every row equals that row alone, bit
+/// for bit, with and without a bias, and matches an f64 reference.
+#[test]
+fn skinny_f32_rows_do_not_depend_on_the_batch() {
+    let mut rng = Rng::new(11);
+    let pool = pool(2);
+    for k in [1, 16, 32] {
+        let n = 45;
+        let values = rng.vec(n * k, 1.0);
+        let bytes: Vec<u8> = values.iter().flat_map(|v| v.to_le_bytes()).collect();
+        let w = make_matrix(&bytes, WeightDType::F32, n, k);
+        let bias = rng.vec(n, 1.0);
+        let x = CpuTensor::from_vec(9, k, rng.vec(9 * k, 2.0)).unwrap();
+        for b in [None, Some(bias.as_slice())] {
+            let all = matmul(&pool, Isa::detect(), &x, &w, b).unwrap();
+            for r in 0..9 {
+                let row = CpuTensor::from_vec(1, k, x.as_slice()[r * k..(r + 1) * k].to_vec()).unwrap();
+                let alone = matmul(&pool, Isa::detect(), &row, &w, b).unwrap();
+                assert!(bits_equal(alone.as_slice(), &all.as_slice()[r * n..(r + 1) * n]));
+                for o in 0..n {
+                    let want: f64 = (0..k)
+                        .map(|j| f64::from(x.as_slice()[r * k + j]) * f64::from(values[o * k + j]))
+                        .sum::<f64>()
+                        + b.map_or(0.0, |b| f64::from(b[o]));
+                    assert!(
+                        (f64::from(all.as_slice()[r * n + o]) - want).abs() < 1e-4,
+                        "k={k} r={r} o={o}"
+                    );
+                }
+            }
+        }
+    }
+}

@@ -19,7 +19,13 @@ pub struct CpuMatrix {
     data: AlignedBytes,
     /// The packed layout (quantized formats only).
     layout: Option<Layout>,
+    /// `[cols, rows]`: an f32 matrix of at most [`SKINNY_MAX_COLS`] columns transposed (a LoRA
+    /// `lora_B`), for the matmul that runs it as row-wise axpys.
+    transposed: Option<Vec<f32>>,
 }
+
+/// Columns up to which an f32 matrix also keeps its transpose (see [`CpuMatrix::transposed`]).
+pub const SKINNY_MAX_COLS: usize = 32;
 
 /// Checks that `view` is a 2-D matrix with whole blocks per row and the right byte length;
 /// returns `(rows, cols)`.
@@ -61,6 +67,14 @@ impl CpuMatrix {
             Some(_) => pack(dtype, view.bytes, rows, row_bytes, view.name)?,
             None => AlignedBytes::copy_from(view.bytes, view.name)?,
         };
+        let transposed = (dtype == WeightDType::F32 && (1..=SKINNY_MAX_COLS).contains(&cols)).then(|| {
+            let mut t = vec![0.0f32; rows * cols];
+            for (i, bytes) in view.bytes.chunks_exact(4).enumerate() {
+                t[(i % cols) * rows + i / cols] =
+                    f32::from_le_bytes([bytes[0], bytes[1], bytes[2], bytes[3]]);
+            }
+            t
+        });
         Ok(Self {
             dtype,
             rows,
@@ -68,7 +82,13 @@ impl CpuMatrix {
             row_bytes,
             data,
             layout,
+            transposed,
         })
+    }
+
+    /// The `[cols, rows]` transpose of a skinny f32 matrix (at most [`SKINNY_MAX_COLS`] columns).
+    pub fn transposed(&self) -> Option<&[f32]> {
+        self.transposed.as_deref()
     }
 
     /// Stored encoding.
