@@ -270,6 +270,10 @@ class Engine:
         kv_cache_dtype: str = "auto",
         scheduling_policy: str = "fcfs",
         structured_jump_forward: bool = True,
+        enable_lora: bool = False,
+        max_loras: int = 1,
+        max_lora_rank: int = 16,
+        max_cpu_loras: int | None = None,
     ) -> None: ...
     tokenizer: Tokenizer
     max_model_len: int

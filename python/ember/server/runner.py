@@ -20,6 +20,7 @@ from ember.data_parallel.router import ReplicaRouter
 from ember.server.app import ServerConfig, build_app
 from ember.server.cli import served_name
 from ember.server.engine_client import EngineClient
+from ember.server.errors import ApiError
 from ember.server.limits import uvicorn_config
 from ember.server.lora_modules import parse_lora_modules
 from ember.server.request_limits import RequestLimits
@@ -49,7 +50,10 @@ def run_server(args: argparse.Namespace) -> int:
             body_timeout_s=args.body_timeout,
         ),
     )
-    app = build_app(engine, server_config)
+    try:
+        app = build_app(engine, server_config)
+    except ApiError as exc:  # an adapter of --lora-modules that is not a PEFT folder
+        raise SystemExit(f"ember serve: --lora-modules: {exc.message}") from None
     print(
         f"ember: serving '{server_config.model_name}' on http://{args.host}:{args.port}/v1 "
         f"(max_model_len {engine.max_model_len}{_replicas_note(engine)}"
