@@ -27,6 +27,7 @@ fn measure(num_requests: usize, enable_prefix_caching: bool) -> (Duration, Durat
         long_prefill_token_threshold: 0,
         policy: SchedulingPolicy::Fcfs,
         sliding_window: None,
+        speculative: None,
     });
     let params = Arc::new(SamplingParams {
         max_tokens: Some(DECODE_STEPS + 32),

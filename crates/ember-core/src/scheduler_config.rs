@@ -3,6 +3,7 @@
 use thiserror::Error;
 
 use crate::sampling_params::InvalidParam;
+use crate::speculative::SpeculativeConfig;
 
 /// Order in which waiting requests are admitted.
 #[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
@@ -62,6 +63,8 @@ pub struct SchedulerConfig {
     /// Every layer of the model attends to at most this many last positions, so blocks
     /// wholly before a request's window are released as it advances (`None`: keep all).
     pub sliding_window: Option<usize>,
+    /// Speculative decoding (n-gram drafts verified in the same step); `None` for none.
+    pub speculative: Option<SpeculativeConfig>,
 }
 
 impl Default for SchedulerConfig {
@@ -76,6 +79,7 @@ impl Default for SchedulerConfig {
             long_prefill_token_threshold: 0,
             policy: SchedulingPolicy::Fcfs,
             sliding_window: None,
+            speculative: None,
         }
     }
 }

@@ -19,6 +19,7 @@ fn config(num_blocks: usize) -> SchedulerConfig {
         long_prefill_token_threshold: 0,
         policy: SchedulingPolicy::Fcfs,
         sliding_window: None,
+        speculative: None,
     }
 }
 

@@ -21,6 +21,7 @@ fn config(num_blocks: usize, block_size: usize, max_num_batched_tokens: usize) -
         long_prefill_token_threshold: 0,
         policy: SchedulingPolicy::Fcfs,
         sliding_window: None,
+        speculative: None,
     }
 }
 
