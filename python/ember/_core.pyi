@@ -270,6 +270,7 @@ class Engine:
         kv_cache_dtype: str = "auto",
         scheduling_policy: str = "fcfs",
         structured_jump_forward: bool = True,
+        speculative_config: str | None = None,
     ) -> None: ...
     tokenizer: Tokenizer
     max_model_len: int

@@ -6,6 +6,7 @@ import itertools
 import os
 import threading
 from collections.abc import Iterable, Iterator, Sequence
+from typing import Any
 
 from ember import _core
 from ember._core import EmberError, StepOutput, Tokenizer
@@ -50,7 +51,11 @@ class Engine:
     only priority 0; "priority" admits the lowest `priority` value first (then
     the earliest) and preempts the highest first. `structured_jump_forward` appends
     the tokens a structured-output grammar forces (the single token allowed) without
-    a decode step each; outputs are the same with it off. Safe to share between threads: the
+    a decode step each; outputs are the same with it off. `speculative_config` turns on
+    speculative decoding, vLLM's shape: `{"method": "ngram", "num_speculative_tokens": k,
+    "prompt_lookup_min": a, "prompt_lookup_max": b}` (plus Ember's `adaptive`, default true,
+    and `max_num_seqs_to_speculate`, default 0 = any batch); drafts from the prompt and output
+    are verified in one step and outputs are token for token those without it. Safe to share between threads: the
     Rust engine releases the GIL while it computes, and one lock serializes calls
     into it.
     """
@@ -73,6 +78,7 @@ class Engine:
         kv_cache_dtype: str = "auto",
         scheduling_policy: str = "fcfs",
         structured_jump_forward: bool = True,
+        speculative_config: dict[str, Any] | str | None = None,
     ) -> None:
         engine_args = {
             "max_model_len": max_model_len,
@@ -89,6 +95,7 @@ class Engine:
             "kv_cache_dtype": kv_cache_dtype,
             "scheduling_policy": scheduling_policy,
             "structured_jump_forward": structured_jump_forward,
+            "speculative_config": speculative_config,
         }
         check_engine_args(engine_args)
         self.model_path = resolve_model(model)

@@ -3,6 +3,7 @@
 use std::sync::{Arc, Mutex, MutexGuard};
 
 use ember_model::engine::engine_args::EngineArgs;
+use ember_model::engine::speculative_args::parse_speculative_config;
 use ember_model::engine::{LlmEngine, LogprobEntry, StepFault, StepOutput, StopReason, TokenLogprobs};
 use pyo3::prelude::*;
 use pyo3::types::PyDict;
@@ -109,7 +110,8 @@ impl PyEngine {
     #[pyo3(signature = (model_path, *, max_model_len=None, max_num_seqs=256, max_num_batched_tokens=None,
         kv_cache_memory_bytes=None, block_size=16, seed=0, dtype="auto".to_string(), num_threads=None,
         enable_prefix_caching=true, device="auto".to_string(), gpu_memory_utilization=0.9,
-        kv_cache_dtype="auto".to_string(), scheduling_policy="fcfs".to_string(), structured_jump_forward=true))]
+        kv_cache_dtype="auto".to_string(), scheduling_policy="fcfs".to_string(), structured_jump_forward=true,
+        speculative_config=None))]
     #[allow(clippy::too_many_arguments)]
     fn new(
         py: Python<'_>,
@@ -128,8 +130,13 @@ impl PyEngine {
         kv_cache_dtype: String,
         scheduling_policy: String,
         structured_jump_forward: bool,
+        speculative_config: Option<String>,
     ) -> PyResult<Self> {
         guard(|| {
+            let speculative = speculative_config
+                .map(|json| parse_speculative_config(&json))
+                .transpose()
+                .map_err(|message| invalid_param("speculative_config", message))?;
             let scheduling_policy = scheduling_policy
                 .parse()
                 .map_err(|message: String| invalid_param("scheduling_policy", message))?;
@@ -148,6 +155,7 @@ impl PyEngine {
                 kv_cache_dtype,
                 scheduling_policy,
                 structured_jump_forward,
+                speculative,
                 ..EngineArgs::new(model_path)
             };
             let engine = py.detach(|| LlmEngine::new(&args)).map_err(engine_error)?;

@@ -2,7 +2,7 @@
 
 use std::path::PathBuf;
 
-use ember_core::SchedulingPolicy;
+use ember_core::{SchedulingPolicy, SpeculativeConfig};
 
 /// Most CPU threads an engine may start.
 pub const MAX_NUM_THREADS: usize = 1024;
@@ -48,6 +48,8 @@ pub struct EngineArgs {
     /// Append the tokens a structured-output grammar forces without a decode step each (only
     /// tokens that are the single one allowed, so outputs are unchanged).
     pub structured_jump_forward: bool,
+    /// Speculative decoding (n-gram drafts verified each step; outputs unchanged); `None` for none.
+    pub speculative: Option<SpeculativeConfig>,
 }
 
 impl EngineArgs {
@@ -69,6 +71,7 @@ impl EngineArgs {
             device: "auto".into(),
             gpu_memory_utilization: 0.9,
             structured_jump_forward: true,
+            speculative: None,
         }
     }
 }
@@ -99,6 +102,9 @@ impl EngineArgs {
         }
         if self.kv_cache_memory_bytes == Some(0) {
             return Err("kv_cache_memory_bytes must be at least 1, got 0".into());
+        }
+        if let Some(spec) = &self.speculative {
+            spec.validate().map_err(|e| e.to_string())?;
         }
         let fraction = self.gpu_memory_utilization;
         if !(fraction > 0.0 && fraction <= 1.0) {

@@ -100,6 +100,7 @@ impl LlmEngine {
             enable_prefix_caching: args.enable_prefix_caching,
             policy: args.scheduling_policy,
             sliding_window: device_model.kv_release_window,
+            speculative: args.speculative.clone(),
             ..SchedulerConfig::default()
         })
         .map_err(|e| invalid(e.to_string()))?;
@@ -385,7 +386,10 @@ impl LlmEngine {
         }
         Some(StepOutput {
             request_id: update.request_id,
-            new_token_ids: update.new_tokens.iter().map(|t| t.token_id).collect(),
+            new_token_ids: update.new_tokens[..absorbed.num_tokens]
+                .iter()
+                .map(|t| t.token_id)
+                .collect(),
             new_text,
             finish_reason,
             stop_reason,

@@ -10,6 +10,7 @@ pub mod loader;
 mod output_state;
 pub mod runner;
 pub mod sample_rows;
+pub mod speculative_args;
 pub mod step_output;
 
 pub use llm_engine::{panic_message, LlmEngine, StepFault};
