@@ -16,18 +16,18 @@ from hypothesis import strategies as st
 
 from ember import AsyncEngine, Engine, InvalidRequestError, SamplingParams, StructuredOutputsParams
 
-
 TOKENIZER_VOCAB = 268
 """Tokens of the tiny model's tokenizer (its embedding has more rows)."""
 NGRAM = {"method": "ngram", "num_speculative_tokens": 4, "prompt_lookup_min": 1, "prompt_lookup_max": 3}
-"""Fixed draft length (adaptive off), so nearly every decode step verifies drafts."""
+"""With `_spec`: a fixed draft length (adaptive off) at any batch size, so nearly every decode step verifies
+drafts."""
 ROOMY_KV_BYTES = 8 << 20
 SMALL_KV_BYTES = 20 * 16 * 256
 """20 blocks of 16 tokens of the tiny model (2 layers, 2 KV heads of 16, K and V in float16: 256 bytes a token)."""
 
 
 def _spec(**extra: Any) -> dict[str, Any]:
-    return {**NGRAM, "adaptive": False, **extra}
+    return {**NGRAM, "adaptive": False, "max_num_seqs_to_speculate": 0, **extra}
 
 
 def _completions(outs) -> list[tuple]:
@@ -232,3 +232,31 @@ def test_bad_configs_are_clear_errors(tiny_model_dir: Path, config: Any, needle:
     with pytest.raises(InvalidRequestError, match="speculative_config") as err:
         Engine(str(tiny_model_dir), kv_cache_memory_bytes=ROOMY_KV_BYTES, speculative_config=config)
     assert needle in str(err.value)
+
+
+def test_serve_flag_and_metrics(tiny_model_dir: Path) -> None:
+    from ember.cli import build_parser
+    from ember.metrics import render_prometheus
+    from ember.server.runner import _load_engine
+
+    flag = '{"method": "ngram", "num_speculative_tokens": 3, "max_num_seqs_to_speculate": 0}'
+    args = build_parser().parse_args(
+        ["serve", str(tiny_model_dir), "--speculative-config", flag, "--kv-cache-memory-bytes", str(ROOMY_KV_BYTES)]
+    )
+    engine = _load_engine(args)
+    assert isinstance(engine, AsyncEngine)
+
+    async def scenario() -> dict[str, float]:
+        try:
+            prompt = [7, 8, 9, 10] * 6
+            async for _ in engine.generate(prompt, SamplingParams(max_tokens=40, ignore_eos=True, temperature=0.0)):
+                pass
+            return engine.stats()
+        finally:
+            await engine.shutdown()
+
+    stats = asyncio.run(scenario())
+    assert stats["num_spec_proposed_tokens"] > 0
+    text = render_prometheus(stats)
+    for name in ("ember_spec_proposed_tokens_total", "ember_spec_accepted_tokens_total", "ember_spec_acceptance_rate"):
+        assert f"\n{name} " in text

@@ -54,7 +54,7 @@ class Engine:
     a decode step each; outputs are the same with it off. `speculative_config` turns on
     speculative decoding, vLLM's shape: `{"method": "ngram", "num_speculative_tokens": k,
     "prompt_lookup_min": a, "prompt_lookup_max": b}` (plus Ember's `adaptive`, default true,
-    and `max_num_seqs_to_speculate`, default 0 = any batch); drafts from the prompt and output
+    and `max_num_seqs_to_speculate`, default 2, 0 = any batch); drafts from the prompt and output
     are verified in one step and outputs are token for token those without it. Safe to share between threads: the
     Rust engine releases the GIL while it computes, and one lock serializes calls
     into it.

@@ -24,14 +24,18 @@ impl Scheduler {
             return Vec::new();
         };
         let req = &entry.request;
-        if req.num_computed_tokens + 1 != req.num_tokens() || req.sampling_params.structured_outputs.is_some() {
+        if req.num_computed_tokens + 1 != req.num_tokens() || req.sampling_params.structured_outputs.is_some()
+        {
             return Vec::new();
         }
         let room = room_for_drafts(req, max_model_len).min(budget.saturating_sub(1));
         if room == 0 {
             return Vec::new();
         }
-        let num_wanted = entry.acceptance.num_to_propose(spec.num_speculative_tokens, adaptive).min(room);
+        let num_wanted = entry
+            .acceptance
+            .num_to_propose(spec.num_speculative_tokens, adaptive)
+            .min(room);
         if num_wanted == 0 {
             return Vec::new();
         }

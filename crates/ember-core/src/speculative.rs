@@ -27,6 +27,11 @@ pub struct SpeculativeConfig {
 /// Most draft tokens a request may verify per step.
 pub const MAX_SPECULATIVE_TOKENS: usize = 32;
 
+/// Default batch size above which nobody speculates: on the CPU's quantized kernels a step's
+/// cost grows with its rows, and the crossover measured by `bench/spec_decode.py` (see
+/// bench/RESULTS.md) lies at about 2 running sequences.
+pub const DEFAULT_MAX_NUM_SEQS_TO_SPECULATE: usize = 2;
+
 /// A speculative config whose fields are out of range; names the field and the limit.
 #[derive(Clone, Debug, Error, PartialEq, Eq)]
 #[error("{0}")]
@@ -34,13 +39,14 @@ pub struct SpeculativeConfigError(pub String);
 
 impl SpeculativeConfig {
     /// An n-gram config proposing up to `num_speculative_tokens` tokens from suffixes of
-    /// `prompt_lookup_min..=prompt_lookup_max` tokens, adaptive, on at any batch size.
+    /// `prompt_lookup_min..=prompt_lookup_max` tokens, adaptive, off above
+    /// [`DEFAULT_MAX_NUM_SEQS_TO_SPECULATE`] running sequences.
     pub fn ngram(num_speculative_tokens: usize, prompt_lookup_min: usize, prompt_lookup_max: usize) -> Self {
         Self {
             num_speculative_tokens,
             prompt_lookup_min,
             prompt_lookup_max,
-            max_num_seqs_to_speculate: 0,
+            max_num_seqs_to_speculate: DEFAULT_MAX_NUM_SEQS_TO_SPECULATE,
             adaptive: true,
         }
     }
@@ -197,14 +203,21 @@ mod tests {
             record.record(5, 0);
         }
         assert_eq!(record.num_to_propose(5, true), 0, "cooling down after misses");
-        assert_eq!(record.num_to_propose(5, false), 5, "fixed length when not adaptive");
+        assert_eq!(
+            record.num_to_propose(5, false),
+            5,
+            "fixed length when not adaptive"
+        );
     }
 
     #[test]
     fn config_fields_are_range_checked_by_name() {
         assert_eq!(SpeculativeConfig::ngram(4, 1, 4).validate(), Ok(()));
         let err = SpeculativeConfig::ngram(0, 1, 4).validate().unwrap_err();
-        assert!(err.0.contains("num_speculative_tokens must be in [1, 32], got 0"), "{err}");
+        assert!(
+            err.0.contains("num_speculative_tokens must be in [1, 32], got 0"),
+            "{err}"
+        );
         let err = SpeculativeConfig::ngram(4, 3, 2).validate().unwrap_err();
         assert!(err.0.contains("prompt_lookup_max (2)"), "{err}");
         let err = SpeculativeConfig::ngram(4, 0, 2).validate().unwrap_err();

@@ -62,14 +62,27 @@ fn config() -> impl Strategy<Value = SchedulerConfig> {
         prop_oneof![Just(None), (1..=9usize).prop_map(Some)],
         prop_oneof![
             Just(None),
-            (1..=4usize, 1..=2usize, any::<bool>()).prop_map(|(k, min_n, adaptive)| Some(SpeculativeConfig {
-                adaptive,
-                ..SpeculativeConfig::ngram(k, min_n, 3)
-            })),
+            (1..=4usize, 1..=2usize, any::<bool>()).prop_map(|(k, min_n, adaptive)| Some(
+                SpeculativeConfig {
+                    adaptive,
+                    max_num_seqs_to_speculate: 0,
+                    ..SpeculativeConfig::ngram(k, min_n, 3)
+                }
+            )),
         ],
     )
         .prop_map(
-            |(block_size, num_blocks, budget, max_num_seqs, caching, priority, threshold, window, speculative)| {
+            |(
+                block_size,
+                num_blocks,
+                budget,
+                max_num_seqs,
+                caching,
+                priority,
+                threshold,
+                window,
+                speculative,
+            )| {
                 SchedulerConfig {
                     max_num_seqs,
                     max_num_batched_tokens: budget,

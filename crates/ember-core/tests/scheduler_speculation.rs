@@ -21,7 +21,15 @@ fn run(config: SchedulerConfig, ignore_eos: bool) -> Scheduler {
             ..Default::default()
         };
         let id: Arc<str> = format!("r{i}").into();
-        let request = Request::new(id.clone(), prompt.clone(), Arc::new(params.clone()), vec![EOS], 0, 0, 0.0);
+        let request = Request::new(
+            id.clone(),
+            prompt.clone(),
+            Arc::new(params.clone()),
+            vec![EOS],
+            0,
+            0,
+            0.0,
+        );
         assert!(model.add(&mut scheduler, request));
         added.push((id, prompt, params));
     }
@@ -50,6 +58,7 @@ fn config(num_blocks: usize, max_num_batched_tokens: usize, adaptive: bool) -> S
         max_model_len: 128,
         speculative: Some(SpeculativeConfig {
             adaptive,
+            max_num_seqs_to_speculate: 0,
             ..SpeculativeConfig::ngram(4, 1, 3)
         }),
         ..SchedulerConfig::default()
@@ -73,7 +82,10 @@ fn verified_drafts_keep_outputs_under_preemption_caching_and_chunking() {
 fn adaptive_speculation_proposes_less_when_drafts_miss() {
     let fixed = run(config(200, 256, false), true).stats();
     let adaptive = run(config(200, 256, true), true).stats();
-    assert!(adaptive.num_spec_proposed_tokens < fixed.num_spec_proposed_tokens, "{adaptive:?} {fixed:?}");
+    assert!(
+        adaptive.num_spec_proposed_tokens < fixed.num_spec_proposed_tokens,
+        "{adaptive:?} {fixed:?}"
+    );
     assert_eq!(fixed.num_generation_tokens, adaptive.num_generation_tokens);
 }
 

@@ -86,7 +86,9 @@ fn sample_seq(
         let accepted = draft_ids.get(i) == Some(&token.token_id);
         if accepted {
             if let Some(base) = history {
-                extended.get_or_insert_with(|| base.clone()).push_output(token.token_id);
+                extended
+                    .get_or_insert_with(|| base.clone())
+                    .push_output(token.token_id);
             }
         }
         out.push(token);

@@ -29,11 +29,17 @@ pub fn parse_speculative_config(json: &str) -> Result<SpeculativeConfig, String>
     match map.get("method").and_then(Value::as_str) {
         Some("ngram") => {}
         Some("draft_model") => {
-            return Err("speculative_config.method \"draft_model\" is not supported by this build of Ember; \
+            return Err(
+                "speculative_config.method \"draft_model\" is not supported by this build of Ember; \
                  use \"ngram\""
-                .into())
+                    .into(),
+            )
         }
-        Some(other) => return Err(format!("speculative_config.method must be \"ngram\", got {other:?}")),
+        Some(other) => {
+            return Err(format!(
+                "speculative_config.method must be \"ngram\", got {other:?}"
+            ))
+        }
         None => return Err("speculative_config.method is required (\"ngram\")".into()),
     }
     if let Some(key) = map.keys().find(|k| !KEYS.contains(&k.as_str())) {
@@ -54,7 +60,11 @@ pub fn parse_speculative_config(json: &str) -> Result<SpeculativeConfig, String>
     match map.get("adaptive") {
         None => {}
         Some(Value::Bool(adaptive)) => config.adaptive = *adaptive,
-        Some(other) => return Err(format!("speculative_config.adaptive must be true or false, got {other}")),
+        Some(other) => {
+            return Err(format!(
+                "speculative_config.adaptive must be true or false, got {other}"
+            ))
+        }
     }
     config.validate().map_err(|e| e.to_string())?;
     Ok(config)
@@ -80,6 +90,7 @@ mod tests {
     fn ngram_config_parses_with_defaults() {
         let config = parse_speculative_config(r#"{"method": "ngram", "num_speculative_tokens": 3}"#).unwrap();
         assert_eq!(config, SpeculativeConfig::ngram(3, 1, 4));
+        assert_eq!(config.max_num_seqs_to_speculate, 2);
         let config = parse_speculative_config(
             r#"{"method": "ngram", "num_speculative_tokens": 5, "prompt_lookup_min": 2,
                 "prompt_lookup_max": 6, "adaptive": false, "max_num_seqs_to_speculate": 8}"#,
@@ -95,17 +106,35 @@ mod tests {
             ("[1]", "must be a JSON object"),
             ("{", "not valid JSON"),
             (r#"{"num_speculative_tokens": 3}"#, "method is required"),
-            (r#"{"method": "eagle", "num_speculative_tokens": 3}"#, "method must be"),
+            (
+                r#"{"method": "eagle", "num_speculative_tokens": 3}"#,
+                "method must be",
+            ),
             (r#"{"method": "draft_model", "model": "x"}"#, "not supported"),
-            (r#"{"method": "ngram", "num_speculative_tokens": 2, "k": 1}"#, "unknown key \"k\""),
+            (
+                r#"{"method": "ngram", "num_speculative_tokens": 2, "k": 1}"#,
+                "unknown key \"k\"",
+            ),
             (r#"{"method": "draft_model"}"#, "not supported"),
             (r#"{"method": "ngram"}"#, "num_speculative_tokens is required"),
-            (r#"{"method": "ngram", "num_speculative_tokens": -1}"#, "num_speculative_tokens must be a non-negative"),
-            (r#"{"method": "ngram", "num_speculative_tokens": 99}"#, "num_speculative_tokens must be in [1, 32], got 99"),
-            (r#"{"method": "ngram", "num_speculative_tokens": 2, "adaptive": 1}"#, "adaptive must be"),
+            (
+                r#"{"method": "ngram", "num_speculative_tokens": -1}"#,
+                "num_speculative_tokens must be a non-negative",
+            ),
+            (
+                r#"{"method": "ngram", "num_speculative_tokens": 99}"#,
+                "num_speculative_tokens must be in [1, 32], got 99",
+            ),
+            (
+                r#"{"method": "ngram", "num_speculative_tokens": 2, "adaptive": 1}"#,
+                "adaptive must be",
+            ),
         ] {
             let err = parse_speculative_config(json).unwrap_err();
-            assert!(err.contains(needle) && err.contains("speculative_config"), "{json}: {err}");
+            assert!(
+                err.contains(needle) && err.contains("speculative_config"),
+                "{json}: {err}"
+            );
         }
     }
 }
