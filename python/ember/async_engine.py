@@ -5,7 +5,6 @@ from __future__ import annotations
 import asyncio
 import itertools
 import os
-import threading
 from collections.abc import AsyncIterator, Callable
 from dataclasses import replace
 from typing import Any
@@ -23,6 +22,7 @@ from ember._inputs import (
     one_conversation,
     one_prompt,
 )
+from ember._streams import LiveRequests
 from ember._tracking import RequestState
 from ember.models import resolve_model
 from ember.outputs import RequestOutput
@@ -61,8 +61,8 @@ class AsyncEngine:
         """Tokens per KV-cache block (the unit of prefix caching)."""
         self._loop = EngineLoop(core)
         self._counter = itertools.count()
-        self._ids_lock = threading.Lock()
-        self._live: dict[str, list[str]] = {}
+        self._live: LiveRequests[list[str]] = LiveRequests(len)
+        """Each live request's sub-request ids."""
 
     async def generate(
         self,
@@ -105,8 +105,7 @@ class AsyncEngine:
 
     def abort(self, request_id: str) -> bool:
         """Aborts a running request (its stream ends with finish_reason "abort"); False if unknown."""
-        with self._ids_lock:
-            child_ids = self._live.get(request_id)
+        child_ids = self._live.get(request_id)
         if child_ids is None:
             return False
         self._loop.post(AbortCommand(list(child_ids)))
@@ -138,14 +137,12 @@ class AsyncEngine:
     @property
     def num_unfinished_requests(self) -> int:
         """Requests whose streams have not ended yet."""
-        with self._ids_lock:
-            return len(self._live)
+        return self._live.num_requests
 
     @property
     def num_unfinished_sequences(self) -> int:
         """Sequences (completions: n per request) whose streams have not ended yet."""
-        with self._ids_lock:
-            return sum(len(child_ids) for child_ids in self._live.values())
+        return self._live.num_sequences
 
     async def shutdown(self) -> None:
         """Aborts every request in flight (their streams end with "abort") and stops the engine thread."""
@@ -177,7 +174,7 @@ class AsyncEngine:
         user_id = request_id if request_id is not None else f"req-{next(self._counter)}"
         # Sub-request ids are internal, so user ids like "a" and "a-0" never collide.
         state = RequestState(f"{next(self._counter)}", item, params)
-        self._register(user_id, state.child_ids)
+        self._live.add(user_id, state.child_ids)
         sink = Sink(asyncio.get_running_loop())
         try:
             self._loop.post(AddCommand(state.engine_requests(), list(item.token_ids), priority, sink))
@@ -194,14 +191,6 @@ class AsyncEngine:
                 if out is not None:
                     yield replace(out, request_id=user_id)
         finally:
-            with self._ids_lock:
-                self._live.pop(user_id, None)
+            self._live.remove(user_id)
             if not state.finished and self._loop.alive:
                 self._loop.post(AbortCommand(state.unfinished_child_ids()))
-
-    def _register(self, user_id: str, child_ids: list[str]) -> None:
-        """Marks a request id live; two live requests may not share one."""
-        with self._ids_lock:
-            if user_id in self._live:
-                raise InvalidRequestError(f"request_id '{user_id}' is already in use")
-            self._live[user_id] = child_ids

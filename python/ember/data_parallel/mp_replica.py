@@ -13,8 +13,9 @@ import sys
 from typing import Any
 
 from ember._core import EmberError
+from ember._streams import END
 from ember.data_parallel.config import replica_environment
-from ember.data_parallel.replica import END, Replica, ReplicaLost
+from ember.data_parallel.replica import Replica, ReplicaLost
 from ember.data_parallel.wire import FrameWriter, read_message
 from ember.data_parallel.worker import ReplicaInfo, ReplicaStatus
 from ember.sampling_params import SamplingParams

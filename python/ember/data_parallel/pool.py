@@ -11,8 +11,9 @@ from collections.abc import AsyncIterator, Sequence
 from dataclasses import dataclass, field
 
 from ember._core import EmberError
+from ember._streams import END
 from ember.data_parallel.config import DataParallelConfig
-from ember.data_parallel.replica import END, Deliver, Replica, ReplicaLost
+from ember.data_parallel.replica import Deliver, Replica, ReplicaLost
 from ember.data_parallel.routing import Candidate, choose
 from ember.outputs import RequestOutput
 from ember.sampling_params import SamplingParams

@@ -10,7 +10,8 @@ from collections.abc import Callable
 from typing import Any
 
 from ember._core import EmberError
-from ember.data_parallel.replica import END, Replica, ReplicaLost
+from ember._streams import END
+from ember.data_parallel.replica import Replica, ReplicaLost
 from ember.data_parallel.worker import ReplicaInfo, ReplicaStatus, ReplicaWorker
 from ember.sampling_params import SamplingParams
 

@@ -16,6 +16,7 @@ from collections.abc import AsyncIterator, Callable
 from typing import Any
 
 from ember._core import EmberError
+from ember._streams import QueueStream
 from ember.data_parallel.config import DataParallelConfig
 from ember.data_parallel.prefix_view import PrefixView
 from ember.data_parallel.worker import ReplicaInfo, ReplicaStatus
@@ -23,9 +24,6 @@ from ember.outputs import RequestOutput
 from ember.sampling_params import SamplingParams
 
 logger = logging.getLogger("ember.data_parallel")
-
-END = object()
-"""Delivered after a stream's last output."""
 
 Deliver = Callable[[Any], None]
 """Hands a stream its next item: a RequestOutput, END, or an exception to raise."""
@@ -121,20 +119,13 @@ class Replica(ABC):
         before the last output."""
         if not self.ready:
             raise ReplicaLost(f"replica {self.index} is {self.state.value}")
-        queue: asyncio.Queue[Any] = asyncio.Queue()
-        self._streams[wire_id] = queue.put_nowait
+        stream = QueueStream()
+        self._streams[wire_id] = stream.queue.put_nowait
         self.num_in_flight_sequences += params.n
         finished = False
         try:
             self._open(wire_id, token_ids, params, priority, delta)
-            while True:
-                item = await queue.get()
-                if item is END:
-                    finished = True
-                    return
-                if isinstance(item, BaseException):
-                    finished = True
-                    raise item
+            async for item in stream:
                 finished = item.finished
                 yield item
                 if finished:
@@ -142,7 +133,7 @@ class Replica(ABC):
         finally:
             self._streams.pop(wire_id, None)
             self.num_in_flight_sequences -= params.n
-            if not finished and self.ready:
+            if not (finished or stream.ended) and self.ready:
                 self._abort(wire_id)
 
     def abort_stream(self, wire_id: str) -> None:

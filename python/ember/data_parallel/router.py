@@ -3,7 +3,6 @@
 from __future__ import annotations
 
 import asyncio
-import contextlib
 import itertools
 import logging
 import os
@@ -15,10 +14,12 @@ from typing import Any, TypeVar
 from ember import _core
 from ember._core import EmberError, InvalidRequestError, Tokenizer
 from ember._engine_args import check_engine_args
+from ember._engine_loop import Sink
 from ember._inputs import PromptType, normalize_prompts, one_prompt
+from ember._streams import LiveRequests, QueueStream
 from ember.data_parallel.config import DataParallelConfig
 from ember.data_parallel.pool import ReplicaPool, RoutedRequest
-from ember.data_parallel.replica import END, Replica
+from ember.data_parallel.replica import Replica
 from ember.data_parallel.report import engine_totals, health_body, router_metric_lines
 from ember.models import resolve_model
 from ember.outputs import RequestOutput
@@ -76,8 +77,7 @@ class ReplicaRouter:
         self.model_name: str = infos[0].model_name
         """The model's display name."""
         self._counter = itertools.count()
-        self._ids_lock = threading.Lock()
-        self._live: dict[str, tuple[RoutedRequest, int]] = {}
+        self._live: LiveRequests[RoutedRequest] = LiveRequests(lambda request: request.params.n)
         self._closed = False
 
     @property
@@ -108,49 +108,33 @@ class ReplicaRouter:
         item, block_hashes = await asyncio.to_thread(self._prepare, checked)
         user_id = request_id if request_id is not None else f"req-{next(self._counter)}"
         request = RoutedRequest(item.token_ids, params, priority, delta, block_hashes)
-        self._register(user_id, request)
-        caller_loop = asyncio.get_running_loop()
-        sink: asyncio.Queue[Any] = asyncio.Queue()
-
-        def post(value: Any) -> None:
-            # RuntimeError: the caller's loop is closed, nobody reads this any more.
-            with contextlib.suppress(RuntimeError):
-                caller_loop.call_soon_threadsafe(sink.put_nowait, value)
-
-        future = self._on_loop(self._pool.run(request, post))
-        done = False
+        if self._closed:
+            raise EmberError("the router has been shut down")
+        self._live.add(user_id, request)
+        stream = QueueStream()
+        sink = Sink(asyncio.get_running_loop(), stream.queue)
+        future = self._on_loop(self._pool.run(request, sink.post))
         try:
-            while True:
-                value = await sink.get()
-                if value is END:
-                    done = True
-                    return
-                if isinstance(value, BaseException):
-                    done = True
-                    raise value
+            async for value in stream:
                 yield replace(value, request_id=user_id, prompt=item.text)
         finally:
-            with self._ids_lock:
-                self._live.pop(user_id, None)
-            if not done:
+            self._live.remove(user_id)
+            if not stream.ended:
                 # Cancelling the run closes the replica's stream, which aborts the request there.
                 future.cancel()
 
     def abort(self, request_id: str) -> bool:
         """Aborts a running request (its stream ends with finish_reason "abort"); False if unknown."""
-        with self._ids_lock:
-            entry = self._live.get(request_id)
-        if entry is None or self._closed:
+        request = self._live.get(request_id)
+        if request is None or self._closed:
             return False
-        self._loop.call_soon_threadsafe(self._pool.abort, entry[0])
+        self._loop.call_soon_threadsafe(self._pool.abort, request)
         return True
 
     def abort_all(self) -> None:
         """Aborts every request in flight."""
-        with self._ids_lock:
-            requests = [request for request, _ in self._live.values()]
         if not self._closed:
-            for request in requests:
+            for request in self._live.entries():
                 self._loop.call_soon_threadsafe(self._pool.abort, request)
 
     async def reset_prefix_cache(self) -> bool:
@@ -189,14 +173,12 @@ class ReplicaRouter:
     @property
     def num_unfinished_requests(self) -> int:
         """Requests whose streams have not ended yet."""
-        with self._ids_lock:
-            return len(self._live)
+        return self._live.num_requests
 
     @property
     def num_unfinished_sequences(self) -> int:
         """Sequences (n per request) whose streams have not ended yet."""
-        with self._ids_lock:
-            return sum(n for _, n in self._live.values())
+        return self._live.num_sequences
 
     async def shutdown(self) -> None:
         """Aborts what runs, stops every replica and the router's thread."""
@@ -218,14 +200,6 @@ class ReplicaRouter:
         (item,) = normalize_prompts([prompt], self.tokenizer)
         matchable = item.token_ids[: (len(item.token_ids) - 1) // self.block_size * self.block_size]
         return item, _core.prefix_block_hashes(matchable, self.block_size) if matchable else []
-
-    def _register(self, user_id: str, request: RoutedRequest) -> None:
-        with self._ids_lock:
-            if self._closed:
-                raise EmberError("the router has been shut down")
-            if user_id in self._live:
-                raise InvalidRequestError(f"request_id '{user_id}' is already in use")
-            self._live[user_id] = (request, request.params.n)
 
     async def _reset_all(self) -> list[bool]:
         return list(await asyncio.gather(*(r.reset_prefix_cache() for r in self._pool.replicas)))
