@@ -276,6 +276,19 @@ impl FakeModel {
         }
     }
 
+    /// Steps until every request finished, checking the scheduler's invariants after each
+    /// step; returns the number of steps.
+    pub fn run_to_completion(&mut self, scheduler: &mut Scheduler) -> usize {
+        let mut steps = 0;
+        while scheduler.has_unfinished_requests() {
+            self.step(scheduler);
+            scheduler.check_invariants().unwrap();
+            steps += 1;
+            assert!(steps < 10_000, "no progress");
+        }
+        steps
+    }
+
     /// One full step; returns the updates.
     pub fn step(&mut self, scheduler: &mut Scheduler) -> (SchedulerOutput, Vec<RequestUpdate>) {
         let output = scheduler.schedule();
