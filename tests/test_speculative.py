@@ -140,6 +140,20 @@ def test_preemption_prefix_caching_and_chunked_prefill(tiny_model_dir: Path, pla
     assert _completions(again) == want[:2]
 
 
+def test_priorities_with_speculation(tiny_model_dir: Path, plain: Engine) -> None:
+    prompts, params = _batch()
+    want = _completions(plain.generate(prompts, params, use_tqdm=False))
+    engine = Engine(
+        str(tiny_model_dir),
+        kv_cache_memory_bytes=SMALL_KV_BYTES,
+        scheduling_policy="priority",
+        speculative_config=_spec(),
+    )
+    got = engine.generate(prompts, params, priority=[5, 0, 3, 1, 4, 2, 7, 6], use_tqdm=False)
+    assert _completions(got) == want
+    assert engine.stats()["num_spec_accepted_tokens"] > 0
+
+
 def test_structured_output_alongside_speculation(plain: Engine, spec: Engine) -> None:
     regex = SamplingParams(
         max_tokens=40, temperature=1.0, seed=5, structured_outputs=StructuredOutputsParams(regex="[a-c]{2,9}-[0-9]+")
