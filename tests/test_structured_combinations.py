@@ -123,8 +123,9 @@ def test_streaming_and_abort(tiny_model_dir: Path, reference: list[str]) -> None
             async for delta in engine.generate(PROMPTS[0], _params(JSON, seed=0), delta=True):
                 text += delta.outputs[0].text if delta.outputs else ""
             assert text == reference[0]
-            # Abort a constrained request mid-way: it ends with "abort", and the engine serves the next one.
-            params = SamplingParams(max_tokens=200, structured_outputs=StructuredOutputsParams(regex="[ab]+"))
+            # Abort a constrained request mid-way: it ends with "abort", and the engine serves the next one. The
+            # grammar accepts only at 250 characters, so the request cannot stop on its own before the abort lands.
+            params = SamplingParams(max_tokens=250, structured_outputs=StructuredOutputsParams(regex="[ab]{250,}"))
             stream = engine.generate("x", params, request_id="to-abort")
             first = await stream.__anext__()
             assert engine.abort("to-abort")
