@@ -41,18 +41,23 @@ def _permute_for_llama(weight: np.ndarray, num_heads: int) -> np.ndarray:
     return weight.reshape(num_heads, 2, rows // num_heads // 2, cols).swapaxes(1, 2).reshape(rows, cols)
 
 
-def _add_experts(writer: Any, state: dict[str, np.ndarray], layer: int) -> None:
+def _add_experts(writer: Any, state: dict[str, np.ndarray], layer: int, expert_type: Any) -> None:
     """A sparse layer's router and experts as llama.cpp stacks them: `[num_experts, rows, cols]` per projection
-    (transformers keeps gate and up fused, gate rows first)."""
+    (transformers keeps gate and up fused, gate rows first), the experts encoded as `expert_type` (F32 when None)."""
+    import gguf
+
     prefix = f"model.layers.{layer}.mlp."
     gate_up = state.get(prefix + "experts.gate_up_proj")
     if gate_up is None:
         return
     inter = gate_up.shape[1] // 2
     writer.add_tensor(f"blk.{layer}.ffn_gate_inp.weight", state[prefix + "gate.weight"])
-    writer.add_tensor(f"blk.{layer}.ffn_gate_exps.weight", np.ascontiguousarray(gate_up[:, :inter]))
-    writer.add_tensor(f"blk.{layer}.ffn_up_exps.weight", np.ascontiguousarray(gate_up[:, inter:]))
-    writer.add_tensor(f"blk.{layer}.ffn_down_exps.weight", state[prefix + "experts.down_proj"])
+    stacks = {"gate": gate_up[:, :inter], "up": gate_up[:, inter:], "down": state[prefix + "experts.down_proj"]}
+    for name, stack in stacks.items():
+        stack = np.ascontiguousarray(stack)
+        if expert_type is not None:
+            stack = gguf.quants.quantize(stack, expert_type)
+        writer.add_tensor(f"blk.{layer}.ffn_{name}_exps.weight", stack, raw_dtype=expert_type)
 
 
 def _add_expert_metadata(writer: Any, config: Any) -> None:
@@ -100,8 +105,9 @@ def _add_gemma_metadata(writer: Any, config: Any, arch: str) -> None:
         writer.add_sliding_window_pattern(flags)
 
 
-def write_gguf(folder: Path, model: Any, arch: str, path: Path) -> None:
-    """Writes `model` (saved in `folder`, with its tokenizer.json) as `path` for llama.cpp architecture `arch`."""
+def write_gguf(folder: Path, model: Any, arch: str, path: Path, expert_type: Any = None) -> None:
+    """Writes `model` (saved in `folder`, with its tokenizer.json) as `path` for llama.cpp architecture `arch`,
+    mixture-of-experts tensors as `expert_type` (a `gguf.GGMLQuantizationType`; float32 when None)."""
     import gguf
 
     config = model.config
@@ -134,7 +140,7 @@ def write_gguf(folder: Path, model: Any, arch: str, path: Path) -> None:
     tokens += [f"[PAD{i}]" for i in range(num_pad)]
     types += [gguf.TokenType.UNUSED] * num_pad
     writer.add_tokenizer_model("gpt2")
-    writer.add_tokenizer_pre("gpt2")
+    writer.add_tokenizer_pre("gpt-2")
     writer.add_token_list(tokens)
     writer.add_token_types(types)
     writer.add_token_merges([" ".join(m) if isinstance(m, list) else m for m in tokenizer["model"]["merges"]])
@@ -158,7 +164,7 @@ def write_gguf(folder: Path, model: Any, arch: str, path: Path) -> None:
                 heads = config.num_attention_heads if hf_name.endswith("q_proj") else config.num_key_value_heads
                 weight = _permute_for_llama(weight, heads)
             writer.add_tensor(f"blk.{i}.{gguf_name}.weight", np.ascontiguousarray(weight))
-        _add_experts(writer, state, i)
+        _add_experts(writer, state, i, expert_type)
     writer.write_header_to_file()
     writer.write_kv_data_to_file()
     writer.write_tensors_to_file()

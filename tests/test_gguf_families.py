@@ -49,7 +49,8 @@ GGUF_VARIANTS = [
 ]
 
 
-def _variant(name: str) -> Variant:
+def variant_named(name: str) -> Variant:
+    """The variant of tests/tiny_models.py (or of GGUF_VARIANTS) called `name`."""
     (variant,) = [v for v in VARIANTS + FAMILY_VARIANTS + GGUF_VARIANTS if v.name == name]
     return variant
 
@@ -59,7 +60,7 @@ def test_gguf_equals_hugging_face(name: str, arch: str, tmp_path: Path) -> None:
     require("gguf")
     require("transformers")
     folder = tmp_path / "hf"
-    model = write_model(_variant(name), folder)
+    model = write_model(variant_named(name), folder)
     path = tmp_path / f"{name}.gguf"
     write_gguf(folder, model, arch, path)
     hf = Engine(str(folder), **ENGINE_ARGS)
@@ -82,7 +83,7 @@ def test_long_rope_gguf_is_refused_with_the_reason(tmp_path: Path) -> None:
     require("gguf")
     import gguf
 
-    variant = _variant("phi3-fused-window")
+    variant = variant_named("phi3-fused-window")
     folder = tmp_path / "hf"
     model = write_model(variant, folder)
     path = tmp_path / "phi3.gguf"
