@@ -182,7 +182,12 @@ def _replica(index: int, stats: dict[str, float] | None, num_blocks: int, ready:
 def test_totals_sum_counters_and_weigh_kv_usage_by_blocks() -> None:
     a = {"num_running": 2, "kv_cache_usage": 0.5, "prefix_cache_queries": 100, "prefix_cache_hits": 50}
     b = {"num_running": 1, "kv_cache_usage": 0.0, "prefix_cache_queries": 100, "prefix_cache_hits": 0}
+    a |= {"num_spec_proposed_tokens": 10, "num_spec_accepted_tokens": 6, "num_spec_verify_steps": 3}
+    b |= {"num_spec_proposed_tokens": 30, "num_spec_accepted_tokens": 4, "num_spec_verify_steps": 2}
+    a |= {"spec_acceptance_rate": 0.6, "spec_mean_accepted_len": 2.0}
+    b |= {"spec_acceptance_rate": 4 / 30, "spec_mean_accepted_len": 2.0}
     totals = engine_totals([_replica(0, a, 300), _replica(1, b, 100), _replica(2, None, 100)])
+    assert totals["spec_acceptance_rate"] == pytest.approx(0.25) and totals["spec_mean_accepted_len"] == 2.0
     assert totals["num_running"] == 3 and totals["prefix_cache_hits"] == 50
     assert totals["kv_cache_usage"] == pytest.approx(0.375)
     assert totals["prefix_cache_hit_rate"] == pytest.approx(0.25)

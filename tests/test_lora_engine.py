@@ -251,3 +251,33 @@ def test_async_engine_and_abort(setup: tuple[Path, list[LoRARequest], Any]) -> N
     tokens, reason = asyncio.run(run())
     assert tokens == expected
     assert reason == "abort"
+
+
+def test_speculation_with_mixed_adapters_keeps_every_output(setup: tuple[Path, list[LoRARequest], Any]) -> None:
+    """n-gram speculation on a batch mixing three adapters and the base model, with prefix caching and 8-token
+    chunks: every request's tokens and logprobs equal those of the same batch without speculation, drafts are
+    verified under each request's own adapter, and the KV cache ends empty."""
+    folder, loras, _ = setup
+    # Repetitive prompts, so the n-gram proposer finds matches from the first decode step.
+    prompts = [[(7 * i + k % 5) % 250 + 3 for k in range(30)] for i in range(4)]
+    assignment: list[LoRARequest | None] = [loras[0], None, loras[1], loras[2]]
+    params = [
+        SamplingParams(temperature=0.0, max_tokens=24, ignore_eos=True, logprobs=2),
+        SamplingParams(temperature=0.8, top_k=20, seed=5, max_tokens=24, ignore_eos=True, logprobs=2),
+    ]
+    speculation = {"method": "ngram", "num_speculative_tokens": 3, "max_num_seqs_to_speculate": 0}
+    runs = {}
+    for name, extra in (("plain", {}), ("speculative", {"speculative_config": speculation})):
+        engine = Engine(str(folder), max_num_batched_tokens=8, **ENGINE_ARGS, **extra)
+        outs = engine.generate(
+            [p for p in prompts for _ in params],
+            params * len(prompts),
+            lora_request=[lora for lora in assignment for _ in params],
+            use_tqdm=False,
+        )
+        runs[name] = [(c.token_ids, c.cumulative_logprob, c.logprobs) for o in outs for c in o.outputs]
+        stats = engine.stats()
+        assert stats["kv_cache_usage"] == 0.0
+        if name == "speculative":
+            assert stats["num_spec_proposed_tokens"] > 0
+    assert runs["speculative"] == runs["plain"]

@@ -12,6 +12,8 @@ GAUGES = {
     "ember_num_requests_waiting": "num_waiting",
     "ember_kv_cache_usage_ratio": "kv_cache_usage",
     "ember_prefix_cache_hit_rate": "prefix_cache_hit_rate",
+    "ember_spec_acceptance_rate": "spec_acceptance_rate",
+    "ember_spec_mean_accepted_length": "spec_mean_accepted_len",
 }
 COUNTERS = {
     "ember_prefix_cache_queries_total": "prefix_cache_queries",
@@ -22,6 +24,9 @@ COUNTERS = {
     "ember_structured_masks_total": "num_structured_masks",
     "ember_structured_mask_seconds_total": "structured_mask_s",
     "ember_window_freed_blocks_total": "num_window_freed_blocks",
+    "ember_spec_proposed_tokens_total": "num_spec_proposed_tokens",
+    "ember_spec_accepted_tokens_total": "num_spec_accepted_tokens",
+    "ember_spec_verify_steps_total": "num_spec_verify_steps",
     "ember_cuda_graphs_captured_total": "num_cuda_graphs_captured",
     "ember_cuda_graph_replays_total": "num_cuda_graph_replays",
     "ember_cuda_graph_failures_total": "num_cuda_graph_failures",

@@ -274,6 +274,7 @@ class Engine:
         max_loras: int = 1,
         max_lora_rank: int = 16,
         max_cpu_loras: int | None = None,
+        speculative_config: str | None = None,
     ) -> None: ...
     tokenizer: Tokenizer
     max_model_len: int

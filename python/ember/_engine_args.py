@@ -7,6 +7,7 @@ or an unknown argument. Every failure is an `InvalidRequestError` naming the arg
 
 from __future__ import annotations
 
+import json
 from typing import Any
 
 from ember._core import InvalidRequestError
@@ -36,11 +37,14 @@ _OTHERS = {
     "device",
     "gpu_memory_utilization",
     "scheduling_policy",
+    "speculative_config",
 }
 
 
 def check_engine_args(args: dict[str, Any]) -> None:
-    """Raises InvalidRequestError for an unknown argument or a value of the wrong type or range."""
+    """Raises InvalidRequestError for an unknown argument or a value of the wrong type or range.
+
+    A `speculative_config` dict is replaced in `args` by its JSON text, the form Rust parses."""
     for name, value in args.items():
         if name in _COUNTS:
             if value is None and _COUNTS[name]:
@@ -54,6 +58,8 @@ def check_engine_args(args: dict[str, Any]) -> None:
         elif name in ("enable_prefix_caching", "structured_jump_forward", "enable_lora"):
             if not isinstance(value, bool):
                 raise InvalidRequestError(f"{name} must be a bool, got {type(value).__name__}")
+        elif name == "speculative_config":
+            args[name] = _speculative_config_json(value)
         elif name == "gpu_memory_utilization":
             if isinstance(value, bool) or not isinstance(value, int | float):
                 raise InvalidRequestError(f"{name} must be a number in (0, 1], got {type(value).__name__}")
@@ -67,3 +73,15 @@ def _check_int(name: str, value: object, low: int) -> None:
         raise InvalidRequestError(f"{name} must be an integer, got {type(value).__name__}")
     if not low <= value <= _U64_MAX:
         raise InvalidRequestError(f"{name} must be an integer in [{low}, {_U64_MAX}], got {value}")
+
+
+def _speculative_config_json(value: object) -> str | None:
+    """`speculative_config` (a dict, JSON text or None) as JSON text for Rust, which checks its keys."""
+    if value is None or isinstance(value, str):
+        return value
+    if isinstance(value, dict):
+        try:
+            return json.dumps(value)
+        except (TypeError, ValueError) as e:
+            raise InvalidRequestError(f"speculative_config must be JSON-serializable: {e}") from None
+    raise InvalidRequestError(f"speculative_config must be a dict, a JSON str or None, got {type(value).__name__}")

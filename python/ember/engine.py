@@ -6,6 +6,7 @@ import itertools
 import os
 import threading
 from collections.abc import Iterable, Iterator, Sequence
+from typing import Any
 
 from ember import _core
 from ember._core import EmberError, StepOutput, Tokenizer
@@ -54,9 +55,14 @@ class Engine:
     only priority 0; "priority" admits the lowest `priority` value first (then
     the earliest) and preempts the highest first. `structured_jump_forward` appends
     the tokens a structured-output grammar forces (the single token allowed) without
-    a decode step each; outputs are the same with it off. `enable_lora` lets requests run with
-    PEFT LoRA adapters (`lora_request=`): at most `max_loras` distinct adapters among running
-    requests, ranks up to `max_lora_rank`, `max_cpu_loras` (default `max_loras`) kept loaded.
+    a decode step each; outputs are the same with it off. `speculative_config` turns on
+    speculative decoding, vLLM's shape: `{"method": "ngram", "num_speculative_tokens": k,
+    "prompt_lookup_min": a, "prompt_lookup_max": b}` (plus Ember's `adaptive`, default true,
+    and `max_num_seqs_to_speculate`, default 2, 0 = any batch); drafts from the prompt and output
+    are verified in one step and outputs are token for token those without it. `enable_lora`
+    lets requests run with PEFT LoRA adapters (`lora_request=`): at most `max_loras` distinct
+    adapters among running requests, ranks up to `max_lora_rank`, `max_cpu_loras` (default
+    `max_loras`) kept loaded.
     Safe to share between threads: the Rust engine releases the GIL while it computes, and one
     lock serializes calls into it.
     """
@@ -83,6 +89,7 @@ class Engine:
         max_loras: int = 1,
         max_lora_rank: int = 16,
         max_cpu_loras: int | None = None,
+        speculative_config: dict[str, Any] | str | None = None,
     ) -> None:
         engine_args = {
             "max_model_len": max_model_len,
@@ -103,6 +110,7 @@ class Engine:
             "max_loras": max_loras,
             "max_lora_rank": max_lora_rank,
             "max_cpu_loras": max_cpu_loras,
+            "speculative_config": speculative_config,
         }
         check_engine_args(engine_args)
         self.model_path = resolve_model(model)

@@ -38,6 +38,31 @@ _METRICS: tuple[tuple[str, str, str, str], ...] = (
         "num_window_freed_blocks",
         "KV-cache blocks released early because they fell wholly before a sliding window.",
     ),
+    (
+        "ember_spec_proposed_tokens_total",
+        "counter",
+        "num_spec_proposed_tokens",
+        "Speculative draft tokens proposed and verified.",
+    ),
+    (
+        "ember_spec_accepted_tokens_total",
+        "counter",
+        "num_spec_accepted_tokens",
+        "Speculative draft tokens accepted (equal to what plain decoding samples).",
+    ),
+    ("ember_spec_verify_steps_total", "counter", "num_spec_verify_steps", "Speculative verifications run."),
+    (
+        "ember_spec_acceptance_rate",
+        "gauge",
+        "spec_acceptance_rate",
+        "Accepted per proposed speculative draft token.",
+    ),
+    (
+        "ember_spec_mean_accepted_length",
+        "gauge",
+        "spec_mean_accepted_len",
+        "Draft tokens accepted per speculative verification.",
+    ),
     ("ember_cuda_graphs_captured_total", "counter", "num_cuda_graphs_captured", "Decode CUDA graphs captured."),
     ("ember_cuda_graph_replays_total", "counter", "num_cuda_graph_replays", "Decode steps run from a CUDA graph."),
     (

@@ -28,6 +28,7 @@ fn measure(num_requests: usize, enable_prefix_caching: bool) -> (Duration, Durat
         policy: SchedulingPolicy::Fcfs,
         sliding_window: None,
         max_loras: None,
+        speculative: None,
     });
     let params = Arc::new(SamplingParams {
         max_tokens: Some(DECODE_STEPS + 32),

@@ -21,6 +21,7 @@ pub mod sampling_params;
 pub mod scheduler;
 pub mod scheduler_config;
 pub mod scheduler_stats;
+pub mod speculative;
 pub mod step;
 pub mod step_batch;
 pub mod structured_outputs;
@@ -46,6 +47,7 @@ pub use sampling_params::{check_prompt_token_ids, InvalidParam, SamplingParams, 
 pub use scheduler::Scheduler;
 pub use scheduler_config::{AddRequestError, ConfigError, SchedulerConfig, SchedulingPolicy};
 pub use scheduler_stats::SchedulerStats;
+pub use speculative::{propose_ngram, AcceptanceRecord, SpeculativeConfig, SpeculativeConfigError};
 pub use step::{
     FinishReason, ModelRunnerOutput, PromptLogprobs, RequestId, RequestUpdate, SampledToken, ScheduledSeq,
     SchedulerOutput,

@@ -16,6 +16,7 @@ use crate::kv_cache_manager::KvCacheManager;
 use crate::request::{Request, RequestStatus};
 use crate::scheduler_config::{AddRequestError, ConfigError, SchedulerConfig};
 use crate::scheduler_stats::SchedulerStats;
+use crate::speculative::AcceptanceRecord;
 use crate::step::{
     FinishReason, ModelRunnerOutput, RequestId, RequestUpdate, SampledToken, ScheduledSeq, SchedulerOutput,
 };
@@ -25,12 +26,16 @@ use crate::waiting_queue::{QueueKey, WaitingQueue};
 mod admission;
 #[path = "scheduler_invariants.rs"]
 mod invariants;
+#[path = "scheduler_speculation.rs"]
+mod speculation;
 
 /// A live request and its admission order.
 #[derive(Debug)]
 struct Entry {
     request: Request,
     seq: u64,
+    /// Speculative decoding's record of this request's acceptances.
+    acceptance: AcceptanceRecord,
 }
 
 impl Entry {
@@ -148,6 +153,7 @@ impl Scheduler {
         let entry = Entry {
             request,
             seq: self.next_seq,
+            acceptance: AcceptanceRecord::default(),
         };
         self.next_seq += 1;
         let id = entry.request.request_id.clone();
@@ -162,14 +168,27 @@ impl Scheduler {
         let mut budget = self.config.max_num_batched_tokens;
         // (id, tokens this step, first step since admission or resumption)
         let mut scheduled: Vec<(RequestId, usize, bool)> = Vec::with_capacity(self.running.len());
+        let mut drafts: HashMap<RequestId, Vec<u32>> = HashMap::new();
         let mut preempted_any = false;
+        let num_running = self.running.len();
         let mut i = 0;
         while i < self.running.len() && budget > 0 {
             let id = self.running[i].clone();
-            let num_new = self.num_new_tokens(&self.requests[&id].request, 0, budget);
+            let mut num_new = self.num_new_tokens(&self.requests[&id].request, 0, budget);
             if num_new == 0 {
                 i += 1;
                 continue;
+            }
+            // Drafts only where their slots are free now: they never preempt anyone.
+            let draft_ids = self.propose_drafts(&id, budget, num_running);
+            if !draft_ids.is_empty()
+                && self
+                    .kv
+                    .allocate_slots(&self.requests[&id].request, num_new + draft_ids.len(), &[])
+                    .is_some()
+            {
+                num_new += draft_ids.len();
+                drafts.insert(id.clone(), draft_ids);
             }
             let mut runs = true;
             while self
@@ -189,6 +208,7 @@ impl Scheduler {
                     i -= 1;
                     if let Some(pos) = scheduled.iter().position(|(s, ..)| *s == victim) {
                         budget += scheduled.remove(pos).1;
+                        drafts.remove(&victim);
                     }
                 }
             }
@@ -209,11 +229,16 @@ impl Scheduler {
             num_batched_tokens += num_new;
             let all_token_ids = (first_step && req.sampling_params.needs_token_history())
                 .then(|| Arc::from(req.token_range(0, req.num_tokens())));
+            let draft_ids = drafts.remove(&id).unwrap_or_default();
+            let num_real = num_new - draft_ids.len();
+            let mut token_ids = req.token_range(start, start + num_real);
+            token_ids.extend_from_slice(&draft_ids);
             seqs.push(ScheduledSeq {
-                token_ids: req.token_range(start, start + num_new),
+                token_ids,
+                num_draft_tokens: draft_ids.len(),
                 num_computed_tokens: start,
                 block_ids: self.kv.block_ids(&id).to_vec(),
-                sample: start + num_new == req.num_tokens(),
+                sample: start + num_real == req.num_tokens(),
                 sampling_params: req.sampling_params.clone(),
                 num_output_tokens: req.num_output_tokens(),
                 seed: req.seed,
@@ -243,12 +268,10 @@ impl Scheduler {
         let mut finished: Vec<RequestId> = Vec::new();
         let mut sample_idx = 0;
         for seq in &output.seqs {
-            let token = if seq.sample {
-                let token = sampled_for(runner_output, sample_idx, &seq.request_id);
-                sample_idx += 1;
-                token
+            let tokens = if seq.sample {
+                sampled_for(runner_output, &mut sample_idx, &seq.request_id)
             } else {
-                None
+                &[]
             };
             let Some(entry) = self.requests.get_mut(&seq.request_id) else {
                 continue; // finished or aborted after it was scheduled
@@ -258,28 +281,45 @@ impl Scheduler {
                 continue; // not the request (or the state) this step was scheduled for
             }
             let before = req.num_computed_tokens;
-            req.num_computed_tokens = (before + seq.token_ids.len()).min(req.num_tokens());
+            let num_real = seq.token_ids.len() - seq.num_draft_tokens;
+            req.num_computed_tokens = (before + num_real).min(req.num_tokens());
             let num_prompt = req.num_prompt_tokens();
             self.stats.num_prompt_tokens +=
                 (req.num_computed_tokens.min(num_prompt) - before.min(num_prompt)) as u64;
-            self.kv.cache_full_blocks(req);
-            let Some(token) = token.filter(|_| req.num_computed_tokens == req.num_tokens()) else {
+            if tokens.is_empty() || req.num_computed_tokens != req.num_tokens() {
+                self.kv.cache_full_blocks(req);
                 continue;
-            };
-            req.output_token_ids.push(token.token_id);
-            self.stats.num_generation_tokens += 1;
-            let (finish_reason, stop_token_id) = check_stop(req, token.token_id, self.config.max_model_len);
+            }
+            // Accepted drafts, then the token after them; at most one token without drafts.
+            let tokens = &tokens[..tokens.len().min(seq.num_draft_tokens + 1)];
+            let mut new_tokens = Vec::with_capacity(tokens.len());
+            let (mut finish_reason, mut stop_token_id) = (None, None);
+            for token in tokens {
+                req.output_token_ids.push(token.token_id);
+                self.stats.num_generation_tokens += 1;
+                new_tokens.push(token.clone());
+                (finish_reason, stop_token_id) = check_stop(req, token.token_id, self.config.max_model_len);
+                if finish_reason.is_some() {
+                    break;
+                }
+            }
+            // The accepted drafts' K/V is in the cache; the last token's is computed next step.
+            // Slots of rejected drafts lie beyond this count: never hashed, overwritten later.
+            req.num_computed_tokens = req.num_tokens() - 1;
+            self.kv.cache_full_blocks(req);
             if let Some(reason) = finish_reason {
                 req.status = RequestStatus::Finished(reason);
                 finished.push(req.request_id.clone());
             }
+            let request_id = req.request_id.clone();
             updates.push(RequestUpdate {
-                request_id: req.request_id.clone(),
-                new_tokens: vec![token.clone()],
+                request_id: request_id.clone(),
+                new_tokens,
                 finish_reason,
                 stop_token_id,
                 num_cached_tokens: req.num_cached_tokens,
             });
+            self.record_verification(&request_id, seq.num_draft_tokens, tokens.len() - 1);
         }
         if !finished.is_empty() {
             let requests = &self.requests;
@@ -417,15 +457,27 @@ impl Scheduler {
     }
 }
 
-/// The runner's token for the `sample_idx`-th sampled sequence, found by id if out of order.
-fn sampled_for<'a>(
-    out: &'a ModelRunnerOutput,
-    sample_idx: usize,
-    id: &RequestId,
-) -> Option<&'a SampledToken> {
-    match out.sampled.get(sample_idx) {
-        Some(token) if token.request_id == *id => Some(token),
-        _ => out.sampled.iter().find(|t| t.request_id == *id),
+/// The runner's tokens for sequence `id` (one, or a verification's accepted drafts and the
+/// token after them): the run of entries for `id` at `*cursor`, which moves past it, or found
+/// by id if out of order.
+fn sampled_for<'a>(out: &'a ModelRunnerOutput, cursor: &mut usize, id: &RequestId) -> &'a [SampledToken] {
+    let run_at = |start: usize| {
+        let len = out.sampled[start..]
+            .iter()
+            .take_while(|t| t.request_id == *id)
+            .count();
+        &out.sampled[start..start + len]
+    };
+    match out.sampled.get(*cursor) {
+        Some(token) if token.request_id == *id => {
+            let run = run_at(*cursor);
+            *cursor += run.len();
+            run
+        }
+        _ => match out.sampled.iter().position(|t| t.request_id == *id) {
+            Some(start) => run_at(start),
+            None => &[],
+        },
     }
 }
 

@@ -3,6 +3,7 @@
 use thiserror::Error;
 
 use crate::sampling_params::InvalidParam;
+use crate::speculative::SpeculativeConfig;
 
 /// Order in which waiting requests are admitted.
 #[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
@@ -65,6 +66,8 @@ pub struct SchedulerConfig {
     /// Most distinct LoRA adapters among running requests (`None`: no limit); a waiting
     /// request with another adapter waits until one finishes.
     pub max_loras: Option<usize>,
+    /// Speculative decoding (n-gram drafts verified in the same step); `None` for none.
+    pub speculative: Option<SpeculativeConfig>,
 }
 
 impl Default for SchedulerConfig {
@@ -80,6 +83,7 @@ impl Default for SchedulerConfig {
             policy: SchedulingPolicy::Fcfs,
             sliding_window: None,
             max_loras: None,
+            speculative: None,
         }
     }
 }

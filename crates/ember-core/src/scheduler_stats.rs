@@ -28,20 +28,32 @@ pub struct SchedulerStats {
     pub structured_mask_s: f64,
     /// KV-cache blocks released early because they fell wholly before a sliding window.
     pub num_window_freed_blocks: u64,
+    /// Draft tokens proposed and verified (speculative decoding).
+    pub num_spec_proposed_tokens: u64,
+    /// Of those, drafts accepted (equal to the token plain decoding samples there).
+    pub num_spec_accepted_tokens: u64,
+    /// Verifications run: steps of one request with at least one draft.
+    pub num_spec_verify_steps: u64,
 }
 
 impl SchedulerStats {
     /// `prefix_cache_hits / prefix_cache_queries`, or 0 before any query.
     pub fn prefix_cache_hit_rate(&self) -> f64 {
-        if self.prefix_cache_queries == 0 {
-            0.0
-        } else {
-            self.prefix_cache_hits as f64 / self.prefix_cache_queries as f64
-        }
+        ratio(self.prefix_cache_hits, self.prefix_cache_queries)
+    }
+
+    /// `num_spec_accepted_tokens / num_spec_proposed_tokens`, or 0 before any proposal.
+    pub fn spec_acceptance_rate(&self) -> f64 {
+        ratio(self.num_spec_accepted_tokens, self.num_spec_proposed_tokens)
+    }
+
+    /// Drafts accepted per verification (tokens emitted per verification are one more).
+    pub fn spec_mean_accepted_len(&self) -> f64 {
+        ratio(self.num_spec_accepted_tokens, self.num_spec_verify_steps)
     }
 
     /// Every counter as `(name, value)`, for metrics exporters and the Python `stats()` dict.
-    pub fn as_pairs(&self) -> [(&'static str, f64); 13] {
+    pub fn as_pairs(&self) -> [(&'static str, f64); 18] {
         [
             ("num_running", self.num_running as f64),
             ("num_waiting", self.num_waiting as f64),
@@ -56,6 +68,20 @@ impl SchedulerStats {
             ("num_structured_masks", self.num_structured_masks as f64),
             ("structured_mask_s", self.structured_mask_s),
             ("num_window_freed_blocks", self.num_window_freed_blocks as f64),
+            ("num_spec_proposed_tokens", self.num_spec_proposed_tokens as f64),
+            ("num_spec_accepted_tokens", self.num_spec_accepted_tokens as f64),
+            ("num_spec_verify_steps", self.num_spec_verify_steps as f64),
+            ("spec_acceptance_rate", self.spec_acceptance_rate()),
+            ("spec_mean_accepted_len", self.spec_mean_accepted_len()),
         ]
+    }
+}
+
+/// `part / whole`, or 0 when `whole` is 0.
+fn ratio(part: u64, whole: u64) -> f64 {
+    if whole == 0 {
+        0.0
+    } else {
+        part as f64 / whole as f64
     }
 }

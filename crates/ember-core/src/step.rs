@@ -15,8 +15,12 @@ pub type RequestId = Arc<str>;
 pub struct ScheduledSeq {
     /// Which request.
     pub request_id: RequestId,
-    /// Tokens to compute this step; the first sits at position `num_computed_tokens`.
+    /// Tokens to compute this step; the first sits at position `num_computed_tokens`. The
+    /// last `num_draft_tokens` of them are speculative drafts, not yet part of the request.
     pub token_ids: Vec<u32>,
+    /// Draft tokens at the end of `token_ids` to verify: the runner samples `1 + num_draft_tokens`
+    /// rows and returns the accepted drafts and one more token (see [`crate::speculative`]).
+    pub num_draft_tokens: usize,
     /// Tokens whose K/V is already in the cache (prefix hits and earlier steps).
     pub num_computed_tokens: usize,
     /// All cache blocks of the request, in sequence order.
@@ -69,8 +73,8 @@ pub struct SampledToken {
     pub top_logprobs: Vec<(u32, f32)>,
 }
 
-/// What the model runner produced for one step: one token per sequence with `sample == true`,
-/// in batch order.
+/// What the model runner produced for one step: for every sequence with `sample == true`, in
+/// batch order, one token, or with drafts the accepted drafts and the token after them.
 #[derive(Clone, Debug, Default)]
 pub struct ModelRunnerOutput {
     /// Sampled tokens.
@@ -118,7 +122,7 @@ impl FinishReason {
 pub struct RequestUpdate {
     /// Which request.
     pub request_id: RequestId,
-    /// Tokens appended this step (zero or one today; more with speculative decoding).
+    /// Tokens appended this step (several with speculative decoding or jump-forward).
     pub new_tokens: Vec<SampledToken>,
     /// Set when the request finished this step.
     pub finish_reason: Option<FinishReason>,

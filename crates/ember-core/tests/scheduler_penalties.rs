@@ -20,6 +20,7 @@ fn config(num_blocks: usize) -> SchedulerConfig {
         policy: SchedulingPolicy::Fcfs,
         sliding_window: None,
         max_loras: None,
+        speculative: None,
     }
 }
 
@@ -51,13 +52,7 @@ fn run(num_blocks: usize, penalized: bool) -> (Vec<(String, Vec<u32>)>, u64) {
         let request = Request::new(format!("r{i}"), prompt, params, vec![common::EOS], 0, 0, 0.0);
         assert!(model.add(&mut scheduler, request));
     }
-    let mut steps = 0;
-    while scheduler.has_unfinished_requests() {
-        model.step(&mut scheduler);
-        scheduler.check_invariants().unwrap();
-        steps += 1;
-        assert!(steps < 10_000, "no progress");
-    }
+    model.run_to_completion(&mut scheduler);
     (model.sorted_outputs(), scheduler.stats().num_preemptions)
 }
 

@@ -1,13 +1,16 @@
 //! Property tests: random interleavings of add / abort / step under tiny KV-cache and token
-//! budgets. After every step the bookkeeping is consistent; every request that was not
-//! aborted finishes with exactly the tokens it would produce alone; all blocks end up free.
+//! budgets, with and without speculative decoding (n-gram drafts verified by the fake model).
+//! After every step the bookkeeping is consistent; every request that was not aborted
+//! finishes with exactly the tokens it would produce alone; all blocks end up free.
 
 mod common;
 
 use std::sync::Arc;
 
 use common::{reference_output, FakeModel, EOS};
-use ember_core::{FinishReason, Request, SamplingParams, Scheduler, SchedulerConfig, SchedulingPolicy};
+use ember_core::{
+    FinishReason, Request, SamplingParams, Scheduler, SchedulerConfig, SchedulingPolicy, SpeculativeConfig,
+};
 use proptest::prelude::*;
 
 const MAX_MODEL_LEN: usize = 64;
@@ -57,9 +60,29 @@ fn config() -> impl Strategy<Value = SchedulerConfig> {
         any::<bool>(),
         prop_oneof![Just(0usize), 1..=6usize],
         prop_oneof![Just(None), (1..=9usize).prop_map(Some)],
+        prop_oneof![
+            Just(None),
+            (1..=4usize, 1..=2usize, any::<bool>()).prop_map(|(k, min_n, adaptive)| Some(
+                SpeculativeConfig {
+                    adaptive,
+                    max_num_seqs_to_speculate: 0,
+                    ..SpeculativeConfig::ngram(k, min_n, 3)
+                }
+            )),
+        ],
     )
         .prop_map(
-            |(block_size, num_blocks, budget, max_num_seqs, caching, priority, threshold, window)| {
+            |(
+                block_size,
+                num_blocks,
+                budget,
+                max_num_seqs,
+                caching,
+                priority,
+                threshold,
+                window,
+                speculative,
+            )| {
                 SchedulerConfig {
                     max_num_seqs,
                     max_num_batched_tokens: budget,
@@ -75,6 +98,7 @@ fn config() -> impl Strategy<Value = SchedulerConfig> {
                     },
                     sliding_window: window,
                     max_loras: None,
+                    speculative,
                 }
             },
         )

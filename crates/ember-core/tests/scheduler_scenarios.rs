@@ -22,18 +22,8 @@ fn config(num_blocks: usize, block_size: usize, max_num_batched_tokens: usize) -
         policy: SchedulingPolicy::Fcfs,
         sliding_window: None,
         max_loras: None,
+        speculative: None,
     }
-}
-
-fn run_to_completion(scheduler: &mut Scheduler, model: &mut FakeModel) -> usize {
-    let mut steps = 0;
-    while scheduler.has_unfinished_requests() {
-        model.step(scheduler);
-        scheduler.check_invariants().unwrap();
-        steps += 1;
-        assert!(steps < 10_000, "no progress");
-    }
-    steps
 }
 
 #[test]
@@ -58,7 +48,7 @@ fn chunked_prefill_shares_steps_with_a_decoding_request() {
     }
     assert_eq!(chunks, vec![(31, false), (31, false), (31, false), (7, true)]);
     assert_eq!(scheduler.request("b").unwrap().num_output_tokens(), 1);
-    run_to_completion(&mut scheduler, &mut model);
+    model.run_to_completion(&mut scheduler);
     assert_eq!(scheduler.kv_cache().usage(), 0.0);
 }
 
@@ -97,7 +87,7 @@ fn second_request_hits_the_prefix_cache() {
         &scheduler.kv_cache().block_ids("a")[..4]
     );
     scheduler.check_invariants().unwrap();
-    run_to_completion(&mut scheduler, &mut model);
+    model.run_to_completion(&mut scheduler);
     // After both finished their blocks stay cached: a third request still hits.
     assert!(model.add(&mut scheduler, request("c", shared.clone(), 2, true, 0)));
     let (output, _) = model.step(&mut scheduler);
@@ -105,7 +95,7 @@ fn second_request_hits_the_prefix_cache() {
     let stats = scheduler.stats();
     assert_eq!(stats.prefix_cache_hits, 36);
     assert!(stats.prefix_cache_hit_rate() > 0.0);
-    run_to_completion(&mut scheduler, &mut model);
+    model.run_to_completion(&mut scheduler);
     assert_eq!(model.finished["c"].0[22..], model.finished["a"].0[22..24]);
     assert_eq!(scheduler.stats().kv_cache_usage, 0.0);
 }
@@ -117,7 +107,7 @@ fn outputs_with_blocks(num_blocks: usize) -> (Vec<(String, Vec<u32>)>, u64) {
         let prompt: Vec<u32> = (0..6 + i % 4).map(|j| (i * 7 + j) % 15 + 1).collect();
         assert!(model.add(&mut scheduler, request(&format!("r{i}"), prompt, 12, true, 0)));
     }
-    run_to_completion(&mut scheduler, &mut model);
+    model.run_to_completion(&mut scheduler);
     assert_eq!(scheduler.stats().kv_cache_usage, 0.0);
     (model.sorted_outputs(), scheduler.stats().num_preemptions)
 }
@@ -149,7 +139,7 @@ fn outputs_match_the_reference_with_eos() {
         ));
         assert!(model.add(&mut scheduler, req));
     }
-    run_to_completion(&mut scheduler, &mut model);
+    model.run_to_completion(&mut scheduler);
     for (id, prompt, (out, reason)) in expected {
         let (tokens, got_reason) = &model.finished[&id];
         assert_eq!(&tokens[prompt.len()..], &out[..], "{id}");
@@ -184,7 +174,7 @@ fn lowest_priority_newest_request_is_preempted() {
         1,
         "keeps its output"
     );
-    run_to_completion(&mut scheduler, &mut model);
+    model.run_to_completion(&mut scheduler);
     assert_eq!(model.finished["low"].0.len(), 9);
 }
 
@@ -263,7 +253,7 @@ fn stop_conditions() {
     };
     let req = Request::new("m", prompt.clone(), Arc::new(params), vec![], 0, 0, 0.0);
     assert!(model.add(&mut scheduler, req));
-    run_to_completion(&mut scheduler, &mut model);
+    model.run_to_completion(&mut scheduler);
     assert_eq!(
         model.finished["m"],
         (model.finished["m"].0.clone(), FinishReason::Length)
@@ -346,7 +336,7 @@ fn max_num_seqs_caps_the_batch() {
     let (output, _) = model.step(&mut scheduler);
     assert_eq!(output.seqs.len(), 2);
     assert_eq!(scheduler.num_waiting(), 3);
-    run_to_completion(&mut scheduler, &mut model);
+    model.run_to_completion(&mut scheduler);
     assert_eq!(model.finished.len(), 5);
     assert_eq!(scheduler.stats().num_generation_tokens, 15);
     assert_eq!(scheduler.stats().num_prompt_tokens, 15);
@@ -423,7 +413,7 @@ fn forks_share_the_prompt_blocks_instead_of_recomputing_them() {
         scheduler.check_invariants().unwrap();
         assert_eq!(scheduler.stats().num_forked_tokens, 56);
         assert_eq!(scheduler.stats().num_prompt_tokens, 30 + 2 + 2);
-        run_to_completion(&mut scheduler, &mut model);
+        model.run_to_completion(&mut scheduler);
         let (expected, _) = reference_output(
             &prompt,
             &SamplingParams {
@@ -450,7 +440,7 @@ fn a_fork_whose_sibling_is_gone_computes_its_own_prompt() {
     assert!(model.add(&mut scheduler, family.into_iter().nth(1).unwrap()));
     let step = model.step(&mut scheduler).0;
     assert_eq!(step.seqs[0].token_ids.len(), 10);
-    run_to_completion(&mut scheduler, &mut model);
+    model.run_to_completion(&mut scheduler);
     assert_eq!(scheduler.stats().num_forked_tokens, 0);
 }
 
@@ -464,7 +454,7 @@ fn a_fork_with_a_different_prompt_shares_nothing() {
     assert!(model.add(&mut scheduler, other));
     let step = model.step(&mut scheduler).0;
     assert_eq!(step.seqs[1].token_ids.len(), 12);
-    run_to_completion(&mut scheduler, &mut model);
+    model.run_to_completion(&mut scheduler);
 }
 
 #[test]

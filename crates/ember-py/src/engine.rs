@@ -4,6 +4,7 @@ use std::sync::{Arc, Mutex, MutexGuard};
 
 use ember_model::engine::engine_args::EngineArgs;
 use ember_model::engine::lora_registry::{LoraConfig, LoraRef};
+use ember_model::engine::speculative_args::parse_speculative_config;
 use ember_model::engine::{LlmEngine, LogprobEntry, StepFault, StepOutput, StopReason, TokenLogprobs};
 use pyo3::prelude::*;
 use pyo3::types::PyDict;
@@ -120,7 +121,8 @@ impl PyEngine {
         kv_cache_memory_bytes=None, block_size=16, seed=0, dtype="auto".to_string(), num_threads=None,
         enable_prefix_caching=true, device="auto".to_string(), gpu_memory_utilization=0.9,
         kv_cache_dtype="auto".to_string(), scheduling_policy="fcfs".to_string(), structured_jump_forward=true,
-        enable_lora=false, max_loras=1, max_lora_rank=16, max_cpu_loras=None))]
+        enable_lora=false, max_loras=1, max_lora_rank=16, max_cpu_loras=None,
+        speculative_config=None))]
     #[allow(clippy::too_many_arguments)]
     fn new(
         py: Python<'_>,
@@ -143,8 +145,13 @@ impl PyEngine {
         max_loras: usize,
         max_lora_rank: usize,
         max_cpu_loras: Option<usize>,
+        speculative_config: Option<String>,
     ) -> PyResult<Self> {
         guard(|| {
+            let speculative = speculative_config
+                .map(|json| parse_speculative_config(&json))
+                .transpose()
+                .map_err(|message| invalid_param("speculative_config", message))?;
             let scheduling_policy = scheduling_policy
                 .parse()
                 .map_err(|message: String| invalid_param("scheduling_policy", message))?;
@@ -168,6 +175,7 @@ impl PyEngine {
                     max_lora_rank,
                     max_cpu_loras: max_cpu_loras.unwrap_or(max_loras),
                 }),
+                speculative,
                 ..EngineArgs::new(model_path)
             };
             let engine = py.detach(|| LlmEngine::new(&args)).map_err(engine_error)?;

@@ -28,10 +28,18 @@ def replica_report(replica: Replica) -> dict[str, Any]:
     }
 
 
+_RATIOS = (
+    ("prefix_cache_hit_rate", "prefix_cache_hits", "prefix_cache_queries"),
+    ("spec_acceptance_rate", "num_spec_accepted_tokens", "num_spec_proposed_tokens"),
+    ("spec_mean_accepted_len", "num_spec_accepted_tokens", "num_spec_verify_steps"),
+)
+"""(ratio key, numerator counter, denominator counter) of the engine stats that are ratios of counters."""
+
+
 def engine_totals(replicas: Sequence[Replica]) -> dict[str, float]:
     """The replicas' last engine stats combined: counters and counts summed, KV usage averaged over every block,
-    the prefix hit rate recomputed from the summed hits and queries. A restarted replica's counters start again
-    from 0, so the sums can fall."""
+    the ratios (prefix hit rate, speculative acceptance) recomputed from the summed counters. A restarted
+    replica's counters start again from 0, so the sums can fall."""
     reported = [(r.status.stats, r.info.num_blocks if r.info else 0) for r in replicas if r.status is not None]
     totals: dict[str, float] = {}
     for stats, _ in reported:
@@ -42,8 +50,9 @@ def engine_totals(replicas: Sequence[Replica]) -> dict[str, float]:
     for key in _GAUGE_AVERAGES:
         weighted = sum(stats.get(key, 0.0) * blocks for stats, blocks in reported)
         totals[key] = weighted / num_blocks if num_blocks else 0.0
-    queries = totals.get("prefix_cache_queries", 0.0)
-    totals["prefix_cache_hit_rate"] = totals.get("prefix_cache_hits", 0.0) / queries if queries else 0.0
+    for rate, part, whole in _RATIOS:
+        denominator = totals.get(whole, 0.0)
+        totals[rate] = totals.get(part, 0.0) / denominator if denominator else 0.0
     return totals
 
 

@@ -79,6 +79,12 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
         help="admission order of waiting requests: fcfs (first come, first served; requests must leave "
         "`priority` at 0) or priority (lowest `priority` first, then arrival) (default: %(default)s)",
     )
+    engine.add_argument(
+        "--speculative-config",
+        default=None,
+        metavar="JSON",
+        help='speculative decoding, e.g. \'{"method": "ngram", "num_speculative_tokens": 4}\'; outputs are unchanged',
+    )
     _add_lora_arguments(parser)
     _add_data_parallel_arguments(parser)
 

@@ -85,6 +85,7 @@ def _load_engine(args: argparse.Namespace) -> EngineClient:
         "seed": args.seed,
         "enable_prefix_caching": not args.no_prefix_caching,
         "scheduling_policy": args.scheduling_policy,
+        "speculative_config": args.speculative_config,
     }
     if args.data_parallel_size == 1 and args.distributed_executor_backend != "ray":
         lora_args = {

@@ -172,17 +172,25 @@ impl FakeModel {
             let known = &self.tokens[&seq.request_id];
             let start = seq.num_computed_tokens;
             let end = start + seq.token_ids.len();
+            // Drafts follow the request's known tokens; their slots are written like any other.
+            let real_end = end - seq.num_draft_tokens;
+            let draft_ids = &seq.token_ids[seq.token_ids.len() - seq.num_draft_tokens..];
             assert!(!seq.token_ids.is_empty(), "{}: empty chunk", seq.request_id);
             assert_eq!(
-                &known[start..end],
-                &seq.token_ids[..],
+                &known[start..real_end],
+                &seq.token_ids[..seq.token_ids.len() - seq.num_draft_tokens],
                 "{}: wrong tokens",
                 seq.request_id
             );
             assert_eq!(
                 seq.sample,
-                end == known.len(),
+                real_end == known.len(),
                 "{}: wrong sample flag",
+                seq.request_id
+            );
+            assert!(
+                draft_ids.is_empty() || (seq.sample && self.histories.is_none()),
+                "{}: drafts on a row that is not sampled, or with the real sampler",
                 seq.request_id
             );
             assert!(
@@ -198,22 +206,32 @@ impl FakeModel {
             }
             total += seq.token_ids.len();
             if seq.sample {
-                // The first token of the chunk reads furthest back.
+                // The first token of the chunk reads furthest back. Row i verifies draft i: its
+                // context is the known tokens and the drafts before it.
                 let first = self.window.map_or(0, |w| (start + 1).saturating_sub(w));
-                let context: Vec<u32> = (first..end)
-                    .map(|pos| {
-                        self.cache[seq.block_ids[pos / self.block_size] as usize * self.block_size
-                            + pos % self.block_size]
-                    })
-                    .collect();
-                assert_eq!(
-                    &context[..],
-                    &known[first..end],
-                    "{}: cache holds the wrong context",
-                    seq.request_id
-                );
-                let known_context = known[..end].to_vec();
-                sampled.push(self.next(seq, &known_context));
+                let mut known_context = known[..real_end].to_vec();
+                for i in 0..=draft_ids.len() {
+                    let context_end = real_end + i;
+                    let context: Vec<u32> = (first..context_end)
+                        .map(|pos| {
+                            self.cache[seq.block_ids[pos / self.block_size] as usize * self.block_size
+                                + pos % self.block_size]
+                        })
+                        .collect();
+                    assert_eq!(
+                        &context[..],
+                        &known_context[first..],
+                        "{}: cache holds the wrong context",
+                        seq.request_id
+                    );
+                    let token = self.next(seq, &known_context);
+                    let accepted = draft_ids.get(i) == Some(&token.token_id);
+                    sampled.push(token);
+                    if !accepted {
+                        break;
+                    }
+                    known_context.push(draft_ids[i]);
+                }
             }
         }
         assert_eq!(total, output.num_batched_tokens);
@@ -256,6 +274,19 @@ impl FakeModel {
         if let Some(tokens) = self.tokens.remove(id) {
             self.finished.insert(id.clone(), (tokens, reason));
         }
+    }
+
+    /// Steps until every request finished, checking the scheduler's invariants after each
+    /// step; returns the number of steps.
+    pub fn run_to_completion(&mut self, scheduler: &mut Scheduler) -> usize {
+        let mut steps = 0;
+        while scheduler.has_unfinished_requests() {
+            self.step(scheduler);
+            scheduler.check_invariants().unwrap();
+            steps += 1;
+            assert!(steps < 10_000, "no progress");
+        }
+        steps
     }
 
     /// One full step; returns the updates.

@@ -17,7 +17,8 @@ pub(crate) fn prompt_logprob_positions(seq: &ScheduledSeq) -> Range<usize> {
 }
 
 /// Builds the flat inputs of `output` for a cache of `block_size`-token blocks. Logits rows
-/// come per sequence in batch order: its prompt-logprob rows, then its sampled row.
+/// come per sequence in batch order: its prompt-logprob rows, then its sampled row (and one
+/// row per draft token after it).
 pub fn build_step_batch(output: &SchedulerOutput, block_size: usize) -> StepBatch {
     let num_tokens = output.num_batched_tokens;
     let num_seqs = output.seqs.len();
@@ -57,7 +58,9 @@ pub fn build_step_batch(output: &SchedulerOutput, block_size: usize) -> StepBatc
             batch.logits_indices.push(first_row + (position - start) as u32);
         }
         if seq.sample {
-            batch.logits_indices.push(end_row - 1);
+            // The last real token's row, then one row per draft.
+            let num_rows = 1 + seq.num_draft_tokens as u32;
+            batch.logits_indices.extend(end_row - num_rows..end_row);
         }
     }
     batch
@@ -82,6 +85,7 @@ pub(crate) mod tests {
         ScheduledSeq {
             request_id: id.into(),
             token_ids: (0..len as u32).collect(),
+            num_draft_tokens: 0,
             num_computed_tokens: start,
             block_ids: vec![0, 1, 2, 3],
             sample: start + len >= num_prompt,

@@ -2,7 +2,7 @@
 
 use std::path::PathBuf;
 
-use ember_core::SchedulingPolicy;
+use ember_core::{SchedulingPolicy, SpeculativeConfig};
 
 use crate::engine::lora_registry::LoraConfig;
 
@@ -52,6 +52,8 @@ pub struct EngineArgs {
     pub structured_jump_forward: bool,
     /// LoRA adapters per request (`enable_lora`) and their limits; `None`: off.
     pub lora: Option<LoraConfig>,
+    /// Speculative decoding (n-gram drafts verified each step; outputs unchanged); `None` for none.
+    pub speculative: Option<SpeculativeConfig>,
 }
 
 impl EngineArgs {
@@ -74,6 +76,7 @@ impl EngineArgs {
             gpu_memory_utilization: 0.9,
             structured_jump_forward: true,
             lora: None,
+            speculative: None,
         }
     }
 }
@@ -107,6 +110,9 @@ impl EngineArgs {
         }
         if let Some(lora) = &self.lora {
             lora.validate()?;
+        }
+        if let Some(spec) = &self.speculative {
+            spec.validate().map_err(|e| e.to_string())?;
         }
         let fraction = self.gpu_memory_utilization;
         if !(fraction > 0.0 && fraction <= 1.0) {

@@ -106,6 +106,7 @@ impl LlmEngine {
             policy: args.scheduling_policy,
             sliding_window: device_model.kv_release_window,
             max_loras: args.lora.map(|l| l.max_loras),
+            speculative: args.speculative.clone(),
             ..SchedulerConfig::default()
         })
         .map_err(|e| invalid(e.to_string()))?;
@@ -415,7 +416,10 @@ impl LlmEngine {
         }
         Some(StepOutput {
             request_id: update.request_id,
-            new_token_ids: update.new_tokens.iter().map(|t| t.token_id).collect(),
+            new_token_ids: update.new_tokens[..absorbed.num_tokens]
+                .iter()
+                .map(|t| t.token_id)
+                .collect(),
             new_text,
             finish_reason,
             stop_reason,

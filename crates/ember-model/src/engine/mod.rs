@@ -11,6 +11,7 @@ pub mod lora_registry;
 mod output_state;
 pub mod runner;
 pub mod sample_rows;
+pub mod speculative_args;
 pub mod step_output;
 
 pub use llm_engine::{panic_message, LlmEngine, StepFault};

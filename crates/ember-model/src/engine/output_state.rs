@@ -43,6 +43,9 @@ pub(crate) struct Absorbed {
     pub matched_stop: Option<String>,
     /// Per absorbed token: logprob, rank and top alternatives (when asked for).
     pub new_logprobs: Option<Vec<TokenLogprobs>>,
+    /// Tokens absorbed: all of them, or up to the one that completed a stop string (the
+    /// rest, which plain decoding would never have produced, are dropped).
+    pub num_tokens: usize,
 }
 
 /// Output-side state of one live request.
@@ -126,9 +129,11 @@ impl OutputState {
             new_text: String::new(),
             matched_stop: None,
             new_logprobs: self.want_logprobs.then(Vec::new),
+            num_tokens: 0,
         };
         let text = self.text(tokenizer);
         for token in tokens {
+            out.num_tokens += 1;
             if let Some(logprobs) = out.new_logprobs.as_mut() {
                 let entry = text.entry(token.token_id, token.logprob, token.rank);
                 logprobs.push(text.position(entry, &token.top_logprobs));

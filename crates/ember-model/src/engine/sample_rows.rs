@@ -1,12 +1,14 @@
 //! One step's logits into tokens: every sampled row is sampled (on the device when the whole
 //! step allows it, else on the host with the request's full sampling parameters and token
-//! history) and every prompt-logprob row gives the logprob of the next prompt token. This is
-//! where per-row logits processing (masks, adjustments) belongs: before `sample`.
+//! history) and every prompt-logprob row gives the logprob of the next prompt token. A sequence
+//! with speculative drafts is verified here: its rows are sampled in order, each exactly as
+//! plain decoding would sample that token, until one differs from its draft. This is where
+//! per-row logits processing (masks, adjustments) belongs: before `sample`.
 
 use ember_core::{
     device_sample_row, sample, token_logprob, Backend, BackendResult, DeviceSampleRow, ModelRunnerOutput,
     PromptLogprobs, RequestHistories, SampleContext, SampledToken, ScheduledSeq, SchedulerOutput,
-    TokenLogprob,
+    TokenHistory, TokenLogprob,
 };
 use rayon::prelude::*;
 
@@ -19,7 +21,7 @@ use crate::engine::batch::prompt_logprob_positions;
 fn device_sample_rows(output: &SchedulerOutput) -> Option<Vec<DeviceSampleRow>> {
     let mut rows = Vec::with_capacity(output.seqs.len());
     for seq in &output.seqs {
-        if !prompt_logprob_positions(seq).is_empty() || seq.token_mask.is_some() {
+        if !prompt_logprob_positions(seq).is_empty() || seq.token_mask.is_some() || seq.num_draft_tokens > 0 {
             return None;
         }
         if seq.sample {
@@ -33,18 +35,68 @@ fn device_sample_rows(output: &SchedulerOutput) -> Option<Vec<DeviceSampleRow>> 
     Some(rows)
 }
 
-/// What one row of logits is for.
+/// What rows of logits are for.
 enum RowJob<'a> {
-    /// Sample the sequence's next token.
+    /// Sample the sequence's next token (one row, or `1 + num_draft_tokens` rows to verify).
     Sample(&'a ScheduledSeq),
     /// The logprob of the prompt token at `position + 1`, the row being at `position`.
     Prompt(&'a ScheduledSeq, usize),
 }
 
-/// What one row of logits gave.
+impl RowJob<'_> {
+    /// Logits rows the job reads.
+    fn num_rows(&self) -> usize {
+        match self {
+            Self::Sample(seq) => 1 + seq.num_draft_tokens,
+            Self::Prompt(..) => 1,
+        }
+    }
+}
+
+/// What a job's rows gave.
 enum RowResult {
-    Sampled(SampledToken),
+    /// The sampled token, or a verification's accepted drafts and the token after them.
+    Sampled(Vec<SampledToken>),
     Prompt(Option<TokenLogprob>),
+}
+
+/// Samples `seq`'s rows in order (row `i` at token index `num_output_tokens + i`, penalties
+/// seeing the drafts accepted before it) while each sample equals the draft of its row; returns
+/// the samples up to and including the first that differs (or the bonus one after the last draft).
+fn sample_seq(
+    seq: &ScheduledSeq,
+    rows: Vec<&mut [f32]>,
+    history: Option<&TokenHistory>,
+    eos_token_ids: &[u32],
+) -> Vec<SampledToken> {
+    let draft_ids = &seq.token_ids[seq.token_ids.len() - seq.num_draft_tokens..];
+    let mut extended: Option<TokenHistory> = None;
+    let mut out = Vec::with_capacity(rows.len());
+    for (i, row) in rows.into_iter().enumerate() {
+        if let Some(mask) = seq.token_mask.as_ref().filter(|_| i == 0) {
+            mask.apply(row);
+        }
+        let ctx = SampleContext {
+            seed: seq.seed,
+            token_index: seq.num_output_tokens + i,
+            history: extended.as_ref().or(history),
+            eos_token_ids,
+        };
+        let token = sample(row, &seq.sampling_params, &ctx).into_sampled_token(seq.request_id.clone());
+        let accepted = draft_ids.get(i) == Some(&token.token_id);
+        if accepted {
+            if let Some(base) = history {
+                extended
+                    .get_or_insert_with(|| base.clone())
+                    .push_output(token.token_id);
+            }
+        }
+        out.push(token);
+        if !accepted {
+            break;
+        }
+    }
+    out
 }
 
 /// Appends the prompt logprob from the row at `position` of `seq` to this step's chunks. A
@@ -117,37 +169,36 @@ pub fn sample_step<B: Backend>(
     }
     let mut logits = backend.to_host(logits)?;
     let history_of = &*histories;
-    let results: Vec<RowResult> = logits
-        .par_chunks_mut(vocab_size)
-        .zip(jobs.par_iter())
-        .map(|(row, job)| match *job {
-            RowJob::Sample(seq) => {
-                if let Some(mask) = &seq.token_mask {
-                    mask.apply(row);
-                }
-                let ctx = SampleContext {
-                    seed: seq.seed,
-                    token_index: seq.num_output_tokens,
-                    history: history_of.get(&seq.request_id),
-                    eos_token_ids,
-                };
-                RowResult::Sampled(
-                    sample(row, &seq.sampling_params, &ctx).into_sampled_token(seq.request_id.clone()),
-                )
-            }
+    let mut rows = logits.chunks_mut(vocab_size);
+    let work: Vec<(&RowJob, Vec<&mut [f32]>)> = jobs
+        .iter()
+        .map(|job| (job, rows.by_ref().take(job.num_rows()).collect()))
+        .collect();
+    let results: Vec<RowResult> = work
+        .into_par_iter()
+        .map(|(job, mut rows)| match *job {
+            RowJob::Sample(seq) => RowResult::Sampled(sample_seq(
+                seq,
+                rows,
+                history_of.get(&seq.request_id),
+                eos_token_ids,
+            )),
             RowJob::Prompt(seq, position) => {
                 let next = history_of
                     .get(&seq.request_id)
                     .and_then(|h| h.prompt_token_ids().get(position + 1).copied());
                 let k = seq.sampling_params.prompt_logprobs.unwrap_or(0);
-                RowResult::Prompt(next.and_then(|token_id| token_logprob(row, token_id, k)))
+                let entry = rows
+                    .first_mut()
+                    .and_then(|row| next.and_then(|token_id| token_logprob(row, token_id, k)));
+                RowResult::Prompt(entry)
             }
         })
         .collect();
     let mut out = ModelRunnerOutput::default();
     for (job, result) in jobs.iter().zip(results) {
         match (job, result) {
-            (_, RowResult::Sampled(token)) => out.sampled.push(token),
+            (_, RowResult::Sampled(tokens)) => out.sampled.extend(tokens),
             (RowJob::Prompt(seq, position), RowResult::Prompt(entry)) => {
                 push_prompt_logprob(&mut out.prompt_logprobs, seq, *position, entry);
             }

@@ -42,6 +42,7 @@ fn step(ids: &[&str]) -> SchedulerOutput {
         .map(|&id| ScheduledSeq {
             request_id: id.into(),
             token_ids: vec![0],
+            num_draft_tokens: 0,
             num_computed_tokens: 0,
             block_ids: vec![0],
             sample: true,

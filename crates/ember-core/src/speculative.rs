@@ -1,0 +1,226 @@
+//! Speculative decoding's host side: the n-gram proposer (prompt lookup), the per-request
+//! acceptance record that adapts how many tokens are proposed, and the verification rule.
+//!
+//! The rule keeps outputs identical to plain decoding: row `i` of a verified sequence is
+//! sampled with the ordinary sampler at token index `t + i`, with penalties seeing the tokens
+//! accepted before it; drafts are accepted while they equal those samples, and the first
+//! differing sample (or the bonus sample after the last draft) is emitted.
+
+use thiserror::Error;
+
+/// How a request's draft tokens are proposed and how many.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct SpeculativeConfig {
+    /// Most draft tokens verified per step for one request.
+    pub num_speculative_tokens: usize,
+    /// Shortest suffix (in tokens) the n-gram proposer matches.
+    pub prompt_lookup_min: usize,
+    /// Longest suffix (in tokens) the n-gram proposer tries first.
+    pub prompt_lookup_max: usize,
+    /// Speculation is off in a step with more running sequences than this (verification then
+    /// costs more than it saves); 0 never turns it off for the batch size.
+    pub max_num_seqs_to_speculate: usize,
+    /// Adapt each request's draft length to its measured acceptance rate.
+    pub adaptive: bool,
+}
+
+/// Most draft tokens a request may verify per step.
+pub const MAX_SPECULATIVE_TOKENS: usize = 32;
+
+/// Default batch size above which nobody speculates: on the CPU's quantized kernels a step's
+/// cost grows with its rows, and the crossover measured by `bench/spec_decode.py` (see
+/// bench/RESULTS.md) lies at about 2 running sequences.
+pub const DEFAULT_MAX_NUM_SEQS_TO_SPECULATE: usize = 2;
+
+/// A speculative config whose fields are out of range; names the field and the limit.
+#[derive(Clone, Debug, Error, PartialEq, Eq)]
+#[error("{0}")]
+pub struct SpeculativeConfigError(pub String);
+
+impl SpeculativeConfig {
+    /// An n-gram config proposing up to `num_speculative_tokens` tokens from suffixes of
+    /// `prompt_lookup_min..=prompt_lookup_max` tokens, adaptive, off above
+    /// [`DEFAULT_MAX_NUM_SEQS_TO_SPECULATE`] running sequences.
+    pub fn ngram(num_speculative_tokens: usize, prompt_lookup_min: usize, prompt_lookup_max: usize) -> Self {
+        Self {
+            num_speculative_tokens,
+            prompt_lookup_min,
+            prompt_lookup_max,
+            max_num_seqs_to_speculate: DEFAULT_MAX_NUM_SEQS_TO_SPECULATE,
+            adaptive: true,
+        }
+    }
+
+    /// Checks every field against its range.
+    pub fn validate(&self) -> Result<(), SpeculativeConfigError> {
+        let err = |m: String| Err(SpeculativeConfigError(format!("speculative_config: {m}")));
+        if !(1..=MAX_SPECULATIVE_TOKENS).contains(&self.num_speculative_tokens) {
+            return err(format!(
+                "num_speculative_tokens must be in [1, {MAX_SPECULATIVE_TOKENS}], got {}",
+                self.num_speculative_tokens
+            ));
+        }
+        if self.prompt_lookup_min == 0 {
+            return err("prompt_lookup_min must be at least 1, got 0".into());
+        }
+        if self.prompt_lookup_max < self.prompt_lookup_min {
+            return err(format!(
+                "prompt_lookup_max ({}) must be at least prompt_lookup_min ({})",
+                self.prompt_lookup_max, self.prompt_lookup_min
+            ));
+        }
+        if self.prompt_lookup_max > 64 {
+            return err(format!(
+                "prompt_lookup_max must be at most 64, got {}",
+                self.prompt_lookup_max
+            ));
+        }
+        Ok(())
+    }
+}
+
+/// Up to `num_draft` tokens that followed the most recent earlier occurrence of the longest
+/// suffix of `token_ids` (between `min_n` and `max_n` tokens long); empty when no suffix of
+/// that length occurs earlier.
+pub fn propose_ngram(token_ids: &[u32], min_n: usize, max_n: usize, num_draft: usize) -> Vec<u32> {
+    let len = token_ids.len();
+    if num_draft == 0 || min_n == 0 {
+        return Vec::new();
+    }
+    for n in (min_n..=max_n.min(len.saturating_sub(1))).rev() {
+        let suffix = &token_ids[len - n..];
+        // Candidate starts end before the suffix itself, latest first.
+        for start in (0..len - n).rev() {
+            if &token_ids[start..start + n] == suffix {
+                let from = start + n;
+                let to = (from + num_draft).min(len);
+                return token_ids[from..to].to_vec();
+            }
+        }
+    }
+    Vec::new()
+}
+
+/// One request's proposals and acceptances, which set how many tokens it proposes next.
+#[derive(Clone, Copy, Debug, Default, PartialEq)]
+pub struct AcceptanceRecord {
+    /// Exponential moving average of the accepted fraction per verification (starts at 1).
+    rate: Option<f64>,
+    /// Steps left to wait before proposing again after the rate fell too low.
+    num_cooldown_steps: u32,
+}
+
+/// Weight of the latest verification in the moving acceptance rate.
+const RATE_WEIGHT: f64 = 0.3;
+/// Below this moving acceptance rate a request stops proposing for a while.
+const MIN_RATE: f64 = 0.15;
+/// Steps a request with a low acceptance rate waits before trying again.
+const COOLDOWN_STEPS: u32 = 16;
+
+impl AcceptanceRecord {
+    /// How many of up to `max_draft` tokens to propose this step; 0 while cooling down.
+    /// Counts one step of any cooldown.
+    pub fn num_to_propose(&mut self, max_draft: usize, adaptive: bool) -> usize {
+        if !adaptive {
+            return max_draft;
+        }
+        if self.num_cooldown_steps > 0 {
+            self.num_cooldown_steps -= 1;
+            return 0;
+        }
+        let rate = self.rate.unwrap_or(1.0);
+        // Expected accepted run at this rate, plus one to probe for longer runs.
+        let wanted = (rate * max_draft as f64).ceil() as usize + 1;
+        wanted.clamp(1, max_draft)
+    }
+
+    /// Records a verification of `num_proposed` drafts of which `num_accepted` were accepted.
+    pub fn record(&mut self, num_proposed: usize, num_accepted: usize) {
+        if num_proposed == 0 {
+            return;
+        }
+        let fraction = num_accepted as f64 / num_proposed as f64;
+        let rate = match self.rate {
+            Some(rate) => rate + RATE_WEIGHT * (fraction - rate),
+            None => fraction,
+        };
+        self.rate = Some(rate);
+        if rate < MIN_RATE {
+            self.num_cooldown_steps = COOLDOWN_STEPS;
+            self.rate = Some(MIN_RATE * 2.0);
+        }
+    }
+}
+
+/// The tokens a verified sequence emits: `sampled[i]` is row `i`'s sample; drafts are accepted
+/// while they equal the sample of their row, and the first differing sample (or the bonus
+/// sample after the last draft) ends the run. Returns how many samples are emitted.
+pub fn num_emitted(draft_ids: &[u32], sampled_ids: &[u32]) -> usize {
+    let num_accepted = draft_ids
+        .iter()
+        .zip(sampled_ids)
+        .take_while(|(draft, sampled)| draft == sampled)
+        .count();
+    (num_accepted + 1).min(sampled_ids.len())
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn ngram_takes_the_longest_then_latest_match() {
+        // Suffix [1, 2] occurs at 0 and 4; the latest earlier one (4) is followed by 9.
+        let tokens = [1, 2, 3, 7, 1, 2, 9, 5, 1, 2];
+        assert_eq!(propose_ngram(&tokens, 1, 3, 2), vec![9, 5]);
+        // The 3-token suffix [5, 1, 2] never occurs earlier; 2 does.
+        assert_eq!(propose_ngram(&tokens, 3, 3, 2), Vec::<u32>::new());
+        // Drafts stop at the end of the known tokens.
+        assert_eq!(propose_ngram(&[4, 4], 1, 1, 5), vec![4]);
+        assert!(propose_ngram(&[4], 1, 2, 5).is_empty());
+        assert!(propose_ngram(&tokens, 1, 3, 0).is_empty());
+    }
+
+    #[test]
+    fn emitted_tokens_stop_at_the_first_difference() {
+        assert_eq!(num_emitted(&[5, 6, 7], &[5, 6, 7, 8]), 4);
+        assert_eq!(num_emitted(&[5, 6, 7], &[5, 9, 7, 8]), 2);
+        assert_eq!(num_emitted(&[5, 6, 7], &[1]), 1);
+        assert_eq!(num_emitted(&[], &[3]), 1);
+    }
+
+    #[test]
+    fn adaptive_length_follows_acceptance_and_cools_down() {
+        let mut record = AcceptanceRecord::default();
+        assert_eq!(record.num_to_propose(5, true), 5);
+        record.record(5, 5);
+        assert_eq!(record.num_to_propose(5, true), 5);
+        record.record(5, 0);
+        record.record(5, 0);
+        let k = record.num_to_propose(5, true);
+        assert!((1..5).contains(&k), "{k}");
+        for _ in 0..4 {
+            record.record(5, 0);
+        }
+        assert_eq!(record.num_to_propose(5, true), 0, "cooling down after misses");
+        assert_eq!(
+            record.num_to_propose(5, false),
+            5,
+            "fixed length when not adaptive"
+        );
+    }
+
+    #[test]
+    fn config_fields_are_range_checked_by_name() {
+        assert_eq!(SpeculativeConfig::ngram(4, 1, 4).validate(), Ok(()));
+        let err = SpeculativeConfig::ngram(0, 1, 4).validate().unwrap_err();
+        assert!(
+            err.0.contains("num_speculative_tokens must be in [1, 32], got 0"),
+            "{err}"
+        );
+        let err = SpeculativeConfig::ngram(4, 3, 2).validate().unwrap_err();
+        assert!(err.0.contains("prompt_lookup_max (2)"), "{err}");
+        let err = SpeculativeConfig::ngram(4, 0, 2).validate().unwrap_err();
+        assert!(err.0.contains("prompt_lookup_min"), "{err}");
+    }
+}
