@@ -13,6 +13,7 @@ from typing import Any
 import numpy as np
 import pytest
 
+from composition import assert_batch_cache_and_forks_agree
 from ember import Engine, SamplingParams
 from gguf_from_hf import write_gguf
 from logit_metrics import faithfulness
@@ -100,14 +101,7 @@ def test_quantized_expert_file_composes_with_batching_cache_forks_and_preemption
     alone = [uncached.generate(p, s, use_tqdm=False)[0].outputs[0].token_ids for p in prompts for s in (greedy, seeded)]
     # Chunked prefill (8 tokens a step), mixed greedy and seeded rows, then the shared prefix from the cache.
     engine = Engine(str(path), max_num_batched_tokens=8, kv_cache_memory_bytes=16 << 20, **args)
-    batched = engine.generate([p for p in prompts for _ in (0, 1)], [greedy, seeded] * len(prompts), use_tqdm=False)
-    assert [o.outputs[0].token_ids for o in batched] == alone
-    again = engine.generate(prompts, greedy, use_tqdm=False)
-    assert sum(o.num_cached_tokens for o in again) > 0
-    assert [o.outputs[0].token_ids for o in again] == alone[::2]
-    forked = engine.generate(prompts[3], SamplingParams(n=2, temperature=0.0, max_tokens=30, ignore_eos=True),
-                             use_tqdm=False)[0]  # fmt: skip
-    assert [c.token_ids for c in forked.outputs] == [alone[6], alone[6]]
+    assert_batch_cache_and_forks_agree(engine, prompts, alone, fork=3)
     # 8 blocks of 16 tokens (float32 K and V: 2 layers x 2 heads x 16 dims) for four ~100-token sequences.
     block_bytes = 2 * 2 * 16 * 2 * 16 * 4
     tight = Engine(str(path), kv_cache_memory_bytes=8 * block_bytes, max_num_batched_tokens=32,
