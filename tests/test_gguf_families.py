@@ -2,12 +2,14 @@
 llama.cpp's tensor names and metadata keys (Llama's q/k rows permuted as its converter does, Phi-3's fused
 tensors and window) load to the same logits (float32) and greedy tokens, and the same tokenizer.
 
-Families llama.cpp has that these files cannot express yet are refused with the reason (long-rope factors);
-Gemma and the mixture-of-experts families are not read from GGUF yet (README's table).
+Mixtral (llama.cpp's `llama` with experts) and Qwen3-MoE store each layer's experts stacked in one tensor per
+projection. Families llama.cpp has that these files cannot express yet are refused with the reason (long-rope
+factors).
 """
 
 from __future__ import annotations
 
+from dataclasses import replace
 from pathlib import Path
 from typing import Any
 
@@ -29,11 +31,27 @@ CASES = [
     ("qwen3-qknorm-gqa-untied", "qwen3"),
     ("qwen3-qknorm-mha-tied", "qwen3"),
     ("phi3-fused-window", "phi3"),
+    # llama.cpp writes Mixtral as `llama` with experts; its `llama` has no sliding window.
+    ("mixtral-top2", "llama"),
+    ("qwen3moe-top3-normalized", "qwen3moe"),
+    ("qwen3moe-tied-router-dense-layer", "qwen3moe"),
+    ("gemma2-softcap", "gemma2"),
+    ("gemma3-qknorm-local-rope", "gemma3"),
+]
+
+# Variants of tests/tiny_models.py reshaped to what llama.cpp's architecture expresses.
+_MIXTRAL = next(v for v in FAMILY_VARIANTS if v.name == "mixtral-top2-window")
+_GEMMA2 = next(v for v in FAMILY_VARIANTS if v.name == "gemma2-softcap-interleaved")
+GGUF_VARIANTS = [
+    replace(_MIXTRAL, name="mixtral-top2", config={k: v for k, v in _MIXTRAL.config.items() if k != "sliding_window"}),
+    # llama.cpp scales Gemma's queries by head_dim (hidden_size / heads for the 27B models), as their configs do.
+    replace(_GEMMA2, name="gemma2-softcap", config=_GEMMA2.config | {"query_pre_attn_scalar": 16}),
 ]
 
 
-def _variant(name: str) -> Variant:
-    (variant,) = [v for v in VARIANTS + FAMILY_VARIANTS if v.name == name]
+def variant_named(name: str) -> Variant:
+    """The variant of tests/tiny_models.py (or of GGUF_VARIANTS) called `name`."""
+    (variant,) = [v for v in VARIANTS + FAMILY_VARIANTS + GGUF_VARIANTS if v.name == name]
     return variant
 
 
@@ -42,7 +60,7 @@ def test_gguf_equals_hugging_face(name: str, arch: str, tmp_path: Path) -> None:
     require("gguf")
     require("transformers")
     folder = tmp_path / "hf"
-    model = write_model(_variant(name), folder)
+    model = write_model(variant_named(name), folder)
     path = tmp_path / f"{name}.gguf"
     write_gguf(folder, model, arch, path)
     hf = Engine(str(folder), **ENGINE_ARGS)
@@ -65,7 +83,7 @@ def test_long_rope_gguf_is_refused_with_the_reason(tmp_path: Path) -> None:
     require("gguf")
     import gguf
 
-    variant = _variant("phi3-fused-window")
+    variant = variant_named("phi3-fused-window")
     folder = tmp_path / "hf"
     model = write_model(variant, folder)
     path = tmp_path / "phi3.gguf"

@@ -17,6 +17,7 @@ from typing import Any
 
 import pytest
 
+from composition import assert_batch_cache_and_forks_agree
 from ember import Engine, SamplingParams
 
 from references import require
@@ -100,16 +101,7 @@ def test_tokens_do_not_depend_on_batch_cache_forks_or_preemption(family: tuple[V
         for params in (greedy, seeded)
     ]
     engine = Engine(str(folder), max_num_batched_tokens=32, **ENGINE_ARGS)
-    doubled = [p for p in prompts for _ in (0, 1)]
-    batched = engine.generate(doubled, [greedy, seeded] * len(prompts), use_tqdm=False)
-    assert [o.outputs[0].token_ids for o in batched] == alone
-    # Again: the shared prefix now comes from the cache.
-    again = engine.generate(prompts, greedy, use_tqdm=False)
-    assert sum(o.num_cached_tokens for o in again) > 0
-    assert [o.outputs[0].token_ids for o in again] == alone[::2]
-    forked = engine.generate(prompts[3], SamplingParams(n=2, temperature=0.0, max_tokens=30, ignore_eos=True),
-                             use_tqdm=False)[0]  # fmt: skip
-    assert [c.token_ids for c in forked.outputs] == [alone[6], alone[6]]
+    assert_batch_cache_and_forks_agree(engine, prompts, alone, fork=3)
     # A cache of 12 blocks of 16 tokens for five ~100-token sequences: requests are preempted.
     head_dim = variant.config["head_dim"]
     num_layers = variant.config.get("num_hidden_layers", 2)

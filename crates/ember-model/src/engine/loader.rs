@@ -55,6 +55,7 @@ pub fn open_model(path: &Path) -> Result<OpenedModel, ModelLoadError> {
             let file = GgufFile::open(gguf_path)?;
             let architecture = registry::resolve(&ModelConfig::gguf_architecture_names(&file)?)?;
             let config = ModelConfig::from_gguf(&file)?;
+            let architecture = registry::with_experts(architecture, config.moe.is_some());
             let tokenizer = Tokenizer::from_gguf(&file)?;
             check_vocab_sizes(&config, &tokenizer, gguf_path)?;
             let chat_template = ChatTemplate::from_gguf(&file)?;

@@ -12,11 +12,13 @@ pub(crate) const SMOLLM2_VAR: &str = "EMBER_SMOLLM2_GGUF";
 pub(crate) const SMOLLM2_WHAT: &str = "the SmolLM2-135M-Instruct Q4_1 GGUF file";
 
 /// A metadata value for [`write_gguf`].
+#[derive(Clone)]
 pub(crate) enum Meta<'a> {
     U32(u32),
     F32(f32),
     Str(&'a str),
     Strs(Vec<&'a str>),
+    Bools(Vec<bool>),
 }
 
 /// Writes a GGUF v3 file: metadata, then tensors `(name, ggml_type, shape outermost first, data)`.
@@ -55,6 +57,12 @@ pub(crate) fn write_gguf(
                 for s in items {
                     push_str(&mut out, s);
                 }
+            }
+            Meta::Bools(items) => {
+                out.extend_from_slice(&9u32.to_le_bytes());
+                out.extend_from_slice(&7u32.to_le_bytes());
+                out.extend_from_slice(&(items.len() as u64).to_le_bytes());
+                out.extend(items.iter().map(|&b| u8::from(b)));
             }
         }
     }

@@ -11,6 +11,7 @@
 
 pub mod blocks;
 pub mod decoder_tensors;
+pub mod expert_stack;
 pub mod gemma;
 pub mod llama;
 pub mod lora;

@@ -11,8 +11,8 @@ use crate::formats::weights::WeightNames;
 use crate::models::blocks::{llama_layer_names, names, GatedMlp, Loader, GLOBAL_NAMES};
 
 /// Mixtral's tensors: `block_sparse_moe.gate` routes to `experts.{e}.w1` (gate), `w3` (up)
-/// and `w2` (down). (GGUF files stack each layer's experts in one 3-D tensor, which this
-/// per-expert table does not read: MoE GGUF files are not supported yet.)
+/// and `w2` (down); GGUF files stack each layer's experts in one 3-D tensor per projection
+/// (`expert_stack.*`, cut per expert by `expert_stack.rs`; no Hugging Face name).
 pub static MIXTRAL_WEIGHT_NAMES: WeightNames = WeightNames {
     global: GLOBAL_NAMES,
     layer: llama_layer_names![
@@ -32,11 +32,15 @@ pub static MIXTRAL_WEIGHT_NAMES: WeightNames = WeightNames {
             "block_sparse_moe.experts.{e}.w2",
             "ffn_down_exps.{e}"
         ),
+        names("expert_stack.gate_proj", "", "ffn_gate_exps"),
+        names("expert_stack.up_proj", "", "ffn_up_exps"),
+        names("expert_stack.down_proj", "", "ffn_down_exps"),
     ],
 };
 
 /// Qwen3-MoE's tensors: `mlp.gate` routes to `mlp.experts.{e}.*_proj`; layers listed in
-/// `mlp_only_layers` keep a dense `mlp.*_proj`; per-head q/k norms as Qwen3.
+/// `mlp_only_layers` keep a dense `mlp.*_proj`; per-head q/k norms as Qwen3; GGUF experts
+/// stacked as Mixtral's.
 pub static QWEN3_MOE_WEIGHT_NAMES: WeightNames = WeightNames {
     global: GLOBAL_NAMES,
     layer: llama_layer_names![
@@ -58,6 +62,9 @@ pub static QWEN3_MOE_WEIGHT_NAMES: WeightNames = WeightNames {
             "mlp.experts.{e}.down_proj",
             "ffn_down_exps.{e}"
         ),
+        names("expert_stack.gate_proj", "", "ffn_gate_exps"),
+        names("expert_stack.up_proj", "", "ffn_up_exps"),
+        names("expert_stack.down_proj", "", "ffn_down_exps"),
         names("gate_proj", "mlp.gate_proj", "ffn_gate"),
         names("up_proj", "mlp.up_proj", "ffn_up"),
         names("down_proj", "mlp.down_proj", "ffn_down"),

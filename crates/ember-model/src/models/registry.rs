@@ -7,6 +7,7 @@ use ember_core::{Backend, RopeStyle};
 use crate::error::ModelLoadError;
 use crate::formats::config::{ArchitectureName, NameSource};
 use crate::formats::weights::WeightNames;
+use crate::models::expert_stack::ExpertTensors;
 use crate::models::gemma::{GemmaModel, GEMMA_WEIGHT_NAMES};
 use crate::models::llama::{LlamaModel, LLAMA_WEIGHT_NAMES};
 use crate::models::moe::{MIXTRAL_WEIGHT_NAMES, QWEN3_MOE_WEIGHT_NAMES};
@@ -48,7 +49,12 @@ impl Family {
         source: &ModelSource<'_>,
     ) -> Result<Box<dyn Model<B>>, ModelLoadError> {
         Ok(match self {
-            Self::Llama | Self::Mixtral | Self::Qwen3Moe => Box::new(LlamaModel::load(backend, source)?),
+            Self::Llama => Box::new(LlamaModel::load(backend, source)?),
+            Self::Mixtral | Self::Qwen3Moe => Box::new(LlamaModel::load_from(
+                backend,
+                source,
+                &ExpertTensors::new(source.weights),
+            )?),
             Self::Phi3 => Box::new(LlamaModel::load_from(backend, source, &Phi3Tensors::new(source))?),
             Self::Gemma => Box::new(GemmaModel::load(backend, source)?),
         })
@@ -113,7 +119,26 @@ pub const ARCHITECTURES: &[Architecture] = &[
     hf("qwen2", NameSource::GgufArchitecture, Family::Llama),
     hf("qwen3", NameSource::GgufArchitecture, Family::Llama),
     hf("phi3", NameSource::GgufArchitecture, Family::Phi3),
+    hf("qwen3moe", NameSource::GgufArchitecture, Family::Qwen3Moe),
+    hf("gemma2", NameSource::GgufArchitecture, Family::Gemma),
+    hf("gemma3", NameSource::GgufArchitecture, Family::Gemma),
 ];
+
+/// llama.cpp writes Mixtral as its `llama` architecture with experts (`llama.expert_count`).
+const GGUF_LLAMA_WITH_EXPERTS: Architecture = Architecture {
+    name: "llama",
+    source: NameSource::GgufArchitecture,
+    family: Family::Mixtral,
+    rope_style: RopeStyle::Interleaved,
+};
+
+/// `architecture`, or Mixtral when it is a GGUF `llama` whose config declares experts.
+pub fn with_experts(architecture: &'static Architecture, has_experts: bool) -> &'static Architecture {
+    match (architecture.source, architecture.family, has_experts) {
+        (NameSource::GgufArchitecture, Family::Llama, true) => &GGUF_LLAMA_WITH_EXPERTS,
+        _ => architecture,
+    }
+}
 
 /// The field a name source stands for, as errors spell it.
 fn field(source: NameSource) -> &'static str {
@@ -205,12 +230,13 @@ mod tests {
              LlamaForCausalLM, MistralForCausalLM, Qwen2ForCausalLM, Qwen3ForCausalLM, Phi3ForCausalLM, Gemma2ForCausalLM, Gemma3ForCausalLM, \
              MixtralForCausalLM, Qwen3MoeForCausalLM"
         );
-        let msg = resolve(&[name(NameSource::GgufArchitecture, "gemma2")])
+        let msg = resolve(&[name(NameSource::GgufArchitecture, "gpt2")])
             .unwrap_err()
             .to_string();
         assert_eq!(
             msg,
-            "unsupported architecture gemma2 (general.architecture); supported: llama, qwen2, qwen3, phi3"
+            "unsupported architecture gpt2 (general.architecture); supported: llama, qwen2, qwen3, phi3, \
+             qwen3moe, gemma2, gemma3"
         );
         let msg = resolve(&[name(NameSource::HfModelType, "deepseek_v3")])
             .unwrap_err()
