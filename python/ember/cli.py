@@ -7,7 +7,7 @@ import sys
 from collections.abc import Iterator, Sequence
 
 from ember._cli_options import add_device_options, device_kwargs
-from ember._core import EmberError
+from ember._core import EmberError, __version__
 from ember.benchmark import serve_options
 from ember.engine import Engine
 from ember.models import DEFAULT_MODEL, KNOWN_MODELS
@@ -54,6 +54,7 @@ def build_parser() -> argparse.ArgumentParser:
         description="Run an LLM with Ember. Output streams to stdout; progress and errors go to stderr.",
         epilog="Run `ember COMMAND --help` for the options of a command (model, sampling, limits, threads).",
     )
+    parser.add_argument("--version", action="version", version=f"ember {__version__}")
     sub = parser.add_subparsers(dest="command", required=True, metavar="COMMAND")
     common = _common_options()
     gen = sub.add_parser(
