@@ -60,8 +60,32 @@ cargo fmt --all --check
 stage "module circles in ember-model and ember-cuda (scripts/module_cycles.py)"
 "$PY" scripts/module_cycles.py crates/ember-model crates/ember-cuda --quiet
 
-stage "pip install . (maturin, release build)"
-"$PY" -m pip install --disable-pip-version-check --no-build-isolation .
+stage "CUDA kernels: compile for sm_90a and sm_80 with the pinned nvcc 13.0.2 wheels, check the typed launchers (no GPU needed)"
+EMBER_FATBIN_OUT=$ROOT/.cache/ember_kernels.fatbin bash scripts/cuda_compile_check.sh
+
+# The release artifact itself is what the tests run: built once per source state (maturin + zig,
+# the fatbin just compiled), installed into .venv, and checked by auditwheel, twine and a fresh
+# venv without Rust. Cached under .cache/wheels/ by a hash of the sources.
+stage "wheel: manylinux_2_28 abi3 x86-64 with the CUDA fatbin (scripts/build_wheels.sh), cached by source hash"
+src_hash=$(git ls-files -co --exclude-standard -z crates cuda python Cargo.toml Cargo.lock pyproject.toml README.md |
+    sort -z | xargs -0 sha256sum | sha256sum | cut -c1-16)
+wheel_dir=$ROOT/.cache/wheels/x86_64-$src_hash
+if ! compgen -G "$wheel_dir/*.whl" >/dev/null; then
+    EMBER_BUILD_VENV=$ROOT/.venv EMBER_WHEEL_ONLY=1 EMBER_FATBIN=$ROOT/.cache/ember_kernels.fatbin \
+        bash scripts/build_wheels.sh "$wheel_dir.partial"
+    rm -rf "$wheel_dir" && mv "$wheel_dir.partial" "$wheel_dir"
+else
+    echo "cached: $(ls "$wheel_dir"/*.whl)"
+fi
+wheel=$(ls "$wheel_dir"/*.whl)
+stamp=.venv/.ember-wheel.sha256
+want=$(sha256sum "$wheel" | cut -d' ' -f1)
+if [[ ! -f $stamp || $(cat "$stamp") != "$want" ]]; then
+    "$PY" -m pip install --disable-pip-version-check --no-deps --force-reinstall "$wheel"
+    echo "$want" >"$stamp"
+else
+    echo "installed in .venv: $(basename "$wheel")"
+fi
 
 stage "default model"
 export EMBER_CACHE=${EMBER_CACHE:-$ROOT/.cache/models}
@@ -69,13 +93,18 @@ EMBER_SMOLLM2_GGUF=$("$PY" -c "from ember.models import ensure_default_model; pr
 export EMBER_SMOLLM2_GGUF
 echo "EMBER_SMOLLM2_GGUF=$EMBER_SMOLLM2_GGUF"
 
+stage "the wheel in a fresh venv with no Rust on PATH: ember --version, import, ember generate (scripts/check_wheel_install.sh)"
+if [[ ! -f $wheel_dir/install-checked ]]; then
+    bash scripts/check_wheel_install.sh "$wheel" | tee "$wheel_dir/install-check.log"
+    touch "$wheel_dir/install-checked"
+else
+    echo "cached: $(tail -n 1 "$wheel_dir/install-check.log")"
+fi
+
 # Both with the `cuda` feature (the wheel's build: ember-model links ember-cuda) and without it.
 stage "cargo clippy --workspace --all-targets [--all-features] -- -D warnings"
 cargo clippy --workspace --all-targets -- -D warnings
 cargo clippy --workspace --all-targets --all-features -- -D warnings
-
-stage "CUDA kernels: compile for sm_90a and sm_80 with the pinned nvcc 13.0.2 wheels, check the typed launchers (no GPU needed)"
-bash scripts/cuda_compile_check.sh
 
 stage "cargo test --workspace (without, then with the cuda feature)"
 cargo test --workspace 2>&1 | tee .cache/cargo-test.log
