@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import argparse
+import importlib.util
 import sys
 from collections.abc import Iterator, Sequence
 
@@ -121,9 +122,25 @@ def run(args: argparse.Namespace) -> None:
         _print_stream(engine.generate_stream(args.prompt, params))
 
 
+# The `serve` extra (`pip install 'ember[serve]'`): the web stack of `ember serve` and `ember bench`.
+SERVE_MODULES = ("fastapi", "uvicorn", "httpx")
+
+
+def missing_serve_modules() -> list[str]:
+    """The modules of the `serve` extra that are not installed."""
+    return [name for name in SERVE_MODULES if importlib.util.find_spec(name) is None]
+
+
 def main(argv: Sequence[str] | None = None) -> int:
     """Entry point of the `ember` console script; returns the exit status."""
     args = build_parser().parse_args(argv)
+    if args.command in ("serve", "bench") and (missing := missing_serve_modules()):
+        print(
+            f"ember: error: `ember {args.command}` needs the web dependencies of the serve extra "
+            f"(missing: {', '.join(missing)}): pip install 'ember[serve]'",
+            file=sys.stderr,
+        )
+        return 1
     try:
         if args.command == "serve":
             return server_cli.run(args)
