@@ -16,7 +16,7 @@ pin() { grep -E "^$1==" requirements/test.txt | head -n1; }
 max_bytes=$((48 << 20))  # well under the 64 MiB a call carries
 
 # The release wheel (manylinux_2_28, zig-linked, fatbin embedded: scripts/build_wheels.sh).
-EMBER_WHEEL_ONLY=1 bash scripts/build_wheels.sh .whl
+EMBER_WHEEL_TARGETS=x86_64 EMBER_WHEEL_ONLY=1 bash scripts/build_wheels.sh .whl
 target="${CARGO_TARGET_DIR:-$root/target}"
 # The newest fatbin is the one this build embedded (cargo rebuilds it whenever cuda/ changes).
 fatbin=$(find "$target" -path '*/ember-cuda-*/out/ember_kernels.fatbin' -printf '%T@ %p\n' |

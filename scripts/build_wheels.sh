@@ -3,16 +3,20 @@
 #   ember-<version>.tar.gz                                   the sdist
 #   ember-<version>-cp310-abi3-manylinux_2_28_x86_64.whl     CPU kernels chosen at run time, CUDA
 #                                                            kernels precompiled (fatbin embedded)
-# The wheel is linked by zig (the `ziglang` wheel) against glibc 2.28's symbols whatever the
-# host's glibc, so no manylinux container is needed. Checks: `auditwheel show` must report a
-# manylinux tag no newer than 2_28 and no external shared library; `twine check` on every artifact.
+#   ember-<version>-cp310-abi3-manylinux_2_28_aarch64.whl    the same, for ARM64 (scalar CPU kernels;
+#                                                            the same fatbin: GPU code does not
+#                                                            depend on the host's architecture)
+# Wheels are linked by zig (the `ziglang` wheel) against glibc 2.28's symbols whatever the host's
+# glibc, so no manylinux container is needed. The aarch64 wheel is compiled by Debian sid's rustc
+# with its aarch64 standard library (scripts/aarch64_toolchain.sh: rustup cannot download here).
+# Checks: `auditwheel show` must report a manylinux tag no newer than 2_28 and no external shared
+# library; `twine check --strict` on every artifact.
 # Needs python3, cargo and the package index (pinned maturin, ziglang, auditwheel, twine from
-# requirements/test.txt into $EMBER_BUILD_VENV, and the pinned nvcc wheels: scripts/cuda_nvcc.sh).
-# No aarch64 wheel yet: this machine's Rust toolchains have no aarch64 standard library (see the
-# README, "Building wheels").
+# requirements/test.txt into $EMBER_BUILD_VENV, and the pinned nvcc wheels: scripts/cuda_nvcc.sh),
+# and Debian's archive for the aarch64 toolchain.
 #
 #   bash scripts/build_wheels.sh [OUT_DIR]
-#   EMBER_WHEEL_ONLY=1 bash scripts/build_wheels.sh OUT_DIR    # the wheel alone (the test command)
+#   EMBER_WHEEL_TARGETS=x86_64 EMBER_WHEEL_ONLY=1 bash scripts/build_wheels.sh OUT_DIR  # the test command
 #   EMBER_FATBIN=.cache/ember_kernels.fatbin bash scripts/build_wheels.sh   # embed this fatbin
 #       (compiled from cuda/ by scripts/cuda_compile_check.sh) instead of compiling the kernels
 set -euo pipefail
@@ -43,10 +47,29 @@ fi
 export EMBER_REQUIRE_FATBIN=1
 
 rm -rf "$out" && mkdir -p "$out"
-start=$(date +%s)
-maturin build --release --zig --compatibility manylinux_2_28 --target x86_64-unknown-linux-gnu \
-    --interpreter python3 -o "$out"
-echo "x86-64 wheel built in $(($(date +%s) - start)) s"
+build() {  # rust target triple -> the wheel in $out
+    local start
+    start=$(date +%s)
+    maturin build --release --zig --compatibility manylinux_2_28 --target "$1" --interpreter python3 -o "$out"
+    echo "$1 wheel built in $(($(date +%s) - start)) s"
+}
+targets=${EMBER_WHEEL_TARGETS:-x86_64 aarch64}
+if [[ " $targets " == *" x86_64 "* ]]; then
+    build x86_64-unknown-linux-gnu
+fi
+if [[ " $targets " == *" aarch64 "* ]]; then
+    if [[ -z "${EMBER_FATBIN:-}" ]]; then
+        # The fatbin the x86-64 build just compiled (GPU code, the same for either host).
+        EMBER_FATBIN=$(find "${CARGO_TARGET_DIR:-$root/target}/x86_64-unknown-linux-gnu/release/build" \
+            -path '*/ember-cuda-*/out/ember_kernels.fatbin' -printf '%T@ %p\n' | sort -rn | head -n1 | cut -d' ' -f2-)
+        [[ -n "$EMBER_FATBIN" ]] || { echo "no fatbin: build the x86_64 wheel first or set EMBER_FATBIN" >&2; exit 1; }
+        export EMBER_FATBIN
+    fi
+    toolchain=$(bash scripts/aarch64_toolchain.sh)
+    # Its own target folder: another compiler's artifacts.
+    RUSTC="$toolchain/bin/rustc" CARGO_TARGET_DIR="${CARGO_TARGET_DIR:-$root/target}/aarch64" \
+        build aarch64-unknown-linux-gnu
+fi
 if [[ ${EMBER_WHEEL_ONLY:-} != 1 ]]; then
     maturin sdist -o "$out"
 fi

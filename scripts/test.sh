@@ -67,17 +67,7 @@ EMBER_FATBIN_OUT=$ROOT/.cache/ember_kernels.fatbin bash scripts/cuda_compile_che
 # the fatbin just compiled), installed into .venv, and checked by auditwheel, twine and a fresh
 # venv without Rust. Cached under .cache/wheels/ by a hash of the sources.
 stage "wheel: manylinux_2_28 abi3 x86-64 with the CUDA fatbin (scripts/build_wheels.sh), cached by source hash"
-src_hash=$(git ls-files -co --exclude-standard -z crates cuda python Cargo.toml Cargo.lock pyproject.toml README.md |
-    sort -z | xargs -0 sha256sum | sha256sum | cut -c1-16)
-wheel_dir=$ROOT/.cache/wheels/x86_64-$src_hash
-if ! compgen -G "$wheel_dir/*.whl" >/dev/null; then
-    EMBER_BUILD_VENV=$ROOT/.venv EMBER_WHEEL_ONLY=1 EMBER_FATBIN=$ROOT/.cache/ember_kernels.fatbin \
-        bash scripts/build_wheels.sh "$wheel_dir.partial"
-    rm -rf "$wheel_dir" && mv "$wheel_dir.partial" "$wheel_dir"
-else
-    echo "cached: $(ls "$wheel_dir"/*.whl)"
-fi
-wheel=$(ls "$wheel_dir"/*.whl)
+wheel=$(EMBER_BUILD_VENV=$ROOT/.venv EMBER_FATBIN=$ROOT/.cache/ember_kernels.fatbin bash scripts/cached_wheel.sh x86_64)
 stamp=.venv/.ember-wheel.sha256
 want=$(sha256sum "$wheel" | cut -d' ' -f1)
 if [[ ! -f $stamp || $(cat "$stamp") != "$want" ]]; then
@@ -93,12 +83,24 @@ EMBER_SMOLLM2_GGUF=$("$PY" -c "from ember.models import ensure_default_model; pr
 export EMBER_SMOLLM2_GGUF
 echo "EMBER_SMOLLM2_GGUF=$EMBER_SMOLLM2_GGUF"
 
+check_wheel_once() {  # wheel -> scripts/check_wheel_install.sh, once per built wheel
+    local dir
+    dir=$(dirname "$1")
+    if [[ ! -f $dir/install-checked ]]; then
+        bash scripts/check_wheel_install.sh "$1" | tee "$dir/install-check.log"
+        touch "$dir/install-checked"
+    else
+        echo "cached: $(tail -n 1 "$dir/install-check.log")"
+    fi
+}
 stage "the wheel in a fresh venv with no Rust on PATH: ember --version, import, ember generate (scripts/check_wheel_install.sh)"
-if [[ ! -f $wheel_dir/install-checked ]]; then
-    bash scripts/check_wheel_install.sh "$wheel" | tee "$wheel_dir/install-check.log"
-    touch "$wheel_dir/install-checked"
-else
-    echo "cached: $(tail -n 1 "$wheel_dir/install-check.log")"
+check_wheel_once "$wheel"
+
+# Fresh: about 13 min for the cross build (2 cores, shared) and 5-10 min under qemu; hence a flag.
+if [[ ${EMBER_TEST_AARCH64:-} == 1 ]]; then
+    stage "aarch64 wheel: build (Debian sid's rustc, cached by source hash), then under qemu-aarch64 (scripts/check_wheel_install.sh)"
+    aarch64_wheel=$(EMBER_BUILD_VENV=$ROOT/.venv EMBER_FATBIN=$ROOT/.cache/ember_kernels.fatbin bash scripts/cached_wheel.sh aarch64)
+    check_wheel_once "$aarch64_wheel"
 fi
 
 # Both with the `cuda` feature (the wheel's build: ember-model links ember-cuda) and without it.
