@@ -2,7 +2,7 @@
 model's formats: Q4_1 matrices, a tied Q8_0 embedding, f32 norms, a byte-level BPE tokenizer (the
 vocabulary and merges of tests/tiny_models.py). The GPU tests write it on the GPU machine, where
 the default model's 98 MB file cannot travel, so the GGUF load, the device dequantization and
-CUDA graphs run on a real file there; tests/test_synthetic_gguf.py checks it on the CPU."""
+CUDA graphs run on a real file there; tests/test_gpu_e2e_inputs.py checks it on the CPU."""
 
 from __future__ import annotations
 
