@@ -3,7 +3,7 @@
 # fatbin beside it (the kernel tests load it) and the `gguf` wheel (the GPU tests write their GGUF
 # with it when the GPU machine lacks the package), then prints the sizes: one device call carries
 # at most 64 MiB. Works from a clean clone: it needs python3, cargo and the package index for the
-# pinned nvcc wheels (scripts/cuda_nvcc.sh) and maturin (.cache/build-venv), nothing else.
+# pinned nvcc wheels (scripts/cuda_nvcc.sh) and the build tools (.cache/build-venv), nothing else.
 # Carry .whl/ to the GPU machine and run there:
 #   OUT=$OUT bash scripts/gpu_run.sh .whl/ember-*.whl .whl/ember_kernels.fatbin
 #
@@ -15,18 +15,8 @@ root=$PWD
 pin() { grep -E "^$1==" requirements/test.txt | head -n1; }
 max_bytes=$((48 << 20))  # well under the 64 MiB a call carries
 
-NVCC="$(bash scripts/cuda_nvcc.sh)"
-echo "nvcc: $NVCC ($("$NVCC" --version | tail -n1))"
-
-venv="${EMBER_BUILD_VENV:-$root/.cache/build-venv}"
-if [[ ! -x "$venv/bin/maturin" ]]; then
-    echo "installing $(pin maturin) into $venv"
-    python3 -m venv "$venv"
-    "$venv/bin/pip" install --quiet "$(pin maturin)"
-fi
-
-rm -rf .whl && mkdir -p .whl
-NVCC="$NVCC" EMBER_REQUIRE_FATBIN=1 "$venv/bin/maturin" build --release --interpreter python3 -o .whl
+# The release wheel (manylinux_2_28, zig-linked, fatbin embedded: scripts/build_wheels.sh).
+EMBER_WHEEL_TARGETS=x86_64 EMBER_WHEEL_ONLY=1 bash scripts/build_wheels.sh .whl
 target="${CARGO_TARGET_DIR:-$root/target}"
 # The newest fatbin is the one this build embedded (cargo rebuilds it whenever cuda/ changes).
 fatbin=$(find "$target" -path '*/ember-cuda-*/out/ember_kernels.fatbin' -printf '%T@ %p\n' |
@@ -36,7 +26,7 @@ if [[ -z "$fatbin" ]]; then
     exit 1
 fi
 cp "$fatbin" .whl/
-"$venv/bin/pip" download --quiet --no-deps --only-binary :all: -d .whl "$(pin gguf)"
+"${EMBER_BUILD_VENV:-$root/.cache/build-venv}/bin/python" -m pip download --quiet --no-deps --only-binary :all: -d .whl "$(pin gguf)"
 
 total=0
 for file in .whl/*; do

@@ -11,6 +11,8 @@
 #   scripts/cuda_compile_check.sh            # uses/creates .cache/cuda-venv (scripts/cuda_nvcc.sh)
 #   EMBER_CUDA_VENV=/path scripts/cuda_compile_check.sh
 #   NVCC=/path/to/nvcc scripts/cuda_compile_check.sh   # skip the venv
+#   EMBER_FATBIN_OUT=.cache/ember_kernels.fatbin scripts/cuda_compile_check.sh  # keep the module
+#     (the test command embeds it in the wheel through EMBER_FATBIN instead of compiling it again)
 set -euo pipefail
 root="$(cd "$(dirname "$0")/.." && pwd)"
 cd "$root"
@@ -60,6 +62,9 @@ if [[ $failed == 0 ]]; then
   python3 scripts/check_kernel_signatures.py "$out/ember_kernels.ptx" "$out/signatures.txt" || failed=1
   PATH="$sass_bin:$PATH" "$sass_bin/cuobjdump" -sass "$out/ember_kernels.fatbin" >"$out/ember_kernels.sass"
   python3 scripts/check_sass.py "$out/ember_kernels.sass" || failed=1
+  if [[ $failed == 0 && -n "${EMBER_FATBIN_OUT:-}" ]]; then
+    cmp -s "$out/ember_kernels.fatbin" "$EMBER_FATBIN_OUT" || cp "$out/ember_kernels.fatbin" "$EMBER_FATBIN_OUT"
+  fi
 fi
 elapsed=$(( $(date +%s) - start ))
 if [[ $failed == 0 ]]; then

@@ -60,8 +60,22 @@ cargo fmt --all --check
 stage "module circles in ember-model and ember-cuda (scripts/module_cycles.py)"
 "$PY" scripts/module_cycles.py crates/ember-model crates/ember-cuda --quiet
 
-stage "pip install . (maturin, release build)"
-"$PY" -m pip install --disable-pip-version-check --no-build-isolation .
+stage "CUDA kernels: compile for sm_90a and sm_80 with the pinned nvcc 13.0.2 wheels, check the typed launchers (no GPU needed)"
+EMBER_FATBIN_OUT=$ROOT/.cache/ember_kernels.fatbin bash scripts/cuda_compile_check.sh
+
+# The release artifact itself is what the tests run: built once per source state (maturin + zig,
+# the fatbin just compiled), installed into .venv, and checked by auditwheel, twine and a fresh
+# venv without Rust. Cached under .cache/wheels/ by a hash of the sources.
+stage "wheel: manylinux_2_28 abi3 x86-64 with the CUDA fatbin (scripts/build_wheels.sh), cached by source hash"
+wheel=$(EMBER_BUILD_VENV=$ROOT/.venv EMBER_FATBIN=$ROOT/.cache/ember_kernels.fatbin bash scripts/cached_wheel.sh x86_64)
+stamp=.venv/.ember-wheel.sha256
+want=$(sha256sum "$wheel" | cut -d' ' -f1)
+if [[ ! -f $stamp || $(cat "$stamp") != "$want" ]]; then
+    "$PY" -m pip install --disable-pip-version-check --no-deps --force-reinstall "$wheel"
+    echo "$want" >"$stamp"
+else
+    echo "installed in .venv: $(basename "$wheel")"
+fi
 
 stage "default model"
 export EMBER_CACHE=${EMBER_CACHE:-$ROOT/.cache/models}
@@ -69,13 +83,30 @@ EMBER_SMOLLM2_GGUF=$("$PY" -c "from ember.models import ensure_default_model; pr
 export EMBER_SMOLLM2_GGUF
 echo "EMBER_SMOLLM2_GGUF=$EMBER_SMOLLM2_GGUF"
 
+check_wheel_once() {  # wheel -> scripts/check_wheel_install.sh, once per built wheel
+    local dir
+    dir=$(dirname "$1")
+    if [[ ! -f $dir/install-checked ]]; then
+        bash scripts/check_wheel_install.sh "$1" | tee "$dir/install-check.log"
+        touch "$dir/install-checked"
+    else
+        echo "cached: $(tail -n 1 "$dir/install-check.log")"
+    fi
+}
+stage "the wheel in a fresh venv with no Rust on PATH: ember --version, import, ember generate (scripts/check_wheel_install.sh)"
+check_wheel_once "$wheel"
+
+# Fresh: about 13 min for the cross build (2 cores, shared) and 5-10 min under qemu; hence a flag.
+if [[ ${EMBER_TEST_AARCH64:-} == 1 ]]; then
+    stage "aarch64 wheel: build (Debian sid's rustc, cached by source hash), then under qemu-aarch64 (scripts/check_wheel_install.sh)"
+    aarch64_wheel=$(EMBER_BUILD_VENV=$ROOT/.venv EMBER_FATBIN=$ROOT/.cache/ember_kernels.fatbin bash scripts/cached_wheel.sh aarch64)
+    check_wheel_once "$aarch64_wheel"
+fi
+
 # Both with the `cuda` feature (the wheel's build: ember-model links ember-cuda) and without it.
 stage "cargo clippy --workspace --all-targets [--all-features] -- -D warnings"
 cargo clippy --workspace --all-targets -- -D warnings
 cargo clippy --workspace --all-targets --all-features -- -D warnings
-
-stage "CUDA kernels: compile for sm_90a and sm_80 with the pinned nvcc 13.0.2 wheels, check the typed launchers (no GPU needed)"
-bash scripts/cuda_compile_check.sh
 
 stage "cargo test --workspace (without, then with the cuda feature)"
 cargo test --workspace 2>&1 | tee .cache/cargo-test.log

@@ -1,6 +1,7 @@
 //! Compiles cuda/ember_kernels.cu into one fatbin (sm_90a, sm_80 + compute_80 PTX) when nvcc
 //! is found, else embeds the amalgamated source for NVRTC at run time. Never fails for want of
-//! CUDA; set EMBER_REQUIRE_FATBIN=1 to make a missing or failing nvcc an error.
+//! CUDA; set EMBER_REQUIRE_FATBIN=1 to make a missing or failing nvcc an error, EMBER_FATBIN to a
+//! fatbin compiled from the same sources to embed that one instead.
 
 #[path = "src/kernel_build.rs"]
 mod kernel_build;
@@ -19,11 +20,21 @@ fn main() {
         "CUDA_PATH",
         "VIRTUAL_ENV",
         "EMBER_REQUIRE_FATBIN",
+        "EMBER_FATBIN",
     ] {
         println!("cargo::rerun-if-env-changed={var}");
     }
     println!("cargo::rustc-check-cfg=cfg(ember_fatbin)");
     let require = std::env::var("EMBER_REQUIRE_FATBIN").is_ok_and(|v| v == "1");
+    // A fatbin already compiled from these sources with cuda/nvcc_flags.txt (the kernel compile
+    // check writes one), so a wheel build does not compile the module a second time.
+    if let Some(prebuilt) = std::env::var_os("EMBER_FATBIN").filter(|p| !p.is_empty()) {
+        println!("cargo::rerun-if-changed={}", Path::new(&prebuilt).display());
+        std::fs::copy(&prebuilt, out_dir.join("ember_kernels.fatbin"))
+            .unwrap_or_else(|e| panic!("EMBER_FATBIN={}: {e}", Path::new(&prebuilt).display()));
+        println!("cargo::rustc-cfg=ember_fatbin");
+        return;
+    }
     let env = |k: &str| std::env::var(k).ok();
     let is_file = |p: &Path| p.is_file();
     let failure = match kernel_build::find_nvcc(&env, &is_file) {

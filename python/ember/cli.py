@@ -3,11 +3,12 @@
 from __future__ import annotations
 
 import argparse
+import importlib.util
 import sys
 from collections.abc import Iterator, Sequence
 
 from ember._cli_options import add_device_options, device_kwargs
-from ember._core import EmberError
+from ember._core import EmberError, __version__
 from ember.benchmark import serve_options
 from ember.engine import Engine
 from ember.models import DEFAULT_MODEL, KNOWN_MODELS
@@ -54,6 +55,7 @@ def build_parser() -> argparse.ArgumentParser:
         description="Run an LLM with Ember. Output streams to stdout; progress and errors go to stderr.",
         epilog="Run `ember COMMAND --help` for the options of a command (model, sampling, limits, threads).",
     )
+    parser.add_argument("--version", action="version", version=f"ember {__version__}")
     sub = parser.add_subparsers(dest="command", required=True, metavar="COMMAND")
     common = _common_options()
     gen = sub.add_parser(
@@ -120,9 +122,25 @@ def run(args: argparse.Namespace) -> None:
         _print_stream(engine.generate_stream(args.prompt, params))
 
 
+# The `serve` extra (`pip install 'ember[serve]'`): the web stack of `ember serve` and `ember bench`.
+SERVE_MODULES = ("fastapi", "uvicorn", "httpx")
+
+
+def missing_serve_modules() -> list[str]:
+    """The modules of the `serve` extra that are not installed."""
+    return [name for name in SERVE_MODULES if importlib.util.find_spec(name) is None]
+
+
 def main(argv: Sequence[str] | None = None) -> int:
     """Entry point of the `ember` console script; returns the exit status."""
     args = build_parser().parse_args(argv)
+    if args.command in ("serve", "bench") and (missing := missing_serve_modules()):
+        print(
+            f"ember: error: `ember {args.command}` needs the web dependencies of the serve extra "
+            f"(missing: {', '.join(missing)}): pip install 'ember[serve]'",
+            file=sys.stderr,
+        )
+        return 1
     try:
         if args.command == "serve":
             return server_cli.run(args)

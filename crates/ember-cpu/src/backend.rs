@@ -53,7 +53,7 @@ impl CpuBackend {
     /// The backend the engine runs on, as `options` ask, with the best kernels this CPU
     /// supports; an error for a KV cache type the CPU cannot store.
     pub fn open(options: CpuOptions) -> BackendResult<Self> {
-        let backend = Self::new(options.num_threads)
+        let backend = Self::with_isa(options.num_threads, crate::isa_choice::isa_from_env()?)
             .with_f32_weights(options.f32_weights)
             .with_kv_cache_dtype(options.kv_cache_dtype.unwrap_or(DEFAULT_KV_CACHE_DTYPE))?;
         log::info!(

@@ -19,6 +19,7 @@ mod dot_scalar;
 #[cfg(target_arch = "x86_64")]
 mod dot_x86;
 mod elementwise;
+pub mod isa_choice;
 pub mod kv_cache;
 pub mod matmul;
 pub mod matrix;

@@ -15,6 +15,7 @@ use crate::matrix::CpuMatrix;
 use crate::packed::{unpack_block, Layout, LANES};
 use crate::quant::QuantActs;
 use crate::tensor::CpuTensor;
+#[cfg(target_arch = "x86_64")]
 use ember_core::WeightDType;
 use rayon::ThreadPool;
 
