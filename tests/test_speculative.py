@@ -246,7 +246,7 @@ def test_rejected_drafts_never_reach_the_prefix_cache(default_spec: Engine, unca
         ({"method": "ngram", "num_speculative_tokens": 0}, "num_speculative_tokens must be in [1, 32], got 0"),
         ({"method": "ngram", "num_speculative_tokens": 2, "prompt_lookup_min": 3, "prompt_lookup_max": 2}, "(3)"),
         ({"method": "medusa", "num_speculative_tokens": 2}, "method must be"),
-        ({"method": "draft_model", "model": "x", "num_speculative_tokens": 2}, "not supported"),
+        ({"method": "draft_model", "model": "x", "num_speculative_tokens": 2}, "unknown model"),
         ({"method": "ngram", "num_speculative_tokens": 2, "typo": 1}, "unknown key"),
         ("{not json", "not valid JSON"),
         (42, "must be a dict"),
