@@ -1,8 +1,9 @@
 """Draft-model speculation never changes outputs: with a draft model proposing (one that is always right, one that
 is almost never right), every request's tokens, logprobs, text and finish reason equal the same request without
 speculation, over random prompts and sampling parameters and combined with n > 1, stop strings, preemption, prefix
-caching, chunked prefill, structured output and abort mid-speculation; the KV cache ends empty. The draft's
-vocabulary must be the target's. On the default model, its Q4_1 arithmetic drafts for its float32 one."""
+caching, chunked prefill and abort mid-speculation (structured output: tests/test_speculative_structured.py); the
+KV cache ends empty. The draft's vocabulary must be the target's. On the default model, its Q4_1 arithmetic drafts
+for its float32 one."""
 
 from __future__ import annotations
 
@@ -16,8 +17,8 @@ import pytest
 from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 
-from ember import AsyncEngine, Engine, InvalidRequestError, SamplingParams, StructuredOutputsParams
-from test_speculative import PROMPTS, ROOMY_KV_BYTES, SMALL_KV_BYTES, _batch, _completions, sampling
+from ember import AsyncEngine, Engine, InvalidRequestError, SamplingParams
+from test_speculative import PROMPTS, ROOMY_KV_BYTES, SMALL_KV_BYTES, _batch, _completions, sampling, serve_stats
 
 
 def _draft_config(model: Path | str, **extra: Any) -> dict[str, Any]:
@@ -129,17 +130,6 @@ def test_preemption_prefix_caching_and_chunked_prefill(tiny_model_dir: Path, ran
             assert 0 < proposed == accepted
 
 
-def test_structured_output_in_a_drafting_batch(plain: Engine, self_draft: Engine) -> None:
-    regex = SamplingParams(
-        max_tokens=40, temperature=1.0, seed=5, structured_outputs=StructuredOutputsParams(regex="[a-c]{2,9}-[0-9]+")
-    )
-    prompts, params = _batch(3)
-    inputs, mixed = [*prompts, [5, 6, 7]], [*params, regex]
-    assert _completions(self_draft.generate(inputs, mixed, use_tqdm=False)) == _completions(
-        plain.generate(inputs, mixed, use_tqdm=False)
-    )
-
-
 def test_abort_mid_speculation(tiny_model_dir: Path, plain: Engine) -> None:
     prompts, params = _batch(3)
     want = _completions(plain.generate(prompts, params, use_tqdm=False))
@@ -198,25 +188,7 @@ def test_a_different_vocabulary_is_refused(tiny_model_dir: Path, tmp_path: Path)
 
 
 def test_serve_flag(tiny_model_dir: Path) -> None:
-    from ember.cli import build_parser
-    from ember.server.runner import _load_engine
-
-    flag = json.dumps(_draft_config(tiny_model_dir))
-    args = build_parser().parse_args(
-        ["serve", str(tiny_model_dir), "--speculative-config", flag, "--kv-cache-memory-bytes", str(ROOMY_KV_BYTES)]
-    )
-    engine = _load_engine(args)
-    assert isinstance(engine, AsyncEngine)
-
-    async def scenario() -> dict[str, float]:
-        try:
-            async for _ in engine.generate([7, 8, 9], SamplingParams(max_tokens=30, ignore_eos=True, temperature=0.0)):
-                pass
-            return engine.stats()
-        finally:
-            await engine.shutdown()
-
-    stats = asyncio.run(scenario())
+    stats = serve_stats(tiny_model_dir, json.dumps(_draft_config(tiny_model_dir)))
     assert stats["num_spec_proposed_tokens"] > 0
     assert stats["num_spec_accepted_tokens"] == stats["num_spec_proposed_tokens"]
 

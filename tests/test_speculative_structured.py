@@ -5,12 +5,12 @@ back, so JSON schema and regex requests in a speculating batch give exactly plai
 from __future__ import annotations
 
 from pathlib import Path
-from typing import Any
 
 import pytest
 
 from ember import Engine, SamplingParams, StructuredOutputsParams
 from test_speculative import ROOMY_KV_BYTES, _batch, _completions, _spec
+from test_speculative_draft import _draft_config
 
 SCHEMA = {
     "type": "object",
@@ -46,22 +46,12 @@ def plain(tiny_model_dir: Path) -> Engine:
     return Engine(str(tiny_model_dir), kv_cache_memory_bytes=ROOMY_KV_BYTES)
 
 
-def _draft(model: Path) -> dict[str, Any]:
-    return {
-        "method": "draft_model",
-        "model": str(model),
-        "num_speculative_tokens": 3,
-        "adaptive": False,
-        "max_num_seqs_to_speculate": 0,
-    }
-
-
 @pytest.mark.parametrize("method", ["ngram", "draft_model"])
 @pytest.mark.parametrize("jump_forward", [True, False])
 def test_structured_requests_speculate_with_unchanged_output(
     tiny_model_dir: Path, plain: Engine, method: str, jump_forward: bool
 ) -> None:
-    config = _spec() if method == "ngram" else _draft(tiny_model_dir)
+    config = _spec() if method == "ngram" else _draft_config(tiny_model_dir)
     spec = Engine(
         str(tiny_model_dir),
         kv_cache_memory_bytes=ROOMY_KV_BYTES,

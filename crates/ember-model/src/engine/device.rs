@@ -58,7 +58,14 @@ pub fn load_on_device(args: &EngineArgs, opened: &OpenedModel) -> Result<DeviceM
                     backend.set_f32_weights(*f32_weights);
                     let model = load_model(&backend, draft, &limits);
                     backend.set_f32_weights(options.f32_weights);
-                    Some((model?, draft.config.vocab_size))
+                    Some(DraftLoad {
+                        model: model?,
+                        vocab_size: draft.config.vocab_size,
+                        max_num_seqs_to_speculate: args
+                            .speculative
+                            .as_ref()
+                            .map_or(0, |s| s.max_num_seqs_to_speculate),
+                    })
                 }
                 None => None,
             };
@@ -165,6 +172,13 @@ pub struct DeviceModel {
     pub kv_release_window: Option<usize>,
 }
 
+/// A draft model loaded on the target's backend, before its cache is planned.
+struct DraftLoad<B: Backend> {
+    model: Box<dyn Model<B>>,
+    vocab_size: usize,
+    max_num_seqs_to_speculate: usize,
+}
+
 /// Loads `opened`'s weights onto `backend`.
 fn load_model<B: Backend + 'static>(
     backend: &B,
@@ -182,13 +196,14 @@ fn load<B: Backend + 'static>(
     mut backend: B,
     opened: &OpenedModel,
     limits: &MemoryLimits,
-    draft: Option<(Box<dyn Model<B>>, usize)>,
+    draft: Option<DraftLoad<B>>,
 ) -> Result<DeviceModel, EngineError> {
     let model = load_model(&backend, opened, limits)?;
     let mut spec = backend.plan_memory(model.shape(), limits)?;
     let kv_release_window = model.shape().kv_release_window();
     let draft_spec = match &draft {
-        Some((draft_model, _)) => {
+        Some(draft) => {
+            let draft_model = &draft.model;
             let draft_spec = share_with_draft(&mut spec, draft_model.shape(), kv_release_window, &backend)?;
             Some(draft_spec)
         }
@@ -207,8 +222,14 @@ fn load<B: Backend + 'static>(
         opened.config.vocab_size,
         opened.config.eos_token_ids.clone(),
     )?;
-    if let (Some((draft_model, vocab_size)), Some(draft_spec)) = (draft, draft_spec) {
-        let draft = DraftModel::new(runner.backend(), draft_model, &draft_spec, vocab_size)?;
+    if let (Some(d), Some(draft_spec)) = (draft, draft_spec) {
+        let draft = DraftModel::new(
+            runner.backend(),
+            d.model,
+            &draft_spec,
+            d.vocab_size,
+            d.max_num_seqs_to_speculate,
+        )?;
         runner = runner.with_draft(draft);
     }
     Ok(DeviceModel {

@@ -23,6 +23,8 @@ pub struct DraftModel<B: Backend> {
     kv_cache: B::KvCache,
     block_size: usize,
     vocab_size: usize,
+    /// Steps of more sequences than this (when not 0) draft nothing and skip the draft model.
+    max_num_seqs_to_speculate: usize,
 }
 
 /// One speculating sequence being drafted: its index in the step and its draft count.
@@ -33,24 +35,34 @@ struct Drafting {
 
 impl<B: Backend> DraftModel<B> {
     /// Allocates the draft's cache (`spec`: the draft's geometry with the target's block count
-    /// and size) on `backend`.
+    /// and size) on `backend`; steps of more than `max_num_seqs_to_speculate` sequences (0: no
+    /// limit) skip the draft.
     pub fn new(
         backend: &B,
         model: Box<dyn Model<B>>,
         spec: &KvCacheSpec,
         vocab_size: usize,
+        max_num_seqs_to_speculate: usize,
     ) -> BackendResult<Self> {
         Ok(Self {
             kv_cache: backend.allocate_kv_cache(spec)?,
             model,
             block_size: spec.block_size,
             vocab_size,
+            max_num_seqs_to_speculate,
         })
     }
 
     /// Runs the draft over `output`'s tokens and replaces every sequence's placeholder drafts
-    /// with the draft model's greedy tokens.
+    /// with the draft model's greedy tokens. A step too large to speculate in skips the draft
+    /// (it costs as much as it would save): the draft's K/V of those tokens stays stale, which
+    /// can only lower later acceptance, never change an output (the target verifies).
     pub fn fill_drafts(&mut self, backend: &B, output: &mut SchedulerOutput) -> BackendResult<()> {
+        let max_seqs = self.max_num_seqs_to_speculate;
+        let drafts_any = output.seqs.iter().any(|s| s.num_draft_tokens > 0);
+        if max_seqs > 0 && output.seqs.len() > max_seqs && !drafts_any {
+            return Ok(());
+        }
         let params = Arc::new(SamplingParams::default());
         // Catch up: every sequence's real tokens, logits at the last one of speculating ones.
         let mut drafting = Vec::new();
