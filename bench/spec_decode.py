@@ -15,7 +15,7 @@ tokens; the tokens of every speculative run are checked equal to the plain run's
 Throughput is generated tokens per second of wall time (prefill included: the prompts are the same for all), and
 per second of the process's CPU time (steadier on a shared machine; with one thread it is the work done);
 acceptance is accepted / proposed drafts, the mean accepted length is accepted drafts per verification. Each
-case runs `--repeats` times and the fastest counts.
+engine first runs one short warm-up request; each case runs `--repeats` times and the fastest counts.
 
 (b) The draft-model method on the same workload at batch 1, 4 and 16: the model computed in float32 (exact
 arithmetic) without speculation (plain-f32), and with its own Q4_1 arithmetic drafting for it (`{"method":
@@ -155,6 +155,8 @@ def bench(args: argparse.Namespace) -> dict[str, Any]:
     rows: list[dict[str, Any]] = []
     for suite, batch_sizes, configs in suites:
         engines = {name: Engine(model, **common, **extra) for name, extra in configs.items()}
+        for engine in engines.values():  # first touch of the weights and caches, outside the timings
+            engine.chat(conversations(1, args.seed + 99), SamplingParams(max_tokens=8), use_tqdm=False)
         baseline = next(iter(engines))
         plain_by_batch: dict[int, dict[str, Any]] = {}
         cases = [(b, name) for b in batch_sizes for name in engines]

@@ -202,8 +202,8 @@ def test_quantized_default_model_drafts_for_its_float32_self(default_gguf: Path)
     spec = Engine(str(default_gguf), speculative_config=config, **args)
     prompts = ["The capital of France is", "def add(a, b):\n    return"]
     for params in [
-        SamplingParams(max_tokens=20, temperature=0.0, logprobs=1),
-        SamplingParams(max_tokens=16, temperature=0.7, seed=3, n=2, logprobs=1),
+        SamplingParams(max_tokens=16, temperature=0.0, logprobs=1),
+        SamplingParams(max_tokens=12, temperature=0.7, seed=3, n=2, logprobs=1),
     ]:
         assert _completions(spec.generate(prompts, params, use_tqdm=False)) == _completions(
             plain.generate(prompts, params, use_tqdm=False)
