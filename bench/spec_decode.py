@@ -1,4 +1,4 @@
-"""Speculative decoding: plain vs n-gram speculation on input-grounded prompts, side by side in one run.
+"""Speculative decoding: plain vs n-gram speculation, and float32 vs Q4_1 drafting for float32, side by side.
 
 On the default model, with one seeded workload of chat prompts that ask the model to repeat, extract from or
 lightly rewrite a given text or code passage (where the answer reuses the input, so prompt lookup finds drafts),
@@ -15,11 +15,14 @@ tokens; the tokens of every speculative run are checked equal to the plain run's
 Throughput is generated tokens per second of wall time (prefill included: the prompts are the same for all), and
 per second of the process's CPU time (steadier on a shared machine; with one thread it is the work done);
 acceptance is accepted / proposed drafts, the mean accepted length is accepted drafts per verification. Each
-case runs `--repeats` times and the fastest counts.
+engine first runs one short warm-up request; each case runs `--repeats` times and the fastest counts.
 
-The draft-model method (the Q4_1 file drafting for its float32 self) is not built; its row says so.
+(b) The draft-model method on the same workload at batch 1, 4 and 16: the model computed in float32 (exact
+arithmetic) without speculation (plain-f32), and with its own Q4_1 arithmetic drafting for it (`{"method":
+"draft_model", "model": the same file, "dtype": "auto"}`; q4-draft at any batch size, q4-draft+cap with the
+default cap); tokens checked equal to plain-f32's.
 
-    python bench/spec_decode.py [--model PATH] [--threads 2] [--max-tokens 96] [--quick]
+    python bench/spec_decode.py [--model PATH] [--threads 2] [--max-tokens 96] [--quick] [--suite ngram|draft]
 
 Prints a table and writes bench/out/spec_decode-<date>.json.
 """
@@ -54,6 +57,7 @@ TASKS = [
     "Rewrite the following, keeping every word the same:\n\n{}",
 ]
 BATCH_SIZES = (1, 2, 4, 16)
+DRAFT_BATCH_SIZES = (1, 4, 16)
 
 
 def conversations(num: int, seed: int) -> list[list[dict[str, str]]]:
@@ -100,6 +104,9 @@ def main() -> None:
         "--cap", type=int, default=None, help="max_num_seqs_to_speculate of ngram+cap (default: the engine's default)"
     )
     parser.add_argument("--repeats", type=int, default=2, help="runs per case, fastest counts (default: 2)")
+    parser.add_argument(
+        "--suite", choices=["ngram", "draft", "both"], default="both", help="which comparison (default: both)"
+    )
     args = parser.parse_args()
     bench(args)
 
@@ -114,43 +121,66 @@ def bench(args: argparse.Namespace) -> dict[str, Any]:
 
     model = args.model or resolve_model(None)
     common = {"num_threads": args.threads, "max_model_len": 1024, "kv_cache_memory_bytes": 256 << 20}
-    ngram = {"method": "ngram", "num_speculative_tokens": args.k}
-    engines = {
-        "plain": Engine(model, **common),
-        "ngram": Engine(model, **common, speculative_config={**ngram, "max_num_seqs_to_speculate": 0}),
-        "ngram+cap": Engine(
-            model,
-            **common,
-            speculative_config=ngram if args.cap is None else {**ngram, "max_num_seqs_to_speculate": args.cap},
-        ),
-    }
+    suites: list[tuple[str, tuple[int, ...], dict[str, Any]]] = []
+    if args.suite in ("ngram", "both"):
+        ngram = {"method": "ngram", "num_speculative_tokens": args.k}
+        capped = ngram if args.cap is None else {**ngram, "max_num_seqs_to_speculate": args.cap}
+        suites.append(
+            (
+                "ngram",
+                BATCH_SIZES[:3] if args.quick else BATCH_SIZES,
+                {
+                    "plain": {},
+                    "ngram": {"speculative_config": {**ngram, "max_num_seqs_to_speculate": 0}},
+                    "ngram+cap": {"speculative_config": capped},
+                },
+            )
+        )
+    if args.suite in ("draft", "both"):
+        draft = {"method": "draft_model", "model": str(model), "num_speculative_tokens": args.k, "dtype": "auto"}
+        f32 = {"dtype": "float32"}
+        suites.append(
+            (
+                "draft",
+                DRAFT_BATCH_SIZES[:2] if args.quick else DRAFT_BATCH_SIZES,
+                {
+                    "plain-f32": f32,
+                    "q4-draft": {**f32, "speculative_config": {**draft, "max_num_seqs_to_speculate": 0}},
+                    "q4-draft+cap": {**f32, "speculative_config": draft},
+                },
+            )
+        )
     params = SamplingParams(max_tokens=args.max_tokens, temperature=0.0, ignore_eos=True)
-    batch_sizes = BATCH_SIZES[:3] if args.quick else BATCH_SIZES
     repeats = 1 if args.quick else args.repeats
     rows: list[dict[str, Any]] = []
-    cases = [(b, name) for b in batch_sizes for name in engines]
-    plain_by_batch: dict[int, dict[str, Any]] = {}
-    for batch, name in tqdm(cases, desc="spec_decode"):
-        convs = conversations(batch, args.seed + batch)
-        result = run(engines[name], convs, params, repeats)
-        token_ids = result.pop("token_ids")
-        if name == "plain":
-            plain_by_batch[batch] = {"token_ids": token_ids, **result}
-        elif token_ids != plain_by_batch[batch]["token_ids"]:
-            raise SystemExit(f"{name} at batch {batch}: tokens differ from plain decoding")
-        result["speedup"] = result["tok_s"] / plain_by_batch[batch]["tok_s"]
-        result["cpu_speedup"] = result["tok_per_cpu_s"] / plain_by_batch[batch]["tok_per_cpu_s"]
-        rows.append({"batch": batch, "engine": name, **result})
+    for suite, batch_sizes, configs in suites:
+        engines = {name: Engine(model, **common, **extra) for name, extra in configs.items()}
+        for engine in engines.values():  # first touch of the weights and caches, outside the timings
+            engine.chat(conversations(1, args.seed + 99), SamplingParams(max_tokens=8), use_tqdm=False)
+        baseline = next(iter(engines))
+        plain_by_batch: dict[int, dict[str, Any]] = {}
+        cases = [(b, name) for b in batch_sizes for name in engines]
+        for batch, name in tqdm(cases, desc=f"spec_decode {suite}"):
+            convs = conversations(batch, args.seed + batch)
+            result = run(engines[name], convs, params, repeats)
+            token_ids = result.pop("token_ids")
+            if name == baseline:
+                plain_by_batch[batch] = {"token_ids": token_ids, **result}
+            elif token_ids != plain_by_batch[batch]["token_ids"]:
+                raise SystemExit(f"{name} at batch {batch}: tokens differ from {baseline}")
+            result["speedup"] = result["tok_s"] / plain_by_batch[batch]["tok_s"]
+            result["cpu_speedup"] = result["tok_per_cpu_s"] / plain_by_batch[batch]["tok_per_cpu_s"]
+            rows.append({"suite": suite, "batch": batch, "engine": name, **result})
+        del engines
     print(
-        f"\n{'batch':>5} {'engine':<10} {'tok/s':>8} {'speedup':>8} {'tok/cpu-s':>10} {'cpu speedup':>12} "
+        f"\n{'batch':>5} {'engine':<13} {'tok/s':>8} {'speedup':>8} {'tok/cpu-s':>10} {'cpu speedup':>12} "
         f"{'accept':>7} {'mean len':>9}"
     )
     for r in rows:
         print(
-            f"{r['batch']:>5} {r['engine']:<10} {r['tok_s']:>8.1f} {r['speedup']:>7.2f}x {r['tok_per_cpu_s']:>10.1f} "
+            f"{r['batch']:>5} {r['engine']:<13} {r['tok_s']:>8.1f} {r['speedup']:>7.2f}x {r['tok_per_cpu_s']:>10.1f} "
             f"{r['cpu_speedup']:>11.2f}x {r['acceptance_rate']:>7.2f} {r['mean_accepted_len']:>9.2f}"
         )
-    print("draft_model (Q4_1 drafting for float32): not built in this version")
     fields = {
         "model": str(model),
         "threads": args.threads,
@@ -159,7 +189,6 @@ def bench(args: argparse.Namespace) -> dict[str, Any]:
         "cap": args.cap,
         "seed": args.seed,
         "rows": rows,
-        "draft_model": "not built",
     }
     write_record(args.out, "spec_decode", fields, {"ember": ember.__version__})
     return fields

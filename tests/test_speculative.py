@@ -246,7 +246,7 @@ def test_rejected_drafts_never_reach_the_prefix_cache(default_spec: Engine, unca
         ({"method": "ngram", "num_speculative_tokens": 0}, "num_speculative_tokens must be in [1, 32], got 0"),
         ({"method": "ngram", "num_speculative_tokens": 2, "prompt_lookup_min": 3, "prompt_lookup_max": 2}, "(3)"),
         ({"method": "medusa", "num_speculative_tokens": 2}, "method must be"),
-        ({"method": "draft_model", "model": "x", "num_speculative_tokens": 2}, "not supported"),
+        ({"method": "draft_model", "model": "x", "num_speculative_tokens": 2}, "unknown model"),
         ({"method": "ngram", "num_speculative_tokens": 2, "typo": 1}, "unknown key"),
         ("{not json", "not valid JSON"),
         (42, "must be a dict"),
@@ -258,14 +258,13 @@ def test_bad_configs_are_clear_errors(tiny_model_dir: Path, config: Any, needle:
     assert needle in str(err.value)
 
 
-def test_serve_flag_and_metrics(tiny_model_dir: Path) -> None:
+def serve_stats(model_dir: Path, flag: str) -> dict[str, float]:
+    """`ember serve MODEL --speculative-config FLAG`'s engine after one greedy 40-token request: its stats."""
     from ember.cli import build_parser
-    from ember.metrics import render_prometheus
     from ember.server.runner import _load_engine
 
-    flag = '{"method": "ngram", "num_speculative_tokens": 3, "max_num_seqs_to_speculate": 0}'
     args = build_parser().parse_args(
-        ["serve", str(tiny_model_dir), "--speculative-config", flag, "--kv-cache-memory-bytes", str(ROOMY_KV_BYTES)]
+        ["serve", str(model_dir), "--speculative-config", flag, "--kv-cache-memory-bytes", str(ROOMY_KV_BYTES)]
     )
     engine = _load_engine(args)
     assert isinstance(engine, AsyncEngine)
@@ -279,7 +278,15 @@ def test_serve_flag_and_metrics(tiny_model_dir: Path) -> None:
         finally:
             await engine.shutdown()
 
-    stats = asyncio.run(scenario())
+    return asyncio.run(scenario())
+
+
+def test_serve_flag_and_metrics(tiny_model_dir: Path) -> None:
+    from ember.metrics import render_prometheus
+
+    stats = serve_stats(
+        tiny_model_dir, '{"method": "ngram", "num_speculative_tokens": 3, "max_num_seqs_to_speculate": 0}'
+    )
     assert stats["num_spec_proposed_tokens"] > 0
     text = render_prometheus(stats)
     for name in ("ember_spec_proposed_tokens_total", "ember_spec_accepted_tokens_total", "ember_spec_acceptance_rate"):

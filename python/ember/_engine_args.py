@@ -10,7 +10,8 @@ from __future__ import annotations
 import json
 from typing import Any
 
-from ember._core import InvalidRequestError
+from ember._core import InvalidRequestError, ModelLoadError
+from ember.models import resolve_model
 
 _U64_MAX = 2**64 - 1
 
@@ -76,12 +77,26 @@ def _check_int(name: str, value: object, low: int) -> None:
 
 
 def _speculative_config_json(value: object) -> str | None:
-    """`speculative_config` (a dict, JSON text or None) as JSON text for Rust, which checks its keys."""
-    if value is None or isinstance(value, str):
-        return value
-    if isinstance(value, dict):
+    """`speculative_config` (a dict, JSON text or None) as JSON text for Rust, which checks its keys.
+
+    A draft model's `model` is resolved as the target's is (a known name or a local path)."""
+    if value is None:
+        return None
+    if isinstance(value, str):
         try:
-            return json.dumps(value)
-        except (TypeError, ValueError) as e:
-            raise InvalidRequestError(f"speculative_config must be JSON-serializable: {e}") from None
-    raise InvalidRequestError(f"speculative_config must be a dict, a JSON str or None, got {type(value).__name__}")
+            parsed = json.loads(value)
+        except ValueError:
+            return value  # Rust names the JSON error
+    elif isinstance(value, dict):
+        parsed = dict(value)
+    else:
+        raise InvalidRequestError(f"speculative_config must be a dict, a JSON str or None, got {type(value).__name__}")
+    if isinstance(parsed, dict) and parsed.get("method") == "draft_model" and isinstance(parsed.get("model"), str):
+        try:
+            parsed["model"] = resolve_model(parsed["model"])
+        except ModelLoadError as e:
+            raise InvalidRequestError(f"speculative_config.model: {e}") from None
+    try:
+        return json.dumps(parsed)
+    except (TypeError, ValueError) as e:
+        raise InvalidRequestError(f"speculative_config must be JSON-serializable: {e}") from None

@@ -47,7 +47,9 @@ pub use sampling_params::{check_prompt_token_ids, InvalidParam, SamplingParams, 
 pub use scheduler::Scheduler;
 pub use scheduler_config::{AddRequestError, ConfigError, SchedulerConfig, SchedulingPolicy};
 pub use scheduler_stats::SchedulerStats;
-pub use speculative::{propose_ngram, AcceptanceRecord, SpeculativeConfig, SpeculativeConfigError};
+pub use speculative::{
+    propose_ngram, AcceptanceRecord, SpeculativeConfig, SpeculativeConfigError, SpeculativeMethod,
+};
 pub use step::{
     FinishReason, ModelRunnerOutput, PromptLogprobs, RequestId, RequestUpdate, SampledToken, ScheduledSeq,
     SchedulerOutput,

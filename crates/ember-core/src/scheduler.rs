@@ -245,6 +245,7 @@ impl Scheduler {
                 num_prompt_tokens: req.num_prompt_tokens(),
                 all_token_ids,
                 token_mask: None,
+                draft_token_masks: Vec::new(),
                 lora_id: req.lora_id,
                 request_id: id,
             });

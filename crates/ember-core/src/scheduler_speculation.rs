@@ -3,14 +3,15 @@
 
 use super::Scheduler;
 use crate::request::Request;
-use crate::speculative::propose_ngram;
+use crate::speculative::{propose_ngram, SpeculativeMethod};
 use crate::step::RequestId;
 
 impl Scheduler {
-    /// The n-gram drafts request `id` verifies this step with a token budget of `budget`
+    /// The drafts request `id` verifies this step with a token budget of `budget`
     /// (the decode token included), or none: speculation off, the request not decoding (a
-    /// prompt chunk left), structured output (its mask covers one row), the batch too large,
-    /// or no room left before `max_tokens` / `max_model_len`.
+    /// prompt chunk left), the batch too large,
+    /// or no room left before `max_tokens` / `max_model_len`. A draft model's drafts are
+    /// placeholders (token 0) that the runner replaces with the draft's tokens.
     pub(super) fn propose_drafts(&mut self, id: &RequestId, budget: usize, num_running: usize) -> Vec<u32> {
         let Some(spec) = &self.config.speculative else {
             return Vec::new();
@@ -20,12 +21,12 @@ impl Scheduler {
         }
         let max_model_len = self.config.max_model_len;
         let (min_n, max_n, adaptive) = (spec.prompt_lookup_min, spec.prompt_lookup_max, spec.adaptive);
+        let method = spec.method;
         let Some(entry) = self.requests.get_mut(id) else {
             return Vec::new();
         };
         let req = &entry.request;
-        if req.num_computed_tokens + 1 != req.num_tokens() || req.sampling_params.structured_outputs.is_some()
-        {
+        if req.num_computed_tokens + 1 != req.num_tokens() {
             return Vec::new();
         }
         let room = room_for_drafts(req, max_model_len).min(budget.saturating_sub(1));
@@ -40,6 +41,9 @@ impl Scheduler {
             return Vec::new();
         }
         let req = &entry.request;
+        if method == SpeculativeMethod::DraftModel {
+            return vec![0; num_wanted];
+        }
         propose_ngram(&req.token_range(0, req.num_tokens()), min_n, max_n, num_wanted)
     }
 

@@ -8,9 +8,21 @@
 
 use thiserror::Error;
 
+/// Where draft tokens come from.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum SpeculativeMethod {
+    /// Prompt lookup: the tokens after an earlier occurrence of the latest n-gram.
+    Ngram,
+    /// A draft model run by the runner: the scheduler reserves the draft slots and the runner
+    /// fills in the draft's greedy tokens before verification.
+    DraftModel,
+}
+
 /// How a request's draft tokens are proposed and how many.
 #[derive(Clone, Debug, PartialEq, Eq)]
 pub struct SpeculativeConfig {
+    /// The proposer.
+    pub method: SpeculativeMethod,
     /// Most draft tokens verified per step for one request.
     pub num_speculative_tokens: usize,
     /// Shortest suffix (in tokens) the n-gram proposer matches.
@@ -43,11 +55,21 @@ impl SpeculativeConfig {
     /// [`DEFAULT_MAX_NUM_SEQS_TO_SPECULATE`] running sequences.
     pub fn ngram(num_speculative_tokens: usize, prompt_lookup_min: usize, prompt_lookup_max: usize) -> Self {
         Self {
+            method: SpeculativeMethod::Ngram,
             num_speculative_tokens,
             prompt_lookup_min,
             prompt_lookup_max,
             max_num_seqs_to_speculate: DEFAULT_MAX_NUM_SEQS_TO_SPECULATE,
             adaptive: true,
+        }
+    }
+
+    /// A draft-model config proposing up to `num_speculative_tokens` tokens, adaptive, off
+    /// above [`DEFAULT_MAX_NUM_SEQS_TO_SPECULATE`] running sequences.
+    pub fn draft_model(num_speculative_tokens: usize) -> Self {
+        Self {
+            method: SpeculativeMethod::DraftModel,
+            ..Self::ngram(num_speculative_tokens, 1, 1)
         }
     }
 

@@ -42,6 +42,9 @@ pub struct ScheduledSeq {
     /// The tokens a constrained request may sample this step (set by the engine's structured
     /// output state after scheduling, only on sampled rows); `None` allows every token.
     pub token_mask: Option<Arc<TokenMask>>,
+    /// The masks of the draft rows after the first (row `i + 1` uses entry `i`): the grammar's
+    /// state after the drafts before it; set with `token_mask` on a constrained, drafting sequence.
+    pub draft_token_masks: Vec<Arc<TokenMask>>,
     /// The LoRA adapter the sequence runs with; `None` for the base model.
     pub lora_id: Option<u32>,
 }

@@ -113,6 +113,12 @@ impl CpuBackend {
         self
     }
 
+    /// Switches [`CpuBackend::with_f32_weights`] for the matrices loaded from now on (a draft
+    /// model may load in another arithmetic than the target).
+    pub fn set_f32_weights(&mut self, on: bool) {
+        self.f32_weights = on;
+    }
+
     /// Stores the KV cache as `dtype`: F32, F16 or BF16 (default [`DEFAULT_KV_CACHE_DTYPE`]);
     /// other formats are refused.
     pub fn with_kv_cache_dtype(mut self, dtype: WeightDType) -> BackendResult<Self> {

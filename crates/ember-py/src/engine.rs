@@ -152,6 +152,10 @@ impl PyEngine {
                 .map(|json| parse_speculative_config(&json))
                 .transpose()
                 .map_err(|message| invalid_param("speculative_config", message))?;
+            let (speculative, draft_model) = match speculative {
+                Some(parsed) => (Some(parsed.config), parsed.draft_model),
+                None => (None, None),
+            };
             let scheduling_policy = scheduling_policy
                 .parse()
                 .map_err(|message: String| invalid_param("scheduling_policy", message))?;
@@ -176,6 +180,7 @@ impl PyEngine {
                     max_cpu_loras: max_cpu_loras.unwrap_or(max_loras),
                 }),
                 speculative,
+                draft_model,
                 ..EngineArgs::new(model_path)
             };
             let engine = py.detach(|| LlmEngine::new(&args)).map_err(engine_error)?;

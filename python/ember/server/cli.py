@@ -83,7 +83,8 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
         "--speculative-config",
         default=None,
         metavar="JSON",
-        help='speculative decoding, e.g. \'{"method": "ngram", "num_speculative_tokens": 4}\'; outputs are unchanged',
+        help='speculative decoding, e.g. \'{"method": "ngram", "num_speculative_tokens": 4}\' or '
+        '\'{"method": "draft_model", "model": PATH, "num_speculative_tokens": 4}\'; outputs are unchanged',
     )
     _add_lora_arguments(parser)
     _add_data_parallel_arguments(parser)

@@ -98,6 +98,7 @@ pub(crate) mod tests {
             num_prompt_tokens: num_prompt,
             all_token_ids: None,
             token_mask: None,
+            draft_token_masks: Vec::new(),
             lora_id: None,
         }
     }

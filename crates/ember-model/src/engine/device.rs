@@ -5,11 +5,14 @@
 use ember_core::{Backend, KvCacheSpec, MemoryLimits, WeightDType};
 use ember_cpu::{CpuBackend, CpuOptions};
 
+use crate::engine::draft_model::DraftModel;
+use crate::engine::draft_open::open_draft;
 use crate::engine::engine_args::{EngineArgs, DEFAULT_MAX_NUM_BATCHED_TOKENS};
 use crate::engine::executor::StepExecutor;
 use crate::engine::loader::OpenedModel;
 use crate::engine::runner::ModelRunner;
 use crate::error::EngineError;
+use crate::models::Model;
 
 /// Where the model runs.
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
@@ -38,6 +41,10 @@ pub fn load_on_device(args: &EngineArgs, opened: &OpenedModel) -> Result<DeviceM
         kv_cache_memory_bytes: args.kv_cache_memory_bytes,
         gpu_memory_utilization: args.gpu_memory_utilization,
     };
+    let draft = match &args.draft_model {
+        Some(draft_args) => Some((open_draft(draft_args, opened)?, draft_args.dtype == "float32")),
+        None => None,
+    };
     match kind {
         DeviceKind::Cpu => {
             let options = CpuOptions {
@@ -45,10 +52,36 @@ pub fn load_on_device(args: &EngineArgs, opened: &OpenedModel) -> Result<DeviceM
                 f32_weights: args.dtype == "float32",
                 kv_cache_dtype: Some(kv_dtype),
             };
-            load(CpuBackend::open(options)?, opened, &limits)
+            let mut backend = CpuBackend::open(options)?;
+            let draft_model = match &draft {
+                Some((draft, f32_weights)) => {
+                    backend.set_f32_weights(*f32_weights);
+                    let model = load_model(&backend, draft, &limits);
+                    backend.set_f32_weights(options.f32_weights);
+                    Some(DraftLoad {
+                        model: model?,
+                        vocab_size: draft.config.vocab_size,
+                        max_num_seqs_to_speculate: args
+                            .speculative
+                            .as_ref()
+                            .map_or(0, |s| s.max_num_seqs_to_speculate),
+                    })
+                }
+                None => None,
+            };
+            load(backend, opened, &limits, draft_model)
         }
         #[cfg(feature = "cuda")]
-        DeviceKind::Cuda => load(ember_cuda::CudaBackend::open(0)?, opened, &limits),
+        DeviceKind::Cuda => {
+            if draft.is_some() {
+                return Err(EngineError::InvalidRequest(
+                    "speculative_config.method \"draft_model\" runs on the CPU backend only for now \
+                     (its CUDA path is not verified); use device=\"cpu\" or method \"ngram\""
+                        .into(),
+                ));
+            }
+            load(ember_cuda::CudaBackend::open(0)?, opened, &limits, None)
+        }
     }
 }
 
@@ -139,36 +172,109 @@ pub struct DeviceModel {
     pub kv_release_window: Option<usize>,
 }
 
-/// Loads the model onto `backend`, lets the backend plan its memory, and builds the runner.
+/// A draft model loaded on the target's backend, before its cache is planned.
+struct DraftLoad<B: Backend> {
+    model: Box<dyn Model<B>>,
+    vocab_size: usize,
+    max_num_seqs_to_speculate: usize,
+}
+
+/// Loads `opened`'s weights onto `backend`.
+fn load_model<B: Backend + 'static>(
+    backend: &B,
+    opened: &OpenedModel,
+    limits: &MemoryLimits,
+) -> Result<Box<dyn Model<B>>, EngineError> {
+    log::info!("loading {} onto the {} backend", opened.name, backend.name());
+    let source = opened.source(limits.max_model_len);
+    Ok(opened.architecture.family.load(backend, &source)?)
+}
+
+/// Loads the model onto `backend`, lets the backend plan its memory (shared with the draft
+/// model and its vocabulary size, when given), and builds the runner.
 fn load<B: Backend + 'static>(
     mut backend: B,
     opened: &OpenedModel,
     limits: &MemoryLimits,
+    draft: Option<DraftLoad<B>>,
 ) -> Result<DeviceModel, EngineError> {
-    log::info!("loading {} onto the {} backend", opened.name, backend.name());
-    let model = opened
-        .architecture
-        .family
-        .load(&backend, &opened.source(limits.max_model_len))?;
-    let spec = backend.plan_memory(model.shape(), limits)?;
+    let model = load_model(&backend, opened, limits)?;
+    let mut spec = backend.plan_memory(model.shape(), limits)?;
     let kv_release_window = model.shape().kv_release_window();
+    let draft_spec = match &draft {
+        Some(draft) => {
+            let draft_model = &draft.model;
+            let draft_spec = share_with_draft(&mut spec, draft_model.shape(), kv_release_window, &backend)?;
+            Some(draft_spec)
+        }
+        None => None,
+    };
     if spec.num_blocks == 0 {
         return Err(EngineError::InvalidRequest(format!(
             "the KV cache memory is smaller than one block ({} bytes)",
             spec.bytes_per_block(backend.kv_cache_bytes_per_element())
         )));
     }
-    let runner = ModelRunner::new(
+    let mut runner = ModelRunner::new(
         backend,
         model,
         spec,
         opened.config.vocab_size,
         opened.config.eos_token_ids.clone(),
     )?;
+    if let (Some(d), Some(draft_spec)) = (draft, draft_spec) {
+        let draft = DraftModel::new(
+            runner.backend(),
+            d.model,
+            &draft_spec,
+            d.vocab_size,
+            d.max_num_seqs_to_speculate,
+        )?;
+        runner = runner.with_draft(draft);
+    }
     Ok(DeviceModel {
         executor: Box::new(runner),
         kv_spec: spec,
         kv_release_window,
+    })
+}
+
+/// Splits the KV budget `spec` was planned with between the target and a draft of
+/// `draft_shape`: both caches get the same number of blocks (the draft mirrors the target's
+/// block ids), so each block costs the sum of both. Returns the draft's cache geometry.
+fn share_with_draft<B: Backend>(
+    spec: &mut KvCacheSpec,
+    draft_shape: &ember_core::ModelShape,
+    target_window: Option<usize>,
+    backend: &B,
+) -> Result<KvCacheSpec, EngineError> {
+    let draft_window = draft_shape.kv_release_window();
+    if let Some(window) = target_window {
+        if draft_window.is_none_or(|w| w > window) {
+            return Err(EngineError::InvalidRequest(format!(
+                "speculative_config.model attends beyond the target's sliding window ({window} \
+                 tokens), whose older blocks are released; use a draft with a window of at most {window}"
+            )));
+        }
+    }
+    let element_bytes = backend.kv_cache_bytes_per_element();
+    let target_block_bytes = spec.bytes_per_block(element_bytes);
+    let draft_geometry = KvCacheSpec::for_model(draft_shape, spec.block_size)?;
+    let draft_block_bytes = draft_geometry.bytes_per_block(element_bytes);
+    let budget_bytes = spec.num_blocks * target_block_bytes;
+    spec.num_blocks = budget_bytes / (target_block_bytes + draft_block_bytes).max(1);
+    log::info!(
+        "draft model KV cache: {} bytes per block beside the target's {}: {} blocks for both \
+         ({:.1} MiB of the {:.1} MiB KV budget for the draft)",
+        draft_block_bytes,
+        target_block_bytes,
+        spec.num_blocks,
+        (spec.num_blocks * draft_block_bytes) as f64 / f64::from(1u32 << 20),
+        budget_bytes as f64 / f64::from(1u32 << 20),
+    );
+    Ok(KvCacheSpec {
+        num_blocks: spec.num_blocks,
+        ..draft_geometry
     })
 }
 
@@ -215,6 +321,41 @@ mod tests {
             let err = kv_cache_dtype("float16", DeviceKind::Cuda, false).unwrap_err();
             assert!(err.contains("CUDA"), "{err}");
         }
+    }
+
+    #[test]
+    fn the_draft_shares_the_kv_budget_block_for_block() {
+        use ember_core::{LayerKv, ModelShape};
+        let shape = |num_layers: usize, sliding_window: Option<usize>| ModelShape {
+            hidden_size: 64,
+            intermediate_size: 128,
+            vocab_size: 100,
+            num_heads: 4,
+            head_dim: 16,
+            kv_layers: vec![
+                LayerKv {
+                    num_kv_heads: 2,
+                    head_dim: 16,
+                    sliding_window,
+                };
+                num_layers
+            ],
+        };
+        let backend = CpuBackend::new(Some(1));
+        let target = KvCacheSpec {
+            num_blocks: 90,
+            ..KvCacheSpec::for_model(&shape(4, None), 16).unwrap()
+        };
+        // A draft of half the layers costs half a target block: 90 target blocks' bytes hold 60 of both.
+        let mut spec = target;
+        let draft = share_with_draft(&mut spec, &shape(2, None), None, &backend).unwrap();
+        assert_eq!((spec.num_blocks, draft.num_blocks), (60, 60));
+        assert_eq!((draft.num_layers, draft.block_size), (2, 16));
+        // A target that releases blocks outside its window cannot have a draft that reads them.
+        let mut spec = target;
+        let err = share_with_draft(&mut spec, &shape(2, None), Some(32), &backend).unwrap_err();
+        assert!(err.to_string().contains("speculative_config.model"), "{err}");
+        assert!(share_with_draft(&mut spec, &shape(2, Some(32)), Some(32), &backend).is_ok());
     }
 
     #[test]

@@ -52,8 +52,20 @@ pub struct EngineArgs {
     pub structured_jump_forward: bool,
     /// LoRA adapters per request (`enable_lora`) and their limits; `None`: off.
     pub lora: Option<LoraConfig>,
-    /// Speculative decoding (n-gram drafts verified each step; outputs unchanged); `None` for none.
+    /// Speculative decoding (n-gram or draft-model drafts verified each step; outputs
+    /// unchanged); `None` for none.
     pub speculative: Option<SpeculativeConfig>,
+    /// The draft model of `method: "draft_model"` speculation.
+    pub draft_model: Option<DraftModelArgs>,
+}
+
+/// The draft model `speculative_config` names (`model`, `dtype`).
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct DraftModelArgs {
+    /// A GGUF file or a Hugging Face model folder (names are resolved by the Python layer).
+    pub model_path: PathBuf,
+    /// "auto" (the draft's own formats) or "float32".
+    pub dtype: String,
 }
 
 impl EngineArgs {
@@ -77,6 +89,7 @@ impl EngineArgs {
             structured_jump_forward: true,
             lora: None,
             speculative: None,
+            draft_model: None,
         }
     }
 }

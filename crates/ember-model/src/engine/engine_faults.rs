@@ -53,23 +53,33 @@ impl LlmEngine {
         scheduled: &SchedulerOutput,
     ) -> Result<ModelRunnerOutput, BackendError> {
         let fault = self.next_fault(scheduled);
-        let executor = &mut self.executor;
-        let run = catch_unwind(AssertUnwindSafe(|| {
+        guarded(|| {
             match fault {
                 Some(StepFault::Error) => return Err(BackendError::Device("injected step fault".into())),
                 Some(StepFault::Panic) => panic!("injected step panic"),
                 None => {}
             }
-            executor.execute(scheduled)
-        }));
-        run.unwrap_or_else(|payload| {
-            Err(BackendError::Device(format!(
-                "internal error (panic) in the model run: {}",
-                panic_message(payload.as_ref())
-            )))
+            self.executor.execute(scheduled)
         })
     }
 
+    /// Has the draft model fill in `scheduled`'s drafts, as [`Self::execute_guarded`] runs.
+    pub(super) fn propose_guarded(&mut self, scheduled: &mut SchedulerOutput) -> Result<(), BackendError> {
+        guarded(|| self.executor.propose_drafts(scheduled))
+    }
+}
+
+/// Runs `work`; a panic becomes a device error instead of unwinding through the engine.
+fn guarded<T>(work: impl FnOnce() -> Result<T, BackendError>) -> Result<T, BackendError> {
+    catch_unwind(AssertUnwindSafe(work)).unwrap_or_else(|payload| {
+        Err(BackendError::Device(format!(
+            "internal error (panic) in the model run: {}",
+            panic_message(payload.as_ref())
+        )))
+    })
+}
+
+impl LlmEngine {
     /// Ends every request of a failed step (freeing its blocks) and returns the error that
     /// names them; requests outside the step are untouched.
     pub(super) fn fail_step(&mut self, scheduled: &SchedulerOutput, source: BackendError) -> EngineError {

@@ -7,6 +7,8 @@ use crate::models::lora_adapter::LoraAdapter;
 
 /// Runs scheduled steps on some backend.
 pub trait StepExecutor: Send {
+    /// Fills in the step's draft tokens (draft-model speculation); a no-op without a draft model.
+    fn propose_drafts(&mut self, output: &mut SchedulerOutput) -> BackendResult<()>;
     /// Runs one step and samples.
     fn execute(&mut self, output: &SchedulerOutput) -> BackendResult<ModelRunnerOutput>;
     /// Logits of one prompt at `positions` with adapter `lora_id` (loaded) or the base model,
@@ -24,6 +26,10 @@ impl<B: Backend> StepExecutor for ModelRunner<B>
 where
     B::KvCache: Send,
 {
+    fn propose_drafts(&mut self, output: &mut SchedulerOutput) -> BackendResult<()> {
+        ModelRunner::propose_drafts(self, output)
+    }
+
     fn execute(&mut self, output: &SchedulerOutput) -> BackendResult<ModelRunnerOutput> {
         ModelRunner::execute(self, output)
     }

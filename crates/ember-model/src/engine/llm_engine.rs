@@ -327,8 +327,9 @@ impl LlmEngine {
     pub fn step(&mut self) -> Result<Vec<StepOutput>, EngineError> {
         let mut outputs = std::mem::take(&mut self.pending);
         let mut scheduled = self.scheduler.schedule();
+        let proposed = self.propose_guarded(&mut scheduled);
         self.structured.fill_masks(&mut scheduled);
-        let mut runner_output = match self.execute_guarded(&scheduled) {
+        let mut runner_output = match proposed.and_then(|()| self.execute_guarded(&scheduled)) {
             Ok(output) => output,
             Err(source) => {
                 // Outputs of aborts and stops from before the step still belong to their callers.

@@ -3,6 +3,8 @@
 
 pub mod batch;
 pub mod device;
+pub mod draft_model;
+pub mod draft_open;
 pub mod engine_args;
 pub mod executor;
 pub mod llm_engine;

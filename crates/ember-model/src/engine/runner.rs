@@ -8,6 +8,7 @@ use ember_core::{
 use std::collections::{BTreeMap, HashMap};
 
 use crate::engine::batch::build_step_batch;
+use crate::engine::draft_model::DraftModel;
 use crate::engine::sample_rows::sample_step;
 use crate::models::lora::{LoraStep, LoraWeights};
 use crate::models::lora_adapter::LoraAdapter;
@@ -24,6 +25,8 @@ pub struct ModelRunner<B: Backend> {
     histories: RequestHistories,
     /// Loaded LoRA adapters by `lora_int_id`.
     loras: HashMap<u32, LoraWeights<B>>,
+    /// The draft model filling in drafts (draft-model speculation).
+    draft: Option<DraftModel<B>>,
 }
 
 impl<B: Backend> ModelRunner<B> {
@@ -46,7 +49,14 @@ impl<B: Backend> ModelRunner<B> {
             eos_token_ids,
             histories: RequestHistories::default(),
             loras: HashMap::new(),
+            draft: None,
         })
+    }
+
+    /// Drafts with `draft` (its cache mirrors this runner's blocks).
+    pub fn with_draft(mut self, draft: DraftModel<B>) -> Self {
+        self.draft = Some(draft);
+        self
     }
 
     /// The backend the model runs on.
@@ -57,6 +67,15 @@ impl<B: Backend> ModelRunner<B> {
     /// The KV cache geometry.
     pub fn kv_spec(&self) -> &KvCacheSpec {
         &self.kv_spec
+    }
+
+    /// Has the draft model (if any) compute this step's tokens and fill in `output`'s drafts;
+    /// runs before the structured-output masks, which check the drafts.
+    pub fn propose_drafts(&mut self, output: &mut SchedulerOutput) -> BackendResult<()> {
+        if let Some(draft) = &mut self.draft {
+            draft.fill_drafts(&self.backend, output)?;
+        }
+        Ok(())
     }
 
     /// Runs one scheduled step: samples a token for every sequence with `sample == true` and

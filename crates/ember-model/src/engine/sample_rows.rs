@@ -73,7 +73,11 @@ fn sample_seq(
     let mut extended: Option<TokenHistory> = None;
     let mut out = Vec::with_capacity(rows.len());
     for (i, row) in rows.into_iter().enumerate() {
-        if let Some(mask) = seq.token_mask.as_ref().filter(|_| i == 0) {
+        let mask = match i {
+            0 => seq.token_mask.as_ref(),
+            _ => seq.draft_token_masks.get(i - 1),
+        };
+        if let Some(mask) = mask {
             mask.apply(row);
         }
         let ctx = SampleContext {

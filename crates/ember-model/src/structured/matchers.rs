@@ -4,7 +4,7 @@
 //! State lives here and only here, so it survives preemption (recompute keeps the generated
 //! tokens, so the matcher's position stays right) and is dropped when the request ends.
 
-use std::collections::{HashMap, HashSet, VecDeque};
+use std::collections::{HashMap, VecDeque};
 use std::sync::Arc;
 use std::time::Instant;
 
@@ -155,45 +155,60 @@ impl StructuredOutputs {
 
     /// Sets the token mask of every sampled, constrained sequence of `output` (in parallel).
     /// A matcher that fails to give a mask allows only EOS and ends its request at the update.
+    /// A drafting sequence keeps the drafts its grammar accepts in a row (up to the first EOS)
+    /// and gets one mask per row: the state after the drafts before it (the matcher is moved
+    /// through them and rolled back), so every row samples exactly as plain decoding would.
     pub fn fill_masks(&mut self, output: &mut SchedulerOutput) {
         if self.requests.is_empty() {
             return;
         }
         let start = Instant::now();
-        let wanted: HashSet<&str> = output
+        let wanted: HashMap<&str, &[u32]> = output
             .seqs
             .iter()
             .filter(|s| s.sample)
-            .map(|s| &*s.request_id)
+            .map(|s| {
+                (
+                    &*s.request_id,
+                    &s.token_ids[s.token_ids.len() - s.num_draft_tokens..],
+                )
+            })
             .collect();
         let eos_token_ids = &self.eos_token_ids;
         let vocab_size = self.vocab_size;
-        let mut work: Vec<(&RequestId, &mut RequestMatcher)> = self
+        let mut work: Vec<(&RequestId, &mut RequestMatcher, &[u32])> = self
             .requests
             .iter_mut()
-            .filter(|(id, _)| wanted.contains(&***id))
+            .filter_map(|(id, state)| wanted.get(&**id).map(|drafts| (id, state, *drafts)))
             .collect();
-        let masks: HashMap<RequestId, Arc<TokenMask>> = work
+        let masks: HashMap<RequestId, Vec<Arc<TokenMask>>> = work
             .par_iter_mut()
-            .map(|(id, state)| {
-                if let Some(mask) = state.next_mask.take() {
-                    return ((*id).clone(), mask);
-                }
-                let mask = match next_mask(&mut state.matcher, vocab_size, eos_token_ids) {
-                    Ok(mask) => mask,
-                    Err(e) => {
-                        log::error!("structured output of request {id}: no mask: {e}");
-                        state.failed = Some(e);
-                        mask_words(&[], vocab_size, eos_token_ids, true)
-                    }
+            .map(|(id, state, drafts)| {
+                let first = match state.next_mask.take() {
+                    Some(mask) => mask,
+                    None => Arc::new(checked_mask(id, state, vocab_size, eos_token_ids)),
                 };
-                ((*id).clone(), Arc::new(mask))
+                let mut row_masks = vec![first];
+                if !drafts.is_empty() && state.failed.is_none() {
+                    draft_masks(id, state, drafts, vocab_size, eos_token_ids, &mut row_masks);
+                }
+                ((*id).clone(), row_masks)
             })
             .collect();
-        self.num_masks += masks.len() as u64;
+        drop(wanted);
+        self.num_masks += masks.values().map(|m| m.len() as u64).sum::<u64>();
         self.mask_s += start.elapsed().as_secs_f64();
         for seq in output.seqs.iter_mut().filter(|s| s.sample) {
-            seq.token_mask = masks.get(&seq.request_id).cloned();
+            let Some(row_masks) = masks.get(&seq.request_id) else {
+                continue;
+            };
+            let num_kept = row_masks.len() - 1;
+            let num_dropped = seq.num_draft_tokens - num_kept;
+            seq.token_ids.truncate(seq.token_ids.len() - num_dropped);
+            seq.num_draft_tokens = num_kept;
+            output.num_batched_tokens -= num_dropped;
+            seq.token_mask = Some(Arc::clone(&row_masks[0]));
+            seq.draft_token_masks = row_masks[1..].to_vec();
         }
     }
 
@@ -298,6 +313,56 @@ impl StructuredOutputs {
             Some(state) => state.matcher.rollback(num_tokens).map_err(|e| e.to_string()),
             None => Ok(()),
         }
+    }
+}
+
+/// The mask of `state`'s current position; on failure, one allowing only EOS, and the request
+/// ends at its update.
+fn checked_mask(
+    id: &RequestId,
+    state: &mut RequestMatcher,
+    vocab_size: usize,
+    eos_token_ids: &[u32],
+) -> TokenMask {
+    match next_mask(&mut state.matcher, vocab_size, eos_token_ids) {
+        Ok(mask) => mask,
+        Err(e) => {
+            log::error!("structured output of request {id}: no mask: {e}");
+            state.failed = Some(e);
+            mask_words(&[], vocab_size, eos_token_ids, true)
+        }
+    }
+}
+
+/// Appends to `row_masks` the mask after each draft the grammar accepts in a row (stopping
+/// before an EOS draft or a stopped grammar), then rolls the matcher back to where it was.
+fn draft_masks(
+    id: &RequestId,
+    state: &mut RequestMatcher,
+    drafts: &[u32],
+    vocab_size: usize,
+    eos_token_ids: &[u32],
+    row_masks: &mut Vec<Arc<TokenMask>>,
+) {
+    let num_valid = state.matcher.validate_tokens(drafts).unwrap_or(0);
+    let mut num_consumed = 0;
+    for &draft in &drafts[..num_valid] {
+        if eos_token_ids.contains(&draft) || !matches!(state.matcher.try_consume_tokens(&[draft]), Ok(1)) {
+            break;
+        }
+        num_consumed += 1;
+        if state.matcher.is_stopped() {
+            break;
+        }
+        match next_mask(&mut state.matcher, vocab_size, eos_token_ids) {
+            Ok(mask) => row_masks.push(Arc::new(mask)),
+            Err(_) => break,
+        }
+    }
+    if let Err(e) = state.matcher.rollback(num_consumed) {
+        log::error!("structured output of request {id}: cannot roll back drafts: {e}");
+        state.failed = Some(e.to_string());
+        row_masks.truncate(1);
     }
 }
 

@@ -52,6 +52,7 @@ fn step(ids: &[&str]) -> SchedulerOutput {
             num_prompt_tokens: 1,
             all_token_ids: None,
             token_mask: None,
+            draft_token_masks: Vec::new(),
             lora_id: None,
         })
         .collect();
