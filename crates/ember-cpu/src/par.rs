@@ -228,10 +228,10 @@ fn helper_loop(s: &Shared, index: usize, mut seen: u64) {
 mod tests {
     use super::*;
 
-    #[test]
-    fn helpers_run_every_chunk_then_park_when_idle() {
-        let mut helpers = Helpers::default();
-        let hits: Vec<AtomicUsize> = (0..64).map(|_| AtomicUsize::new(0)).collect();
+    /// Runs one region of `num_chunks` chunks on this thread and `n` helpers; true when every
+    /// chunk ran exactly once.
+    fn run_counted(helpers: &mut Helpers, n: usize, num_chunks: usize) -> bool {
+        let hits: Vec<AtomicUsize> = (0..num_chunks).map(|_| AtomicUsize::new(0)).collect();
         let next = AtomicUsize::new(0);
         let work = || loop {
             let i = next.fetch_add(1, Ordering::Relaxed);
@@ -240,8 +240,14 @@ mod tests {
             }
             hits[i].fetch_add(1, Ordering::Relaxed);
         };
-        helpers.run(3, &work);
-        assert!(hits.iter().all(|h| h.load(Ordering::Relaxed) == 1));
+        helpers.run(n, &work);
+        hits.iter().all(|h| h.load(Ordering::Relaxed) == 1)
+    }
+
+    #[test]
+    fn helpers_run_every_chunk_then_park_when_idle() {
+        let mut helpers = Helpers::default();
+        assert!(run_counted(&mut helpers, 3, 64));
         // Idle helpers stop spinning: all three park within a bounded wait.
         let shared = helpers.shared.clone().expect("started");
         let deadline = Instant::now() + Duration::from_secs(10);
@@ -258,18 +264,8 @@ mod tests {
         // region must still run each chunk exactly once and return.
         let mut helpers = Helpers::default();
         for region in 0..5000usize {
-            let hits: Vec<AtomicUsize> = (0..1 + region % 9).map(|_| AtomicUsize::new(0)).collect();
-            let next = AtomicUsize::new(0);
-            let work = || loop {
-                let i = next.fetch_add(1, Ordering::Relaxed);
-                if i >= hits.len() {
-                    break;
-                }
-                hits[i].fetch_add(1, Ordering::Relaxed);
-            };
-            helpers.run(1 + region % 3, &work);
             assert!(
-                hits.iter().all(|h| h.load(Ordering::Relaxed) == 1),
+                run_counted(&mut helpers, 1 + region % 3, 1 + region % 9),
                 "region {region}"
             );
         }
