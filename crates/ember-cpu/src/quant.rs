@@ -164,7 +164,10 @@ fn quantize_with(
 pub(crate) fn quantize_q8_0_block(x: &[f32], q: &mut [i8]) -> (f32, f32) {
     let amax = x.iter().fold(0.0f32, |m, v| m.max(v.abs()));
     let d = amax / 127.0;
-    let id = if amax != 0.0 { 127.0 / amax } else { 0.0 };
+    // 0 for a zero block, and for one so tiny (below 127 / f32::MAX) that the inverse
+    // overflows: its f16 scale is 0 either way, and every quant stays in range.
+    let id = 127.0 / amax;
+    let id = if id.is_finite() { id } else { 0.0 };
     let mut sum = 0i32;
     for (qi, &xi) in q.iter_mut().zip(x) {
         // |xi * id| <= 127 (up to rounding), so the cast cannot wrap.

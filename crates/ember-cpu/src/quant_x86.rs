@@ -1,8 +1,8 @@
 //! AVX2 forms of `quant`'s activation block quantizers. Each returns exactly what the scalar
 //! form returns: the block maximum is an order-free reduction, and every quant is one IEEE
-//! multiply followed by round-half-to-even, as in the scalar code. Blocks whose scale is not
-//! finite (infinite or denormal-tiny maxima) go to the scalar form, whose float-to-int casts
-//! saturate differently from the SIMD conversion.
+//! multiply followed by round-half-to-even, as in the scalar code. Blocks with an infinite
+//! maximum, and Q8_K blocks whose scale overflows, go to the scalar form, whose float-to-int
+//! casts saturate differently from the SIMD conversion.
 
 use crate::quant::{quantize_q8_0_block, quantize_q8_k_block, round_to_f16};
 use std::arch::x86_64::*;
@@ -61,10 +61,12 @@ pub unsafe fn q8_0_block(x: &[f32], q: &mut [i8]) -> (f32, f32) {
     debug_assert!(x.len() == 32 && q.len() == 32);
     // SAFETY: AVX2 is enabled in this function.
     let amax = unsafe { abs_max(x) };
-    let id = if amax != 0.0 { 127.0 / amax } else { 0.0 };
-    if !amax.is_finite() || !id.is_finite() {
+    if !amax.is_finite() {
         return quantize_q8_0_block(x, q);
     }
+    // As in the scalar form: 0 for zero or denormal-tiny blocks.
+    let id = 127.0 / amax;
+    let id = if id.is_finite() { id } else { 0.0 };
     let scale = _mm256_set1_ps(id);
     // SAFETY: each slice holds 8 floats; AVX2 is enabled.
     let v = std::array::from_fn(|i| unsafe { scaled_ints(&x[8 * i..8 * i + 8], scale) });
