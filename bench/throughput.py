@@ -3,7 +3,8 @@
 Measures, for both engines with the same thread count: prefill tok/s of a ~512-token
 prompt; single-stream greedy decode tok/s (first to last generated token); and the
 aggregate throughput of 16 and 64 concurrent greedy streams (generated tokens per
-wall-clock second, prefill of their short prompts included). llama.cpp runs through
+wall-clock second, prefill of their short prompts included; with --steady also without it, as
+the single-stream row counts). llama.cpp runs through
 llama-cpp-python's low-level API (llama_batch / llama_decode with one sequence id
 per stream), so its multi-stream numbers are real batched decoding, with the library's
 default context settings: `kv_unified` off (each stream attends over its own cache cells,
@@ -18,7 +19,7 @@ all threads, spinning included), which moves less with other processes' load tha
 time (most steadily with `--threads 1`).
 
     python bench/throughput.py [--model PATH] [--quant Q4_K_M] [--threads 2] [--repeats 3]
-                               [--streams 16 64] [--quick]
+                               [--streams 16 64] [--steady] [--quick]
 
 --quant requantizes the model with llama.cpp's own quantizer (llama_model_quantize, cached
 under .cache/quantized; see tests/quantized_models.py) and runs both engines on that file.
@@ -80,6 +81,10 @@ WORDS = [
 ]
 PREFILL_TOKENS = 512
 SHORT_PROMPT_WORDS = 12
+
+
+Measure = Callable[[Any], float | tuple[float, float]]
+"""Measures one runner once: tok/s wall clock, or (tok/s wall clock, tok per CPU second)."""
 
 
 def seeded_prompts(num_prompts: int, num_words: int, seed: int) -> list[str]:
@@ -220,21 +225,37 @@ class LlamaCppRunner:
 
 def workloads(
     prefill_ids: list[int], short_ids: list[list[int]], args: argparse.Namespace
-) -> list[tuple[str, Callable[[Any], float], int]]:
+) -> list[tuple[str, Measure, int]]:
     """The measured metrics: a name, a call that measures one runner once (tok/s), and the
     number of tokens that call processes."""
     tokens = args.decode_tokens
-    metrics: list[tuple[str, Callable[[Any], float], int]] = [
+    metrics: list[tuple[str, Measure, int]] = [
         ("prefill", lambda r: r.prefill(prefill_ids), len(prefill_ids)),
         ("decode_1_stream", lambda r: r.decode_single(short_ids[0], tokens), tokens),
     ]
     for n in args.streams:
         metrics.append((f"decode_{n}_streams", lambda r, n=n: r.decode_many(short_ids[:n], tokens), n * tokens))
+        if args.steady:
+            metrics.append((f"steady_{n}_streams", lambda r, n=n: steady_rates(r, short_ids[:n], tokens), 0))
     return metrics
 
 
+def steady_rates(runner: Any, prompts_ids: list[list[int]], num_tokens: int) -> tuple[float, float]:
+    """Decode-only aggregate rate of concurrent streams, (tok/s wall clock, tok per CPU second):
+    the time of a run to `num_tokens` tokens minus that of a run to 1 token (the prompts' prefill
+    and first token), over the `num_tokens - 1` later tokens of every stream; the single-stream
+    row also counts from the first token."""
+    times = []
+    for tokens in (1, num_tokens):
+        wall0, cpu0 = time.perf_counter(), time.process_time()
+        runner.decode_many(prompts_ids, tokens)
+        times.append((time.perf_counter() - wall0, time.process_time() - cpu0))
+    num_later = len(prompts_ids) * (num_tokens - 1)
+    return num_later / max(times[1][0] - times[0][0], 1e-9), num_later / max(times[1][1] - times[0][1], 1e-9)
+
+
 def take_turns(
-    runners: dict[str, Any], metrics: list[tuple[str, Callable[[Any], float], int]], repeats: int
+    runners: dict[str, Any], metrics: list[tuple[str, Measure, int]], repeats: int
 ) -> dict[str, dict[str, list[tuple[float, float]]]]:
     """Runs every metric `repeats` times, each runner once per turn, back to back; returns
     {metric: {runner: [(tok/s wall clock, tok per second of process CPU time)]}}. CPU time counts
@@ -250,9 +271,10 @@ def take_turns(
                 for name, runner in runners.items():
                     bar.set_postfix_str(f"{key} {name}")
                     cpu0 = time.process_time()
-                    wall_rate = measure(runner)
+                    rate = measure(runner)
                     cpu_rate = num_tokens / max(time.process_time() - cpu0, 1e-9)
-                    turns[key][name].append((wall_rate, cpu_rate))
+                    # A measure that times its own CPU use returns (wall, cpu) rates.
+                    turns[key][name].append(rate if isinstance(rate, tuple) else (rate, cpu_rate))
                     bar.update()
     return turns
 
@@ -285,7 +307,7 @@ def print_table(results: dict[str, dict[str, float]]) -> None:
               f"{row['ember_tok_per_cpu_s']:>17.1f}{row['llama.cpp_tok_per_cpu_s']:>11.1f}")  # fmt: skip
     single = results["decode_1_stream"]["ember_tok_s"]
     for key, row in results.items():
-        if key.startswith("decode_") and key != "decode_1_stream":
+        if key.startswith(("decode_", "steady_")) and key != "decode_1_stream":
             print(f"ember {key} / decode_1_stream: {row['ember_tok_s'] / single:.2f}x")
 
 
@@ -300,6 +322,8 @@ def main() -> None:
     parser.add_argument("--repeats", type=int, default=3, help="turns per metric (default: 3)")
     parser.add_argument("--streams", type=int, nargs="+", default=[16, 64], help="concurrent streams rows")
     parser.add_argument("--decode-tokens", type=int, default=128, help="greedy tokens per stream (default: 128)")
+    parser.add_argument("--steady", action="store_true",
+                        help="add decode-only rows for the streams (prefill and first token subtracted)")  # fmt: skip
     args = parser.parse_args()
     if args.quick:
         args.decode_tokens, args.repeats, args.streams = 16, 1, [16]

@@ -50,28 +50,33 @@ pub fn oom(what: &str, bytes: usize) -> BackendError {
     }
 }
 
-/// A vector of `len` default (zero) values, or `OutOfMemory`.
-pub fn try_zeroed_vec<T: Default + Clone>(len: usize, what: &str) -> BackendResult<Vec<T>> {
-    let mut v = Vec::new();
-    v.try_reserve_exact(len)
-        .map_err(|_| oom(what, len.saturating_mul(std::mem::size_of::<T>())))?;
-    v.resize(len, T::default());
-    Ok(v)
-}
+/// Plain numbers whose all-zero bit pattern is the value zero.
+///
+/// # Safety
+/// Implementors must be valid and equal to zero when every byte is 0.
+pub unsafe trait ZeroBits: Copy {}
+// SAFETY: zero bytes are 0u8, 0i32 and +0.0f32.
+unsafe impl ZeroBits for u8 {}
+// SAFETY: as above.
+unsafe impl ZeroBits for i32 {}
+// SAFETY: as above.
+unsafe impl ZeroBits for f32 {}
 
-/// `len` zero bytes, or `OutOfMemory`. Allocated zeroed by the system (`calloc`), so large
-/// buffers take no physical memory until their pages are first written.
-pub fn try_zeroed_bytes(len: usize, what: &str) -> BackendResult<Vec<u8>> {
-    if len == 0 {
+/// `len` zeros, or `OutOfMemory`. Allocated zeroed by the system (`calloc`): memory fresh from
+/// the kernel is not cleared twice, and large buffers take no physical memory until their pages
+/// are first written (per-step tensors such as `[batch, vocab]` logits, and the KV cache).
+pub fn try_zeroed_vec<T: ZeroBits>(len: usize, what: &str) -> BackendResult<Vec<T>> {
+    if len == 0 || std::mem::size_of::<T>() == 0 {
         return Ok(Vec::new());
     }
-    let layout = std::alloc::Layout::array::<u8>(len).map_err(|_| oom(what, len))?;
+    let bytes = len.saturating_mul(std::mem::size_of::<T>());
+    let layout = std::alloc::Layout::array::<T>(len).map_err(|_| oom(what, bytes))?;
     // SAFETY: `layout` has a non-zero size.
     let ptr = unsafe { std::alloc::alloc_zeroed(layout) };
     if ptr.is_null() {
-        return Err(oom(what, len));
+        return Err(oom(what, bytes));
     }
-    // SAFETY: `ptr` was allocated by the global allocator with `layout` (`len` bytes of u8,
-    // alignment 1), and all `len` bytes are initialized (zero).
-    Ok(unsafe { Vec::from_raw_parts(ptr, len, len) })
+    // SAFETY: `ptr` was allocated by the global allocator with `layout` (`len` values of `T`,
+    // `T`'s alignment), and all `len` values are initialized: zero bytes are zeros (`ZeroBits`).
+    Ok(unsafe { Vec::from_raw_parts(ptr.cast::<T>(), len, len) })
 }

@@ -6,7 +6,7 @@
 //! Writes round f32 to the cache dtype to nearest even; reads widen exactly. The storage is
 //! allocated zeroed by the system, so it takes physical memory only as the cache fills.
 
-use crate::alloc::try_zeroed_bytes;
+use crate::alloc::try_zeroed_vec;
 use crate::tensor::CpuTensor;
 use ember_core::{BackendError, BackendResult, KvCacheSpec, WeightDType};
 
@@ -38,8 +38,8 @@ impl CpuKvCache {
         let mut keys = Vec::new();
         let mut values = Vec::new();
         for _ in 0..spec.num_layers {
-            keys.push(try_zeroed_bytes(per_layer, "KV cache")?);
-            values.push(try_zeroed_bytes(per_layer, "KV cache")?);
+            keys.push(try_zeroed_vec::<u8>(per_layer, "KV cache")?);
+            values.push(try_zeroed_vec::<u8>(per_layer, "KV cache")?);
         }
         Ok(Self {
             spec: *spec,

@@ -35,6 +35,8 @@ mod packed_tile;
 mod packed_x86;
 mod par;
 pub mod quant;
+#[cfg(target_arch = "x86_64")]
+mod quant_x86;
 mod rope;
 mod rows;
 pub mod tensor;

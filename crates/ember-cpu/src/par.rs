@@ -6,7 +6,9 @@
 //! helper threads that spin briefly (about a millisecond) on an epoch counter before
 //! parking, like llama.cpp's thread pool. Chunks are handed out by an atomic counter, so a
 //! helper that starts late or shares its core does less; which thread runs a chunk never
-//! affects its result. When another thread is already dispatching, the backend's rayon
+//! affects its result. A helper joins a region only while it is open: once the calling
+//! thread has run out of chunks it closes the region and waits only for the helpers that
+//! joined, so a helper descheduled on a busy machine does not hold up the barrier. When another thread is already dispatching, the backend's rayon
 //! pool runs the chunks instead.
 
 use rayon::ThreadPool;
@@ -57,10 +59,13 @@ struct Shared {
     /// `epoch << 16 | active helpers`; the epoch is bumped (Release) after `job` is set
     /// for a new parallel region, helpers with index below the count take part.
     epoch: AtomicU64,
-    /// The region's work; valid from an epoch bump until `remaining` drops to 0.
+    /// `epoch << 17 | open << 16 | joined helpers` of the current region: a helper joins
+    /// (increments the count) only while the region of the epoch it saw is open.
+    gate: AtomicU64,
+    /// The region's work; valid from an epoch bump until every joined helper has finished.
     job: UnsafeCell<Option<&'static (dyn Fn() + Sync)>>,
-    /// Active helpers that have not finished the current region.
-    remaining: AtomicUsize,
+    /// Joined helpers that have finished the current region.
+    finished: AtomicUsize,
     /// Set when the work panicked on a helper.
     panicked: AtomicBool,
     /// Helpers parked right now (idle past the spin time).
@@ -70,8 +75,9 @@ struct Shared {
 }
 
 // SAFETY: `job` is written only by the dispatcher while no region is in flight (under the
-// `SPIN_POOL` lock, after `remaining` reached 0) and read by helpers only between the
-// epoch bump that publishes it and their decrement of `remaining`.
+// `SPIN_POOL` lock, after the region was closed and every joined helper finished) and read
+// by helpers only between joining the open region that publishes it and their increment of
+// `finished`.
 unsafe impl Sync for Shared {}
 
 #[derive(Default)]
@@ -88,8 +94,9 @@ impl Helpers {
             .get_or_insert_with(|| {
                 Arc::new(Shared {
                     epoch: AtomicU64::new(0),
+                    gate: AtomicU64::new(0),
                     job: UnsafeCell::new(None),
-                    remaining: AtomicUsize::new(0),
+                    finished: AtomicUsize::new(0),
                     panicked: AtomicBool::new(false),
                     parked: AtomicUsize::new(0),
                     stop: AtomicBool::new(false),
@@ -111,25 +118,28 @@ impl Helpers {
         }
         let n = n.min(self.threads.len()).min(0xffff);
         // SAFETY: the region's work outlives the region: this function does not return
-        // before every active helper has finished with it (`remaining == 0`) and the
+        // before the region is closed and every helper that joined it has finished, and the
         // reference is cleared before returning. No region is in flight now (we hold the lock
-        // and the previous `run` waited for `remaining == 0`).
+        // and the previous `run` waited for its joined helpers).
         unsafe {
             *shared.job.get() = Some(std::mem::transmute::<
                 &(dyn Fn() + Sync),
                 &'static (dyn Fn() + Sync),
             >(work));
         }
-        shared.remaining.store(n, Ordering::Relaxed);
+        shared.finished.store(0, Ordering::Relaxed);
         let epoch = (shared.epoch.load(Ordering::Relaxed) >> 16) + 1;
+        shared.gate.store(epoch << 17 | OPEN, Ordering::Release);
         shared.epoch.store(epoch << 16 | n as u64, Ordering::Release);
         for t in &self.threads[..n] {
             t.unpark();
         }
         work();
-        // Spin while the helpers finish; yield if one seems descheduled (a shared core).
+        // Every chunk is taken: close the region, then wait for the helpers that joined.
+        let joined = (shared.gate.fetch_and(!OPEN, Ordering::AcqRel) & 0xffff) as usize;
+        // Spin while they finish; yield if one seems descheduled (a shared core).
         let mut spins = 0u32;
-        while shared.remaining.load(Ordering::Acquire) != 0 {
+        while shared.finished.load(Ordering::Acquire) != joined {
             spins = spins.saturating_add(1);
             if spins > 1 << 14 {
                 std::thread::yield_now();
@@ -137,7 +147,7 @@ impl Helpers {
                 std::hint::spin_loop();
             }
         }
-        // SAFETY: every helper is done with the job (see above).
+        // SAFETY: every joined helper is done with the job and no other can join (see above).
         unsafe { *shared.job.get() = None };
         if shared.panicked.swap(false, Ordering::Relaxed) {
             panic!("a parallel CPU kernel panicked on a helper thread");
@@ -155,6 +165,24 @@ impl Drop for Helpers {
             }
         }
     }
+}
+
+/// The open bit of `Shared::gate`.
+const OPEN: u64 = 1 << 16;
+
+/// Joins region `epoch` if it is still open; false when it was closed or has been replaced.
+fn join(s: &Shared, epoch: u64) -> bool {
+    let mut gate = s.gate.load(Ordering::Acquire);
+    while gate >> 17 == epoch && gate & OPEN != 0 {
+        match s
+            .gate
+            .compare_exchange_weak(gate, gate + 1, Ordering::AcqRel, Ordering::Acquire)
+        {
+            Ok(_) => return true,
+            Err(now) => gate = now,
+        }
+    }
+    false
 }
 
 /// A helper: waits for epochs, runs the job when it is among the active helpers. Idle for
@@ -181,17 +209,17 @@ fn helper_loop(s: &Shared, index: usize, mut seen: u64) {
             }
         };
         seen = epoch;
-        if (index as u64) < epoch & 0xffff {
-            // SAFETY: published by the epoch bump (Acquire above) and kept alive until this
-            // helper decrements `remaining`; the next region cannot start before that, so
-            // this is the job of the epoch just read.
+        if (index as u64) < epoch & 0xffff && join(s, epoch >> 16) {
+            // SAFETY: published before the region opened (Acquire in `join`) and kept alive
+            // until this helper increments `finished`; the next region cannot start before
+            // that, so this is the job of the region just joined.
             let job = unsafe { *s.job.get() };
             if let Some(job) = job {
                 if std::panic::catch_unwind(std::panic::AssertUnwindSafe(job)).is_err() {
                     s.panicked.store(true, Ordering::Relaxed);
                 }
             }
-            s.remaining.fetch_sub(1, Ordering::Release);
+            s.finished.fetch_add(1, Ordering::Release);
         }
     }
 }
@@ -200,10 +228,10 @@ fn helper_loop(s: &Shared, index: usize, mut seen: u64) {
 mod tests {
     use super::*;
 
-    #[test]
-    fn helpers_run_every_chunk_then_park_when_idle() {
-        let mut helpers = Helpers::default();
-        let hits: Vec<AtomicUsize> = (0..64).map(|_| AtomicUsize::new(0)).collect();
+    /// Runs one region of `num_chunks` chunks on this thread and `n` helpers; true when every
+    /// chunk ran exactly once.
+    fn run_counted(helpers: &mut Helpers, n: usize, num_chunks: usize) -> bool {
+        let hits: Vec<AtomicUsize> = (0..num_chunks).map(|_| AtomicUsize::new(0)).collect();
         let next = AtomicUsize::new(0);
         let work = || loop {
             let i = next.fetch_add(1, Ordering::Relaxed);
@@ -212,14 +240,34 @@ mod tests {
             }
             hits[i].fetch_add(1, Ordering::Relaxed);
         };
-        helpers.run(3, &work);
-        assert!(hits.iter().all(|h| h.load(Ordering::Relaxed) == 1));
+        helpers.run(n, &work);
+        hits.iter().all(|h| h.load(Ordering::Relaxed) == 1)
+    }
+
+    #[test]
+    fn helpers_run_every_chunk_then_park_when_idle() {
+        let mut helpers = Helpers::default();
+        assert!(run_counted(&mut helpers, 3, 64));
         // Idle helpers stop spinning: all three park within a bounded wait.
         let shared = helpers.shared.clone().expect("started");
         let deadline = Instant::now() + Duration::from_secs(10);
         while shared.parked.load(Ordering::Relaxed) != 3 {
             assert!(Instant::now() < deadline, "idle helpers keep spinning");
             std::thread::sleep(Duration::from_millis(5));
+        }
+        drop(helpers);
+    }
+
+    #[test]
+    fn back_to_back_regions_run_every_chunk_once() {
+        // Helpers join late or not at all (the dispatcher often finishes first); every
+        // region must still run each chunk exactly once and return.
+        let mut helpers = Helpers::default();
+        for region in 0..5000usize {
+            assert!(
+                run_counted(&mut helpers, 1 + region % 3, 1 + region % 9),
+                "region {region}"
+            );
         }
         drop(helpers);
     }

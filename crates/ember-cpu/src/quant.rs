@@ -93,15 +93,37 @@ impl QuantActs {
     }
 }
 
-/// `quantize_generic` compiled with AVX2 (so rounding uses `vroundps`, not a libm call).
+/// [`quantize_generic`] with the AVX2 block quantizers of `quant_x86` (same values).
 #[cfg(target_arch = "x86_64")]
 #[target_feature(enable = "avx2,fma")]
 unsafe fn quantize_avx2(x: &[f32], rows: usize, cols: usize, block_len: usize) -> QuantActs {
-    quantize_generic(x, rows, cols, block_len)
+    use crate::quant_x86::{q8_0_block, q8_k_block};
+    // SAFETY: the caller checked AVX2 and FMA.
+    quantize_with(
+        x,
+        rows,
+        cols,
+        block_len,
+        |xb, qb| unsafe { q8_0_block(xb, qb) },
+        |xb, qb| unsafe { q8_k_block(xb, qb) },
+    )
 }
 
-#[inline(always)]
+/// The reference quantizer (any CPU).
 fn quantize_generic(x: &[f32], rows: usize, cols: usize, block_len: usize) -> QuantActs {
+    quantize_with(x, rows, cols, block_len, quantize_q8_0_block, quantize_q8_k_block)
+}
+
+/// Quantizes every block with `q8_0` (32-element blocks) or `q8_k` (256), then the 16-sums.
+#[inline(always)]
+fn quantize_with(
+    x: &[f32],
+    rows: usize,
+    cols: usize,
+    block_len: usize,
+    q8_0: impl Fn(&[f32], &mut [i8]) -> (f32, f32),
+    q8_k: impl Fn(&[f32], &mut [i8]) -> f32,
+) -> QuantActs {
     debug_assert!(block_len == QK || block_len == QK_K);
     debug_assert_eq!(cols % block_len, 0);
     debug_assert_eq!(x.len(), rows * cols);
@@ -124,11 +146,11 @@ fn quantize_generic(x: &[f32], rows: usize, cols: usize, block_len: usize) -> Qu
         .enumerate()
     {
         if block_len == QK {
-            let (d, s) = quantize_q8_0_block(xb, qb);
+            let (d, s) = q8_0(xb, qb);
             acts.d[i] = d;
             acts.s[i] = s;
         } else {
-            acts.d[i] = quantize_q8_k_block(xb, qb);
+            acts.d[i] = q8_k(xb, qb);
         }
     }
     for (sum, q) in acts.bsums.iter_mut().zip(acts.qs.chunks_exact(16)) {
@@ -139,10 +161,13 @@ fn quantize_generic(x: &[f32], rows: usize, cols: usize, block_len: usize) -> Qu
 
 /// Quantizes one 32-element block; returns `(f16-rounded d, f16-rounded d * sum(q))`.
 #[inline(always)]
-fn quantize_q8_0_block(x: &[f32], q: &mut [i8]) -> (f32, f32) {
+pub(crate) fn quantize_q8_0_block(x: &[f32], q: &mut [i8]) -> (f32, f32) {
     let amax = x.iter().fold(0.0f32, |m, v| m.max(v.abs()));
     let d = amax / 127.0;
-    let id = if amax != 0.0 { 127.0 / amax } else { 0.0 };
+    // 0 for a zero block, and for one so tiny (below 127 / f32::MAX) that the inverse
+    // overflows: its f16 scale is 0 either way, and every quant stays in range.
+    let id = 127.0 / amax;
+    let id = if id.is_finite() { id } else { 0.0 };
     let mut sum = 0i32;
     for (qi, &xi) in q.iter_mut().zip(x) {
         // |xi * id| <= 127 (up to rounding), so the cast cannot wrap.
@@ -155,7 +180,7 @@ fn quantize_q8_0_block(x: &[f32], q: &mut [i8]) -> (f32, f32) {
 
 /// Quantizes one 256-element block the Q8_K way; returns `d`.
 #[inline(always)]
-fn quantize_q8_k_block(x: &[f32], q: &mut [i8]) -> f32 {
+pub(crate) fn quantize_q8_k_block(x: &[f32], q: &mut [i8]) -> f32 {
     let (mut max, mut amax) = (0.0f32, 0.0f32);
     for &v in x {
         if v.abs() > amax {
@@ -210,5 +235,58 @@ mod tests {
         let sum: i32 = a.qs[16..32].iter().map(|&q| i32::from(q)).sum();
         assert_eq!(a.bsum16(0, 1), sum);
         assert!(a.s.is_empty());
+    }
+
+    /// Rows that stress the quantizers: random scales, exact halves (ties), zeros, repeated
+    /// maxima of both signs, NaN, infinities and denormal-tiny blocks.
+    #[cfg(target_arch = "x86_64")]
+    fn hard_rows(cols: usize) -> Vec<f32> {
+        let mut rng = crate::test_util::Rng::new(7);
+        let mut x = Vec::new();
+        for kind in 0..12 {
+            let scale = [1.0, 1e-3, 37.0, 1e-38, 1e30][kind % 5];
+            x.extend((0..cols).map(|_| rng.f32() * scale));
+            let row = x.len() - cols;
+            match kind {
+                5 => {
+                    // Scale 1 and exact halves: every quant is a rounding tie.
+                    x[row..]
+                        .iter_mut()
+                        .enumerate()
+                        .for_each(|(i, v)| *v = (i % 254) as f32 - 126.5);
+                    x[row] = 127.0;
+                }
+                6 => x[row..].fill(0.0),
+                7 => (x[row + 3], x[row + 5]) = (-9.0, 9.0),
+                8 => x[row + 2] = f32::NAN,
+                9 => x[row + 1] = f32::INFINITY,
+                10 => x[row..].iter_mut().step_by(3).for_each(|v| *v = f32::NAN),
+                11 => x[row..]
+                    .iter_mut()
+                    .for_each(|v| *v = f32::from_bits(v.to_bits() & 0x807f_ffff)),
+                _ => {}
+            }
+        }
+        x
+    }
+
+    #[cfg(target_arch = "x86_64")]
+    #[test]
+    fn avx2_quantizers_equal_the_reference_bit_for_bit() {
+        if !(is_x86_feature_detected!("avx2") && is_x86_feature_detected!("fma")) {
+            return;
+        }
+        for block_len in [QK, QK_K] {
+            let cols = 2 * QK_K;
+            let x = hard_rows(cols);
+            let rows = x.len() / cols;
+            let fast = unsafe { quantize_avx2(&x, rows, cols, block_len) };
+            let slow = quantize_generic(&x, rows, cols, block_len);
+            assert_eq!(fast.qs, slow.qs, "block_len {block_len}");
+            let bits = |v: &[f32]| v.iter().map(|f| f.to_bits()).collect::<Vec<_>>();
+            assert_eq!(bits(&fast.d), bits(&slow.d), "block_len {block_len}");
+            assert_eq!(bits(&fast.s), bits(&slow.s), "block_len {block_len}");
+            assert_eq!(fast.bsums, slow.bsums, "block_len {block_len}");
+        }
     }
 }
