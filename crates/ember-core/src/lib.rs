@@ -29,7 +29,7 @@ pub mod token_mask;
 pub mod waiting_queue;
 pub mod weight;
 
-pub use backend::{panic_message, Backend, BackendError, BackendResult, ForwardFn};
+pub use backend::{panic_message, Backend, BackendError, BackendResult, ForwardFn, LoraSegment};
 pub use backend_stats::BackendStats;
 pub use block_pool::{prefix_block_hashes, BlockHash, BlockPool};
 pub use detokenizer::{IncrementalDetokenizer, StopStringMatch, StopStrings, StopUpdate, TokenVocab};

@@ -20,6 +20,7 @@ mod dot_scalar;
 mod dot_x86;
 mod elementwise;
 pub mod kv_cache;
+mod lora;
 pub mod matmul;
 pub mod matrix;
 pub mod memory_plan;
@@ -48,6 +49,8 @@ pub use tensor::CpuTensor;
 mod attention_tests;
 #[cfg(test)]
 mod family_ops_tests;
+#[cfg(test)]
+mod lora_tests;
 #[cfg(test)]
 mod matmul_large_tests;
 #[cfg(test)]
