@@ -9,6 +9,8 @@ from typing import Any
 
 import numpy as np
 
+from synthetic_gguf import add_decoder_shape
+
 # Hugging Face layer tensor -> llama.cpp's, per architecture ("blk.N." + name + ".weight").
 _LAYER_NAMES = {
     "input_layernorm": "attn_norm",
@@ -113,12 +115,15 @@ def write_gguf(folder: Path, model: Any, arch: str, path: Path, expert_type: Any
     config = model.config
     head_dim = getattr(config, "head_dim", None) or config.hidden_size // config.num_attention_heads
     writer = gguf.GGUFWriter(str(path), arch)
-    writer.add_context_length(config.max_position_embeddings)
-    writer.add_embedding_length(config.hidden_size)
-    writer.add_block_count(config.num_hidden_layers)
-    writer.add_feed_forward_length(config.intermediate_size)
-    writer.add_head_count(config.num_attention_heads)
-    writer.add_head_count_kv(config.num_key_value_heads)
+    add_decoder_shape(
+        writer,
+        config.max_position_embeddings,
+        config.hidden_size,
+        config.num_hidden_layers,
+        config.intermediate_size,
+        config.num_attention_heads,
+        config.num_key_value_heads,
+    )
     writer.add_layer_norm_rms_eps(config.rms_norm_eps)
     _add_rope_metadata(writer, config)
     writer.add_key_length(head_dim)

@@ -2,12 +2,13 @@
 model's formats: Q4_1 matrices, a tied Q8_0 embedding, f32 norms, a byte-level BPE tokenizer (the
 vocabulary and merges of tests/tiny_models.py). The GPU tests write it on the GPU machine, where
 the default model's 98 MB file cannot travel, so the GGUF load, the device dequantization and
-CUDA graphs run on a real file there; tests/test_synthetic_gguf.py checks it on the CPU."""
+CUDA graphs run on a real file there; tests/test_gpu_e2e_inputs.py checks it on the CPU."""
 
 from __future__ import annotations
 
 from dataclasses import dataclass
 from pathlib import Path
+from typing import Any
 
 import numpy as np
 
@@ -43,6 +44,19 @@ def vocabulary() -> list[str]:
     return tokens + SPECIAL_TOKENS
 
 
+def add_decoder_shape(
+    writer: Any, context: int, hidden: int, layers: int, feed_forward: int, heads: int, kv_heads: int
+) -> None:
+    """Writes a decoder's sizes into a `gguf.GGUFWriter`: context length, hidden width, layer count,
+    MLP width, query heads and key/value heads."""
+    writer.add_context_length(context)
+    writer.add_embedding_length(hidden)
+    writer.add_block_count(layers)
+    writer.add_feed_forward_length(feed_forward)
+    writer.add_head_count(heads)
+    writer.add_head_count_kv(kv_heads)
+
+
 def write_llama_gguf(path: Path, seed: int = 0, shape: GgufShape = GgufShape()) -> Path:
     """Writes the model drawn from `seed` to `path` and returns it."""
     import gguf
@@ -52,12 +66,9 @@ def write_llama_gguf(path: Path, seed: int = 0, shape: GgufShape = GgufShape()) 
     head_dim = shape.hidden // shape.heads
     writer = gguf.GGUFWriter(str(path), "llama")
     writer.add_name(f"synthetic-llama-seed{seed}")
-    writer.add_context_length(shape.context)
-    writer.add_embedding_length(shape.hidden)
-    writer.add_block_count(shape.layers)
-    writer.add_feed_forward_length(shape.intermediate)
-    writer.add_head_count(shape.heads)
-    writer.add_head_count_kv(shape.kv_heads)
+    add_decoder_shape(
+        writer, shape.context, shape.hidden, shape.layers, shape.intermediate, shape.heads, shape.kv_heads
+    )
     writer.add_rope_dimension_count(head_dim)
     writer.add_rope_freq_base(shape.rope_theta)
     writer.add_layer_norm_rms_eps(1e-5)

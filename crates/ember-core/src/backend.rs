@@ -155,18 +155,10 @@ pub trait Backend: Send + Sync {
 
     /// Rows of `table` selected by the step's input ids; `[num_tokens, hidden]`.
     fn embed(&self, step: &Self::Step, table: &Self::Matrix) -> BackendResult<Self::Tensor>;
-    /// RMS norm of each row of `x`, scaled by `weight`.
+    /// RMS norm of every `weight.len()`-wide group of each row of `x`, each scaled by `weight`:
+    /// the whole row when `weight` spans it, or every head of `[rows, num_heads * head_dim]`
+    /// with a `[head_dim]` weight (the per-head q/k norms of Qwen3 and Gemma 3).
     fn rms_norm(
-        &self,
-        step: &Self::Step,
-        x: &Self::Tensor,
-        weight: &Self::Vector,
-        eps: f32,
-    ) -> BackendResult<Self::Tensor>;
-    /// RMS norm of every `weight.len()`-wide head of each row of `x` (`[rows, num_heads *
-    /// head_dim]`), each scaled by `weight` (`[head_dim]`): the per-head q/k norms of Qwen3 and
-    /// Gemma 3.
-    fn rms_norm_heads(
         &self,
         step: &Self::Step,
         x: &Self::Tensor,

@@ -178,16 +178,6 @@ fn same_shape(op: &str, a: &CpuTensor, b: &CpuTensor) -> BackendResult<()> {
     Ok(())
 }
 
-fn check_weight(op: &str, weight: &[f32], cols: usize) -> BackendResult<()> {
-    if weight.len() != cols {
-        return Err(shape_err(
-            op,
-            format!("weight has {} elements, rows have {cols}", weight.len()),
-        ));
-    }
-    Ok(())
-}
-
 impl Backend for CpuBackend {
     type Tensor = CpuTensor;
     type Matrix = CpuMatrix;
@@ -305,9 +295,22 @@ impl Backend for CpuBackend {
         weight: &Vec<f32>,
         eps: f32,
     ) -> BackendResult<CpuTensor> {
-        check_weight("rms_norm", weight, x.cols())?;
+        let width = weight.len();
+        if width == 0 || !x.cols().is_multiple_of(width) {
+            return Err(shape_err(
+                "rms_norm",
+                format!(
+                    "rows of {} are not whole groups of the weight's {width}",
+                    x.cols()
+                ),
+            ));
+        }
         let mut out = CpuTensor::zeros(x.rows(), x.cols())?;
-        self.map_rows(x, &mut out, |_, xr, o| norm::rms_norm_row(xr, weight, eps, o));
+        self.map_rows(x, &mut out, |_, xr, o| {
+            for (group, out_group) in xr.chunks_exact(width).zip(o.chunks_exact_mut(width)) {
+                norm::rms_norm_row(group, weight, eps, out_group);
+            }
+        });
         Ok(out)
     }
 
@@ -331,29 +334,6 @@ impl Backend for CpuBackend {
         bias: Option<&Vec<f32>>,
     ) -> BackendResult<CpuTensor> {
         matmul::matmul(&self.pool, self.isa, x, weight, bias.map(|b| b.as_slice()))
-    }
-
-    fn rms_norm_heads(
-        &self,
-        _step: &StepBatch,
-        x: &CpuTensor,
-        weight: &Vec<f32>,
-        eps: f32,
-    ) -> BackendResult<CpuTensor> {
-        let head_dim = weight.len();
-        if head_dim == 0 || !x.cols().is_multiple_of(head_dim) {
-            return Err(shape_err(
-                "rms_norm_heads",
-                format!("rows of {} are not whole heads of {head_dim}", x.cols()),
-            ));
-        }
-        let mut out = CpuTensor::zeros(x.rows(), x.cols())?;
-        self.map_rows(x, &mut out, |_, xr, o| {
-            for (head, out_head) in xr.chunks_exact(head_dim).zip(o.chunks_exact_mut(head_dim)) {
-                norm::rms_norm_row(head, weight, eps, out_head);
-            }
-        });
-        Ok(out)
     }
 
     fn rope(

@@ -1,11 +1,11 @@
-//! The ops newer model families add (per-head norms), against f64 references.
+//! The ops newer model families add (per-head norms: `rms_norm` with a head-wide weight), against f64 references.
 
 use crate::test_util::Rng;
 use crate::{CpuBackend, CpuTensor};
 use ember_core::{Backend, StepBatch};
 
 #[test]
-fn rms_norm_heads_normalizes_each_head_alone() {
+fn rms_norm_normalizes_each_weight_wide_group_alone() {
     let backend = CpuBackend::new(Some(2));
     let mut rng = Rng::new(9);
     let step = StepBatch::default();
@@ -17,7 +17,7 @@ fn rms_norm_heads_normalizes_each_head_alone() {
         )
         .unwrap();
         let weight = rng.vec(head_dim, 1.0);
-        let out = backend.rms_norm_heads(&step, &x, &weight, 1e-6).unwrap();
+        let out = backend.rms_norm(&step, &x, &weight, 1e-6).unwrap();
         for r in 0..rows {
             for (h, head) in x.row(r).chunks_exact(head_dim).enumerate() {
                 let ms = head.iter().map(|&v| f64::from(v).powi(2)).sum::<f64>() / head_dim as f64;
@@ -35,8 +35,8 @@ fn rms_norm_heads_normalizes_each_head_alone() {
     }
     let x = CpuTensor::from_vec(1, 12, vec![1.0; 12]).unwrap();
     let err = backend
-        .rms_norm_heads(&step, &x, &vec![1.0; 5], 1e-6)
+        .rms_norm(&step, &x, &vec![1.0; 5], 1e-6)
         .unwrap_err()
         .to_string();
-    assert!(err.contains("not whole heads of 5"), "{err}");
+    assert!(err.contains("not whole groups of the weight's 5"), "{err}");
 }

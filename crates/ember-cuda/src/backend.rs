@@ -211,8 +211,18 @@ impl Backend for CudaBackend {
         weight: &CudaVector,
         eps: f32,
     ) -> BackendResult<CudaTensor> {
-        let out = step.tensor(&self.device, x.rows, x.cols, "rms_norm")?;
+        let width = weight.len;
+        if width == 0 || !x.cols.is_multiple_of(width) {
+            return Err(shape_err(
+                "rms_norm",
+                format!("rows of {} are not whole groups of the weight's {width}", x.cols),
+            ));
+        }
+        // The row kernel over the groups as rows of `[rows * groups, width]`.
+        let num_groups = x.cols / width;
+        let mut out = step.tensor(&self.device, x.rows * num_groups, width, "rms_norm")?;
         row_ops::add_rms_norm(&self.device, &out, x.dev(&self.device), DevPtr::NULL, weight, eps)?;
+        (out.rows, out.cols) = (x.rows, x.cols);
         Ok(out)
     }
 
@@ -222,28 +232,6 @@ impl Backend for CudaBackend {
 
     fn check_attention(&self, params: &AttentionParams) -> BackendResult<()> {
         params.require_plain("cuda")
-    }
-
-    fn rms_norm_heads(
-        &self,
-        step: &CudaStep,
-        x: &CudaTensor,
-        weight: &CudaVector,
-        eps: f32,
-    ) -> BackendResult<CudaTensor> {
-        let head_dim = weight.len;
-        if head_dim == 0 || !x.cols.is_multiple_of(head_dim) {
-            return Err(shape_err(
-                "rms_norm_heads",
-                format!("rows of {} are not whole heads of {head_dim}", x.cols),
-            ));
-        }
-        // The row kernel over the heads as rows of `[rows * num_heads, head_dim]`.
-        let num_heads = x.cols / head_dim;
-        let mut out = step.tensor(&self.device, x.rows * num_heads, head_dim, "rms_norm_heads")?;
-        row_ops::add_rms_norm(&self.device, &out, x.dev(&self.device), DevPtr::NULL, weight, eps)?;
-        (out.rows, out.cols) = (x.rows, x.cols);
-        Ok(out)
     }
 
     fn add_rms_norm(

@@ -206,10 +206,10 @@ impl<B: Backend> AttentionBlock<B> {
         let mut key = self.k_proj.forward(backend, step, hidden, qkv.as_ref())?;
         let value = self.v_proj.forward(backend, step, hidden, qkv.as_ref())?;
         if let Some(norm) = &self.q_norm {
-            query = backend.rms_norm_heads(step, &query, norm, eps)?;
+            query = backend.rms_norm(step, &query, norm, eps)?;
         }
         if let Some(norm) = &self.k_norm {
-            key = backend.rms_norm_heads(step, &key, norm, eps)?;
+            key = backend.rms_norm(step, &key, norm, eps)?;
         }
         backend.rope(step, &mut query, shape.num_heads, rope)?;
         backend.rope(step, &mut key, shape.num_kv_heads, rope)?;

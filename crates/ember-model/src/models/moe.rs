@@ -10,65 +10,56 @@ use crate::formats::config::{Activation, ModelConfig, MoeConfig};
 use crate::formats::weights::WeightNames;
 use crate::models::blocks::{llama_layer_names, names, GatedMlp, Loader, GLOBAL_NAMES};
 
+/// The Llama layer table plus an MoE block's tensors: the router and each expert's gate / up /
+/// down projections under their Hugging Face names (`{e}` is the expert), GGUF's per-expert
+/// names, and GGUF's stacked expert tensors (`expert_stack.*`, cut per expert by
+/// `expert_stack.rs`; no Hugging Face name). Extra family rows come last.
+macro_rules! moe_layer_names {
+    (router: $router:literal, experts: [$gate:literal, $up:literal, $down:literal] $(, $extra:expr)* $(,)?) => {
+        llama_layer_names![
+            names("router", $router, "ffn_gate_inp"),
+            names("experts.{e}.gate_proj", $gate, "ffn_gate_exps.{e}"),
+            names("experts.{e}.up_proj", $up, "ffn_up_exps.{e}"),
+            names("experts.{e}.down_proj", $down, "ffn_down_exps.{e}"),
+            names("expert_stack.gate_proj", "", "ffn_gate_exps"),
+            names("expert_stack.up_proj", "", "ffn_up_exps"),
+            names("expert_stack.down_proj", "", "ffn_down_exps"),
+            $($extra),*
+        ]
+    };
+}
+
 /// Mixtral's tensors: `block_sparse_moe.gate` routes to `experts.{e}.w1` (gate), `w3` (up)
-/// and `w2` (down); GGUF files stack each layer's experts in one 3-D tensor per projection
-/// (`expert_stack.*`, cut per expert by `expert_stack.rs`; no Hugging Face name).
+/// and `w2` (down).
 pub static MIXTRAL_WEIGHT_NAMES: WeightNames = WeightNames {
     global: GLOBAL_NAMES,
-    layer: llama_layer_names![
-        names("router", "block_sparse_moe.gate", "ffn_gate_inp"),
-        names(
-            "experts.{e}.gate_proj",
+    layer: moe_layer_names!(
+        router: "block_sparse_moe.gate",
+        experts: [
             "block_sparse_moe.experts.{e}.w1",
-            "ffn_gate_exps.{e}"
-        ),
-        names(
-            "experts.{e}.up_proj",
             "block_sparse_moe.experts.{e}.w3",
-            "ffn_up_exps.{e}"
-        ),
-        names(
-            "experts.{e}.down_proj",
-            "block_sparse_moe.experts.{e}.w2",
-            "ffn_down_exps.{e}"
-        ),
-        names("expert_stack.gate_proj", "", "ffn_gate_exps"),
-        names("expert_stack.up_proj", "", "ffn_up_exps"),
-        names("expert_stack.down_proj", "", "ffn_down_exps"),
-    ],
+            "block_sparse_moe.experts.{e}.w2"
+        ],
+    ),
 };
 
 /// Qwen3-MoE's tensors: `mlp.gate` routes to `mlp.experts.{e}.*_proj`; layers listed in
-/// `mlp_only_layers` keep a dense `mlp.*_proj`; per-head q/k norms as Qwen3; GGUF experts
-/// stacked as Mixtral's.
+/// `mlp_only_layers` keep a dense `mlp.*_proj`; per-head q/k norms as Qwen3.
 pub static QWEN3_MOE_WEIGHT_NAMES: WeightNames = WeightNames {
     global: GLOBAL_NAMES,
-    layer: llama_layer_names![
+    layer: moe_layer_names!(
+        router: "mlp.gate",
+        experts: [
+            "mlp.experts.{e}.gate_proj",
+            "mlp.experts.{e}.up_proj",
+            "mlp.experts.{e}.down_proj"
+        ],
         names("q_norm", "self_attn.q_norm", "attn_q_norm"),
         names("k_norm", "self_attn.k_norm", "attn_k_norm"),
-        names("router", "mlp.gate", "ffn_gate_inp"),
-        names(
-            "experts.{e}.gate_proj",
-            "mlp.experts.{e}.gate_proj",
-            "ffn_gate_exps.{e}"
-        ),
-        names(
-            "experts.{e}.up_proj",
-            "mlp.experts.{e}.up_proj",
-            "ffn_up_exps.{e}"
-        ),
-        names(
-            "experts.{e}.down_proj",
-            "mlp.experts.{e}.down_proj",
-            "ffn_down_exps.{e}"
-        ),
-        names("expert_stack.gate_proj", "", "ffn_gate_exps"),
-        names("expert_stack.up_proj", "", "ffn_up_exps"),
-        names("expert_stack.down_proj", "", "ffn_down_exps"),
         names("gate_proj", "mlp.gate_proj", "ffn_gate"),
         names("up_proj", "mlp.up_proj", "ffn_up"),
         names("down_proj", "mlp.down_proj", "ffn_down"),
-    ],
+    ),
 };
 
 /// The experts a token is routed to, with their weights, in descending probability (ties:
