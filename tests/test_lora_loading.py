@@ -14,18 +14,11 @@ import pytest
 
 from ember import AsyncEngine, Engine, LoRARequest, ModelLoadError, SamplingParams
 
-from lora_adapters import ALL_LINEAR, write_adapter
+from lora_adapters import ALL_LINEAR, SMALL_LORA_ENGINE, write_adapter
 from references import require
 from tiny_models import VARIANTS, write_model
 
-ENGINE_ARGS: dict[str, Any] = {
-    "dtype": "float32",
-    "max_model_len": 256,
-    "kv_cache_memory_bytes": 8 << 20,
-    "enable_lora": True,
-    "max_loras": 2,
-    "max_lora_rank": 8,
-}
+ENGINE_ARGS = SMALL_LORA_ENGINE
 GREEDY = SamplingParams(temperature=0.0, max_tokens=24, ignore_eos=True)
 PROMPT = [(7 * k) % 250 + 3 for k in range(12)]
 
