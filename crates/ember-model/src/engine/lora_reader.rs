@@ -8,10 +8,20 @@ use std::path::PathBuf;
 use std::sync::{Arc, PoisonError, RwLock};
 use std::time::Instant;
 
-use crate::engine::lora_registry::LoraRef;
 use crate::error::EngineError;
 use crate::formats::peft::PeftAdapter;
 use crate::models::lora_adapter::{LoraAdapter, LoraTargets};
+
+/// The adapter a request runs with (vLLM's `LoRARequest`).
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct LoraRef {
+    /// Display name.
+    pub name: String,
+    /// The id that keys it (block hashes, the loaded set); at least 1.
+    pub lora_id: u32,
+    /// The PEFT folder.
+    pub path: PathBuf,
+}
 
 /// An adapter read and checked against the model, ready for the engine to load.
 pub struct ReadLora {

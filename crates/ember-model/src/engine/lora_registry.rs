@@ -11,6 +11,7 @@ use std::time::Instant;
 use ember_core::{LoraStats, RequestId};
 
 use crate::engine::executor::StepExecutor;
+pub use crate::engine::lora_reader::LoraRef;
 use crate::engine::lora_reader::{LoraReader, ReadLora};
 use crate::error::EngineError;
 use crate::models::lora_adapter::LoraTargets;
@@ -55,17 +56,6 @@ impl LoraConfig {
         }
         Ok(())
     }
-}
-
-/// The adapter a request runs with (vLLM's `LoRARequest`).
-#[derive(Clone, Debug, PartialEq, Eq)]
-pub struct LoraRef {
-    /// Display name.
-    pub name: String,
-    /// The id that keys it (block hashes, the loaded set); at least 1.
-    pub lora_id: u32,
-    /// The PEFT folder.
-    pub path: PathBuf,
 }
 
 /// One loaded adapter.
