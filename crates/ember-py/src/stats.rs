@@ -4,6 +4,8 @@
 use ember_core::{StatKind, STAT_SPECS};
 use pyo3::prelude::*;
 
+use crate::guard::guard;
+
 /// One statistic as Python sees it: `(key, metric, kind, help, ratio part key, ratio whole key)`.
 type PyStatSpec = (
     &'static str,
@@ -16,15 +18,17 @@ type PyStatSpec = (
 
 /// Every statistic of `Engine.stats()`, in `/metrics` order.
 #[pyfunction]
-pub fn stat_specs() -> Vec<PyStatSpec> {
-    STAT_SPECS
-        .iter()
-        .map(|s| {
-            let (part, whole) = match s.kind {
-                StatKind::Ratio { part, whole } => (Some(part), Some(whole)),
-                _ => (None, None),
-            };
-            (s.key, s.metric, s.kind.name(), s.help, part, whole)
-        })
-        .collect()
+pub fn stat_specs() -> PyResult<Vec<PyStatSpec>> {
+    guard(|| {
+        Ok(STAT_SPECS
+            .iter()
+            .map(|s| {
+                let (part, whole) = match s.kind {
+                    StatKind::Ratio { part, whole } => (Some(part), Some(whole)),
+                    _ => (None, None),
+                };
+                (s.key, s.metric, s.kind.name(), s.help, part, whole)
+            })
+            .collect())
+    })
 }
