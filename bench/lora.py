@@ -101,9 +101,9 @@ def run(model: str, args: argparse.Namespace, adapter_root: Path) -> dict[str, A
     params = SamplingParams(temperature=0.0, max_tokens=args.max_tokens, ignore_eos=True)
     load_s = []
     for lora in loras:
-        before = engine._core.lora_load_counters()[1]
+        before = engine.stats()["adapter_load_s"]
         engine.generate("Warm-up:", SamplingParams(max_tokens=1), lora_request=lora, use_tqdm=False)
-        load_s.append(engine._core.lora_load_counters()[1] - before)
+        load_s.append(engine.stats()["adapter_load_s"] - before)
     engine.generate(prompts, params, use_tqdm=False)  # warm-up of the batch-16 shapes
     cases = {"base": None, "mixed": [loras[i % NUM_ADAPTERS] for i in range(NUM_STREAMS)]}
     best = dict.fromkeys(cases, float("inf"))

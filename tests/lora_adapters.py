@@ -8,6 +8,15 @@ from typing import Any
 
 ATTENTION = ["q_proj", "k_proj", "v_proj", "o_proj"]
 ALL_LINEAR = [*ATTENTION, "gate_proj", "up_proj", "down_proj"]
+SMALL_LORA_ENGINE: dict[str, Any] = {
+    "dtype": "float32",
+    "max_model_len": 256,
+    "kv_cache_memory_bytes": 8 << 20,
+    "enable_lora": True,
+    "max_loras": 2,
+    "max_lora_rank": 8,
+}
+"""Engine arguments for a tiny model with up to two rank-8 adapters at once."""
 
 
 def write_adapter(

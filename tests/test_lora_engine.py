@@ -123,14 +123,21 @@ def test_adapters_load_on_first_use_into_an_lru(setup: tuple[Path, list[LoRARequ
     assert engine.loaded_loras() == []
     expected = [_tokens(engine.generate([5, 6, 7], GREEDY, lora_request=lo, use_tqdm=False))[0] for lo in loras]
     assert [entry[0] for entry in engine.loaded_loras()] == [2, 3]  # adapter 1 was the least recently used
-    assert engine._core.lora_load_counters()[0] == 3
+    stats = engine.stats()
+    assert (stats["num_adapter_loads"], stats["num_adapter_evictions"]) == (3, 1)
+    assert (stats["num_loaded_adapters"], stats["num_active_adapters"]) == (2, 0)
+    assert stats["adapter_load_s"] > 0
     # Reloaded on use, same tokens; max_loras=1 runs a mixed batch one adapter at a time (the three in use
     # stay loaded beyond max_cpu_loras until they are idle).
     outs = engine.generate([[5, 6, 7]] * 3, GREEDY, lora_request=loras, use_tqdm=False)
     assert _tokens(outs) == expected
-    assert engine.stats()["num_preemptions"] == 0
+    stats = engine.stats()
+    assert stats["num_preemptions"] == 0
+    # Adapter 1 reloaded (evicting 2), 2 reloaded (evicting idle 3), 3 reloaded while 1 and 2 are in use.
+    assert (stats["num_adapter_loads"], stats["num_adapter_evictions"], stats["num_loaded_adapters"]) == (6, 3, 3)
     assert engine.unload_lora(2) is True
     assert engine.unload_lora(2) is False
+    assert engine.stats()["num_loaded_adapters"] == 2
 
 
 def _write_bad_adapter(folder: Path, source: Path, edit: str) -> Path:

@@ -4,33 +4,12 @@ from __future__ import annotations
 
 import re
 
-from ember import Engine, SamplingParams
+from ember import Engine, SamplingParams, _core
 from ember.metrics import render_prometheus
 
-GAUGES = {
-    "ember_num_requests_running": "num_running",
-    "ember_num_requests_waiting": "num_waiting",
-    "ember_kv_cache_usage_ratio": "kv_cache_usage",
-    "ember_prefix_cache_hit_rate": "prefix_cache_hit_rate",
-    "ember_spec_acceptance_rate": "spec_acceptance_rate",
-    "ember_spec_mean_accepted_length": "spec_mean_accepted_len",
-}
-COUNTERS = {
-    "ember_prefix_cache_queries_total": "prefix_cache_queries",
-    "ember_prefix_cache_hits_total": "prefix_cache_hits",
-    "ember_num_preemptions_total": "num_preemptions",
-    "ember_prompt_tokens_total": "num_prompt_tokens",
-    "ember_generation_tokens_total": "num_generation_tokens",
-    "ember_structured_masks_total": "num_structured_masks",
-    "ember_structured_mask_seconds_total": "structured_mask_s",
-    "ember_window_freed_blocks_total": "num_window_freed_blocks",
-    "ember_spec_proposed_tokens_total": "num_spec_proposed_tokens",
-    "ember_spec_accepted_tokens_total": "num_spec_accepted_tokens",
-    "ember_spec_verify_steps_total": "num_spec_verify_steps",
-    "ember_cuda_graphs_captured_total": "num_cuda_graphs_captured",
-    "ember_cuda_graph_replays_total": "num_cuda_graph_replays",
-    "ember_cuda_graph_failures_total": "num_cuda_graph_failures",
-}
+SPECS = _core.stat_specs()
+GAUGES = {metric: key for key, metric, kind, _, _, _ in SPECS if kind != "counter"}
+COUNTERS = {metric: key for key, metric, kind, _, _, _ in SPECS if kind == "counter"}
 _HELP = re.compile(r"# HELP (ember_[a-z_]+) \S.*")
 _TYPE = re.compile(r"# TYPE (ember_[a-z_]+) (gauge|counter)")
 _SAMPLE = re.compile(r"(ember_[a-z_]+) (-?[0-9.e+-]+)")
@@ -58,6 +37,7 @@ def _parse(text: str) -> tuple[dict[str, str], dict[str, float]]:
 def test_render_reflects_engine_stats_after_generate(engine: Engine) -> None:
     engine.generate(["Hello there", "The sky is"], SamplingParams(temperature=0.0, max_tokens=4), use_tqdm=False)
     stats = engine.stats()
+    assert set(stats) == {key for key, *_ in SPECS}, "every statistic is defined once, in the Rust table"
     types, values = _parse(render_prometheus(stats))
     assert types == {**dict.fromkeys(GAUGES, "gauge"), **dict.fromkeys(COUNTERS, "counter")}
     for name, key in {**GAUGES, **COUNTERS}.items():
@@ -70,3 +50,17 @@ def test_render_reflects_engine_stats_after_generate(engine: Engine) -> None:
 def test_render_writes_fractions_and_skips_missing_keys() -> None:
     _, values = _parse(render_prometheus({"kv_cache_usage": 0.125, "num_preemptions": 3.0}))
     assert values == {"ember_kv_cache_usage_ratio": 0.125, "ember_num_preemptions_total": 3.0}
+
+
+def test_specs_name_each_statistic_once_with_its_kind() -> None:
+    keys = [key for key, *_ in SPECS]
+    metrics = [metric for _, metric, *_ in SPECS]
+    assert len(set(keys)) == len(keys) and len(set(metrics)) == len(metrics)
+    for key, metric, kind, help_text, part, whole in SPECS:
+        assert kind in {"counter", "gauge", "averaged_gauge", "ratio"}, key
+        assert metric.endswith("_total") == (kind == "counter"), metric
+        assert help_text.endswith("."), key
+        assert (part is not None and whole is not None) == (kind == "ratio"), key
+        if kind == "ratio":
+            assert {part, whole} <= set(keys), key
+    assert {"num_loaded_adapters", "num_adapter_loads", "num_adapter_evictions", "num_active_adapters"} <= set(keys)

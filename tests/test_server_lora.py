@@ -14,20 +14,13 @@ import pytest
 from ember import AsyncEngine, Engine, LoRARequest, SamplingParams
 from ember.server.app import ServerConfig
 
-from lora_adapters import ALL_LINEAR, write_adapter
+from lora_adapters import ALL_LINEAR, SMALL_LORA_ENGINE, write_adapter
 from references import require
 from server_harness import running_server
 from tiny_models import VARIANTS, write_model
 
 KEY = "sekret"
-ENGINE_ARGS: dict[str, Any] = {
-    "dtype": "float32",
-    "max_model_len": 256,
-    "kv_cache_memory_bytes": 8 << 20,
-    "enable_lora": True,
-    "max_loras": 2,
-    "max_lora_rank": 8,
-}
+ENGINE_ARGS = SMALL_LORA_ENGINE
 
 
 @pytest.fixture(scope="module")

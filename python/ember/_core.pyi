@@ -168,6 +168,11 @@ class SamplingParams:
 def prefix_block_hashes(token_ids: Sequence[int], block_size: int) -> list[int]:
     """The prefix-cache keys of the prompt's full blocks, each chained over the one before (the engine's own hashes)."""
 
+def stat_specs() -> list[tuple[str, str, str, str, str | None, str | None]]:
+    """Every statistic of `Engine.stats()`, in /metrics order: (key, Prometheus name, kind, help text, ratio
+    numerator key, ratio denominator key); kind is "counter", "gauge", "averaged_gauge" (averaged over replicas)
+    or "ratio" (recomputed from two counters)."""
+
 def load_tokenizer(model_path: str) -> Tokenizer:
     """The tokenizer and chat template of a GGUF file or Hugging Face folder, without loading its weights."""
 
@@ -249,6 +254,9 @@ class Tokenizer:
         tools: list[dict[str, Any]] | None = None,
     ) -> str: ...
 
+class ReadLora:
+    """A LoRA adapter read off the engine loop (`Engine.read_lora`), consumed by the first request given it."""
+
 class Engine:
     """The Rust engine: owns the model, the KV cache, the scheduler and the tokenizer."""
 
@@ -290,9 +298,14 @@ class Engine:
         priority: int | None = None,
         fork_of: str | None = None,
         lora: tuple[str, int, str] | None = None,
+        read_lora: ReadLora | None = None,
     ) -> None:
         """Queues a request; `fork_of` names a sibling with the same prompt whose prompt blocks it shares;
-        `lora` is its adapter's (lora_name, lora_int_id, lora_path), loaded on first use."""
+        `lora` is its adapter's (lora_name, lora_int_id, lora_path), loaded on first use (from `read_lora`, what
+        `read_lora()` returned for it, when given)."""
+    def read_lora(self, lora: tuple[str, int, str]) -> ReadLora | None:
+        """Reads and checks the adapter on the calling thread without the engine lock; None when the engine holds
+        it already. Raises ModelLoadError naming the file and key."""
     def step(self) -> list[StepOutput]:
         """Runs one scheduler step with the GIL released; a failed step raises EmberError with `request_ids`."""
     def abort(self, request_id: str) -> bool: ...
@@ -311,7 +324,5 @@ class Engine:
         """Unloads a LoRA adapter (an error while requests use it); False when it was not loaded."""
     def loaded_loras(self) -> list[tuple[int, str, str]]:
         """(lora_int_id, lora_name, lora_path) of every loaded LoRA adapter."""
-    def lora_load_counters(self) -> tuple[int, float]:
-        """(number of LoRA adapter loads, seconds spent loading them)."""
     def _inject_step_faults(self, fault: str, num_steps: int) -> None:
         """Test hook: the next `num_steps` steps that compute anything fail ("error" or "panic")."""

@@ -52,6 +52,8 @@ class AddCommand:
     sink: Sink
     lora: tuple[str, int, str] | None = None
     """The request's adapter (lora_name, lora_int_id, lora_path), or None for the base model."""
+    read_lora: _core.ReadLora | None = None
+    """The adapter as read on the caller's thread (`Engine.read_lora`), or None when the engine holds it."""
 
 
 @dataclass
@@ -177,7 +179,9 @@ class EngineLoop:
         added: list[str] = []
         try:
             for child_id, params, fork_of in command.requests:
-                self._core.add_request(child_id, command.token_ids, params, command.priority, fork_of, command.lora)
+                self._core.add_request(
+                    child_id, command.token_ids, params, command.priority, fork_of, command.lora, command.read_lora
+                )
                 added.append(child_id)
                 self._sinks[child_id] = command.sink
         except Exception as exc:  # the caller gets the engine's own error

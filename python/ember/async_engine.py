@@ -50,6 +50,7 @@ class AsyncEngine:
         self.model_path = resolve_model(model)
         """The local file or folder the model was loaded from."""
         core = _core.Engine(self.model_path, **engine_args)
+        self._read_lora = core.read_lora
         self.tokenizer: Tokenizer = core.tokenizer
         """The model's tokenizer."""
         self.max_model_len: int = core.max_model_len
@@ -181,12 +182,14 @@ class AsyncEngine:
         if request_id is not None and not isinstance(request_id, str):
             raise InvalidRequestError(f"request_id must be a str, got {type(request_id).__name__}")
         user_id = request_id if request_id is not None else f"req-{next(self._counter)}"
+        # Adapter files are read off the engine loop (and off this event loop), so neither stalls.
+        read_lora = None if lora is None else await asyncio.to_thread(self._read_lora, lora)
         # Sub-request ids are internal, so user ids like "a" and "a-0" never collide.
         state = RequestState(f"{next(self._counter)}", item, params)
         self._live.add(user_id, state.child_ids)
         sink = Sink(asyncio.get_running_loop())
         try:
-            self._loop.post(AddCommand(state.engine_requests(), list(item.token_ids), priority, sink, lora))
+            self._loop.post(AddCommand(state.engine_requests(), list(item.token_ids), priority, sink, lora, read_lora))
             while not state.finished:
                 items = [await sink.queue.get()]
                 while not sink.queue.empty():

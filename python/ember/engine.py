@@ -309,6 +309,8 @@ class Engine:
         states: list[RequestState] = []
         priorities = priorities or [0] * len(batch)
         loras = loras or [None] * len(batch)
+        # Adapter files are read before taking the lock, so other callers keep stepping meanwhile.
+        reads = {lora: self._core.read_lora(lora) for lora in dict.fromkeys(loras) if lora is not None}
         with self._lock:
             try:
                 for item, p, priority, lora in zip(batch, params, priorities, loras, strict=True):
@@ -316,7 +318,9 @@ class Engine:
                     states.append(state)
                     self._child_ids[state.request_id] = state.child_ids
                     for child_id, child_params, fork_of in state.engine_requests():
-                        self._core.add_request(child_id, item.token_ids, child_params, priority, fork_of, lora)
+                        self._core.add_request(
+                            child_id, item.token_ids, child_params, priority, fork_of, lora, reads.get(lora)
+                        )
                         self._mailboxes[child_id] = []
             except BaseException:
                 for state in states:

@@ -64,6 +64,20 @@ pub type BackendResult<T> = Result<T, BackendError>;
 /// [`Backend::run_forward`]: logits `[logits_indices.len(), vocab]` out.
 pub type ForwardFn<'a, B> = dyn FnMut(&<B as Backend>::Step) -> BackendResult<<B as Backend>::Tensor> + 'a;
 
+/// The rows of one step that one adapter's factor applies to (see [`Backend::lora_shrink`]
+/// and [`Backend::lora_expand`]); segments of one call never share a row.
+#[derive(Clone, Copy)]
+pub struct LoraSegment<'a, M> {
+    /// Token rows, ascending.
+    pub row_ids: &'a [u32],
+    /// The factor: `lora_A` `[rank, in]` to shrink, `lora_B` `[out, rank]` to expand.
+    pub matrix: &'a M,
+    /// First column of the shrunk rows the expand reads (0 for a shrink).
+    pub col_offset: usize,
+    /// The adapter's scale (1 for a shrink).
+    pub scale: f32,
+}
+
 /// Device operations a decoder-only transformer needs.
 ///
 /// Activations are row-major `[rows, cols]` tensors of one token per row. Every operation
@@ -239,6 +253,34 @@ pub trait Backend: Send + Sync {
     ) -> BackendResult<()>;
     /// `x += y`, elementwise.
     fn add_assign(&self, x: &mut Self::Tensor, y: &Self::Tensor) -> BackendResult<()>;
+    /// LoRA shrink of one step: `[x.rows(), width]` with `out[r, 0..rank] = A x[r]` for every
+    /// row `r` of each segment (`A` = its `matrix`, `[rank, in]`); other entries are 0. `width`
+    /// is the widest segment's rank. Each row's values do not depend on the other segments.
+    fn lora_shrink(
+        &self,
+        _step: &Self::Step,
+        _x: &Self::Tensor,
+        _segments: &[LoraSegment<'_, Self::Matrix>],
+    ) -> BackendResult<Self::Tensor> {
+        Err(BackendError::Unsupported(format!(
+            "LoRA adapters on the {} backend",
+            self.name()
+        )))
+    }
+    /// LoRA expand of one step: `y[r] += scale * B shrunk[r, col_offset..col_offset + rank]`
+    /// for every row `r` of each segment (`B` = its `matrix`, `[out, rank]`).
+    fn lora_expand(
+        &self,
+        _step: &Self::Step,
+        _shrunk: &Self::Tensor,
+        _segments: &[LoraSegment<'_, Self::Matrix>],
+        _y: &mut Self::Tensor,
+    ) -> BackendResult<()> {
+        Err(BackendError::Unsupported(format!(
+            "LoRA adapters on the {} backend",
+            self.name()
+        )))
+    }
     /// The rows of `x` at the step's `logits_indices`, in order.
     fn logits_rows(&self, step: &Self::Step, x: &Self::Tensor) -> BackendResult<Self::Tensor>;
     /// Copies `x` to host memory, row-major f32.

@@ -10,14 +10,3 @@ pub struct BackendStats {
     /// Graph warm-ups or captures that failed; their key's steps run eagerly from then on.
     pub num_cuda_graph_failures: u64,
 }
-
-impl BackendStats {
-    /// Every counter as `(name, value)`, for metrics exporters and the Python `stats()` dict.
-    pub fn as_pairs(&self) -> [(&'static str, f64); 3] {
-        [
-            ("num_cuda_graphs_captured", self.num_cuda_graphs_captured as f64),
-            ("num_cuda_graph_replays", self.num_cuda_graph_replays as f64),
-            ("num_cuda_graph_failures", self.num_cuda_graph_failures as f64),
-        ]
-    }
-}

@@ -51,30 +51,6 @@ impl SchedulerStats {
     pub fn spec_mean_accepted_len(&self) -> f64 {
         ratio(self.num_spec_accepted_tokens, self.num_spec_verify_steps)
     }
-
-    /// Every counter as `(name, value)`, for metrics exporters and the Python `stats()` dict.
-    pub fn as_pairs(&self) -> [(&'static str, f64); 18] {
-        [
-            ("num_running", self.num_running as f64),
-            ("num_waiting", self.num_waiting as f64),
-            ("kv_cache_usage", f64::from(self.kv_cache_usage)),
-            ("prefix_cache_queries", self.prefix_cache_queries as f64),
-            ("prefix_cache_hits", self.prefix_cache_hits as f64),
-            ("prefix_cache_hit_rate", self.prefix_cache_hit_rate()),
-            ("num_forked_tokens", self.num_forked_tokens as f64),
-            ("num_preemptions", self.num_preemptions as f64),
-            ("num_prompt_tokens", self.num_prompt_tokens as f64),
-            ("num_generation_tokens", self.num_generation_tokens as f64),
-            ("num_structured_masks", self.num_structured_masks as f64),
-            ("structured_mask_s", self.structured_mask_s),
-            ("num_window_freed_blocks", self.num_window_freed_blocks as f64),
-            ("num_spec_proposed_tokens", self.num_spec_proposed_tokens as f64),
-            ("num_spec_accepted_tokens", self.num_spec_accepted_tokens as f64),
-            ("num_spec_verify_steps", self.num_spec_verify_steps as f64),
-            ("spec_acceptance_rate", self.spec_acceptance_rate()),
-            ("spec_mean_accepted_len", self.spec_mean_accepted_len()),
-        ]
-    }
 }
 
 /// `part / whole`, or 0 when `whole` is 0.

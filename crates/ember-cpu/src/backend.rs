@@ -7,8 +7,8 @@ use crate::memory_plan::{available_memory_bytes, default_kv_cache_bytes};
 use crate::tensor::CpuTensor;
 use crate::{attention, blocks, elementwise, matmul, norm, rope};
 use ember_core::{
-    AttentionParams, Backend, BackendError, BackendResult, KvCacheSpec, MemoryLimits, ModelShape, Rope,
-    StepBatch, WeightDType, WeightView,
+    AttentionParams, Backend, BackendError, BackendResult, KvCacheSpec, LoraSegment, MemoryLimits,
+    ModelShape, Rope, StepBatch, WeightDType, WeightView,
 };
 use rayon::prelude::*;
 use rayon::ThreadPool;
@@ -437,6 +437,25 @@ impl Backend for CpuBackend {
         weights: &[f32],
     ) -> BackendResult<()> {
         crate::rows::scatter_add_rows(out, y, row_ids, weights)
+    }
+
+    fn lora_shrink(
+        &self,
+        _step: &StepBatch,
+        x: &CpuTensor,
+        segments: &[LoraSegment<'_, CpuMatrix>],
+    ) -> BackendResult<CpuTensor> {
+        crate::lora::lora_shrink(&self.pool, self.isa, x, segments)
+    }
+
+    fn lora_expand(
+        &self,
+        _step: &StepBatch,
+        shrunk: &CpuTensor,
+        segments: &[LoraSegment<'_, CpuMatrix>],
+        y: &mut CpuTensor,
+    ) -> BackendResult<()> {
+        crate::lora::lora_expand(&self.pool, shrunk, segments, y)
     }
 
     fn add_assign(&self, x: &mut CpuTensor, y: &CpuTensor) -> BackendResult<()> {

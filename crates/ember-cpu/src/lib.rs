@@ -21,6 +21,7 @@ mod dot_x86;
 mod elementwise;
 pub mod isa_choice;
 pub mod kv_cache;
+mod lora;
 pub mod matmul;
 pub mod matrix;
 pub mod memory_plan;
@@ -51,6 +52,8 @@ pub use tensor::CpuTensor;
 mod attention_tests;
 #[cfg(test)]
 mod family_ops_tests;
+#[cfg(test)]
+mod lora_tests;
 #[cfg(test)]
 mod matmul_large_tests;
 #[cfg(test)]

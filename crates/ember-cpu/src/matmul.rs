@@ -63,7 +63,7 @@ impl Isa {
 
 /// Output pointer shared by the tasks; each task writes a disjoint set of columns.
 #[derive(Clone, Copy)]
-struct OutPtr(*mut f32);
+pub(crate) struct OutPtr(pub(crate) *mut f32);
 // SAFETY: tasks write disjoint column ranges of the output and the buffer outlives them.
 unsafe impl Send for OutPtr {}
 // SAFETY: as above.
@@ -164,13 +164,13 @@ fn skinny_rows(w_t: &[f32], n: usize, x: &[f32], bias: Option<&[f32]>, out: &mut
 }
 
 /// Multiply-adds (`rows * n * k`) below which a matmul runs on the calling thread.
-const PAR_WORK: usize = 1 << 18;
+pub(crate) const PAR_WORK: usize = 1 << 18;
 /// Multiply-adds above which a matmul is split into several chunks per thread.
 const BIG_WORK: usize = 1 << 24;
 
 /// Float-weight columns `c_start..c_end` of every row.
 #[allow(clippy::too_many_arguments)]
-fn float_cols(
+pub(crate) fn float_cols(
     isa: Isa,
     w: &CpuMatrix,
     x: &[f32],

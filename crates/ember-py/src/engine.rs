@@ -3,6 +3,7 @@
 use std::sync::{Arc, Mutex, MutexGuard};
 
 use ember_model::engine::engine_args::EngineArgs;
+use ember_model::engine::lora_reader::LoraReader;
 use ember_model::engine::lora_registry::{LoraConfig, LoraRef};
 use ember_model::engine::speculative_args::parse_speculative_config;
 use ember_model::engine::{LlmEngine, LogprobEntry, StepFault, StepOutput, StopReason, TokenLogprobs};
@@ -12,6 +13,7 @@ use pyo3::types::PyDict;
 use crate::convert::{self, type_name};
 use crate::errors::{engine_error, invalid_param, invalid_request, py_error, ErrorKind};
 use crate::guard::guard;
+use crate::lora_read::PyReadLora;
 use crate::sampling_params::PySamplingParams;
 use crate::tokenizer::PyTokenizer;
 
@@ -89,6 +91,8 @@ impl PyStepOutput {
 #[pyclass(name = "Engine", module = "ember._core", frozen)]
 pub struct PyEngine {
     inner: Mutex<LlmEngine>,
+    /// Reads adapters on callers' threads (`None` without LoRA).
+    lora_reader: Option<LoraReader>,
     tokenizer: Py<PyTokenizer>,
     max_model_len: usize,
     num_blocks: usize,
@@ -191,6 +195,7 @@ impl PyEngine {
                 num_blocks: engine.num_blocks(),
                 block_size: engine.block_size(),
                 model_name: engine.model_name().to_string(),
+                lora_reader: engine.lora_reader(),
                 inner: Mutex::new(engine),
             })
         })
@@ -232,10 +237,27 @@ impl PyEngine {
         guard(|| Ok(self.lock()?.eos_token_ids().to_vec()))
     }
 
+    /// Reads and checks adapter `lora` (`(lora_name, lora_int_id, lora_path)`) on the calling
+    /// thread, without the engine lock; None when the engine holds it already. Raises
+    /// ModelLoadError naming the file and key.
+    fn read_lora(&self, py: Python<'_>, lora: (String, u32, String)) -> PyResult<Option<PyReadLora>> {
+        guard(|| {
+            let Some(reader) = &self.lora_reader else {
+                return Ok(None);
+            };
+            let lora = lora_ref(lora);
+            let read = py
+                .detach(|| reader.read_unless_loaded(&lora))
+                .map_err(engine_error)?;
+            Ok(read.map(PyReadLora::new))
+        })
+    }
+
     /// Queues a request; raises InvalidRequestError naming the field and limit. `fork_of` names
     /// a sibling with the same prompt whose prompt blocks this request shares (`n > 1`); `lora`
-    /// is `(lora_name, lora_int_id, lora_path)` of its adapter (loaded on first use).
-    #[pyo3(signature = (request_id, prompt_token_ids, params, priority=None, fork_of=None, lora=None))]
+    /// is `(lora_name, lora_int_id, lora_path)` of its adapter (loaded on first use, from
+    /// `read_lora` when given: what `read_lora` returned for it).
+    #[pyo3(signature = (request_id, prompt_token_ids, params, priority=None, fork_of=None, lora=None, read_lora=None))]
     #[allow(clippy::too_many_arguments)]
     fn add_request(
         &self,
@@ -246,6 +268,7 @@ impl PyEngine {
         priority: Option<&Bound<'_, PyAny>>,
         fork_of: Option<&str>,
         lora: Option<(String, u32, String)>,
+        read_lora: Option<PyRef<'_, PyReadLora>>,
     ) -> PyResult<()> {
         guard(|| {
             let request_id = convert::text(request_id, "request_id")?;
@@ -269,8 +292,13 @@ impl PyEngine {
                 None => 0,
             };
             let lora = lora.map(lora_ref);
+            let read = read_lora.and_then(|r| r.take());
             py.detach(|| {
-                self.lock()?
+                let mut engine = self.lock()?;
+                if let Some(read) = read {
+                    engine.stage_lora(read);
+                }
+                engine
                     .add_request(
                         &request_id,
                         prompt_token_ids,
@@ -301,11 +329,6 @@ impl PyEngine {
         })
     }
 
-    /// `(number of LoRA adapter loads, seconds spent loading them)`.
-    fn lora_load_counters(&self) -> PyResult<(u64, f64)> {
-        guard(|| Ok(self.lock()?.lora_load_counters()))
-    }
-
     /// Runs one scheduler step with the GIL released.
     ///
     /// When the step fails, only the requests it was computing have ended: the raised
@@ -328,13 +351,12 @@ impl PyEngine {
         guard(|| Ok(self.lock()?.has_unfinished_requests()))
     }
 
-    /// Scheduler, KV-cache and backend (CUDA graph) counters.
+    /// Every statistic of `ember_core::STAT_SPECS`: scheduler, KV cache, backend (CUDA graphs), LoRA.
     fn stats<'py>(&self, py: Python<'py>) -> PyResult<Bound<'py, PyDict>> {
         guard(|| {
-            let engine = self.lock()?;
-            let (stats, backend) = (engine.stats(), engine.backend_stats());
+            let stats = self.lock()?.engine_stats();
             let dict = PyDict::new(py);
-            for (key, value) in stats.as_pairs().into_iter().chain(backend.as_pairs()) {
+            for (key, value) in stats.as_pairs() {
                 dict.set_item(key, value)?;
             }
             Ok(dict)

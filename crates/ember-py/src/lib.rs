@@ -7,9 +7,11 @@ mod engine;
 mod errors;
 mod guard;
 mod logger;
+mod lora_read;
 mod routing;
 mod sampling;
 mod sampling_params;
+mod stats;
 mod structured_outputs;
 mod tokenizer;
 
@@ -26,6 +28,7 @@ fn init_module(py: Python<'_>, module: &Bound<'_, PyModule>) -> PyResult<()> {
     module.add("__version__", env!("CARGO_PKG_VERSION"))?;
     module.add_class::<engine::PyEngine>()?;
     module.add_class::<engine::PyStepOutput>()?;
+    module.add_class::<lora_read::PyReadLora>()?;
     module.add_class::<tokenizer::PyTokenizer>()?;
     module.add_class::<sampling_params::PySamplingParams>()?;
     module.add_class::<structured_outputs::PyStructuredOutputsParams>()?;
@@ -37,5 +40,6 @@ fn init_module(py: Python<'_>, module: &Bound<'_, PyModule>) -> PyResult<()> {
     module.add_function(wrap_pyfunction!(guard::_raise_panic, module)?)?;
     module.add_function(wrap_pyfunction!(routing::prefix_block_hashes, module)?)?;
     module.add_function(wrap_pyfunction!(routing::load_tokenizer, module)?)?;
+    module.add_function(wrap_pyfunction!(stats::stat_specs, module)?)?;
     Ok(())
 }

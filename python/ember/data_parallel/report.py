@@ -5,9 +5,10 @@ from __future__ import annotations
 from collections.abc import Sequence
 from typing import Any
 
+from ember import _core
 from ember.data_parallel.replica import Replica
 
-_GAUGE_AVERAGES = {"kv_cache_usage"}
+_GAUGE_AVERAGES = {key for key, _, kind, _, _, _ in _core.stat_specs() if kind == "averaged_gauge"}
 """Stats averaged over replicas (weighted by KV blocks) instead of summed."""
 
 
@@ -28,11 +29,7 @@ def replica_report(replica: Replica) -> dict[str, Any]:
     }
 
 
-_RATIOS = (
-    ("prefix_cache_hit_rate", "prefix_cache_hits", "prefix_cache_queries"),
-    ("spec_acceptance_rate", "num_spec_accepted_tokens", "num_spec_proposed_tokens"),
-    ("spec_mean_accepted_len", "num_spec_accepted_tokens", "num_spec_verify_steps"),
-)
+_RATIOS = tuple((key, part, whole) for key, _, kind, _, part, whole in _core.stat_specs() if kind == "ratio")
 """(ratio key, numerator counter, denominator counter) of the engine stats that are ratios of counters."""
 
 

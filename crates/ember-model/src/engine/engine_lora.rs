@@ -3,9 +3,10 @@
 
 use std::path::PathBuf;
 
-use ember_core::RequestId;
+use ember_core::{LoraStats, RequestId};
 
 use super::LlmEngine;
+use crate::engine::lora_reader::{LoraReader, ReadLora};
 use crate::engine::lora_registry::LoraRef;
 use crate::error::EngineError;
 
@@ -58,8 +59,21 @@ impl LlmEngine {
         self.loras.as_ref().map(|r| r.loaded()).unwrap_or_default()
     }
 
-    /// `(number of adapter loads, seconds spent loading them)`.
-    pub fn lora_load_counters(&self) -> (u64, f64) {
-        self.loras.as_ref().map(|r| r.load_counters()).unwrap_or_default()
+    /// A reader for callers' threads (`None` without LoRA): read an adapter there and
+    /// [`LlmEngine::stage_lora`] it, so the engine loop does not stall on the files.
+    pub fn lora_reader(&self) -> Option<LoraReader> {
+        self.loras.as_ref().map(|r| r.reader())
+    }
+
+    /// Hands an adapter read off the loop to the engine, for the request that uses it next.
+    pub fn stage_lora(&mut self, read: ReadLora) {
+        if let Some(registry) = self.loras.as_mut() {
+            registry.stage(read);
+        }
+    }
+
+    /// The LoRA registry's gauges and counters (zeros without LoRA).
+    pub fn lora_stats(&self) -> LoraStats {
+        self.loras.as_ref().map(|r| r.stats()).unwrap_or_default()
     }
 }

@@ -5,8 +5,8 @@ use std::sync::Arc;
 use std::time::{SystemTime, UNIX_EPOCH};
 
 use ember_core::{
-    BackendStats, FinishReason, InvalidParam, Request, RequestId, RequestUpdate, SampledToken, Scheduler,
-    SchedulerConfig, SchedulerStats, SchedulingPolicy, ValidSamplingParams,
+    BackendStats, EngineStats, FinishReason, InvalidParam, Request, RequestId, RequestUpdate, SampledToken,
+    Scheduler, SchedulerConfig, SchedulerStats, SchedulingPolicy, ValidSamplingParams,
 };
 
 use crate::engine::device::load_on_device;
@@ -280,6 +280,15 @@ impl LlmEngine {
     /// The backend's counters (CUDA graphs captured, replayed, failed).
     pub fn backend_stats(&self) -> BackendStats {
         self.executor.backend_stats()
+    }
+
+    /// Every statistic of `Engine.stats()`: scheduler, backend and LoRA.
+    pub fn engine_stats(&self) -> EngineStats {
+        EngineStats {
+            scheduler: self.stats(),
+            backend: self.backend_stats(),
+            lora: self.lora_stats(),
+        }
     }
 
     /// Forgets every cached prefix; false when blocks are still in use.

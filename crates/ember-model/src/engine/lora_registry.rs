@@ -1,17 +1,19 @@
 //! The engine's LoRA adapters: loaded on first use (read from the PEFT folder, checked against
 //! the model, copied to the backend), kept in a least-recently-used set of at most
 //! `max_cpu_loras`, never evicted while a live request uses them (when live requests use more
-//! than `max_cpu_loras` adapters, all of them stay loaded until they are idle).
+//! than `max_cpu_loras` adapters, all of them stay loaded until they are idle). Callers read
+//! adapters off the loop ([`LoraReader`]) and stage them; the loop reads only what was not staged.
 
 use std::collections::HashMap;
 use std::path::PathBuf;
 use std::time::Instant;
 
-use ember_core::RequestId;
+use ember_core::{LoraStats, RequestId};
 
 use crate::engine::executor::StepExecutor;
+pub use crate::engine::lora_reader::LoraRef;
+use crate::engine::lora_reader::{LoraReader, ReadLora};
 use crate::error::EngineError;
-use crate::formats::peft::PeftAdapter;
 use crate::models::lora_adapter::LoraTargets;
 
 /// Largest `max_lora_rank` an engine accepts.
@@ -56,17 +58,6 @@ impl LoraConfig {
     }
 }
 
-/// The adapter a request runs with (vLLM's `LoRARequest`).
-#[derive(Clone, Debug, PartialEq, Eq)]
-pub struct LoraRef {
-    /// Display name.
-    pub name: String,
-    /// The id that keys it (block hashes, the loaded set); at least 1.
-    pub lora_id: u32,
-    /// The PEFT folder.
-    pub path: PathBuf,
-}
-
 /// One loaded adapter.
 struct Loaded {
     name: String,
@@ -77,31 +68,46 @@ struct Loaded {
 /// The loaded adapters and which live requests use which.
 pub struct LoraRegistry {
     config: LoraConfig,
-    targets: LoraTargets,
+    reader: LoraReader,
+    /// Adapters read off the loop and not loaded yet, by id.
+    staged: HashMap<u32, ReadLora>,
     loaded: HashMap<u32, Loaded>,
     users: HashMap<RequestId, u32>,
     clock: u64,
-    load_s: f64,
-    num_loads: u64,
+    stats: LoraStats,
 }
 
 impl LoraRegistry {
     /// An empty registry for a model of `targets`.
     pub fn new(config: LoraConfig, targets: LoraTargets) -> Self {
         Self {
+            reader: LoraReader::new(targets, config.max_lora_rank),
             config,
-            targets,
+            staged: HashMap::new(),
             loaded: HashMap::new(),
             users: HashMap::new(),
             clock: 0,
-            load_s: 0.0,
-            num_loads: 0,
+            stats: LoraStats::default(),
         }
     }
 
     /// The limits.
     pub fn config(&self) -> &LoraConfig {
         &self.config
+    }
+
+    /// A reader for callers' threads that shares this registry's view of what is loaded.
+    pub fn reader(&self) -> LoraReader {
+        self.reader.clone()
+    }
+
+    /// Keeps `read` for the request that will use it (at most `max_cpu_loras` wait; a staged
+    /// adapter never used is dropped first).
+    pub fn stage(&mut self, read: ReadLora) {
+        if self.staged.len() >= self.config.max_cpu_loras && !self.staged.contains_key(&read.lora_id) {
+            self.staged.clear();
+        }
+        self.staged.insert(read.lora_id, read);
     }
 
     /// Makes `lora` usable by request `request_id`: loads it unless loaded (evicting the least
@@ -151,6 +157,7 @@ impl LoraRegistry {
         }
         let known = self.loaded.remove(&lora_id).is_some();
         executor.unload_lora(lora_id);
+        self.reader.set_loaded(lora_id, None);
         Ok(known)
     }
 
@@ -165,9 +172,14 @@ impl LoraRegistry {
         out
     }
 
-    /// `(number of adapter loads, seconds spent loading)` since the engine started.
-    pub fn load_counters(&self) -> (u64, f64) {
-        (self.num_loads, self.load_s)
+    /// The registry's gauges (loaded, active adapters) and counters since the engine started.
+    pub fn stats(&self) -> LoraStats {
+        let active: std::collections::HashSet<u32> = self.users.values().copied().collect();
+        LoraStats {
+            num_loaded_adapters: self.loaded.len() as u64,
+            num_active_adapters: active.len() as u64,
+            ..self.stats
+        }
     }
 
     /// Unloads the least recently used adapters no live request uses until at most `keep` stay
@@ -185,16 +197,24 @@ impl LoraRegistry {
             };
             self.loaded.remove(&victim);
             executor.unload_lora(victim);
+            self.reader.set_loaded(victim, None);
+            self.stats.num_adapter_evictions += 1;
         }
     }
 
-    /// Reads, checks and loads `lora`, evicting idle adapters to make room.
+    /// Loads `lora` (as staged by a caller, or read here), evicting idle adapters to make room.
     fn load(&mut self, executor: &mut dyn StepExecutor, lora: &LoraRef) -> Result<(), EngineError> {
         let start = Instant::now();
-        let peft = PeftAdapter::read(&lora.path)?;
-        let adapter = self.targets.adapter(&peft, self.config.max_lora_rank)?;
+        let (read, off_loop_s) = match self.staged.remove(&lora.lora_id) {
+            Some(read) if read.path == lora.path => {
+                let read_s = read.read_s;
+                (read, read_s)
+            }
+            _ => (self.reader.read(lora)?, 0.0),
+        };
+        let adapter = &read.adapter;
         self.evict_idle(executor, self.config.max_cpu_loras - 1);
-        executor.load_lora(lora.lora_id, &adapter)?;
+        executor.load_lora(lora.lora_id, adapter)?;
         self.loaded.insert(
             lora.lora_id,
             Loaded {
@@ -203,8 +223,9 @@ impl LoraRegistry {
                 last_used: self.clock,
             },
         );
-        self.num_loads += 1;
-        self.load_s += start.elapsed().as_secs_f64();
+        self.reader.set_loaded(lora.lora_id, Some(lora.path.clone()));
+        self.stats.num_adapter_loads += 1;
+        self.stats.adapter_load_s += start.elapsed().as_secs_f64() + off_loop_s;
         log::info!(
             "loaded LoRA adapter \"{}\" (id {}, rank {}, {} projections) in {:.3} s",
             lora.name,

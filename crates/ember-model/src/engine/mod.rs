@@ -9,6 +9,7 @@ pub mod engine_args;
 pub mod executor;
 pub mod llm_engine;
 pub mod loader;
+pub mod lora_reader;
 pub mod lora_registry;
 mod output_state;
 pub mod runner;

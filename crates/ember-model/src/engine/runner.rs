@@ -162,7 +162,6 @@ fn lora_step<'a, B: Backend>(
                 .extend(query_start_loc[s]..query_start_loc[s + 1]);
         }
     }
-    let num_tokens = query_start_loc.last().copied().unwrap_or(0) as usize;
     let mut groups = Vec::with_capacity(rows_by_lora.len());
     for (lora_id, row_ids) in rows_by_lora {
         let weights = loras.get(&lora_id).ok_or_else(|| {
@@ -170,5 +169,5 @@ fn lora_step<'a, B: Backend>(
         })?;
         groups.push((weights, row_ids));
     }
-    Ok(LoraStep::new(num_tokens, groups))
+    Ok(LoraStep::new(groups))
 }

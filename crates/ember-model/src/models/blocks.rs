@@ -10,7 +10,7 @@ use crate::error::ModelLoadError;
 use crate::formats::config::{Activation, ModelConfig};
 use crate::formats::weights::TensorNames;
 use crate::models::decoder_tensors::DecoderTensors;
-use crate::models::lora::{LayerLora, Linear, LoraStep};
+use crate::models::lora::{LayerLora, Linear, LoraInput, LoraStep};
 use crate::models::lora_adapter::LoraModule;
 
 /// A tensor's canonical, Hugging Face and GGUF (llama.cpp) names.
@@ -200,10 +200,11 @@ impl<B: Backend> AttentionBlock<B> {
         lora: &LoraStep<'_, B>,
     ) -> BackendResult<B::Tensor> {
         let shape = self.params.shape;
-        let lora = Some(lora.layer(layer));
-        let mut query = self.q_proj.forward(backend, step, hidden, lora)?;
-        let mut key = self.k_proj.forward(backend, step, hidden, lora)?;
-        let value = self.v_proj.forward(backend, step, hidden, lora)?;
+        let lora = lora.layer(layer);
+        let qkv = lora.shrink(backend, step, LoraInput::Qkv, hidden)?;
+        let mut query = self.q_proj.forward(backend, step, hidden, qkv.as_ref())?;
+        let mut key = self.k_proj.forward(backend, step, hidden, qkv.as_ref())?;
+        let value = self.v_proj.forward(backend, step, hidden, qkv.as_ref())?;
         if let Some(norm) = &self.q_norm {
             query = backend.rms_norm(step, &query, norm, eps)?;
         }
@@ -214,7 +215,8 @@ impl<B: Backend> AttentionBlock<B> {
         backend.rope(step, &mut key, shape.num_kv_heads, rope)?;
         backend.write_kv(step, kv_cache, layer, &key, &value)?;
         let context = backend.attention(step, &query, kv_cache, layer, &self.params)?;
-        self.o_proj.forward(backend, step, &context, lora)
+        let o = lora.shrink(backend, step, LoraInput::O, &context)?;
+        self.o_proj.forward(backend, step, &context, o.as_ref())
     }
 }
 
@@ -268,13 +270,16 @@ impl<B: Backend> GatedMlp<B> {
         hidden: &B::Tensor,
         lora: Option<LayerLora<'_, '_, B>>,
     ) -> BackendResult<B::Tensor> {
-        let gate = self.gate_proj.forward(backend, step, hidden, lora)?;
-        let up = self.up_proj.forward(backend, step, hidden, lora)?;
+        let shrink = |input, x| lora.map_or(Ok(None), |l| l.shrink(backend, step, input, x));
+        let gate_up = shrink(LoraInput::GateUp, hidden)?;
+        let gate = self.gate_proj.forward(backend, step, hidden, gate_up.as_ref())?;
+        let up = self.up_proj.forward(backend, step, hidden, gate_up.as_ref())?;
         let act = match self.activation {
             Activation::Silu => backend.silu_mul(step, &gate, &up)?,
             Activation::GeluTanh => backend.gelu_tanh_mul(step, &gate, &up)?,
         };
-        self.down_proj.forward(backend, step, &act, lora)
+        let down = shrink(LoraInput::Down, &act)?;
+        self.down_proj.forward(backend, step, &act, down.as_ref())
     }
 }
 

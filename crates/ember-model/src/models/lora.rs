@@ -1,38 +1,85 @@
 //! LoRA on a backend: an adapter's factors as backend matrices ([`LoraWeights`]), one step's
 //! rows grouped by adapter ([`LoraStep`]), and the projection every family uses,
-//! [`Linear`]: `y = x W^T (+ bias)`, then `y += s * B (A x)` for each adapter's rows, one
-//! batched pair of matmuls per adapter and projection (never per token).
+//! [`Linear`]: `y = x W^T (+ bias)`, then `y += s * B (A x)` for each adapter's rows. The
+//! projections that read the same activations (q/k/v; gate/up) share one shrink by a stacked
+//! `lora_A`; each step runs one shrink per input and one expand per projection for all its
+//! adapters together (never per token, never per adapter).
 
-use ember_core::{Backend, BackendResult, WeightDType, WeightView};
+use ember_core::{Backend, BackendResult, LoraSegment, WeightDType, WeightView};
 
 use crate::models::lora_adapter::{LoraAdapter, LoraModule, NUM_LORA_MODULES};
 
-/// One projection's factors on the backend.
-struct LoraPair<B: Backend> {
-    /// `[rank, num_inputs]`.
-    a: B::Matrix,
-    /// `[num_outputs, rank]`.
-    b: B::Matrix,
+/// The activations a shrink reads: the projections of one input share it.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum LoraInput {
+    /// The normed hidden state, read by q, k and v.
+    Qkv,
+    /// The attention context, read by o.
+    O,
+    /// The normed hidden state, read by gate and up.
+    GateUp,
+    /// The activated MLP state, read by down.
+    Down,
 }
 
-/// An adapter loaded onto a backend: per layer, per projection, its factors.
+/// Number of [`LoraInput`] kinds.
+const NUM_LORA_INPUTS: usize = 4;
+
+impl LoraInput {
+    /// The input projection `module` reads.
+    fn of(module: LoraModule) -> Self {
+        match module {
+            LoraModule::Q | LoraModule::K | LoraModule::V => Self::Qkv,
+            LoraModule::O => Self::O,
+            LoraModule::Gate | LoraModule::Up => Self::GateUp,
+            LoraModule::Down => Self::Down,
+        }
+    }
+}
+
+/// One layer's factors on the backend.
+struct LayerFactors<B: Backend> {
+    /// Per input: the `lora_A` of its projections stacked in [`LoraModule`] order,
+    /// `[sum of their ranks, num_inputs]`.
+    shrinks: [Option<B::Matrix>; NUM_LORA_INPUTS],
+    /// Per projection: `lora_B` (`[num_outputs, rank]`) and the first column of its rank in
+    /// its input's shrink.
+    expands: [Option<(B::Matrix, usize)>; NUM_LORA_MODULES],
+}
+
+/// An adapter loaded onto a backend: per layer, its stacked shrinks and its expands.
 pub struct LoraWeights<B: Backend> {
-    layers: Vec<[Option<LoraPair<B>>; NUM_LORA_MODULES]>,
+    layers: Vec<LayerFactors<B>>,
     scale: f32,
 }
 
 impl<B: Backend> LoraWeights<B> {
     /// Copies `adapter`'s factors (f32) onto `backend` for a model of `num_layers` layers.
     pub fn load(backend: &B, adapter: &LoraAdapter, num_layers: usize) -> BackendResult<Self> {
-        let mut layers: Vec<[Option<LoraPair<B>>; NUM_LORA_MODULES]> =
-            (0..num_layers).map(|_| std::array::from_fn(|_| None)).collect();
-        for m in &adapter.matrices {
-            let f = &m.factors;
-            let a = f32_matrix(backend, "lora_A", &f.a, f.rank, f.num_inputs)?;
-            let b = f32_matrix(backend, "lora_B", &f.b, f.num_outputs, f.rank)?;
-            if let Some(layer) = layers.get_mut(m.layer) {
-                layer[m.module as usize] = Some(LoraPair { a, b });
+        let mut layers = Vec::with_capacity(num_layers);
+        for layer in 0..num_layers {
+            let mut factors = LayerFactors {
+                shrinks: std::array::from_fn(|_| None),
+                expands: std::array::from_fn(|_| None),
+            };
+            let mut stacked_a: [(Vec<f32>, usize, usize); NUM_LORA_INPUTS] = Default::default();
+            let mut in_order: Vec<_> = adapter.matrices.iter().filter(|m| m.layer == layer).collect();
+            in_order.sort_by_key(|m| m.module as usize);
+            for m in in_order {
+                let f = &m.factors;
+                let (a, num_rows, num_inputs) = &mut stacked_a[LoraInput::of(m.module) as usize];
+                let b = f32_matrix(backend, "lora_B", &f.b, f.num_outputs, f.rank)?;
+                factors.expands[m.module as usize] = Some((b, *num_rows));
+                a.extend_from_slice(&f.a);
+                *num_rows += f.rank;
+                *num_inputs = f.num_inputs;
             }
+            for (slot, (a, num_rows, num_inputs)) in factors.shrinks.iter_mut().zip(&stacked_a) {
+                if *num_rows > 0 {
+                    *slot = Some(f32_matrix(backend, "lora_A", a, *num_rows, *num_inputs)?);
+                }
+            }
+            layers.push(factors);
         }
         Ok(Self {
             layers,
@@ -63,75 +110,33 @@ struct LoraGroup<'a, B: Backend> {
     weights: &'a LoraWeights<B>,
     /// Token rows, ascending.
     row_ids: Vec<u32>,
-    /// The adapter's scale, once per row (what `scatter_add_rows` multiplies by).
-    row_scales: Vec<f32>,
 }
 
 /// One step's adapters: which token rows run with which adapter (rows of the base model are
 /// in no group).
 pub struct LoraStep<'a, B: Backend> {
     groups: Vec<LoraGroup<'a, B>>,
-    num_tokens: usize,
 }
 
 impl<'a, B: Backend> LoraStep<'a, B> {
     /// A step with no adapter.
     pub fn none() -> Self {
-        Self {
-            groups: Vec::new(),
-            num_tokens: 0,
-        }
+        Self { groups: Vec::new() }
     }
 
-    /// A step of `num_tokens` rows whose `row_ids` run with `weights`, per group.
-    pub fn new(num_tokens: usize, groups: Vec<(&'a LoraWeights<B>, Vec<u32>)>) -> Self {
+    /// A step whose `row_ids` run with `weights`, per group (groups share no row).
+    pub fn new(groups: Vec<(&'a LoraWeights<B>, Vec<u32>)>) -> Self {
         let groups = groups
             .into_iter()
             .filter(|(_, row_ids)| !row_ids.is_empty())
-            .map(|(weights, row_ids)| LoraGroup {
-                weights,
-                row_scales: vec![weights.scale; row_ids.len()],
-                row_ids,
-            })
+            .map(|(weights, row_ids)| LoraGroup { weights, row_ids })
             .collect();
-        Self { groups, num_tokens }
+        Self { groups }
     }
 
     /// The same step seen from decoder layer `layer`.
     pub fn layer(&self, layer: usize) -> LayerLora<'_, 'a, B> {
         LayerLora { step: self, layer }
-    }
-
-    /// `y[rows] += s * B (A x[rows])` of `module` in `layer` for each group whose adapter
-    /// changes it.
-    fn add(
-        &self,
-        backend: &B,
-        step: &B::Step,
-        layer: usize,
-        module: LoraModule,
-        x: &B::Tensor,
-        y: &mut B::Tensor,
-    ) -> BackendResult<()> {
-        for group in &self.groups {
-            let Some(pair) = group
-                .weights
-                .layers
-                .get(layer)
-                .and_then(|l| l[module as usize].as_ref())
-            else {
-                continue;
-            };
-            let shrunk = if group.row_ids.len() == self.num_tokens {
-                backend.matmul(step, x, &pair.a, None)?
-            } else {
-                let rows = backend.gather_rows(step, x, &group.row_ids)?;
-                backend.matmul(step, &rows, &pair.a, None)?
-            };
-            let delta = backend.matmul(step, &shrunk, &pair.b, None)?;
-            backend.scatter_add_rows(y, &delta, &group.row_ids, &group.row_scales)?;
-        }
-        Ok(())
     }
 }
 
@@ -149,6 +154,82 @@ impl<B: Backend> Clone for LayerLora<'_, '_, B> {
 
 impl<B: Backend> Copy for LayerLora<'_, '_, B> {}
 
+impl<'s, 'a, B: Backend> LayerLora<'s, 'a, B> {
+    /// Each group's factors in this layer, where its adapter has them.
+    fn factors(self) -> impl Iterator<Item = (&'s LoraGroup<'a, B>, &'a LayerFactors<B>)> {
+        let layer = self.layer;
+        self.step
+            .groups
+            .iter()
+            .filter_map(move |g| g.weights.layers.get(layer).map(|f| (g, f)))
+    }
+
+    /// `A x` of every adapter of the step that changes a projection reading `input` (`x`, the
+    /// step's `[tokens, in]`), for the projections' [`Linear::forward`]; `None` when no adapter
+    /// of the step changes them.
+    pub fn shrink(
+        self,
+        backend: &B,
+        step: &B::Step,
+        input: LoraInput,
+        x: &B::Tensor,
+    ) -> BackendResult<Option<LoraShrunk<'s, 'a, B>>> {
+        let segments: Vec<_> = self
+            .factors()
+            .filter_map(|(g, f)| {
+                f.shrinks[input as usize].as_ref().map(|a| LoraSegment {
+                    row_ids: &g.row_ids,
+                    matrix: a,
+                    col_offset: 0,
+                    scale: 1.0,
+                })
+            })
+            .collect();
+        if segments.is_empty() {
+            return Ok(None);
+        }
+        let shrunk = backend.lora_shrink(step, x, &segments)?;
+        Ok(Some(LoraShrunk { lora: self, shrunk }))
+    }
+}
+
+/// One input's shrink for a step's adapters at one layer (see [`LayerLora::shrink`]).
+pub struct LoraShrunk<'s, 'a, B: Backend> {
+    lora: LayerLora<'s, 'a, B>,
+    /// `[tokens, widest stacked rank]`.
+    shrunk: B::Tensor,
+}
+
+impl<B: Backend> LoraShrunk<'_, '_, B> {
+    /// `y[rows] += s * B (A x[rows])` of `module` for each adapter that changes it.
+    fn expand(
+        &self,
+        backend: &B,
+        step: &B::Step,
+        module: LoraModule,
+        y: &mut B::Tensor,
+    ) -> BackendResult<()> {
+        let segments: Vec<_> = self
+            .lora
+            .factors()
+            .filter_map(|(g, f)| {
+                f.expands[module as usize]
+                    .as_ref()
+                    .map(|(b, col_offset)| LoraSegment {
+                        row_ids: &g.row_ids,
+                        matrix: b,
+                        col_offset: *col_offset,
+                        scale: g.weights.scale,
+                    })
+            })
+            .collect();
+        if segments.is_empty() {
+            return Ok(());
+        }
+        backend.lora_expand(step, &self.shrunk, &segments, y)
+    }
+}
+
 /// A projection of a decoder layer: its weight, optional bias, and which adapter projection
 /// it is.
 pub struct Linear<B: Backend> {
@@ -163,17 +244,18 @@ impl<B: Backend> Linear<B> {
         Self { weight, bias, module }
     }
 
-    /// `x W^T (+ bias)` plus the step's adapters' `s * B (A x)` on their rows.
+    /// `x W^T (+ bias)` plus the step's adapters' `s * B (A x)` on their rows, from `lora`, the
+    /// shrink of `x` for this projection's input.
     pub fn forward(
         &self,
         backend: &B,
         step: &B::Step,
         x: &B::Tensor,
-        lora: Option<LayerLora<'_, '_, B>>,
+        lora: Option<&LoraShrunk<'_, '_, B>>,
     ) -> BackendResult<B::Tensor> {
         let mut y = backend.matmul(step, x, &self.weight, self.bias.as_ref())?;
         if let Some(lora) = lora {
-            lora.step.add(backend, step, lora.layer, self.module, x, &mut y)?;
+            lora.expand(backend, step, self.module, &mut y)?;
         }
         Ok(y)
     }

@@ -1,0 +1,132 @@
+//! The LoRA shrink and expand against one-row matmuls, bit for bit (so a row's values do not
+//! depend on the batch or the thread split), with stacked shrinks read at a column offset, ranks
+//! on both sides of the skinny threshold, and bad segments refused.
+
+use crate::lora::{lora_expand, lora_shrink};
+use crate::matmul::{matmul, PAR_WORK};
+use crate::matmul_tests::{isas, make_matrix, pool};
+use crate::matrix::CpuMatrix;
+use crate::tensor::CpuTensor;
+use crate::test_util::{random_weight_bytes, Rng};
+use ember_core::{LoraSegment, WeightDType};
+
+fn f32_matrix(rng: &mut Rng, rows: usize, cols: usize) -> CpuMatrix {
+    make_matrix(
+        &random_weight_bytes(rng, WeightDType::F32, rows, cols),
+        WeightDType::F32,
+        rows,
+        cols,
+    )
+}
+
+fn segment<'a>(
+    row_ids: &'a [u32],
+    matrix: &'a CpuMatrix,
+    col_offset: usize,
+    scale: f32,
+) -> LoraSegment<'a, CpuMatrix> {
+    LoraSegment {
+        row_ids,
+        matrix,
+        col_offset,
+        scale,
+    }
+}
+
+#[test]
+fn shrink_and_expand_equal_one_row_matmuls_whatever_the_batch() {
+    let mut rng = Rng::new(17);
+    // Big enough that both products cross the parallel threshold (`PAR_WORK`).
+    let (num_rows, k, n) = (40, 520, 600);
+    let x = CpuTensor::from_vec(num_rows, k, rng.vec(num_rows * k, 1.0)).unwrap();
+    let y_before = rng.vec(num_rows * n, 1.0);
+    // Adapter 0: a stacked shrink of 12 rows whose expand reads columns 4..12 (rank 8, skinny
+    // lora_B); adapter 1: rank 40 (a lora_B too wide for the stored transpose).
+    let a = [f32_matrix(&mut rng, 12, k), f32_matrix(&mut rng, 40, k)];
+    let b = [f32_matrix(&mut rng, n, 8), f32_matrix(&mut rng, n, 40)];
+    let (offsets, scales) = ([4, 0], [0.5f32, 2.0]);
+    let by_adapter = |g: u32| (0..num_rows as u32).filter(|r| r % 3 == g).collect::<Vec<_>>();
+    let (rows_0, rows_1) = (by_adapter(0), by_adapter(1));
+    let row_ids: [&[u32]; 2] = [&rows_0, &rows_1];
+    let shrink_work = (rows_0.len() * 12 + rows_1.len() * 40) * k;
+    let expand_work = (rows_0.len() * 8 + rows_1.len() * 40) * n;
+    assert!(shrink_work >= PAR_WORK && expand_work >= PAR_WORK);
+    let one = pool(1);
+    for isa in isas() {
+        for threads in [1, 2, 3] {
+            let pool = pool(threads);
+            let shrinks = [0, 1].map(|g| segment(row_ids[g], &a[g], 0, 1.0));
+            let shrunk = lora_shrink(&pool, isa, &x, &shrinks).unwrap();
+            assert_eq!((shrunk.rows(), shrunk.cols()), (num_rows, 40));
+            let expands = [0, 1].map(|g| segment(row_ids[g], &b[g], offsets[g], scales[g]));
+            let mut y = CpuTensor::from_vec(num_rows, n, y_before.clone()).unwrap();
+            lora_expand(&pool, &shrunk, &expands, &mut y).unwrap();
+            for r in (2..num_rows).step_by(3) {
+                assert!(shrunk.row(r).iter().all(|&v| v == 0.0), "base row {r} shrunk");
+                assert_eq!(y.row(r), &y_before[r * n..(r + 1) * n], "base row {r} changed");
+            }
+            for g in 0..2 {
+                let (rank_a, rank_b) = (a[g].rows(), b[g].cols());
+                for &r in row_ids[g] {
+                    let r = r as usize;
+                    let x_row = CpuTensor::from_vec(1, k, x.row(r).to_vec()).unwrap();
+                    let alone = matmul(&one, isa, &x_row, &a[g], None).unwrap();
+                    assert_eq!(
+                        &shrunk.row(r)[..rank_a],
+                        alone.as_slice(),
+                        "shrink row {r} isa {isa:?} threads {threads}"
+                    );
+                    assert!(shrunk.row(r)[rank_a..].iter().all(|&v| v == 0.0));
+                    let t = shrunk.row(r)[offsets[g]..offsets[g] + rank_b].to_vec();
+                    let delta = matmul(
+                        &one,
+                        isa,
+                        &CpuTensor::from_vec(1, rank_b, t).unwrap(),
+                        &b[g],
+                        None,
+                    )
+                    .unwrap();
+                    let want: Vec<f32> = (0..n)
+                        .map(|c| y_before[r * n + c] + delta.row(0)[c] * scales[g])
+                        .collect();
+                    assert_eq!(
+                        y.row(r),
+                        &want[..],
+                        "expand row {r} isa {isa:?} threads {threads}"
+                    );
+                }
+            }
+        }
+    }
+}
+
+#[test]
+fn bad_segments_are_errors() {
+    let mut rng = Rng::new(3);
+    let pool = pool(2);
+    let isa = isas()[0];
+    let x = CpuTensor::from_vec(4, 16, rng.vec(64, 1.0)).unwrap();
+    let (a, a_wide, b) = (
+        f32_matrix(&mut rng, 4, 16),
+        f32_matrix(&mut rng, 4, 24),
+        f32_matrix(&mut rng, 16, 4),
+    );
+    let shrink = |segments: &[LoraSegment<'_, CpuMatrix>]| lora_shrink(&pool, isa, &x, segments).map(|_| ());
+    assert!(
+        shrink(&[segment(&[0, 1], &a, 0, 1.0), segment(&[1], &a, 0, 1.0)]).is_err(),
+        "row in two segments"
+    );
+    assert!(shrink(&[segment(&[4], &a, 0, 1.0)]).is_err(), "row out of range");
+    assert!(shrink(&[segment(&[0], &a_wide, 0, 1.0)]).is_err(), "lora_A width");
+    let shrunk = lora_shrink(&pool, isa, &x, &[segment(&[0, 2], &a, 0, 1.0)]).unwrap();
+    let mut y = CpuTensor::zeros(4, 16).unwrap();
+    assert!(
+        lora_expand(&pool, &shrunk, &[segment(&[0], &b, 1, 1.0)], &mut y).is_err(),
+        "columns past the shrink"
+    );
+    assert!(
+        lora_expand(&pool, &shrunk, &[segment(&[0], &a, 0, 1.0)], &mut y).is_err(),
+        "lora_B height"
+    );
+    assert!(lora_expand(&pool, &shrunk, &[segment(&[0], &b, 0, 1.0)], &mut y).is_ok());
+}
