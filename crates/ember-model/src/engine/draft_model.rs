@@ -119,7 +119,7 @@ impl<B: Backend> DraftModel<B> {
         };
         let batch: StepBatch = build_step_batch(&step, self.block_size);
         let num_rows = batch.logits_indices.len();
-        let lora = LoraStep::new(batch.input_ids.len(), Vec::new());
+        let lora = LoraStep::none();
         let (model, kv_cache) = (&self.model, &mut self.kv_cache);
         let logits = backend.run_forward(batch, &mut |s| model.forward(backend, s, kv_cache, &lora))?;
         if num_rows == 0 {
