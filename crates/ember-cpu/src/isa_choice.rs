@@ -4,14 +4,17 @@
 use crate::matmul::Isa;
 use ember_core::{BackendError, BackendResult};
 
-/// The environment variable that forces a kernel family: `scalar`, `avx2` or `avx512vnni`.
+/// The environment variable that forces a kernel family: `scalar`, `avx2`, `avx512vnni` (x86-64),
+/// `neon` or `neon-dotprod` (AArch64).
 pub const ISA_ENV: &str = "EMBER_CPU_ISA";
 
 /// The accepted values of [`ISA_ENV`], in the order of [`Isa`]'s variants.
-const ISA_NAMES: [(&str, Isa); 3] = [
+const ISA_NAMES: [(&str, Isa); 5] = [
     ("scalar", Isa::Scalar),
     ("avx2", Isa::Avx2),
     ("avx512vnni", Isa::Avx512Vnni),
+    ("neon", Isa::Neon),
+    ("neon-dotprod", Isa::NeonDotprod),
 ];
 
 /// The family named by `value` (the variable's content; unset or empty: [`Isa::detect`]), or an
@@ -60,11 +63,15 @@ mod tests {
             }
         }
         assert_eq!(choose_isa(Some("scalar")).unwrap(), Isa::Scalar);
+        assert_eq!(ISA_NAMES.map(|(_, isa)| isa), Isa::ALL);
     }
 
     #[test]
     fn unknown_name_is_an_error_naming_the_variable_and_choices() {
         let e = choose_isa(Some("sse9")).unwrap_err().to_string();
-        assert!(e.contains("EMBER_CPU_ISA") && e.contains("avx512vnni"), "{e}");
+        assert!(
+            e.contains("EMBER_CPU_ISA") && e.contains("avx512vnni") && e.contains("neon-dotprod"),
+            "{e}"
+        );
     }
 }

@@ -1,5 +1,5 @@
 //! Ember's CPU backend: quantized (GGUF's 32-element formats and K-quants) and float matmuls
-//! with AVX2 / AVX-512 VNNI kernels chosen at run time and a scalar reference, paged
+//! with AVX2 / AVX-512 VNNI (x86-64) or NEON / NEON dotprod (AArch64) kernels chosen at run time and a scalar reference, paged
 //! attention, norms, RoPE and activations, parallelized by a low-overhead spinning fork-join
 //! (`par`) over the backend's own rayon pool.
 //!
@@ -27,10 +27,12 @@ pub mod matrix;
 pub mod memory_plan;
 mod norm;
 mod packed;
-#[cfg(target_arch = "x86_64")]
+#[cfg(any(target_arch = "x86_64", target_arch = "aarch64"))]
 mod packed_kernel;
 mod packed_matmul;
-#[cfg(target_arch = "x86_64")]
+#[cfg(target_arch = "aarch64")]
+mod packed_neon;
+#[cfg(any(target_arch = "x86_64", target_arch = "aarch64"))]
 mod packed_tile;
 #[cfg(target_arch = "x86_64")]
 mod packed_x86;

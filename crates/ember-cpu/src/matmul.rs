@@ -22,24 +22,42 @@ pub enum Isa {
     Avx2,
     /// AVX2 kernels with AVX-512 VNNI (`vpdpbusd`) integer dots.
     Avx512Vnni,
+    /// AArch64 NEON (baseline on every ARM64 CPU): widening-multiply integer dots.
+    Neon,
+    /// NEON with the dot-product extension (`sdot`).
+    NeonDotprod,
 }
 
 impl Isa {
+    /// Every family, best last within each architecture.
+    pub const ALL: [Self; 5] = [
+        Self::Scalar,
+        Self::Avx2,
+        Self::Avx512Vnni,
+        Self::Neon,
+        Self::NeonDotprod,
+    ];
+
     /// The best family this CPU supports.
     pub fn detect() -> Self {
-        if Self::Avx512Vnni.is_supported() {
-            Self::Avx512Vnni
-        } else if Self::Avx2.is_supported() {
-            Self::Avx2
-        } else {
-            Self::Scalar
-        }
+        let best = Self::ALL.into_iter().rev().find(|isa| isa.is_supported());
+        best.unwrap_or(Self::Scalar)
     }
 
-    /// Whether this CPU can run the family (only the scalar one off x86-64).
-    #[cfg(not(target_arch = "x86_64"))]
+    /// Whether this CPU can run the family (only the scalar one off x86-64 and AArch64).
+    #[cfg(not(any(target_arch = "x86_64", target_arch = "aarch64")))]
     pub fn is_supported(self) -> bool {
         self == Self::Scalar
+    }
+
+    /// Whether this CPU can run the family (NEON is part of the AArch64 baseline).
+    #[cfg(target_arch = "aarch64")]
+    pub fn is_supported(self) -> bool {
+        match self {
+            Self::Scalar | Self::Neon => true,
+            Self::NeonDotprod => std::arch::is_aarch64_feature_detected!("dotprod"),
+            Self::Avx2 | Self::Avx512Vnni => false,
+        }
     }
 
     /// Whether this CPU can run the family.
@@ -50,6 +68,7 @@ impl Isa {
             && is_x86_feature_detected!("f16c");
         match self {
             Self::Scalar => true,
+            Self::Neon | Self::NeonDotprod => false,
             Self::Avx2 => avx2,
             Self::Avx512Vnni => {
                 avx2 && is_x86_feature_detected!("avx512f")

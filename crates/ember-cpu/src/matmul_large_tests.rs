@@ -21,7 +21,7 @@ const K: usize = 576;
 /// Says which kernel families ran and which this CPU cannot run. Written to stderr directly,
 /// past the test harness's output capture, so that every test log shows it.
 fn report_isas(exercised: &[Isa]) {
-    let skipped: Vec<Isa> = [Isa::Scalar, Isa::Avx2, Isa::Avx512Vnni]
+    let skipped: Vec<Isa> = Isa::ALL
         .into_iter()
         .filter(|isa| !exercised.contains(isa))
         .collect();

@@ -28,10 +28,7 @@ pub(crate) fn make_matrix(bytes: &[u8], dtype: WeightDType, n: usize, k: usize) 
 }
 
 pub(crate) fn isas() -> Vec<Isa> {
-    [Isa::Scalar, Isa::Avx2, Isa::Avx512Vnni]
-        .into_iter()
-        .filter(|i| i.is_supported())
-        .collect()
+    Isa::ALL.into_iter().filter(|i| i.is_supported()).collect()
 }
 
 pub(crate) fn dequantized(w: &CpuMatrix) -> Vec<f32> {

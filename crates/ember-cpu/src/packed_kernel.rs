@@ -1,7 +1,7 @@
 //! Pieces shared by the packed-layout SIMD kernels: format tags (const generic parameters)
 //! and raw per-row views of the quantized activations.
 
-use crate::packed::Layout;
+use crate::packed::{Layout, LANES};
 use crate::quant::QuantActs;
 use ember_core::WeightDType;
 
@@ -24,6 +24,9 @@ pub const fn layout_of_tag(t: u8) -> Layout {
         None => panic!("not a quantized format"),
     }
 }
+
+/// Receives each group's tile: `(group index from the first, out[r][lane])`.
+pub type TileSink<'a, const R: usize> = dyn FnMut(usize, &[[f32; LANES]; R]) + 'a;
 
 /// Raw pointers into one activation row of a [`QuantActs`].
 #[derive(Clone, Copy)]

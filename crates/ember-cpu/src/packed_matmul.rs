@@ -15,7 +15,7 @@ use crate::matrix::CpuMatrix;
 use crate::packed::{unpack_block, Layout, LANES};
 use crate::quant::QuantActs;
 use crate::tensor::CpuTensor;
-#[cfg(target_arch = "x86_64")]
+#[cfg(any(target_arch = "x86_64", target_arch = "aarch64"))]
 use ember_core::WeightDType;
 use rayon::ThreadPool;
 
@@ -165,15 +165,18 @@ impl Job<'_> {
 
 /// SIMD tiles of rows `r0..r0 + R` over weight groups `c0..c1`, dispatched on the ISA and the
 /// format; each group's result goes to `sink` (group index from `c0`).
-#[cfg(target_arch = "x86_64")]
+#[cfg(any(target_arch = "x86_64", target_arch = "aarch64"))]
 fn tiles<const R: usize>(
     job: &Job<'_>,
     r0: usize,
     c0: usize,
     c1: usize,
-    sink: &mut dyn FnMut(usize, &[[f32; LANES]; R]),
+    sink: &mut crate::packed_kernel::TileSink<'_, R>,
 ) {
     use crate::packed_kernel::tag_of;
+    #[cfg(target_arch = "aarch64")]
+    use crate::packed_neon::{tiles_neon, tiles_neon_dotprod};
+    #[cfg(target_arch = "x86_64")]
     use crate::packed_x86::{tiles_avx2, tiles_vnni};
     let (w, acts) = (job.w, &job.acts);
     let (groups, nb) = (w.groups(c0, c1), w.num_blocks());
@@ -184,8 +187,14 @@ fn tiles<const R: usize>(
             // the matrix's format with `nb` blocks each, and `acts` was quantized for it.
             unsafe {
                 match (job.isa, tag_of(w.dtype())) {
-                    $((Isa::Avx512Vnni, $t) => tiles_vnni::<$t, R>(groups, c1 - c0, nb, acts, r0, sink),
-                      (Isa::Avx2, $t) => tiles_avx2::<$t, R>(groups, c1 - c0, nb, acts, r0, sink),)*
+                    $(#[cfg(target_arch = "x86_64")]
+                      (Isa::Avx512Vnni, $t) => tiles_vnni::<$t, R>(groups, c1 - c0, nb, acts, r0, sink),
+                      #[cfg(target_arch = "x86_64")]
+                      (Isa::Avx2, $t) => tiles_avx2::<$t, R>(groups, c1 - c0, nb, acts, r0, sink),
+                      #[cfg(target_arch = "aarch64")]
+                      (Isa::NeonDotprod, $t) => tiles_neon_dotprod::<$t, R>(groups, c1 - c0, nb, acts, r0, sink),
+                      #[cfg(target_arch = "aarch64")]
+                      (Isa::Neon, $t) => tiles_neon::<$t, R>(groups, c1 - c0, nb, acts, r0, sink),)*
                     _ => unreachable!("scalar or float tile"),
                 }
             }
@@ -194,8 +203,8 @@ fn tiles<const R: usize>(
     arms!(Q8_0, Q4_0, Q4_1, Q5_0, Q5_1, IQ4_NL, Q2_K, Q3_K, Q4_K, Q5_K, Q6_K, Q8_K)
 }
 
-/// No SIMD tiles off x86-64 (the scalar path runs instead).
-#[cfg(not(target_arch = "x86_64"))]
+/// No SIMD tiles off x86-64 and AArch64 (the scalar path runs instead).
+#[cfg(not(any(target_arch = "x86_64", target_arch = "aarch64")))]
 fn tiles<const R: usize>(
     _job: &Job<'_>,
     _r0: usize,
@@ -203,5 +212,5 @@ fn tiles<const R: usize>(
     _c1: usize,
     _sink: &mut dyn FnMut(usize, &[[f32; LANES]; R]),
 ) {
-    unreachable!("SIMD tiles exist on x86-64 only")
+    unreachable!("SIMD tiles exist on x86-64 and AArch64 only")
 }

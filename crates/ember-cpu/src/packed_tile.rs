@@ -6,7 +6,8 @@
 //! offset of unsigned field values is removed by starting each sum from `-offset * sum(x)`.
 //! Sums are scaled by the sub-block scales per 16- or 32-element run, then the f32 stage is
 //! the reference's `fma` sequence per block, lane by lane: results equal `dot_scalar` bit for
-//! bit on every ISA (`packed_x86` implements `TileVec` for AVX-512 VNNI and AVX2).
+//! bit on every ISA (`packed_x86` implements `TileVec` for AVX-512 VNNI and AVX2, `packed_neon` for
+//! NEON with and without `dotprod`).
 //!
 //! Everything here is `#[inline(always)]`: the kernels are instantiated inside the ISA's
 //! `#[target_feature]` functions, where the intrinsics inline.

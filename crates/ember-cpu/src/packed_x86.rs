@@ -4,7 +4,7 @@
 //! points that instantiate `packed_tile::tile_lanes` for them.
 
 use crate::packed::LANES;
-use crate::packed_kernel::{act_rows, layout_of_tag};
+use crate::packed_kernel::{act_rows, layout_of_tag, TileSink};
 use crate::packed_tile::{tile_lanes, TileVec};
 use crate::quant::QuantActs;
 use std::arch::x86_64::*;
@@ -239,9 +239,6 @@ unsafe impl TileVec for Avx2 {
         unsafe { _mm256_storeu_ps(p, v) }
     }
 }
-
-/// Receives each group's tile: `(group index from the first, out[r][lane])`.
-pub type TileSink<'a, const R: usize> = dyn FnMut(usize, &[[f32; LANES]; R]) + 'a;
 
 /// Tiles on AVX-512 VNNI: for each of the `num_groups` consecutive packed groups in `groups`
 /// (16 weight rows, `num_blocks` blocks of format tag `T` each), the tile against activation
