@@ -96,9 +96,12 @@ check_wheel_once() {  # wheel -> scripts/check_wheel_install.sh, once per built 
 stage "the wheel in a fresh venv with no Rust on PATH: ember --version, import, ember generate (scripts/check_wheel_install.sh)"
 check_wheel_once "$wheel"
 
-# Fresh: about 13 min for the cross build (2 cores, shared) and 5-10 min under qemu; hence a flag.
+# Fresh on the shared 2 cores: the toolchain fetch ~3 min, the Rust checks ~16 min, the wheel's
+# cross build ~15 min and its qemu run ~10 min (README, "Building wheels"); hence a flag.
 if [[ ${EMBER_TEST_AARCH64:-} == 1 ]]; then
-    stage "aarch64 wheel: build (Debian sid's rustc, cached by source hash), then under qemu-aarch64 (scripts/check_wheel_install.sh)"
+    stage "aarch64 Rust: clippy -D warnings, ember-cpu's tests under qemu -cpu max and cortex-a53 (scripts/aarch64_rust_checks.sh)"
+    bash scripts/aarch64_rust_checks.sh
+    stage "aarch64 wheel: build (Debian sid's rustc, cached by source hash), then under qemu-aarch64: scalar vs NEON token ids (scripts/check_wheel_install.sh)"
     aarch64_wheel=$(EMBER_BUILD_VENV=$ROOT/.venv EMBER_FATBIN=$ROOT/.cache/ember_kernels.fatbin bash scripts/cached_wheel.sh aarch64)
     check_wheel_once "$aarch64_wheel"
 fi

@@ -11,18 +11,21 @@ import pytest
 from ember import EmberError, Engine, SamplingParams
 
 ISA_ENV = "EMBER_CPU_ISA"
-# The /proc/cpuinfo flags each family needs (crates/ember-cpu/src/matmul.rs, Isa::is_supported).
+# The /proc/cpuinfo flags each family needs (crates/ember-cpu/src/matmul.rs, Isa::is_supported);
+# on x86-64 the NEON families are refused, on AArch64 the x86 ones.
 ISA_FLAGS = {
     "avx2": {"avx2", "fma", "f16c"},
     "avx512vnni": {"avx2", "fma", "f16c", "avx512f", "avx512bw", "avx512vl", "avx512_vnni"},
+    "neon": {"asimd"},
+    "neon-dotprod": {"asimd", "asimddp"},
 }
 PROMPTS = ["The capital of France is", "def fibonacci(n):"]
 
 
 def cpu_flags() -> set[str]:
-    """This machine's CPU feature flags."""
+    """This machine's CPU feature flags (x86-64's `flags`, AArch64's `Features`)."""
     for line in Path("/proc/cpuinfo").read_text().splitlines():
-        if line.startswith("flags"):
+        if line.startswith(("flags", "Features")):
             return set(line.split(":", 1)[1].split())
     return set()
 

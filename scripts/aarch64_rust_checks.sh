@@ -1,5 +1,6 @@
 #!/usr/bin/env bash
-# Runs ember-cpu's Rust tests for aarch64-unknown-linux-gnu under qemu-aarch64, once per emulated
+# Lints ember-core and ember-cpu for aarch64-unknown-linux-gnu (clippy -D warnings, sid's
+# clippy-driver), then runs ember-cpu's Rust unit tests for that target under qemu-aarch64, once per emulated
 # CPU: `max` (NEON with the dotprod extension: the NeonDotprod, Neon and Scalar kernel families)
 # and `cortex-a53` (NEON without dotprod: Neon and Scalar). The kernel tests compare every family
 # the CPU runs with the scalar reference bit for bit; this script also checks, from the line the
@@ -8,7 +9,7 @@
 # wheel pinned in requirements/test.txt, taken from $EMBER_BUILD_VENV, default .venv).
 # Emulated timings say nothing about speed on real ARM hardware.
 #
-#   bash scripts/aarch64_cargo_test.sh [extra cargo test arguments, e.g. a test name filter]
+#   bash scripts/aarch64_rust_checks.sh [extra cargo test arguments, e.g. a test name filter]
 set -euo pipefail
 cd "$(dirname "$0")/.."
 root=$PWD
@@ -36,6 +37,11 @@ chmod +x "$toolchain/bin/aarch64-zig-cc"
 export RUSTC=$toolchain/bin/rustc
 export CARGO_TARGET_DIR=${CARGO_TARGET_DIR:-$root/target}/aarch64
 export CARGO_TARGET_AARCH64_UNKNOWN_LINUX_GNU_LINKER=$toolchain/bin/aarch64-zig-cc
+start=$(date +%s)
+# As `cargo clippy` runs it, with sid's clippy-driver (the host's belongs to another rustc).
+RUSTC_WORKSPACE_WRAPPER=$toolchain/bin/clippy-driver CLIPPY_ARGS="-D__CLIPPY_HACKERY__warnings__CLIPPY_HACKERY__" \
+    cargo check -p ember-core -p ember-cpu --all-targets --target aarch64-unknown-linux-gnu
+echo "aarch64 clippy -D warnings (ember-core, ember-cpu): clean ($(($(date +%s) - start)) s)"
 start=$(date +%s)
 cargo test -p ember-cpu --lib --target aarch64-unknown-linux-gnu --no-run
 echo "aarch64 test build: $(($(date +%s) - start)) s"
