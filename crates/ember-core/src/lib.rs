@@ -50,7 +50,8 @@ pub use scheduler::Scheduler;
 pub use scheduler_config::{AddRequestError, ConfigError, SchedulerConfig, SchedulingPolicy};
 pub use scheduler_stats::SchedulerStats;
 pub use speculative::{
-    propose_ngram, AcceptanceRecord, SpeculativeConfig, SpeculativeConfigError, SpeculativeMethod,
+    find_ngram, max_drafts_for_match, AcceptanceRecord, NgramMatch, SpeculativeConfig,
+    SpeculativeConfigError, SpeculativeMethod,
 };
 pub use step::{
     FinishReason, ModelRunnerOutput, PromptLogprobs, RequestId, RequestUpdate, SampledToken, ScheduledSeq,
