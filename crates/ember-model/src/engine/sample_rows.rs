@@ -63,7 +63,7 @@ enum RowResult {
 /// Samples `seq`'s rows in order (row `i` at token index `num_output_tokens + i`, penalties
 /// seeing the drafts accepted before it) while each sample equals the draft of its row; returns
 /// the samples up to and including the first that differs (or the bonus one after the last draft).
-fn sample_seq(
+pub(crate) fn sample_seq(
     seq: &ScheduledSeq,
     rows: Vec<&mut [f32]>,
     history: Option<&TokenHistory>,

@@ -215,3 +215,61 @@ fn jump_forward_takes_only_tokens_that_are_the_one_allowed() {
     s.add(&"r".into(), &regex("zz"), None).unwrap();
     assert_eq!(s.take_forced_tokens("r", 16), (Vec::new(), false));
 }
+
+/// The greedy tokens a verification of `seq` emits from `logits` (one row per verified token).
+fn verify(seq: &ScheduledSeq, logits: &[Vec<f32>]) -> Vec<u32> {
+    let mut rows = logits[..=seq.num_draft_tokens].to_vec();
+    let rows = rows.iter_mut().map(|r| r.as_mut_slice()).collect();
+    crate::engine::sample_rows::sample_seq(seq, rows, None, &[EOS])
+        .iter()
+        .map(|t| t.token_id)
+        .collect()
+}
+
+#[test]
+fn unmasked_draft_rows_would_change_the_verified_tokens() {
+    // Row p prefers 'z' (never allowed by "ab*c"), then `after[p]`: masked decoding gives
+    // "ab", "b", "c"; a row left unmasked samples 'z' instead.
+    let after = [256u32, b'b'.into(), b'c'.into()];
+    let logits: Vec<Vec<f32>> = after
+        .iter()
+        .map(|&t| {
+            let mut row = vec![0.0f32; VOCAB_SIZE];
+            row[usize::from(b'z')] = 9.0;
+            row[t as usize] = 5.0;
+            row
+        })
+        .collect();
+    // Plain decoding: one masked row per step.
+    let mut plain = state();
+    plain.add(&"r".into(), &regex("ab*c"), None).unwrap();
+    let mut plain_ids = Vec::new();
+    for (p, row) in logits.iter().enumerate() {
+        let mut output = step(&["r"]);
+        plain.fill_masks(&mut output);
+        let ids = verify(&output.seqs[0], std::slice::from_ref(row));
+        let complete = (p == 2).then_some(FinishReason::Stop);
+        assert_eq!(plain.accept(&mut update(&ids)), complete);
+        plain_ids.extend(ids);
+    }
+    assert_eq!(plain_ids, after);
+    // Speculating "ab", "b": each draft row masked with the grammar after the drafts before it.
+    let mut spec = state();
+    spec.add(&"r".into(), &regex("ab*c"), None).unwrap();
+    let mut output = step(&["r"]);
+    output.seqs[0].token_ids = vec![0, 256, b'b'.into()];
+    output.seqs[0].num_draft_tokens = 2;
+    output.num_batched_tokens = 3;
+    spec.fill_masks(&mut output);
+    let seq = &output.seqs[0];
+    assert_eq!(seq.draft_token_masks.len(), 2);
+    assert_eq!(verify(seq, &logits), plain_ids);
+    // Mutants: a broken draft check (draft rows unmasked, or masked with the first row's
+    // grammar state) makes the equality fail.
+    let mut unmasked = seq.clone();
+    unmasked.draft_token_masks.clear();
+    assert_ne!(verify(&unmasked, &logits), plain_ids);
+    let mut stale = seq.clone();
+    stale.draft_token_masks = vec![seq.token_mask.clone().unwrap(); 2];
+    assert_ne!(verify(&stale, &logits), plain_ids);
+}
