@@ -58,11 +58,11 @@ class Engine:
     a decode step each; outputs are the same with it off. `speculative_config` turns on
     speculative decoding, vLLM's shape: `{"method": "ngram", "num_speculative_tokens": k,
     "prompt_lookup_min": a, "prompt_lookup_max": b}` (plus Ember's `adaptive`, default true,
-    and `max_num_seqs_to_speculate`, default 2, 0 = any batch), or `{"method": "draft_model",
-    "model": PATH_OR_NAME, "num_speculative_tokens": k, "dtype": "auto" | "float32"}` (a model
-    with the target's vocabulary, run on the same backend with a KV cache mirroring the
-    target's blocks); drafts are verified in one step and outputs are token for token those
-    without it. `enable_lora`
+    and `max_num_seqs_to_speculate`, default 1 for ngram and 2 for draft_model, 0 = any
+    batch), or `{"method": "draft_model", "model": PATH_OR_NAME, "num_speculative_tokens": k,
+    "dtype": "auto" | "float32"}` (a model with the target's vocabulary, run on the same
+    backend with a KV cache mirroring the target's blocks); drafts are verified in one step
+    and outputs are token for token those without it. `enable_lora`
     lets requests run with PEFT LoRA adapters (`lora_request=`): at most `max_loras` distinct
     adapters among running requests, ranks up to `max_lora_rank`, `max_cpu_loras` (default
     `max_loras`) kept loaded.

@@ -44,13 +44,14 @@ pub use memory::{KvCacheSpec, LayerKv, MemoryLimits, ModelShape};
 pub use penalties::TokenHistory;
 pub use request::{Request, RequestStatus};
 pub use request_histories::RequestHistories;
-pub use sampler::{mask_stop_tokens_before_min, probabilities, sample, Sample, SampleContext};
+pub use sampler::{argmax, mask_stop_tokens_before_min, probabilities, sample, Sample, SampleContext};
 pub use sampling_params::{check_prompt_token_ids, InvalidParam, SamplingParams, ValidSamplingParams};
 pub use scheduler::Scheduler;
 pub use scheduler_config::{AddRequestError, ConfigError, SchedulerConfig, SchedulingPolicy};
 pub use scheduler_stats::SchedulerStats;
 pub use speculative::{
-    propose_ngram, AcceptanceRecord, SpeculativeConfig, SpeculativeConfigError, SpeculativeMethod,
+    find_ngram, max_drafts_for_match, AcceptanceRecord, NgramMatch, SpeculativeConfig,
+    SpeculativeConfigError, SpeculativeMethod,
 };
 pub use step::{
     FinishReason, ModelRunnerOutput, PromptLogprobs, RequestId, RequestUpdate, SampledToken, ScheduledSeq,

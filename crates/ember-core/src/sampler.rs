@@ -188,12 +188,21 @@ pub fn probabilities(logits: &[f32], params: &SamplingParams, ctx: &SampleContex
     probs
 }
 
-/// The token drawn from an adjusted row with uniform draw `u` (greedy: the first argmax).
+/// The greedy pick of a logits row, the token [`sample`] returns at temperature 0: the first
+/// (lowest-id) maximum, NaNs read as `-inf` (and cleared in `row`); 0 for an empty row.
+pub fn argmax(row: &mut [f32]) -> u32 {
+    sanitize_and_argmax(row).map_or(0, |(max_idx, _)| max_idx as u32)
+}
+
+/// The token drawn from an adjusted row with uniform draw `u` (greedy: [`argmax`]).
 fn choose(work: &mut [f32], params: &SamplingParams, u: f64) -> u32 {
+    if params.is_greedy() {
+        return argmax(work);
+    }
     let Some((max_idx, max)) = sanitize_and_argmax(work) else {
         return 0;
     };
-    if params.is_greedy() || !max.is_finite() {
+    if !max.is_finite() {
         return max_idx as u32;
     }
     filter(work, params, max).pick(work, u)

@@ -321,3 +321,27 @@ fn frequencies_follow_the_adjusted_probabilities() {
     let critical = [10.83, 13.82, 16.27, 18.47, 20.52][dof - 1];
     assert!(chi_square(&counts, &probs) < critical, "{counts:?} vs {probs:?}");
 }
+
+#[test]
+fn argmax_is_the_greedy_pick_with_ties_to_the_lowest_id() {
+    assert_eq!(argmax(&mut [0.5, 2.0, 2.0, 1.0]), 1);
+    assert_eq!(argmax(&mut [f32::NAN, 1.0, f32::NAN, 1.0]), 1);
+    assert_eq!(argmax(&mut []), 0);
+    // The same token `sample` picks at temperature 0, with and without adjustments.
+    let row = [0.1, 3.0, -2.0, 3.0, f32::NAN, 2.5];
+    let greedy = params(0.0);
+    let biased = SamplingParams {
+        logit_bias: vec![(5, 1.0)],
+        ..params(0.0)
+    };
+    assert_eq!(
+        sample(&mut row.to_vec(), &greedy, &ctx(0, 0)).token_id,
+        argmax(&mut row.to_vec())
+    );
+    let mut adjusted = row.to_vec();
+    adjusted[5] += 1.0;
+    assert_eq!(
+        sample(&mut row.to_vec(), &biased, &ctx(0, 0)).token_id,
+        argmax(&mut adjusted)
+    );
+}

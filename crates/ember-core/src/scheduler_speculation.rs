@@ -3,7 +3,7 @@
 
 use super::Scheduler;
 use crate::request::Request;
-use crate::speculative::{propose_ngram, SpeculativeMethod};
+use crate::speculative::{find_ngram, max_drafts_for_match, SpeculativeMethod};
 use crate::step::RequestId;
 
 impl Scheduler {
@@ -44,7 +44,18 @@ impl Scheduler {
         if method == SpeculativeMethod::DraftModel {
             return vec![0; num_wanted];
         }
-        propose_ngram(&req.token_range(0, req.num_tokens()), min_n, max_n, num_wanted)
+        let token_ids = req.token_range(0, req.num_tokens());
+        let Some(found) = find_ngram(&token_ids, min_n, max_n) else {
+            return Vec::new();
+        };
+        // Adaptive speculation also trusts a short match less (see `max_drafts_for_match`).
+        let num_drafts = if adaptive {
+            num_wanted.min(max_drafts_for_match(found.num_matched_tokens))
+        } else {
+            num_wanted
+        };
+        let to = (found.next_index + num_drafts).min(token_ids.len());
+        token_ids[found.next_index..to].to_vec()
     }
 
     /// Counts a verification of `num_proposed` drafts of which `num_accepted` were accepted,

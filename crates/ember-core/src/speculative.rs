@@ -39,10 +39,16 @@ pub struct SpeculativeConfig {
 /// Most draft tokens a request may verify per step.
 pub const MAX_SPECULATIVE_TOKENS: usize = 32;
 
-/// Default batch size above which nobody speculates: on the CPU's quantized kernels a step's
-/// cost grows with its rows, and the crossover measured by `bench/spec_decode.py` (see
-/// bench/RESULTS.md) lies at about 2 running sequences.
-pub const DEFAULT_MAX_NUM_SEQS_TO_SPECULATE: usize = 2;
+/// Default batch size above which n-gram speculation is off: on the CPU's quantized kernels a
+/// step's cost grows with its rows, and `bench/spec_decode.py` measured n-gram speculation
+/// slower than plain decoding from 2 running sequences on (0.86x on a quiet 2-core machine, see
+/// bench/RESULTS.md), so only a single stream speculates.
+pub const DEFAULT_NGRAM_MAX_NUM_SEQS_TO_SPECULATE: usize = 1;
+
+/// Default batch size above which draft-model speculation is off: a cheap draft (Q4_1 for a
+/// float32 target) still won at 4 and 16 sequences in `bench/spec_decode.py`, but a draft as
+/// costly as its target would not, so the default stays at 2.
+pub const DEFAULT_DRAFT_MAX_NUM_SEQS_TO_SPECULATE: usize = 2;
 
 /// A speculative config whose fields are out of range; names the field and the limit.
 #[derive(Clone, Debug, Error, PartialEq, Eq)]
@@ -52,23 +58,24 @@ pub struct SpeculativeConfigError(pub String);
 impl SpeculativeConfig {
     /// An n-gram config proposing up to `num_speculative_tokens` tokens from suffixes of
     /// `prompt_lookup_min..=prompt_lookup_max` tokens, adaptive, off above
-    /// [`DEFAULT_MAX_NUM_SEQS_TO_SPECULATE`] running sequences.
+    /// [`DEFAULT_NGRAM_MAX_NUM_SEQS_TO_SPECULATE`] running sequences.
     pub fn ngram(num_speculative_tokens: usize, prompt_lookup_min: usize, prompt_lookup_max: usize) -> Self {
         Self {
             method: SpeculativeMethod::Ngram,
             num_speculative_tokens,
             prompt_lookup_min,
             prompt_lookup_max,
-            max_num_seqs_to_speculate: DEFAULT_MAX_NUM_SEQS_TO_SPECULATE,
+            max_num_seqs_to_speculate: DEFAULT_NGRAM_MAX_NUM_SEQS_TO_SPECULATE,
             adaptive: true,
         }
     }
 
     /// A draft-model config proposing up to `num_speculative_tokens` tokens, adaptive, off
-    /// above [`DEFAULT_MAX_NUM_SEQS_TO_SPECULATE`] running sequences.
+    /// above [`DEFAULT_DRAFT_MAX_NUM_SEQS_TO_SPECULATE`] running sequences.
     pub fn draft_model(num_speculative_tokens: usize) -> Self {
         Self {
             method: SpeculativeMethod::DraftModel,
+            max_num_seqs_to_speculate: DEFAULT_DRAFT_MAX_NUM_SEQS_TO_SPECULATE,
             ..Self::ngram(num_speculative_tokens, 1, 1)
         }
     }
@@ -101,26 +108,49 @@ impl SpeculativeConfig {
     }
 }
 
-/// Up to `num_draft` tokens that followed the most recent earlier occurrence of the longest
-/// suffix of `token_ids` (between `min_n` and `max_n` tokens long); empty when no suffix of
-/// that length occurs earlier.
-pub fn propose_ngram(token_ids: &[u32], min_n: usize, max_n: usize, num_draft: usize) -> Vec<u32> {
+/// The longest suffix of some tokens seen earlier in them: its length and where the tokens
+/// that followed its latest earlier occurrence start.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub struct NgramMatch {
+    /// Tokens in the matched suffix.
+    pub num_matched_tokens: usize,
+    /// Index of the first token after the earlier occurrence.
+    pub next_index: usize,
+}
+
+/// The longest suffix of `token_ids` (between `min_n` and `max_n` tokens long) that occurs
+/// earlier in them, at its latest earlier occurrence; none when no such suffix occurs.
+pub fn find_ngram(token_ids: &[u32], min_n: usize, max_n: usize) -> Option<NgramMatch> {
     let len = token_ids.len();
-    if num_draft == 0 || min_n == 0 {
-        return Vec::new();
+    if min_n == 0 {
+        return None;
     }
     for n in (min_n..=max_n.min(len.saturating_sub(1))).rev() {
         let suffix = &token_ids[len - n..];
         // Candidate starts end before the suffix itself, latest first.
         for start in (0..len - n).rev() {
             if &token_ids[start..start + n] == suffix {
-                let from = start + n;
-                let to = (from + num_draft).min(len);
-                return token_ids[from..to].to_vec();
+                return Some(NgramMatch {
+                    num_matched_tokens: n,
+                    next_index: start + n,
+                });
             }
         }
     }
-    Vec::new()
+    None
+}
+
+/// Most drafts worth verifying after a suffix match of `num_matched_tokens` tokens, for
+/// adaptive speculation. Short matches are poor predictors of a copy (on bench/spec_decode.py's
+/// prompts a 1-token match's drafts are mostly wrong) and every draft costs a verified row, so
+/// a 1-token match proposes nothing, a 2-token match one draft, a 3-token match up to three.
+pub fn max_drafts_for_match(num_matched_tokens: usize) -> usize {
+    match num_matched_tokens {
+        0 | 1 => 0,
+        2 => 1,
+        3 => 3,
+        _ => MAX_SPECULATIVE_TOKENS,
+    }
 }
 
 /// One request's proposals and acceptances, which set how many tokens it proposes next.
@@ -192,15 +222,28 @@ mod tests {
 
     #[test]
     fn ngram_takes_the_longest_then_latest_match() {
-        // Suffix [1, 2] occurs at 0 and 4; the latest earlier one (4) is followed by 9.
+        let at = |n, next| {
+            Some(NgramMatch {
+                num_matched_tokens: n,
+                next_index: next,
+            })
+        };
+        // Suffix [1, 2] occurs at 0 and 4; the latest earlier one (4) is followed by index 6.
         let tokens = [1, 2, 3, 7, 1, 2, 9, 5, 1, 2];
-        assert_eq!(propose_ngram(&tokens, 1, 3, 2), vec![9, 5]);
-        // The 3-token suffix [5, 1, 2] never occurs earlier; 2 does.
-        assert_eq!(propose_ngram(&tokens, 3, 3, 2), Vec::<u32>::new());
-        // Drafts stop at the end of the known tokens.
-        assert_eq!(propose_ngram(&[4, 4], 1, 1, 5), vec![4]);
-        assert!(propose_ngram(&[4], 1, 2, 5).is_empty());
-        assert!(propose_ngram(&tokens, 1, 3, 0).is_empty());
+        assert_eq!(find_ngram(&tokens, 1, 3), at(2, 6));
+        // The 3-token suffix [5, 1, 2] never occurs earlier.
+        assert_eq!(find_ngram(&tokens, 3, 3), None);
+        assert_eq!(find_ngram(&[4, 4], 1, 1), at(1, 1));
+        assert_eq!(find_ngram(&[4], 1, 2), None);
+        assert_eq!(find_ngram(&tokens, 0, 3), None);
+    }
+
+    #[test]
+    fn short_matches_propose_few_drafts() {
+        assert_eq!(max_drafts_for_match(1), 0);
+        assert_eq!(max_drafts_for_match(2), 1);
+        assert_eq!(max_drafts_for_match(3), 3);
+        assert_eq!(max_drafts_for_match(4), MAX_SPECULATIVE_TOKENS);
     }
 
     #[test]

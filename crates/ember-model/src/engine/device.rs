@@ -41,12 +41,13 @@ pub fn load_on_device(args: &EngineArgs, opened: &OpenedModel) -> Result<DeviceM
         kv_cache_memory_bytes: args.kv_cache_memory_bytes,
         gpu_memory_utilization: args.gpu_memory_utilization,
     };
-    let draft = match &args.draft_model {
-        Some(draft_args) => Some((open_draft(draft_args, opened)?, draft_args.dtype == "float32")),
-        None => None,
-    };
     match kind {
         DeviceKind::Cpu => {
+            let draft = args
+                .draft_model
+                .as_ref()
+                .map(|d| open_draft(d, opened).map(|draft| (draft, d.dtype == "float32")))
+                .transpose()?;
             let options = CpuOptions {
                 num_threads: args.num_threads,
                 f32_weights: args.dtype == "float32",
@@ -73,7 +74,7 @@ pub fn load_on_device(args: &EngineArgs, opened: &OpenedModel) -> Result<DeviceM
         }
         #[cfg(feature = "cuda")]
         DeviceKind::Cuda => {
-            if draft.is_some() {
+            if args.draft_model.is_some() {
                 return Err(EngineError::InvalidRequest(
                     "speculative_config.method \"draft_model\" runs on the CPU backend only for now \
                      (its CUDA path is not verified); use device=\"cpu\" or method \"ngram\""
@@ -201,14 +202,10 @@ fn load<B: Backend + 'static>(
     let model = load_model(&backend, opened, limits)?;
     let mut spec = backend.plan_memory(model.shape(), limits)?;
     let kv_release_window = model.shape().kv_release_window();
-    let draft_spec = match &draft {
-        Some(draft) => {
-            let draft_model = &draft.model;
-            let draft_spec = share_with_draft(&mut spec, draft_model.shape(), kv_release_window, &backend)?;
-            Some(draft_spec)
-        }
-        None => None,
-    };
+    let draft_spec = draft
+        .as_ref()
+        .map(|d| share_with_draft(&mut spec, d.model.shape(), kv_release_window, &backend))
+        .transpose()?;
     if spec.num_blocks == 0 {
         return Err(EngineError::InvalidRequest(format!(
             "the KV cache memory is smaller than one block ({} bytes)",

@@ -10,7 +10,7 @@
 use std::sync::Arc;
 
 use ember_core::{
-    Backend, BackendResult, KvCacheSpec, SamplingParams, ScheduledSeq, SchedulerOutput, StepBatch,
+    argmax, Backend, BackendResult, KvCacheSpec, SamplingParams, ScheduledSeq, SchedulerOutput, StepBatch,
 };
 
 use crate::engine::batch::build_step_batch;
@@ -125,19 +125,8 @@ impl<B: Backend> DraftModel<B> {
         if num_rows == 0 {
             return Ok(Vec::new());
         }
-        let host = backend.to_host(&logits)?;
-        Ok(host
-            .chunks_exact(self.vocab_size)
-            .map(|row| {
-                let mut best = 0;
-                for (id, &x) in row.iter().enumerate() {
-                    if x > row[best] {
-                        best = id;
-                    }
-                }
-                best as u32
-            })
-            .collect())
+        let mut host = backend.to_host(&logits)?;
+        Ok(host.chunks_exact_mut(self.vocab_size).map(argmax).collect())
     }
 }
 

@@ -217,10 +217,12 @@ pub fn sample_step<B: Backend>(
 mod tests {
     use std::sync::Arc;
 
-    use ember_core::SamplingParams;
+    use ember_core::{RequestUpdate, SamplingParams};
 
     use super::*;
     use crate::engine::batch::tests::{seq, step};
+    use crate::structured::StructuredOutputs;
+    use crate::text::tokenizer::tests::byte_level_tokenizer;
 
     #[test]
     fn device_sampling_needs_every_row_plain_and_no_prompt_logprobs() {
@@ -260,5 +262,84 @@ mod tests {
         assert_eq!(chunks.len(), 2);
         assert_eq!((chunks[0].first_position, chunks[0].entries.len()), (1, 2));
         assert_eq!((chunks[1].first_position, chunks[1].entries.len()), (4, 1));
+    }
+
+    /// The greedy tokens a verification of `seq` emits from `logits` (one row per verified token).
+    fn verify(seq: &ScheduledSeq, logits: &[Vec<f32>]) -> Vec<u32> {
+        let mut rows = logits[..=seq.num_draft_tokens].to_vec();
+        let rows = rows.iter_mut().map(|r| r.as_mut_slice()).collect();
+        sample_seq(seq, rows, None, &[EOS])
+            .iter()
+            .map(|t| t.token_id)
+            .collect()
+    }
+
+    /// Byte-level vocabulary: 256 bytes, the merge "ab" (256), EOS (257), two padding ids.
+    const EOS: u32 = 257;
+    const VOCAB_SIZE: usize = 259;
+
+    /// Structured outputs with request "r" constrained to the regex "ab*c".
+    fn constrained() -> StructuredOutputs {
+        let tokenizer = byte_level_tokenizer(&[("a", "b")], &[("<|end|>", true)]);
+        let mut state = StructuredOutputs::new(Arc::new(tokenizer), VOCAB_SIZE, vec![EOS]);
+        let fields = ember_core::StructuredOutputsFields {
+            regex: Some("ab*c".into()),
+            ..Default::default()
+        };
+        state
+            .add(&"r".into(), &Arc::new(fields.validate().unwrap()), None)
+            .unwrap();
+        state
+    }
+
+    #[test]
+    fn unmasked_draft_rows_would_change_the_verified_tokens() {
+        // Row p prefers 'z' (never allowed by "ab*c"), then `masked[p]`: masked decoding gives
+        // "ab", "b", "c"; a row left unmasked samples 'z' instead.
+        let masked = [256u32, b'b'.into(), b'c'.into()];
+        let logits: Vec<Vec<f32>> = masked
+            .iter()
+            .map(|&t| {
+                let mut row = vec![0.0f32; VOCAB_SIZE];
+                row[usize::from(b'z')] = 9.0;
+                row[t as usize] = 5.0;
+                row
+            })
+            .collect();
+        // Plain decoding: one masked row per step, each sampled token fed to the grammar.
+        let mut plain = constrained();
+        let mut plain_ids = Vec::new();
+        for row in &logits {
+            let mut output = step(vec![seq("r", 0, 1, 1, None)]);
+            plain.fill_masks(&mut output);
+            let sampled = sample_seq(&output.seqs[0], vec![row.clone().as_mut_slice()], None, &[EOS]);
+            let mut update = RequestUpdate {
+                request_id: "r".into(),
+                new_tokens: sampled.clone(),
+                finish_reason: None,
+                stop_token_id: None,
+                num_cached_tokens: 0,
+            };
+            plain.accept(&mut update);
+            plain_ids.extend(sampled.iter().map(|t| t.token_id));
+        }
+        assert_eq!(plain_ids, masked);
+        // Speculating "ab", "b": each draft row masked with the grammar after the drafts before it.
+        let mut drafting = seq("r", 0, 3, 1, None);
+        drafting.token_ids = vec![0, 256, b'b'.into()];
+        drafting.num_draft_tokens = 2;
+        let mut output = step(vec![drafting]);
+        constrained().fill_masks(&mut output);
+        let spec = &output.seqs[0];
+        assert_eq!(spec.draft_token_masks.len(), 2);
+        assert_eq!(verify(spec, &logits), plain_ids);
+        // Mutants of the draft check (draft rows unmasked, or masked with the first row's
+        // grammar state) make the equality fail.
+        let mut unmasked = spec.clone();
+        unmasked.draft_token_masks.clear();
+        assert_ne!(verify(&unmasked, &logits), plain_ids);
+        let mut stale = spec.clone();
+        stale.draft_token_masks = vec![spec.token_mask.clone().unwrap(); 2];
+        assert_ne!(verify(&stale, &logits), plain_ids);
     }
 }

@@ -137,7 +137,7 @@ mod tests {
         assert_eq!(args.draft_model, None);
         let config = args.config;
         assert_eq!(config, SpeculativeConfig::ngram(3, 1, 4));
-        assert_eq!(config.max_num_seqs_to_speculate, 2);
+        assert_eq!(config.max_num_seqs_to_speculate, 1);
         let config = parse_speculative_config(
             r#"{"method": "ngram", "num_speculative_tokens": 5, "prompt_lookup_min": 2,
                 "prompt_lookup_max": 6, "adaptive": false, "max_num_seqs_to_speculate": 8}"#,
@@ -155,6 +155,7 @@ mod tests {
         )
         .unwrap();
         assert_eq!(args.config, SpeculativeConfig::draft_model(4));
+        assert_eq!(args.config.max_num_seqs_to_speculate, 2);
         let draft = args.draft_model.unwrap();
         assert_eq!(
             (draft.model_path.to_str(), draft.dtype.as_str()),
