@@ -131,6 +131,7 @@ pub fn lora_shrink(
 /// See [`ember_core::Backend::lora_expand`].
 pub fn lora_expand(
     pool: &ThreadPool,
+    isa: Isa,
     shrunk: &CpuTensor,
     segments: &[LoraSegment<'_, CpuMatrix>],
     y: &mut CpuTensor,
@@ -161,13 +162,16 @@ pub fn lora_expand(
     for_each_task(pool, work, tasks.len(), |t| {
         let (g, c0) = tasks[t];
         let c1 = (c0 + EXPAND_COLS_PER_TASK).min(n);
-        expand_cols(&segments[g], shrunk, n, c0, c1, out);
+        expand_cols(isa, &segments[g], shrunk, n, c0, c1, out);
     });
     Ok(())
 }
 
-/// `y[r, c0..c1] += scale * B[c0..c1] t` for every row `r` of `s` (`t` = its shrunk columns).
+/// `y[r, c0..c1] += scale * B[c0..c1] t` for every row `r` of `s` (`t` = its shrunk columns),
+/// vectorized when the backend's kernel family `isa` has AVX2 (bit-equal either way: no FMA
+/// contraction).
 fn expand_cols(
+    isa: Isa,
     s: &LoraSegment<'_, CpuMatrix>,
     shrunk: &CpuTensor,
     n: usize,
@@ -176,8 +180,9 @@ fn expand_cols(
     out: OutPtr,
 ) {
     #[cfg(target_arch = "x86_64")]
-    if is_x86_feature_detected!("avx2") && is_x86_feature_detected!("fma") {
-        // SAFETY: the CPU has AVX2 and FMA, the features the function is compiled for.
+    if isa != Isa::Scalar && isa.is_supported() {
+        // SAFETY: every family but the scalar one needs AVX2 and FMA (checked by `is_supported`),
+        // the features the function is compiled for.
         return unsafe { expand_cols_avx2(s, shrunk, n, c0, c1, out) };
     }
     expand_cols_any(s, shrunk, n, c0, c1, out);
@@ -197,8 +202,10 @@ unsafe fn expand_cols_avx2(
     expand_cols_any(s, shrunk, n, c0, c1, out);
 }
 
-/// The body of [`expand_cols`]: each element is `sum_k t[k] * B[c, k]` in `k` order (axpys over
-/// the transpose of a skinny `lora_B`, dot products otherwise), then `y += delta * scale`.
+/// The body of [`expand_cols`]: each element is `sum_k t[k] * B[c, k]` in `k` order, then
+/// `y += delta * scale`. A skinny `lora_B` runs over its stored transpose, up to
+/// [`EXPAND_ROWS`] rows by [`EXPAND_LANES`] columns at a time with the accumulators in
+/// registers (each `B` value loaded once for the block's rows); a wide one as dot products.
 #[inline(always)]
 fn expand_cols_any(
     s: &LoraSegment<'_, CpuMatrix>,
@@ -209,31 +216,75 @@ fn expand_cols_any(
     out: OutPtr,
 ) {
     let rank = s.matrix.cols();
-    let mut delta = [0.0f32; EXPAND_COLS_PER_TASK];
-    let delta = &mut delta[..c1 - c0];
-    for &r in s.row_ids {
-        let t = &shrunk.row(r as usize)[s.col_offset..s.col_offset + rank];
-        match s.matrix.transposed() {
-            Some(w_t) => {
-                delta.fill(0.0);
-                for (&tv, w_row) in t.iter().zip(w_t.chunks_exact(n)) {
-                    delta
-                        .iter_mut()
-                        .zip(&w_row[c0..c1])
-                        .for_each(|(d, &wv)| *d = tv.mul_add(wv, *d));
-                }
+    let shrunk_of = |r: u32| &shrunk.row(r as usize)[s.col_offset..s.col_offset + rank];
+    // SAFETY (for the writes below): row `r` < y.rows() (checked) and columns c0..c1 < n; no
+    // other task writes these columns of this row (segments share no row, tasks of a segment
+    // no column).
+    let y_cols = |r: u32, c: usize, len: usize| unsafe {
+        std::slice::from_raw_parts_mut(out.0.add(r as usize * n + c), len)
+    };
+    let Some(w_t) = s.matrix.transposed() else {
+        for &r in s.row_ids {
+            let t = shrunk_of(r);
+            for (c, o) in (c0..c1).zip(y_cols(r, c0, c1 - c0)) {
+                *o += float_dot(s.matrix.dtype(), s.matrix.row(c), t) * s.scale;
             }
-            None => delta
-                .iter_mut()
-                .enumerate()
-                .for_each(|(c, d)| *d = float_dot(s.matrix.dtype(), s.matrix.row(c0 + c), t)),
         }
-        // SAFETY: row `r` < y.rows() (checked) and columns c0..c1 < n; no other task writes
-        // these columns of this row (segments share no row, tasks of a segment no column).
-        let y_row = unsafe { std::slice::from_raw_parts_mut(out.0.add(r as usize * n + c0), c1 - c0) };
-        y_row
-            .iter_mut()
-            .zip(delta.iter())
-            .for_each(|(o, &v)| *o += v * s.scale);
+        return;
+    };
+    let num_blocked = (c1 - c0) / EXPAND_LANES * EXPAND_LANES;
+    let mut rows = s.row_ids.chunks_exact(EXPAND_ROWS);
+    for block in rows.by_ref() {
+        let ts: [&[f32]; EXPAND_ROWS] = std::array::from_fn(|i| shrunk_of(block[i]));
+        for c in (c0..c0 + num_blocked).step_by(EXPAND_LANES) {
+            let delta = expand_block(&ts, w_t, n, c);
+            for (&r, d) in block.iter().zip(&delta) {
+                add_scaled(y_cols(r, c, EXPAND_LANES), d, s.scale);
+            }
+        }
     }
+    for &r in rows.remainder() {
+        let ts = [shrunk_of(r)];
+        for c in (c0..c0 + num_blocked).step_by(EXPAND_LANES) {
+            add_scaled(y_cols(r, c, EXPAND_LANES), &expand_block(&ts, w_t, n, c)[0], s.scale);
+        }
+    }
+    // The last columns (fewer than a block), one at a time with the same arithmetic.
+    for &r in s.row_ids {
+        let t = shrunk_of(r);
+        for (c, o) in (c0 + num_blocked..c1).zip(y_cols(r, c0 + num_blocked, c1 - c0 - num_blocked)) {
+            let delta = t
+                .iter()
+                .zip(w_t.chunks_exact(n))
+                .fold(0.0f32, |d, (&tv, w_row)| tv.mul_add(w_row[c], d));
+            *o += delta * s.scale;
+        }
+    }
+}
+
+/// Rows of a register block of the expand.
+const EXPAND_ROWS: usize = 4;
+/// Columns of a register block of the expand (two AVX2 vectors).
+const EXPAND_LANES: usize = 16;
+
+/// `delta[i][j] = sum_k ts[i][k] * w_t[k, c + j]` (`w_t` is `[rank, n]`), `k` in order.
+#[inline(always)]
+fn expand_block<const R: usize>(ts: &[&[f32]; R], w_t: &[f32], n: usize, c: usize) -> [[f32; EXPAND_LANES]; R] {
+    let mut delta = [[0.0f32; EXPAND_LANES]; R];
+    for (k, w_row) in w_t.chunks_exact(n).enumerate() {
+        let w = &w_row[c..c + EXPAND_LANES];
+        for (d, t) in delta.iter_mut().zip(ts) {
+            let tv = t[k];
+            for (dv, &wv) in d.iter_mut().zip(w) {
+                *dv = tv.mul_add(wv, *dv);
+            }
+        }
+    }
+    delta
+}
+
+/// `y += delta * scale`, element by element (not fused, as every other column of the expand).
+#[inline(always)]
+fn add_scaled(y: &mut [f32], delta: &[f32], scale: f32) {
+    y.iter_mut().zip(delta).for_each(|(o, &v)| *o += v * scale);
 }

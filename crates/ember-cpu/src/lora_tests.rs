@@ -60,7 +60,7 @@ fn shrink_and_expand_equal_one_row_matmuls_whatever_the_batch() {
             assert_eq!((shrunk.rows(), shrunk.cols()), (num_rows, 40));
             let expands = [0, 1].map(|g| segment(row_ids[g], &b[g], offsets[g], scales[g]));
             let mut y = CpuTensor::from_vec(num_rows, n, y_before.clone()).unwrap();
-            lora_expand(&pool, &shrunk, &expands, &mut y).unwrap();
+            lora_expand(&pool, isa, &shrunk, &expands, &mut y).unwrap();
             for r in (2..num_rows).step_by(3) {
                 assert!(shrunk.row(r).iter().all(|&v| v == 0.0), "base row {r} shrunk");
                 assert_eq!(y.row(r), &y_before[r * n..(r + 1) * n], "base row {r} changed");
@@ -121,12 +121,12 @@ fn bad_segments_are_errors() {
     let shrunk = lora_shrink(&pool, isa, &x, &[segment(&[0, 2], &a, 0, 1.0)]).unwrap();
     let mut y = CpuTensor::zeros(4, 16).unwrap();
     assert!(
-        lora_expand(&pool, &shrunk, &[segment(&[0], &b, 1, 1.0)], &mut y).is_err(),
+        lora_expand(&pool, isa, &shrunk, &[segment(&[0], &b, 1, 1.0)], &mut y).is_err(),
         "columns past the shrink"
     );
     assert!(
-        lora_expand(&pool, &shrunk, &[segment(&[0], &a, 0, 1.0)], &mut y).is_err(),
+        lora_expand(&pool, isa, &shrunk, &[segment(&[0], &a, 0, 1.0)], &mut y).is_err(),
         "lora_B height"
     );
-    assert!(lora_expand(&pool, &shrunk, &[segment(&[0], &b, 0, 1.0)], &mut y).is_ok());
+    assert!(lora_expand(&pool, isa, &shrunk, &[segment(&[0], &b, 0, 1.0)], &mut y).is_ok());
 }
