@@ -6,9 +6,10 @@
 
 use crate::dot_scalar::float_dot;
 use crate::matmul::{float_cols, Isa, OutPtr, PAR_WORK};
-use crate::matrix::CpuMatrix;
+use crate::matrix::{CpuMatrix, PANEL_LANES, SKINNY_MAX_COLS};
 use crate::tensor::CpuTensor;
 use ember_core::{BackendError, BackendResult, LoraSegment};
+use half::slice::HalfFloatSliceExt;
 use rayon::ThreadPool;
 
 /// `lora_A` rows per shrink task (a multiple of every float tile width).
@@ -79,11 +80,11 @@ pub fn lora_shrink(
     let gathered: Vec<Vec<f32>> = segments
         .iter()
         .map(|s| {
+            let mut rows = Vec::with_capacity(s.row_ids.len() * x.cols());
             s.row_ids
                 .iter()
-                .flat_map(|&r| x.row(r as usize))
-                .copied()
-                .collect()
+                .for_each(|&r| rows.extend_from_slice(x.row(r as usize)));
+            rows
         })
         .collect();
     let mut products: Vec<Vec<f32>> = segments
@@ -181,16 +182,16 @@ fn expand_cols(
 ) {
     #[cfg(target_arch = "x86_64")]
     if isa != Isa::Scalar && isa.is_supported() {
-        // SAFETY: every family but the scalar one needs AVX2 and FMA (checked by `is_supported`),
+        // SAFETY: every family but the scalar one needs AVX2, FMA and F16C (`is_supported`),
         // the features the function is compiled for.
         return unsafe { expand_cols_avx2(s, shrunk, n, c0, c1, out) };
     }
-    expand_cols_any(s, shrunk, n, c0, c1, out);
+    expand_cols_any(s, shrunk, n, c0, c1, out, false);
 }
 
-/// [`expand_cols`] compiled for AVX2 + FMA (the axpys vectorize 8 wide).
+/// [`expand_cols`] compiled for AVX2 + FMA + F16C (the axpys vectorize 8 wide).
 #[cfg(target_arch = "x86_64")]
-#[target_feature(enable = "avx2,fma")]
+#[target_feature(enable = "avx2,fma,f16c")]
 unsafe fn expand_cols_avx2(
     s: &LoraSegment<'_, CpuMatrix>,
     shrunk: &CpuTensor,
@@ -199,13 +200,13 @@ unsafe fn expand_cols_avx2(
     c1: usize,
     out: OutPtr,
 ) {
-    expand_cols_any(s, shrunk, n, c0, c1, out);
+    expand_cols_any(s, shrunk, n, c0, c1, out, true);
 }
 
 /// The body of [`expand_cols`]: each element is `sum_k t[k] * B[c, k]` in `k` order, then
-/// `y += delta * scale`. A skinny `lora_B` runs over its stored transpose, up to
-/// [`EXPAND_ROWS`] rows by [`EXPAND_LANES`] columns at a time with the accumulators in
-/// registers (each `B` value loaded once for the block's rows); a wide one as dot products.
+/// `y += delta * scale`. A skinny `lora_B` runs over its stored transpose, [`EXPAND_LANES`]
+/// columns at a time (an f16 one decoded once per column block) for up to [`EXPAND_ROWS`] rows
+/// at a time with the accumulators in registers; a wide one as dot products.
 #[inline(always)]
 fn expand_cols_any(
     s: &LoraSegment<'_, CpuMatrix>,
@@ -214,6 +215,7 @@ fn expand_cols_any(
     c0: usize,
     c1: usize,
     out: OutPtr,
+    f16c: bool,
 ) {
     let rank = s.matrix.cols();
     let shrunk_of = |r: u32| &shrunk.row(r as usize)[s.col_offset..s.col_offset + rank];
@@ -223,56 +225,104 @@ fn expand_cols_any(
     let y_cols = |r: u32, c: usize, len: usize| unsafe {
         std::slice::from_raw_parts_mut(out.0.add(r as usize * n + c), len)
     };
-    let Some(w_t) = s.matrix.transposed() else {
-        for &r in s.row_ids {
-            let t = shrunk_of(r);
-            for (c, o) in (c0..c1).zip(y_cols(r, c0, c1 - c0)) {
-                *o += float_dot(s.matrix.dtype(), s.matrix.row(c), t) * s.scale;
+    let transposed = match (s.matrix.transposed(), s.matrix.panels_f16()) {
+        (Some(w_t), _) => Transposed::F32(w_t),
+        (None, Some(w_t)) => Transposed::F16(w_t),
+        (None, None) => {
+            for &r in s.row_ids {
+                let t = shrunk_of(r);
+                for (c, o) in (c0..c1).zip(y_cols(r, c0, c1 - c0)) {
+                    *o += float_dot(s.matrix.dtype(), s.matrix.row(c), t) * s.scale;
+                }
             }
+            return;
         }
-        return;
     };
-    let num_blocked = (c1 - c0) / EXPAND_LANES * EXPAND_LANES;
-    let mut rows = s.row_ids.chunks_exact(EXPAND_ROWS);
-    for block in rows.by_ref() {
-        let ts: [&[f32]; EXPAND_ROWS] = std::array::from_fn(|i| shrunk_of(block[i]));
-        for c in (c0..c0 + num_blocked).step_by(EXPAND_LANES) {
-            let delta = expand_block(&ts, w_t, n, c);
+    let mut panel = [0.0f32; EXPAND_LANES * SKINNY_MAX_COLS];
+    for c in (c0..c1).step_by(EXPAND_LANES) {
+        let lanes = EXPAND_LANES.min(c1 - c);
+        // `[rank, lanes]` of the transpose at columns c..c + lanes, with its row stride.
+        let (w, stride): (&[f32], usize) = match transposed {
+            Transposed::F32(w_t) => (&w_t[c..], n),
+            Transposed::F16(panels) => {
+                // `c` is a multiple of the panel width (tasks start at multiples of it).
+                let len = rank * PANEL_LANES;
+                let start = c / PANEL_LANES * len;
+                decode_f16(&panels[start..start + len], &mut panel[..len], f16c);
+                (&panel[..], EXPAND_LANES)
+            }
+        };
+        if lanes < EXPAND_LANES {
+            // The last columns (fewer than a block), one at a time with the same arithmetic.
+            for &r in s.row_ids {
+                let t = shrunk_of(r);
+                for (j, o) in y_cols(r, c, lanes).iter_mut().enumerate() {
+                    let delta = (0..rank).fold(0.0f32, |d, k| t[k].mul_add(w[k * stride + j], d));
+                    *o += delta * s.scale;
+                }
+            }
+            continue;
+        }
+        let mut rows = s.row_ids.chunks_exact(EXPAND_ROWS);
+        for block in rows.by_ref() {
+            let ts: [&[f32]; EXPAND_ROWS] = std::array::from_fn(|i| shrunk_of(block[i]));
+            let delta = expand_block(&ts, w, stride, rank);
             for (&r, d) in block.iter().zip(&delta) {
                 add_scaled(y_cols(r, c, EXPAND_LANES), d, s.scale);
             }
         }
-    }
-    for &r in rows.remainder() {
-        let ts = [shrunk_of(r)];
-        for c in (c0..c0 + num_blocked).step_by(EXPAND_LANES) {
-            add_scaled(y_cols(r, c, EXPAND_LANES), &expand_block(&ts, w_t, n, c)[0], s.scale);
-        }
-    }
-    // The last columns (fewer than a block), one at a time with the same arithmetic.
-    for &r in s.row_ids {
-        let t = shrunk_of(r);
-        for (c, o) in (c0 + num_blocked..c1).zip(y_cols(r, c0 + num_blocked, c1 - c0 - num_blocked)) {
-            let delta = t
-                .iter()
-                .zip(w_t.chunks_exact(n))
-                .fold(0.0f32, |d, (&tv, w_row)| tv.mul_add(w_row[c], d));
-            *o += delta * s.scale;
+        for &r in rows.remainder() {
+            let delta = expand_block(&[shrunk_of(r)], w, stride, rank);
+            add_scaled(y_cols(r, c, EXPAND_LANES), &delta[0], s.scale);
         }
     }
 }
 
+/// A skinny `lora_B`'s stored transpose: f32 `[rank, num_outputs]`, or f16 column panels (see
+/// [`CpuMatrix::panels_f16`]).
+#[derive(Clone, Copy)]
+enum Transposed<'a> {
+    F32(&'a [f32]),
+    F16(&'a [half::f16]),
+}
+
+/// `dst = src` as f32 (exact), with F16C instructions when `f16c` (only inside
+/// [`expand_cols_avx2`], compiled for them); `src.len()` is a multiple of 8.
+#[inline(always)]
+fn decode_f16(src: &[half::f16], dst: &mut [f32], f16c: bool) {
+    #[cfg(target_arch = "x86_64")]
+    if f16c {
+        use std::arch::x86_64::{__m128i, _mm256_cvtph_ps, _mm256_storeu_ps, _mm_loadu_si128};
+        for (s8, d8) in src.chunks_exact(8).zip(dst.chunks_exact_mut(8)) {
+            // SAFETY: 8 elements on each side; the caller runs on a CPU with F16C.
+            unsafe {
+                let v = _mm256_cvtph_ps(_mm_loadu_si128(s8.as_ptr().cast::<__m128i>()));
+                _mm256_storeu_ps(d8.as_mut_ptr(), v);
+            }
+        }
+        return;
+    }
+    let _ = f16c;
+    src.convert_to_f32_slice(dst);
+}
+
 /// Rows of a register block of the expand.
 const EXPAND_ROWS: usize = 4;
-/// Columns of a register block of the expand (two AVX2 vectors).
-const EXPAND_LANES: usize = 16;
+/// Columns of a register block of the expand (two AVX2 vectors; one f16 panel).
+const EXPAND_LANES: usize = PANEL_LANES;
+const _: () = assert!(EXPAND_COLS_PER_TASK.is_multiple_of(PANEL_LANES));
 
-/// `delta[i][j] = sum_k ts[i][k] * w_t[k, c + j]` (`w_t` is `[rank, n]`), `k` in order.
+/// `delta[i][j] = sum_k ts[i][k] * w[k * stride + j]` for `k < rank`, in `k` order.
 #[inline(always)]
-fn expand_block<const R: usize>(ts: &[&[f32]; R], w_t: &[f32], n: usize, c: usize) -> [[f32; EXPAND_LANES]; R] {
+fn expand_block<const R: usize>(
+    ts: &[&[f32]; R],
+    w: &[f32],
+    stride: usize,
+    rank: usize,
+) -> [[f32; EXPAND_LANES]; R] {
     let mut delta = [[0.0f32; EXPAND_LANES]; R];
-    for (k, w_row) in w_t.chunks_exact(n).enumerate() {
-        let w = &w_row[c..c + EXPAND_LANES];
+    for k in 0..rank {
+        let w = &w[k * stride..k * stride + EXPAND_LANES];
         for (d, t) in delta.iter_mut().zip(ts) {
             let tv = t[k];
             for (dv, &wv) in d.iter_mut().zip(w) {
