@@ -19,6 +19,21 @@ SMALL_LORA_ENGINE: dict[str, Any] = {
 """Engine arguments for a tiny model with up to two rank-8 adapters at once."""
 
 
+def write_model_with_adapters(variant: Any, root: Path, adapters: dict[str, dict[str, Any]]) -> Any:
+    """Writes the tiny model `variant` to `root / "model"` and each named adapter (keyword arguments of
+    `write_adapter`) to `root / name`; returns the torch model. Needs torch, transformers and peft (a failure
+    under CI=true, a skip otherwise)."""
+    from references import require
+    from tiny_models import write_model
+
+    for module_name in ("torch", "transformers", "peft"):
+        require(module_name)
+    model = write_model(variant, root / "model")
+    for name, kwargs in adapters.items():
+        write_adapter(model, root / name, **kwargs)
+    return model
+
+
 def write_adapter(
     model: Any,
     folder: Path,

@@ -8,7 +8,10 @@ from pathlib import Path
 
 import pytest
 
-from ember import EmberError, Engine, SamplingParams
+from ember import EmberError, Engine, LoRARequest, SamplingParams
+
+from lora_adapters import ALL_LINEAR, SMALL_LORA_ENGINE, write_model_with_adapters
+from tiny_models import VARIANTS
 
 ISA_ENV = "EMBER_CPU_ISA"
 # The /proc/cpuinfo flags each family needs (crates/ember-cpu/src/matmul.rs, Isa::is_supported);
@@ -63,3 +66,27 @@ def test_unknown_family_is_an_error(default_gguf: Path, monkeypatch: pytest.Monk
     monkeypatch.setenv(ISA_ENV, "sse9")
     with pytest.raises(EmberError, match=r"EMBER_CPU_ISA=\"sse9\" is not a kernel family; expected one of: scalar"):
         Engine(str(default_gguf), num_threads=1, kv_cache_memory_bytes=16 << 20, max_model_len=64)
+
+
+@pytest.mark.parametrize("dtype", ["auto", "float32"])  # f16 and f32 adapter factors
+def test_lora_adapters_match_scalar(tmp_path: Path, dtype: str, monkeypatch: pytest.MonkeyPatch) -> None:
+    """The LoRA shrink and expand follow the forced family too: a batch mixing two adapters and the base model."""
+    adapters = {f"a{i}": {"rank": 8, "alpha": 16.0, "targets": ALL_LINEAR, "seed": i} for i in range(2)}
+    write_model_with_adapters(VARIANTS[2], tmp_path, adapters)
+    loras = [LoRARequest(name, i + 1, str(tmp_path / name)) for i, name in enumerate(adapters)]
+    prompts = [[(5 * i + 3 * k) % 250 + 3 for k in range(9 + i)] for i in range(3)]
+    params = SamplingParams(max_tokens=8, temperature=0.0, logprobs=2, ignore_eos=True)
+
+    def run() -> list[tuple[list[int], float | None]]:
+        engine = Engine(str(tmp_path / "model"), **{**SMALL_LORA_ENGINE, "dtype": dtype})
+        outs = engine.generate(prompts, params, lora_request=[*loras, None], use_tqdm=False)
+        return [(list(o.outputs[0].token_ids), o.outputs[0].cumulative_logprob) for o in outs]
+
+    monkeypatch.setenv(ISA_ENV, "scalar")
+    reference = run()
+    assert len({tuple(ids) for ids, _ in reference}) == 3
+    flags = cpu_flags()
+    for isa, needed in ISA_FLAGS.items():
+        if needed <= flags:
+            monkeypatch.setenv(ISA_ENV, isa)
+            assert run() == reference, isa

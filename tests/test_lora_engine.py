@@ -53,11 +53,13 @@ def _tokens(outs: list[Any]) -> list[list[int]]:
     return [c.token_ids for o in outs for c in o.outputs]
 
 
-def test_mixed_batch_equals_each_alone(setup: tuple[Path, list[LoRARequest], Any]) -> None:
+@pytest.mark.parametrize("dtype", ["float32", "auto"])  # "auto": an f16 KV cache, so f16 adapter factors
+def test_mixed_batch_equals_each_alone(setup: tuple[Path, list[LoRARequest], Any], dtype: str) -> None:
     folder, loras, _ = setup
     prompts = _prompts()
     assignment: list[LoRARequest | None] = [loras[0], None, loras[1], loras[2]]
-    alone_engine = Engine(str(folder), enable_prefix_caching=False, **ENGINE_ARGS)
+    engine_args = {**ENGINE_ARGS, "dtype": dtype}
+    alone_engine = Engine(str(folder), enable_prefix_caching=False, **engine_args)
     alone = {
         (i, s): _tokens(alone_engine.generate(p, params, lora_request=lora, use_tqdm=False))[0]
         for i, (p, lora) in enumerate(zip(prompts, assignment, strict=True))
@@ -67,7 +69,7 @@ def test_mixed_batch_equals_each_alone(setup: tuple[Path, list[LoRARequest], Any
     base = [_tokens(alone_engine.generate(p, GREEDY, use_tqdm=False))[0] for p in prompts]
     assert all(alone[(i, 0)] != base[i] for i in (0, 2, 3))
     # One batch, 8-token chunks: adapters and the base model mixed in every step.
-    engine = Engine(str(folder), max_num_batched_tokens=8, **ENGINE_ARGS)
+    engine = Engine(str(folder), max_num_batched_tokens=8, **engine_args)
     doubled = [p for p in prompts for _ in (0, 1)]
     outs = engine.generate(
         doubled, [GREEDY, SEEDED] * 4, lora_request=[lora for lora in assignment for _ in (0, 1)], use_tqdm=False

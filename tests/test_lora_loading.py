@@ -14,9 +14,8 @@ import pytest
 
 from ember import AsyncEngine, Engine, LoRARequest, ModelLoadError, SamplingParams
 
-from lora_adapters import ALL_LINEAR, SMALL_LORA_ENGINE, write_adapter
-from references import require
-from tiny_models import VARIANTS, write_model
+from lora_adapters import ALL_LINEAR, SMALL_LORA_ENGINE, write_model_with_adapters
+from tiny_models import VARIANTS
 
 ENGINE_ARGS = SMALL_LORA_ENGINE
 GREEDY = SamplingParams(temperature=0.0, max_tokens=24, ignore_eos=True)
@@ -26,12 +25,9 @@ PROMPT = [(7 * k) % 250 + 3 for k in range(12)]
 @pytest.fixture(scope="module")
 def setup(tmp_path_factory: pytest.TempPathFactory) -> tuple[Path, Path]:
     """(model folder, a rank-4 adapter on every projection)."""
-    require("torch")
-    require("transformers")
-    require("peft")
     root = tmp_path_factory.mktemp("lora-loading")
-    model = write_model(VARIANTS[2], root / "model")
-    write_adapter(model, root / "adapter", rank=4, alpha=8.0, targets=ALL_LINEAR, seed=5)
+    adapter = {"rank": 4, "alpha": 8.0, "targets": ALL_LINEAR, "seed": 5}
+    write_model_with_adapters(VARIANTS[2], root, {"adapter": adapter})
     return root / "model", root / "adapter"
 
 

@@ -89,3 +89,27 @@ def test_adapter_on_gguf_base_equals_hugging_face_base(tmp_path: Path) -> None:
     gguf = torch.tensor(Engine(str(gguf_path), **ENGINE_ARGS).score(PROMPT_IDS, lora_request=lora))
     rel = ((gguf - hf).abs().max() / hf.abs().max()).item()
     assert rel < 1e-5, f"GGUF base vs Hugging Face base with the adapter: {rel:.2e}"
+
+
+def test_f16_factors_off_the_exact_path_stay_close_to_peft(tmp_path: Path) -> None:
+    """With an f16 KV cache (dtype="auto"), adapters are stored in f16: still close to PEFT, far closer than the
+    adapter's own effect, and the float32 path keeps its 1e-4."""
+    require("peft")
+    _, model, folder = _base("llama-gqa-untied-rope5e5", tmp_path)
+    adapter = write_adapter(model, tmp_path / "adapter", rank=16, alpha=32.0, targets=ALL_LINEAR, seed=4)
+    lora = LoRARequest("a", 1, str(tmp_path / "adapter"))
+
+    class _WithAdapter:
+        def __init__(self, dtype: str) -> None:
+            self.engine = Engine(str(folder), **{**ENGINE_ARGS, "dtype": dtype})
+
+        def score(self, ids: list[int]) -> list[list[float]]:
+            return self.engine.score(ids, lora_request=lora)
+
+    assert_prefill_logits_match(_WithAdapter("float32"), adapter, PROMPT_IDS, MAX_REL_ERROR)
+    f16 = _WithAdapter("auto")
+    assert_prefill_logits_match(f16, adapter, PROMPT_IDS, 5e-3)
+    with pytest.raises(AssertionError, match="row-wise"):
+        assert_prefill_logits_match(f16, adapter, PROMPT_IDS, MAX_REL_ERROR)  # not f32 values: f16 is in use
+    with pytest.raises(AssertionError):
+        assert_prefill_logits_match(f16, model, PROMPT_IDS, 5e-2)  # the adapter's effect is far larger

@@ -14,10 +14,9 @@ import pytest
 from ember import AsyncEngine, Engine, LoRARequest, SamplingParams
 from ember.server.app import ServerConfig
 
-from lora_adapters import ALL_LINEAR, SMALL_LORA_ENGINE, write_adapter
-from references import require
+from lora_adapters import ALL_LINEAR, SMALL_LORA_ENGINE, write_model_with_adapters
 from server_harness import running_server
-from tiny_models import VARIANTS, write_model
+from tiny_models import VARIANTS
 
 KEY = "sekret"
 ENGINE_ARGS = SMALL_LORA_ENGINE
@@ -26,13 +25,10 @@ ENGINE_ARGS = SMALL_LORA_ENGINE
 @pytest.fixture(scope="module")
 def folders(tmp_path_factory: pytest.TempPathFactory) -> tuple[Path, Path, Path]:
     """(model, adapter a, adapter b)."""
-    require("torch")
-    require("transformers")
-    require("peft")
     root = tmp_path_factory.mktemp("server-lora")
-    model = write_model(VARIANTS[0], root / "model")
-    write_adapter(model, root / "a", rank=4, alpha=8.0, targets=ALL_LINEAR, seed=1)
-    write_adapter(model, root / "b", rank=8, alpha=4.0, targets=["q_proj", "down_proj"], seed=2)
+    a = {"rank": 4, "alpha": 8.0, "targets": ALL_LINEAR, "seed": 1}
+    b = {"rank": 8, "alpha": 4.0, "targets": ["q_proj", "down_proj"], "seed": 2}
+    write_model_with_adapters(VARIANTS[0], root, {"a": a, "b": b})
     return root / "model", root / "a", root / "b"
 
 

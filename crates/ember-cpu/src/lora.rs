@@ -6,9 +6,10 @@
 
 use crate::dot_scalar::float_dot;
 use crate::matmul::{float_cols, Isa, OutPtr, PAR_WORK};
-use crate::matrix::CpuMatrix;
+use crate::matrix::{CpuMatrix, PANEL_LANES, SKINNY_MAX_COLS};
 use crate::tensor::CpuTensor;
 use ember_core::{BackendError, BackendResult, LoraSegment};
+use half::slice::HalfFloatSliceExt;
 use rayon::ThreadPool;
 
 /// `lora_A` rows per shrink task (a multiple of every float tile width).
@@ -79,11 +80,11 @@ pub fn lora_shrink(
     let gathered: Vec<Vec<f32>> = segments
         .iter()
         .map(|s| {
+            let mut rows = Vec::with_capacity(s.row_ids.len() * x.cols());
             s.row_ids
                 .iter()
-                .flat_map(|&r| x.row(r as usize))
-                .copied()
-                .collect()
+                .for_each(|&r| rows.extend_from_slice(x.row(r as usize)));
+            rows
         })
         .collect();
     let mut products: Vec<Vec<f32>> = segments
@@ -131,6 +132,7 @@ pub fn lora_shrink(
 /// See [`ember_core::Backend::lora_expand`].
 pub fn lora_expand(
     pool: &ThreadPool,
+    isa: Isa,
     shrunk: &CpuTensor,
     segments: &[LoraSegment<'_, CpuMatrix>],
     y: &mut CpuTensor,
@@ -161,13 +163,16 @@ pub fn lora_expand(
     for_each_task(pool, work, tasks.len(), |t| {
         let (g, c0) = tasks[t];
         let c1 = (c0 + EXPAND_COLS_PER_TASK).min(n);
-        expand_cols(&segments[g], shrunk, n, c0, c1, out);
+        expand_cols(isa, &segments[g], shrunk, n, c0, c1, out);
     });
     Ok(())
 }
 
-/// `y[r, c0..c1] += scale * B[c0..c1] t` for every row `r` of `s` (`t` = its shrunk columns).
+/// `y[r, c0..c1] += scale * B[c0..c1] t` for every row `r` of `s` (`t` = its shrunk columns),
+/// vectorized when the backend's kernel family `isa` has AVX2 (bit-equal either way: no FMA
+/// contraction).
 fn expand_cols(
+    isa: Isa,
     s: &LoraSegment<'_, CpuMatrix>,
     shrunk: &CpuTensor,
     n: usize,
@@ -176,16 +181,17 @@ fn expand_cols(
     out: OutPtr,
 ) {
     #[cfg(target_arch = "x86_64")]
-    if is_x86_feature_detected!("avx2") && is_x86_feature_detected!("fma") {
-        // SAFETY: the CPU has AVX2 and FMA, the features the function is compiled for.
+    if isa != Isa::Scalar && isa.is_supported() {
+        // SAFETY: every family but the scalar one needs AVX2, FMA and F16C (`is_supported`),
+        // the features the function is compiled for.
         return unsafe { expand_cols_avx2(s, shrunk, n, c0, c1, out) };
     }
-    expand_cols_any(s, shrunk, n, c0, c1, out);
+    expand_cols_any(s, shrunk, n, c0, c1, out, false);
 }
 
-/// [`expand_cols`] compiled for AVX2 + FMA (the axpys vectorize 8 wide).
+/// [`expand_cols`] compiled for AVX2 + FMA + F16C (the axpys vectorize 8 wide).
 #[cfg(target_arch = "x86_64")]
-#[target_feature(enable = "avx2,fma")]
+#[target_feature(enable = "avx2,fma,f16c")]
 unsafe fn expand_cols_avx2(
     s: &LoraSegment<'_, CpuMatrix>,
     shrunk: &CpuTensor,
@@ -194,11 +200,13 @@ unsafe fn expand_cols_avx2(
     c1: usize,
     out: OutPtr,
 ) {
-    expand_cols_any(s, shrunk, n, c0, c1, out);
+    expand_cols_any(s, shrunk, n, c0, c1, out, true);
 }
 
-/// The body of [`expand_cols`]: each element is `sum_k t[k] * B[c, k]` in `k` order (axpys over
-/// the transpose of a skinny `lora_B`, dot products otherwise), then `y += delta * scale`.
+/// The body of [`expand_cols`]: each element is `sum_k t[k] * B[c, k]` in `k` order, then
+/// `y += delta * scale`. A skinny `lora_B` runs over its stored transpose, [`EXPAND_LANES`]
+/// columns at a time (an f16 one decoded once per column block) for up to [`EXPAND_ROWS`] rows
+/// at a time with the accumulators in registers; a wide one as dot products.
 #[inline(always)]
 fn expand_cols_any(
     s: &LoraSegment<'_, CpuMatrix>,
@@ -207,33 +215,126 @@ fn expand_cols_any(
     c0: usize,
     c1: usize,
     out: OutPtr,
+    f16c: bool,
 ) {
     let rank = s.matrix.cols();
-    let mut delta = [0.0f32; EXPAND_COLS_PER_TASK];
-    let delta = &mut delta[..c1 - c0];
-    for &r in s.row_ids {
-        let t = &shrunk.row(r as usize)[s.col_offset..s.col_offset + rank];
-        match s.matrix.transposed() {
-            Some(w_t) => {
-                delta.fill(0.0);
-                for (&tv, w_row) in t.iter().zip(w_t.chunks_exact(n)) {
-                    delta
-                        .iter_mut()
-                        .zip(&w_row[c0..c1])
-                        .for_each(|(d, &wv)| *d = tv.mul_add(wv, *d));
+    let shrunk_of = |r: u32| &shrunk.row(r as usize)[s.col_offset..s.col_offset + rank];
+    // SAFETY (for the writes below): row `r` < y.rows() (checked) and columns c0..c1 < n; no
+    // other task writes these columns of this row (segments share no row, tasks of a segment
+    // no column).
+    let y_cols = |r: u32, c: usize, len: usize| unsafe {
+        std::slice::from_raw_parts_mut(out.0.add(r as usize * n + c), len)
+    };
+    let transposed = match (s.matrix.transposed(), s.matrix.panels_f16()) {
+        (Some(w_t), _) => Transposed::F32(w_t),
+        (None, Some(w_t)) => Transposed::F16(w_t),
+        (None, None) => {
+            for &r in s.row_ids {
+                let t = shrunk_of(r);
+                for (c, o) in (c0..c1).zip(y_cols(r, c0, c1 - c0)) {
+                    *o += float_dot(s.matrix.dtype(), s.matrix.row(c), t) * s.scale;
                 }
             }
-            None => delta
-                .iter_mut()
-                .enumerate()
-                .for_each(|(c, d)| *d = float_dot(s.matrix.dtype(), s.matrix.row(c0 + c), t)),
+            return;
         }
-        // SAFETY: row `r` < y.rows() (checked) and columns c0..c1 < n; no other task writes
-        // these columns of this row (segments share no row, tasks of a segment no column).
-        let y_row = unsafe { std::slice::from_raw_parts_mut(out.0.add(r as usize * n + c0), c1 - c0) };
-        y_row
-            .iter_mut()
-            .zip(delta.iter())
-            .for_each(|(o, &v)| *o += v * s.scale);
+    };
+    let mut panel = [0.0f32; EXPAND_LANES * SKINNY_MAX_COLS];
+    for c in (c0..c1).step_by(EXPAND_LANES) {
+        let lanes = EXPAND_LANES.min(c1 - c);
+        // `[rank, lanes]` of the transpose at columns c..c + lanes, with its row stride.
+        let (w, stride): (&[f32], usize) = match transposed {
+            Transposed::F32(w_t) => (&w_t[c..], n),
+            Transposed::F16(panels) => {
+                // `c` is a multiple of the panel width (tasks start at multiples of it).
+                let len = rank * PANEL_LANES;
+                let start = c / PANEL_LANES * len;
+                decode_f16(&panels[start..start + len], &mut panel[..len], f16c);
+                (&panel[..], EXPAND_LANES)
+            }
+        };
+        if lanes < EXPAND_LANES {
+            // The last columns (fewer than a block), one at a time with the same arithmetic.
+            for &r in s.row_ids {
+                let t = shrunk_of(r);
+                for (j, o) in y_cols(r, c, lanes).iter_mut().enumerate() {
+                    let delta = (0..rank).fold(0.0f32, |d, k| t[k].mul_add(w[k * stride + j], d));
+                    *o += delta * s.scale;
+                }
+            }
+            continue;
+        }
+        let mut rows = s.row_ids.chunks_exact(EXPAND_ROWS);
+        for block in rows.by_ref() {
+            let ts: [&[f32]; EXPAND_ROWS] = std::array::from_fn(|i| shrunk_of(block[i]));
+            let delta = expand_block(&ts, w, stride, rank);
+            for (&r, d) in block.iter().zip(&delta) {
+                add_scaled(y_cols(r, c, EXPAND_LANES), d, s.scale);
+            }
+        }
+        for &r in rows.remainder() {
+            let delta = expand_block(&[shrunk_of(r)], w, stride, rank);
+            add_scaled(y_cols(r, c, EXPAND_LANES), &delta[0], s.scale);
+        }
     }
+}
+
+/// A skinny `lora_B`'s stored transpose: f32 `[rank, num_outputs]`, or f16 column panels (see
+/// [`CpuMatrix::panels_f16`]).
+#[derive(Clone, Copy)]
+enum Transposed<'a> {
+    F32(&'a [f32]),
+    F16(&'a [half::f16]),
+}
+
+/// `dst = src` as f32 (exact), with F16C instructions when `f16c` (only inside
+/// [`expand_cols_avx2`], compiled for them); `src.len()` is a multiple of 8.
+#[inline(always)]
+fn decode_f16(src: &[half::f16], dst: &mut [f32], f16c: bool) {
+    #[cfg(target_arch = "x86_64")]
+    if f16c {
+        use std::arch::x86_64::{__m128i, _mm256_cvtph_ps, _mm256_storeu_ps, _mm_loadu_si128};
+        for (s8, d8) in src.chunks_exact(8).zip(dst.chunks_exact_mut(8)) {
+            // SAFETY: 8 elements on each side; the caller runs on a CPU with F16C.
+            unsafe {
+                let v = _mm256_cvtph_ps(_mm_loadu_si128(s8.as_ptr().cast::<__m128i>()));
+                _mm256_storeu_ps(d8.as_mut_ptr(), v);
+            }
+        }
+        return;
+    }
+    let _ = f16c;
+    src.convert_to_f32_slice(dst);
+}
+
+/// Rows of a register block of the expand.
+const EXPAND_ROWS: usize = 4;
+/// Columns of a register block of the expand (two AVX2 vectors; one f16 panel).
+const EXPAND_LANES: usize = PANEL_LANES;
+const _: () = assert!(EXPAND_COLS_PER_TASK.is_multiple_of(PANEL_LANES));
+
+/// `delta[i][j] = sum_k ts[i][k] * w[k * stride + j]` for `k < rank`, in `k` order.
+#[inline(always)]
+fn expand_block<const R: usize>(
+    ts: &[&[f32]; R],
+    w: &[f32],
+    stride: usize,
+    rank: usize,
+) -> [[f32; EXPAND_LANES]; R] {
+    let mut delta = [[0.0f32; EXPAND_LANES]; R];
+    for k in 0..rank {
+        let w = &w[k * stride..k * stride + EXPAND_LANES];
+        for (d, t) in delta.iter_mut().zip(ts) {
+            let tv = t[k];
+            for (dv, &wv) in d.iter_mut().zip(w) {
+                *dv = tv.mul_add(wv, *dv);
+            }
+        }
+    }
+    delta
+}
+
+/// `y += delta * scale`, element by element (not fused, as every other column of the expand).
+#[inline(always)]
+fn add_scaled(y: &mut [f32], delta: &[f32], scale: f32) {
+    y.iter_mut().zip(delta).for_each(|(o, &v)| *o += v * scale);
 }

@@ -60,7 +60,7 @@ fn shrink_and_expand_equal_one_row_matmuls_whatever_the_batch() {
             assert_eq!((shrunk.rows(), shrunk.cols()), (num_rows, 40));
             let expands = [0, 1].map(|g| segment(row_ids[g], &b[g], offsets[g], scales[g]));
             let mut y = CpuTensor::from_vec(num_rows, n, y_before.clone()).unwrap();
-            lora_expand(&pool, &shrunk, &expands, &mut y).unwrap();
+            lora_expand(&pool, isa, &shrunk, &expands, &mut y).unwrap();
             for r in (2..num_rows).step_by(3) {
                 assert!(shrunk.row(r).iter().all(|&v| v == 0.0), "base row {r} shrunk");
                 assert_eq!(y.row(r), &y_before[r * n..(r + 1) * n], "base row {r} changed");
@@ -121,12 +121,54 @@ fn bad_segments_are_errors() {
     let shrunk = lora_shrink(&pool, isa, &x, &[segment(&[0, 2], &a, 0, 1.0)]).unwrap();
     let mut y = CpuTensor::zeros(4, 16).unwrap();
     assert!(
-        lora_expand(&pool, &shrunk, &[segment(&[0], &b, 1, 1.0)], &mut y).is_err(),
+        lora_expand(&pool, isa, &shrunk, &[segment(&[0], &b, 1, 1.0)], &mut y).is_err(),
         "columns past the shrink"
     );
     assert!(
-        lora_expand(&pool, &shrunk, &[segment(&[0], &a, 0, 1.0)], &mut y).is_err(),
+        lora_expand(&pool, isa, &shrunk, &[segment(&[0], &a, 0, 1.0)], &mut y).is_err(),
         "lora_B height"
     );
-    assert!(lora_expand(&pool, &shrunk, &[segment(&[0], &b, 0, 1.0)], &mut y).is_ok());
+    assert!(lora_expand(&pool, isa, &shrunk, &[segment(&[0], &b, 0, 1.0)], &mut y).is_ok());
+}
+
+/// An f16 matrix and the f32 matrix of the same (exactly decoded) values.
+fn f16_and_f32_twin(rng: &mut Rng, rows: usize, cols: usize) -> (CpuMatrix, CpuMatrix) {
+    let f16_bytes = random_weight_bytes(rng, WeightDType::F16, rows, cols);
+    let f32_bytes: Vec<u8> = f16_bytes
+        .chunks_exact(2)
+        .flat_map(|b| half::f16::from_le_bytes([b[0], b[1]]).to_f32().to_le_bytes())
+        .collect();
+    (
+        make_matrix(&f16_bytes, WeightDType::F16, rows, cols),
+        make_matrix(&f32_bytes, WeightDType::F32, rows, cols),
+    )
+}
+
+#[test]
+fn f16_factors_give_what_their_f32_values_give() {
+    let mut rng = Rng::new(29);
+    // 21 rows (5 blocks of 4 and one left over), 600 outputs (a block tail of 8 columns).
+    let (num_rows, k, n) = (21, 72, 600);
+    let x = CpuTensor::from_vec(num_rows, k, rng.vec(num_rows * k, 1.0)).unwrap();
+    let y_before = rng.vec(num_rows * n, 1.0);
+    let row_ids: Vec<u32> = (0..num_rows as u32).collect();
+    // Rank 16 (skinny: the stored f16 transpose) and rank 40 (dot products).
+    for rank in [16, 40] {
+        let (a16, a32) = f16_and_f32_twin(&mut rng, rank, k);
+        let (b16, b32) = f16_and_f32_twin(&mut rng, n, rank);
+        assert_eq!(b16.panels_f16().is_some(), rank == 16);
+        for isa in isas() {
+            let pool = pool(2);
+            let run = |a: &CpuMatrix, b: &CpuMatrix| {
+                let shrunk = lora_shrink(&pool, isa, &x, &[segment(&row_ids, a, 0, 1.0)]).unwrap();
+                let mut y = CpuTensor::from_vec(num_rows, n, y_before.clone()).unwrap();
+                lora_expand(&pool, isa, &shrunk, &[segment(&row_ids, b, 0, 0.5)], &mut y).unwrap();
+                (shrunk.as_slice().to_vec(), y.as_slice().to_vec())
+            };
+            let (want, got) = (run(&a32, &b32), run(&a16, &b16));
+            assert_eq!(got.0, want.0, "shrink rank {rank} isa {isa:?}");
+            assert_eq!(got.1, want.1, "expand rank {rank} isa {isa:?}");
+            assert_ne!(got.1, y_before, "the adapter changed y");
+        }
+    }
 }

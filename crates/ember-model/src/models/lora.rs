@@ -54,8 +54,14 @@ pub struct LoraWeights<B: Backend> {
 }
 
 impl<B: Backend> LoraWeights<B> {
-    /// Copies `adapter`'s factors (f32) onto `backend` for a model of `num_layers` layers.
-    pub fn load(backend: &B, adapter: &LoraAdapter, num_layers: usize) -> BackendResult<Self> {
+    /// Copies `adapter`'s factors onto `backend` for a model of `num_layers` layers, stored as
+    /// `factor_dtype` (F32, or F16: half the bytes a step reads, for quantized arithmetic).
+    pub fn load(
+        backend: &B,
+        adapter: &LoraAdapter,
+        num_layers: usize,
+        factor_dtype: WeightDType,
+    ) -> BackendResult<Self> {
         let mut layers = Vec::with_capacity(num_layers);
         for layer in 0..num_layers {
             let mut factors = LayerFactors {
@@ -68,7 +74,7 @@ impl<B: Backend> LoraWeights<B> {
             for m in in_order {
                 let f = &m.factors;
                 let (a, num_rows, num_inputs) = &mut stacked_a[LoraInput::of(m.module) as usize];
-                let b = f32_matrix(backend, "lora_B", &f.b, f.num_outputs, f.rank)?;
+                let b = factor_matrix(backend, "lora_B", &f.b, [f.num_outputs, f.rank], factor_dtype)?;
                 factors.expands[m.module as usize] = Some((b, *num_rows));
                 a.extend_from_slice(&f.a);
                 *num_rows += f.rank;
@@ -76,7 +82,8 @@ impl<B: Backend> LoraWeights<B> {
             }
             for (slot, (a, num_rows, num_inputs)) in factors.shrinks.iter_mut().zip(&stacked_a) {
                 if *num_rows > 0 {
-                    *slot = Some(f32_matrix(backend, "lora_A", a, *num_rows, *num_inputs)?);
+                    let shape = [*num_rows, *num_inputs];
+                    *slot = Some(factor_matrix(backend, "lora_A", a, shape, factor_dtype)?);
                 }
             }
             layers.push(factors);
@@ -88,19 +95,32 @@ impl<B: Backend> LoraWeights<B> {
     }
 }
 
-/// `values` (`[rows, cols]`, row-major) as a backend matrix.
-fn f32_matrix<B: Backend>(
+/// `values` (`shape`, row-major) as a backend matrix of `dtype` (F16 rounds to nearest; any
+/// other stores F32).
+fn factor_matrix<B: Backend>(
     backend: &B,
     name: &str,
     values: &[f32],
-    rows: usize,
-    cols: usize,
+    shape: [usize; 2],
+    dtype: WeightDType,
 ) -> BackendResult<B::Matrix> {
-    let bytes: Vec<u8> = values.iter().flat_map(|v| v.to_le_bytes()).collect();
+    let (dtype, bytes): (_, Vec<u8>) = match dtype {
+        WeightDType::F16 => (
+            dtype,
+            values
+                .iter()
+                .flat_map(|&v| half::f16::from_f32(v).to_le_bytes())
+                .collect(),
+        ),
+        _ => (
+            WeightDType::F32,
+            values.iter().flat_map(|v| v.to_le_bytes()).collect(),
+        ),
+    };
     backend.load_matrix(&WeightView {
         name,
-        dtype: WeightDType::F32,
-        shape: &[rows, cols],
+        dtype,
+        shape: &shape,
         bytes: &bytes,
     })
 }
