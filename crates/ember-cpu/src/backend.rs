@@ -17,11 +17,12 @@ use rayon::ThreadPool;
 /// as accurate as f32 on long contexts at half the memory; see bench/RESULTS.md).
 pub const DEFAULT_KV_CACHE_DTYPE: WeightDType = WeightDType::F16;
 
-/// vLLM's name (`kv_cache_dtype`) of a KV cache element type, for the log.
+/// The engine's name (`kv_cache_dtype`) of a KV cache element type, for the log.
 fn kv_dtype_name(dtype: WeightDType) -> &'static str {
     match dtype {
         WeightDType::F32 => "float32",
         WeightDType::BF16 => "bfloat16",
+        WeightDType::Q8_0 => "int8",
         _ => "float16",
     }
 }
@@ -37,7 +38,7 @@ pub struct CpuOptions {
     /// Dequantize every matrix to f32 at load and compute in f32 (see
     /// [`CpuBackend::with_f32_weights`]).
     pub f32_weights: bool,
-    /// KV cache element type (F32, F16 or BF16); `None` uses [`DEFAULT_KV_CACHE_DTYPE`].
+    /// KV cache element type (F32, F16, BF16 or Q8_0); `None` uses [`DEFAULT_KV_CACHE_DTYPE`].
     pub kv_cache_dtype: Option<WeightDType>,
 }
 
@@ -119,21 +120,16 @@ impl CpuBackend {
         self.f32_weights = on;
     }
 
-    /// Stores the KV cache as `dtype`: F32, F16 or BF16 (default [`DEFAULT_KV_CACHE_DTYPE`]);
-    /// other formats are refused.
+    /// Stores the KV cache as `dtype`: F32, F16, BF16 or Q8_0 (8-bit integers with an f16
+    /// scale per 32 elements; default [`DEFAULT_KV_CACHE_DTYPE`]); other formats are refused.
     pub fn with_kv_cache_dtype(mut self, dtype: WeightDType) -> BackendResult<Self> {
-        if !matches!(dtype, WeightDType::F32 | WeightDType::F16 | WeightDType::BF16) {
+        if !crate::kv_cache::is_kv_dtype(dtype) {
             return Err(BackendError::Device(format!(
-                "the CPU KV cache stores F32, F16 or BF16, not {dtype}"
+                "the CPU KV cache stores F32, F16, BF16 or Q8_0, not {dtype}"
             )));
         }
         self.kv_dtype = dtype;
         Ok(self)
-    }
-
-    /// The KV cache element encoding.
-    pub fn kv_cache_dtype(&self) -> WeightDType {
-        self.kv_dtype
     }
 
     /// Worker threads in the pool.
@@ -197,8 +193,8 @@ impl Backend for CpuBackend {
 
     fn plan_memory(&mut self, shape: &ModelShape, limits: &MemoryLimits) -> BackendResult<KvCacheSpec> {
         let spec = KvCacheSpec::for_model(shape, limits.block_size)?;
-        let element_bytes = self.kv_cache_bytes_per_element();
-        let block_bytes = spec.bytes_per_block(element_bytes) as u64;
+        crate::kv_cache::check_geometry(&spec, self.kv_dtype)?;
+        let block_bytes = spec.bytes_per_block(self.kv_dtype) as u64;
         let budget_bytes = limits.kv_cache_memory_bytes.unwrap_or_else(|| {
             let max_len = limits.max_model_len as u64;
             // Saturating: a model file may claim any context length (the budget is capped anyway).
@@ -215,7 +211,7 @@ impl Backend for CpuBackend {
             );
             bytes
         });
-        Ok(spec.with_budget(budget_bytes, element_bytes))
+        Ok(spec.with_budget(budget_bytes, self.kv_dtype))
     }
 
     fn prepare_step(&self, batch: StepBatch) -> BackendResult<StepBatch> {
@@ -275,8 +271,8 @@ impl Backend for CpuBackend {
         CpuKvCache::allocate(spec, self.kv_dtype)
     }
 
-    fn kv_cache_bytes_per_element(&self) -> usize {
-        self.kv_dtype.block_bytes()
+    fn kv_cache_dtype(&self) -> WeightDType {
+        self.kv_dtype
     }
 
     fn embed(&self, step: &StepBatch, table: &CpuMatrix) -> BackendResult<CpuTensor> {
@@ -606,7 +602,7 @@ mod tests {
         let half = CpuBackend::new(Some(1))
             .with_kv_cache_dtype(WeightDType::BF16)
             .unwrap();
-        assert_eq!(half.kv_cache_bytes_per_element(), 2);
+        assert_eq!(half.kv_cache_dtype(), WeightDType::BF16);
         let mut cache = half.allocate_kv_cache(&spec).unwrap();
         let k = CpuTensor::from_vec(1, 2, vec![1.0 + 1.0 / 256.0, -3.0]).unwrap();
         half.write_kv(&step(&[], &[], &[1]), &mut cache, 0, &k, &k)
@@ -616,6 +612,11 @@ mod tests {
             &[1.0, -3.0],
             "rounded to bf16, ties to even"
         );
-        assert!(half.with_kv_cache_dtype(WeightDType::Q8_0).is_err());
+        assert!(half.with_kv_cache_dtype(WeightDType::Q4_0).is_err());
+        let int8 = CpuBackend::new(Some(1))
+            .with_kv_cache_dtype(WeightDType::Q8_0)
+            .unwrap();
+        let err = int8.allocate_kv_cache(&spec).err().unwrap().to_string();
+        assert!(err.contains("head_dim 2 is not a multiple of 32"), "{err}");
     }
 }
