@@ -92,7 +92,6 @@ mod x86 {
     use super::{kv_elem, KvRows};
     use crate::dot_x86::{hsum, load_w, DT_BF16, DT_F16, DT_F32};
     use crate::kv_cache::elem_byte;
-    use crate::quant::{f16_to_f32, read_u16};
     use ember_core::WeightDType;
     use std::arch::x86_64::*;
 
@@ -112,9 +111,10 @@ mod x86 {
         // as `k0 % 8 == 0`) are in bounds.
         unsafe {
             let block = p.add(k0 / 32 * 34);
-            let d = f16_to_f32(read_u16(std::slice::from_raw_parts(block, 2), 0));
+            // The f16 scale, broadcast and widened exactly in-register.
+            let d = _mm256_cvtph_ps(_mm_set1_epi16(block.cast::<i16>().read_unaligned()));
             let q = _mm_loadl_epi64(block.add(2 + k0 % 32).cast());
-            _mm256_mul_ps(_mm256_cvtepi32_ps(_mm256_cvtepi8_epi32(q)), _mm256_set1_ps(d))
+            _mm256_mul_ps(_mm256_cvtepi32_ps(_mm256_cvtepi8_epi32(q)), d)
         }
     }
 
