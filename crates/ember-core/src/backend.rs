@@ -287,4 +287,9 @@ pub trait Backend: Send + Sync {
     fn logits_rows(&self, step: &Self::Step, x: &Self::Tensor) -> BackendResult<Self::Tensor>;
     /// Copies `x` to host memory, row-major f32.
     fn to_host(&self, x: &Self::Tensor) -> BackendResult<Vec<f32>>;
+    /// `x` in host memory, row-major f32, consuming it (a host backend hands over its buffer
+    /// without copying).
+    fn into_host(&self, x: Self::Tensor) -> BackendResult<Vec<f32>> {
+        self.to_host(&x)
+    }
 }

@@ -481,4 +481,8 @@ impl Backend for CpuBackend {
     fn to_host(&self, x: &CpuTensor) -> BackendResult<Vec<f32>> {
         Ok(x.as_slice().to_vec())
     }
+
+    fn into_host(&self, x: CpuTensor) -> BackendResult<Vec<f32>> {
+        Ok(x.into_vec())
+    }
 }
