@@ -5,6 +5,7 @@ run them over (also used by bench/kv_cache_dtype.py)."""
 from __future__ import annotations
 
 import importlib
+import warnings
 
 import numpy as np
 
@@ -19,13 +20,15 @@ def long_text() -> str:
     """Docstrings of standard library modules and their public members, in a fixed order (tens of
     thousands of tokens of natural English and code)."""
     parts = []
-    for name in LONG_TEXT_MODULES:
-        module = importlib.import_module(name)
-        parts.append(module.__doc__ or "")
-        for attr in sorted(dir(module)):
-            doc = getattr(getattr(module, attr, None), "__doc__", None)
-            if not attr.startswith("_") and isinstance(doc, str) and len(doc) > 200:
-                parts.append(doc)
+    with warnings.catch_warnings():  # typing's deprecated members warn when read
+        warnings.simplefilter("ignore", DeprecationWarning)
+        for name in LONG_TEXT_MODULES:
+            module = importlib.import_module(name)
+            parts.append(module.__doc__ or "")
+            for attr in sorted(dir(module)):
+                doc = getattr(getattr(module, attr, None), "__doc__", None)
+                if not attr.startswith("_") and isinstance(doc, str) and len(doc) > 200:
+                    parts.append(doc)
     return "\n\n".join(p.strip() for p in parts if p.strip())
 
 
