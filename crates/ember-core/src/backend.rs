@@ -289,7 +289,7 @@ pub trait Backend: Send + Sync {
     fn to_host(&self, x: &Self::Tensor) -> BackendResult<Vec<f32>>;
     /// `x` in host memory, row-major f32, consuming it (a host backend hands over its buffer
     /// without copying).
-    fn into_host(&self, x: Self::Tensor) -> BackendResult<Vec<f32>> {
+    fn move_to_host(&self, x: Self::Tensor) -> BackendResult<Vec<f32>> {
         self.to_host(&x)
     }
 }

@@ -482,7 +482,7 @@ impl Backend for CpuBackend {
         Ok(x.as_slice().to_vec())
     }
 
-    fn into_host(&self, x: CpuTensor) -> BackendResult<Vec<f32>> {
+    fn move_to_host(&self, x: CpuTensor) -> BackendResult<Vec<f32>> {
         Ok(x.into_vec())
     }
 }

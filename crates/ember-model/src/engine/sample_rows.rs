@@ -171,7 +171,7 @@ pub fn sample_step<B: Backend>(
             jobs.push(RowJob::Sample(seq));
         }
     }
-    let mut logits = backend.into_host(logits)?;
+    let mut logits = backend.move_to_host(logits)?;
     let history_of = &*histories;
     let mut rows = logits.chunks_mut(vocab_size);
     let work: Vec<(&RowJob, Vec<&mut [f32]>)> = jobs
