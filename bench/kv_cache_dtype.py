@@ -1,13 +1,14 @@
 """Chooses the CPU KV cache's element type: accuracy over long contexts and decode speed at 4k.
 
-For each `kv_cache_dtype` (float32, float16, bfloat16), on the same GGUF file:
+For each `kv_cache_dtype` (float32, float16, bfloat16, int8), on the same GGUF file:
 - teacher-forced mean KL divergence from the exact path (float32 arithmetic and a float32
   cache) and top-1 agreement with it, at the last positions of contexts of 1k, 2k and 4k tokens
   (seeded text: Python standard library docstrings, natural English prose), in float32
   arithmetic (where the cache is the only difference) and in the default arithmetic (8-bit
   activations, where the question is whether the cache adds to the quantization error);
 - single-stream decode tok/s in the default arithmetic after a 4k-token prompt (first to last
-  generated token).
+  generated token);
+- KV cache bytes per token (the 1 GiB budget over the blocks it holds).
 
     python bench/kv_cache_dtype.py [--model PATH] [--threads 2] [--contexts 1024 2048 4096] [--quick]
                                    [--decode-only]
@@ -20,7 +21,6 @@ Prints a table and writes bench/out/kv_cache_dtype-<date>.json.
 
 from __future__ import annotations
 
-import importlib
 import sys
 import time
 from pathlib import Path
@@ -30,26 +30,10 @@ import numpy as np
 from _common import common_parser, cpu_model, write_record
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1] / "tests"))
-from logit_metrics import faithfulness
+from logit_metrics import faithfulness, long_text
 
-DTYPES = ["float32", "float16", "bfloat16"]
-MODULES = ["argparse", "asyncio", "collections", "csv", "dataclasses", "datetime", "decimal", "difflib",
-           "email", "fractions", "functools", "heapq", "inspect", "json", "logging", "pathlib", "pickle",
-           "random", "re", "shutil", "statistics", "string", "subprocess", "tarfile", "textwrap",
-           "threading", "typing", "unittest", "urllib.parse", "uuid", "zipfile"]  # fmt: skip
-
-
-def long_text() -> str:
-    """Docstrings of standard library modules and their public members, in a fixed order."""
-    parts = []
-    for name in MODULES:
-        module = importlib.import_module(name)
-        parts.append(module.__doc__ or "")
-        for attr in sorted(dir(module)):
-            doc = getattr(getattr(module, attr, None), "__doc__", None)
-            if not attr.startswith("_") and isinstance(doc, str) and len(doc) > 200:
-                parts.append(doc)
-    return "\n\n".join(p.strip() for p in parts if p.strip())
+DTYPES = ["float32", "float16", "bfloat16", "int8"]
+BUDGET_BYTES = 1 << 30
 
 
 def main() -> None:
@@ -70,6 +54,7 @@ def main() -> None:
     max_len = max(contexts) + decode_tokens
     logits: dict[tuple[str, str, int], np.ndarray] = {}
     speed: dict[str, float] = {}
+    bytes_per_token: dict[str, float] = {}
     runs = [("float32", "float32")] + [
         (arith, kv) for arith in ["float32", "auto"] for kv in DTYPES if (arith, kv) != ("float32", "float32")
     ]
@@ -77,7 +62,8 @@ def main() -> None:
         runs = [("auto", kv) for kv in DTYPES]
     for arith, kv in tqdm(runs, desc="dtype / kv_cache_dtype"):
         engine = Engine(model, dtype=arith, kv_cache_dtype=kv, num_threads=args.threads, max_model_len=max_len,
-                        kv_cache_memory_bytes=1 << 30)  # fmt: skip
+                        kv_cache_memory_bytes=BUDGET_BYTES)  # fmt: skip
+        bytes_per_token[kv] = BUDGET_BYTES / (engine._core.num_blocks * engine._core.block_size)
         ids = engine.tokenizer.encode(long_text(), add_special_tokens=True)
         assert len(ids) >= max(contexts), f"the text has only {len(ids)} tokens"
         for n in [] if args.decode_only else contexts:
@@ -96,9 +82,9 @@ def main() -> None:
             kl, top1 = faithfulness(logits[arith, kv, n], logits["float32", "float32", n])
             rows[f"{arith}/{kv}/{n}"] = {"mean_kl": kl, "top1_agreement": top1}
             print(f"{arith:<10}{kv:<16}{n:>8}{kl:>12.2e}{top1:>8.3f}")
-    print(f"\n{'kv_cache_dtype':<16}{'decode tok/s at ' + str(max(contexts)):>24}")
+    print(f"\n{'kv_cache_dtype':<16}{'decode tok/s at ' + str(max(contexts)):>24}{'bytes/token':>14}")
     for kv in DTYPES:
-        print(f"{kv:<16}{speed[kv]:>24.1f}")
+        print(f"{kv:<16}{speed[kv]:>24.1f}{bytes_per_token[kv]:>14.0f}")
     write_record(
         args.out,
         "kv_cache_dtype",
@@ -109,6 +95,7 @@ def main() -> None:
             "decode_tokens": decode_tokens,
             "accuracy": rows,
             "decode_tok_s": speed,
+            "kv_bytes_per_token": bytes_per_token,
         },
         {"ember": ember.__version__},
     )

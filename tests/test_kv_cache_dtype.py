@@ -6,7 +6,7 @@ arithmetic (8-bit activations) the cache dtype does not change how far the logit
 exact path (any perturbation re-draws the 8-bit rounding, so comparing two 8-bit runs with each
 other would mostly measure that). bench/kv_cache_dtype.py measures long contexts and speed.
 "auto" is float16, or float32 with dtype="float32" (the exact path); a bfloat16 cache composes
-with preemption, chunked prefill and prefix caching; a bad value names the field and the choices.
+with preemption, chunked prefill and prefix caching (the int8 cache: tests/test_kv_cache_int8.py).
 """
 
 from __future__ import annotations
@@ -79,11 +79,6 @@ def test_bfloat16_cache_composes_with_preemption_and_prefix_caching(default_gguf
     stats = tight.stats()
     assert stats["num_preemptions"] > 0 and stats["prefix_cache_hits"] > 0
     assert stats["kv_cache_usage"] == 0.0
-
-
-def test_bad_kv_cache_dtype_names_the_choices(default_gguf: Path) -> None:
-    with pytest.raises(InvalidRequestError, match='kv_cache_dtype must be "auto", "float32", "float16" or "bfloat16"'):
-        Engine(str(default_gguf), kv_cache_dtype="fp8", kv_cache_memory_bytes=16 << 20)
 
 
 def test_default_budget_is_logged(default_gguf: Path, capfd: pytest.CaptureFixture[str]) -> None:

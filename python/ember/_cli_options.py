@@ -30,10 +30,11 @@ def add_device_options(parser: argparse.ArgumentParser | argparse._ArgumentGroup
     )
     parser.add_argument(
         "--kv-cache-dtype",
-        choices=["auto", "float32", "float16", "bfloat16"],
+        choices=["auto", "float32", "float16", "bfloat16", "int8"],
         default="auto",
         help="KV cache element type. CPU: auto is float16 (as accurate as float32 on long contexts, half "
-        "the memory), or float32 with --dtype float32; float32 or bfloat16 also work. CUDA: auto or bfloat16",
+        "the memory), or float32 with --dtype float32; float32, bfloat16 or int8 (8-bit integers with a "
+        "scale per 32 elements, about a quarter of float32's memory) also work. CUDA: auto or bfloat16",
     )
 
 

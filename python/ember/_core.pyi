@@ -202,8 +202,9 @@ def sample_token(
 ) -> tuple[int, float, int | None, list[tuple[int, float]]]:
     """Testing aid: one draw of the sampler, (token_id, logprob, rank, top logprobs).
 
-    Logprob, rank (1 + the number of strictly larger logits; None unless params.logprobs
-    is set) and the top logprobs describe the raw logits, before any adjustment.
+    Logprob (NaN unless params.logprobs is set: the sampler skips the log-sum-exp), rank
+    (1 + the number of strictly larger logits; None unless params.logprobs is set) and the
+    top logprobs describe the raw logits, before any adjustment.
     """
 
 def _raise_panic(message: str) -> None:

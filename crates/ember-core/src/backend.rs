@@ -3,6 +3,7 @@
 
 use crate::backend_stats::BackendStats;
 use crate::device_sampling::DeviceSampleRow;
+use crate::dtype::WeightDType;
 use crate::layer_params::{AttentionParams, Rope};
 use crate::memory::{KvCacheSpec, MemoryLimits, ModelShape};
 use crate::step_batch::StepBatch;
@@ -110,8 +111,9 @@ pub trait Backend: Send + Sync {
     /// for a model of `shape` under `limits`, and returns the KV cache geometry that fits;
     /// `num_blocks` is 0 when an explicit `kv_cache_memory_bytes` is below one block.
     fn plan_memory(&mut self, shape: &ModelShape, limits: &MemoryLimits) -> BackendResult<KvCacheSpec>;
-    /// Bytes one cached token element takes (K or V, one head dimension).
-    fn kv_cache_bytes_per_element(&self) -> usize;
+    /// The encoding of cached K and V elements (sizes the cache with
+    /// [`KvCacheSpec::bytes_per_block`]).
+    fn kv_cache_dtype(&self) -> WeightDType;
     /// Allocates the paged KV cache.
     fn allocate_kv_cache(&self, spec: &KvCacheSpec) -> BackendResult<Self::KvCache>;
     /// Copies or converts a stored matrix into the backend's format.
@@ -285,4 +287,9 @@ pub trait Backend: Send + Sync {
     fn logits_rows(&self, step: &Self::Step, x: &Self::Tensor) -> BackendResult<Self::Tensor>;
     /// Copies `x` to host memory, row-major f32.
     fn to_host(&self, x: &Self::Tensor) -> BackendResult<Vec<f32>>;
+    /// `x` in host memory, row-major f32, consuming it (a host backend hands over its buffer
+    /// without copying).
+    fn move_to_host(&self, x: Self::Tensor) -> BackendResult<Vec<f32>> {
+        self.to_host(&x)
+    }
 }

@@ -2,6 +2,7 @@
 //! limits ([`MemoryLimits`]), and the paged KV cache geometry it answers with ([`KvCacheSpec`]).
 
 use crate::backend::{BackendError, BackendResult};
+use crate::WeightDType;
 
 /// What one decoder layer keeps in the paged KV cache.
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
@@ -106,15 +107,17 @@ impl KvCacheSpec {
         })
     }
 
-    /// Bytes one block takes across all layers, K and V, at `bytes_per_element`.
-    pub fn bytes_per_block(&self, bytes_per_element: usize) -> usize {
-        2 * self.num_layers * self.block_size * self.num_kv_heads * self.head_dim * bytes_per_element
+    /// Bytes one block takes across all layers, K and V, with elements stored as `dtype`
+    /// (each head row of `head_dim` elements in whole `dtype` blocks).
+    pub fn bytes_per_block(&self, dtype: WeightDType) -> usize {
+        let row_bytes = self.head_dim.div_ceil(dtype.block_len()) * dtype.block_bytes();
+        2 * self.num_layers * self.block_size * self.num_kv_heads * row_bytes
     }
 
-    /// This geometry with as many whole blocks as `budget_bytes` holds at `bytes_per_element`
+    /// This geometry with as many whole blocks as `budget_bytes` holds with `dtype` elements
     /// (0 for an empty block, which the engine refuses).
-    pub fn with_budget(self, budget_bytes: u64, bytes_per_element: usize) -> Self {
-        let block_bytes = self.bytes_per_block(bytes_per_element) as u64;
+    pub fn with_budget(self, budget_bytes: u64, dtype: WeightDType) -> Self {
+        let block_bytes = self.bytes_per_block(dtype) as u64;
         let num_blocks = budget_bytes.checked_div(block_bytes).unwrap_or(0);
         Self {
             num_blocks: usize::try_from(num_blocks).unwrap_or(usize::MAX),
@@ -150,8 +153,10 @@ mod tests {
             (spec.num_layers, spec.num_kv_heads, spec.head_dim, spec.num_blocks),
             (3, 2, 16, 0)
         );
-        assert_eq!(spec.bytes_per_block(4), 2 * 3 * 16 * 2 * 16 * 4);
-        assert_eq!(spec.with_budget(10 * 12288 + 5, 4).num_blocks, 10);
+        assert_eq!(spec.bytes_per_block(WeightDType::F32), 2 * 3 * 16 * 2 * 16 * 4);
+        assert_eq!(spec.with_budget(10 * 12288 + 5, WeightDType::F32).num_blocks, 10);
+        // Q8_0: a 16-element head row still takes one whole 34-byte block.
+        assert_eq!(spec.bytes_per_block(WeightDType::Q8_0), 2 * 3 * 16 * 2 * 34);
         let mixed = shape(vec![
             kv,
             LayerKv {

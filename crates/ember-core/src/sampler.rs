@@ -25,7 +25,8 @@ use crate::step::{RequestId, SampledToken};
 pub struct Sample {
     /// The chosen token.
     pub token_id: u32,
-    /// Log-softmax of the raw logits at the chosen token.
+    /// Log-softmax of the raw logits at the chosen token; NaN when the request asks for no
+    /// logprobs (`params.logprobs` is `None`: the log-sum-exp over the vocabulary is skipped).
     pub logprob: f32,
     /// Rank of the chosen token among the raw logits (1 = most likely); set when the request
     /// asks for logprobs.
@@ -115,9 +116,13 @@ pub fn adjust_logits(logits: &mut [f32], params: &SamplingParams, ctx: &SampleCo
 /// NaNs in the row become `-inf`. Adjustments, and non-greedy sampling of a request that
 /// asks for logprobs (its rank needs the raw row), work on a copy; otherwise the non-greedy
 /// path uses the row as scratch (it may then hold unnormalized probabilities). `rank` is
-/// computed when the request asks for logprobs.
+/// computed when the request asks for logprobs; `logprob` too (NaN otherwise).
 pub fn sample(logits: &mut [f32], params: &SamplingParams, ctx: &SampleContext<'_>) -> Sample {
-    let Some(stats) = RowStats::of(logits) else {
+    let stats = match params.logprobs {
+        Some(_) => RowStats::of(logits),
+        None => RowStats::argmax_only(logits),
+    };
+    let Some(stats) = stats else {
         return Sample {
             token_id: 0,
             logprob: f32::NEG_INFINITY,

@@ -25,11 +25,25 @@ fn logits(n: usize, seed: u64) -> Vec<f32> {
 
 #[test]
 fn greedy_is_argmax_with_lowest_id_on_ties() {
-    let mut row = vec![0.5, 3.0, -1.0, 3.0, f32::NAN];
-    let s = sample(&mut row, &params(0.0), &ctx(1, 0));
+    let row = vec![0.5, 3.0, -1.0, 3.0, f32::NAN];
+    let with_logprob = SamplingParams {
+        logprobs: Some(0),
+        ..params(0.0)
+    };
+    let s = sample(&mut row.clone(), &with_logprob, &ctx(1, 0));
     assert_eq!(s.token_id, 1);
     let expected = 3.0 - (0.5f32.exp() + 2.0 * 3.0f32.exp() + (-1.0f32).exp()).ln();
     assert!((s.logprob - expected).abs() < 1e-5, "{} vs {expected}", s.logprob);
+    // Nobody asked for the logprob: the same token, and no log-sum-exp over the row.
+    for temperature in [0.0, 0.7] {
+        let s = sample(&mut row.clone(), &params(temperature), &ctx(1, 0));
+        let asked = SamplingParams {
+            logprobs: Some(0),
+            ..params(temperature)
+        };
+        assert_eq!(s.token_id, sample(&mut row.clone(), &asked, &ctx(1, 0)).token_id);
+        assert!(s.logprob.is_nan() && s.rank.is_none());
+    }
 }
 
 #[test]
@@ -52,6 +66,7 @@ fn same_seed_and_index_give_same_token() {
     let p = SamplingParams {
         temperature: 1.3,
         top_p: 0.9,
+        logprobs: Some(0),
         ..Default::default()
     };
     let a = sample(&mut row.clone(), &p, &ctx(42, 7));

@@ -50,12 +50,20 @@ fn attention_matches_naive_f64_and_is_batch_invariant() {
         Seq { len: 100, num_new: 3 },
     ];
     let mut rng = Rng::new(21);
-    let kv_dtypes = [WeightDType::F32, WeightDType::F16, WeightDType::BF16];
+    let kv_dtypes = [
+        WeightDType::F32,
+        WeightDType::F16,
+        WeightDType::BF16,
+        WeightDType::Q8_0,
+    ];
     for (block_size, kv_dtype) in [16, 4].into_iter().flat_map(|b| kv_dtypes.map(|t| (b, t))) {
         let backend = CpuBackend::with_isa(Some(2), Isa::detect())
             .with_kv_cache_dtype(kv_dtype)
             .unwrap();
-        for (num_heads, num_kv_heads, head_dim) in [(2, 2, 68), (6, 2, 64), (4, 1, 128)] {
+        for (num_heads, num_kv_heads, head_dim) in [(2, 2, 68usize), (6, 2, 64), (4, 1, 128), (3, 1, 96)] {
+            if !head_dim.is_multiple_of(kv_dtype.block_len()) {
+                continue;
+            }
             let max_blocks = 100usize.div_ceil(block_size);
             let num_blocks = seqs.iter().map(|s| s.len.div_ceil(block_size)).sum::<usize>() + 3;
             let spec = KvCacheSpec {
@@ -298,8 +306,9 @@ fn attention_rejects_bad_metadata() {
     assert!(backend.attention(&released, &q, &cache, 0, &params).is_err());
 }
 
-/// A half-precision cache holds the written keys and values to its rounding: attention
-/// outputs stay within a few of its ulps of the float32 cache's (values of order 1).
+/// A half-precision or Q8_0 cache holds the written keys and values to its rounding:
+/// attention outputs stay within a few of its steps of the float32 cache's (values of order 1;
+/// a Q8_0 step is a block's `max|x| / 127`).
 #[test]
 fn half_caches_round_what_is_written() {
     let mut rng = Rng::new(5);
@@ -339,6 +348,7 @@ fn half_caches_round_what_is_written() {
     for (dtype, ulp) in [
         (WeightDType::F16, 2f32.powi(-11)),
         (WeightDType::BF16, 2f32.powi(-8)),
+        (WeightDType::Q8_0, 1.0 / 127.0),
     ] {
         let got = run(dtype);
         let diff = got

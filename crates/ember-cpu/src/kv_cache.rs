@@ -1,10 +1,14 @@
-//! The paged KV cache, stored as f32, f16 or bf16 (`kv_cache_dtype`).
+//! The paged KV cache, stored as f32, f16, bf16 or Q8_0 (`kv_cache_dtype`).
 //!
 //! Layout, per layer, for K and V each: `[num_blocks, block_size, num_kv_heads, head_dim]`
 //! row-major elements of the cache dtype. Cache slot `s = block_id * block_size + offset`
 //! holds one token's `[num_kv_heads, head_dim]` at element offset `s * num_kv_heads * head_dim`.
-//! Writes round f32 to the cache dtype to nearest even; reads widen exactly. The storage is
-//! allocated zeroed by the system, so it takes physical memory only as the cache fills.
+//! Writes round f32 to the cache dtype to nearest even; reads widen exactly. Q8_0 (the
+//! `"int8"` cache) stores each 32 elements of a head row as GGUF's Q8_0 block: an f16 scale
+//! `d = max|x| / 127` and 32 `i8`s `round(x / d)`; an element reads back as `q * d`, which is
+//! exact in f32, so attention widens it like a float element (it needs `head_dim % 32 == 0`).
+//! The storage is allocated zeroed by the system, so it takes physical memory only as the
+//! cache fills.
 
 use crate::alloc::try_zeroed_vec;
 use crate::tensor::CpuTensor;
@@ -20,20 +24,51 @@ pub struct CpuKvCache {
     values: Vec<Vec<u8>>,
 }
 
+/// True for the element types the CPU cache stores (F32, F16, BF16, Q8_0).
+pub fn is_kv_dtype(dtype: WeightDType) -> bool {
+    matches!(
+        dtype,
+        WeightDType::F32 | WeightDType::F16 | WeightDType::BF16 | WeightDType::Q8_0
+    )
+}
+
+/// An error unless `spec`'s head rows are whole blocks of `dtype` (Q8_0 needs
+/// `head_dim % 32 == 0`).
+pub fn check_geometry(spec: &KvCacheSpec, dtype: WeightDType) -> BackendResult<()> {
+    if !is_kv_dtype(dtype) {
+        return Err(BackendError::Device(format!(
+            "KV cache dtype {dtype} is not one the CPU cache stores (F32, F16, BF16, Q8_0)"
+        )));
+    }
+    if !spec.head_dim.is_multiple_of(dtype.block_len()) {
+        return Err(BackendError::Device(format!(
+            "kv_cache_dtype \"int8\" needs head_dim to be a multiple of {}: head_dim {} is not a \
+             multiple of {}; use \"float16\"",
+            dtype.block_len(),
+            spec.head_dim,
+            dtype.block_len()
+        )));
+    }
+    Ok(())
+}
+
+/// Byte offset of element `elem` (a multiple of the block length, or any index of a float
+/// type) in a layer stored as `dtype`.
+pub fn elem_byte(dtype: WeightDType, elem: usize) -> usize {
+    elem / dtype.block_len() * dtype.block_bytes()
+}
+
 impl CpuKvCache {
-    /// Allocates a zeroed cache of `dtype` (F32, F16 or BF16); `OutOfMemory` when it does not fit.
+    /// Allocates a zeroed cache of `dtype` (F32, F16, BF16 or Q8_0); `OutOfMemory` when it does
+    /// not fit.
     pub fn allocate(spec: &KvCacheSpec, dtype: WeightDType) -> BackendResult<Self> {
-        if dtype.is_quantized() {
-            return Err(BackendError::Device(format!(
-                "KV cache dtype {dtype} is not a float format"
-            )));
-        }
+        check_geometry(spec, dtype)?;
         let per_layer = spec
             .num_blocks
             .checked_mul(spec.block_size)
             .and_then(|n| n.checked_mul(spec.num_kv_heads))
             .and_then(|n| n.checked_mul(spec.head_dim))
-            .and_then(|n| n.checked_mul(dtype.block_bytes()))
+            .map(|n| elem_byte(dtype, n))
             .ok_or_else(|| crate::alloc::oom("KV cache", usize::MAX))?;
         let mut keys = Vec::new();
         let mut values = Vec::new();
@@ -54,7 +89,7 @@ impl CpuKvCache {
         &self.spec
     }
 
-    /// Element encoding (F32, F16 or BF16).
+    /// Element encoding (F32, F16, BF16 or Q8_0).
     pub fn dtype(&self) -> WeightDType {
         self.dtype
     }
@@ -80,7 +115,7 @@ impl CpuKvCache {
     }
 
     fn widen(&self, bytes: &[u8]) -> Vec<f32> {
-        let mut out = vec![0.0; bytes.len() / self.dtype.block_bytes()];
+        let mut out = vec![0.0; bytes.len() / self.dtype.block_bytes() * self.dtype.block_len()];
         crate::blocks::dequantize_row(self.dtype, bytes, &mut out);
         out
     }
@@ -113,9 +148,9 @@ impl CpuKvCache {
         if let Some(&bad) = slot_mapping.iter().find(|&&s| s as usize >= num_slots) {
             return err(format!("slot {bad} out of range ({num_slots} slots)"));
         }
-        let elem = self.dtype.block_bytes();
         for (t, &slot) in slot_mapping.iter().enumerate() {
-            let dst = slot as usize * width * elem..(slot as usize + 1) * width * elem;
+            let slot = slot as usize;
+            let dst = elem_byte(self.dtype, slot * width)..elem_byte(self.dtype, (slot + 1) * width);
             encode(self.dtype, key.row(t), &mut self.keys[layer][dst.clone()]);
             encode(self.dtype, value.row(t), &mut self.values[layer][dst]);
         }
@@ -126,6 +161,11 @@ impl CpuKvCache {
 /// Stores `x` as `dtype` (rounded to nearest even) into `out` (`x.len()` elements).
 fn encode(dtype: WeightDType, x: &[f32], out: &mut [u8]) {
     match dtype {
+        WeightDType::Q8_0 => {
+            for (o, xb) in out.chunks_exact_mut(34).zip(x.chunks_exact(32)) {
+                encode_q8_0(xb, o);
+            }
+        }
         WeightDType::F16 => {
             for (o, &v) in out.chunks_exact_mut(2).zip(x) {
                 o.copy_from_slice(&half::f16::from_f32(v).to_bits().to_le_bytes());
@@ -141,5 +181,51 @@ fn encode(dtype: WeightDType, x: &[f32], out: &mut [u8]) {
                 o.copy_from_slice(&v.to_le_bytes());
             }
         }
+    }
+}
+
+/// One Q8_0 block of 32 elements into 34 bytes: f16 scale `max|x| / 127`, then
+/// `round(x / scale)` (ties away from zero) as `i8`; an all-zero (or non-finite maximum) block
+/// stores zeros.
+fn encode_q8_0(x: &[f32], out: &mut [u8]) {
+    let amax = x.iter().fold(0.0f32, |m, v| m.max(v.abs()));
+    let d = half::f16::from_f32(amax / 127.0);
+    let d32 = d.to_f32();
+    if !(d32 > 0.0 && d32.is_finite()) {
+        out.fill(0);
+        return;
+    }
+    out[..2].copy_from_slice(&d.to_bits().to_le_bytes());
+    let inv = 1.0 / d32;
+    for (o, &v) in out[2..].iter_mut().zip(x) {
+        *o = (v * inv).round().clamp(-127.0, 127.0) as i8 as u8;
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn q8_0_rows_round_trip_within_half_a_step() {
+        let mut rng = crate::test_util::Rng::new(7);
+        let x = rng.vec(64, 3.0);
+        let mut bytes = vec![0u8; 68];
+        encode(WeightDType::Q8_0, &x, &mut bytes);
+        let mut back = vec![0.0f32; 64];
+        crate::blocks::dequantize_row(WeightDType::Q8_0, &bytes, &mut back);
+        for (xb, bb) in x.chunks(32).zip(back.chunks(32)) {
+            let amax = xb.iter().fold(0.0f32, |m, v| m.max(v.abs()));
+            // The f16 scale is within 2^-11 of amax / 127; rounding adds half a step.
+            let step = amax / 127.0 * (1.0 + 1.0 / 1024.0);
+            for (a, b) in xb.iter().zip(bb) {
+                assert!((a - b).abs() <= 0.5 * step + amax / 1024.0, "{a} vs {b}");
+            }
+        }
+        let mut zeros = vec![1u8; 34];
+        encode_q8_0(&[0.0; 32], &mut zeros);
+        assert!(zeros.iter().all(|&b| b == 0));
+        encode_q8_0(&[f32::INFINITY; 32], &mut zeros);
+        assert!(zeros.iter().all(|&b| b == 0), "a non-finite block stores zeros");
     }
 }

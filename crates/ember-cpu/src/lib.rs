@@ -53,6 +53,8 @@ pub use tensor::CpuTensor;
 #[cfg(test)]
 mod attention_tests;
 #[cfg(test)]
+mod backend_tests;
+#[cfg(test)]
 mod family_ops_tests;
 #[cfg(test)]
 mod lora_tests;

@@ -6,7 +6,7 @@ use std::sync::Mutex;
 
 use ember_core::{
     AttentionParams, Backend, BackendError, BackendResult, BackendStats, DeviceSampleRow, ForwardFn,
-    KvCacheSpec, MemoryLimits, ModelShape, Rope, StepBatch, WeightView,
+    KvCacheSpec, MemoryLimits, ModelShape, Rope, StepBatch, WeightDType, WeightView,
 };
 
 use crate::arena::ModelDims;
@@ -21,7 +21,7 @@ use crate::tensor::{CudaKvCache, CudaMatrix, CudaTensor, CudaVector, TensorData}
 use crate::{attention, gemm, row_ops, sampling, weights};
 
 /// Bytes of one KV-cache element (bf16).
-const KV_BYTES_PER_ELEMENT: usize = 2;
+const KV_DTYPE: WeightDType = WeightDType::BF16;
 
 /// The CUDA backend (see the crate docs).
 pub struct CudaBackend {
@@ -102,7 +102,7 @@ impl Backend for CudaBackend {
         }
         let spec = KvCacheSpec::for_model(shape, limits.block_size)?;
         if let Some(bytes) = limits.kv_cache_memory_bytes {
-            return Ok(spec.with_budget(bytes, KV_BYTES_PER_ELEMENT));
+            return Ok(spec.with_budget(bytes, KV_DTYPE));
         }
         let workspace = workspace_bytes(
             limits.max_num_batched_tokens,
@@ -111,9 +111,9 @@ impl Backend for CudaBackend {
             dims.num_kv_heads * dims.head_dim,
             dims.intermediate,
             dims.vocab,
-            KV_BYTES_PER_ELEMENT,
+            KV_DTYPE.block_bytes(),
         );
-        let block_bytes = spec.bytes_per_block(KV_BYTES_PER_ELEMENT) as u64;
+        let block_bytes = spec.bytes_per_block(KV_DTYPE) as u64;
         let (free, total) = self.device.mem_info()?;
         let utilization = limits.gpu_memory_utilization;
         let plan = plan_kv_cache(free, total, utilization, workspace, block_bytes).map_err(|detail| {
@@ -140,8 +140,8 @@ impl Backend for CudaBackend {
         })
     }
 
-    fn kv_cache_bytes_per_element(&self) -> usize {
-        KV_BYTES_PER_ELEMENT
+    fn kv_cache_dtype(&self) -> WeightDType {
+        KV_DTYPE
     }
 
     fn allocate_kv_cache(&self, spec: &KvCacheSpec) -> BackendResult<CudaKvCache> {

@@ -51,7 +51,7 @@ pub fn sampling_probs(
 }
 
 /// One draw of the sampler for output token `len(output_token_ids)` of a request with `seed`:
-/// `(token_id, logprob, rank, top_logprobs)` (rank only when `params.logprobs` is set).
+/// `(token_id, logprob, rank, top_logprobs)` (logprob NaN and rank None unless `params.logprobs` is set).
 #[pyfunction]
 #[pyo3(signature = (logits, params, prompt_token_ids=Vec::new(), output_token_ids=Vec::new(), seed=0, eos_token_ids=Vec::new()))]
 pub fn sample_token(

@@ -149,13 +149,19 @@ fn kv_cache_dtype(name: &str, kind: DeviceKind, f32_compute: bool) -> Result<Wei
         ("bfloat16", DeviceKind::Cpu) => WeightDType::BF16,
         ("float16", DeviceKind::Cpu) => WeightDType::F16,
         ("float32", DeviceKind::Cpu) => WeightDType::F32,
+        ("int8", DeviceKind::Cpu) => WeightDType::Q8_0,
         #[cfg(feature = "cuda")]
         ("auto" | "bfloat16", DeviceKind::Cuda) => WeightDType::BF16,
         _ => {
             let allowed = match kind {
-                DeviceKind::Cpu => "\"auto\", \"float32\", \"float16\" or \"bfloat16\" on the CPU backend",
+                DeviceKind::Cpu => {
+                    "\"auto\", \"float32\", \"float16\", \"bfloat16\" or \"int8\" on the CPU backend \
+                     (its 8-bit cache is \"int8\": 8-bit integers with a scale per 32 elements)"
+                }
                 #[cfg(feature = "cuda")]
-                DeviceKind::Cuda => "\"auto\" or \"bfloat16\" on the CUDA backend",
+                DeviceKind::Cuda => {
+                    "\"auto\" or \"bfloat16\" on the CUDA backend (no 8-bit KV cache kernels there yet)"
+                }
             };
             return Err(format!("kv_cache_dtype must be {allowed}, got \"{name}\""));
         }
@@ -209,7 +215,7 @@ fn load<B: Backend + 'static>(
     if spec.num_blocks == 0 {
         return Err(EngineError::InvalidRequest(format!(
             "the KV cache memory is smaller than one block ({} bytes)",
-            spec.bytes_per_block(backend.kv_cache_bytes_per_element())
+            spec.bytes_per_block(backend.kv_cache_dtype())
         )));
     }
     let mut runner = ModelRunner::new(
@@ -254,10 +260,10 @@ fn share_with_draft<B: Backend>(
             )));
         }
     }
-    let element_bytes = backend.kv_cache_bytes_per_element();
-    let target_block_bytes = spec.bytes_per_block(element_bytes);
+    let kv_dtype = backend.kv_cache_dtype();
+    let target_block_bytes = spec.bytes_per_block(kv_dtype);
     let draft_geometry = KvCacheSpec::for_model(draft_shape, spec.block_size)?;
-    let draft_block_bytes = draft_geometry.bytes_per_block(element_bytes);
+    let draft_block_bytes = draft_geometry.bytes_per_block(kv_dtype);
     let budget_bytes = spec.num_blocks * target_block_bytes;
     spec.num_blocks = budget_bytes / (target_block_bytes + draft_block_bytes).max(1);
     log::info!(
@@ -301,22 +307,27 @@ mod tests {
 
     #[test]
     fn kv_cache_dtype_is_checked_per_device() {
-        use ember_core::WeightDType::{BF16, F16, F32};
+        use ember_core::WeightDType::{BF16, F16, F32, Q8_0};
         let cpu = DeviceKind::Cpu;
         assert_eq!(kv_cache_dtype("auto", cpu, false), Ok(F16));
         assert_eq!(kv_cache_dtype("auto", cpu, true), Ok(F32), "exact path");
         assert_eq!(kv_cache_dtype("float16", cpu, true), Ok(F16));
         assert_eq!(kv_cache_dtype("float32", cpu, false), Ok(F32));
         assert_eq!(kv_cache_dtype("bfloat16", cpu, false), Ok(BF16));
+        assert_eq!(kv_cache_dtype("int8", cpu, true), Ok(Q8_0));
         assert_eq!(
             kv_cache_dtype("fp8", cpu, false).unwrap_err(),
-            "kv_cache_dtype must be \"auto\", \"float32\", \"float16\" or \"bfloat16\" on the CPU backend, got \"fp8\""
+            "kv_cache_dtype must be \"auto\", \"float32\", \"float16\", \"bfloat16\" or \"int8\" on \
+             the CPU backend (its 8-bit cache is \"int8\": 8-bit integers with a scale per 32 \
+             elements), got \"fp8\""
         );
         #[cfg(feature = "cuda")]
         {
             assert_eq!(kv_cache_dtype("auto", DeviceKind::Cuda, false), Ok(BF16));
             let err = kv_cache_dtype("float16", DeviceKind::Cuda, false).unwrap_err();
             assert!(err.contains("CUDA"), "{err}");
+            let err = kv_cache_dtype("int8", DeviceKind::Cuda, false).unwrap_err();
+            assert!(err.contains("no 8-bit KV cache kernels"), "{err}");
         }
     }
 

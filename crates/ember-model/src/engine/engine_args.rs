@@ -33,8 +33,8 @@ pub struct EngineArgs {
     /// their products, llama.cpp's scheme) or "float32" (weights dequantized at load, f32 throughout).
     pub dtype: String,
     /// KV-cache element type (vLLM's names): "auto" (follows `dtype`: float32 with "float32",
-    /// else float16 on the CPU and bfloat16 on CUDA), "float32", "float16" or "bfloat16" on the
-    /// CPU; "auto" or "bfloat16" on CUDA.
+    /// else float16 on the CPU and bfloat16 on CUDA), "float32", "float16", "bfloat16" or "int8"
+    /// (8-bit integers with an f16 scale per 32 elements) on the CPU; "auto" or "bfloat16" on CUDA.
     pub kv_cache_dtype: String,
     /// CPU threads; `None` uses every available core.
     pub num_threads: Option<usize>,

@@ -93,7 +93,7 @@ impl<B: Backend> ModelRunner<B> {
         let logits = backend.run_forward(batch, &mut |step| model.forward(backend, step, kv_cache, &lora))?;
         sample_step(
             backend,
-            &logits,
+            logits,
             self.vocab_size,
             output,
             &mut self.histories,

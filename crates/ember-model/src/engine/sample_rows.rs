@@ -141,14 +141,14 @@ fn push_prompt_logprob(
 /// from the constrained distribution.
 pub fn sample_step<B: Backend>(
     backend: &B,
-    logits: &B::Tensor,
+    logits: B::Tensor,
     vocab_size: usize,
     output: &SchedulerOutput,
     histories: &mut RequestHistories,
     eos_token_ids: &[u32],
 ) -> BackendResult<ModelRunnerOutput> {
     if let Some(rows) = device_sample_rows(output) {
-        if let Some(tokens) = backend.sample_on_device(logits, &rows)? {
+        if let Some(tokens) = backend.sample_on_device(&logits, &rows)? {
             let mut out = ModelRunnerOutput::default();
             let sampled = output.seqs.iter().filter(|s| s.sample);
             for (seq, (token_id, logprob)) in sampled.zip(tokens) {
@@ -171,7 +171,7 @@ pub fn sample_step<B: Backend>(
             jobs.push(RowJob::Sample(seq));
         }
     }
-    let mut logits = backend.to_host(logits)?;
+    let mut logits = backend.move_to_host(logits)?;
     let history_of = &*histories;
     let mut rows = logits.chunks_mut(vocab_size);
     let work: Vec<(&RowJob, Vec<&mut [f32]>)> = jobs
