@@ -125,7 +125,7 @@ impl<B: Backend> DraftModel<B> {
         if num_rows == 0 {
             return Ok(Vec::new());
         }
-        let mut host = backend.to_host(&logits)?;
+        let mut host = backend.move_to_host(logits)?;
         Ok(host.chunks_exact_mut(self.vocab_size).map(argmax).collect())
     }
 }

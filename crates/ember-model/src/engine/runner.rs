@@ -138,7 +138,7 @@ impl<B: Backend> ModelRunner<B> {
         let num_layers = self.model.shape().kv_layers.len();
         // The factors take the KV cache's precision: f32 on the exact path (a float32 cache),
         // f16 otherwise (half the bytes each step reads; far below the 8-bit arithmetic's error).
-        let factor_dtype = if self.backend.kv_cache_bytes_per_element() == std::mem::size_of::<f32>() {
+        let factor_dtype = if self.backend.kv_cache_dtype() == WeightDType::F32 {
             WeightDType::F32
         } else {
             WeightDType::F16
