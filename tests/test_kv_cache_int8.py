@@ -100,7 +100,13 @@ def test_int8_cache_composes_with_forks_preemption_and_prefix_caching(default_gg
         kv_cache_dtype="int8",
         kv_cache_memory_bytes=64 << 20,
         max_model_len=256,
-        speculative_config={"method": "ngram", "num_speculative_tokens": 3, "prompt_lookup_max": 3},
+        # Two prompts at once: speculate at any batch size (the n-gram default stops above one).
+        speculative_config={
+            "method": "ngram",
+            "num_speculative_tokens": 3,
+            "prompt_lookup_max": 3,
+            "max_num_seqs_to_speculate": 0,
+        },
     )
     greedy = SamplingParams(temperature=0.0, max_tokens=32, ignore_eos=True)
     repetitive = ["1, 2, 3, 1, 2, 3, 1, 2, 3, 1, 2,", shared * 2]
