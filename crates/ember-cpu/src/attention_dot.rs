@@ -1,18 +1,17 @@
 //! The two inner loops of paged attention over a KV cache of f32, f16, bf16 or Q8_0 elements, for
 //! the query heads that share one KV head: scores `q . k_j * scale` over the context, and the
-//! probability-weighted sum of the value rows.
+//! probability-weighted sum of the value rows. A Q8_0 cache goes to `attention_q8` (integer dots).
 //!
-//! Arithmetic (every kernel family, bit for bit): a dot product keeps 8 lanes, lane `l` takes
-//! elements `8 i + l` with `lane += q * k` (a multiply, then an add: two roundings), then the
-//! fixed horizontal sum `dot_scalar::hsum8`, then the tail elements one by one; the weighted
-//! sum adds `p_j * v_j` element by element in context order. Cache elements widen exactly
-//! (a Q8_0 element to `q * d`, exact in f32), in place: no dequantized copy of the context.
+//! Arithmetic of the float caches (every kernel family, bit for bit): a dot product keeps 8
+//! lanes, lane `l` takes elements `8 i + l` with `lane += q * k` (a multiply, then an add: two
+//! roundings), then the fixed horizontal sum `dot_scalar::hsum8`, then the tail elements one by
+//! one; the weighted sum adds `p_j * v_j` element by element in context order. Cache elements
+//! widen exactly, in place: no widened copy of the context.
 
 use crate::dot_scalar::{float_elem, hsum8};
-use crate::kv_cache::elem_byte;
 use crate::matmul::Isa;
-use crate::quant::{f16_to_f32, read_u16};
 use ember_core::WeightDType;
+use std::ops::Range;
 
 /// Where one KV head's context rows live in a layer's K or V bytes.
 pub struct KvRows<'a> {
@@ -20,23 +19,19 @@ pub struct KvRows<'a> {
     pub bytes: &'a [u8],
     /// Element encoding (F32, F16, BF16 or Q8_0).
     pub dtype: WeightDType,
-    /// Element offset of context position `j`'s head row; `[num_ctx]`.
+    /// Element offset of context row `j`'s head row; `[num_ctx]`.
     pub offs: &'a [usize],
+    /// The context rows `j` each query head attends, in order; `[num_query_heads]`. Entries of
+    /// `scores` / `probs` outside a head's span are never read (the kernels may write them).
+    pub spans: &'a [Range<usize>],
 }
 
-/// Element `idx` of a layer's K or V bytes stored as `dtype`, widened exactly to f32.
-pub fn kv_elem(dtype: WeightDType, bytes: &[u8], idx: usize) -> f32 {
-    if dtype != WeightDType::Q8_0 {
-        return float_elem(dtype, bytes, idx);
-    }
-    let block = elem_byte(dtype, idx);
-    let q = bytes[block + 2 + idx % 32] as i8;
-    f32::from(q) * f16_to_f32(read_u16(bytes, block))
-}
-
-/// `scores[g * n + j] = (q_g . k_j) * scale` for the `group` query heads in `q`
-/// (`[group, head_dim]`) and the `n = keys.offs.len()` context rows.
+/// `scores[g * n + j] = (q_g . k_j) * scale` for the query heads `g` in `q`
+/// (`[heads, head_dim]`) and the context rows `j` of their spans (`n = keys.offs.len()`).
 pub fn scores(isa: Isa, q: &[f32], head_dim: usize, keys: &KvRows<'_>, scale: f32, scores: &mut [f32]) {
+    if keys.dtype == WeightDType::Q8_0 {
+        return crate::attention_q8::scores(isa, q, head_dim, keys, scale, scores);
+    }
     #[cfg(target_arch = "x86_64")]
     if isa != Isa::Scalar {
         // SAFETY: the ISA was checked as supported; its kernels need only AVX2, FMA and F16C.
@@ -45,26 +40,35 @@ pub fn scores(isa: Isa, q: &[f32], head_dim: usize, keys: &KvRows<'_>, scale: f3
     let _ = isa;
     let n = keys.offs.len();
     for (g, qg) in q.chunks_exact(head_dim).enumerate() {
-        for (j, &off) in keys.offs.iter().enumerate() {
-            scores[g * n + j] = dot_scalar(qg, keys, off) * scale;
+        for j in keys.spans[g].clone() {
+            scores[g * n + j] = dot_scalar(qg, keys, keys.offs[j]) * scale;
         }
     }
 }
 
-/// `acc[g] += sum_j probs[g * n + j] * v_j` for `group` heads (`acc`: `[group, head_dim]`).
+/// `acc[g] += sum_j probs[g * n + j] * v_j` over the span of each head `g` (`acc`:
+/// `[heads, head_dim]`), in context order.
 pub fn weighted_sum(isa: Isa, probs: &[f32], head_dim: usize, values: &KvRows<'_>, acc: &mut [f32]) {
+    if values.dtype == WeightDType::Q8_0 {
+        return crate::attention_q8::weighted_sum(isa, probs, head_dim, values, acc);
+    }
     #[cfg(target_arch = "x86_64")]
     if isa != Isa::Scalar {
         // SAFETY: as in `scores`.
         return unsafe { x86::weighted_sum(probs, head_dim, values, acc) };
     }
     let _ = isa;
+    sum_elementwise(probs, head_dim, values, acc);
+}
+
+/// The reference weighted sum (element by element; any head size).
+fn sum_elementwise(probs: &[f32], head_dim: usize, values: &KvRows<'_>, acc: &mut [f32]) {
     let n = values.offs.len();
     for (g, ag) in acc.chunks_exact_mut(head_dim).enumerate() {
-        for (j, &off) in values.offs.iter().enumerate() {
-            let p = probs[g * n + j];
+        for j in values.spans[g].clone() {
+            let (p, off) = (probs[g * n + j], values.offs[j]);
             for (e, a) in ag.iter_mut().enumerate() {
-                *a += p * kv_elem(values.dtype, values.bytes, off + e);
+                *a += p * float_elem(values.dtype, values.bytes, off + e);
             }
         }
     }
@@ -76,12 +80,12 @@ fn dot_scalar(q: &[f32], rows: &KvRows<'_>, off: usize) -> f32 {
     let mut lanes = [0.0f32; 8];
     for i in (0..full).step_by(8) {
         for (l, lane) in lanes.iter_mut().enumerate() {
-            *lane += q[i + l] * kv_elem(rows.dtype, rows.bytes, off + i + l);
+            *lane += q[i + l] * float_elem(rows.dtype, rows.bytes, off + i + l);
         }
     }
     let mut s = hsum8(&lanes);
     for (e, &qe) in q.iter().enumerate().skip(full) {
-        s += qe * kv_elem(rows.dtype, rows.bytes, off + e);
+        s += qe * float_elem(rows.dtype, rows.bytes, off + e);
     }
     s
 }
@@ -89,34 +93,12 @@ fn dot_scalar(q: &[f32], rows: &KvRows<'_>, off: usize) -> f32 {
 /// AVX2 kernels, specialised for head sizes 64 and 128 (accumulators in registers).
 #[cfg(target_arch = "x86_64")]
 mod x86 {
-    use super::{kv_elem, KvRows};
+    use super::KvRows;
+    use crate::dot_scalar::float_elem;
     use crate::dot_x86::{hsum, load_w, DT_BF16, DT_F16, DT_F32};
     use crate::kv_cache::elem_byte;
     use ember_core::WeightDType;
     use std::arch::x86_64::*;
-
-    /// Element tag of a Q8_0 cache (beside `dot_x86`'s float tags).
-    const DT_Q8_0: u8 = 3;
-
-    /// Loads 8 cache elements from element `k0` of a head row starting at `p`, widened to f32
-    /// (a Q8_0 row: `q * d` with its block's scale, exact).
-    #[target_feature(enable = "avx2,fma,f16c")]
-    #[inline]
-    unsafe fn load_kv<const DT: u8>(p: *const u8, k0: usize) -> __m256 {
-        if DT != DT_Q8_0 {
-            // SAFETY: forwarded.
-            return unsafe { load_w::<DT>(p, k0) };
-        }
-        // SAFETY: the caller guarantees 8 elements from `k0` (inside one 32-element block,
-        // as `k0 % 8 == 0`) are in bounds.
-        unsafe {
-            let block = p.add(k0 / 32 * 34);
-            // The f16 scale, broadcast and widened exactly in-register.
-            let d = _mm256_cvtph_ps(_mm_set1_epi16(block.cast::<i16>().read_unaligned()));
-            let q = _mm_loadl_epi64(block.add(2 + k0 % 32).cast());
-            _mm256_mul_ps(_mm256_cvtepi32_ps(_mm256_cvtepi8_epi32(q)), d)
-        }
-    }
 
     /// Context rows per chunk of the weighted sum (their values stay in L1 across heads).
     const CHUNK: usize = 64;
@@ -133,9 +115,6 @@ mod x86 {
                 (WeightDType::BF16, 64) => scores_dt::<DT_BF16, 8>(q, head_dim, keys, scale, out),
                 (WeightDType::BF16, 128) => scores_dt::<DT_BF16, 16>(q, head_dim, keys, scale, out),
                 (WeightDType::BF16, _) => scores_dt::<DT_BF16, 0>(q, head_dim, keys, scale, out),
-                (WeightDType::Q8_0, 64) => scores_dt::<DT_Q8_0, 8>(q, head_dim, keys, scale, out),
-                (WeightDType::Q8_0, 128) => scores_dt::<DT_Q8_0, 16>(q, head_dim, keys, scale, out),
-                (WeightDType::Q8_0, _) => scores_dt::<DT_Q8_0, 0>(q, head_dim, keys, scale, out),
                 (_, 64) => scores_dt::<DT_F32, 8>(q, head_dim, keys, scale, out),
                 (_, 128) => scores_dt::<DT_F32, 16>(q, head_dim, keys, scale, out),
                 _ => scores_dt::<DT_F32, 0>(q, head_dim, keys, scale, out),
@@ -155,9 +134,6 @@ mod x86 {
                 (WeightDType::BF16, 64) => sum_dt::<DT_BF16, 8>(probs, head_dim, values, acc),
                 (WeightDType::BF16, 128) => sum_dt::<DT_BF16, 16>(probs, head_dim, values, acc),
                 (WeightDType::BF16, _) => sum_dt::<DT_BF16, 0>(probs, head_dim, values, acc),
-                (WeightDType::Q8_0, 64) => sum_dt::<DT_Q8_0, 8>(probs, head_dim, values, acc),
-                (WeightDType::Q8_0, 128) => sum_dt::<DT_Q8_0, 16>(probs, head_dim, values, acc),
-                (WeightDType::Q8_0, _) => sum_dt::<DT_Q8_0, 0>(probs, head_dim, values, acc),
                 (_, 64) => sum_dt::<DT_F32, 8>(probs, head_dim, values, acc),
                 (_, 128) => sum_dt::<DT_F32, 16>(probs, head_dim, values, acc),
                 _ => sum_dt::<DT_F32, 0>(probs, head_dim, values, acc),
@@ -176,6 +152,7 @@ mod x86 {
 
     /// Scores with `C` 8-element chunks per head (`C = 0`: any head size).
     #[target_feature(enable = "avx2,fma,f16c")]
+    #[allow(clippy::needless_range_loop)] // `c` also indexes `qg` and, with `C = 0`, the row.
     unsafe fn scores_dt<const DT: u8, const C: usize>(
         q: &[f32],
         head_dim: usize,
@@ -188,17 +165,25 @@ mod x86 {
         let chunks = if C == 0 { head_dim / 8 } else { C };
         for (j, &off) in keys.offs.iter().enumerate() {
             let k = keys.bytes[elem_byte(keys.dtype, off)..].as_ptr();
+            // With `C` fixed, the key row is widened once for all heads.
+            // SAFETY: `8 c + 8 <= head_dim` elements of the checked row.
+            let wide: [__m256; C] = std::array::from_fn(|c| unsafe { load_w::<DT>(k, 8 * c) });
             for (g, qg) in q.chunks_exact(head_dim).enumerate() {
+                if !keys.spans[g].contains(&j) {
+                    continue;
+                }
                 let mut acc = _mm256_setzero_ps();
                 for c in 0..chunks {
                     // SAFETY: `8 c + 8 <= head_dim` elements of `qg` and of the checked row.
-                    let (qv, kv) =
-                        unsafe { (_mm256_loadu_ps(qg.as_ptr().add(8 * c)), load_kv::<DT>(k, 8 * c)) };
+                    let (qv, kv) = unsafe {
+                        let kv = if C > 0 { wide[c] } else { load_w::<DT>(k, 8 * c) };
+                        (_mm256_loadu_ps(qg.as_ptr().add(8 * c)), kv)
+                    };
                     acc = _mm256_add_ps(acc, _mm256_mul_ps(qv, kv));
                 }
                 let mut s = hsum(acc);
                 for (e, &qe) in qg.iter().enumerate().skip(8 * chunks) {
-                    s += qe * kv_elem(keys.dtype, keys.bytes, off + e);
+                    s += qe * float_elem(keys.dtype, keys.bytes, off + e);
                 }
                 out[g * n + j] = s * scale;
             }
@@ -216,30 +201,42 @@ mod x86 {
         check(values, head_dim);
         let n = values.offs.len();
         if C == 0 {
-            for (g, ag) in acc.chunks_exact_mut(head_dim).enumerate() {
-                for (j, &off) in values.offs.iter().enumerate() {
-                    let p = probs[g * n + j];
-                    for (e, a) in ag.iter_mut().enumerate() {
-                        *a += p * kv_elem(values.dtype, values.bytes, off + e);
-                    }
-                }
-            }
-            return;
+            return super::sum_elementwise(probs, head_dim, values, acc);
         }
+        // Each chunk of value rows is widened to f32 once for all heads.
+        let mut wide = vec![0.0f32; CHUNK * head_dim];
         for j0 in (0..n).step_by(CHUNK) {
             let j1 = (j0 + CHUNK).min(n);
+            for j in j0..j1 {
+                let v = values.bytes[elem_byte(values.dtype, values.offs[j])..].as_ptr();
+                for c in 0..C {
+                    // SAFETY: the checked row holds `head_dim >= 8 c + 8` elements, and `wide`
+                    // `CHUNK` rows of `head_dim`.
+                    unsafe {
+                        _mm256_storeu_ps(
+                            wide.as_mut_ptr().add((j - j0) * head_dim + 8 * c),
+                            load_w::<DT>(v, 8 * c),
+                        )
+                    };
+                }
+            }
             for (g, ag) in acc.chunks_exact_mut(head_dim).enumerate() {
+                let span = &values.spans[g];
+                let (lo, hi) = (j0.max(span.start), j1.min(span.end));
+                if lo >= hi {
+                    continue;
+                }
                 let mut regs = [_mm256_setzero_ps(); C];
                 for (c, r) in regs.iter_mut().enumerate() {
                     // SAFETY: `8 c + 8 <= head_dim = ag.len()`.
                     *r = unsafe { _mm256_loadu_ps(ag.as_ptr().add(8 * c)) };
                 }
-                for j in j0..j1 {
+                for j in lo..hi {
                     let p = _mm256_set1_ps(probs[g * n + j]);
-                    let v = values.bytes[elem_byte(values.dtype, values.offs[j])..].as_ptr();
+                    let v = wide[(j - j0) * head_dim..].as_ptr();
                     for (c, r) in regs.iter_mut().enumerate() {
-                        // SAFETY: the checked row holds `head_dim >= 8 c + 8` elements.
-                        *r = _mm256_add_ps(*r, _mm256_mul_ps(p, unsafe { load_kv::<DT>(v, 8 * c) }));
+                        // SAFETY: the widened row holds `head_dim >= 8 c + 8` elements.
+                        *r = _mm256_add_ps(*r, _mm256_mul_ps(p, unsafe { _mm256_loadu_ps(v.add(8 * c)) }));
                     }
                 }
                 for (c, r) in regs.iter().enumerate() {

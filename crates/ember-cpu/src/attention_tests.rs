@@ -151,7 +151,10 @@ fn attention_matches_naive_f64_and_is_batch_invariant() {
                         let pos = len - num_new + i;
                         for h in 0..num_heads {
                             let kvh = h / (num_heads / num_kv_heads);
-                            let q = &case.query.row(t)[h * head_dim..(h + 1) * head_dim];
+                            let q = query_as_dotted(
+                                kv_dtype,
+                                &case.query.row(t)[h * head_dim..(h + 1) * head_dim],
+                            );
                             let offs: Vec<usize> = (first_pos(pos)..=pos)
                                 .map(|j| {
                                     let slot = table[j / block_size] as usize * block_size + j % block_size;
@@ -210,6 +213,20 @@ fn attention_matches_naive_f64_and_is_batch_invariant() {
             }
         }
     }
+}
+
+/// The query head as the kernels dot it: itself, or against a Q8_0 cache its Q8_0 blocks
+/// widened back (the integer-dot path quantizes the query).
+fn query_as_dotted(kv_dtype: WeightDType, q: &[f32]) -> Vec<f32> {
+    if kv_dtype != WeightDType::Q8_0 {
+        return q.to_vec();
+    }
+    let qq = crate::quant::QuantActs::quantize(q, 1, q.len(), 32);
+    qq.qs
+        .iter()
+        .enumerate()
+        .map(|(e, &v)| f32::from(v) * qq.d[e / 32])
+        .collect()
 }
 
 /// (sliding_window, logit_soft_cap) combinations every attention test runs.

@@ -13,6 +13,7 @@
 mod alloc;
 mod attention;
 mod attention_dot;
+mod attention_q8;
 mod backend;
 pub mod blocks;
 mod dot_scalar;
@@ -50,6 +51,8 @@ pub use matmul::Isa;
 pub use matrix::CpuMatrix;
 pub use tensor::CpuTensor;
 
+#[cfg(test)]
+mod attention_rows_tests;
 #[cfg(test)]
 mod attention_tests;
 #[cfg(test)]
