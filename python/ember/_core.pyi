@@ -199,10 +199,10 @@ def sample_token(
     output_token_ids: Sequence[int] = (),
     seed: int = 0,
     eos_token_ids: Sequence[int] = (),
-) -> tuple[int, float, int | None, list[tuple[int, float]]]:
+) -> tuple[int, float | None, int | None, list[tuple[int, float]]]:
     """Testing aid: one draw of the sampler, (token_id, logprob, rank, top logprobs).
 
-    Logprob (NaN unless params.logprobs is set: the sampler skips the log-sum-exp), rank
+    Logprob (None unless params.logprobs is set: the sampler skips the log-sum-exp), rank
     (1 + the number of strictly larger logits; None unless params.logprobs is set) and the
     top logprobs describe the raw logits, before any adjustment.
     """

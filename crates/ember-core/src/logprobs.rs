@@ -39,18 +39,6 @@ impl RowStats {
         Some(Self { max_idx, max, lse })
     }
 
-    /// Replaces NaNs in `row` by `-inf` and finds its maximum, without the log-sum-exp over
-    /// the row (`lse` is NaN, so every [`RowStats::logprob`] is NaN); `None` when the row is
-    /// empty. For samples nobody asked the log-probability of.
-    pub fn argmax_only(row: &mut [f32]) -> Option<Self> {
-        let (max_idx, max) = sanitize_and_argmax(row)?;
-        Some(Self {
-            max_idx,
-            max,
-            lse: f32::NAN,
-        })
-    }
-
     /// The log-probability of a token whose raw logit is `raw`.
     pub fn logprob(&self, raw: f32) -> f32 {
         if self.max.is_finite() {

@@ -25,9 +25,9 @@ use crate::step::{RequestId, SampledToken};
 pub struct Sample {
     /// The chosen token.
     pub token_id: u32,
-    /// Log-softmax of the raw logits at the chosen token; NaN when the request asks for no
+    /// Log-softmax of the raw logits at the chosen token; `None` when the request asks for no
     /// logprobs (`params.logprobs` is `None`: the log-sum-exp over the vocabulary is skipped).
-    pub logprob: f32,
+    pub logprob: Option<f32>,
     /// Rank of the chosen token among the raw logits (1 = most likely); set when the request
     /// asks for logprobs.
     pub rank: Option<u32>,
@@ -36,12 +36,13 @@ pub struct Sample {
 }
 
 impl Sample {
-    /// The step-loop form of this sample.
+    /// The step-loop form of this sample (its `logprob` NaN where this one's is `None`: the
+    /// engine reads it only for requests that asked for logprobs).
     pub fn into_sampled_token(self, request_id: RequestId) -> SampledToken {
         SampledToken {
             request_id,
             token_id: self.token_id,
-            logprob: self.logprob,
+            logprob: self.logprob.unwrap_or(f32::NAN),
             rank: self.rank,
             top_logprobs: self.top_logprobs,
         }
@@ -116,22 +117,23 @@ pub fn adjust_logits(logits: &mut [f32], params: &SamplingParams, ctx: &SampleCo
 /// NaNs in the row become `-inf`. Adjustments, and non-greedy sampling of a request that
 /// asks for logprobs (its rank needs the raw row), work on a copy; otherwise the non-greedy
 /// path uses the row as scratch (it may then hold unnormalized probabilities). `rank` is
-/// computed when the request asks for logprobs; `logprob` too (NaN otherwise).
+/// computed when the request asks for logprobs; `logprob` too (`None` otherwise).
 pub fn sample(logits: &mut [f32], params: &SamplingParams, ctx: &SampleContext<'_>) -> Sample {
-    let stats = match params.logprobs {
-        Some(_) => RowStats::of(logits),
-        None => RowStats::argmax_only(logits),
+    // The log-sum-exp over the row only for a request that asks for logprobs.
+    let measured = match params.logprobs {
+        Some(_) => RowStats::of(logits).map(|s| (s.max_idx, s.max, Some(s))),
+        None => sanitize_and_argmax(logits).map(|(i, m)| (i, m, None)),
     };
-    let Some(stats) = stats else {
+    let Some((max_idx, max, stats)) = measured else {
         return Sample {
             token_id: 0,
-            logprob: f32::NEG_INFINITY,
+            logprob: params.logprobs.map(|_| f32::NEG_INFINITY),
             rank: None,
             top_logprobs: Vec::new(),
         };
     };
-    let top_logprobs = match params.logprobs {
-        Some(k) if k > 0 => stats.top_logprobs(logits, k),
+    let top_logprobs = match (params.logprobs, &stats) {
+        (Some(k), Some(stats)) if k > 0 => stats.top_logprobs(logits, k),
         _ => Vec::new(),
     };
     let u = uniform(ctx.seed, ctx.token_index);
@@ -141,20 +143,20 @@ pub fn sample(logits: &mut [f32], params: &SamplingParams, ctx: &SampleContext<'
         adjust_logits(&mut work, params, ctx);
         let token = choose(&mut work, params, u);
         (token, logits[token as usize])
-    } else if params.is_greedy() || !stats.max.is_finite() {
-        (stats.max_idx as u32, stats.max)
+    } else if params.is_greedy() || !max.is_finite() {
+        (max_idx as u32, max)
     } else {
-        let kept = filter(logits, params, stats.max);
+        let kept = filter(logits, params, max);
         let token = kept.pick(logits, u);
         let raw = match kept {
             Kept::Best { .. } => logits[token as usize],
-            Kept::Row { .. } => stats.max + params.temperature * logits[token as usize].ln(),
+            Kept::Row { .. } => max + params.temperature * logits[token as usize].ln(),
         };
         (token, raw)
     };
     Sample {
         token_id,
-        logprob: stats.logprob(raw),
+        logprob: stats.map(|s| s.logprob(raw)),
         rank: params.logprobs.map(|_| rank_of(logits, raw)),
         top_logprobs,
     }

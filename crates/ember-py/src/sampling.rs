@@ -13,7 +13,7 @@ use crate::guard::guard;
 use crate::sampling_params::PySamplingParams;
 
 /// One sampled token: `(token_id, logprob, rank, top_logprobs)`.
-type PySample = (u32, f32, Option<u32>, Vec<(u32, f32)>);
+type PySample = (u32, Option<f32>, Option<u32>, Vec<(u32, f32)>);
 
 /// One token's `(logprob, rank, top_logprobs)`.
 type PyTokenLogprob = (f32, u32, Vec<(u32, f32)>);
@@ -51,7 +51,7 @@ pub fn sampling_probs(
 }
 
 /// One draw of the sampler for output token `len(output_token_ids)` of a request with `seed`:
-/// `(token_id, logprob, rank, top_logprobs)` (logprob NaN and rank None unless `params.logprobs` is set).
+/// `(token_id, logprob, rank, top_logprobs)` (logprob and rank None unless `params.logprobs` is set).
 #[pyfunction]
 #[pyo3(signature = (logits, params, prompt_token_ids=Vec::new(), output_token_ids=Vec::new(), seed=0, eos_token_ids=Vec::new()))]
 pub fn sample_token(
