@@ -1,22 +1,23 @@
-//! Attention's two inner loops over a Q8_0 (`"int8"`) KV cache, in 8-bit integer arithmetic.
+//! Attention's two inner loops over a Q8_0 (`"int8"`) KV cache, in integer arithmetic.
 //!
-//! Scores: the query heads are quantized once per call to Q8_0 blocks (the activation
-//! quantizer of `quant`: 32 `i8`s and an f16-rounded scale `dq` per 32 elements, as llama.cpp
-//! quantizes the query against its q8_0 cache), then each key block contributes its exact
-//! integer dot `i` (any summation order gives the same `i32`). Bit for bit in every kernel
-//! family: `s = 0; s += f32(i_b) * (dq_b * dk_b)` over the blocks `b` in order (the scale
-//! product is exact: two f16 values), then `s * scale`. The SIMD kernels compute 8 keys at
-//! once (`vpmaddubsw` + `vpmaddwd`, or `vpdpbusd`, then a transposing integer reduction), so
-//! one query head's scores for 8 keys take one float multiply-add per block.
+//! Scores: the query heads are quantized once per call to 16-bit integers, one f32 scale
+//! `dq = max|x| / 32767` per 32 elements (`round_half_even(x / dq)`, relative error about
+//! 2^-16: far finer than the 8-bit query llama.cpp uses against its q8_0 cache, which doubled
+//! the KL to float32 here), then each key block contributes its exact integer dot `i`
+//! (`|i| < 2^31`; any summation order gives the same `i32`). Bit for bit in every kernel
+//! family: `s = 0; s += f32(i_b) * (dq_b * dk_b)` over the blocks `b` in order (`f32(i)` and
+//! the products rounded to nearest even), then `s * scale`. The SIMD kernels compute 8 keys
+//! at once (`vpmaddwd`, or `vpdpwssd`, then a transposing integer reduction), so one query
+//! head's scores for 8 keys take one float multiply-add per block.
 //! Weighted sum: per context row and value block, `w = p_j * dv` once, then each element
 //! `acc += w * v` (the `i8` widens exactly) in context order.
-//! Quantizing the query changes the scores slightly (the float caches dot the f32 query);
-//! tests/test_kv_cache_int8.py bounds the effect on the logits.
+//! Quantizing the query changes the scores very slightly (the float caches dot the f32
+//! query); tests/test_kv_cache_int8.py bounds the cache's effect on the logits.
 
 use crate::attention_dot::KvRows;
 use crate::kv_cache::elem_byte;
 use crate::matmul::Isa;
-use crate::quant::{f16_to_f32, read_u16, QuantActs};
+use crate::quant::{f16_to_f32, read_u16};
 use ember_core::WeightDType;
 
 /// Elements per Q8_0 block.
@@ -24,10 +25,52 @@ const QK: usize = 32;
 /// Bytes per Q8_0 block: an f16 scale, then 32 `i8`s.
 const BLOCK_BYTES: usize = 34;
 
-/// `attention_dot::scores` with `q` (`[heads, head_dim]`) quantized to Q8_0; `head_dim` is a
-/// multiple of 32. See the module docs for the arithmetic.
+/// Query heads quantized to 16 bits per element and one scale per 32 elements.
+pub(crate) struct QuantQuery {
+    /// Number of heads.
+    rows: usize,
+    /// Elements per head.
+    cols: usize,
+    /// Quantized elements; `[rows, cols]`.
+    pub(crate) qs: Vec<i16>,
+    /// Scales; `[rows, cols / 32]`.
+    pub(crate) d: Vec<f32>,
+}
+
+impl QuantQuery {
+    /// Quantizes `q` (`[rows, cols]`, `cols` a multiple of 32); see the module docs.
+    pub(crate) fn new(q: &[f32], cols: usize) -> Self {
+        let mut qs = vec![0i16; q.len()];
+        let mut d = vec![0.0f32; q.len() / QK];
+        for ((xb, qb), db) in q.chunks_exact(QK).zip(qs.chunks_exact_mut(QK)).zip(&mut d) {
+            let amax = xb.iter().fold(0.0f32, |m, v| m.max(v.abs()));
+            *db = amax / 32767.0;
+            // 0 for a zero block and for one whose inverse overflows (its quants are then 0).
+            let id = 32767.0 / amax;
+            let id = if id.is_finite() { id } else { 0.0 };
+            for (o, &x) in qb.iter_mut().zip(xb) {
+                // |x * id| <= 32767 up to rounding; the cast saturates (NaN: 0).
+                *o = (x * id).round_ties_even() as i16;
+            }
+        }
+        Self {
+            rows: q.len() / cols.max(1),
+            cols,
+            qs,
+            d,
+        }
+    }
+
+    /// Quantized elements of head `g`.
+    fn row_qs(&self, g: usize) -> &[i16] {
+        &self.qs[g * self.cols..(g + 1) * self.cols]
+    }
+}
+
+/// `attention_dot::scores` with `q` (`[heads, head_dim]`) quantized to 16 bits; `head_dim` is
+/// a multiple of 32. See the module docs for the arithmetic.
 pub fn scores(isa: Isa, q: &[f32], head_dim: usize, keys: &KvRows<'_>, scale: f32, scores: &mut [f32]) {
-    let qq = QuantActs::quantize(q, q.len() / head_dim, head_dim, QK);
+    let qq = QuantQuery::new(q, head_dim);
     #[cfg(target_arch = "x86_64")]
     match isa {
         // SAFETY: the ISA was checked as supported.
@@ -49,7 +92,7 @@ pub fn scores(isa: Isa, q: &[f32], head_dim: usize, keys: &KvRows<'_>, scale: f3
 }
 
 /// The reference dot of a quantized query head with the Q8_0 head row starting at `row`.
-fn dot_scalar(qs: &[i8], qd: &[f32], row: &[u8]) -> f32 {
+fn dot_scalar(qs: &[i16], qd: &[f32], row: &[u8]) -> f32 {
     let mut s = 0.0f32;
     for (b, (qb, &dq)) in qs.chunks_exact(QK).zip(qd).enumerate() {
         let blk = &row[b * BLOCK_BYTES..(b + 1) * BLOCK_BYTES];
@@ -91,9 +134,8 @@ pub fn weighted_sum(isa: Isa, probs: &[f32], head_dim: usize, values: &KvRows<'_
 /// AVX2 and AVX-512 VNNI kernels (the VNNI one differs only in the integer dot instruction).
 #[cfg(target_arch = "x86_64")]
 mod x86 {
-    use super::{KvRows, BLOCK_BYTES, QK};
+    use super::{KvRows, QuantQuery, BLOCK_BYTES, QK};
     use crate::kv_cache::elem_byte;
-    use crate::quant::QuantActs;
     use ember_core::WeightDType;
     use std::arch::x86_64::*;
 
@@ -110,14 +152,14 @@ mod x86 {
 
     /// Scores with `vpdpbusd`; see `super::scores`.
     #[target_feature(enable = "avx2,fma,f16c,avx512f,avx512bw,avx512vl,avx512vnni")]
-    pub unsafe fn scores_vnni(qq: &QuantActs, keys: &KvRows<'_>, scale: f32, out: &mut [f32]) {
+    pub unsafe fn scores_vnni(qq: &QuantQuery, keys: &KvRows<'_>, scale: f32, out: &mut [f32]) {
         // SAFETY: the features are enabled here.
         unsafe { scores_with::<true>(qq, keys, scale, out) }
     }
 
     /// Scores with `vpmaddubsw` + `vpmaddwd`; see `super::scores`.
     #[target_feature(enable = "avx2,fma,f16c")]
-    pub unsafe fn scores_avx2(qq: &QuantActs, keys: &KvRows<'_>, scale: f32, out: &mut [f32]) {
+    pub unsafe fn scores_avx2(qq: &QuantQuery, keys: &KvRows<'_>, scale: f32, out: &mut [f32]) {
         // SAFETY: the features are enabled here.
         unsafe { scores_with::<false>(qq, keys, scale, out) }
     }
@@ -132,18 +174,26 @@ mod x86 {
         }
     }
 
-    /// The 8 `i32` lanes of a 32-element integer dot (their sum is the dot).
+    /// One block's 32 quantized query elements, as two 16-lane vectors.
     #[inline(always)]
-    unsafe fn block_dot<const VNNI: bool>(q: __m256i, k: __m256i) -> __m256i {
-        // SAFETY: register-only instructions, enabled by every caller (VNNI ones for `VNNI`).
+    unsafe fn load_q(q: *const i16) -> [__m256i; 2] {
+        // SAFETY: the caller guarantees 32 readable elements; AVX is enabled by every caller.
+        unsafe { [_mm256_loadu_si256(q.cast()), _mm256_loadu_si256(q.add(16).cast())] }
+    }
+
+    /// The 8 `i32` lanes of the integer dot of a query block with the 32 `i8`s at `k` (their
+    /// sum is the dot; each lane sums 4 products below 2^22 in magnitude: no overflow).
+    #[inline(always)]
+    unsafe fn block_dot<const VNNI: bool>(q: [__m256i; 2], k: *const u8) -> __m256i {
+        // SAFETY: the caller guarantees 32 readable bytes at `k`; AVX2 (and, for `VNNI`,
+        // AVX-512 VNNI + VL) are enabled by every caller.
         unsafe {
-            // |q| * sign(k, q) = q * k, with an unsigned left operand as the instructions need;
-            // quants lie in -127..=127, so a pair of products fits an i16 without saturating.
-            let (qa, ks) = (_mm256_sign_epi8(q, q), _mm256_sign_epi8(k, q));
+            let k0 = _mm256_cvtepi8_epi16(_mm_loadu_si128(k.cast()));
+            let k1 = _mm256_cvtepi8_epi16(_mm_loadu_si128(k.add(16).cast()));
             if VNNI {
-                _mm256_dpbusd_epi32(_mm256_setzero_si256(), qa, ks)
+                _mm256_dpwssd_epi32(_mm256_madd_epi16(q[0], k0), q[1], k1)
             } else {
-                _mm256_madd_epi16(_mm256_maddubs_epi16(qa, ks), _mm256_set1_epi16(1))
+                _mm256_add_epi32(_mm256_madd_epi16(q[0], k0), _mm256_madd_epi16(q[1], k1))
             }
         }
     }
@@ -178,7 +228,7 @@ mod x86 {
     }
 
     #[inline(always)]
-    unsafe fn scores_with<const VNNI: bool>(qq: &QuantActs, keys: &KvRows<'_>, scale: f32, out: &mut [f32]) {
+    unsafe fn scores_with<const VNNI: bool>(qq: &QuantQuery, keys: &KvRows<'_>, scale: f32, out: &mut [f32]) {
         let head_dim = qq.cols;
         check(keys, head_dim);
         let (n, num_blocks) = (keys.offs.len(), head_dim / QK);
@@ -206,11 +256,9 @@ mod x86 {
                     let qs = qq.row_qs(g).as_ptr();
                     let mut acc = _mm256_setzero_ps();
                     for (b, &d) in dk.iter().enumerate() {
-                        let q = _mm256_loadu_si256(qs.add(b * QK).cast());
-                        let m = std::array::from_fn(|i| {
-                            let k = _mm256_loadu_si256(rows[i].add(b * BLOCK_BYTES + 2).cast());
-                            block_dot::<VNNI>(q, k)
-                        });
+                        let q = load_q(qs.add(b * QK));
+                        let m =
+                            std::array::from_fn(|i| block_dot::<VNNI>(q, rows[i].add(b * BLOCK_BYTES + 2)));
                         let d = _mm256_mul_ps(_mm256_set1_ps(qq.d[g * num_blocks + b]), d);
                         acc = _mm256_add_ps(acc, _mm256_mul_ps(_mm256_cvtepi32_ps(transpose_sum(m)), d));
                     }
@@ -223,9 +271,8 @@ mod x86 {
                     let qs = qq.row_qs(g).as_ptr();
                     let mut s = 0.0f32;
                     for b in 0..num_blocks {
-                        let q = _mm256_loadu_si256(qs.add(b * QK).cast());
                         let blk = row.add(b * BLOCK_BYTES);
-                        let i = lane_sum(block_dot::<VNNI>(q, _mm256_loadu_si256(blk.add(2).cast())));
+                        let i = lane_sum(block_dot::<VNNI>(load_q(qs.add(b * QK)), blk.add(2)));
                         s += i as f32 * (qq.d[g * num_blocks + b] * scale_at(blk));
                     }
                     out[g * n + j] = s * scale;

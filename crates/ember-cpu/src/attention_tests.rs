@@ -215,13 +215,13 @@ fn attention_matches_naive_f64_and_is_batch_invariant() {
     }
 }
 
-/// The query head as the kernels dot it: itself, or against a Q8_0 cache its Q8_0 blocks
-/// widened back (the integer-dot path quantizes the query).
+/// The query head as the kernels dot it: itself, or against a Q8_0 cache its 16-bit
+/// quantization widened back (the integer-dot path quantizes the query).
 fn query_as_dotted(kv_dtype: WeightDType, q: &[f32]) -> Vec<f32> {
     if kv_dtype != WeightDType::Q8_0 {
         return q.to_vec();
     }
-    let qq = crate::quant::QuantActs::quantize(q, 1, q.len(), 32);
+    let qq = crate::attention_q8::QuantQuery::new(q, q.len());
     qq.qs
         .iter()
         .enumerate()
