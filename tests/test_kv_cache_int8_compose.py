@@ -18,8 +18,10 @@ from typing import Any
 import pytest
 
 from ember import AsyncEngine, Engine, LoRARequest, SamplingParams
-from lora_adapters import ALL_LINEAR, write_model_with_adapters
 from test_speculative import _completions
+
+from lora_adapters import ALL_LINEAR, write_model_with_adapters
+from server_harness import wait_idle
 from tiny_models import FAMILY_VARIANTS
 
 INT8: dict[str, Any] = {"kv_cache_dtype": "int8", "kv_cache_memory_bytes": 32 << 20, "max_model_len": 256}
@@ -59,11 +61,7 @@ def test_int8_abort_mid_generation_empties_the_cache(default_gguf: Path, plain: 
                 outs.append(final)
             assert _completions(outs) == want
             # The engine thread frees a request's blocks just after its final output is delivered.
-            for _ in range(200):
-                if engine.stats()["kv_cache_usage"] == 0.0:
-                    break
-                await asyncio.sleep(0.01)
-            assert engine.stats()["kv_cache_usage"] == 0.0
+            assert (await asyncio.to_thread(wait_idle, engine))["kv_cache_usage"] == 0.0
         finally:
             await engine.shutdown()
 
