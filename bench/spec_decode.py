@@ -4,7 +4,8 @@ On the default model, with one seeded workload of chat prompts that ask the mode
 lightly rewrite a given text or code passage (where the answer reuses the input, so prompt lookup finds drafts),
 runs every batch size (1, 2, 4 and 16 streams) on three engines loaded side by side, and `--prompts` single
 streams one after another (batch "1xN": one prompt per passage, each alone; the speedup is the mean of the
-per-prompt speedups, and each prompt's is printed too):
+per-prompt speedups, and each prompt's is printed too; `--draft-prompts` for (b), off by default to keep the run
+short):
 
 - plain: no speculation;
 - ngram: `{"method": "ngram", "num_speculative_tokens": K}` with adaptive draft length and speculation on at any
@@ -24,7 +25,8 @@ arithmetic) without speculation (plain-f32), and with its own Q4_1 arithmetic dr
 "draft_model", "model": the same file, "dtype": "auto"}`; q4-draft at any batch size, q4-draft+cap with the
 default cap); tokens checked equal to plain-f32's.
 
-    python bench/spec_decode.py [--model PATH] [--threads 2] [--max-tokens 96] [--prompts 6] [--quick]
+    python bench/spec_decode.py [--model PATH] [--threads 2] [--max-tokens 96] [--prompts 6] [--draft-prompts 0]
+        [--quick]
         [--suite ngram|draft]
 
 Prints a table and writes bench/out/spec_decode-<date>.json.
@@ -166,7 +168,10 @@ def main() -> None:
         "--prompts",
         type=int,
         default=6,
-        help="single-stream prompts of the batch-1 mean, one after another (default: 6)",
+        help="single-stream prompts of the n-gram batch-1 mean, one after another (default: 6)",
+    )
+    parser.add_argument(
+        "--draft-prompts", type=int, default=0, help="the same for the draft suite (default: 0, off: float32 is slow)"
     )
     parser.add_argument(
         "--suite", choices=["ngram", "draft", "both"], default="both", help="which comparison (default: both)"
@@ -235,7 +240,11 @@ def bench(args: argparse.Namespace) -> dict[str, Any]:
             result["speedup"] = result["tok_s"] / plain_by_batch[batch]["tok_s"]
             result["cpu_speedup"] = result["tok_per_cpu_s"] / plain_by_batch[batch]["tok_per_cpu_s"]
             rows.append({"suite": suite, "batch": batch, "engine": name, **result})
-        rows.extend(single_streams(engines, suite, single_stream_prompts(args.prompts, args.seed + 1), params, repeats))
+        num_prompts = args.prompts if suite == "ngram" else args.draft_prompts
+        if num_prompts:
+            rows.extend(
+                single_streams(engines, suite, single_stream_prompts(num_prompts, args.seed + 1), params, repeats)
+            )
         del engines
     print(
         f"\n{'batch':>5} {'engine':<13} {'tok/s':>8} {'speedup':>8} {'tok/cpu-s':>10} {'cpu speedup':>12} "
@@ -258,6 +267,7 @@ def bench(args: argparse.Namespace) -> dict[str, Any]:
         "cap": args.cap,
         "seed": args.seed,
         "num_single_stream_prompts": args.prompts,
+        "num_draft_single_stream_prompts": args.draft_prompts,
         "rows": rows,
     }
     write_record(args.out, "spec_decode", fields, {"ember": ember.__version__})
