@@ -2,7 +2,10 @@
 
 On the default model, with one seeded workload of chat prompts that ask the model to repeat, extract from or
 lightly rewrite a given text or code passage (where the answer reuses the input, so prompt lookup finds drafts),
-runs every batch size (1, 2, 4 and 16 streams) on three engines loaded side by side:
+runs every batch size (1, 2, 4 and 16 streams) on three engines loaded side by side, and `--prompts` single
+streams one after another (batch "1xN": one prompt per passage, each alone; the speedup is the mean of the
+per-prompt speedups, and each prompt's is printed too; `--draft-prompts` for (b), off by default to keep the run
+short):
 
 - plain: no speculation;
 - ngram: `{"method": "ngram", "num_speculative_tokens": K}` with adaptive draft length and speculation on at any
@@ -22,7 +25,9 @@ arithmetic) without speculation (plain-f32), and with its own Q4_1 arithmetic dr
 "draft_model", "model": the same file, "dtype": "auto"}`; q4-draft at any batch size, q4-draft+cap with the
 default cap); tokens checked equal to plain-f32's.
 
-    python bench/spec_decode.py [--model PATH] [--threads 2] [--max-tokens 96] [--quick] [--suite ngram|draft]
+    python bench/spec_decode.py [--model PATH] [--threads 2] [--max-tokens 96] [--prompts 6] [--draft-prompts 0]
+        [--quick]
+        [--suite ngram|draft]
 
 Prints a table and writes bench/out/spec_decode-<date>.json.
 """
@@ -66,6 +71,13 @@ def conversations(num: int, seed: int) -> list[list[dict[str, str]]]:
     return [[{"role": "user", "content": rng.choice(TASKS).format(rng.choice(PASSAGES))}] for _ in range(num)]
 
 
+def single_stream_prompts(num: int, seed: int) -> list[list[dict[str, str]]]:
+    """`num` seeded input-grounded chat prompts for one stream each, cycling through the passages (so no single
+    passage decides the batch-1 figure)."""
+    rng = random.Random(seed)
+    return [[{"role": "user", "content": rng.choice(TASKS).format(PASSAGES[i % len(PASSAGES)])}] for i in range(num)]
+
+
 def run(engine: Any, convs: list, params: Any, repeats: int) -> dict[str, Any]:
     """Fastest of `repeats` runs of `convs` on `engine`: tokens, tok/s and the speculation counters' deltas."""
     best: dict[str, Any] | None = None
@@ -81,6 +93,8 @@ def run(engine: Any, convs: list, params: Any, repeats: int) -> dict[str, Any]:
         verifications = after["num_spec_verify_steps"] - before["num_spec_verify_steps"]
         result = {
             "token_ids": [o.outputs[0].token_ids for o in outs],
+            "num_generated": num_generated,
+            "num_verifications": verifications,
             "wall_s": wall_s,
             "tok_s": num_generated / wall_s,
             "cpu_s": cpu_s,
@@ -96,6 +110,52 @@ def run(engine: Any, convs: list, params: Any, repeats: int) -> dict[str, Any]:
     return best
 
 
+def single_streams(engines: dict[str, Any], suite: str, convs: list, params: Any, repeats: int) -> list[dict[str, Any]]:
+    """Each prompt of `convs` alone on every engine (the first is the baseline): one row per engine with batch
+    "1xN", the summed tokens over the summed fastest walls, and the mean and per-prompt speedups."""
+    from tqdm import tqdm
+
+    names = list(engines)
+    results: dict[str, list[dict[str, Any]]] = {name: [] for name in names}
+    cases = [(i, name) for i in range(len(convs)) for name in names]
+    for i, name in tqdm(cases, desc=f"spec_decode {suite} 1x{len(convs)}"):
+        result = run(engines[name], [convs[i]], params, repeats)
+        if name != names[0] and result["token_ids"] != results[names[0]][i]["token_ids"]:
+            raise SystemExit(f"{name} on single-stream prompt {i}: tokens differ from {names[0]}")
+        results[name].append(result)
+    rows = []
+    for name in names:
+        per_prompt = results[name]
+        pairs = list(zip(per_prompt, results[names[0]], strict=True))
+        speedups = [r["tok_s"] / p["tok_s"] for r, p in pairs]
+        cpu_speedups = [r["tok_per_cpu_s"] / p["tok_per_cpu_s"] for r, p in pairs]
+        num_tokens, proposed, accepted, verifications = (
+            sum(r[key] for r in per_prompt)
+            for key in ("num_generated", "num_proposed", "num_accepted", "num_verifications")
+        )
+        rows.append(
+            {
+                "suite": suite,
+                "batch": f"1x{len(convs)}",
+                "engine": name,
+                "num_generated": num_tokens,
+                "num_verifications": verifications,
+                "wall_s": sum(r["wall_s"] for r in per_prompt),
+                "tok_s": num_tokens / sum(r["wall_s"] for r in per_prompt),
+                "cpu_s": sum(r["cpu_s"] for r in per_prompt),
+                "tok_per_cpu_s": num_tokens / sum(r["cpu_s"] for r in per_prompt),
+                "num_proposed": proposed,
+                "num_accepted": accepted,
+                "acceptance_rate": accepted / proposed if proposed else 0.0,
+                "mean_accepted_len": accepted / verifications if verifications else 0.0,
+                "speedup": sum(speedups) / len(speedups),
+                "cpu_speedup": sum(cpu_speedups) / len(cpu_speedups),
+                "per_prompt_speedups": speedups,
+            }
+        )
+    return rows
+
+
 def main() -> None:
     parser = common_parser(__doc__, "CPU threads of every engine (default: 2)", "batch 1, 2 and 4 only, one repeat")
     parser.add_argument("--max-tokens", type=int, default=96, help="tokens generated per prompt (default: 96)")
@@ -104,6 +164,15 @@ def main() -> None:
         "--cap", type=int, default=None, help="max_num_seqs_to_speculate of ngram+cap (default: the engine's default)"
     )
     parser.add_argument("--repeats", type=int, default=2, help="runs per case, fastest counts (default: 2)")
+    parser.add_argument(
+        "--prompts",
+        type=int,
+        default=6,
+        help="single-stream prompts of the n-gram batch-1 mean, one after another (default: 6)",
+    )
+    parser.add_argument(
+        "--draft-prompts", type=int, default=0, help="the same for the draft suite (default: 0, off: float32 is slow)"
+    )
     parser.add_argument(
         "--suite", choices=["ngram", "draft", "both"], default="both", help="which comparison (default: both)"
     )
@@ -171,6 +240,11 @@ def bench(args: argparse.Namespace) -> dict[str, Any]:
             result["speedup"] = result["tok_s"] / plain_by_batch[batch]["tok_s"]
             result["cpu_speedup"] = result["tok_per_cpu_s"] / plain_by_batch[batch]["tok_per_cpu_s"]
             rows.append({"suite": suite, "batch": batch, "engine": name, **result})
+        num_prompts = args.prompts if suite == "ngram" else args.draft_prompts
+        if num_prompts:
+            rows.extend(
+                single_streams(engines, suite, single_stream_prompts(num_prompts, args.seed + 1), params, repeats)
+            )
         del engines
     print(
         f"\n{'batch':>5} {'engine':<13} {'tok/s':>8} {'speedup':>8} {'tok/cpu-s':>10} {'cpu speedup':>12} "
@@ -178,9 +252,13 @@ def bench(args: argparse.Namespace) -> dict[str, Any]:
     )
     for r in rows:
         print(
-            f"{r['batch']:>5} {r['engine']:<13} {r['tok_s']:>8.1f} {r['speedup']:>7.2f}x {r['tok_per_cpu_s']:>10.1f} "
+            f"{r['batch']!s:>5} {r['engine']:<13} {r['tok_s']:>8.1f} {r['speedup']:>7.2f}x {r['tok_per_cpu_s']:>10.1f} "
             f"{r['cpu_speedup']:>11.2f}x {r['acceptance_rate']:>7.2f} {r['mean_accepted_len']:>9.2f}"
         )
+    for r in rows:
+        if "per_prompt_speedups" in r and r["engine"] not in ("plain", "plain-f32"):
+            each = " ".join(f"{x:.2f}x" for x in r["per_prompt_speedups"])
+            print(f"{r['batch']} {r['engine']}: per-prompt speedups {each}")
     fields = {
         "model": str(model),
         "threads": args.threads,
@@ -188,6 +266,8 @@ def bench(args: argparse.Namespace) -> dict[str, Any]:
         "num_speculative_tokens": args.k,
         "cap": args.cap,
         "seed": args.seed,
+        "num_single_stream_prompts": args.prompts,
+        "num_draft_single_stream_prompts": args.draft_prompts,
         "rows": rows,
     }
     write_record(args.out, "spec_decode", fields, {"ember": ember.__version__})

@@ -304,6 +304,9 @@ class Engine:
         """Queues a request; `fork_of` names a sibling with the same prompt whose prompt blocks it shares;
         `lora` is its adapter's (lora_name, lora_int_id, lora_path), loaded on first use (from `read_lora`, what
         `read_lora()` returned for it, when given)."""
+    def compile_structured(self, params: SamplingParams) -> None:
+        """Compiles the structured-output constraint of `params` on the calling thread without the engine lock, into
+        the cache `add_request` reads (nothing without one). Raises InvalidRequestError naming structured_outputs."""
     def read_lora(self, lora: tuple[str, int, str]) -> ReadLora | None:
         """Reads and checks the adapter on the calling thread without the engine lock; None when the engine holds
         it already. Raises ModelLoadError naming the file and key."""

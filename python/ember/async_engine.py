@@ -51,6 +51,7 @@ class AsyncEngine:
         """The local file or folder the model was loaded from."""
         core = _core.Engine(self.model_path, **engine_args)
         self._read_lora = core.read_lora
+        self._compile_structured = core.compile_structured
         self.tokenizer: Tokenizer = core.tokenizer
         """The model's tokenizer."""
         self.max_model_len: int = core.max_model_len
@@ -184,6 +185,9 @@ class AsyncEngine:
         user_id = request_id if request_id is not None else f"req-{next(self._counter)}"
         # Adapter files are read off the engine loop (and off this event loop), so neither stalls.
         read_lora = None if lora is None else await asyncio.to_thread(self._read_lora, lora)
+        # So are grammars: the loop then takes the compiled matcher from the engine's cache.
+        if params.structured_outputs is not None:
+            await asyncio.to_thread(self._compile_structured, params)
         # Sub-request ids are internal, so user ids like "a" and "a-0" never collide.
         state = RequestState(f"{next(self._counter)}", item, params)
         self._live.add(user_id, state.child_ids)

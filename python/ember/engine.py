@@ -311,6 +311,9 @@ class Engine:
         loras = loras or [None] * len(batch)
         # Adapter files are read before taking the lock, so other callers keep stepping meanwhile.
         reads = {lora: self._core.read_lora(lora) for lora in dict.fromkeys(loras) if lora is not None}
+        # So are grammars: the engine then takes the compiled matcher from its cache.
+        for p in params:
+            self._core.compile_structured(p)
         with self._lock:
             try:
                 for item, p, priority, lora in zip(batch, params, priorities, loras, strict=True):

@@ -26,6 +26,8 @@ use crate::waiting_queue::{QueueKey, WaitingQueue};
 mod admission;
 #[path = "scheduler_invariants.rs"]
 mod invariants;
+#[path = "scheduler_preemption.rs"]
+mod preemption;
 #[path = "scheduler_speculation.rs"]
 mod speculation;
 
@@ -430,31 +432,6 @@ impl Scheduler {
             num_new = num_new.min(self.config.long_prefill_token_threshold);
         }
         num_new.min(budget)
-    }
-
-    /// Index in `running` of the request to preempt: highest priority value, then newest.
-    fn pick_victim(&self) -> usize {
-        let mut best = 0;
-        for (idx, id) in self.running.iter().enumerate().skip(1) {
-            if self.requests[id].key() > self.requests[&self.running[best]].key() {
-                best = idx;
-            }
-        }
-        best
-    }
-
-    /// Frees a running request's blocks and queues it to recompute from scratch.
-    fn preempt(&mut self, id: &RequestId) {
-        self.kv.free(id);
-        let Some(entry) = self.requests.get_mut(id) else {
-            return;
-        };
-        entry.request.status = RequestStatus::Preempted;
-        entry.request.num_computed_tokens = 0;
-        self.waiting.push_front(entry.key(), id.clone());
-        self.released_ids.push(id.clone());
-        self.stats.num_preemptions += 1;
-        log::debug!("preempted request {id}");
     }
 }
 

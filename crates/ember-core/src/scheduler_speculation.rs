@@ -20,8 +20,7 @@ impl Scheduler {
             return Vec::new();
         }
         let max_model_len = self.config.max_model_len;
-        let (min_n, max_n, adaptive) = (spec.prompt_lookup_min, spec.prompt_lookup_max, spec.adaptive);
-        let method = spec.method;
+        let (method, adaptive) = (spec.method, spec.adaptive);
         let Some(entry) = self.requests.get_mut(id) else {
             return Vec::new();
         };
@@ -41,9 +40,13 @@ impl Scheduler {
             return Vec::new();
         }
         let req = &entry.request;
-        if method == SpeculativeMethod::DraftModel {
+        let SpeculativeMethod::Ngram {
+            prompt_lookup_min: min_n,
+            prompt_lookup_max: max_n,
+        } = method
+        else {
             return vec![0; num_wanted];
-        }
+        };
         let token_ids = req.token_range(0, req.num_tokens());
         let Some(found) = find_ngram(&token_ids, min_n, max_n) else {
             return Vec::new();

@@ -12,7 +12,12 @@ use thiserror::Error;
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
 pub enum SpeculativeMethod {
     /// Prompt lookup: the tokens after an earlier occurrence of the latest n-gram.
-    Ngram,
+    Ngram {
+        /// Shortest suffix (in tokens) the proposer matches.
+        prompt_lookup_min: usize,
+        /// Longest suffix (in tokens) the proposer tries first.
+        prompt_lookup_max: usize,
+    },
     /// A draft model run by the runner: the scheduler reserves the draft slots and the runner
     /// fills in the draft's greedy tokens before verification.
     DraftModel,
@@ -25,10 +30,6 @@ pub struct SpeculativeConfig {
     pub method: SpeculativeMethod,
     /// Most draft tokens verified per step for one request.
     pub num_speculative_tokens: usize,
-    /// Shortest suffix (in tokens) the n-gram proposer matches.
-    pub prompt_lookup_min: usize,
-    /// Longest suffix (in tokens) the n-gram proposer tries first.
-    pub prompt_lookup_max: usize,
     /// Speculation is off in a step with more running sequences than this (verification then
     /// costs more than it saves); 0 never turns it off for the batch size.
     pub max_num_seqs_to_speculate: usize,
@@ -38,6 +39,9 @@ pub struct SpeculativeConfig {
 
 /// Most draft tokens a request may verify per step.
 pub const MAX_SPECULATIVE_TOKENS: usize = 32;
+
+/// Longest suffix (in tokens) the n-gram proposer may be asked to match.
+pub const MAX_PROMPT_LOOKUP: usize = 64;
 
 /// Default batch size above which n-gram speculation is off: on the CPU's quantized kernels a
 /// step's cost grows with its rows, and `bench/spec_decode.py` measured n-gram speculation
@@ -61,10 +65,11 @@ impl SpeculativeConfig {
     /// [`DEFAULT_NGRAM_MAX_NUM_SEQS_TO_SPECULATE`] running sequences.
     pub fn ngram(num_speculative_tokens: usize, prompt_lookup_min: usize, prompt_lookup_max: usize) -> Self {
         Self {
-            method: SpeculativeMethod::Ngram,
+            method: SpeculativeMethod::Ngram {
+                prompt_lookup_min,
+                prompt_lookup_max,
+            },
             num_speculative_tokens,
-            prompt_lookup_min,
-            prompt_lookup_max,
             max_num_seqs_to_speculate: DEFAULT_NGRAM_MAX_NUM_SEQS_TO_SPECULATE,
             adaptive: true,
         }
@@ -75,8 +80,9 @@ impl SpeculativeConfig {
     pub fn draft_model(num_speculative_tokens: usize) -> Self {
         Self {
             method: SpeculativeMethod::DraftModel,
+            num_speculative_tokens,
             max_num_seqs_to_speculate: DEFAULT_DRAFT_MAX_NUM_SEQS_TO_SPECULATE,
-            ..Self::ngram(num_speculative_tokens, 1, 1)
+            adaptive: true,
         }
     }
 
@@ -89,19 +95,24 @@ impl SpeculativeConfig {
                 self.num_speculative_tokens
             ));
         }
-        if self.prompt_lookup_min == 0 {
+        let SpeculativeMethod::Ngram {
+            prompt_lookup_min,
+            prompt_lookup_max,
+        } = self.method
+        else {
+            return Ok(());
+        };
+        if prompt_lookup_min == 0 {
             return err("prompt_lookup_min must be at least 1, got 0".into());
         }
-        if self.prompt_lookup_max < self.prompt_lookup_min {
+        if prompt_lookup_max < prompt_lookup_min {
             return err(format!(
-                "prompt_lookup_max ({}) must be at least prompt_lookup_min ({})",
-                self.prompt_lookup_max, self.prompt_lookup_min
+                "prompt_lookup_max ({prompt_lookup_max}) must be at least prompt_lookup_min ({prompt_lookup_min})"
             ));
         }
-        if self.prompt_lookup_max > 64 {
+        if prompt_lookup_max > MAX_PROMPT_LOOKUP {
             return err(format!(
-                "prompt_lookup_max must be at most 64, got {}",
-                self.prompt_lookup_max
+                "prompt_lookup_max must be at most {MAX_PROMPT_LOOKUP}, got {prompt_lookup_max}"
             ));
         }
         Ok(())

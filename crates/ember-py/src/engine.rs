@@ -7,6 +7,7 @@ use ember_model::engine::lora_reader::LoraReader;
 use ember_model::engine::lora_registry::{LoraConfig, LoraRef};
 use ember_model::engine::speculative_args::parse_speculative_config;
 use ember_model::engine::{LlmEngine, LogprobEntry, StepFault, StepOutput, StopReason, TokenLogprobs};
+use ember_model::structured::GrammarCompiler;
 use pyo3::prelude::*;
 use pyo3::types::PyDict;
 
@@ -93,6 +94,8 @@ pub struct PyEngine {
     inner: Mutex<LlmEngine>,
     /// Reads adapters on callers' threads (`None` without LoRA).
     lora_reader: Option<LoraReader>,
+    /// Compiles structured-output constraints on callers' threads, into the engine's cache.
+    grammar_compiler: GrammarCompiler,
     tokenizer: Py<PyTokenizer>,
     max_model_len: usize,
     num_blocks: usize,
@@ -196,6 +199,7 @@ impl PyEngine {
                 block_size: engine.block_size(),
                 model_name: engine.model_name().to_string(),
                 lora_reader: engine.lora_reader(),
+                grammar_compiler: engine.grammar_compiler(),
                 inner: Mutex::new(engine),
             })
         })
@@ -250,6 +254,20 @@ impl PyEngine {
                 .detach(|| reader.read_unless_loaded(&lora))
                 .map_err(engine_error)?;
             Ok(read.map(PyReadLora::new))
+        })
+    }
+
+    /// Compiles the structured-output constraint of `params` (an ember.SamplingParams) on the
+    /// calling thread, without the engine lock, into the cache `add_request` reads, so a large
+    /// grammar does not stall the engine loop; nothing without a constraint. Raises
+    /// InvalidRequestError naming `structured_outputs` when it does not compile.
+    fn compile_structured(&self, py: Python<'_>, params: PyRef<'_, PySamplingParams>) -> PyResult<()> {
+        guard(|| {
+            let Some(spec) = params.params().structured_outputs.clone() else {
+                return Ok(());
+            };
+            py.detach(|| self.grammar_compiler.compile(&spec).map(drop))
+                .map_err(|e| engine_error(e.into()))
         })
     }
 

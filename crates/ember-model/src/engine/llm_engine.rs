@@ -18,7 +18,7 @@ use crate::engine::output_state::OutputState;
 use crate::engine::step_output::{StepOutput, StopReason};
 use crate::error::EngineError;
 use crate::models::lora_adapter::LoraTargets;
-use crate::structured::StructuredOutputs;
+use crate::structured::{GrammarCompiler, StructuredOutputs};
 use crate::text::chat_template::ChatTemplate;
 use crate::text::tokenizer::Tokenizer;
 
@@ -151,6 +151,12 @@ impl LlmEngine {
     /// The model's chat template, when it ships one.
     pub fn chat_template(&self) -> Option<&Arc<ChatTemplate>> {
         self.chat_template.as_ref()
+    }
+
+    /// A handle that compiles structured-output constraints on the caller's thread into the cache
+    /// `add_request` reads, so a large grammar does not stall the engine loop.
+    pub fn grammar_compiler(&self) -> GrammarCompiler {
+        self.structured.compiler().clone()
     }
 
     /// End-of-sequence token ids of the model.

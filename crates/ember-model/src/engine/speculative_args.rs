@@ -130,6 +130,7 @@ fn count(map: &Map<String, Value>, key: &str) -> Result<Option<usize>, String> {
 #[cfg(test)]
 mod tests {
     use super::*;
+    use ember_core::SpeculativeMethod;
 
     #[test]
     fn ngram_config_parses_with_defaults() {
@@ -144,7 +145,13 @@ mod tests {
         )
         .unwrap()
         .config;
-        assert_eq!((config.prompt_lookup_min, config.prompt_lookup_max), (2, 6));
+        assert_eq!(
+            config.method,
+            SpeculativeMethod::Ngram {
+                prompt_lookup_min: 2,
+                prompt_lookup_max: 6
+            }
+        );
         assert_eq!((config.adaptive, config.max_num_seqs_to_speculate), (false, 8));
     }
 

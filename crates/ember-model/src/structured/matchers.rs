@@ -1,32 +1,19 @@
 //! Every constrained request's llguidance matcher, keyed by request id. Compiled when the
-//! request is added (a grammar that does not compile is an [`InvalidParam`], never
-//! unconstrained output), asked for a mask before each sampled step, fed every sampled token.
+//! request is added, or taken from the [`GrammarCompiler`]'s cache when the caller compiled it
+//! already (a grammar that does not compile is an [`InvalidParam`], never unconstrained output), asked for a mask before each sampled step, fed every sampled token.
 //! State lives here and only here, so it survives preemption (recompute keeps the generated
 //! tokens, so the matcher's position stays right) and is dropped when the request ends.
 
-use std::collections::{HashMap, VecDeque};
+use std::collections::HashMap;
 use std::sync::Arc;
 use std::time::Instant;
 
 use ember_core::{FinishReason, InvalidParam, RequestId, RequestUpdate, SchedulerOutput, TokenMask};
-use llguidance::toktrie::TokEnv;
-use llguidance::{Matcher, ParserFactory};
+use llguidance::Matcher;
 use rayon::prelude::*;
 
-use super::grammar::grammar_of;
-use super::token_env::EmberTokEnv;
+use super::compiler::GrammarCompiler;
 use crate::text::tokenizer::Tokenizer;
-
-/// Compiled constraints kept for reuse (an `n > 1` request's completions, a server's
-/// repeated schema): a fresh clone of a compiled matcher costs no compilation.
-const NUM_CACHED_GRAMMARS: usize = 64;
-
-fn invalid(message: String) -> InvalidParam {
-    InvalidParam {
-        field: "structured_outputs",
-        message,
-    }
-}
 
 /// One request's matcher.
 struct RequestMatcher {
@@ -41,13 +28,9 @@ struct RequestMatcher {
 
 /// The compiler and the per-request matchers of one engine.
 pub struct StructuredOutputs {
-    tokenizer: Arc<Tokenizer>,
+    compiler: GrammarCompiler,
     vocab_size: usize,
     eos_token_ids: Vec<u32>,
-    /// Built on the first constrained request (the token trie takes a moment).
-    factory: Option<Arc<ParserFactory>>,
-    compiled: HashMap<Arc<ember_core::StructuredOutputs>, Matcher>,
-    compiled_order: VecDeque<Arc<ember_core::StructuredOutputs>>,
     requests: HashMap<RequestId, RequestMatcher>,
     num_masks: u64,
     mask_s: f64,
@@ -61,59 +44,19 @@ impl StructuredOutputs {
             eos_token_ids.extend(tokenizer.eos_token_id());
         }
         Self {
-            tokenizer,
+            compiler: GrammarCompiler::new(tokenizer, vocab_size, eos_token_ids.first().copied()),
             vocab_size,
             eos_token_ids,
-            factory: None,
-            compiled: HashMap::new(),
-            compiled_order: VecDeque::new(),
             requests: HashMap::new(),
             num_masks: 0,
             mask_s: 0.0,
         }
     }
 
-    fn factory(&mut self) -> Result<Arc<ParserFactory>, InvalidParam> {
-        if let Some(factory) = &self.factory {
-            return Ok(factory.clone());
-        }
-        let eos = self
-            .eos_token_ids
-            .first()
-            .copied()
-            .ok_or_else(|| invalid("needs a model with an end-of-sequence token".into()))?;
-        let env: TokEnv = EmberTokEnv::new_env(self.tokenizer.clone(), self.vocab_size, eos);
-        let mut factory = ParserFactory::new_simple(&env)
-            .map_err(|e| invalid(format!("cannot index the tokenizer for grammars: {e}")))?;
-        factory.quiet();
-        let factory = Arc::new(factory);
-        self.factory = Some(factory.clone());
-        Ok(factory)
-    }
-
-    /// A fresh matcher for `spec`, compiled or from the cache.
-    fn compile(&mut self, spec: &Arc<ember_core::StructuredOutputs>) -> Result<Matcher, InvalidParam> {
-        if let Some(matcher) = self.compiled.get(spec) {
-            return Ok(matcher.clone());
-        }
-        let field = spec.constraint.field_name();
-        let grammar = grammar_of(spec).map_err(invalid)?;
-        let factory = self.factory()?;
-        let parser = factory
-            .create_parser(grammar)
-            .map_err(|e| invalid(format!("{field} does not compile: {e}")))?;
-        let matcher = Matcher::new(Ok(parser));
-        if let Some(error) = matcher.get_error() {
-            return Err(invalid(format!("{field} does not compile: {error}")));
-        }
-        if self.compiled_order.len() == NUM_CACHED_GRAMMARS {
-            if let Some(oldest) = self.compiled_order.pop_front() {
-                self.compiled.remove(&oldest);
-            }
-        }
-        self.compiled_order.push_back(spec.clone());
-        self.compiled.insert(spec.clone(), matcher.clone());
-        Ok(matcher)
+    /// The compiler whose cache this engine's `add` reads: clone it to compile on a caller's
+    /// thread before the request reaches the engine loop.
+    pub fn compiler(&self) -> &GrammarCompiler {
+        &self.compiler
     }
 
     /// Compiles `spec` for `request_id` (replacing any matcher it had). `jump_forward` holds
@@ -125,7 +68,7 @@ impl StructuredOutputs {
         spec: &Arc<ember_core::StructuredOutputs>,
         jump_forward: Option<Vec<u32>>,
     ) -> Result<(), InvalidParam> {
-        let matcher = self.compile(spec)?;
+        let matcher = self.compiler.compile(spec)?;
         self.requests.insert(
             request_id.clone(),
             RequestMatcher {

@@ -145,7 +145,7 @@ fn forks_get_independent_matchers_of_one_compilation() {
     });
     s.add(&"r".into(), &choice, None).unwrap();
     s.add(&"fork".into(), &choice, None).unwrap();
-    assert_eq!(s.compiled.len(), 1);
+    assert_eq!(s.compiler().num_cached(), 1);
     assert_eq!(s.accept(&mut update(&[b'b'.into()])), None);
     let mut output = step(&["r", "fork"]);
     s.fill_masks(&mut output);
@@ -214,4 +214,30 @@ fn jump_forward_takes_only_tokens_that_are_the_one_allowed() {
     assert_eq!(s.take_forced_tokens("r", 16), (Vec::new(), false));
     s.add(&"r".into(), &regex("zz"), None).unwrap();
     assert_eq!(s.take_forced_tokens("r", 16), (Vec::new(), false));
+}
+
+#[test]
+fn a_callers_compilation_serves_the_engines_add() {
+    let mut s = state();
+    let (compiler, rx) = (s.compiler().clone(), regex("a+b"));
+    let on_caller = rx.clone();
+    std::thread::spawn(move || compiler.compile(&on_caller).map(|_| ()))
+        .join()
+        .unwrap()
+        .unwrap();
+    assert_eq!(
+        s.compiler().num_cached(),
+        1,
+        "the caller's clone fills the engine's cache"
+    );
+    s.add(&"r".into(), &rx, None).unwrap();
+    assert_eq!(s.compiler().num_cached(), 1);
+    let allowed = mask(&mut s);
+    assert!(allowed.allows(b'a'.into()) && !allowed.allows(b'b'.into()));
+    let Err(err) = s.compiler().clone().compile(&regex("a(")) else {
+        panic!("an unbalanced regex compiled");
+    };
+    assert_eq!(err.field, "structured_outputs");
+    assert!(err.message.contains("regex does not compile"), "{}", err.message);
+    assert_eq!(s.compiler().num_cached(), 1, "a failed compilation is not cached");
 }
