@@ -39,6 +39,15 @@ async def _reset_prefix_cache(worker: ReplicaWorker, out: FrameWriter, seq: int)
     out.send(("reset_prefix_cache", seq, await worker.reset_prefix_cache()))
 
 
+async def _unload_lora(worker: ReplicaWorker, out: FrameWriter, seq: int, lora_int_id: int) -> None:
+    """Answers with whether the adapter was unloaded, or the engine's error (the router raises it)."""
+    try:
+        answer: bool | BaseException = await worker.unload_lora(lora_int_id)
+    except Exception as exc:
+        answer = portable_error(exc)
+    out.send(("unload_lora", seq, answer))
+
+
 async def serve(sock: socket.socket) -> int:
     """Loads the engine the router asks for, then serves its messages until told to stop."""
     reader, writer = await asyncio.open_unix_connection(sock=sock)
@@ -74,6 +83,8 @@ async def serve(sock: socket.socket) -> int:
                 out.send(("status", message[1], worker.status()))
             elif kind == "reset_prefix_cache":
                 spawn(_reset_prefix_cache(worker, out, message[1]))
+            elif kind == "unload_lora":
+                spawn(_unload_lora(worker, out, message[1], message[2]))
             elif kind == "shutdown":
                 return 0
     finally:

@@ -15,6 +15,7 @@ from ember._streams import END
 from ember.data_parallel.config import DataParallelConfig
 from ember.data_parallel.replica import Deliver, Replica, ReplicaLost
 from ember.data_parallel.routing import Candidate, choose
+from ember.lora import LoRARequest
 from ember.outputs import RequestOutput
 from ember.sampling_params import SamplingParams
 
@@ -36,7 +37,10 @@ class RoutedRequest:
     priority: int
     delta: bool
     block_hashes: list[int]
-    """Prefix-cache keys of the prompt blocks an engine may reuse (all full blocks before the last token)."""
+    """Prefix-cache keys of the prompt blocks an engine may reuse (all full blocks before the last token), under
+    the request's adapter."""
+    lora_request: LoRARequest | None = None
+    """The LoRA adapter it runs with (None: the base model)."""
     aborted: bool = False
     current: tuple[Replica, str] | None = field(default=None, repr=False)
     """The replica and stream id it runs on now."""
@@ -109,7 +113,9 @@ class ReplicaPool:
         view.insert(request.block_hashes)
         confirmed = False
         try:
-            stream = replica.generate(wire_id, request.token_ids, request.params, request.priority, request.delta)
+            stream = replica.generate(
+                wire_id, request.token_ids, request.params, request.priority, request.delta, request.lora_request
+            )
             if request.aborted:
                 replica.abort_stream(wire_id)
             async for out in stream:

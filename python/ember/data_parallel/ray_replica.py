@@ -13,6 +13,7 @@ from ember._core import EmberError
 from ember._streams import END
 from ember.data_parallel.replica import Replica, ReplicaLost
 from ember.data_parallel.worker import ReplicaInfo, ReplicaStatus, ReplicaWorker
+from ember.lora import LoRARequest
 from ember.sampling_params import SamplingParams
 
 logger = logging.getLogger("ember.data_parallel")
@@ -74,9 +75,17 @@ class RayReplica(Replica):
             raise
         return info
 
-    def _open(self, wire_id: str, token_ids: list[int], params: SamplingParams, priority: int, delta: bool) -> None:
+    def _open(
+        self,
+        wire_id: str,
+        token_ids: list[int],
+        params: SamplingParams,
+        priority: int,
+        delta: bool,
+        lora_request: LoRARequest | None,
+    ) -> None:
         stream = self._actor.generate.options(num_returns="streaming").remote(
-            wire_id, token_ids, params, priority, delta
+            wire_id, token_ids, params, priority, delta, lora_request
         )
         task = asyncio.create_task(self._pump(wire_id, stream))
         self._pumps.add(task)
@@ -91,6 +100,9 @@ class RayReplica(Replica):
 
     async def _reset_prefix_cache(self) -> bool:
         return bool(await self._call(lambda actor: actor.reset_prefix_cache.remote()))
+
+    async def _unload_lora(self, lora_int_id: int) -> bool:
+        return bool(await self._call(lambda actor: actor.unload_lora.remote(lora_int_id)))
 
     async def _recover(self) -> ReplicaInfo:
         ray = self._ray

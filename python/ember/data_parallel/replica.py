@@ -20,6 +20,7 @@ from ember._streams import QueueStream
 from ember.data_parallel.config import DataParallelConfig
 from ember.data_parallel.prefix_view import PrefixView
 from ember.data_parallel.worker import ReplicaInfo, ReplicaStatus
+from ember.lora import LoRARequest
 from ember.outputs import RequestOutput
 from ember.sampling_params import SamplingParams
 
@@ -78,7 +79,15 @@ class Replica(ABC):
         """Starts the replica and waits until its model is loaded."""
 
     @abstractmethod
-    def _open(self, wire_id: str, token_ids: list[int], params: SamplingParams, priority: int, delta: bool) -> None:
+    def _open(
+        self,
+        wire_id: str,
+        token_ids: list[int],
+        params: SamplingParams,
+        priority: int,
+        delta: bool,
+        lora_request: LoRARequest | None,
+    ) -> None:
         """Starts a request; its items then arrive through `_deliver(wire_id, item)`."""
 
     @abstractmethod
@@ -92,6 +101,10 @@ class Replica(ABC):
     @abstractmethod
     async def _reset_prefix_cache(self) -> bool:
         """Asks the replica to forget its cached prefixes."""
+
+    @abstractmethod
+    async def _unload_lora(self, lora_int_id: int) -> bool:
+        """Asks the replica's engine to unload a LoRA adapter; raises the engine's error."""
 
     @abstractmethod
     async def _recover(self) -> ReplicaInfo:
@@ -113,10 +126,16 @@ class Replica(ABC):
         self._became_ready(await asyncio.wait_for(self._launch(), self.config.startup_timeout_s))
 
     async def generate(
-        self, wire_id: str, token_ids: list[int], params: SamplingParams, priority: int, delta: bool
+        self,
+        wire_id: str,
+        token_ids: list[int],
+        params: SamplingParams,
+        priority: int,
+        delta: bool,
+        lora_request: LoRARequest | None = None,
     ) -> AsyncIterator[RequestOutput]:
-        """Streams one request run here under the router's `wire_id`; raises ReplicaLost if the replica stops
-        before the last output."""
+        """Streams one request run here under the router's `wire_id` (with its LoRA adapter, which the replica's
+        engine loads on first use); raises ReplicaLost if the replica stops before the last output."""
         if not self.ready:
             raise ReplicaLost(f"replica {self.index} is {self.state.value}")
         stream = QueueStream()
@@ -124,7 +143,7 @@ class Replica(ABC):
         self.num_in_flight_sequences += params.n
         finished = False
         try:
-            self._open(wire_id, token_ids, params, priority, delta)
+            self._open(wire_id, token_ids, params, priority, delta, lora_request)
             async for item in stream:
                 finished = item.finished
                 yield item
@@ -139,6 +158,13 @@ class Replica(ABC):
     def abort_stream(self, wire_id: str) -> None:
         """Aborts a request running here (its stream ends with finish_reason "abort")."""
         self._abort(wire_id)
+
+    async def unload_lora(self, lora_int_id: int) -> bool:
+        """Unloads a LoRA adapter from the replica's engine (an error while its requests use it); False when it
+        was not loaded there or the replica is not ready."""
+        if not self.ready:
+            return False
+        return await self._unload_lora(lora_int_id)
 
     async def reset_prefix_cache(self) -> bool:
         """Forgets the replica's cached prefixes (and the router's view of them)."""

@@ -10,6 +10,7 @@ from dataclasses import dataclass
 from typing import Any
 
 from ember.async_engine import AsyncEngine
+from ember.lora import LoRARequest
 from ember.outputs import RequestOutput
 from ember.sampling_params import SamplingParams
 
@@ -67,14 +68,22 @@ class ReplicaWorker:
         return ReplicaStatus(self.engine.stats(), self.engine.num_unfinished_sequences, os.getpid())
 
     async def generate(
-        self, request_id: str, token_ids: list[int], params: SamplingParams, priority: int, delta: bool
+        self,
+        request_id: str,
+        token_ids: list[int],
+        params: SamplingParams,
+        priority: int,
+        delta: bool,
+        lora_request: LoRARequest | None = None,
     ) -> AsyncIterator[RequestOutput]:
-        """Streams one request's outputs (as `AsyncEngine.generate`)."""
+        """Streams one request's outputs (as `AsyncEngine.generate`, with its LoRA adapter when given)."""
         self._active.add(request_id)
         if request_id in self._early_aborts:
             del self._early_aborts[request_id]
             self._pending_aborts.add(request_id)
-        stream = self.engine.generate(token_ids, params, request_id=request_id, priority=priority, delta=delta)
+        stream = self.engine.generate(
+            token_ids, params, request_id=request_id, priority=priority, delta=delta, lora_request=lora_request
+        )
         try:
             async for out in stream:
                 # An abort that came before the engine knew the id is applied now.
@@ -95,6 +104,10 @@ class ReplicaWorker:
                 self._early_aborts.popitem(last=False)
         elif not self.engine.abort(request_id):
             self._pending_aborts.add(request_id)
+
+    async def unload_lora(self, lora_int_id: int) -> bool:
+        """Unloads a LoRA adapter (an error while requests use it); False when it was not loaded."""
+        return await self.engine.unload_lora(lora_int_id)
 
     async def reset_prefix_cache(self) -> bool:
         """Forgets cached prefixes; False when blocks are in use."""
