@@ -149,3 +149,26 @@ def test_server_picks_loads_and_unloads_adapters_in_front_of_replicas(folders: P
         assert client.post("/unload_lora_adapter", json={"lora_name": "b"}).status_code == 200
         assert complete("b").status_code == 404
         assert complete("a").json()["choices"][0]["text"] == expected["a"]
+
+
+def test_ember_serve_options_build_replicas_with_adapters(folders: Path) -> None:
+    """`ember serve --enable-lora --data-parallel-size 2` (was refused) builds a router whose replicas take adapters."""
+    import argparse
+
+    from ember.server.cli import add_arguments
+    from ember.server.runner import _load_engine
+
+    parser = argparse.ArgumentParser()
+    add_arguments(parser)
+    options = ["--enable-lora", "--max-lora-rank", "8", "--data-parallel-size", "2", "--threads", "2"]
+    sizes = ["--dtype", "float32", "--max-model-len", "256", "--kv-cache-memory-bytes", str(8 << 20)]
+    router = _load_engine(parser.parse_args([str(folders / "model"), *options, *sizes]))
+    assert isinstance(router, ReplicaRouter)
+    lora = LoRARequest("b", 2, str(folders / "b"))
+    params = SamplingParams(temperature=0.0, max_tokens=6, ignore_eos=True)
+    want = Engine(str(folders / "model"), **ENGINE_ARGS).generate([5, 9, 14], params, lora_request=lora, use_tqdm=False)
+    try:
+        got = asyncio.run(_collect(router, [5, 9, 14], params, lora))
+    finally:
+        asyncio.run(router.shutdown())
+    assert got.outputs[0].token_ids == want[0].outputs[0].token_ids
