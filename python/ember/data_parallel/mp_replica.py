@@ -17,9 +17,7 @@ from ember._streams import END
 from ember.data_parallel.config import replica_environment
 from ember.data_parallel.replica import Replica, ReplicaLost
 from ember.data_parallel.wire import FrameWriter, read_message
-from ember.data_parallel.worker import ReplicaInfo, ReplicaStatus
-from ember.lora import LoRARequest
-from ember.sampling_params import SamplingParams
+from ember.data_parallel.worker import ReplicaInfo, ReplicaRequest, ReplicaStatus
 
 STOP_TIMEOUT_S = 10.0
 """Seconds a replica gets to stop cleanly before it is killed."""
@@ -68,16 +66,8 @@ class MpReplica(Replica):
         info: ReplicaInfo = payload
         return info
 
-    def _open(
-        self,
-        wire_id: str,
-        token_ids: list[int],
-        params: SamplingParams,
-        priority: int,
-        delta: bool,
-        lora_request: LoRARequest | None,
-    ) -> None:
-        self._send(("generate", wire_id, token_ids, params, priority, delta, lora_request))
+    def _open(self, wire_id: str, request: ReplicaRequest) -> None:
+        self._send(("generate", wire_id, request))
 
     def _abort(self, wire_id: str) -> None:
         self._send(("abort", wire_id))

@@ -2,7 +2,7 @@
 
 FD is this process's end of a socket pair with the router. The first message is ("init", model,
 engine_args); the answer is ("ready", ReplicaInfo) or ("failed", error). Then the router sends
-("generate", id, token_ids, params, priority, delta, LoRARequest or None), ("abort", id), ("status", seq),
+("generate", id, ReplicaRequest), ("abort", id), ("status", seq),
 ("reset_prefix_cache", seq), ("unload_lora", seq, lora_int_id) and ("shutdown",); the replica answers
 ("out", id, RequestOutput), ("end", id), ("error", id, error), ("status", seq, ReplicaStatus),
 ("reset_prefix_cache", seq, bool) and ("unload_lora", seq, bool or the engine's error).

@@ -12,9 +12,7 @@ from typing import Any
 from ember._core import EmberError
 from ember._streams import END
 from ember.data_parallel.replica import Replica, ReplicaLost
-from ember.data_parallel.worker import ReplicaInfo, ReplicaStatus, ReplicaWorker
-from ember.lora import LoRARequest
-from ember.sampling_params import SamplingParams
+from ember.data_parallel.worker import ReplicaInfo, ReplicaRequest, ReplicaStatus, ReplicaWorker
 
 logger = logging.getLogger("ember.data_parallel")
 
@@ -75,18 +73,8 @@ class RayReplica(Replica):
             raise
         return info
 
-    def _open(
-        self,
-        wire_id: str,
-        token_ids: list[int],
-        params: SamplingParams,
-        priority: int,
-        delta: bool,
-        lora_request: LoRARequest | None,
-    ) -> None:
-        stream = self._actor.generate.options(num_returns="streaming").remote(
-            wire_id, token_ids, params, priority, delta, lora_request
-        )
+    def _open(self, wire_id: str, request: ReplicaRequest) -> None:
+        stream = self._actor.generate.options(num_returns="streaming").remote(wire_id, request)
         task = asyncio.create_task(self._pump(wire_id, stream))
         self._pumps.add(task)
         task.add_done_callback(self._pumps.discard)

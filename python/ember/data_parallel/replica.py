@@ -19,10 +19,8 @@ from ember._core import EmberError
 from ember._streams import QueueStream
 from ember.data_parallel.config import DataParallelConfig
 from ember.data_parallel.prefix_view import PrefixView
-from ember.data_parallel.worker import ReplicaInfo, ReplicaStatus
-from ember.lora import LoRARequest
+from ember.data_parallel.worker import ReplicaInfo, ReplicaRequest, ReplicaStatus
 from ember.outputs import RequestOutput
-from ember.sampling_params import SamplingParams
 
 logger = logging.getLogger("ember.data_parallel")
 
@@ -79,15 +77,7 @@ class Replica(ABC):
         """Starts the replica and waits until its model is loaded."""
 
     @abstractmethod
-    def _open(
-        self,
-        wire_id: str,
-        token_ids: list[int],
-        params: SamplingParams,
-        priority: int,
-        delta: bool,
-        lora_request: LoRARequest | None,
-    ) -> None:
+    def _open(self, wire_id: str, request: ReplicaRequest) -> None:
         """Starts a request; its items then arrive through `_deliver(wire_id, item)`."""
 
     @abstractmethod
@@ -125,25 +115,17 @@ class Replica(ABC):
         """Launches the replica; raises its error (a bad model path, too little memory) if it cannot start."""
         self._became_ready(await asyncio.wait_for(self._launch(), self.config.startup_timeout_s))
 
-    async def generate(
-        self,
-        wire_id: str,
-        token_ids: list[int],
-        params: SamplingParams,
-        priority: int,
-        delta: bool,
-        lora_request: LoRARequest | None = None,
-    ) -> AsyncIterator[RequestOutput]:
-        """Streams one request run here under the router's `wire_id` (with its LoRA adapter, which the replica's
-        engine loads on first use); raises ReplicaLost if the replica stops before the last output."""
+    async def generate(self, wire_id: str, request: ReplicaRequest) -> AsyncIterator[RequestOutput]:
+        """Streams one request run here under the router's `wire_id`; raises ReplicaLost if the replica stops
+        before the last output."""
         if not self.ready:
             raise ReplicaLost(f"replica {self.index} is {self.state.value}")
         stream = QueueStream()
         self._streams[wire_id] = stream.queue.put_nowait
-        self.num_in_flight_sequences += params.n
+        self.num_in_flight_sequences += request.params.n
         finished = False
         try:
-            self._open(wire_id, token_ids, params, priority, delta, lora_request)
+            self._open(wire_id, request)
             async for item in stream:
                 finished = item.finished
                 yield item
@@ -151,7 +133,7 @@ class Replica(ABC):
                     return
         finally:
             self._streams.pop(wire_id, None)
-            self.num_in_flight_sequences -= params.n
+            self.num_in_flight_sequences -= request.params.n
             if not (finished or stream.ended) and self.ready:
                 self._abort(wire_id)
 

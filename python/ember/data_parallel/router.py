@@ -21,6 +21,7 @@ from ember.data_parallel.config import DataParallelConfig
 from ember.data_parallel.pool import ReplicaPool, RoutedRequest
 from ember.data_parallel.replica import Replica
 from ember.data_parallel.report import engine_totals, health_body, router_metric_lines
+from ember.data_parallel.worker import ReplicaRequest
 from ember.lora import LoRARequest
 from ember.models import resolve_model
 from ember.outputs import RequestOutput
@@ -78,7 +79,7 @@ class ReplicaRouter:
         self.model_name: str = infos[0].model_name
         """The model's display name."""
         self._counter = itertools.count()
-        self._live: LiveRequests[RoutedRequest] = LiveRequests(lambda request: request.params.n)
+        self._live: LiveRequests[RoutedRequest] = LiveRequests(lambda request: request.wire.params.n)
         self._closed = False
 
     @property
@@ -113,7 +114,8 @@ class ReplicaRouter:
         lora_id = None if lora_request is None else lora_request.lora_int_id
         item, block_hashes = await asyncio.to_thread(self._prepare, checked, lora_id)
         user_id = request_id if request_id is not None else f"req-{next(self._counter)}"
-        request = RoutedRequest(item.token_ids, params, priority, delta, block_hashes, lora_request)
+        wire = ReplicaRequest(item.token_ids, params, priority, delta, lora_request)
+        request = RoutedRequest(wire, block_hashes)
         if self._closed:
             raise EmberError("the router has been shut down")
         self._live.add(user_id, request)

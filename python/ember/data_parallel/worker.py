@@ -36,6 +36,20 @@ class ReplicaInfo:
 
 
 @dataclass(frozen=True)
+class ReplicaRequest:
+    """What a replica needs to run one request (sent over the wire as it is)."""
+
+    token_ids: list[int]
+    """The prompt."""
+    params: SamplingParams
+    priority: int
+    delta: bool
+    """Whether outputs carry only what is new (as `AsyncEngine.generate`'s `delta`)."""
+    lora_request: LoRARequest | None = None
+    """The LoRA adapter it runs with (None: the base model); the replica's engine loads it on first use."""
+
+
+@dataclass(frozen=True)
 class ReplicaStatus:
     """A replica's answer to a heartbeat."""
 
@@ -67,22 +81,19 @@ class ReplicaWorker:
         """The heartbeat answer."""
         return ReplicaStatus(self.engine.stats(), self.engine.num_unfinished_sequences, os.getpid())
 
-    async def generate(
-        self,
-        request_id: str,
-        token_ids: list[int],
-        params: SamplingParams,
-        priority: int,
-        delta: bool,
-        lora_request: LoRARequest | None = None,
-    ) -> AsyncIterator[RequestOutput]:
-        """Streams one request's outputs (as `AsyncEngine.generate`, with its LoRA adapter when given)."""
+    async def generate(self, request_id: str, request: ReplicaRequest) -> AsyncIterator[RequestOutput]:
+        """Streams one request's outputs (as `AsyncEngine.generate`)."""
         self._active.add(request_id)
         if request_id in self._early_aborts:
             del self._early_aborts[request_id]
             self._pending_aborts.add(request_id)
         stream = self.engine.generate(
-            token_ids, params, request_id=request_id, priority=priority, delta=delta, lora_request=lora_request
+            request.token_ids,
+            request.params,
+            request_id=request_id,
+            priority=request.priority,
+            delta=request.delta,
+            lora_request=request.lora_request,
         )
         try:
             async for out in stream:
