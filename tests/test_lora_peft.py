@@ -8,6 +8,7 @@ for interleaved RoPE) gives the logits of the Hugging Face base.
 
 from __future__ import annotations
 
+import copy
 from pathlib import Path
 from typing import Any
 
@@ -91,10 +92,13 @@ def test_adapter_on_gguf_base_equals_hugging_face_base(tmp_path: Path) -> None:
     assert rel < 1e-5, f"GGUF base vs Hugging Face base with the adapter: {rel:.2e}"
 
 
-def test_f16_factors_off_the_exact_path_stay_close_to_peft(tmp_path: Path) -> None:
-    """With an f16 KV cache (dtype="auto"), adapters are stored in f16: still close to PEFT, far closer than the
-    adapter's own effect, and the float32 path keeps its 1e-4."""
+def test_8bit_shrink_off_the_exact_path_stays_close_to_peft(tmp_path: Path) -> None:
+    """With dtype="auto", lora_A is stored in Q8_0 (the shrink runs through the 8-bit activation kernels) and
+    lora_B in f16: its error against PEFT is measured against the adapter's own effect, and the float32 path keeps
+    its 1e-4."""
     require("peft")
+    import torch
+
     _, model, folder = _base("llama-gqa-untied-rope5e5", tmp_path)
     adapter = write_adapter(model, tmp_path / "adapter", rank=16, alpha=32.0, targets=ALL_LINEAR, seed=4)
     lora = LoRARequest("a", 1, str(tmp_path / "adapter"))
@@ -107,9 +111,60 @@ def test_f16_factors_off_the_exact_path_stay_close_to_peft(tmp_path: Path) -> No
             return self.engine.score(ids, lora_request=lora)
 
     assert_prefill_logits_match(_WithAdapter("float32"), adapter, PROMPT_IDS, MAX_REL_ERROR)
-    f16 = _WithAdapter("auto")
-    assert_prefill_logits_match(f16, adapter, PROMPT_IDS, 5e-3)
+    ours = torch.tensor(_WithAdapter("auto").score(PROMPT_IDS))
+    with torch.no_grad():
+        ref = adapter(torch.tensor([PROMPT_IDS])).logits[0].float()
+        base = model(torch.tensor([PROMPT_IDS])).logits[0].float()
+
+    def row_rel(a: Any, b: Any) -> float:
+        return ((a - b).norm(dim=-1) / b.norm(dim=-1)).max().item()
+
+    error, effect = row_rel(ours, ref), row_rel(base, ref)
+    # Measured: error 3.9e-2 against an effect of 1.45 (2.7 %), top-1 0.95; not the f32 values (8-bit is in use).
+    assert MAX_REL_ERROR < error < 0.05 * effect, f"error {error:.2e}, adapter effect {effect:.2e}"
+    assert (ours.argmax(-1) == ref.argmax(-1)).float().mean().item() >= 0.9
+
+
+def test_float32_arithmetic_keeps_f32_factors_under_an_f16_kv_cache(tmp_path: Path) -> None:
+    """The factor precision follows the arithmetic, not the cache: dtype="float32" with kv_cache_dtype="float16"
+    stays within 1e-4 of PEFT. The base's k/v projections are zero, so the f16 cache holds exact zeros and any
+    error left is the factors'; rounding the factors to f16 would be visible at that tolerance (checked on PEFT)."""
+    require("peft")
+    import torch
+
+    _, model, folder = _base("llama-gqa-untied-rope5e5", tmp_path)
+    with torch.no_grad():
+        for name, param in model.named_parameters():
+            if name.endswith(("k_proj.weight", "v_proj.weight")):
+                param.zero_()
+    model.save_pretrained(str(folder), safe_serialization=True)
+    mlp = ["gate_proj", "up_proj", "down_proj"]
+    adapter = write_adapter(model, tmp_path / "adapter", rank=16, alpha=32.0, targets=mlp, seed=5)
+    engine = Engine(str(folder), **{**ENGINE_ARGS, "kv_cache_dtype": "float16"})
+    lora = LoRARequest("a", 1, str(tmp_path / "adapter"))
+
+    class _WithAdapter:
+        def score(self, ids: list[int]) -> list[list[float]]:
+            return engine.score(ids, lora_request=lora)
+
+    assert_prefill_logits_match(_WithAdapter(), adapter, PROMPT_IDS, MAX_REL_ERROR)
+    rounded = copy.deepcopy(adapter)
+    with torch.no_grad():
+        for name, param in rounded.named_parameters():
+            if "lora_" in name:
+                param.copy_(param.half().float())
     with pytest.raises(AssertionError, match="row-wise"):
-        assert_prefill_logits_match(f16, adapter, PROMPT_IDS, MAX_REL_ERROR)  # not f32 values: f16 is in use
-    with pytest.raises(AssertionError):
-        assert_prefill_logits_match(f16, model, PROMPT_IDS, 5e-2)  # the adapter's effect is far larger
+        assert_prefill_logits_match(_WithRounded(rounded), adapter, PROMPT_IDS, MAX_REL_ERROR)
+
+
+class _WithRounded:
+    """Scores with a torch model, as `assert_prefill_logits_match` reads an engine."""
+
+    def __init__(self, model: Any) -> None:
+        self.model = model
+
+    def score(self, ids: list[int]) -> list[list[float]]:
+        import torch
+
+        with torch.no_grad():
+            return self.model(torch.tensor([ids])).logits[0].tolist()

@@ -165,8 +165,9 @@ class SamplingParams:
 
 # For a router in front of several engines (crates/ember-py/src/routing.rs).
 
-def prefix_block_hashes(token_ids: Sequence[int], block_size: int) -> list[int]:
-    """The prefix-cache keys of the prompt's full blocks, each chained over the one before (the engine's own hashes)."""
+def prefix_block_hashes(token_ids: Sequence[int], block_size: int, lora_int_id: int | None = None) -> list[int]:
+    """The prefix-cache keys of the prompt's full blocks, each chained over the one before (the engine's own hashes
+    for a request with LoRA adapter `lora_int_id`, or the base model)."""
 
 def stat_specs() -> list[tuple[str, str, str, str, str | None, str | None]]:
     """Every statistic of `Engine.stats()`, in /metrics order: (key, Prometheus name, kind, help text, ratio

@@ -111,13 +111,7 @@ impl Request {
     /// The extra key of the request's block hashes: its cache salt and adapter id together
     /// (`None` when it has neither).
     pub fn block_hash_extra_key(&self) -> Option<u64> {
-        match (self.cache_salt, self.lora_id) {
-            (salt, None) => salt,
-            (salt, Some(lora_id)) => {
-                let adapter_key = crate::sampler::splitmix64(u64::from(lora_id) | (1 << 40));
-                Some(crate::sampler::splitmix64(salt.unwrap_or(0) ^ adapter_key))
-            }
-        }
+        block_hash_extra_key(self.cache_salt, self.lora_id)
     }
 
     /// Number of prompt tokens.
@@ -172,6 +166,18 @@ impl Request {
     /// True once the request has finished.
     pub fn is_finished(&self) -> bool {
         self.status.is_finished()
+    }
+}
+
+/// The extra key of a request's block hashes from its cache salt and adapter id (`None` when
+/// it has neither); a router computes the same keys with it.
+pub fn block_hash_extra_key(cache_salt: Option<u64>, lora_id: Option<u32>) -> Option<u64> {
+    match (cache_salt, lora_id) {
+        (salt, None) => salt,
+        (salt, Some(lora_id)) => {
+            let adapter_key = crate::sampler::splitmix64(u64::from(lora_id) | (1 << 40));
+            Some(crate::sampler::splitmix64(salt.unwrap_or(0) ^ adapter_key))
+        }
     }
 }
 

@@ -1,16 +1,18 @@
 //! LoRA shrink and expand for every adapter of a step, each in one parallel region: the shrink
-//! runs each segment's gathered rows through the float matmul tiles, the expand adds
-//! `scale * B t` as axpys over `lora_B`'s stored transpose. Tasks split segments by column and
-//! every output element is computed by the same instructions whatever the split, so a row's
-//! values do not depend on what else is in the batch.
+//! runs each segment's gathered rows through the matmul kernels (a Q8_0 `lora_A` through the
+//! 8-bit activation kernels, one task per segment; a float one through the float tiles, split
+//! by column), the expand adds `scale * B t` as axpys over `lora_B`'s stored transpose, split
+//! by column. Every output element is computed by the same instructions whatever the split,
+//! so a row's values do not depend on what else is in the batch.
 
 use crate::dot_scalar::float_dot;
 use crate::matmul::{float_cols, Isa, OutPtr, PAR_WORK};
 use crate::matrix::{CpuMatrix, PANEL_LANES, SKINNY_MAX_COLS};
 use crate::tensor::CpuTensor;
-use ember_core::{BackendError, BackendResult, LoraSegment};
+use ember_core::{BackendError, BackendResult, LoraSegment, WeightDType};
 use half::slice::HalfFloatSliceExt;
 use rayon::ThreadPool;
+use std::sync::{Mutex, PoisonError};
 
 /// `lora_A` rows per shrink task (a multiple of every float tile width).
 const SHRINK_COLS_PER_TASK: usize = 8;
@@ -21,12 +23,19 @@ fn lora_err(op: &str, detail: String) -> BackendError {
     BackendError::Device(format!("{op}: {detail}"))
 }
 
-/// Checks that the segments' factors are float matrices, their rows in `0..num_rows` and no row
-/// in two segments.
-fn check_segments(op: &str, segments: &[LoraSegment<'_, CpuMatrix>], num_rows: usize) -> BackendResult<()> {
+/// Checks that the segments' factors are non-empty float matrices (or Q8_0 ones, when
+/// `q8_0_ok`), their rows in `0..num_rows` and no row in two segments.
+fn check_segments(
+    op: &str,
+    segments: &[LoraSegment<'_, CpuMatrix>],
+    num_rows: usize,
+    q8_0_ok: bool,
+) -> BackendResult<()> {
     let mut taken = vec![false; num_rows];
     for s in segments {
-        if s.matrix.dtype().is_quantized() || s.matrix.rows() == 0 {
+        let dtype = s.matrix.dtype();
+        let dtype_ok = !dtype.is_quantized() || (q8_0_ok && dtype == WeightDType::Q8_0);
+        if !dtype_ok || s.matrix.rows() == 0 {
             return Err(lora_err(
                 op,
                 format!(
@@ -66,7 +75,7 @@ pub fn lora_shrink(
     x: &CpuTensor,
     segments: &[LoraSegment<'_, CpuMatrix>],
 ) -> BackendResult<CpuTensor> {
-    check_segments("lora_shrink", segments, x.rows())?;
+    check_segments("lora_shrink", segments, x.rows(), true)?;
     if let Some(s) = segments.iter().find(|s| s.matrix.cols() != x.cols()) {
         let detail = format!(
             "lora_A [{}, {}] on {} features",
@@ -77,6 +86,71 @@ pub fn lora_shrink(
         return Err(lora_err("lora_shrink", detail));
     }
     let isa = if isa.is_supported() { isa } else { Isa::Scalar };
+    let (quantized, float): (Vec<_>, Vec<_>) = segments.iter().partition(|s| s.matrix.dtype().is_quantized());
+    let mut products = quantized_shrinks(pool, isa, x, &quantized)?;
+    products.extend(float_shrinks(pool, isa, x, &float));
+    let width = segments.iter().map(|s| s.matrix.rows()).max().unwrap_or(0);
+    let mut out = CpuTensor::zeros(x.rows(), width)?;
+    for (s, product) in quantized.iter().chain(&float).zip(&products) {
+        let rank = s.matrix.rows();
+        for (&r, row) in s.row_ids.iter().zip(product.chunks_exact(rank)) {
+            out.row_mut(r as usize)[..rank].copy_from_slice(row);
+        }
+    }
+    Ok(out)
+}
+
+/// `x[rows] A^T` of each segment with a Q8_0 `lora_A` (`[rows, rank]`, row-major), through the
+/// quantized matmul (which quantizes the gathered rows as it does any activations). Many small
+/// segments run as tasks of one parallel region, each product on its task's thread; a segment
+/// big enough to split runs alone, split by the matmul itself.
+fn quantized_shrinks(
+    pool: &ThreadPool,
+    isa: Isa,
+    x: &CpuTensor,
+    segments: &[&LoraSegment<'_, CpuMatrix>],
+) -> BackendResult<Vec<Vec<f32>>> {
+    let mut gathered = Vec::with_capacity(segments.len());
+    let mut products = Vec::with_capacity(segments.len());
+    for s in segments {
+        let mut rows = CpuTensor::zeros(s.row_ids.len(), x.cols())?;
+        for (i, &r) in s.row_ids.iter().enumerate() {
+            rows.row_mut(i).copy_from_slice(x.row(r as usize));
+        }
+        gathered.push(rows);
+        products.push(CpuTensor::zeros(s.row_ids.len(), s.matrix.rows())?);
+    }
+    let work_of = |s: &LoraSegment<'_, CpuMatrix>| s.row_ids.len() * s.matrix.rows() * x.cols();
+    if segments.iter().any(|s| work_of(s) >= PAR_WORK) {
+        for ((s, rows), product) in segments.iter().zip(&gathered).zip(&mut products) {
+            crate::packed_matmul::quant_matmul(pool, isa, rows, s.matrix, None, product);
+        }
+    } else {
+        // Task `g` alone locks product `g`: the locks are never contended.
+        let locked: Vec<Mutex<CpuTensor>> = products.into_iter().map(Mutex::new).collect();
+        let work = segments.iter().map(|s| work_of(s)).sum();
+        for_each_task(pool, work, segments.len(), |g| {
+            let mut product = locked[g].lock().unwrap_or_else(PoisonError::into_inner);
+            // Below `PAR_WORK`, so the matmul runs on this task's thread.
+            let a = segments[g].matrix;
+            crate::packed_matmul::quant_matmul(pool, isa, &gathered[g], a, None, &mut product);
+        });
+        products = locked
+            .into_iter()
+            .map(|m| m.into_inner().unwrap_or_else(PoisonError::into_inner))
+            .collect();
+    }
+    Ok(products.into_iter().map(CpuTensor::into_vec).collect())
+}
+
+/// `x[rows] A^T` of each segment with a float `lora_A` (`[rows, rank]`, row-major), through the
+/// float tiles, [`SHRINK_COLS_PER_TASK`] columns of one segment per task.
+fn float_shrinks(
+    pool: &ThreadPool,
+    isa: Isa,
+    x: &CpuTensor,
+    segments: &[&LoraSegment<'_, CpuMatrix>],
+) -> Vec<Vec<f32>> {
     let gathered: Vec<Vec<f32>> = segments
         .iter()
         .map(|s| {
@@ -118,15 +192,7 @@ pub fn lora_shrink(
             None,
         );
     });
-    let width = segments.iter().map(|s| s.matrix.rows()).max().unwrap_or(0);
-    let mut out = CpuTensor::zeros(x.rows(), width)?;
-    for (s, product) in segments.iter().zip(&products) {
-        let rank = s.matrix.rows();
-        for (&r, row) in s.row_ids.iter().zip(product.chunks_exact(rank)) {
-            out.row_mut(r as usize)[..rank].copy_from_slice(row);
-        }
-    }
-    Ok(out)
+    products
 }
 
 /// See [`ember_core::Backend::lora_expand`].
@@ -137,7 +203,7 @@ pub fn lora_expand(
     segments: &[LoraSegment<'_, CpuMatrix>],
     y: &mut CpuTensor,
 ) -> BackendResult<()> {
-    check_segments("lora_expand", segments, y.rows().min(shrunk.rows()))?;
+    check_segments("lora_expand", segments, y.rows().min(shrunk.rows()), false)?;
     let n = y.cols();
     if let Some(s) = segments
         .iter()

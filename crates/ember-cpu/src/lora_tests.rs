@@ -172,3 +172,56 @@ fn f16_factors_give_what_their_f32_values_give() {
         }
     }
 }
+
+#[test]
+fn q8_0_shrinks_equal_one_row_quantized_matmuls_whatever_the_batch() {
+    let mut rng = Rng::new(41);
+    let k = 576;
+    let q8 = |rng: &mut Rng, rows: usize| {
+        let bytes = random_weight_bytes(rng, WeightDType::Q8_0, rows, k);
+        make_matrix(&bytes, WeightDType::Q8_0, rows, k)
+    };
+    // Ranks 48 and 16 (a stacked q/k/v shrink and a single one) and rank 4 (a padded lane
+    // group); 4 rows per segment run as tasks of one region, 40 split by the matmul.
+    let a = [q8(&mut rng, 48), q8(&mut rng, 16), q8(&mut rng, 4)];
+    let one = pool(1);
+    for num_rows in [12, 120] {
+        let x = CpuTensor::from_vec(num_rows, k, rng.vec(num_rows * k, 1.0)).unwrap();
+        let by_adapter = |g: u32| (0..num_rows as u32).filter(|r| r % 3 == g).collect::<Vec<_>>();
+        let row_ids = [by_adapter(0), by_adapter(1), by_adapter(2)];
+        let big = row_ids[0].len() * 48 * k >= PAR_WORK;
+        assert_eq!(big, num_rows == 120);
+        for isa in isas() {
+            for threads in [1, 2, 3] {
+                let pool = pool(threads);
+                let segments: Vec<_> = (0..3).map(|g| segment(&row_ids[g], &a[g], 0, 1.0)).collect();
+                let shrunk = lora_shrink(&pool, isa, &x, &segments).unwrap();
+                assert_eq!(shrunk.cols(), 48);
+                for g in 0..3 {
+                    let rank = a[g].rows();
+                    for &r in &row_ids[g] {
+                        let x_row = CpuTensor::from_vec(1, k, x.row(r as usize).to_vec()).unwrap();
+                        let alone = matmul(&one, isa, &x_row, &a[g], None).unwrap();
+                        let got = &shrunk.row(r as usize)[..rank];
+                        assert_eq!(got, alone.as_slice(), "row {r} isa {isa:?} threads {threads}");
+                        assert!(shrunk.row(r as usize)[rank..].iter().all(|&v| v == 0.0));
+                    }
+                }
+            }
+        }
+    }
+}
+
+#[test]
+fn a_q8_0_lora_b_is_refused() {
+    let mut rng = Rng::new(5);
+    let pool = pool(2);
+    let x = CpuTensor::from_vec(2, 32, rng.vec(64, 1.0)).unwrap();
+    let b_bytes = random_weight_bytes(&mut rng, WeightDType::Q8_0, 32, 32);
+    let b = make_matrix(&b_bytes, WeightDType::Q8_0, 32, 32);
+    let a = f32_matrix(&mut rng, 32, 32);
+    let shrunk = lora_shrink(&pool, isas()[0], &x, &[segment(&[0, 1], &a, 0, 1.0)]).unwrap();
+    let mut y = CpuTensor::zeros(2, 32).unwrap();
+    let err = lora_expand(&pool, isas()[0], &shrunk, &[segment(&[0], &b, 0, 1.0)], &mut y);
+    assert!(err.unwrap_err().to_string().contains("Q8_0"));
+}

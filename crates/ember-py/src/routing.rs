@@ -14,16 +14,23 @@ use crate::guard::guard;
 use crate::tokenizer::PyTokenizer;
 
 /// The prefix-cache keys of a prompt's full blocks, each chained over the one before (the
-/// hashes an engine with the same `block_size` caches those blocks under).
+/// hashes an engine with the same `block_size` caches those blocks under for a request with
+/// LoRA adapter `lora_int_id`, or the base model).
 #[pyfunction]
+#[pyo3(signature = (token_ids, block_size, lora_int_id=None))]
 pub fn prefix_block_hashes(
     token_ids: &Bound<'_, PyAny>,
     block_size: &Bound<'_, PyAny>,
+    lora_int_id: Option<&Bound<'_, PyAny>>,
 ) -> PyResult<Vec<u64>> {
     guard(|| {
         let token_ids = convert::token_ids(token_ids, "token_ids")?;
         let block_size: usize = convert::int(block_size, "block_size", (1, i128::from(u32::MAX)))?;
-        Ok(ember_core::prefix_block_hashes(&token_ids, block_size, None)
+        let lora_id: Option<u32> = lora_int_id
+            .map(|id| convert::int(id, "lora_int_id", (1, i128::from(u32::MAX))))
+            .transpose()?;
+        let extra_key = ember_core::block_hash_extra_key(None, lora_id);
+        Ok(ember_core::prefix_block_hashes(&token_ids, block_size, extra_key)
             .into_iter()
             .map(|h| h.0)
             .collect())

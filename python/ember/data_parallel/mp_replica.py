@@ -17,8 +17,7 @@ from ember._streams import END
 from ember.data_parallel.config import replica_environment
 from ember.data_parallel.replica import Replica, ReplicaLost
 from ember.data_parallel.wire import FrameWriter, read_message
-from ember.data_parallel.worker import ReplicaInfo, ReplicaStatus
-from ember.sampling_params import SamplingParams
+from ember.data_parallel.worker import ReplicaInfo, ReplicaRequest, ReplicaStatus
 
 STOP_TIMEOUT_S = 10.0
 """Seconds a replica gets to stop cleanly before it is killed."""
@@ -67,8 +66,8 @@ class MpReplica(Replica):
         info: ReplicaInfo = payload
         return info
 
-    def _open(self, wire_id: str, token_ids: list[int], params: SamplingParams, priority: int, delta: bool) -> None:
-        self._send(("generate", wire_id, token_ids, params, priority, delta))
+    def _open(self, wire_id: str, request: ReplicaRequest) -> None:
+        self._send(("generate", wire_id, request))
 
     def _abort(self, wire_id: str) -> None:
         self._send(("abort", wire_id))
@@ -79,6 +78,12 @@ class MpReplica(Replica):
 
     async def _reset_prefix_cache(self) -> bool:
         return bool(await self._call("reset_prefix_cache"))
+
+    async def _unload_lora(self, lora_int_id: int) -> bool:
+        answer = await self._call("unload_lora", lora_int_id)
+        if isinstance(answer, BaseException):
+            raise answer
+        return bool(answer)
 
     async def _recover(self) -> ReplicaInfo:
         await self._kill()
@@ -98,13 +103,13 @@ class MpReplica(Replica):
             raise ReplicaLost(f"replica {self.index} is not connected")
         self._writer.send(message)
 
-    async def _call(self, kind: str) -> Any:
-        """Sends a request that has an answer (status, reset_prefix_cache) and waits for it."""
+    async def _call(self, kind: str, *args: Any) -> Any:
+        """Sends a request that has an answer (status, reset_prefix_cache, unload_lora) and waits for it."""
         call_id = next(self._call_ids)
         future: asyncio.Future[Any] = asyncio.get_running_loop().create_future()
         self._calls[call_id] = future
         try:
-            self._send((kind, call_id))
+            self._send((kind, call_id, *args))
             return await future
         finally:
             self._calls.pop(call_id, None)

@@ -2,9 +2,10 @@
 
 FD is this process's end of a socket pair with the router. The first message is ("init", model,
 engine_args); the answer is ("ready", ReplicaInfo) or ("failed", error). Then the router sends
-("generate", id, token_ids, params, priority, delta), ("abort", id), ("status", seq),
-("reset_prefix_cache", seq) and ("shutdown",); the replica answers ("out", id, RequestOutput),
-("end", id), ("error", id, error), ("status", seq, ReplicaStatus) and ("reset_prefix_cache", seq, bool).
+("generate", id, ReplicaRequest), ("abort", id), ("status", seq),
+("reset_prefix_cache", seq), ("unload_lora", seq, lora_int_id) and ("shutdown",); the replica answers
+("out", id, RequestOutput), ("end", id), ("error", id, error), ("status", seq, ReplicaStatus),
+("reset_prefix_cache", seq, bool) and ("unload_lora", seq, bool or the engine's error).
 The process ends when the router says so or its end of the socket closes (the router is gone).
 """
 
@@ -37,6 +38,15 @@ async def _stream(worker: ReplicaWorker, out: FrameWriter, request_id: str, args
 
 async def _reset_prefix_cache(worker: ReplicaWorker, out: FrameWriter, seq: int) -> None:
     out.send(("reset_prefix_cache", seq, await worker.reset_prefix_cache()))
+
+
+async def _unload_lora(worker: ReplicaWorker, out: FrameWriter, seq: int, lora_int_id: int) -> None:
+    """Answers with whether the adapter was unloaded, or the engine's error (the router raises it)."""
+    try:
+        answer: bool | BaseException = await worker.unload_lora(lora_int_id)
+    except Exception as exc:
+        answer = portable_error(exc)
+    out.send(("unload_lora", seq, answer))
 
 
 async def serve(sock: socket.socket) -> int:
@@ -74,6 +84,8 @@ async def serve(sock: socket.socket) -> int:
                 out.send(("status", message[1], worker.status()))
             elif kind == "reset_prefix_cache":
                 spawn(_reset_prefix_cache(worker, out, message[1]))
+            elif kind == "unload_lora":
+                spawn(_unload_lora(worker, out, message[1], message[2]))
             elif kind == "shutdown":
                 return 0
     finally:

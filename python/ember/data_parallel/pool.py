@@ -15,8 +15,8 @@ from ember._streams import END
 from ember.data_parallel.config import DataParallelConfig
 from ember.data_parallel.replica import Deliver, Replica, ReplicaLost
 from ember.data_parallel.routing import Candidate, choose
+from ember.data_parallel.worker import ReplicaRequest
 from ember.outputs import RequestOutput
-from ember.sampling_params import SamplingParams
 
 logger = logging.getLogger("ember.data_parallel")
 
@@ -31,12 +31,11 @@ class NoReplicaError(EmberError):
 class RoutedRequest:
     """One request on its way through the router."""
 
-    token_ids: list[int]
-    params: SamplingParams
-    priority: int
-    delta: bool
+    wire: ReplicaRequest
+    """What the replica it is routed to runs."""
     block_hashes: list[int]
-    """Prefix-cache keys of the prompt blocks an engine may reuse (all full blocks before the last token)."""
+    """Prefix-cache keys of the prompt blocks an engine may reuse (all full blocks before the last token), under
+    the request's adapter."""
     aborted: bool = False
     current: tuple[Replica, str] | None = field(default=None, repr=False)
     """The replica and stream id it runs on now."""
@@ -109,14 +108,14 @@ class ReplicaPool:
         view.insert(request.block_hashes)
         confirmed = False
         try:
-            stream = replica.generate(wire_id, request.token_ids, request.params, request.priority, request.delta)
+            stream = replica.generate(wire_id, request.wire)
             if request.aborted:
                 replica.abort_stream(wire_id)
             async for out in stream:
                 if not confirmed:
                     confirmed = True
                     view.confirm(request.block_hashes)
-                    if trusted and request.params.prompt_logprobs is None and replica.info is not None:
+                    if trusted and request.wire.params.prompt_logprobs is None and replica.info is not None:
                         view.calibrate(num_matched, out.num_cached_tokens // replica.info.block_size)
                 yield out
         finally:

@@ -12,8 +12,7 @@ from typing import Any
 from ember._core import EmberError
 from ember._streams import END
 from ember.data_parallel.replica import Replica, ReplicaLost
-from ember.data_parallel.worker import ReplicaInfo, ReplicaStatus, ReplicaWorker
-from ember.sampling_params import SamplingParams
+from ember.data_parallel.worker import ReplicaInfo, ReplicaRequest, ReplicaStatus, ReplicaWorker
 
 logger = logging.getLogger("ember.data_parallel")
 
@@ -74,10 +73,8 @@ class RayReplica(Replica):
             raise
         return info
 
-    def _open(self, wire_id: str, token_ids: list[int], params: SamplingParams, priority: int, delta: bool) -> None:
-        stream = self._actor.generate.options(num_returns="streaming").remote(
-            wire_id, token_ids, params, priority, delta
-        )
+    def _open(self, wire_id: str, request: ReplicaRequest) -> None:
+        stream = self._actor.generate.options(num_returns="streaming").remote(wire_id, request)
         task = asyncio.create_task(self._pump(wire_id, stream))
         self._pumps.add(task)
         task.add_done_callback(self._pumps.discard)
@@ -91,6 +88,9 @@ class RayReplica(Replica):
 
     async def _reset_prefix_cache(self) -> bool:
         return bool(await self._call(lambda actor: actor.reset_prefix_cache.remote()))
+
+    async def _unload_lora(self, lora_int_id: int) -> bool:
+        return bool(await self._call(lambda actor: actor.unload_lora.remote(lora_int_id)))
 
     async def _recover(self) -> ReplicaInfo:
         ray = self._ray

@@ -19,9 +19,8 @@ from ember._core import EmberError
 from ember._streams import QueueStream
 from ember.data_parallel.config import DataParallelConfig
 from ember.data_parallel.prefix_view import PrefixView
-from ember.data_parallel.worker import ReplicaInfo, ReplicaStatus
+from ember.data_parallel.worker import ReplicaInfo, ReplicaRequest, ReplicaStatus
 from ember.outputs import RequestOutput
-from ember.sampling_params import SamplingParams
 
 logger = logging.getLogger("ember.data_parallel")
 
@@ -78,7 +77,7 @@ class Replica(ABC):
         """Starts the replica and waits until its model is loaded."""
 
     @abstractmethod
-    def _open(self, wire_id: str, token_ids: list[int], params: SamplingParams, priority: int, delta: bool) -> None:
+    def _open(self, wire_id: str, request: ReplicaRequest) -> None:
         """Starts a request; its items then arrive through `_deliver(wire_id, item)`."""
 
     @abstractmethod
@@ -92,6 +91,10 @@ class Replica(ABC):
     @abstractmethod
     async def _reset_prefix_cache(self) -> bool:
         """Asks the replica to forget its cached prefixes."""
+
+    @abstractmethod
+    async def _unload_lora(self, lora_int_id: int) -> bool:
+        """Asks the replica's engine to unload a LoRA adapter; raises the engine's error."""
 
     @abstractmethod
     async def _recover(self) -> ReplicaInfo:
@@ -112,19 +115,17 @@ class Replica(ABC):
         """Launches the replica; raises its error (a bad model path, too little memory) if it cannot start."""
         self._became_ready(await asyncio.wait_for(self._launch(), self.config.startup_timeout_s))
 
-    async def generate(
-        self, wire_id: str, token_ids: list[int], params: SamplingParams, priority: int, delta: bool
-    ) -> AsyncIterator[RequestOutput]:
+    async def generate(self, wire_id: str, request: ReplicaRequest) -> AsyncIterator[RequestOutput]:
         """Streams one request run here under the router's `wire_id`; raises ReplicaLost if the replica stops
         before the last output."""
         if not self.ready:
             raise ReplicaLost(f"replica {self.index} is {self.state.value}")
         stream = QueueStream()
         self._streams[wire_id] = stream.queue.put_nowait
-        self.num_in_flight_sequences += params.n
+        self.num_in_flight_sequences += request.params.n
         finished = False
         try:
-            self._open(wire_id, token_ids, params, priority, delta)
+            self._open(wire_id, request)
             async for item in stream:
                 finished = item.finished
                 yield item
@@ -132,13 +133,20 @@ class Replica(ABC):
                     return
         finally:
             self._streams.pop(wire_id, None)
-            self.num_in_flight_sequences -= params.n
+            self.num_in_flight_sequences -= request.params.n
             if not (finished or stream.ended) and self.ready:
                 self._abort(wire_id)
 
     def abort_stream(self, wire_id: str) -> None:
         """Aborts a request running here (its stream ends with finish_reason "abort")."""
         self._abort(wire_id)
+
+    async def unload_lora(self, lora_int_id: int) -> bool:
+        """Unloads a LoRA adapter from the replica's engine (an error while its requests use it); False when it
+        was not loaded there or the replica is not ready."""
+        if not self.ready:
+            return False
+        return await self._unload_lora(lora_int_id)
 
     async def reset_prefix_cache(self) -> bool:
         """Forgets the replica's cached prefixes (and the router's view of them)."""

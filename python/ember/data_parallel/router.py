@@ -21,6 +21,8 @@ from ember.data_parallel.config import DataParallelConfig
 from ember.data_parallel.pool import ReplicaPool, RoutedRequest
 from ember.data_parallel.replica import Replica
 from ember.data_parallel.report import engine_totals, health_body, router_metric_lines
+from ember.data_parallel.worker import ReplicaRequest
+from ember.lora import LoRARequest
 from ember.models import resolve_model
 from ember.outputs import RequestOutput
 from ember.sampling_params import SamplingParams
@@ -77,7 +79,7 @@ class ReplicaRouter:
         self.model_name: str = infos[0].model_name
         """The model's display name."""
         self._counter = itertools.count()
-        self._live: LiveRequests[RoutedRequest] = LiveRequests(lambda request: request.params.n)
+        self._live: LiveRequests[RoutedRequest] = LiveRequests(lambda request: request.wire.params.n)
         self._closed = False
 
     @property
@@ -93,8 +95,10 @@ class ReplicaRouter:
         request_id: str | None = None,
         priority: int = 0,
         delta: bool = False,
+        lora_request: LoRARequest | None = None,
     ) -> AsyncIterator[RequestOutput]:
-        """Streams one prompt's completion from the replica it is routed to, exactly like `AsyncEngine.generate`.
+        """Streams one prompt's completion from the replica it is routed to, exactly like `AsyncEngine.generate`
+        (with `lora_request`'s adapter, which that replica loads on first use; prefixes are matched per adapter).
         A request whose replica dies before its first output is retried once on another; after that it raises
         EmberError."""
         params = sampling_params or SamplingParams()
@@ -104,10 +108,14 @@ class ReplicaRouter:
             raise InvalidRequestError(f"priority must be an int, got {type(priority).__name__}")
         if request_id is not None and not isinstance(request_id, str):
             raise InvalidRequestError(f"request_id must be a str, got {type(request_id).__name__}")
+        if lora_request is not None and not isinstance(lora_request, LoRARequest):
+            raise InvalidRequestError(f"lora_request must be a LoRARequest or None, got {type(lora_request).__name__}")
         checked = one_prompt(prompt, "generate")
-        item, block_hashes = await asyncio.to_thread(self._prepare, checked)
+        lora_id = None if lora_request is None else lora_request.lora_int_id
+        item, block_hashes = await asyncio.to_thread(self._prepare, checked, lora_id)
         user_id = request_id if request_id is not None else f"req-{next(self._counter)}"
-        request = RoutedRequest(item.token_ids, params, priority, delta, block_hashes)
+        wire = ReplicaRequest(item.token_ids, params, priority, delta, lora_request)
+        request = RoutedRequest(wire, block_hashes)
         if self._closed:
             raise EmberError("the router has been shut down")
         self._live.add(user_id, request)
@@ -136,6 +144,12 @@ class ReplicaRouter:
         if not self._closed:
             for request in self._live.entries():
                 self._loop.call_soon_threadsafe(self._pool.abort, request)
+
+    async def unload_lora(self, lora_int_id: int) -> bool:
+        """Unloads a LoRA adapter from every replica (an error where its requests still run); False when no
+        replica had it loaded."""
+        results = await asyncio.wrap_future(self._on_loop(self._unload_all(lora_int_id)))
+        return any(results)
 
     async def reset_prefix_cache(self) -> bool:
         """Forgets every replica's cached prefixes; False if any had blocks in use."""
@@ -194,12 +208,15 @@ class ReplicaRouter:
     async def __aexit__(self, *exc_info: object) -> None:
         await self.shutdown()
 
-    def _prepare(self, prompt: PromptType) -> tuple[Any, list[int]]:
+    def _prepare(self, prompt: PromptType, lora_int_id: int | None) -> tuple[Any, list[int]]:
         """The prompt's token ids and the block hashes an engine could reuse (every full block before the last
-        token, which an engine always computes)."""
+        token, which an engine always computes) for a request with adapter `lora_int_id` (or the base model)."""
         (item,) = normalize_prompts([prompt], self.tokenizer)
         matchable = item.token_ids[: (len(item.token_ids) - 1) // self.block_size * self.block_size]
-        return item, _core.prefix_block_hashes(matchable, self.block_size) if matchable else []
+        return item, _core.prefix_block_hashes(matchable, self.block_size, lora_int_id) if matchable else []
+
+    async def _unload_all(self, lora_int_id: int) -> list[bool]:
+        return list(await asyncio.gather(*(r.unload_lora(lora_int_id) for r in self._pool.replicas)))
 
     async def _reset_all(self) -> list[bool]:
         return list(await asyncio.gather(*(r.reset_prefix_cache() for r in self._pool.replicas)))

@@ -10,6 +10,7 @@ from dataclasses import dataclass
 from typing import Any
 
 from ember.async_engine import AsyncEngine
+from ember.lora import LoRARequest
 from ember.outputs import RequestOutput
 from ember.sampling_params import SamplingParams
 
@@ -32,6 +33,20 @@ class ReplicaInfo:
     """Its process id."""
     node: str
     """The host it runs on."""
+
+
+@dataclass(frozen=True)
+class ReplicaRequest:
+    """What a replica needs to run one request (sent over the wire as it is)."""
+
+    token_ids: list[int]
+    """The prompt."""
+    params: SamplingParams
+    priority: int
+    delta: bool
+    """Whether outputs carry only what is new (as `AsyncEngine.generate`'s `delta`)."""
+    lora_request: LoRARequest | None = None
+    """The LoRA adapter it runs with (None: the base model); the replica's engine loads it on first use."""
 
 
 @dataclass(frozen=True)
@@ -66,15 +81,20 @@ class ReplicaWorker:
         """The heartbeat answer."""
         return ReplicaStatus(self.engine.stats(), self.engine.num_unfinished_sequences, os.getpid())
 
-    async def generate(
-        self, request_id: str, token_ids: list[int], params: SamplingParams, priority: int, delta: bool
-    ) -> AsyncIterator[RequestOutput]:
+    async def generate(self, request_id: str, request: ReplicaRequest) -> AsyncIterator[RequestOutput]:
         """Streams one request's outputs (as `AsyncEngine.generate`)."""
         self._active.add(request_id)
         if request_id in self._early_aborts:
             del self._early_aborts[request_id]
             self._pending_aborts.add(request_id)
-        stream = self.engine.generate(token_ids, params, request_id=request_id, priority=priority, delta=delta)
+        stream = self.engine.generate(
+            request.token_ids,
+            request.params,
+            request_id=request_id,
+            priority=request.priority,
+            delta=request.delta,
+            lora_request=request.lora_request,
+        )
         try:
             async for out in stream:
                 # An abort that came before the engine knew the id is applied now.
@@ -95,6 +115,10 @@ class ReplicaWorker:
                 self._early_aborts.popitem(last=False)
         elif not self.engine.abort(request_id):
             self._pending_aborts.add(request_id)
+
+    async def unload_lora(self, lora_int_id: int) -> bool:
+        """Unloads a LoRA adapter (an error while requests use it); False when it was not loaded."""
+        return await self.engine.unload_lora(lora_int_id)
 
     async def reset_prefix_cache(self) -> bool:
         """Forgets cached prefixes; False when blocks are in use."""

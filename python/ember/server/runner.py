@@ -87,16 +87,15 @@ def _load_engine(args: argparse.Namespace) -> EngineClient:
         "scheduling_policy": args.scheduling_policy,
         "speculative_config": args.speculative_config,
     }
-    if args.data_parallel_size == 1 and args.distributed_executor_backend != "ray":
-        lora_args = {
-            "enable_lora": True,
-            "max_loras": args.max_loras,
-            "max_lora_rank": args.max_lora_rank,
-            "max_cpu_loras": args.max_cpu_loras,
-        }
-        return AsyncEngine(args.model, **engine_args, **(lora_args if args.enable_lora else {}))
     if args.enable_lora:
-        raise SystemExit("ember serve: --enable-lora is not supported with data-parallel replicas yet")
+        engine_args.update(
+            enable_lora=True,
+            max_loras=args.max_loras,
+            max_lora_rank=args.max_lora_rank,
+            max_cpu_loras=args.max_cpu_loras,
+        )
+    if args.data_parallel_size == 1 and args.distributed_executor_backend != "ray":
+        return AsyncEngine(args.model, **engine_args)
     config = DataParallelConfig(
         data_parallel_size=args.data_parallel_size,
         backend=args.distributed_executor_backend or "mp",

@@ -70,7 +70,13 @@ pub fn load_on_device(args: &EngineArgs, opened: &OpenedModel) -> Result<DeviceM
                 }
                 None => None,
             };
-            load(backend, opened, &limits, draft_model)
+            load(
+                backend,
+                opened,
+                &limits,
+                draft_model,
+                lora_factor_dtype(&args.dtype),
+            )
         }
         #[cfg(feature = "cuda")]
         DeviceKind::Cuda => {
@@ -81,8 +87,19 @@ pub fn load_on_device(args: &EngineArgs, opened: &OpenedModel) -> Result<DeviceM
                         .into(),
                 ));
             }
-            load(ember_cuda::CudaBackend::open(0)?, opened, &limits, None)
+            let backend = ember_cuda::CudaBackend::open(0)?;
+            load(backend, opened, &limits, None, lora_factor_dtype(&args.dtype))
         }
+    }
+}
+
+/// The element type of LoRA factors under arithmetic `dtype`: f32 with "float32" (the exact
+/// path, whatever the KV cache stores), else f16.
+fn lora_factor_dtype(dtype: &str) -> WeightDType {
+    if dtype == "float32" {
+        WeightDType::F32
+    } else {
+        WeightDType::F16
     }
 }
 
@@ -204,6 +221,7 @@ fn load<B: Backend + 'static>(
     opened: &OpenedModel,
     limits: &MemoryLimits,
     draft: Option<DraftLoad<B>>,
+    lora_factor_dtype: WeightDType,
 ) -> Result<DeviceModel, EngineError> {
     let model = load_model(&backend, opened, limits)?;
     let mut spec = backend.plan_memory(model.shape(), limits)?;
@@ -224,7 +242,8 @@ fn load<B: Backend + 'static>(
         spec,
         opened.config.vocab_size,
         opened.config.eos_token_ids.clone(),
-    )?;
+    )?
+    .with_lora_factor_dtype(lora_factor_dtype);
     if let (Some(d), Some(draft_spec)) = (draft, draft_spec) {
         let draft = DraftModel::new(
             runner.backend(),

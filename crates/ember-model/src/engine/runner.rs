@@ -26,6 +26,8 @@ pub struct ModelRunner<B: Backend> {
     histories: RequestHistories,
     /// Loaded LoRA adapters by `lora_int_id`.
     loras: HashMap<u32, LoraWeights<B>>,
+    /// Element type adapter factors are stored in (f32 on the exact path).
+    lora_factor_dtype: WeightDType,
     /// The draft model filling in drafts (draft-model speculation).
     draft: Option<DraftModel<B>>,
 }
@@ -50,6 +52,7 @@ impl<B: Backend> ModelRunner<B> {
             eos_token_ids,
             histories: RequestHistories::default(),
             loras: HashMap::new(),
+            lora_factor_dtype: WeightDType::F16,
             draft: None,
         })
     }
@@ -57,6 +60,13 @@ impl<B: Backend> ModelRunner<B> {
     /// Drafts with `draft` (its cache mirrors this runner's blocks).
     pub fn with_draft(mut self, draft: DraftModel<B>) -> Self {
         self.draft = Some(draft);
+        self
+    }
+
+    /// Stores adapter factors as `dtype`: f32 with `dtype="float32"` (the exact path), f16
+    /// otherwise (half the bytes each step reads; far below the 8-bit arithmetic's error).
+    pub fn with_lora_factor_dtype(mut self, dtype: WeightDType) -> Self {
+        self.lora_factor_dtype = dtype;
         self
     }
 
@@ -136,14 +146,7 @@ impl<B: Backend> ModelRunner<B> {
             }
         }
         let num_layers = self.model.shape().kv_layers.len();
-        // The factors take the KV cache's precision: f32 on the exact path (a float32 cache),
-        // f16 otherwise (half the bytes each step reads; far below the 8-bit arithmetic's error).
-        let factor_dtype = if self.backend.kv_cache_dtype() == WeightDType::F32 {
-            WeightDType::F32
-        } else {
-            WeightDType::F16
-        };
-        let weights = LoraWeights::load(&self.backend, adapter, num_layers, factor_dtype)?;
+        let weights = LoraWeights::load(&self.backend, adapter, num_layers, self.lora_factor_dtype)?;
         self.loras.insert(lora_id, weights);
         Ok(())
     }

@@ -54,8 +54,10 @@ pub struct LoraWeights<B: Backend> {
 }
 
 impl<B: Backend> LoraWeights<B> {
-    /// Copies `adapter`'s factors onto `backend` for a model of `num_layers` layers, stored as
-    /// `factor_dtype` (F32, or F16: half the bytes a step reads, for quantized arithmetic).
+    /// Copies `adapter`'s factors onto `backend` for a model of `num_layers` layers: all f32
+    /// when `factor_dtype` is F32 (the exact path); else `lora_B` in f16 and `lora_A` in Q8_0
+    /// (f16 where its width is not a whole number of 32-element blocks), so the shrink runs
+    /// through the backend's 8-bit activation kernels.
     pub fn load(
         backend: &B,
         adapter: &LoraAdapter,
@@ -83,7 +85,12 @@ impl<B: Backend> LoraWeights<B> {
             for (slot, (a, num_rows, num_inputs)) in factors.shrinks.iter_mut().zip(&stacked_a) {
                 if *num_rows > 0 {
                     let shape = [*num_rows, *num_inputs];
-                    *slot = Some(factor_matrix(backend, "lora_A", a, shape, factor_dtype)?);
+                    let a_dtype = match factor_dtype {
+                        WeightDType::F32 => WeightDType::F32,
+                        _ if num_inputs.is_multiple_of(Q8_0_BLOCK_LEN) => WeightDType::Q8_0,
+                        _ => WeightDType::F16,
+                    };
+                    *slot = Some(factor_matrix(backend, "lora_A", a, shape, a_dtype)?);
                 }
             }
             layers.push(factors);
@@ -95,8 +102,12 @@ impl<B: Backend> LoraWeights<B> {
     }
 }
 
-/// `values` (`shape`, row-major) as a backend matrix of `dtype` (F16 rounds to nearest; any
-/// other stores F32).
+/// Elements per Q8_0 block.
+const Q8_0_BLOCK_LEN: usize = 32;
+
+/// `values` (`shape`, row-major) as a backend matrix of `dtype` (F16 rounds to nearest, Q8_0
+/// as ggml's reference quantizer; any other stores F32). Q8_0 needs `shape[1]` to be a
+/// multiple of 32.
 fn factor_matrix<B: Backend>(
     backend: &B,
     name: &str,
@@ -112,6 +123,10 @@ fn factor_matrix<B: Backend>(
                 .flat_map(|&v| half::f16::from_f32(v).to_le_bytes())
                 .collect(),
         ),
+        WeightDType::Q8_0 => (
+            dtype,
+            values.chunks(Q8_0_BLOCK_LEN).flat_map(q8_0_block).collect(),
+        ),
         _ => (
             WeightDType::F32,
             values.iter().flat_map(|v| v.to_le_bytes()).collect(),
@@ -123,6 +138,18 @@ fn factor_matrix<B: Backend>(
         shape: &shape,
         bytes: &bytes,
     })
+}
+
+/// One Q8_0 block of a weight (up to 32 values): `d = amax / 127` as f16, then each value
+/// divided by `d`, rounded to nearest (ggml's reference `quantize_row_q8_0`).
+fn q8_0_block(values: &[f32]) -> Vec<u8> {
+    let amax = values.iter().fold(0.0f32, |m, v| m.max(v.abs()));
+    let d = amax / 127.0;
+    let inverse = if d == 0.0 { 0.0 } else { 1.0 / d };
+    let mut block = half::f16::from_f32(d).to_le_bytes().to_vec();
+    // |v * inverse| <= 127 up to rounding, so the cast cannot wrap.
+    block.extend(values.iter().map(|&v| ((v * inverse).round() as i8) as u8));
+    block
 }
 
 /// The rows of one step that run with one adapter.

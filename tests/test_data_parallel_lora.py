@@ -1,0 +1,174 @@
+"""LoRA adapters behind data-parallel replicas (`mp`): a batch mixing three adapters and the base model gives what
+one engine gives (greedy and seeded), each replica loads the adapters of the requests routed to it, prefixes are
+matched per adapter (the router's block hashes carry the adapter id, as the engine's do), unloading reaches every
+replica, and the OpenAI server picks, loads and unloads adapters in front of two replicas. Tiny model, 2 replicas."""
+
+from __future__ import annotations
+
+import asyncio
+from collections.abc import Iterator
+from pathlib import Path
+from typing import Any
+
+import httpx
+import pytest
+
+from ember import Engine, LoRARequest, SamplingParams, _core
+from ember.data_parallel import DataParallelConfig, ReplicaRouter
+from ember.server.app import ServerConfig
+
+from dp_harness import HEARTBEAT, wait_replica_stats
+from lora_adapters import ALL_LINEAR, ATTENTION, SMALL_LORA_ENGINE, write_model_with_adapters
+from server_harness import running_server
+from tiny_models import VARIANTS
+
+ENGINE_ARGS: dict[str, Any] = {**SMALL_LORA_ENGINE, "max_loras": 3}
+ADAPTERS = {
+    "a": {"rank": 4, "alpha": 8.0, "targets": ALL_LINEAR, "seed": 1},
+    "b": {"rank": 8, "alpha": 4.0, "targets": ["q_proj", "down_proj"], "seed": 2},
+    "c": {"rank": 2, "alpha": 2.0, "targets": ATTENTION, "seed": 3},
+}
+KEY = "dp-lora-key"
+
+
+@pytest.fixture(scope="module")
+def folders(tmp_path_factory: pytest.TempPathFactory) -> Path:
+    root = tmp_path_factory.mktemp("dp-lora")
+    write_model_with_adapters(VARIANTS[0], root, ADAPTERS)
+    return root
+
+
+@pytest.fixture(scope="module")
+def router(folders: Path) -> Iterator[ReplicaRouter]:
+    config = DataParallelConfig(data_parallel_size=2, backend="mp", **HEARTBEAT)  # type: ignore[arg-type]
+    router = ReplicaRouter(str(folders / "model"), config, num_threads=2, **ENGINE_ARGS)
+    try:
+        yield router
+    finally:
+        asyncio.run(router.shutdown())
+
+
+def loras(folders: Path) -> list[LoRARequest | None]:
+    """The three adapters and the base model, cycled over eight requests."""
+    adapters = [LoRARequest(name, i + 1, str(folders / name)) for i, name in enumerate(ADAPTERS)]
+    return [[*adapters, None][i % 4] for i in range(8)]
+
+
+async def _collect(router: ReplicaRouter, prompt: list[int], params: SamplingParams, lora: Any) -> Any:
+    last = None
+    async for out in router.generate(prompt, params, lora_request=lora):
+        last = out
+    return last
+
+
+def test_mixed_adapters_under_two_replicas_equal_one_engine(folders: Path, router: ReplicaRouter) -> None:
+    prompts = [[5 + i, 9, 14 + 2 * i, 20, 33, 7] for i in range(8)]
+    requests = loras(folders)
+    greedy = SamplingParams(temperature=0.0, max_tokens=10, ignore_eos=True)
+    seeded = [SamplingParams(temperature=0.9, seed=100 + i, max_tokens=10, ignore_eos=True) for i in range(8)]
+    engine = Engine(str(folders / "model"), **ENGINE_ARGS)
+    want_greedy = engine.generate(prompts, greedy, lora_request=requests, use_tqdm=False)
+    for params in ([greedy] * 8, seeded):
+        want = engine.generate(prompts, params, lora_request=requests, use_tqdm=False)
+
+        async def run(params: list[SamplingParams] = params) -> list[Any]:
+            return await asyncio.gather(
+                *(_collect(router, p, sp, lora) for p, sp, lora in zip(prompts, params, requests, strict=True))
+            )
+
+        got = asyncio.run(run())
+        assert [o.outputs[0].token_ids for o in got] == [o.outputs[0].token_ids for o in want]
+    # The adapters change the tokens (the comparison above is not of base-model outputs only).
+    base = engine.generate(prompts[:3], greedy, use_tqdm=False)
+    assert [o.outputs[0].token_ids for o in base] != [o.outputs[0].token_ids for o in want_greedy[:3]]
+    # Each replica loaded what was routed to it; the router sums the counters.
+    stats = wait_replica_stats(router)
+    loads = [s["num_adapter_loads"] for s in stats]
+    assert sum(loads) >= 3 and all(n >= 1 for n in loads), loads
+    assert router.stats()["num_adapter_loads"] >= sum(loads)
+
+
+def test_prefixes_are_matched_per_adapter(folders: Path, router: ReplicaRouter) -> None:
+    ids = list(range(3, 3 + 48))
+    base, a1, a2 = (_core.prefix_block_hashes(ids, 16, lora_id) for lora_id in (None, 1, 2))
+    assert len(base) == len(a1) == 3 and len({*base, *a1, *a2}) == 9
+    assert _core.prefix_block_hashes(ids, 16, 1) == a1
+    with pytest.raises(_core.InvalidRequestError, match="lora_int_id"):
+        _core.prefix_block_hashes(ids, 16, 0)
+    # The same long prompt under adapter c twice: the second lands on the replica that cached it; under b it
+    # matches nothing.
+    prompt = [(7 * i) % 200 + 3 for i in range(50)]
+    params = SamplingParams(temperature=0.0, max_tokens=2, ignore_eos=True)
+    c, b = loras(folders)[2], loras(folders)[1]
+
+    async def run() -> list[int]:
+        outs = [await _collect(router, prompt, params, lora) for lora in (c, c, b)]
+        return [o.num_cached_tokens for o in outs]
+
+    assert asyncio.run(run()) == [0, 48, 0]
+
+
+def test_unload_reaches_every_replica(folders: Path, router: ReplicaRouter) -> None:
+    lora = LoRARequest("a", 1, str(folders / "a"))
+    params = SamplingParams(temperature=0.0, max_tokens=2, ignore_eos=True)
+
+    async def run() -> tuple[bool, bool]:
+        await asyncio.gather(*(_collect(router, [5, 6 + i, 7], params, lora) for i in range(4)))
+        return await router.unload_lora(1), await router.unload_lora(1)
+
+    assert asyncio.run(run()) == (True, False)
+    with pytest.raises(_core.InvalidRequestError, match="lora_request"):
+        asyncio.run(_collect(router, [5, 6], params, "a"))
+
+
+def test_server_picks_loads_and_unloads_adapters_in_front_of_replicas(folders: Path, router: ReplicaRouter) -> None:
+    prompt = [5, 9, 14, 20, 33]
+    engine = Engine(str(folders / "model"), **ENGINE_ARGS)
+    greedy = SamplingParams(temperature=0.0, max_tokens=8, ignore_eos=True)
+    expected = {
+        name: engine.generate(prompt, greedy, lora_request=lora, use_tqdm=False)[0].outputs[0].text
+        for name, lora in [
+            ("a", LoRARequest("a", 1, str(folders / "a"))),
+            ("b", LoRARequest("b", 2, str(folders / "b"))),
+        ]
+    }
+    config = ServerConfig(model_name="tiny", api_key=KEY, enable_lora=True, lora_modules={"a": str(folders / "a")})
+    with running_server(router, config) as url:
+        client = httpx.Client(base_url=url, headers={"Authorization": f"Bearer {KEY}"}, timeout=60)
+
+        def complete(name: str) -> httpx.Response:
+            body = {"model": name, "prompt": prompt, "max_tokens": 8, "temperature": 0, "ignore_eos": True}
+            return client.post("/completions", json=body)
+
+        assert [complete("a").json()["choices"][0]["text"] for _ in range(2)] == [expected["a"]] * 2
+        assert complete("b").status_code == 404
+        load = {"lora_name": "b", "lora_path": str(folders / "b")}
+        assert client.post("/load_lora_adapter", json=load).status_code == 200
+        assert complete("b").json()["choices"][0]["text"] == expected["b"]
+        assert [m["id"] for m in client.get("/models").json()["data"]] == ["tiny", "a", "b"]
+        assert client.post("/unload_lora_adapter", json={"lora_name": "b"}).status_code == 200
+        assert complete("b").status_code == 404
+        assert complete("a").json()["choices"][0]["text"] == expected["a"]
+
+
+def test_ember_serve_options_build_replicas_with_adapters(folders: Path) -> None:
+    """`ember serve --enable-lora --data-parallel-size 2` (was refused) builds a router whose replicas take adapters."""
+    import argparse
+
+    from ember.server.cli import add_arguments
+    from ember.server.runner import _load_engine
+
+    parser = argparse.ArgumentParser()
+    add_arguments(parser)
+    options = ["--enable-lora", "--max-lora-rank", "8", "--data-parallel-size", "2", "--threads", "2"]
+    sizes = ["--dtype", "float32", "--max-model-len", "256", "--kv-cache-memory-bytes", str(8 << 20)]
+    router = _load_engine(parser.parse_args([str(folders / "model"), *options, *sizes]))
+    assert isinstance(router, ReplicaRouter)
+    lora = LoRARequest("b", 2, str(folders / "b"))
+    params = SamplingParams(temperature=0.0, max_tokens=6, ignore_eos=True)
+    want = Engine(str(folders / "model"), **ENGINE_ARGS).generate([5, 9, 14], params, lora_request=lora, use_tqdm=False)
+    try:
+        got = asyncio.run(_collect(router, [5, 9, 14], params, lora))
+    finally:
+        asyncio.run(router.shutdown())
+    assert got.outputs[0].token_ids == want[0].outputs[0].token_ids
