@@ -64,7 +64,10 @@ impl QuantActs {
     /// The values do not depend on the CPU features used to compute them.
     pub fn quantize(x: &[f32], rows: usize, cols: usize, block_len: usize) -> Self {
         #[cfg(target_arch = "x86_64")]
-        if is_x86_feature_detected!("avx2") && is_x86_feature_detected!("fma") && is_x86_feature_detected!("f16c") {
+        if is_x86_feature_detected!("avx2")
+            && is_x86_feature_detected!("fma")
+            && is_x86_feature_detected!("f16c")
+        {
             // SAFETY: the features were just detected.
             return unsafe { quantize_avx2(x, rows, cols, block_len) };
         }
@@ -293,7 +296,10 @@ mod tests {
     #[cfg(target_arch = "x86_64")]
     #[test]
     fn avx2_quantizers_equal_the_reference_bit_for_bit() {
-        if !(is_x86_feature_detected!("avx2") && is_x86_feature_detected!("fma") && is_x86_feature_detected!("f16c")) {
+        if !(is_x86_feature_detected!("avx2")
+            && is_x86_feature_detected!("fma")
+            && is_x86_feature_detected!("f16c"))
+        {
             return;
         }
         for block_len in [QK, QK_K] {

@@ -130,7 +130,11 @@ pub unsafe fn q8_k_block(x: &[f32], q: &mut [i8], sums: &mut [i32]) -> f32 {
     }
     let scale = _mm256_set1_ps(iscale);
     let top = _mm256_set1_epi32(127);
-    for ((xb, qb), pair) in x.chunks_exact(32).zip(q.chunks_exact_mut(32)).zip(sums.chunks_exact_mut(2)) {
+    for ((xb, qb), pair) in x
+        .chunks_exact(32)
+        .zip(q.chunks_exact_mut(32))
+        .zip(sums.chunks_exact_mut(2))
+    {
         // SAFETY: each slice holds 8 floats; AVX2 is enabled.
         let v: [__m256i; 4] = std::array::from_fn(|i| unsafe {
             _mm256_min_epi32(scaled_ints(&xb[8 * i..8 * i + 8], scale), top)
