@@ -161,7 +161,13 @@ pub unsafe fn tile_lanes<V: TileVec, const R: usize>(
                         let x_off = e0 + l.element(v, fi, 0);
                         for r in 0..R {
                             let x = rows[r].qs.add(x_off).cast::<i32>().read_unaligned();
-                            s[r][fi] = V::dot4(s[r][fi], u, x, signed);
+                            // Without sub-block scales every field's sum goes straight into
+                            // the block sum (exact integer sums: the order does not matter).
+                            if f.scales {
+                                s[r][fi] = V::dot4(s[r][fi], u, x, signed);
+                            } else {
+                                isum[r] = V::dot4(isum[r], u, x, signed);
+                            }
                         }
                     }
                 }
@@ -169,11 +175,6 @@ pub unsafe fn tile_lanes<V: TileVec, const R: usize>(
                 // scales (K-quants; a 16-element sub-block is one field, a 32-element one both
                 // nibble fields), with the sub-block mins against the activation sums.
                 if !f.scales {
-                    for r in 0..R {
-                        for fi in 0..l.fields {
-                            isum[r] = V::add_i(isum[r], s[r][fi]);
-                        }
-                    }
                     continue;
                 }
                 let per_sub = f.sub_len / 16;

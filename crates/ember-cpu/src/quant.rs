@@ -64,7 +64,10 @@ impl QuantActs {
     /// The values do not depend on the CPU features used to compute them.
     pub fn quantize(x: &[f32], rows: usize, cols: usize, block_len: usize) -> Self {
         #[cfg(target_arch = "x86_64")]
-        if is_x86_feature_detected!("avx2") && is_x86_feature_detected!("fma") {
+        if is_x86_feature_detected!("avx2")
+            && is_x86_feature_detected!("fma")
+            && is_x86_feature_detected!("f16c")
+        {
             // SAFETY: the features were just detected.
             return unsafe { quantize_avx2(x, rows, cols, block_len) };
         }
@@ -95,34 +98,57 @@ impl QuantActs {
 
 /// [`quantize_generic`] with the AVX2 block quantizers of `quant_x86` (same values).
 #[cfg(target_arch = "x86_64")]
-#[target_feature(enable = "avx2,fma")]
+#[target_feature(enable = "avx2,fma,f16c")]
 unsafe fn quantize_avx2(x: &[f32], rows: usize, cols: usize, block_len: usize) -> QuantActs {
     use crate::quant_x86::{q8_0_block, q8_k_block};
-    // SAFETY: the caller checked AVX2 and FMA.
+    // SAFETY: the caller checked AVX2, FMA and F16C.
     quantize_with(
         x,
         rows,
         cols,
         block_len,
-        |xb, qb| unsafe { q8_0_block(xb, qb) },
-        |xb, qb| unsafe { q8_k_block(xb, qb) },
+        |xb, qb, sums| unsafe { q8_0_block(xb, qb, sums) },
+        |xb, qb, sums| unsafe { q8_k_block(xb, qb, sums) },
     )
 }
 
 /// The reference quantizer (any CPU).
 fn quantize_generic(x: &[f32], rows: usize, cols: usize, block_len: usize) -> QuantActs {
-    quantize_with(x, rows, cols, block_len, quantize_q8_0_block, quantize_q8_k_block)
+    quantize_with(
+        x,
+        rows,
+        cols,
+        block_len,
+        |xb, qb, sums| {
+            let ds = quantize_q8_0_block(xb, qb);
+            sums16(qb, sums);
+            ds
+        },
+        |xb, qb, sums| {
+            let d = quantize_q8_k_block(xb, qb);
+            sums16(qb, sums);
+            d
+        },
+    )
 }
 
-/// Quantizes every block with `q8_0` (32-element blocks) or `q8_k` (256), then the 16-sums.
+/// The sum of every 16 quants of `q` into `sums`.
+fn sums16(q: &[i8], sums: &mut [i32]) {
+    for (sum, q) in sums.iter_mut().zip(q.chunks_exact(16)) {
+        *sum = q.iter().map(|&v| i32::from(v)).sum();
+    }
+}
+
+/// Quantizes every block with `q8_0` (32-element blocks) or `q8_k` (256), each also writing
+/// the block's 16-sums.
 #[inline(always)]
 fn quantize_with(
     x: &[f32],
     rows: usize,
     cols: usize,
     block_len: usize,
-    q8_0: impl Fn(&[f32], &mut [i8]) -> (f32, f32),
-    q8_k: impl Fn(&[f32], &mut [i8]) -> f32,
+    q8_0: impl Fn(&[f32], &mut [i8], &mut [i32]) -> (f32, f32),
+    q8_k: impl Fn(&[f32], &mut [i8], &mut [i32]) -> f32,
 ) -> QuantActs {
     debug_assert!(block_len == QK || block_len == QK_K);
     debug_assert_eq!(cols % block_len, 0);
@@ -140,21 +166,18 @@ fn quantize_with(
         },
         bsums: vec![0; rows * cols / 16],
     };
-    for (i, (xb, qb)) in x
+    let blocks = x
         .chunks_exact(block_len)
         .zip(acts.qs.chunks_exact_mut(block_len))
-        .enumerate()
-    {
+        .zip(acts.bsums.chunks_exact_mut(block_len / 16));
+    for (i, ((xb, qb), sums)) in blocks.enumerate() {
         if block_len == QK {
-            let (d, s) = q8_0(xb, qb);
+            let (d, s) = q8_0(xb, qb, sums);
             acts.d[i] = d;
             acts.s[i] = s;
         } else {
-            acts.d[i] = q8_k(xb, qb);
+            acts.d[i] = q8_k(xb, qb, sums);
         }
-    }
-    for (sum, q) in acts.bsums.iter_mut().zip(acts.qs.chunks_exact(16)) {
-        *sum = q.iter().map(|&v| i32::from(v)).sum();
     }
     acts
 }
@@ -273,7 +296,10 @@ mod tests {
     #[cfg(target_arch = "x86_64")]
     #[test]
     fn avx2_quantizers_equal_the_reference_bit_for_bit() {
-        if !(is_x86_feature_detected!("avx2") && is_x86_feature_detected!("fma")) {
+        if !(is_x86_feature_detected!("avx2")
+            && is_x86_feature_detected!("fma")
+            && is_x86_feature_detected!("f16c"))
+        {
             return;
         }
         for block_len in [QK, QK_K] {
