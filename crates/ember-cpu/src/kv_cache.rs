@@ -163,7 +163,7 @@ fn encode(dtype: WeightDType, x: &[f32], out: &mut [u8]) {
     match dtype {
         WeightDType::Q8_0 => {
             for (o, xb) in out.chunks_exact_mut(34).zip(x.chunks_exact(32)) {
-                encode_q8_0(xb, o);
+                crate::quant::encode_q8_0_block(xb, o);
             }
         }
         WeightDType::F16 => {
@@ -181,24 +181,6 @@ fn encode(dtype: WeightDType, x: &[f32], out: &mut [u8]) {
                 o.copy_from_slice(&v.to_le_bytes());
             }
         }
-    }
-}
-
-/// One Q8_0 block of 32 elements into 34 bytes: f16 scale `max|x| / 127`, then
-/// `round(x / scale)` (ties away from zero) as `i8`; an all-zero (or non-finite maximum) block
-/// stores zeros.
-fn encode_q8_0(x: &[f32], out: &mut [u8]) {
-    let amax = x.iter().fold(0.0f32, |m, v| m.max(v.abs()));
-    let d = half::f16::from_f32(amax / 127.0);
-    let d32 = d.to_f32();
-    if !(d32 > 0.0 && d32.is_finite()) {
-        out.fill(0);
-        return;
-    }
-    out[..2].copy_from_slice(&d.to_bits().to_le_bytes());
-    let inv = 1.0 / d32;
-    for (o, &v) in out[2..].iter_mut().zip(x) {
-        *o = (v * inv).round().clamp(-127.0, 127.0) as i8 as u8;
     }
 }
 
@@ -223,9 +205,9 @@ mod tests {
             }
         }
         let mut zeros = vec![1u8; 34];
-        encode_q8_0(&[0.0; 32], &mut zeros);
+        crate::quant::encode_q8_0_block(&[0.0; 32], &mut zeros);
         assert!(zeros.iter().all(|&b| b == 0));
-        encode_q8_0(&[f32::INFINITY; 32], &mut zeros);
+        crate::quant::encode_q8_0_block(&[f32::INFINITY; 32], &mut zeros);
         assert!(zeros.iter().all(|&b| b == 0), "a non-finite block stores zeros");
     }
 }

@@ -48,12 +48,28 @@ pub fn quant_matmul(
     let Some(layout) = w.layout() else {
         unreachable!("float weight")
     };
-    let (rows, k, n) = (x.rows(), x.cols(), w.rows());
+    quant_matmul_acts(pool, isa, x.quantized(layout.fmt.block_len), w, bias, out);
+}
+
+/// [`quant_matmul`] of activations already quantized in `w`'s block length.
+pub fn quant_matmul_acts(
+    pool: &ThreadPool,
+    isa: Isa,
+    acts: &QuantActs,
+    w: &CpuMatrix,
+    bias: Option<&[f32]>,
+    out: &mut CpuTensor,
+) {
+    let Some(layout) = w.layout() else {
+        unreachable!("float weight")
+    };
+    debug_assert_eq!(acts.block_len, layout.fmt.block_len);
+    let (rows, k, n) = (acts.rows, acts.cols, w.rows());
     let job = Job {
         isa,
         w,
         layout,
-        acts: x.quantized(layout.fmt.block_len),
+        acts,
         out: OutPtr(out.as_mut_slice().as_mut_ptr()),
         bias,
     };

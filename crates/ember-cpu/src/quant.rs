@@ -201,6 +201,24 @@ pub(crate) fn quantize_q8_0_block(x: &[f32], q: &mut [i8]) -> (f32, f32) {
     (round_to_f16(d), round_to_f16(d * sum as f32))
 }
 
+/// One Q8_0 block of 32 elements into its 34 stored bytes (a weight's or a KV-cache row's):
+/// f16 scale `max|x| / 127`, then `round(x / scale)` (ties away from zero) as `i8`; an
+/// all-zero (or non-finite maximum) block stores zeros.
+pub fn encode_q8_0_block(x: &[f32], out: &mut [u8]) {
+    let amax = x.iter().fold(0.0f32, |m, v| m.max(v.abs()));
+    let d = half::f16::from_f32(amax / 127.0);
+    let d32 = d.to_f32();
+    if !(d32 > 0.0 && d32.is_finite()) {
+        out.fill(0);
+        return;
+    }
+    out[..2].copy_from_slice(&d.to_bits().to_le_bytes());
+    let inv = 1.0 / d32;
+    for (o, &v) in out[2..].iter_mut().zip(x) {
+        *o = (v * inv).round().clamp(-127.0, 127.0) as i8 as u8;
+    }
+}
+
 /// Quantizes one 256-element block the Q8_K way; returns `d`.
 #[inline(always)]
 pub(crate) fn quantize_q8_k_block(x: &[f32], q: &mut [i8]) -> f32 {
