@@ -53,7 +53,7 @@ def _tokens(outs: list[Any]) -> list[list[int]]:
     return [c.token_ids for o in outs for c in o.outputs]
 
 
-@pytest.mark.parametrize("dtype", ["float32", "auto"])  # "auto": an f16 KV cache, so f16 adapter factors
+@pytest.mark.parametrize("dtype", ["float32", "auto"])  # "auto": quantized arithmetic, so 8-bit adapter factors
 def test_mixed_batch_equals_each_alone(setup: tuple[Path, list[LoRARequest], Any], dtype: str) -> None:
     folder, loras, _ = setup
     prompts = _prompts()

@@ -94,8 +94,8 @@ def test_adapter_on_gguf_base_equals_hugging_face_base(tmp_path: Path) -> None:
 
 def test_8bit_shrink_off_the_exact_path_stays_close_to_peft(tmp_path: Path) -> None:
     """With dtype="auto", lora_A is stored in Q8_0 (the shrink runs through the 8-bit activation kernels) and
-    lora_B in f16: its error against PEFT is measured against the adapter's own effect, and the float32 path keeps
-    its 1e-4."""
+    lora_B as Q8_0 of its transpose: the error against PEFT is measured against the adapter's own effect, and the
+    float32 path keeps its 1e-4."""
     require("peft")
     import torch
 
@@ -120,7 +120,8 @@ def test_8bit_shrink_off_the_exact_path_stays_close_to_peft(tmp_path: Path) -> N
         return ((a - b).norm(dim=-1) / b.norm(dim=-1)).max().item()
 
     error, effect = row_rel(ours, ref), row_rel(base, ref)
-    # Measured: error 3.9e-2 against an effect of 1.45 (2.7 %), top-1 0.95; not the f32 values (8-bit is in use).
+    # Measured: error 3.6e-2 against an effect of 1.45 (2.5 %), top-1 0.95 (3.9e-2 with an f16 lora_B); not the f32
+    # values (8-bit is in use).
     assert MAX_REL_ERROR < error < 0.05 * effect, f"error {error:.2e}, adapter effect {effect:.2e}"
     assert (ours.argmax(-1) == ref.argmax(-1)).float().mean().item() >= 0.9
 

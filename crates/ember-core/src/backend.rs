@@ -71,7 +71,8 @@ pub type ForwardFn<'a, B> = dyn FnMut(&<B as Backend>::Step) -> BackendResult<<B
 pub struct LoraSegment<'a, M> {
     /// Token rows, ascending.
     pub row_ids: &'a [u32],
-    /// The factor: `lora_A` `[rank, in]` to shrink, `lora_B` `[out, rank]` to expand.
+    /// The factor: `lora_A` `[rank, in]` to shrink, `lora_B` `[out, rank]` to expand (a
+    /// quantized `lora_B` as its transpose `[rank, out]`, quantized along the outputs).
     pub matrix: &'a M,
     /// First column of the shrunk rows the expand reads (0 for a shrink).
     pub col_offset: usize,
@@ -270,7 +271,8 @@ pub trait Backend: Send + Sync {
         )))
     }
     /// LoRA expand of one step: `y[r] += scale * B shrunk[r, col_offset..col_offset + rank]`
-    /// for every row `r` of each segment (`B` = its `matrix`, `[out, rank]`).
+    /// for every row `r` of each segment (`B` = its `matrix`, `[out, rank]`, or a quantized
+    /// one's transpose).
     fn lora_expand(
         &self,
         _step: &Self::Step,

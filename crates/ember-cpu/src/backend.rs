@@ -451,7 +451,7 @@ impl Backend for CpuBackend {
         segments: &[LoraSegment<'_, CpuMatrix>],
         y: &mut CpuTensor,
     ) -> BackendResult<()> {
-        crate::lora::lora_expand(&self.pool, self.isa, shrunk, segments, y)
+        crate::lora_expand::lora_expand(&self.pool, self.isa, shrunk, segments, y)
     }
 
     fn add_assign(&self, x: &mut CpuTensor, y: &CpuTensor) -> BackendResult<()> {

@@ -23,6 +23,7 @@ mod elementwise;
 pub mod isa_choice;
 pub mod kv_cache;
 mod lora;
+mod lora_expand;
 pub mod matmul;
 pub mod matrix;
 pub mod memory_plan;

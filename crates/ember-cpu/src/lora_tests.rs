@@ -2,7 +2,8 @@
 //! depend on the batch or the thread split), with stacked shrinks read at a column offset, ranks
 //! on both sides of the skinny threshold, and bad segments refused.
 
-use crate::lora::{lora_expand, lora_shrink};
+use crate::lora::lora_shrink;
+use crate::lora_expand::lora_expand;
 use crate::matmul::{matmul, PAR_WORK};
 use crate::matmul_tests::{isas, make_matrix, pool};
 use crate::matrix::CpuMatrix;
@@ -152,11 +153,13 @@ fn f16_factors_give_what_their_f32_values_give() {
     let x = CpuTensor::from_vec(num_rows, k, rng.vec(num_rows * k, 1.0)).unwrap();
     let y_before = rng.vec(num_rows * n, 1.0);
     let row_ids: Vec<u32> = (0..num_rows as u32).collect();
-    // Rank 16 (skinny: the stored f16 transpose) and rank 40 (dot products).
+    // Rank 16 and rank 40. An f16 `lora_B` keeps one copy of its bytes and runs as dot
+    // products, as an f32 one of rank 40 does; a skinny f32 one (rank 16) runs over its stored
+    // transpose, summing in another order.
     for rank in [16, 40] {
         let (a16, a32) = f16_and_f32_twin(&mut rng, rank, k);
         let (b16, b32) = f16_and_f32_twin(&mut rng, n, rank);
-        assert_eq!(b16.panels_f16().is_some(), rank == 16);
+        assert_eq!(b32.transposed().is_some(), rank == 16);
         for isa in isas() {
             let pool = pool(2);
             let run = |a: &CpuMatrix, b: &CpuMatrix| {
@@ -167,7 +170,17 @@ fn f16_factors_give_what_their_f32_values_give() {
             };
             let (want, got) = (run(&a32, &b32), run(&a16, &b16));
             assert_eq!(got.0, want.0, "shrink rank {rank} isa {isa:?}");
-            assert_eq!(got.1, want.1, "expand rank {rank} isa {isa:?}");
+            if rank == 16 {
+                let worst = got
+                    .1
+                    .iter()
+                    .zip(&want.1)
+                    .map(|(g, w)| (g - w).abs())
+                    .fold(0.0, f32::max);
+                assert!(worst < 1e-4, "expand rank {rank} isa {isa:?}: {worst}");
+            } else {
+                assert_eq!(got.1, want.1, "expand rank {rank} isa {isa:?}");
+            }
             assert_ne!(got.1, y_before, "the adapter changed y");
         }
     }
@@ -212,16 +225,104 @@ fn q8_0_shrinks_equal_one_row_quantized_matmuls_whatever_the_batch() {
     }
 }
 
+/// A Q8_0 `lora_B` transpose `[rank, n]` and the f32 `lora_B` `[n, rank]` of its decoded values.
+fn q8_0_and_f32_twin(rng: &mut Rng, rank: usize, n: usize) -> (CpuMatrix, CpuMatrix) {
+    let bytes = random_weight_bytes(rng, WeightDType::Q8_0, rank, n);
+    let b_t = make_matrix(&bytes, WeightDType::Q8_0, rank, n);
+    let mut values = vec![0.0f32; rank * n];
+    let mut row = vec![0.0f32; n];
+    for k in 0..rank {
+        b_t.dequantize_row_into(k, &mut row);
+        for (c, &v) in row.iter().enumerate() {
+            values[c * rank + k] = v;
+        }
+    }
+    let f32_bytes: Vec<u8> = values.iter().flat_map(|v| v.to_le_bytes()).collect();
+    (b_t, make_matrix(&f32_bytes, WeightDType::F32, n, rank))
+}
+
 #[test]
-fn a_q8_0_lora_b_is_refused() {
+fn q8_0_expands_give_what_their_f32_values_give_whatever_the_batch() {
+    let mut rng = Rng::new(43);
+    // 21 rows (5 blocks of 4 and one left over), 608 outputs (19 blocks of 32: a short last task).
+    let (num_rows, n) = (21, 608);
+    // Rank 16 (one lane group) and 24 (a second, padded group), read at column offsets of a
+    // stacked shrink.
+    let (b16_q, b16_f) = q8_0_and_f32_twin(&mut rng, 16, n);
+    let (b24_q, b24_f) = q8_0_and_f32_twin(&mut rng, 24, n);
+    let shrunk = CpuTensor::from_vec(num_rows, 48, rng.vec(num_rows * 48, 1.0)).unwrap();
+    let y_before = rng.vec(num_rows * n, 1.0);
+    let by_adapter = |g: u32| (0..num_rows as u32).filter(|r| r % 2 == g).collect::<Vec<_>>();
+    let row_ids = [by_adapter(0), by_adapter(1), (0..num_rows as u32).collect()];
+    for isa in isas() {
+        for threads in [1, 2, 3] {
+            let pool = pool(threads);
+            let run = |segments: &[LoraSegment<'_, CpuMatrix>]| {
+                let mut y = CpuTensor::from_vec(num_rows, n, y_before.clone()).unwrap();
+                lora_expand(&pool, isa, &shrunk, segments, &mut y).unwrap();
+                y.into_vec()
+            };
+            // Two adapters in one batch, against each one's f32 twin on all rows.
+            let mixed = run(&[
+                segment(&row_ids[0], &b16_q, 0, 0.5),
+                segment(&row_ids[1], &b24_q, 16, 2.0),
+            ]);
+            let want16 = run(&[segment(&row_ids[2], &b16_f, 0, 0.5)]);
+            let want24 = run(&[segment(&row_ids[2], &b24_f, 16, 2.0)]);
+            for r in 0..num_rows {
+                let want = if r % 2 == 0 { &want16 } else { &want24 };
+                let cols = r * n..(r + 1) * n;
+                assert_eq!(
+                    mixed[cols.clone()],
+                    want[cols.clone()],
+                    "row {r} isa {isa:?} threads {threads}"
+                );
+                assert_ne!(mixed[cols.clone()], y_before[cols], "the adapter changed row {r}");
+            }
+        }
+    }
+    // Rank 72: the decoded block outgrows the stack buffer; the f32 twin is not skinny (dot
+    // products, another summation order), so the two agree to rounding.
+    let (b72_q, b72_f) = q8_0_and_f32_twin(&mut rng, 72, n);
+    let wide = CpuTensor::from_vec(num_rows, 72, rng.vec(num_rows * 72, 1.0)).unwrap();
+    let pool = pool(2);
+    let run = |b: &CpuMatrix| {
+        let mut y = CpuTensor::zeros(num_rows, n).unwrap();
+        lora_expand(
+            &pool,
+            isas()[0],
+            &wide,
+            &[segment(&row_ids[2], b, 0, 1.0)],
+            &mut y,
+        )
+        .unwrap();
+        y.into_vec()
+    };
+    let (got, want) = (run(&b72_q), run(&b72_f));
+    let worst = got
+        .iter()
+        .zip(&want)
+        .map(|(g, w)| (g - w).abs())
+        .fold(0.0, f32::max);
+    assert!(worst < 1e-3 && got.iter().any(|&v| v != 0.0), "rank 72: {worst}");
+}
+
+#[test]
+fn a_q8_0_lora_b_of_the_wrong_shape_is_refused() {
     let mut rng = Rng::new(5);
     let pool = pool(2);
     let x = CpuTensor::from_vec(2, 32, rng.vec(64, 1.0)).unwrap();
-    let b_bytes = random_weight_bytes(&mut rng, WeightDType::Q8_0, 32, 32);
-    let b = make_matrix(&b_bytes, WeightDType::Q8_0, 32, 32);
-    let a = f32_matrix(&mut rng, 32, 32);
+    let a = f32_matrix(&mut rng, 16, 32);
     let shrunk = lora_shrink(&pool, isas()[0], &x, &[segment(&[0, 1], &a, 0, 1.0)]).unwrap();
-    let mut y = CpuTensor::zeros(2, 32).unwrap();
-    let err = lora_expand(&pool, isas()[0], &shrunk, &[segment(&[0], &b, 0, 1.0)], &mut y);
-    assert!(err.unwrap_err().to_string().contains("Q8_0"));
+    let mut y = CpuTensor::zeros(2, 64).unwrap();
+    // A transpose `[rank 16, 32 outputs]` against 64 outputs, and one of rank 32 > 16 shrunk columns.
+    for (rank, n) in [(16, 32), (32, 64)] {
+        let b_bytes = random_weight_bytes(&mut rng, WeightDType::Q8_0, rank, n);
+        let b_t = make_matrix(&b_bytes, WeightDType::Q8_0, rank, n);
+        let err = lora_expand(&pool, isas()[0], &shrunk, &[segment(&[0], &b_t, 0, 1.0)], &mut y).unwrap_err();
+        assert!(
+            err.to_string().contains(&format!("lora_B [{n}, {rank}] (Q8_0)")),
+            "{err}"
+        );
+    }
 }

@@ -22,18 +22,10 @@ pub struct CpuMatrix {
     /// `[cols, rows]`: an f32 matrix of at most [`SKINNY_MAX_COLS`] columns transposed (a LoRA
     /// `lora_B`), for the matmul that runs it as row-wise axpys.
     transposed: Option<Vec<f32>>,
-    /// `[ceil(rows / PANEL_LANES), cols, PANEL_LANES]`: a skinny f16 matrix (a LoRA `lora_B` off
-    /// the exact path) as column panels, each `[cols, PANEL_LANES]` of its transpose, contiguous
-    /// (the last one zero-padded).
-    panels_f16: Option<Vec<half::f16>>,
 }
 
-/// Columns up to which an f32 matrix also keeps its transpose (an f16 one its panels; see
-/// [`CpuMatrix::transposed`]).
+/// Columns up to which an f32 matrix also keeps its transpose (see [`CpuMatrix::transposed`]).
 pub const SKINNY_MAX_COLS: usize = 32;
-
-/// Rows per column panel of a skinny f16 matrix (see [`CpuMatrix::panels_f16`]).
-pub const PANEL_LANES: usize = 16;
 
 /// Checks that `view` is a 2-D matrix with whole blocks per row and the right byte length;
 /// returns `(rows, cols)`.
@@ -83,15 +75,6 @@ impl CpuMatrix {
             }
             t
         });
-        let panels_f16 = (dtype == WeightDType::F16 && skinny).then(|| {
-            let mut panels = vec![half::f16::ZERO; rows.div_ceil(PANEL_LANES) * PANEL_LANES * cols];
-            for (i, b) in view.bytes.chunks_exact(2).enumerate() {
-                let (r, c) = (i / cols, i % cols);
-                let panel = r / PANEL_LANES * PANEL_LANES * cols;
-                panels[panel + c * PANEL_LANES + r % PANEL_LANES] = half::f16::from_le_bytes([b[0], b[1]]);
-            }
-            panels
-        });
         Ok(Self {
             dtype,
             rows,
@@ -100,20 +83,12 @@ impl CpuMatrix {
             data,
             layout,
             transposed,
-            panels_f16,
         })
     }
 
     /// The `[cols, rows]` transpose of a skinny f32 matrix (at most [`SKINNY_MAX_COLS`] columns).
     pub fn transposed(&self) -> Option<&[f32]> {
         self.transposed.as_deref()
-    }
-
-    /// A skinny f16 matrix (at most [`SKINNY_MAX_COLS`] columns) as column panels:
-    /// `[ceil(rows / PANEL_LANES), cols, PANEL_LANES]`, panel `p` holding rows
-    /// `p * PANEL_LANES..` transposed, zero-padded.
-    pub fn panels_f16(&self) -> Option<&[half::f16]> {
-        self.panels_f16.as_deref()
     }
 
     /// Stored encoding.

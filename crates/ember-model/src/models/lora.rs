@@ -42,8 +42,8 @@ struct LayerFactors<B: Backend> {
     /// Per input: the `lora_A` of its projections stacked in [`LoraModule`] order,
     /// `[sum of their ranks, num_inputs]`.
     shrinks: [Option<B::Matrix>; NUM_LORA_INPUTS],
-    /// Per projection: `lora_B` (`[num_outputs, rank]`) and the first column of its rank in
-    /// its input's shrink.
+    /// Per projection: `lora_B` (`[num_outputs, rank]`, a Q8_0 one as its transpose) and the
+    /// first column of its rank in its input's shrink.
     expands: [Option<(B::Matrix, usize)>; NUM_LORA_MODULES],
 }
 
@@ -55,9 +55,10 @@ pub struct LoraWeights<B: Backend> {
 
 impl<B: Backend> LoraWeights<B> {
     /// Copies `adapter`'s factors onto `backend` for a model of `num_layers` layers: all f32
-    /// when `factor_dtype` is F32 (the exact path); else `lora_B` in f16 and `lora_A` in Q8_0
-    /// (f16 where its width is not a whole number of 32-element blocks), so the shrink runs
-    /// through the backend's 8-bit activation kernels.
+    /// when `factor_dtype` is F32 (the exact path); else in Q8_0 (f16 where the quantized
+    /// dimension is not a whole number of 32-element blocks): `lora_A` so the shrink runs
+    /// through the backend's 8-bit activation kernels, `lora_B` as its transpose (see
+    /// [`expand_factor`]).
     pub fn load(
         backend: &B,
         adapter: &LoraAdapter,
@@ -76,7 +77,7 @@ impl<B: Backend> LoraWeights<B> {
             for m in in_order {
                 let f = &m.factors;
                 let (a, num_rows, num_inputs) = &mut stacked_a[LoraInput::of(m.module) as usize];
-                let b = factor_matrix(backend, "lora_B", &f.b, [f.num_outputs, f.rank], factor_dtype)?;
+                let b = expand_factor(backend, &f.b, f.num_outputs, f.rank, factor_dtype)?;
                 factors.expands[m.module as usize] = Some((b, *num_rows));
                 a.extend_from_slice(&f.a);
                 *num_rows += f.rank;
@@ -104,9 +105,32 @@ impl<B: Backend> LoraWeights<B> {
 
 /// Elements per Q8_0 block.
 const Q8_0_BLOCK_LEN: usize = 32;
+/// Stored bytes per Q8_0 block (an f16 scale and 32 quants).
+const Q8_0_BLOCK_BYTES: usize = 34;
+
+/// `lora_B` (`b`, `[num_outputs, rank]`) on the backend for `lora_expand`: in `factor_dtype`,
+/// except off the exact path (`factor_dtype` not F32) where `num_outputs` is whole 32-element
+/// blocks: then Q8_0 of its transpose `[rank, num_outputs]` (blocks along the outputs), half
+/// the bytes of f16.
+fn expand_factor<B: Backend>(
+    backend: &B,
+    b: &[f32],
+    num_outputs: usize,
+    rank: usize,
+    factor_dtype: WeightDType,
+) -> BackendResult<B::Matrix> {
+    if factor_dtype == WeightDType::F32 || !num_outputs.is_multiple_of(Q8_0_BLOCK_LEN) {
+        return factor_matrix(backend, "lora_B", b, [num_outputs, rank], factor_dtype);
+    }
+    let mut b_t = vec![0.0f32; b.len()];
+    for (i, &v) in b.iter().enumerate() {
+        b_t[(i % rank) * num_outputs + i / rank] = v;
+    }
+    factor_matrix(backend, "lora_B", &b_t, [rank, num_outputs], WeightDType::Q8_0)
+}
 
 /// `values` (`shape`, row-major) as a backend matrix of `dtype` (F16 rounds to nearest, Q8_0
-/// as ggml's reference quantizer; any other stores F32). Q8_0 needs `shape[1]` to be a
+/// by ember-cpu's block encoder; any other stores F32). Q8_0 needs `shape[1]` to be a
 /// multiple of 32.
 fn factor_matrix<B: Backend>(
     backend: &B,
@@ -123,10 +147,16 @@ fn factor_matrix<B: Backend>(
                 .flat_map(|&v| half::f16::from_f32(v).to_le_bytes())
                 .collect(),
         ),
-        WeightDType::Q8_0 => (
-            dtype,
-            values.chunks(Q8_0_BLOCK_LEN).flat_map(q8_0_block).collect(),
-        ),
+        WeightDType::Q8_0 => {
+            let mut bytes = vec![0u8; values.len() / Q8_0_BLOCK_LEN * Q8_0_BLOCK_BYTES];
+            for (block, out) in values
+                .chunks_exact(Q8_0_BLOCK_LEN)
+                .zip(bytes.chunks_exact_mut(Q8_0_BLOCK_BYTES))
+            {
+                ember_cpu::quant::encode_q8_0_block(block, out);
+            }
+            (dtype, bytes)
+        }
         _ => (
             WeightDType::F32,
             values.iter().flat_map(|v| v.to_le_bytes()).collect(),
@@ -138,18 +168,6 @@ fn factor_matrix<B: Backend>(
         shape: &shape,
         bytes: &bytes,
     })
-}
-
-/// One Q8_0 block of a weight (up to 32 values): `d = amax / 127` as f16, then each value
-/// divided by `d`, rounded to nearest (ggml's reference `quantize_row_q8_0`).
-fn q8_0_block(values: &[f32]) -> Vec<u8> {
-    let amax = values.iter().fold(0.0f32, |m, v| m.max(v.abs()));
-    let d = amax / 127.0;
-    let inverse = if d == 0.0 { 0.0 } else { 1.0 / d };
-    let mut block = half::f16::from_f32(d).to_le_bytes().to_vec();
-    // |v * inverse| <= 127 up to rounding, so the cast cannot wrap.
-    block.extend(values.iter().map(|&v| ((v * inverse).round() as i8) as u8));
-    block
 }
 
 /// The rows of one step that run with one adapter.
