@@ -1,7 +1,8 @@
-"""LoRA adapters behind data-parallel replicas (`mp`): a batch mixing three adapters and the base model gives what
-one engine gives (greedy and seeded), each replica loads the adapters of the requests routed to it, prefixes are
-matched per adapter (the router's block hashes carry the adapter id, as the engine's do), unloading reaches every
-replica, and the OpenAI server picks, loads and unloads adapters in front of two replicas. Tiny model, 2 replicas."""
+"""LoRA adapters behind data-parallel replicas (`mp`, and Ray actors for the first check): a batch mixing three
+adapters and the base model gives what one engine gives (greedy and seeded), each replica loads the adapters of
+the requests routed to it, prefixes are matched per adapter (the router's block hashes carry the adapter id, as
+the engine's do), unloading reaches every replica, and the OpenAI server picks, loads and unloads adapters in front
+of two replicas. Tiny model, 2 replicas."""
 
 from __future__ import annotations
 
@@ -19,6 +20,7 @@ from ember.server.app import ServerConfig
 
 from dp_harness import HEARTBEAT, wait_replica_stats
 from lora_adapters import ALL_LINEAR, ATTENTION, SMALL_LORA_ENGINE, write_model_with_adapters
+from references import require
 from server_harness import running_server
 from tiny_models import VARIANTS
 
@@ -62,6 +64,27 @@ async def _collect(router: ReplicaRouter, prompt: list[int], params: SamplingPar
 
 
 def test_mixed_adapters_under_two_replicas_equal_one_engine(folders: Path, router: ReplicaRouter) -> None:
+    check_mixed_batch_equals_one_engine(folders, router)
+
+
+def test_mixed_adapters_under_ray_replicas_equal_one_engine(folders: Path) -> None:
+    """The same check with the replicas as Ray actors, on a local Ray started here (no cluster)."""
+    ray: Any = require("ray")
+    ray.init(num_cpus=4, include_dashboard=False, object_store_memory=80 << 20, log_to_driver=False)
+    try:
+        config = DataParallelConfig(data_parallel_size=2, backend="ray", **HEARTBEAT)  # type: ignore[arg-type]
+        ray_router = ReplicaRouter(str(folders / "model"), config, num_threads=1, **ENGINE_ARGS)
+        try:
+            check_mixed_batch_equals_one_engine(folders, ray_router)
+        finally:
+            asyncio.run(ray_router.shutdown())
+    finally:
+        ray.shutdown()
+
+
+def check_mixed_batch_equals_one_engine(folders: Path, router: ReplicaRouter) -> None:
+    """Three adapters and the base over eight requests through `router` give one engine's tokens, greedy and
+    seeded, and each replica loaded the adapters routed to it."""
     prompts = [[5 + i, 9, 14 + 2 * i, 20, 33, 7] for i in range(8)]
     requests = loras(folders)
     greedy = SamplingParams(temperature=0.0, max_tokens=10, ignore_eos=True)
