@@ -1,20 +1,23 @@
 """Where a speculative single stream's time goes: every engine step timed, by kind and by verified rows.
 
 Runs bench/spec_decode.py's single-stream prompts (`--workload`, default grounded: stops at the end of turn)
-one at a time on a plain engine and an n-gram engine (the same `--k`, speculation at any batch size), stepping
+one at a time on a plain engine and a speculative one ("spec": n-gram, or with `--method draft` the model in
+float32 with its own Q4_1 arithmetic drafting, beside plain float32; `--k` drafts, at any batch size), stepping
 the engine directly and timing each `step()` call (the whole step: scheduling, the proposal, the forward of its
 rows, sampling, host work). Each step is classed by the engine's counters: the prefill, decode steps without a
 proposal (one row), and verifications by rows (1 + drafts). The tokens of both engines are checked equal. Each
 prompt runs `--repeats` times on each engine and every run's steps count (the per-kind means then average
 over the repeats).
 
-Prints, per engine: steps, tokens and wall time of each kind; the mean step time by rows; the n-gram engine's
+Prints, per engine: steps, tokens and wall time of each kind; the mean step time by rows (a draft-model step
+includes the draft's forwards); the speculative engine's
 extra cost per one-row step over the plain engine's (the proposal and host work a step without a draft pays);
 the speedup with and without the prefill; and the decode speedup if every verification cost no more than a
 plain step (the part of the gap to the ideal that is verification cost, not missing drafts). The prefix cache is
 cleared before every run, so each prefill computes its whole prompt. Writes bench/out/spec_steps-<date>.json.
 
-    python bench/spec_steps.py [--model PATH] [--threads 2] [--workload grounded|copy] [--prompts 6] [--k 5]
+    python bench/spec_steps.py [--model PATH] [--threads 2] [--workload grounded|copy] [--method ngram|draft]
+        [--prompts 6] [--k 5]
 """
 
 from __future__ import annotations
@@ -34,6 +37,12 @@ def main() -> None:
     parser = common_parser(__doc__, "CPU threads of every engine (default: 2)", "two prompts, one repeat")
     add_workload_arguments(parser)
     parser.add_argument("--prompts", type=int, default=6, help="single-stream prompts (default: 6)")
+    parser.add_argument(
+        "--method",
+        choices=["ngram", "draft"],
+        default="ngram",
+        help="n-gram speculation (default), or float32 with its own Q4_1 arithmetic drafting beside plain float32",
+    )
     parser.add_argument("--k", type=int, default=5, help="num_speculative_tokens (default: 5)")
     parser.add_argument("--repeats", type=int, default=2, help="runs of each prompt per engine (default: 2)")
     bench(parser.parse_args())
@@ -96,8 +105,11 @@ def bench(args: argparse.Namespace) -> dict[str, Any]:
 
     model = args.model or resolve_model(None)
     common = {"num_threads": args.threads, "max_model_len": 1024, "kv_cache_memory_bytes": 256 << 20}
-    spec = {"method": "ngram", "num_speculative_tokens": args.k, "max_num_seqs_to_speculate": 0}
-    engines = {"plain": Engine(model, **common), "ngram": Engine(model, **common, speculative_config=spec)}
+    spec: dict[str, Any] = {"method": "ngram", "num_speculative_tokens": args.k, "max_num_seqs_to_speculate": 0}
+    if args.method == "draft":
+        common["dtype"] = "float32"
+        spec.update(method="draft_model", model=str(model), dtype="auto")
+    engines = {"plain": Engine(model, **common), "spec": Engine(model, **common, speculative_config=spec)}
     params = workload_params(args)
     convs = single_stream_prompts(args.workload, 2 if args.quick else args.prompts, args.seed + 1)
     prompts = [out.prompt_token_ids for out in engines["plain"].chat(convs, SamplingParams(max_tokens=1))]
@@ -121,31 +133,32 @@ def bench(args: argparse.Namespace) -> dict[str, Any]:
                 f"{name:<6} {kind:<15} {s['num_steps']:>6} {s['num_tokens']:>7} {s['wall_s']:>8.3f} "
                 f"{s['mean_ms']:>8.2f} {s['median_ms']:>9.2f}"
             )
-    ngram = summaries["ngram"]
+    speculative = summaries["spec"]
     total = {name: sum(s["wall_s"] for s in summary.values()) for name, summary in summaries.items()}
     decode_s = {name: total[name] - summary["prefill"]["wall_s"] for name, summary in summaries.items()}
-    verify_s = sum(s["wall_s"] for kind, s in ngram.items() if kind.startswith("verify"))
-    num_verify = sum(s["num_steps"] for kind, s in ngram.items() if kind.startswith("verify"))
-    free_verify_decode_s = decode_s["ngram"] - verify_s + num_verify * plain_decode_ms / 1e3
+    verify_s = sum(s["wall_s"] for kind, s in speculative.items() if kind.startswith("verify"))
+    num_verify = sum(s["num_steps"] for kind, s in speculative.items() if kind.startswith("verify"))
+    free_verify_decode_s = decode_s["spec"] - verify_s + num_verify * plain_decode_ms / 1e3
     derived = {
         "plain_total_s": total["plain"],
-        "ngram_total_s": total["ngram"],
-        "speedup": total["plain"] / total["ngram"],
-        "decode_speedup": decode_s["plain"] / decode_s["ngram"],
-        "ngram_one_row_extra_ms": ngram["decode 1 row"]["mean_ms"] - plain_decode_ms,
-        "ngram_verification_s": verify_s,
+        "spec_total_s": total["spec"],
+        "speedup": total["plain"] / total["spec"],
+        "decode_speedup": decode_s["plain"] / decode_s["spec"],
+        "spec_one_row_extra_ms": speculative.get("decode 1 row", {}).get("mean_ms", float("nan")) - plain_decode_ms,
+        "spec_verification_s": verify_s,
         "decode_speedup_if_verification_cost_one_row": decode_s["plain"] / free_verify_decode_s,
     }
     print(
-        f"plain {total['plain']:.3f} s, ngram {total['ngram']:.3f} s: {derived['speedup']:.2f}x with the prefill, "
-        f"{derived['decode_speedup']:.2f}x without; a one-row step costs the ngram engine "
-        f"{derived['ngram_one_row_extra_ms']:+.2f} ms more than plain; with every verification at a plain step's "
+        f"plain {total['plain']:.3f} s, spec {total['spec']:.3f} s: {derived['speedup']:.2f}x with the prefill, "
+        f"{derived['decode_speedup']:.2f}x without; a one-row step costs the speculative engine "
+        f"{derived['spec_one_row_extra_ms']:+.2f} ms more than plain; with every verification at a plain step's "
         f"cost the decode would be {derived['decode_speedup_if_verification_cost_one_row']:.2f}x"
     )
     fields = {
         "model": str(model),
         "threads": args.threads,
         "workload": args.workload,
+        "method": args.method,
         "max_tokens": args.max_tokens,
         "num_speculative_tokens": args.k,
         "repeats": repeats,

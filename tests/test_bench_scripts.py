@@ -78,10 +78,18 @@ def test_spec_workloads_stop_where_they_say() -> None:
 
 def test_spec_steps_classes_every_step_and_matches_plain_tokens(default_gguf: Path, tmp_path: Path) -> None:
     args = argparse.Namespace(
-        model=str(default_gguf), threads=2, seed=0, quick=True, out=tmp_path, workload="grounded", max_tokens=24, k=5
+        model=str(default_gguf),
+        threads=2,
+        seed=0,
+        quick=True,
+        out=tmp_path,
+        workload="grounded",
+        max_tokens=24,
+        k=5,
+        method="ngram",
     )
     record = spec_steps.bench(args)
-    plain, ngram = record["summaries"]["plain"], record["summaries"]["ngram"]
+    plain, ngram = record["summaries"]["plain"], record["summaries"]["spec"]
     # `bench` aborts on differing tokens; both engines emit the same count, one prefill per prompt.
     assert sum(s["num_tokens"] for s in plain.values()) == sum(s["num_tokens"] for s in ngram.values())
     assert plain["prefill"]["num_steps"] == ngram["prefill"]["num_steps"] == record["num_prompts"] == 2
