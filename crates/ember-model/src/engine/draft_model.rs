@@ -117,7 +117,8 @@ impl<B: Backend> DraftModel<B> {
                 let position = seq.num_computed_tokens + slot;
                 let is_last = i + 1 == d.num_drafts;
                 if is_last && (position + 1) % self.block_size != 0 {
-                    self.deferred_drafts.insert(seq.request_id.clone(), (position, token_id));
+                    self.deferred_drafts
+                        .insert(seq.request_id.clone(), (position, token_id));
                     continue;
                 }
                 // A last draft in a block's last slot runs now, for its K/V only.
