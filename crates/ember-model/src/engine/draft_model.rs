@@ -116,7 +116,7 @@ impl<B: Backend> DraftModel<B> {
                 seq.token_ids[slot] = token_id;
                 let position = seq.num_computed_tokens + slot;
                 let is_last = i + 1 == d.num_drafts;
-                if is_last && (position + 1) % self.block_size != 0 {
+                if is_last && !(position + 1).is_multiple_of(self.block_size) {
                     self.deferred_drafts
                         .insert(seq.request_id.clone(), (position, token_id));
                     continue;
