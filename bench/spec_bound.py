@@ -1,16 +1,16 @@
 """Upper bound of prompt-lookup speculation on bench/spec_decode.py's single-stream prompts.
 
-Generates each prompt's plain greedy output (the same prompts, `ignore_eos` and `--max-tokens` as
-bench/spec_decode.py's batch-1 rows), then replays it with an oracle proposer: at every step it drafts the
-longest run (up to `--k` tokens) of the upcoming output that occurs anywhere in the prompt + output so far, the
-best any proposer that copies from the request's own tokens can do. Runs of fewer than `--min-run` tokens are not
-proposed (a verified row costs more than a lone draft saves). The step costs by verified rows come from
-`--row-costs-ms` (default: the forward of 1, 2, 4, 6 and 8 rows measured at 1 thread in bench/RESULTS.md,
-"Speculative decoding, third round"; linear in between). Prints, per prompt: generated tokens, tokens that
-could come from drafts, steps without any draft, and the bound on the speedup over plain decoding (prefill
-excluded); writes bench/out/spec_bound-<date>.json.
+Generates each prompt's plain greedy output (the same workload, prompts and stopping as bench/spec_decode.py's
+batch-1 rows: `--workload grounded` stops at the end of turn, `copy` runs to `--max-tokens` with `ignore_eos`),
+then replays it with an oracle proposer: at every step it drafts the longest run (up to `--k` tokens) of the
+upcoming output that occurs anywhere in the prompt + output so far, the best any proposer that copies from the
+request's own tokens can do. Runs of fewer than `--min-run` tokens are not proposed (a verified row costs more
+than a lone draft saves). The step costs by verified rows come from `--row-costs-ms` (default: the forward of 1,
+2, 4, 6 and 8 rows measured at 1 thread in bench/RESULTS.md, "Speculative decoding, third round"; linear in
+between). Prints, per prompt: generated tokens, tokens that could come from drafts, steps without any draft,
+and the bound on the speedup over plain decoding (prefill excluded); writes bench/out/spec_bound-<date>.json.
 
-    python bench/spec_bound.py [--model PATH] [--max-tokens 96] [--prompts 6] [--k 5]
+    python bench/spec_bound.py [--model PATH] [--workload grounded|copy] [--max-tokens N] [--prompts 6] [--k 5]
 """
 
 from __future__ import annotations
@@ -20,7 +20,8 @@ import itertools
 from typing import Any
 
 from _common import common_parser, write_record
-from spec_decode import conversations, single_stream_prompts
+from spec_decode import add_workload_arguments, workload_params
+from spec_prompts import conversations, single_stream_prompts
 
 DEFAULT_ROW_COSTS_MS = "1:5.22,2:5.71,4:7.19,6:9.83,8:12.13"
 
@@ -58,7 +59,7 @@ def oracle_replay(prompt_ids: list[int], output_ids: list[int], k: int, min_run:
 
 def main() -> None:
     parser = common_parser(__doc__, "CPU threads of the engine (default: 2)", "two prompts")
-    parser.add_argument("--max-tokens", type=int, default=96, help="tokens generated per prompt (default: 96)")
+    add_workload_arguments(parser)
     parser.add_argument("--prompts", type=int, default=6, help="single-stream prompts besides batch 1's (default: 6)")
     parser.add_argument("--k", type=int, default=5, help="most drafts per step (default: 5)")
     parser.add_argument("--min-run", type=int, default=2, help="shortest run worth proposing (default: 2)")
@@ -71,14 +72,17 @@ def main() -> None:
 def bench(args: argparse.Namespace) -> dict[str, Any]:
     """Records the plain outputs, replays the oracle, prints the table and writes the JSON record."""
     import ember
-    from ember import Engine, SamplingParams
+    from ember import Engine
     from ember.models import resolve_model
 
     costs = {int(r): float(ms) for r, ms in (pair.split(":") for pair in args.row_costs_ms.split(","))}
     model = args.model or resolve_model(None)
     engine = Engine(model, num_threads=args.threads, max_model_len=1024, kv_cache_memory_bytes=256 << 20)
-    convs = conversations(1, args.seed + 1) + single_stream_prompts(2 if args.quick else args.prompts, args.seed + 1)
-    params = SamplingParams(max_tokens=args.max_tokens, temperature=0.0, ignore_eos=True)
+    num_prompts = 2 if args.quick else args.prompts
+    convs = conversations(args.workload, 1, args.seed + 1) + single_stream_prompts(
+        args.workload, num_prompts, args.seed + 1
+    )
+    params = workload_params(args)
     outs = engine.chat(convs, params)
     rows = []
     print(f"\n{'prompt':<8} {'tokens':>6} {'copyable':>8} {'steps':>6} {'no draft':>8} {'bound':>7}")
@@ -105,6 +109,7 @@ def bench(args: argparse.Namespace) -> dict[str, Any]:
     print(f"mean bound over the {len(singles)} single-stream prompts: {mean_bound:.2f}x")
     fields = {
         "model": str(model),
+        "workload": args.workload,
         "max_tokens": args.max_tokens,
         "k": args.k,
         "min_run": args.min_run,

@@ -1,11 +1,10 @@
 """Speculative decoding: plain vs n-gram speculation, and float32 vs Q4_1 drafting for float32, side by side.
 
-On the default model, with one seeded workload of chat prompts that ask the model to repeat, extract from or
-lightly rewrite a given text or code passage (where the answer reuses the input, so prompt lookup finds drafts),
-runs every batch size (1, 2, 4 and 16 streams) on three engines loaded side by side, and `--prompts` single
-streams one after another (batch "1xN": one prompt per passage, each alone; the speedup is the mean of the
-per-prompt speedups, and each prompt's is printed too; `--draft-prompts` for (b), off by default to keep the run
-short):
+On the default model, with one of two seeded workloads of input-grounded chat requests (bench/spec_prompts.py;
+`--workload`), runs every batch size (1, 2, 4 and 16 streams) on three engines loaded side by side, and
+`--prompts` single streams one after another (batch "1xN": one prompt per passage, each alone; the speedup is the
+mean of the per-prompt speedups, and each prompt's is printed too; `--draft-prompts` for (b), off by default to
+keep the run short):
 
 - plain: no speculation;
 - ngram: `{"method": "ngram", "num_speculative_tokens": K}` with adaptive draft length and speculation on at any
@@ -13,9 +12,13 @@ short):
 - ngram+cap: the same with the engine's default `max_num_seqs_to_speculate` (or `--cap`), the batch size above
   which speculation turns off.
 
-Greedy decoding with `ignore_eos` and a fixed `--max-tokens`, so every engine generates the same number of
-tokens; the tokens of every speculative run are checked equal to the plain run's (a mismatch aborts the run).
-Throughput is generated tokens per second of wall time (prefill included: the prompts are the same for all), and
+Greedy decoding. The `grounded` workload (default) stops at the end of turn, as a user's rewrite does, with
+`--max-tokens` (default 256) only as a cap; the `copy` workload (the earlier rounds') generates `--max-tokens`
+(default 96) tokens with `ignore_eos`. Either way every engine generates the same tokens: those of every
+speculative run are checked equal to the plain run's (a mismatch aborts the run), and throughput counts the
+tokens actually generated.
+Throughput is generated tokens per second of wall time, prefill included (the prompts are the same for all; the
+prefix cache is cleared before every timed run, so no repeat reuses an earlier run's prompt KV), and
 per second of the process's CPU time (steadier on a shared machine; with one thread it is the work done);
 acceptance is accepted / proposed drafts, the mean accepted length is accepted drafts per verification. Each
 engine first runs one short warm-up request; each case runs `--repeats` times and the fastest counts.
@@ -25,8 +28,8 @@ arithmetic) without speculation (plain-f32), and with its own Q4_1 arithmetic dr
 "draft_model", "model": the same file, "dtype": "auto"}`; q4-draft at any batch size, q4-draft+cap with the
 default cap); tokens checked equal to plain-f32's.
 
-    python bench/spec_decode.py [--model PATH] [--threads 2] [--max-tokens 96] [--prompts 6] [--draft-prompts 0]
-        [--quick]
+    python bench/spec_decode.py [--model PATH] [--threads 2] [--workload grounded|copy] [--max-tokens N]
+        [--prompts 6] [--draft-prompts 0] [--batch-sizes 1 4 16] [--quick]
         [--suite ngram|draft]
 
 Prints a table and writes bench/out/spec_decode-<date>.json.
@@ -35,53 +38,21 @@ Prints a table and writes bench/out/spec_decode-<date>.json.
 from __future__ import annotations
 
 import argparse
-import random
 import time
 from typing import Any
 
 from _common import common_parser, write_record
+from spec_prompts import WORKLOADS, conversations, single_stream_prompts
 
-PASSAGES = [
-    "def moving_average(values, window):\n    total = sum(values[:window])\n    out = [total / window]\n"
-    "    for i in range(window, len(values)):\n        total += values[i] - values[i - window]\n"
-    "        out.append(total / window)\n    return out\n",
-    "The river rises in the northern hills, runs south through three small towns, and reaches the sea "
-    "at a wide, shallow bay where fishing boats have landed their catch for more than two hundred years.",
-    "class Stack:\n    def __init__(self):\n        self.items = []\n\n    def push(self, item):\n"
-    "        self.items.append(item)\n\n    def pop(self):\n        return self.items.pop()\n",
-    "Meeting notes: the budget review moves to Thursday; Anna will send the revised figures by Tuesday; "
-    "the new office opens on the first of March; all travel requests go through the shared form.",
-    "SELECT name, city, total FROM orders JOIN customers ON orders.customer_id = customers.id "
-    "WHERE total > 100 ORDER BY total DESC LIMIT 20;",
-    "To reset the device, hold the power button for ten seconds, wait for the light to blink twice, "
-    "then release the button and wait until the light stays green before unplugging the cable.",
-]
-TASKS = [
-    "Repeat the following text exactly, without any comment:\n\n{}",
-    "Copy the following passage word for word:\n\n{}",
-    "Rewrite the following, keeping every word the same:\n\n{}",
-]
 BATCH_SIZES = (1, 2, 4, 16)
 DRAFT_BATCH_SIZES = (1, 4, 16)
-
-
-def conversations(num: int, seed: int) -> list[list[dict[str, str]]]:
-    """Seeded input-grounded chat prompts."""
-    rng = random.Random(seed)
-    return [[{"role": "user", "content": rng.choice(TASKS).format(rng.choice(PASSAGES))}] for _ in range(num)]
-
-
-def single_stream_prompts(num: int, seed: int) -> list[list[dict[str, str]]]:
-    """`num` seeded input-grounded chat prompts for one stream each, cycling through the passages (so no single
-    passage decides the batch-1 figure)."""
-    rng = random.Random(seed)
-    return [[{"role": "user", "content": rng.choice(TASKS).format(PASSAGES[i % len(PASSAGES)])}] for i in range(num)]
 
 
 def run(engine: Any, convs: list, params: Any, repeats: int) -> dict[str, Any]:
     """Fastest of `repeats` runs of `convs` on `engine`: tokens, tok/s and the speculation counters' deltas."""
     best: dict[str, Any] | None = None
     for _ in range(repeats):
+        engine.reset_prefix_cache()  # every run pays its prompts' prefill, as a new request does
         before = engine.stats()
         start, start_cpu = time.perf_counter(), time.process_time()
         outs = engine.chat(convs, params, use_tqdm=False)
@@ -151,6 +122,7 @@ def single_streams(engines: dict[str, Any], suite: str, convs: list, params: Any
                 "speedup": sum(speedups) / len(speedups),
                 "cpu_speedup": sum(cpu_speedups) / len(cpu_speedups),
                 "per_prompt_speedups": speedups,
+                "per_prompt_num_generated": [r["num_generated"] for r in per_prompt],
             }
         )
     return rows
@@ -158,10 +130,17 @@ def single_streams(engines: dict[str, Any], suite: str, convs: list, params: Any
 
 def main() -> None:
     parser = common_parser(__doc__, "CPU threads of every engine (default: 2)", "batch 1, 2 and 4 only, one repeat")
-    parser.add_argument("--max-tokens", type=int, default=96, help="tokens generated per prompt (default: 96)")
+    add_workload_arguments(parser)
     parser.add_argument("--k", type=int, default=5, help="num_speculative_tokens (default: 5)")
     parser.add_argument(
         "--cap", type=int, default=None, help="max_num_seqs_to_speculate of ngram+cap (default: the engine's default)"
+    )
+    parser.add_argument(
+        "--batch-sizes",
+        type=int,
+        nargs="+",
+        default=None,
+        help=f"batch sizes to run (default: {BATCH_SIZES} for ngram, {DRAFT_BATCH_SIZES} for draft)",
     )
     parser.add_argument("--repeats", type=int, default=2, help="runs per case, fastest counts (default: 2)")
     parser.add_argument(
@@ -178,6 +157,36 @@ def main() -> None:
     )
     args = parser.parse_args()
     bench(args)
+
+
+def add_workload_arguments(parser: argparse.ArgumentParser) -> None:
+    """The `--workload` and `--max-tokens` options (shared with bench/spec_bound.py)."""
+    parser.add_argument(
+        "--workload", choices=WORKLOADS, default="grounded", help="prompts (bench/spec_prompts.py; default: grounded)"
+    )
+    parser.add_argument(
+        "--max-tokens",
+        type=int,
+        default=None,
+        help="token cap per prompt (default: 256 for grounded, which stops at the end of turn; 96 for copy, "
+        "which ignores it)",
+    )
+
+
+def suite_batch_sizes(args: argparse.Namespace, default: tuple[int, ...]) -> tuple[int, ...]:
+    """The batch sizes of a suite: `--batch-sizes`, else `default` (its smaller ones with `--quick`)."""
+    if args.batch_sizes:
+        return tuple(args.batch_sizes)
+    return tuple(b for b in default if b <= 4) if args.quick else default
+
+
+def workload_params(args: argparse.Namespace) -> Any:
+    """Greedy SamplingParams of the chosen workload: stop at the end of turn (grounded) or run to the cap (copy)."""
+    from ember import SamplingParams
+
+    if args.max_tokens is None:
+        args.max_tokens = 256 if args.workload == "grounded" else 96
+    return SamplingParams(max_tokens=args.max_tokens, temperature=0.0, ignore_eos=args.workload == "copy")
 
 
 def bench(args: argparse.Namespace) -> dict[str, Any]:
@@ -197,7 +206,7 @@ def bench(args: argparse.Namespace) -> dict[str, Any]:
         suites.append(
             (
                 "ngram",
-                BATCH_SIZES[:3] if args.quick else BATCH_SIZES,
+                suite_batch_sizes(args, BATCH_SIZES),
                 {
                     "plain": {},
                     "ngram": {"speculative_config": {**ngram, "max_num_seqs_to_speculate": 0}},
@@ -211,7 +220,7 @@ def bench(args: argparse.Namespace) -> dict[str, Any]:
         suites.append(
             (
                 "draft",
-                DRAFT_BATCH_SIZES[:2] if args.quick else DRAFT_BATCH_SIZES,
+                suite_batch_sizes(args, DRAFT_BATCH_SIZES),
                 {
                     "plain-f32": f32,
                     "q4-draft": {**f32, "speculative_config": {**draft, "max_num_seqs_to_speculate": 0}},
@@ -219,18 +228,18 @@ def bench(args: argparse.Namespace) -> dict[str, Any]:
                 },
             )
         )
-    params = SamplingParams(max_tokens=args.max_tokens, temperature=0.0, ignore_eos=True)
+    params = workload_params(args)
     repeats = 1 if args.quick else args.repeats
     rows: list[dict[str, Any]] = []
     for suite, batch_sizes, configs in suites:
         engines = {name: Engine(model, **common, **extra) for name, extra in configs.items()}
         for engine in engines.values():  # first touch of the weights and caches, outside the timings
-            engine.chat(conversations(1, args.seed + 99), SamplingParams(max_tokens=8), use_tqdm=False)
+            engine.chat(conversations(args.workload, 1, args.seed + 99), SamplingParams(max_tokens=8), use_tqdm=False)
         baseline = next(iter(engines))
         plain_by_batch: dict[int, dict[str, Any]] = {}
         cases = [(b, name) for b in batch_sizes for name in engines]
         for batch, name in tqdm(cases, desc=f"spec_decode {suite}"):
-            convs = conversations(batch, args.seed + batch)
+            convs = conversations(args.workload, batch, args.seed + batch)
             result = run(engines[name], convs, params, repeats)
             token_ids = result.pop("token_ids")
             if name == baseline:
@@ -243,7 +252,9 @@ def bench(args: argparse.Namespace) -> dict[str, Any]:
         num_prompts = args.prompts if suite == "ngram" else args.draft_prompts
         if num_prompts:
             rows.extend(
-                single_streams(engines, suite, single_stream_prompts(num_prompts, args.seed + 1), params, repeats)
+                single_streams(
+                    engines, suite, single_stream_prompts(args.workload, num_prompts, args.seed + 1), params, repeats
+                )
             )
         del engines
     print(
@@ -258,11 +269,14 @@ def bench(args: argparse.Namespace) -> dict[str, Any]:
     for r in rows:
         if "per_prompt_speedups" in r and r["engine"] not in ("plain", "plain-f32"):
             each = " ".join(f"{x:.2f}x" for x in r["per_prompt_speedups"])
-            print(f"{r['batch']} {r['engine']}: per-prompt speedups {each}")
+            tokens = " ".join(str(n) for n in r["per_prompt_num_generated"])
+            print(f"{r['batch']} {r['engine']}: per-prompt speedups {each} (tokens {tokens})")
     fields = {
         "model": str(model),
         "threads": args.threads,
+        "workload": args.workload,
         "max_tokens": args.max_tokens,
+        "ignore_eos": params.ignore_eos,
         "num_speculative_tokens": args.k,
         "cap": args.cap,
         "seed": args.seed,

@@ -7,6 +7,8 @@
 - bench/lora.py: its adapters (written for the model's shapes) load, and both cases generate every token.
 - bench/throughput.py: llama.cpp's multi-stream context keeps the library's default
   `kv_unified` off, so each stream attends over its own cells only.
+- bench/spec_decode.py / spec_steps.py: the grounded workload stops at the end of turn (the copy workload runs
+  past it), and the step breakdown classes every step and emits the plain engine's tokens.
 """
 
 from __future__ import annotations
@@ -24,6 +26,8 @@ sys.path.insert(0, str(Path(__file__).resolve().parent.parent / "bench"))
 import gpu_e2e
 import lora
 import prefix_cache
+import spec_decode
+import spec_steps
 
 import throughput
 
@@ -63,3 +67,33 @@ def test_lora_bench_adapters_load_and_both_cases_generate_every_token(default_gg
     assert record["base"]["generated_tokens"] == record["mixed"]["generated_tokens"] == expected
     assert record["ratio"] == pytest.approx(record["mixed"]["tok_s"] / record["base"]["tok_s"])
     assert len(record["adapter_load_s"]) == lora.NUM_ADAPTERS and min(record["adapter_load_s"]) > 0
+
+
+def test_spec_workloads_stop_where_they_say() -> None:
+    grounded = spec_decode.workload_params(argparse.Namespace(workload="grounded", max_tokens=None))
+    copy = spec_decode.workload_params(argparse.Namespace(workload="copy", max_tokens=None))
+    assert (grounded.ignore_eos, grounded.max_tokens) == (False, 256)
+    assert (copy.ignore_eos, copy.max_tokens) == (True, 96)
+
+
+def test_spec_steps_classes_every_step_and_matches_plain_tokens(default_gguf: Path, tmp_path: Path) -> None:
+    args = argparse.Namespace(
+        model=str(default_gguf),
+        threads=2,
+        seed=0,
+        quick=True,
+        out=tmp_path,
+        workload="grounded",
+        max_tokens=24,
+        k=5,
+        method="ngram",
+    )
+    record = spec_steps.bench(args)
+    plain, ngram = record["summaries"]["plain"], record["summaries"]["spec"]
+    # `bench` aborts on differing tokens; both engines emit the same count, one prefill per prompt.
+    assert sum(s["num_tokens"] for s in plain.values()) == sum(s["num_tokens"] for s in ngram.values())
+    assert plain["prefill"]["num_steps"] == ngram["prefill"]["num_steps"] == record["num_prompts"] == 2
+    assert set(plain) == {"prefill", "decode 1 row"}
+    # The rewrite copies its passage, so some steps verify drafts; each emits at most its rows.
+    verified = {kind: s for kind, s in ngram.items() if kind.startswith("verify")}
+    assert verified and all(s["num_tokens"] <= s["num_steps"] * int(kind.split()[1]) for kind, s in verified.items())

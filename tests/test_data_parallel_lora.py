@@ -2,7 +2,8 @@
 adapters and the base model gives what one engine gives (greedy and seeded), each replica loads the adapters of
 the requests routed to it, prefixes are matched per adapter (the router's block hashes carry the adapter id, as
 the engine's do), unloading reaches every replica, and the OpenAI server picks, loads and unloads adapters in front
-of two replicas. Tiny model, 2 replicas."""
+of two replicas; adapters composed with streaming deltas, n > 1 and an abort mid-stream (every replica's KV cache
+back to empty). Tiny model, 2 replicas."""
 
 from __future__ import annotations
 
@@ -129,6 +130,51 @@ def test_prefixes_are_matched_per_adapter(folders: Path, router: ReplicaRouter) 
         return [o.num_cached_tokens for o in outs]
 
     assert asyncio.run(run()) == [0, 48, 0]
+
+
+def test_adapters_compose_with_streaming_n_and_abort(folders: Path, router: ReplicaRouter) -> None:
+    """Streamed deltas and n = 2 seeded samples under adapters equal one engine; an adapter request aborted
+    mid-stream ends with "abort" while the others finish, and every replica's KV cache returns to empty."""
+    prompts = [[5 + i, 9, 14 + 2 * i, 20, 33, 7] for i in range(4)]
+    requests = loras(folders)[:4]
+    forked = SamplingParams(temperature=0.9, seed=31, n=2, max_tokens=8, ignore_eos=True)
+    greedy = SamplingParams(temperature=0.0, max_tokens=8, ignore_eos=True)
+    engine = Engine(str(folders / "model"), **ENGINE_ARGS)
+    want_forked = [
+        [c.token_ids for c in o.outputs]
+        for o in engine.generate(prompts, forked, lora_request=requests, use_tqdm=False)
+    ]
+    want_greedy = [
+        o.outputs[0].token_ids for o in engine.generate(prompts, greedy, lora_request=requests, use_tqdm=False)
+    ]
+    assert len({tuple(t) for t in want_greedy}) > 1 and all(len(set(map(tuple, f))) == 2 for f in want_forked)
+
+    async def streamed(prompt: list[int], lora: Any) -> list[int]:
+        tokens: list[int] = []
+        async for out in router.generate(prompt, greedy, delta=True, lora_request=lora):
+            tokens += out.outputs[0].token_ids
+        return tokens
+
+    async def doomed(lora: Any) -> list[Any]:
+        params = SamplingParams(temperature=0.0, max_tokens=200, ignore_eos=True)
+        stream = router.generate([8, 9, 10, 11], params, request_id="doomed", delta=True, lora_request=lora)
+        first = await stream.__anext__()
+        assert router.abort("doomed")
+        return [first, *[out async for out in stream]]
+
+    async def run() -> tuple[list[Any], list[list[int]], list[Any]]:
+        forks = asyncio.gather(*(_collect(router, p, forked, lora) for p, lora in zip(prompts, requests, strict=True)))
+        streams = asyncio.gather(*(streamed(p, lora) for p, lora in zip(prompts, requests, strict=True)))
+        aborted = doomed(requests[1])
+        return await asyncio.gather(forks, streams, aborted)
+
+    got_forked, got_streamed, aborted = asyncio.run(run())
+    assert [[c.token_ids for c in o.outputs] for o in got_forked] == want_forked
+    assert got_streamed == want_greedy
+    assert aborted[-1].outputs[0].finish_reason == "abort"
+    assert sum(len(o.outputs[0].token_ids) for o in aborted) < 200
+    stats = wait_replica_stats(router)
+    assert all(s["kv_cache_usage"] == 0 and s["num_running"] == 0 for s in stats), stats
 
 
 def test_unload_reaches_every_replica(folders: Path, router: ReplicaRouter) -> None:

@@ -6,7 +6,9 @@
 - LoRA adapters (f16 factors under a cache that is not float32): a batch mixing two adapters and the
   base model gives each request the tokens it gets alone;
 - draft-model speculation: the default model drafting for itself gives the tokens and logprobs of plain
-  decoding (the 1 + k verification rows of a sequence are attended together, each row's bits as alone).
+  decoding (the 1 + k verification rows of a sequence are attended together, each row's bits as alone);
+- n-gram speculation under a block budget that forces preemption, in small prefill chunks: the multi-row
+  verification over an int8 cache that is freed and recomputed gives the tokens and logprobs of plain decoding.
 """
 
 from __future__ import annotations
@@ -107,3 +109,27 @@ def test_int8_draft_model_speculation_equals_plain_decoding(default_gguf: Path, 
         assert got == _completions(plain.generate(PROMPTS[:2], params, use_tqdm=False))
     stats = spec.stats()
     assert stats["num_spec_accepted_tokens"] > 0 and stats["kv_cache_usage"] == 0.0
+
+
+def test_int8_multi_row_verification_under_preemption_equals_plain_decoding(default_gguf: Path) -> None:
+    # Repetitive prompts, so that prompt lookup drafts and verification steps attend 1 + 3 rows per sequence;
+    # on 2 threads a sequence's rows walk the cache together (runs are cut smaller only when a step has under
+    # two (run, KV head) units per thread: many threads and few sequences).
+    prompts = ["1, 2, 3, 1, 2, 3, 1, 2, 3, 1, 2,", "red green blue red green blue red green", "a b c d a b c d a b"]
+    params = [GREEDY, SEEDED, GREEDY]
+    base = {"kv_cache_dtype": "int8", "num_threads": 2, "max_model_len": 64}
+    plain = Engine(str(default_gguf), kv_cache_memory_bytes=32 << 20, **base)
+    want = _completions(plain.generate(prompts, params, use_tqdm=False))
+    ngram = {"method": "ngram", "num_speculative_tokens": 3, "prompt_lookup_max": 3, "max_num_seqs_to_speculate": 0}
+    # 5 blocks of 16 tokens for 4 sequences needing 11 together: some are preempted and recomputed.
+    tight = Engine(
+        str(default_gguf),
+        kv_cache_memory_bytes=5 * 16 * 30 * 2 * 3 * 2 * 34,
+        max_num_batched_tokens=8,
+        speculative_config=ngram,
+        **base,
+    )
+    assert _completions(tight.generate(prompts, params, use_tqdm=False)) == want
+    stats = tight.stats()
+    assert stats["num_preemptions"] > 0 and stats["num_spec_accepted_tokens"] > 0, stats
+    assert stats["kv_cache_usage"] == 0.0

@@ -61,7 +61,7 @@ fn measure(num_requests: usize, enable_prefix_caching: bool) -> (Duration, Durat
             .map(|s| SampledToken {
                 request_id: s.request_id.clone(),
                 token_id: 1000 + (s.num_output_tokens as u32 % 7),
-                logprob: 0.0,
+                logprob: None,
                 rank: None,
                 top_logprobs: Vec::new(),
             })

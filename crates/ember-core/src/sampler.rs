@@ -36,13 +36,12 @@ pub struct Sample {
 }
 
 impl Sample {
-    /// The step-loop form of this sample (its `logprob` NaN where this one's is `None`: the
-    /// engine reads it only for requests that asked for logprobs).
+    /// The step-loop form of this sample.
     pub fn into_sampled_token(self, request_id: RequestId) -> SampledToken {
         SampledToken {
             request_id,
             token_id: self.token_id,
-            logprob: self.logprob.unwrap_or(f32::NAN),
+            logprob: self.logprob,
             rank: self.rank,
             top_logprobs: self.top_logprobs,
         }

@@ -68,8 +68,9 @@ pub struct SampledToken {
     pub request_id: RequestId,
     /// The chosen token.
     pub token_id: u32,
-    /// Log-probability of the chosen token: log-softmax of the raw logits (vLLM's default).
-    pub logprob: f32,
+    /// Log-probability of the chosen token: log-softmax of the raw logits (vLLM's default);
+    /// `None` when it was not computed (the request asks for no logprobs, or the token was forced).
+    pub logprob: Option<f32>,
     /// Rank of the chosen token among the raw logits (1 = most likely), when logprobs are asked for.
     pub rank: Option<u32>,
     /// Top alternatives `(token_id, logprob)`, best first, when asked for.

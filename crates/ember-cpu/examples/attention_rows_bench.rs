@@ -6,10 +6,12 @@
 //! from a fixed seed.
 //!
 //! Run: `cargo run --release -p ember-cpu --example attention_rows_bench [-- THREADS [CONTEXT
-//! [STEPS]]]` (defaults 2, 2048, 7). Prints the median milliseconds per step (all 30 layers)
-//! of both ways, and with THREADS=1 (the whole step on the calling thread) also its median CPU
-//! milliseconds, which other processes on a shared machine disturb much less; the speed-up
-//! of computing the rows together is taken from CPU time with one thread, else wall time.
+//! [SAMPLES]]]` (defaults 2, 2048, 7). Each sample times (wall clock, `Instant`) as many
+//! back-to-back steps (all 30 layers) as fill at least `MIN_SAMPLE_S`, so that every figure
+//! is far above the clock's resolution; the two ways alternate sample by sample, so that a
+//! load change on a shared machine reaches both. Prints the median milliseconds per step of
+//! both ways, the steps per sample, and the speed-up of computing the rows together: the
+//! median of the per-sample-pair ratios, with their smallest and largest.
 
 use ember_core::{AttentionParams, AttentionShape, Backend, KvCacheSpec, StepBatch, WeightDType};
 use ember_cpu::{CpuBackend, CpuTensor};
@@ -20,6 +22,8 @@ const KV_HEADS: usize = 3;
 const HEAD_DIM: usize = 64;
 const LAYERS: usize = 30;
 const BLOCK: usize = 16;
+/// The least wall time one sample lasts, in seconds.
+const MIN_SAMPLE_S: f64 = 0.2;
 
 /// Deterministic values in `[-1, 1)` (xorshift64).
 fn random(n: usize, state: &mut u64) -> Vec<f32> {
@@ -45,34 +49,34 @@ fn step(positions: &[usize], len: usize) -> StepBatch {
     }
 }
 
-/// CPU time the calling thread has run, in seconds (Linux `schedstat`; 0 elsewhere).
-fn thread_cpu_s() -> f64 {
-    std::fs::read_to_string("/proc/thread-self/schedstat")
-        .ok()
-        .and_then(|s| s.split_whitespace().next()?.parse::<f64>().ok())
-        .map_or(0.0, |ns| ns * 1e-9)
+/// Runs of `f` that fill one sample of at least `MIN_SAMPLE_S`, from a warm-up run.
+fn runs_per_sample(f: &mut impl FnMut()) -> usize {
+    let start = Instant::now();
+    f();
+    let warmup_s = start.elapsed().as_secs_f64().max(1e-6);
+    (MIN_SAMPLE_S / warmup_s).ceil().max(1.0) as usize
 }
 
-/// Medians of `steps` runs of `f`: (wall, calling thread's CPU) milliseconds.
-fn time(steps: usize, mut f: impl FnMut()) -> (f64, f64) {
-    f();
-    let (mut wall, mut cpu) = (Vec::new(), Vec::new());
-    for _ in 0..steps {
-        let (t, c) = (Instant::now(), thread_cpu_s());
+/// Wall milliseconds per run of `f` over `num_runs` back-to-back runs.
+fn sample_ms(f: &mut impl FnMut(), num_runs: usize) -> f64 {
+    let start = Instant::now();
+    for _ in 0..num_runs {
         f();
-        cpu.push((thread_cpu_s() - c) * 1e3);
-        wall.push(t.elapsed().as_secs_f64() * 1e3);
     }
-    wall.sort_by(f64::total_cmp);
-    cpu.sort_by(f64::total_cmp);
-    (wall[steps / 2], cpu[steps / 2])
+    start.elapsed().as_secs_f64() * 1e3 / num_runs as f64
+}
+
+/// The median of `values` (not empty).
+fn median(mut values: Vec<f64>) -> f64 {
+    values.sort_by(f64::total_cmp);
+    values[values.len() / 2]
 }
 
 fn main() {
     let args: Vec<usize> = std::env::args().skip(1).filter_map(|a| a.parse().ok()).collect();
     let threads = args.first().copied().unwrap_or(2);
     let context = args.get(1).copied().unwrap_or(2048);
-    let steps = args.get(2).copied().unwrap_or(7).max(1);
+    let num_samples = args.get(2).copied().unwrap_or(7).max(1);
     let spec = KvCacheSpec {
         num_layers: LAYERS,
         num_blocks: context.div_ceil(BLOCK),
@@ -94,10 +98,13 @@ fn main() {
         slot_mapping: (0..context as u32).collect(),
         ..Default::default()
     };
-    println!("attention of one sequence, {context} tokens of context, {threads} threads, {LAYERS} layers");
     println!(
-        "{:>8} {:>5} {:>12} {:>12} {:>12} {:>12} {:>8}",
-        "kv", "rows", "together ms", "together cpu", "per-row ms", "per-row cpu", "speedup"
+        "attention of one sequence, {context} tokens of context, {threads} threads, {LAYERS} layers; \
+         wall ms per step, median of {num_samples} samples of >= {MIN_SAMPLE_S} s"
+    );
+    println!(
+        "{:>8} {:>5} {:>12} {:>6} {:>12} {:>6} {:>8} {:>12}",
+        "kv", "rows", "together ms", "steps", "per-row ms", "steps", "speedup", "min..max"
     );
     for (name, dtype) in [("float16", WeightDType::F16), ("int8", WeightDType::Q8_0)] {
         let backend = CpuBackend::new(Some(threads)).with_kv_cache_dtype(dtype).unwrap();
@@ -115,25 +122,40 @@ fn main() {
                 .map(|r| CpuTensor::from_vec(1, width, query.row(r).to_vec()).unwrap())
                 .collect();
             let meta = step(&positions, context);
-            let (wall, cpu) = time(steps, || {
+            let mut together = || {
                 for layer in 0..LAYERS {
                     backend.attention(&meta, &query, &cache, layer, &params).unwrap();
                 }
-            });
+            };
             let single_metas: Vec<StepBatch> = positions.iter().map(|&p| step(&[p], context)).collect();
-            let (row_wall, row_cpu) = time(steps, || {
+            let mut per_row = || {
                 for layer in 0..LAYERS {
                     for (m, q) in single_metas.iter().zip(&singles) {
                         backend.attention(m, q, &cache, layer, &params).unwrap();
                     }
                 }
-            });
-            let speedup = if threads == 1 {
-                row_cpu / cpu
-            } else {
-                row_wall / wall
             };
-            println!("{name:>8} {rows:>5} {wall:>12.2} {cpu:>12.2} {row_wall:>12.2} {row_cpu:>12.2} {speedup:>7.2}x");
+            let (together_steps, per_row_steps) =
+                (runs_per_sample(&mut together), runs_per_sample(&mut per_row));
+            let (mut together_ms, mut per_row_ms, mut ratios) = (Vec::new(), Vec::new(), Vec::new());
+            for _ in 0..num_samples {
+                let (t, r) = (
+                    sample_ms(&mut together, together_steps),
+                    sample_ms(&mut per_row, per_row_steps),
+                );
+                together_ms.push(t);
+                per_row_ms.push(r);
+                ratios.push(r / t);
+            }
+            let (low, high) = ratios
+                .iter()
+                .fold((f64::MAX, 0.0f64), |(l, h), &x| (l.min(x), h.max(x)));
+            println!(
+                "{name:>8} {rows:>5} {:>12.3} {together_steps:>6} {:>12.3} {per_row_steps:>6} {:>7.2}x {low:>5.2}..{high:<5.2}",
+                median(together_ms),
+                median(per_row_ms),
+                median(ratios)
+            );
         }
     }
 }

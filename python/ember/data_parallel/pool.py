@@ -21,6 +21,7 @@ from ember.outputs import RequestOutput
 logger = logging.getLogger("ember.data_parallel")
 
 READY_WAIT_POLL_S = 0.1
+"""Seconds between checks for a ready replica while none is."""
 
 
 class NoReplicaError(EmberError):
@@ -37,6 +38,7 @@ class RoutedRequest:
     """Prefix-cache keys of the prompt blocks an engine may reuse (all full blocks before the last token), under
     the request's adapter."""
     aborted: bool = False
+    """Whether its caller aborted it (set before or while it runs on a replica)."""
     current: tuple[Replica, str] | None = field(default=None, repr=False)
     """The replica and stream id it runs on now."""
 

@@ -28,6 +28,7 @@ Deliver = Callable[[Any], None]
 """Hands a stream its next item: a RequestOutput, END, or an exception to raise."""
 
 MAX_RESTART_DELAY_S = 30.0
+"""The longest wait between two attempts to restart a replica that died (the wait doubles from 0.5 s)."""
 
 
 class ReplicaState(enum.Enum):

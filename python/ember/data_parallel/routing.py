@@ -29,8 +29,11 @@ class Choice:
     """The chosen replica and the score that chose it."""
 
     index: int
+    """The chosen replica's index."""
     num_matched_blocks: int
+    """Leading prompt blocks its prefix view says it holds."""
     score: float
+    """Its score under the routing policy (higher is better)."""
 
 
 IDLE_SEQUENCES = 4.0

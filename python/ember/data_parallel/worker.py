@@ -42,7 +42,9 @@ class ReplicaRequest:
     token_ids: list[int]
     """The prompt."""
     params: SamplingParams
+    """Its sampling parameters (the replica's engine validates them)."""
     priority: int
+    """Its scheduling priority: lower values are served first (an engine scheduling "fcfs" accepts only 0)."""
     delta: bool
     """Whether outputs carry only what is new (as `AsyncEngine.generate`'s `delta`)."""
     lora_request: LoRARequest | None = None

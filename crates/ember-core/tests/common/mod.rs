@@ -108,7 +108,7 @@ impl FakeModel {
             return SampledToken {
                 request_id: seq.request_id.clone(),
                 token_id: next_token(context),
-                logprob: 0.0,
+                logprob: None,
                 rank: None,
                 top_logprobs: Vec::new(),
             };

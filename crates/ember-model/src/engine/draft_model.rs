@@ -6,11 +6,19 @@
 //! block accounting (prefix caching, preemption, forks, abort) covers both. Then it decodes its
 //! greedy drafts into the slots the scheduler reserved; rejected positions are overwritten when
 //! the target's next tokens are computed there.
+//!
+//! The last draft of a sequence needs no logits, only its K/V, and that only when the target
+//! accepts it: its forward is deferred to the next step's catch-up, which runs it beside the
+//! token the target emitted after it (one forward fewer per step). A draft in a block's last
+//! slot is not deferred: the target's verification fills that block, which may enter the prefix
+//! cache before the next step (or with no next step when the request ends there).
 
+use std::collections::HashMap;
 use std::sync::Arc;
 
 use ember_core::{
-    argmax, Backend, BackendResult, KvCacheSpec, SamplingParams, ScheduledSeq, SchedulerOutput, StepBatch,
+    argmax, Backend, BackendResult, KvCacheSpec, RequestId, SamplingParams, ScheduledSeq, SchedulerOutput,
+    StepBatch,
 };
 
 use crate::engine::batch::build_step_batch;
@@ -25,6 +33,8 @@ pub struct DraftModel<B: Backend> {
     vocab_size: usize,
     /// Steps of more sequences than this (when not 0) draft nothing and skip the draft model.
     max_num_seqs_to_speculate: usize,
+    /// Per request, its latest last draft whose forward was deferred: (position, token).
+    deferred_drafts: HashMap<RequestId, (usize, u32)>,
 }
 
 /// One speculating sequence being drafted: its index in the step and its draft count.
@@ -50,6 +60,7 @@ impl<B: Backend> DraftModel<B> {
             block_size: spec.block_size,
             vocab_size,
             max_num_seqs_to_speculate,
+            deferred_drafts: HashMap::new(),
         })
     }
 
@@ -58,13 +69,18 @@ impl<B: Backend> DraftModel<B> {
     /// (it costs as much as it would save): the draft's K/V of those tokens stays stale, which
     /// can only lower later acceptance, never change an output (the target verifies).
     pub fn fill_drafts(&mut self, backend: &B, output: &mut SchedulerOutput) -> BackendResult<()> {
+        for id in &output.released_ids {
+            self.deferred_drafts.remove(id);
+        }
         let max_seqs = self.max_num_seqs_to_speculate;
         let drafts_any = output.seqs.iter().any(|s| s.num_draft_tokens > 0);
         if max_seqs > 0 && output.seqs.len() > max_seqs && !drafts_any {
+            self.deferred_drafts.clear();
             return Ok(());
         }
         let params = Arc::new(SamplingParams::default());
-        // Catch up: every sequence's real tokens, logits at the last one of speculating ones.
+        // Catch up: every sequence's real tokens (after a deferred draft the target accepted),
+        // logits at the last one of speculating ones.
         let mut drafting = Vec::new();
         let mut catch_up = Vec::with_capacity(output.seqs.len());
         for (seq_idx, seq) in output.seqs.iter().enumerate() {
@@ -76,36 +92,49 @@ impl<B: Backend> DraftModel<B> {
                     num_drafts: seq.num_draft_tokens,
                 });
             }
-            let token_ids = seq.token_ids[..num_real].to_vec();
-            catch_up.push(draft_seq(
-                seq,
-                seq.num_computed_tokens,
-                token_ids,
-                speculates,
-                &params,
-            ));
+            let mut start = seq.num_computed_tokens;
+            let mut token_ids = Vec::with_capacity(num_real + 1);
+            match self.deferred_drafts.remove(&seq.request_id) {
+                Some((position, token_id)) if position + 1 == start => {
+                    start = position;
+                    token_ids.push(token_id);
+                }
+                _ => {}
+            }
+            token_ids.extend_from_slice(&seq.token_ids[..num_real]);
+            catch_up.push(draft_seq(seq, start, token_ids, speculates, &params));
         }
         let mut next_ids = self.greedy(backend, catch_up)?;
-        // Decode: draft i goes into its reserved slot and (below the last) yields draft i + 1.
-        // The last draft runs too, so its K/V is there when every draft is accepted.
-        let max_drafts = drafting.iter().map(|d| d.num_drafts).max().unwrap_or(0);
-        for i in 0..max_drafts {
+        // Decode: draft i goes into its reserved slot and (below the last) yields draft i + 1;
+        // `next_ids` follows `drafting`, the sequences fed last time.
+        for i in 0.. {
             let mut seqs = Vec::new();
-            // `next_ids` follows the sequences fed last time: filter after pairing.
-            let fed = drafting.iter().zip(&next_ids).filter(|(d, _)| d.num_drafts > i);
-            for (d, &token_id) in fed {
+            let mut fed = Vec::new();
+            for (d, &token_id) in drafting.iter().zip(&next_ids) {
                 let seq = &mut output.seqs[d.seq_idx];
-                let position = seq.token_ids.len() - seq.num_draft_tokens + i;
-                seq.token_ids[position] = token_id;
-                let start = seq.num_computed_tokens + position;
-                seqs.push(draft_seq(seq, start, vec![token_id], true, &params));
+                let slot = seq.token_ids.len() - seq.num_draft_tokens + i;
+                seq.token_ids[slot] = token_id;
+                let position = seq.num_computed_tokens + slot;
+                let is_last = i + 1 == d.num_drafts;
+                if is_last && !(position + 1).is_multiple_of(self.block_size) {
+                    self.deferred_drafts
+                        .insert(seq.request_id.clone(), (position, token_id));
+                    continue;
+                }
+                // A last draft in a block's last slot runs now, for its K/V only.
+                seqs.push(draft_seq(seq, position, vec![token_id], !is_last, &params));
+                if !is_last {
+                    fed.push(Drafting {
+                        seq_idx: d.seq_idx,
+                        num_drafts: d.num_drafts,
+                    });
+                }
             }
-            drafting.retain(|d| d.num_drafts > i);
-            if i + 1 < max_drafts {
-                next_ids = self.greedy(backend, seqs)?;
-            } else {
-                self.greedy(backend, seqs)?;
+            if seqs.is_empty() {
+                break;
             }
+            next_ids = self.greedy(backend, seqs)?;
+            drafting = fed;
         }
         Ok(())
     }

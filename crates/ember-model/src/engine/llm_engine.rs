@@ -376,8 +376,8 @@ impl LlmEngine {
 
     /// Appends the tokens a constrained request's grammar forces after this step's token
     /// (structured output's jump-forward): their KV is computed in the next step's chunk, not
-    /// one decode step each. Their logprob is 0: under the constrained distribution each was the
-    /// only token allowed.
+    /// one decode step each. They carry no logprob: jump-forward is on only for requests that ask
+    /// for none.
     fn jump_forward(&mut self, update: &mut RequestUpdate) {
         let id = update.request_id.clone();
         let (forced, complete) = self.structured.take_forced_tokens(&id, MAX_FORCED_TOKENS);
@@ -390,7 +390,7 @@ impl LlmEngine {
             .extend(forced[..num_appended].iter().map(|&token_id| SampledToken {
                 request_id: id.clone(),
                 token_id,
-                logprob: 0.0,
+                logprob: None,
                 rank: None,
                 top_logprobs: Vec::new(),
             }));

@@ -135,8 +135,18 @@ impl OutputState {
         for token in tokens {
             out.num_tokens += 1;
             if let Some(logprobs) = out.new_logprobs.as_mut() {
-                let entry = text.entry(token.token_id, token.logprob, token.rank);
-                logprobs.push(text.position(entry, &token.top_logprobs));
+                match token.logprob {
+                    Some(logprob) => {
+                        let entry = text.entry(token.token_id, logprob, token.rank);
+                        logprobs.push(text.position(entry, &token.top_logprobs));
+                    }
+                    // The sampler computes it for every request that asks; a forced token
+                    // (jump-forward) belongs to a request that asks for none.
+                    None => log::warn!(
+                        "token {} came without the logprob its request asked for",
+                        token.token_id
+                    ),
+                }
             }
             let Some(detokenizer) = self.detokenizer.as_mut() else {
                 continue;
@@ -230,7 +240,7 @@ mod tests {
         let token = SampledToken {
             request_id: "r".into(),
             token_id: a,
-            logprob: -0.25,
+            logprob: Some(-0.25),
             rank: Some(2),
             top_logprobs: vec![(b, -0.1), (a, -0.25)],
         };
@@ -268,5 +278,32 @@ mod tests {
             .new_logprobs
             .expect("asked for");
         assert!(logprobs[0].token.decoded_token.is_none() && logprobs[0].top[1].decoded_token.is_none());
+    }
+
+    #[test]
+    fn a_token_without_a_logprob_reports_no_entry_rather_than_a_made_up_value() {
+        let tokenizer = spm_tokenizer();
+        let token = |logprob| SampledToken {
+            request_id: "r".into(),
+            token_id: 3 + 0x61,
+            logprob,
+            rank: None,
+            top_logprobs: Vec::new(),
+        };
+        let params = SamplingParams {
+            logprobs: Some(0),
+            ..Default::default()
+        };
+        let mut state = OutputState::new(&params, 3);
+        let absorbed = state.absorb(&tokenizer, &[token(Some(-0.5)), token(None)]);
+        let values: Vec<f32> = absorbed
+            .new_logprobs
+            .expect("asked for")
+            .iter()
+            .map(|p| p.token.logprob)
+            .collect();
+        assert_eq!((values, absorbed.num_tokens), (vec![-0.5], 2));
+        let mut unasked = OutputState::new(&SamplingParams::default(), 3);
+        assert!(unasked.absorb(&tokenizer, &[token(None)]).new_logprobs.is_none());
     }
 }

@@ -71,7 +71,7 @@ fn update(token_ids: &[u32]) -> RequestUpdate {
             .map(|&token_id| SampledToken {
                 request_id: "r".into(),
                 token_id,
-                logprob: 0.0,
+                logprob: None,
                 rank: None,
                 top_logprobs: Vec::new(),
             })
