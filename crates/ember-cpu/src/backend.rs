@@ -393,7 +393,9 @@ impl Backend for CpuBackend {
     fn silu_mul(&self, _step: &StepBatch, gate: &CpuTensor, up: &CpuTensor) -> BackendResult<CpuTensor> {
         same_shape("silu_mul", gate, up)?;
         let mut out = CpuTensor::for_overwrite(gate.rows(), gate.cols())?;
-        self.map_rows(gate, &mut out, |r, g, o| elementwise::silu_mul(g, up.row(r), o));
+        self.map_rows(gate, &mut out, |r, g, o| {
+            elementwise::silu_mul(self.isa, g, up.row(r), o)
+        });
         Ok(out)
     }
 

@@ -69,11 +69,19 @@ unsafe fn silu_mul_avx2(gate: &[f32], up: &[f32], out: &mut [f32]) {
     let splat = _mm256_set1_ps;
     for i in (0..body).step_by(8) {
         // SAFETY: `i + 8 <= len` for all three slices.
-        let (g, u) = unsafe { (_mm256_loadu_ps(gate.as_ptr().add(i)), _mm256_loadu_ps(up.as_ptr().add(i))) };
+        let (g, u) = unsafe {
+            (
+                _mm256_loadu_ps(gate.as_ptr().add(i)),
+                _mm256_loadu_ps(up.as_ptr().add(i)),
+            )
+        };
         let x = _mm256_xor_ps(g, splat(-0.0));
         // max/min return their second operand for a NaN first one, as f32::max/min do.
         let x = _mm256_min_ps(_mm256_max_ps(x, splat(EXP_LO)), splat(EXP_HI));
-        let n = _mm256_round_ps::<{ _MM_FROUND_TO_NEAREST_INT | _MM_FROUND_NO_EXC }>(_mm256_mul_ps(x, splat(LOG2_E)));
+        let n = _mm256_round_ps::<{ _MM_FROUND_TO_NEAREST_INT | _MM_FROUND_NO_EXC }>(_mm256_mul_ps(
+            x,
+            splat(LOG2_E),
+        ));
         let r = _mm256_fnmadd_ps(n, splat(LN2_HI), x);
         let r = _mm256_fnmadd_ps(n, splat(LN2_LO), r);
         let mut p = splat(EXP_POLY[0]);
@@ -142,12 +150,29 @@ mod tests {
         while x <= 88.0 {
             let got = f64::from(super::exp_clamped(x));
             let want = f64::from(x).exp();
-            assert!((got - want).abs() <= 2.0 * f64::from(f32::EPSILON) * want, "exp({x}): {got} vs {want}");
+            assert!(
+                (got - want).abs() <= 2.0 * f64::from(f32::EPSILON) * want,
+                "exp({x}): {got} vs {want}"
+            );
             x += 0.0137;
         }
         let mut rng = crate::test_util::Rng::new(5);
-        let mut g: Vec<f32> = (0..1000).map(|i| rng.f32() * [1.0, 8.0, 40.0, 200.0][i % 4]).collect();
-        g.extend([0.0, -0.0, 87.0, -87.0, 88.0, -88.0, 1e30, -1e30, f32::INFINITY, f32::NEG_INFINITY, f32::NAN]);
+        let mut g: Vec<f32> = (0..1000)
+            .map(|i| rng.f32() * [1.0, 8.0, 40.0, 200.0][i % 4])
+            .collect();
+        g.extend([
+            0.0,
+            -0.0,
+            87.0,
+            -87.0,
+            88.0,
+            -88.0,
+            1e30,
+            -1e30,
+            f32::INFINITY,
+            f32::NEG_INFINITY,
+            f32::NAN,
+        ]);
         g.extend((0..64).map(|i| (i as f32 - 32.0) * std::f32::consts::LN_2 / 2.0));
         let u: Vec<f32> = (0..g.len()).map(|_| rng.f32() * 3.0).collect();
         for len in [g.len(), 1, 7, 9, 15, 17] {
