@@ -5,9 +5,10 @@ package, on GGUF files of the default model written by llama.cpp's own quantizer
 - float32 mode: the CPU backend's dequantization (`ember._core.dequantize`, the code path of
   `dtype="float32"`) equals the `gguf` package's bit for bit, on every quantized tensor of each
   file and on random blocks of every format (llama.cpp's own dequantizer for Q8_K).
-- default arithmetic (8-bit activations, like llama.cpp): teacher-forced over NATURAL_TEXT,
-  the mean KL divergence from the same file in float32 is no worse than llama.cpp's on that
-  file (up to MAX_KL_RATIO), and top-1 agreement with float32 is within 0.02 of llama.cpp's.
+- default arithmetic (8-bit activations, like llama.cpp): teacher-forced over NATURAL_TEXT and
+  two 512-token windows of the seeded long text, the mean KL divergence from the same file in
+  float32 is no worse than llama.cpp's on that file (up to MAX_KL_RATIO), and top-1 agreement
+  with float32 is within 0.02 of llama.cpp's.
 - a K-quant file composes with batching, chunked prefill, n > 1 and preemption: greedy
   outputs equal each prompt run alone.
 """
@@ -21,7 +22,7 @@ import numpy as np
 import pytest
 
 from ember import Engine, SamplingParams, _core
-from logit_metrics import faithfulness
+from logit_metrics import faithfulness, long_text
 from quantized_models import FTYPES, ggml_quantize_q8_k, quantized_gguf, reference_dequantize
 from test_llamacpp_reference import NATURAL_TEXT
 
@@ -37,11 +38,15 @@ EXPECTED_TYPES = {
     "IQ4_NL": {"IQ4_NL", "Q5_K"},
 }
 MAX_TOP1_GAP = 0.02
-#: Two runs of the same 8-bit arithmetic that differ by any tiny perturbation land about 5%
-#: apart in mean KL: llama.cpp's own KL on these files moves by up to 4.4% when only its KV
-#: cache type changes (f16 -> f32; measured 2026-11-30, 369 positions), and Ember's and
-#: llama.cpp's agree within 0.97-1.06 over 1,536 positions. The bound is that noise floor.
+#: Measured by bench/kquant_kl.py (2026-12-01): over 369 or 512 positions, a harmless change
+#: moves a file's mean KL by up to 13% (llama.cpp's own KL when only its KV cache type goes f16
+#: -> f32: 0.91-1.13 per text), so the ratio over NATURAL_TEXT alone (IQ4_NL 1.056 at main)
+#: cannot hold a 1.1 bound. Over these 1,393 positions that spread shrinks to 0.986-1.030 and
+#: Ember's ratio is 0.987-1.034 on every file (0.996-1.019 with the vectorized SiLU): 1.1 is
+#: about three times that noise.
 MAX_KL_RATIO = 1.1
+#: Windows of the seeded long text scored beside NATURAL_TEXT, and their length in tokens.
+LONG_TEXT_WINDOWS, WINDOW_LEN = 2, 512
 
 
 @pytest.fixture(scope="module", params=list(FTYPES))
@@ -105,25 +110,38 @@ def test_float32_dequantization_equals_gguf(quantized: tuple[str, Path]) -> None
     assert EXPECTED_TYPES[name] <= seen, f"{name} holds {sorted(seen)}"
 
 
-def test_default_arithmetic_is_as_faithful_as_llama_cpp(quantized: tuple[str, Path]) -> None:
+@pytest.fixture(scope="module")
+def faithfulness_texts(default_gguf: Path) -> list[list[int]]:
+    """Token ids of NATURAL_TEXT and of LONG_TEXT_WINDOWS windows of the seeded long text."""
+    tokenizer = Engine(str(default_gguf), kv_cache_memory_bytes=16 << 20, max_model_len=64).tokenizer
+    long_ids = tokenizer.encode(long_text(), add_special_tokens=True)
+    windows = [long_ids[k * WINDOW_LEN : (k + 1) * WINDOW_LEN] for k in range(LONG_TEXT_WINDOWS)]
+    return [tokenizer.encode(NATURAL_TEXT, add_special_tokens=True), *windows]
+
+
+def test_default_arithmetic_is_as_faithful_as_llama_cpp(
+    quantized: tuple[str, Path], faithfulness_texts: list[list[int]]
+) -> None:
     llama_cpp: Any = require("llama_cpp")
     name, path = quantized
-    ours_engine = Engine(str(path), kv_cache_memory_bytes=64 << 20, max_model_len=1024)
-    ids = ours_engine.tokenizer.encode(NATURAL_TEXT, add_special_tokens=True)
-    assert len(ids) >= 300
-    ours = np.asarray(ours_engine.score(ids), np.float32)
-    del ours_engine
-    exact_engine = Engine(str(path), dtype="float32", kv_cache_memory_bytes=64 << 20, max_model_len=1024)
-    exact = np.asarray(exact_engine.score(ids), np.float32)
-    del exact_engine
+    num_positions = sum(map(len, faithfulness_texts))
+    assert num_positions >= 1300
+    logits = {}
+    for run, dtype in [("ours", "auto"), ("exact", "float32")]:
+        engine = Engine(str(path), dtype=dtype, kv_cache_memory_bytes=64 << 20, max_model_len=1024)
+        logits[run] = np.concatenate([np.asarray(engine.score(ids), np.float32) for ids in faithfulness_texts])
+        del engine
     llm = llama_cpp.Llama(str(path), n_ctx=1024, n_threads=2, logits_all=True, verbose=False)
-    llm.eval(ids)
-    theirs = np.asarray(llm.scores[: len(ids)], np.float32)
-    kl_ours, top1_ours = faithfulness(ours, exact)
-    kl_theirs, top1_theirs = faithfulness(theirs, exact)
+    theirs = []
+    for ids in faithfulness_texts:
+        llm.reset()
+        llm.eval(ids)
+        theirs.append(np.array(llm.scores[: len(ids)], np.float32))  # a copy: the next eval reuses it
+    kl_ours, top1_ours = faithfulness(logits["ours"], logits["exact"])
+    kl_theirs, top1_theirs = faithfulness(np.concatenate(theirs), logits["exact"])
     print(
-        f"{name}: mean KL to float32 ember {kl_ours:.5f} llama.cpp {kl_theirs:.5f}; "
-        f"top-1 agreement ember {top1_ours:.4f} llama.cpp {top1_theirs:.4f} ({len(ids)} positions)"
+        f"{name}: mean KL to float32 ember {kl_ours:.5f} llama.cpp {kl_theirs:.5f} (ratio {kl_ours / kl_theirs:.3f}); "
+        f"top-1 agreement ember {top1_ours:.4f} llama.cpp {top1_theirs:.4f} ({num_positions} positions)"
     )
     assert kl_ours <= MAX_KL_RATIO * kl_theirs
     assert top1_ours >= top1_theirs - MAX_TOP1_GAP

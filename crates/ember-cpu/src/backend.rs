@@ -307,7 +307,8 @@ impl Backend for CpuBackend {
                 ),
             ));
         }
-        let mut out = CpuTensor::zeros(x.rows(), x.cols())?;
+        // Every element is written: the rows are whole groups of the weight (checked above).
+        let mut out = CpuTensor::for_overwrite(x.rows(), x.cols())?;
         self.map_rows(x, &mut out, |_, xr, o| {
             for (group, out_group) in xr.chunks_exact(width).zip(o.chunks_exact_mut(width)) {
                 norm::rms_norm_row(group, weight, eps, out_group);
@@ -391,14 +392,16 @@ impl Backend for CpuBackend {
 
     fn silu_mul(&self, _step: &StepBatch, gate: &CpuTensor, up: &CpuTensor) -> BackendResult<CpuTensor> {
         same_shape("silu_mul", gate, up)?;
-        let mut out = CpuTensor::zeros(gate.rows(), gate.cols())?;
-        self.map_rows(gate, &mut out, |r, g, o| elementwise::silu_mul(g, up.row(r), o));
+        let mut out = CpuTensor::for_overwrite(gate.rows(), gate.cols())?;
+        self.map_rows(gate, &mut out, |r, g, o| {
+            elementwise::silu_mul(self.isa, g, up.row(r), o)
+        });
         Ok(out)
     }
 
     fn gelu_tanh_mul(&self, _step: &StepBatch, gate: &CpuTensor, up: &CpuTensor) -> BackendResult<CpuTensor> {
         same_shape("gelu_tanh_mul", gate, up)?;
-        let mut out = CpuTensor::zeros(gate.rows(), gate.cols())?;
+        let mut out = CpuTensor::for_overwrite(gate.rows(), gate.cols())?;
         self.map_rows(gate, &mut out, |r, g, o| {
             elementwise::gelu_tanh_mul(g, up.row(r), o)
         });

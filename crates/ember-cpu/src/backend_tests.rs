@@ -138,3 +138,48 @@ fn kv_cache_allocation_and_writes_are_checked() {
     let err = int8.allocate_kv_cache(&spec).err().unwrap().to_string();
     assert!(err.contains("head_dim 2 is not a multiple of 32"), "{err}");
 }
+
+/// Ops whose outputs take recycled buffers (`recycle`) write every element: with the thread's
+/// kept buffers all NaN, rms_norm, silu_mul, gelu_tanh_mul and a quantized matmul (Q4_1, Q6_K)
+/// give the same bits as with fresh zeroed buffers.
+#[test]
+fn recycled_buffers_never_reach_results() {
+    let backend = CpuBackend::new(Some(1));
+    let mut rng = Rng::new(9);
+    let (rows, cols, n) = (3, 256, 40);
+    let x = CpuTensor::from_vec(rows, cols, rng.vec(rows * cols, 2.0)).unwrap();
+    let up = CpuTensor::from_vec(rows, cols, rng.vec(rows * cols, 2.0)).unwrap();
+    let weight = rng.vec(cols, 1.0);
+    let matrices: Vec<_> = [WeightDType::Q4_1, WeightDType::Q6_K]
+        .into_iter()
+        .map(|dtype| {
+            let bytes = random_weight_bytes(&mut rng, dtype, n, cols);
+            let view = WeightView {
+                name: "w",
+                dtype,
+                shape: &[n, cols],
+                bytes: &bytes,
+            };
+            backend.load_matrix(&view).unwrap()
+        })
+        .collect();
+    let s = step(&[0; 3], &[], &[]);
+    let run = || {
+        let mut outs = vec![
+            backend.rms_norm(&s, &x, &weight, 1e-5).unwrap(),
+            backend.silu_mul(&s, &x, &up).unwrap(),
+            backend.gelu_tanh_mul(&s, &x, &up).unwrap(),
+        ];
+        outs.extend(matrices.iter().map(|w| backend.matmul(&s, &x, w, None).unwrap()));
+        outs.into_iter().map(CpuTensor::into_vec).collect::<Vec<_>>()
+    };
+    let fresh = run();
+    for _ in 0..4 {
+        crate::recycle::give_back(vec![f32::NAN; rows * cols]);
+        crate::recycle::give_back(vec![f32::NAN; rows * n]);
+    }
+    let recycled = run();
+    let bits = |v: &[Vec<f32>]| v.iter().flatten().map(|f| f.to_bits()).collect::<Vec<_>>();
+    assert!(fresh.iter().flatten().all(|v| v.is_finite()));
+    assert_eq!(bits(&recycled), bits(&fresh));
+}

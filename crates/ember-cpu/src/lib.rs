@@ -42,6 +42,7 @@ mod par;
 pub mod quant;
 #[cfg(target_arch = "x86_64")]
 mod quant_x86;
+mod recycle;
 mod rope;
 mod rows;
 pub mod tensor;

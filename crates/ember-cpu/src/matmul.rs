@@ -112,13 +112,15 @@ pub fn matmul(
             )));
         }
     }
-    let mut out = CpuTensor::zeros(rows, n)?;
-    if rows == 0 || n == 0 {
+    let isa = if isa.is_supported() { isa } else { Isa::Scalar };
+    if w.dtype().is_quantized() && rows > 0 && n > 0 {
+        // The tiles store every output element.
+        let mut out = CpuTensor::for_overwrite(rows, n)?;
+        crate::packed_matmul::quant_matmul(pool, isa, x, w, bias, &mut out);
         return Ok(out);
     }
-    let isa = if isa.is_supported() { isa } else { Isa::Scalar };
-    if w.dtype().is_quantized() {
-        crate::packed_matmul::quant_matmul(pool, isa, x, w, bias, &mut out);
+    let mut out = CpuTensor::zeros(rows, n)?;
+    if rows == 0 || n == 0 {
         return Ok(out);
     }
     if let Some(w_t) = w.transposed() {

@@ -51,6 +51,18 @@ impl CpuTensor {
         })
     }
 
+    /// A tensor `[rows, cols]` of unspecified (initialized) values for a producer that writes
+    /// every element: its buffer may be one a dropped tensor gave back (`recycle`).
+    pub fn for_overwrite(rows: usize, cols: usize) -> BackendResult<Self> {
+        let data = crate::recycle::take_for_overwrite(rows.saturating_mul(cols), "activation tensor")?;
+        Ok(Self {
+            rows,
+            cols,
+            data,
+            quantized: Default::default(),
+        })
+    }
+
     /// Number of rows (tokens).
     pub fn rows(&self) -> usize {
         self.rows
@@ -97,8 +109,14 @@ impl CpuTensor {
     }
 
     /// Consumes the tensor, returning its row-major elements.
-    pub fn into_vec(self) -> Vec<f32> {
-        self.data
+    pub fn into_vec(mut self) -> Vec<f32> {
+        std::mem::take(&mut self.data)
+    }
+}
+
+impl Drop for CpuTensor {
+    fn drop(&mut self) {
+        crate::recycle::give_back(std::mem::take(&mut self.data));
     }
 }
 
