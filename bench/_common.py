@@ -34,7 +34,10 @@ def cpu_model() -> str:
 
 
 def write_record(out: Path, name: str, fields: dict[str, Any], versions: dict[str, str]) -> Path:
-    """Writes `out/<name>-<date>.json` with the date, CPU, `fields` and package versions; returns the path."""
+    """Writes `out/<name>-<date>.json` with the date, CPU, `fields` and package versions; returns the path.
+
+    The file is created exclusively: a run finishing in the same second as another (or an older
+    file of that name) gets `-2`, `-3`, ... before `.json` instead of overwriting it."""
     now = dt.datetime.now(dt.timezone.utc)
     record = {
         "date": now.isoformat(timespec="seconds"),
@@ -45,7 +48,16 @@ def write_record(out: Path, name: str, fields: dict[str, Any], versions: dict[st
         "versions": {**versions, "python": platform.python_version()},
     }
     out.mkdir(parents=True, exist_ok=True)
-    path = out / f"{name}-{now:%Y%m%d-%H%M%S}.json"
-    path.write_text(json.dumps(record, indent=2) + "\n")
+    text = json.dumps(record, indent=2) + "\n"
+    stem = f"{name}-{now:%Y%m%d-%H%M%S}"
+    path, attempt = out / f"{stem}.json", 1
+    while True:
+        try:
+            with path.open("x") as f:
+                f.write(text)
+            break
+        except FileExistsError:
+            attempt += 1
+            path = out / f"{stem}-{attempt}.json"
     print(f"wrote {path}")
     return path
