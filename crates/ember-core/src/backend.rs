@@ -145,14 +145,14 @@ pub trait Backend: Send + Sync {
         forward(&step)
     }
     /// Samples one token per row of `logits` (`[rows.len(), vocab]`) on the device and returns
-    /// `(token_id, logprob)` per row, with the draws of the host sampler's
-    /// `uniform(seed, token_index)`; `Ok(None)` means the backend samples on the host (the
-    /// default).
+    /// each row's token id, with the draws of the host sampler's `uniform(seed, token_index)`
+    /// (no logprob: such rows never ask for one, see [`crate::device_sample_row`]); `Ok(None)`
+    /// means the backend samples on the host (the default).
     fn sample_on_device(
         &self,
         _logits: &Self::Tensor,
         _rows: &[DeviceSampleRow],
-    ) -> BackendResult<Option<Vec<(u32, f32)>>> {
+    ) -> BackendResult<Option<Vec<u32>>> {
         Ok(None)
     }
 

@@ -195,7 +195,7 @@ impl Backend for CudaBackend {
         &self,
         logits: &CudaTensor,
         rows: &[DeviceSampleRow],
-    ) -> BackendResult<Option<Vec<(u32, f32)>>> {
+    ) -> BackendResult<Option<Vec<u32>>> {
         sampling::sample(&self.device, logits, rows).map(Some)
     }
 

@@ -347,18 +347,6 @@ kernel_args! {
         vocab: i32,
     }
 
-    /// `ember_token_logprob_f32` (`sampling.cu`).
-    TokenLogprobArgs {
-        /// `[rows]` f32.
-        out: DevPtr,
-        /// `[rows, vocab]` f32.
-        logits: DevPtr,
-        /// `[rows]` i32 token ids.
-        ids: DevPtr,
-        /// Logits per row.
-        vocab: i32,
-    }
-
     /// `ember_dequant_*` (`dequant.cu`).
     DequantArgs {
         /// `[num_blocks * 32]` bf16.

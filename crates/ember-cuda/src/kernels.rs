@@ -112,8 +112,6 @@ kernels! {
     prefill_attention_bf16_h128_b32 = "ember_prefill_attention_bf16_h128_b32" (PrefillAttentionArgs);
     /// One token per row with its own sampling parameters.
     sample_f32 = "ember_sample_f32" (SampleArgs);
-    /// Log-softmax value of one token per row.
-    token_logprob_f32 = "ember_token_logprob_f32" (TokenLogprobArgs);
     /// GGUF quantized blocks (the 32-element formats and the K-quants) to bf16.
     dequant_bf16 = "ember_dequant_bf16" (DequantArgs);
 }

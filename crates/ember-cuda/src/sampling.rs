@@ -1,11 +1,11 @@
 //! GPU sampling of a step (`cuda/sampling.cu`): the bf16 logits rows become f32, each row is
-//! sampled with its own parameters and seeded draw, and only the token ids and their logprobs
-//! come back to the host.
+//! sampled with its own parameters and seeded draw, and only the token ids come back to the host
+//! (rows sampled here never ask for logprobs: `ember_core::device_sample_row`).
 
 use ember_core::{BackendError, BackendResult, DeviceSampleRow};
 
 use crate::device::Device;
-use crate::kernel_args::{SampleArgs, ToF32Args, TokenLogprobArgs};
+use crate::kernel_args::{SampleArgs, ToF32Args};
 use crate::launch::{elementwise_geometry, sampling_geometry};
 use crate::tensor::CudaTensor;
 
@@ -31,8 +31,8 @@ pub fn pack_sample_params(rows: &[DeviceSampleRow]) -> Vec<u32> {
     words
 }
 
-/// Samples one token per row of `logits` (`[rows.len(), vocab]`); returns `(token_id, logprob)`.
-pub fn sample(d: &Device, logits: &CudaTensor, rows: &[DeviceSampleRow]) -> BackendResult<Vec<(u32, f32)>> {
+/// Samples one token per row of `logits` (`[rows.len(), vocab]`); returns the token ids.
+pub fn sample(d: &Device, logits: &CudaTensor, rows: &[DeviceSampleRow]) -> BackendResult<Vec<u32>> {
     if rows.len() != logits.rows {
         return Err(BackendError::Device(format!(
             "sample: {} parameter rows for {} logits rows",
@@ -56,7 +56,6 @@ pub fn sample(d: &Device, logits: &CudaTensor, rows: &[DeviceSampleRow]) -> Back
     )?;
     let params = d.upload(&pack_sample_params(rows), "sampling params")?;
     let ids = d.alloc_uninit::<i32>(n, "sampled ids")?;
-    let logprobs = d.alloc_uninit::<f32>(n, "sampled logprobs")?;
     d.kernels().sample_f32(
         sampling_geometry(n),
         &SampleArgs {
@@ -66,22 +65,12 @@ pub fn sample(d: &Device, logits: &CudaTensor, rows: &[DeviceSampleRow]) -> Back
             vocab: vocab as i32,
         },
     )?;
-    d.kernels().token_logprob_f32(
-        sampling_geometry(n),
-        &TokenLogprobArgs {
-            out: d.dev(&logprobs),
-            logits: d.dev(&f32_logits),
-            ids: d.dev(&ids),
-            vocab: vocab as i32,
-        },
-    )?;
-    let ids = d.download(&ids)?;
-    let logprobs = d.download(&logprobs)?;
-    Ok(ids
-        .into_iter()
-        .zip(logprobs)
-        .map(|(id, lp)| (id.max(0) as u32, lp))
-        .collect())
+    Ok(sampled_ids(d.download(&ids)?))
+}
+
+/// The kernel's `i32` ids as token ids (a negative id, which a row of NaN logits could give, is 0).
+fn sampled_ids(ids: Vec<i32>) -> Vec<u32> {
+    ids.into_iter().map(|id| id.max(0) as u32).collect()
 }
 
 #[cfg(test)]
@@ -107,5 +96,10 @@ mod tests {
         assert_eq!((words[6], words[7]), (7, 0));
         // The C struct is 32 bytes: 4 x 4-byte fields, then two 8-byte-aligned u64s.
         assert_eq!(SAMPLE_PARAMS_WORDS * 4, 4 * 4 + 2 * 8);
+    }
+
+    #[test]
+    fn sampled_ids_keep_their_order_and_clamp_negatives() {
+        assert_eq!(sampled_ids(vec![5, 0, -1, 49_151]), vec![5, 0, 0, 49_151]);
     }
 }

@@ -151,8 +151,8 @@ pub fn sample_step<B: Backend>(
         if let Some(tokens) = backend.sample_on_device(&logits, &rows)? {
             let mut out = ModelRunnerOutput::default();
             let sampled = output.seqs.iter().filter(|s| s.sample);
-            // Device rows never ask for logprobs (`device_sample_row`): the device's value is not kept.
-            for (seq, (token_id, _logprob)) in sampled.zip(tokens) {
+            // Device rows never ask for logprobs (`device_sample_row`), so none is computed.
+            for (seq, token_id) in sampled.zip(tokens) {
                 out.sampled.push(SampledToken {
                     request_id: seq.request_id.clone(),
                     token_id,
