@@ -1,13 +1,15 @@
-"""LoRA adapters behind data-parallel replicas (`mp`, and Ray actors for the first check): a batch mixing three
-adapters and the base model gives what one engine gives (greedy and seeded), each replica loads the adapters of
-the requests routed to it, prefixes are matched per adapter (the router's block hashes carry the adapter id, as
-the engine's do), unloading reaches every replica, and the OpenAI server picks, loads and unloads adapters in front
-of two replicas; adapters composed with streaming deltas, n > 1 and an abort mid-stream (every replica's KV cache
-back to empty). Tiny model, 2 replicas."""
+"""LoRA adapters behind data-parallel replicas (`mp`, and Ray actors for the first three checks): a batch mixing
+three adapters and the base model gives what one engine gives (greedy and seeded), each replica loads the adapters
+of the requests routed to it, prefixes are matched per adapter and cache salt (the router's block hashes carry the
+adapter id and the salt, as the engine's do: a request goes to the replica that cached its adapter's and salt's
+prefix, and the router's predicted hits equal the engine's), adapters compose with streaming deltas, n > 1 and an
+abort mid-stream (every replica's KV cache back to empty), unloading reaches every replica, and the OpenAI server
+picks, loads and unloads adapters in front of two replicas. Tiny model, 2 replicas."""
 
 from __future__ import annotations
 
 import asyncio
+import time
 from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
@@ -57,9 +59,11 @@ def loras(folders: Path) -> list[LoRARequest | None]:
     return [[*adapters, None][i % 4] for i in range(8)]
 
 
-async def _collect(router: ReplicaRouter, prompt: list[int], params: SamplingParams, lora: Any) -> Any:
+async def _collect(
+    router: ReplicaRouter, prompt: list[int], params: SamplingParams, lora: Any, cache_salt: str | None = None
+) -> Any:
     last = None
-    async for out in router.generate(prompt, params, lora_request=lora):
+    async for out in router.generate(prompt, params, lora_request=lora, cache_salt=cache_salt):
         last = out
     return last
 
@@ -68,19 +72,24 @@ def test_mixed_adapters_under_two_replicas_equal_one_engine(folders: Path, route
     check_mixed_batch_equals_one_engine(folders, router)
 
 
-def test_mixed_adapters_under_ray_replicas_equal_one_engine(folders: Path) -> None:
-    """The same check with the replicas as Ray actors, on a local Ray started here (no cluster)."""
+def test_adapters_under_ray_replicas(folders: Path) -> None:
+    """The mixed batch, prefixes per adapter and salt, and streaming, n > 1 and abort checks with the replicas as
+    Ray actors, on a local Ray started here (no cluster)."""
     ray: Any = require("ray")
+    start = time.monotonic()
     ray.init(num_cpus=4, include_dashboard=False, object_store_memory=80 << 20, log_to_driver=False)
     try:
         config = DataParallelConfig(data_parallel_size=2, backend="ray", **HEARTBEAT)  # type: ignore[arg-type]
         ray_router = ReplicaRouter(str(folders / "model"), config, num_threads=1, **ENGINE_ARGS)
         try:
             check_mixed_batch_equals_one_engine(folders, ray_router)
+            check_prefixes_match_per_adapter_and_salt(folders, ray_router)
+            check_streaming_n_and_abort(folders, ray_router)
         finally:
             asyncio.run(ray_router.shutdown())
     finally:
         ray.shutdown()
+    print(f"\nRay: start, three checks and shutdown in {time.monotonic() - start:.1f} s")
 
 
 def check_mixed_batch_equals_one_engine(folders: Path, router: ReplicaRouter) -> None:
@@ -112,27 +121,46 @@ def check_mixed_batch_equals_one_engine(folders: Path, router: ReplicaRouter) ->
     assert router.stats()["num_adapter_loads"] >= sum(loads)
 
 
-def test_prefixes_are_matched_per_adapter(folders: Path, router: ReplicaRouter) -> None:
+def test_prefixes_are_matched_per_adapter_and_salt(folders: Path, router: ReplicaRouter) -> None:
     ids = list(range(3, 3 + 48))
     base, a1, a2 = (_core.prefix_block_hashes(ids, 16, lora_id) for lora_id in (None, 1, 2))
-    assert len(base) == len(a1) == 3 and len({*base, *a1, *a2}) == 9
+    salted, salted_a1 = (_core.prefix_block_hashes(ids, 16, lora_id, "s") for lora_id in (None, 1))
+    assert len(base) == len(a1) == 3 and len({*base, *a1, *a2, *salted, *salted_a1}) == 15
     assert _core.prefix_block_hashes(ids, 16, 1) == a1
+    assert _core.prefix_block_hashes(ids, 16, 1, "s") == salted_a1
     with pytest.raises(_core.InvalidRequestError, match="lora_int_id"):
         _core.prefix_block_hashes(ids, 16, 0)
-    # The same long prompt under adapter c twice: the second lands on the replica that cached it; under b it
-    # matches nothing.
+    check_prefixes_match_per_adapter_and_salt(folders, router)
+
+
+def check_prefixes_match_per_adapter_and_salt(folders: Path, router: ReplicaRouter) -> None:
+    """The same long prompt under adapters and salts, one request after another: a request whose adapter and salt
+    cached the prompt before lands on the replica that holds it (48 tokens hit), any other combination hits
+    nothing, and every time the router predicted exactly the hit the engine found."""
     prompt = [(7 * i) % 200 + 3 for i in range(50)]
     params = SamplingParams(temperature=0.0, max_tokens=2, ignore_eos=True)
     c, b = loras(folders)[2], loras(folders)[1]
+    cases: list[tuple[Any, str | None, int]] = [
+        (c, None, 0), (c, None, 48), (b, None, 0), (c, "s1", 0), (c, "s1", 48), (c, "s2", 0), (b, "s1", 0),
+        (None, "s1", 0), (None, "s1", 48), (None, None, 0), (None, "s2", 0), (c, "s2", 48),
+    ]  # fmt: skip
 
-    async def run() -> list[int]:
-        outs = [await _collect(router, prompt, params, lora) for lora in (c, c, b)]
-        return [o.num_cached_tokens for o in outs]
+    async def run() -> list[tuple[int, int]]:
+        got = []
+        for lora, salt, _ in cases:
+            before = sum(r.num_matched_tokens for r in router.replicas)
+            out = await _collect(router, prompt, params, lora, salt)
+            got.append((sum(r.num_matched_tokens for r in router.replicas) - before, out.num_cached_tokens))
+        return got
 
-    assert asyncio.run(run()) == [0, 48, 0]
+    assert asyncio.run(run()) == [(hit, hit) for _, _, hit in cases]
 
 
 def test_adapters_compose_with_streaming_n_and_abort(folders: Path, router: ReplicaRouter) -> None:
+    check_streaming_n_and_abort(folders, router)
+
+
+def check_streaming_n_and_abort(folders: Path, router: ReplicaRouter) -> None:
     """Streamed deltas and n = 2 seeded samples under adapters equal one engine; an adapter request aborted
     mid-stream ends with "abort" while the others finish, and every replica's KV cache returns to empty."""
     prompts = [[5 + i, 9, 14 + 2 * i, 20, 33, 7] for i in range(4)]

@@ -165,9 +165,11 @@ class SamplingParams:
 
 # For a router in front of several engines (crates/ember-py/src/routing.rs).
 
-def prefix_block_hashes(token_ids: Sequence[int], block_size: int, lora_int_id: int | None = None) -> list[int]:
+def prefix_block_hashes(
+    token_ids: Sequence[int], block_size: int, lora_int_id: int | None = None, cache_salt: str | None = None
+) -> list[int]:
     """The prefix-cache keys of the prompt's full blocks, each chained over the one before (the engine's own hashes
-    for a request with LoRA adapter `lora_int_id`, or the base model)."""
+    for a request with LoRA adapter `lora_int_id`, or the base model, and `cache_salt`, or none)."""
 
 def stat_specs() -> list[tuple[str, str, str, str, str | None, str | None]]:
     """Every statistic of `Engine.stats()`, in /metrics order: (key, Prometheus name, kind, help text, ratio
@@ -301,10 +303,12 @@ class Engine:
         fork_of: str | None = None,
         lora: tuple[str, int, str] | None = None,
         read_lora: ReadLora | None = None,
+        cache_salt: str | None = None,
     ) -> None:
         """Queues a request; `fork_of` names a sibling with the same prompt whose prompt blocks it shares;
         `lora` is its adapter's (lora_name, lora_int_id, lora_path), loaded on first use (from `read_lora`, what
-        `read_lora()` returned for it, when given)."""
+        `read_lora()` returned for it, when given); `cache_salt` (non-empty) keeps its cached prefixes apart from
+        those of requests with another salt or none."""
     def compile_structured(self, params: SamplingParams) -> None:
         """Compiles the structured-output constraint of `params` on the calling thread without the engine lock, into
         the cache `add_request` reads (nothing without one). Raises InvalidRequestError naming structured_outputs."""

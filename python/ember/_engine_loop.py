@@ -54,6 +54,8 @@ class AddCommand:
     """The request's adapter (lora_name, lora_int_id, lora_path), or None for the base model."""
     read_lora: _core.ReadLora | None = None
     """The adapter as read on the caller's thread (`Engine.read_lora`), or None when the engine holds it."""
+    cache_salt: str | None = None
+    """The request's cache salt: only requests with the same salt share cached prefixes (None: no salt)."""
 
 
 @dataclass
@@ -180,7 +182,14 @@ class EngineLoop:
         try:
             for child_id, params, fork_of in command.requests:
                 self._core.add_request(
-                    child_id, command.token_ids, params, command.priority, fork_of, command.lora, command.read_lora
+                    child_id,
+                    command.token_ids,
+                    params,
+                    command.priority,
+                    fork_of,
+                    command.lora,
+                    command.read_lora,
+                    command.cache_salt,
                 )
                 added.append(child_id)
                 self._sinks[child_id] = command.sink

@@ -125,6 +125,33 @@ def normalize_priority(priority: int | Sequence[int] | None, num_prompts: int) -
     return _one_per_prompt(priority, num_prompts, "priority", ("an", "int"), _is_plain_int)
 
 
+def normalize_cache_salt(cache_salt: str | Sequence[str | None] | None, num_prompts: int) -> list[str | None]:
+    """One cache salt (or None) per prompt: None for none, one shared str, or one per prompt. A salt is a
+    non-empty str; requests share cached prefixes only with requests of the same salt."""
+    if cache_salt is None or isinstance(cache_salt, str):
+        return [check_cache_salt(cache_salt)] * num_prompts
+    if not is_sequence(cache_salt):
+        raise InvalidRequestError(
+            f"cache_salt must be a str, a list of str (or None) per prompt, or None, got {type(cache_salt).__name__}"
+        )
+    salts = _one_per_prompt(cache_salt, num_prompts, "cache_salt", ("a", "str or None"), _is_salt)
+    return [check_cache_salt(s, f"cache_salt[{i}]") for i, s in enumerate(salts)]
+
+
+def check_cache_salt(cache_salt: object, name: str = "cache_salt") -> str | None:
+    """`cache_salt` when it is None or a non-empty str; otherwise an InvalidRequestError naming `name`."""
+    if cache_salt is None or (isinstance(cache_salt, str) and cache_salt):
+        return cache_salt
+    got = "an empty str" if isinstance(cache_salt, str) else type(cache_salt).__name__
+    error = InvalidRequestError(f"{name} must be a non-empty str or None, got {got}")
+    error.param = "cache_salt"
+    raise error
+
+
+def _is_salt(value: object) -> bool:
+    return value is None or isinstance(value, str)
+
+
 def _is_params(value: object) -> bool:
     return isinstance(value, SamplingParams)
 

@@ -17,6 +17,7 @@ from ember._inputs import (
     Conversation,
     Prompt,
     PromptType,
+    check_cache_salt,
     normalize_conversations,
     normalize_prompts,
     one_conversation,
@@ -76,6 +77,7 @@ class AsyncEngine:
         priority: int = 0,
         delta: bool = False,
         lora_request: LoRARequest | None = None,
+        cache_salt: str | None = None,
     ) -> AsyncIterator[RequestOutput]:
         """Streams one prompt's completion (a str or a list of token ids).
 
@@ -85,10 +87,12 @@ class AsyncEngine:
         parameters raise `InvalidRequestError` at the first iteration. If the
         consumer yields fewer times than the engine steps, outputs are merged.
         Text is tokenized on a worker thread, so a long prompt never stalls the event loop.
+        `cache_salt` (a non-empty str) lets the request reuse cached prefixes only of requests
+        with the same salt (as `Engine.generate`).
         """
         checked = one_prompt(prompt, "generate")
         (item,) = await asyncio.to_thread(normalize_prompts, [checked], self.tokenizer)
-        async for out in self._run(item, sampling_params, request_id, priority, delta, lora_request):
+        async for out in self._run(item, sampling_params, request_id, priority, delta, lora_request, cache_salt):
             yield out
 
     async def chat(
@@ -101,11 +105,12 @@ class AsyncEngine:
         delta: bool = False,
         add_generation_prompt: bool = True,
         lora_request: LoRARequest | None = None,
+        cache_salt: str | None = None,
     ) -> AsyncIterator[RequestOutput]:
         """Streams the answer to one conversation (rendered with the chat template); like `generate`."""
         conversation = one_conversation(messages, "chat")
         (item,) = await asyncio.to_thread(normalize_conversations, conversation, self.tokenizer, add_generation_prompt)
-        async for out in self._run(item, sampling_params, request_id, priority, delta, lora_request):
+        async for out in self._run(item, sampling_params, request_id, priority, delta, lora_request, cache_salt):
             yield out
 
     def abort(self, request_id: str) -> bool:
@@ -172,9 +177,11 @@ class AsyncEngine:
         priority: int,
         delta: bool,
         lora_request: LoRARequest | None = None,
+        cache_salt: str | None = None,
     ) -> AsyncIterator[RequestOutput]:
         """Submits one request and yields its outputs until it finishes; aborts it if left early."""
         (lora,) = normalize_lora(lora_request, 1)
+        salt = check_cache_salt(cache_salt)
         params = sampling_params or SamplingParams()
         if not isinstance(params, SamplingParams):
             raise InvalidRequestError(f"sampling_params must be a SamplingParams, got {type(params).__name__}")
@@ -193,7 +200,8 @@ class AsyncEngine:
         self._live.add(user_id, state.child_ids)
         sink = Sink(asyncio.get_running_loop())
         try:
-            self._loop.post(AddCommand(state.engine_requests(), list(item.token_ids), priority, sink, lora, read_lora))
+            command = AddCommand(state.engine_requests(), list(item.token_ids), priority, sink, lora, read_lora, salt)
+            self._loop.post(command)
             while not state.finished:
                 items = [await sink.queue.get()]
                 while not sink.queue.empty():

@@ -16,6 +16,7 @@ from ember._inputs import (
     Prompt,
     PromptType,
     is_sequence,
+    normalize_cache_salt,
     normalize_conversations,
     normalize_params,
     normalize_priority,
@@ -143,6 +144,7 @@ class Engine:
         use_tqdm: bool = True,
         priority: int | Sequence[int] | None = None,
         lora_request: LoRARequest | Sequence[LoRARequest | None] | None = None,
+        cache_salt: str | Sequence[str | None] | None = None,
     ) -> list[RequestOutput]:
         """Completes each prompt (str | list[str] | list[int] | list[list[int]]); results in input order.
 
@@ -151,13 +153,16 @@ class Engine:
         prompts, or a list with one per prompt; with `scheduling_policy="priority"`
         lower values are admitted first and preempted last (an "fcfs" engine
         accepts only 0). `lora_request` is None (the base model), one LoRARequest for all prompts,
-        or a list with one (or None) per prompt. Text is encoded with the model's special tokens
-        (BOS) added.
+        or a list with one (or None) per prompt. `cache_salt` (vLLM's name) is None, one non-empty str for
+        all prompts, or a list with one (or None) per prompt: a request reuses cached prefixes only of
+        requests with the same salt (tenants that must not learn each other's prompts from timing use
+        different salts). Text is encoded with the model's special tokens (BOS) added.
         """
         batch = normalize_prompts(prompts, self.tokenizer)
         params = normalize_params(sampling_params, len(batch))
         loras = normalize_lora(lora_request, len(batch))
-        return self._run_batch(batch, params, use_tqdm, normalize_priority(priority, len(batch)), loras)
+        salts = normalize_cache_salt(cache_salt, len(batch))
+        return self._run_batch(batch, params, use_tqdm, normalize_priority(priority, len(batch)), loras, salts)
 
     def chat(
         self,
@@ -168,16 +173,18 @@ class Engine:
         add_generation_prompt: bool = True,
         priority: int | Sequence[int] | None = None,
         lora_request: LoRARequest | Sequence[LoRARequest | None] | None = None,
+        cache_salt: str | Sequence[str | None] | None = None,
     ) -> list[RequestOutput]:
         """Answers one conversation (a list of {"role", "content"} dicts) or a list of them.
 
-        Each conversation is rendered with the model's chat template. `priority` and
-        `lora_request` are as in `generate`.
+        Each conversation is rendered with the model's chat template. `priority`,
+        `lora_request` and `cache_salt` are as in `generate`.
         """
         batch = normalize_conversations(messages, self.tokenizer, add_generation_prompt)
         params = normalize_params(sampling_params, len(batch))
         loras = normalize_lora(lora_request, len(batch))
-        return self._run_batch(batch, params, use_tqdm, normalize_priority(priority, len(batch)), loras)
+        salts = normalize_cache_salt(cache_salt, len(batch))
+        return self._run_batch(batch, params, use_tqdm, normalize_priority(priority, len(batch)), loras, salts)
 
     def generate_stream(
         self,
@@ -185,6 +192,7 @@ class Engine:
         sampling_params: SamplingParams | None = None,
         *,
         lora_request: LoRARequest | None = None,
+        cache_salt: str | None = None,
     ) -> Iterator[RequestOutput]:
         """Streams one prompt's completion as it is produced.
 
@@ -192,10 +200,12 @@ class Engine:
         changed, each with only the new text and token ids (a delta); for n=1,
         `outputs[0].text` is the new text. The last one has `finished=True` and
         the finish reason. The request starts at the first `next()` (errors are
-        raised there); closing the iterator early aborts it.
+        raised there); closing the iterator early aborts it. `lora_request` and `cache_salt` are as
+        in `generate`, for this one prompt.
         """
         (item,) = normalize_prompts([one_prompt(prompt, "generate_stream")], self.tokenizer)
-        yield from self._stream(item, sampling_params or SamplingParams(), normalize_lora(lora_request, 1)[0])
+        (lora,), (salt,) = normalize_lora(lora_request, 1), normalize_cache_salt(cache_salt, 1)
+        yield from self._stream(item, sampling_params or SamplingParams(), lora, salt)
 
     def chat_stream(
         self,
@@ -204,11 +214,13 @@ class Engine:
         *,
         add_generation_prompt: bool = True,
         lora_request: LoRARequest | None = None,
+        cache_salt: str | None = None,
     ) -> Iterator[RequestOutput]:
         """Streams the answer to one conversation; yields deltas like `generate_stream`."""
         conversation = one_conversation(messages, "chat_stream")
         (item,) = normalize_conversations(conversation, self.tokenizer, add_generation_prompt)
-        yield from self._stream(item, sampling_params or SamplingParams(), normalize_lora(lora_request, 1)[0])
+        (lora,), (salt,) = normalize_lora(lora_request, 1), normalize_cache_salt(cache_salt, 1)
+        yield from self._stream(item, sampling_params or SamplingParams(), lora, salt)
 
     def abort(self, request_id: str) -> bool:
         """Stops a running request (its output finishes with reason "abort"); False if unknown or done."""
@@ -266,9 +278,10 @@ class Engine:
         use_tqdm: bool,
         priorities: list[int] | None = None,
         loras: list[_Lora] | None = None,
+        salts: list[str | None] | None = None,
     ) -> list[RequestOutput]:
         """Adds every request, steps until all finish, and returns their outputs in order."""
-        states = self._add_requests(batch, params, priorities, loras)
+        states = self._add_requests(batch, params, priorities, loras, salts)
         try:
             with PromptProgress(len(states), use_tqdm) as progress:
                 running = {cid: s for s in states for cid in s.child_ids}
@@ -285,9 +298,11 @@ class Engine:
             self._abort_unfinished(states)
         return [s.output() for s in states]
 
-    def _stream(self, item: Prompt, params: SamplingParams, lora: _Lora = None) -> Iterator[RequestOutput]:
+    def _stream(
+        self, item: Prompt, params: SamplingParams, lora: _Lora = None, salt: str | None = None
+    ) -> Iterator[RequestOutput]:
         """Adds one request and yields its deltas until it finishes; aborts it if closed early."""
-        (state,) = self._add_requests([item], [params], None, [lora])
+        (state,) = self._add_requests([item], [params], None, [lora], [salt])
         try:
             while not state.finished:
                 for child_id, out in _raise_failures(self._next_outputs(state.unfinished_child_ids())):
@@ -304,11 +319,13 @@ class Engine:
         params: list[SamplingParams],
         priorities: list[int] | None = None,
         loras: list[_Lora] | None = None,
+        salts: list[str | None] | None = None,
     ) -> list[RequestState]:
         """Adds the requests to the engine; if one is rejected, aborts the others and re-raises."""
         states: list[RequestState] = []
         priorities = priorities or [0] * len(batch)
         loras = loras or [None] * len(batch)
+        salts = salts or [None] * len(batch)
         # Adapter files are read before taking the lock, so other callers keep stepping meanwhile.
         reads = {lora: self._core.read_lora(lora) for lora in dict.fromkeys(loras) if lora is not None}
         # So are grammars: the engine then takes the compiled matcher from its cache.
@@ -316,13 +333,13 @@ class Engine:
             self._core.compile_structured(p)
         with self._lock:
             try:
-                for item, p, priority, lora in zip(batch, params, priorities, loras, strict=True):
+                for item, p, priority, lora, salt in zip(batch, params, priorities, loras, salts, strict=True):
                     state = RequestState(str(next(self._request_counter)), item, p)
                     states.append(state)
                     self._child_ids[state.request_id] = state.child_ids
                     for child_id, child_params, fork_of in state.engine_requests():
                         self._core.add_request(
-                            child_id, item.token_ids, child_params, priority, fork_of, lora, reads.get(lora)
+                            child_id, item.token_ids, child_params, priority, fork_of, lora, reads.get(lora), salt
                         )
                         self._mailboxes[child_id] = []
             except BaseException:

@@ -42,7 +42,7 @@ pub use layer_params::{AttentionParams, AttentionShape, Rope, RopeStyle};
 pub use logprobs::{token_logprob, TokenLogprob};
 pub use memory::{KvCacheSpec, LayerKv, MemoryLimits, ModelShape};
 pub use penalties::TokenHistory;
-pub use request::{block_hash_extra_key, Request, RequestStatus};
+pub use request::{block_hash_extra_key, cache_salt_key, Request, RequestStatus};
 pub use request_histories::RequestHistories;
 pub use sampler::{argmax, mask_stop_tokens_before_min, probabilities, sample, Sample, SampleContext};
 pub use sampling_params::{check_prompt_token_ids, InvalidParam, SamplingParams, ValidSamplingParams};

@@ -1,5 +1,6 @@
 //! One generation request as the scheduler tracks it: its tokens, progress and status.
 
+use std::hash::{DefaultHasher, Hasher};
 use std::sync::Arc;
 
 use crate::sampling_params::SamplingParams;
@@ -169,6 +170,18 @@ impl Request {
     }
 }
 
+/// The cache salt a request passed as text (vLLM's `cache_salt`) as the `u64` mixed into its
+/// block hashes: the one place the text is hashed, so an engine and a router in front of several
+/// engines key the same salt alike. SipHash with fixed keys over the UTF-8 bytes: stable within a
+/// build, not across Rust versions (the prefix cache lives only as long as its process anyway).
+/// Requests with different salts never share cached blocks, whatever their prompts.
+pub fn cache_salt_key(cache_salt: &str) -> u64 {
+    let mut hasher = DefaultHasher::new();
+    hasher.write(b"ember cache_salt");
+    hasher.write(cache_salt.as_bytes());
+    hasher.finish()
+}
+
 /// The extra key of a request's block hashes from its cache salt and adapter id (`None` when
 /// it has neither); a router computes the same keys with it.
 pub fn block_hash_extra_key(cache_salt: Option<u64>, lora_id: Option<u32>) -> Option<u64> {
@@ -232,5 +245,12 @@ mod tests {
             }
         }
         assert_eq!(keys[1], base.with_lora_id(Some(1)).block_hash_extra_key());
+    }
+
+    #[test]
+    fn cache_salt_keys_are_stable_and_distinct() {
+        assert_eq!(cache_salt_key("tenant-a"), cache_salt_key("tenant-a"));
+        assert_ne!(cache_salt_key("tenant-a"), cache_salt_key("tenant-b"));
+        assert_ne!(cache_salt_key("a"), cache_salt_key("a\0"));
     }
 }

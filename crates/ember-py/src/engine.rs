@@ -274,8 +274,9 @@ impl PyEngine {
     /// Queues a request; raises InvalidRequestError naming the field and limit. `fork_of` names
     /// a sibling with the same prompt whose prompt blocks this request shares (`n > 1`); `lora`
     /// is `(lora_name, lora_int_id, lora_path)` of its adapter (loaded on first use, from
-    /// `read_lora` when given: what `read_lora` returned for it).
-    #[pyo3(signature = (request_id, prompt_token_ids, params, priority=None, fork_of=None, lora=None, read_lora=None))]
+    /// `read_lora` when given: what `read_lora` returned for it); `cache_salt` (non-empty text)
+    /// keeps its cached prefixes apart from those of requests with another salt or none.
+    #[pyo3(signature = (request_id, prompt_token_ids, params, priority=None, fork_of=None, lora=None, read_lora=None, cache_salt=None))]
     #[allow(clippy::too_many_arguments)]
     fn add_request(
         &self,
@@ -287,9 +288,11 @@ impl PyEngine {
         fork_of: Option<&str>,
         lora: Option<(String, u32, String)>,
         read_lora: Option<PyRef<'_, PyReadLora>>,
+        cache_salt: Option<&Bound<'_, PyAny>>,
     ) -> PyResult<()> {
         guard(|| {
             let request_id = convert::text(request_id, "request_id")?;
+            let cache_salt = cache_salt.map(|s| convert::text(s, "cache_salt")).transpose()?;
             let prompt_token_ids = convert::token_ids(prompt_token_ids, "prompt_token_ids")?;
             let params = params
                 .cast::<PySamplingParams>()
@@ -324,6 +327,7 @@ impl PyEngine {
                         priority,
                         fork_of,
                         lora.as_ref(),
+                        cache_salt.as_deref(),
                     )
                     .map_err(engine_error)
             })

@@ -15,13 +15,14 @@ use crate::tokenizer::PyTokenizer;
 
 /// The prefix-cache keys of a prompt's full blocks, each chained over the one before (the
 /// hashes an engine with the same `block_size` caches those blocks under for a request with
-/// LoRA adapter `lora_int_id`, or the base model).
+/// LoRA adapter `lora_int_id`, or the base model, and `cache_salt`, or none).
 #[pyfunction]
-#[pyo3(signature = (token_ids, block_size, lora_int_id=None))]
+#[pyo3(signature = (token_ids, block_size, lora_int_id=None, cache_salt=None))]
 pub fn prefix_block_hashes(
     token_ids: &Bound<'_, PyAny>,
     block_size: &Bound<'_, PyAny>,
     lora_int_id: Option<&Bound<'_, PyAny>>,
+    cache_salt: Option<&Bound<'_, PyAny>>,
 ) -> PyResult<Vec<u64>> {
     guard(|| {
         let token_ids = convert::token_ids(token_ids, "token_ids")?;
@@ -29,7 +30,11 @@ pub fn prefix_block_hashes(
         let lora_id: Option<u32> = lora_int_id
             .map(|id| convert::int(id, "lora_int_id", (1, i128::from(u32::MAX))))
             .transpose()?;
-        let extra_key = ember_core::block_hash_extra_key(None, lora_id);
+        let salt = cache_salt
+            .map(|s| convert::text(s, "cache_salt"))
+            .transpose()?
+            .map(|s| ember_core::cache_salt_key(&s));
+        let extra_key = ember_core::block_hash_extra_key(salt, lora_id);
         Ok(ember_core::prefix_block_hashes(&token_ids, block_size, extra_key)
             .into_iter()
             .map(|h| h.0)

@@ -15,7 +15,7 @@ from ember import _core
 from ember._core import EmberError, InvalidRequestError, Tokenizer
 from ember._engine_args import check_engine_args
 from ember._engine_loop import Sink
-from ember._inputs import PromptType, normalize_prompts, one_prompt
+from ember._inputs import PromptType, check_cache_salt, normalize_prompts, one_prompt
 from ember._streams import LiveRequests, QueueStream
 from ember.data_parallel.config import DataParallelConfig
 from ember.data_parallel.pool import ReplicaPool, RoutedRequest
@@ -96,9 +96,11 @@ class ReplicaRouter:
         priority: int = 0,
         delta: bool = False,
         lora_request: LoRARequest | None = None,
+        cache_salt: str | None = None,
     ) -> AsyncIterator[RequestOutput]:
         """Streams one prompt's completion from the replica it is routed to, exactly like `AsyncEngine.generate`
-        (with `lora_request`'s adapter, which that replica loads on first use; prefixes are matched per adapter).
+        (with `lora_request`'s adapter, which that replica loads on first use, and `cache_salt`; prefixes are
+        matched per adapter and salt, as the engines cache them).
         A request whose replica dies before its first output is retried once on another; after that it raises
         EmberError."""
         params = sampling_params or SamplingParams()
@@ -110,11 +112,12 @@ class ReplicaRouter:
             raise InvalidRequestError(f"request_id must be a str, got {type(request_id).__name__}")
         if lora_request is not None and not isinstance(lora_request, LoRARequest):
             raise InvalidRequestError(f"lora_request must be a LoRARequest or None, got {type(lora_request).__name__}")
+        salt = check_cache_salt(cache_salt)
         checked = one_prompt(prompt, "generate")
         lora_id = None if lora_request is None else lora_request.lora_int_id
-        item, block_hashes = await asyncio.to_thread(self._prepare, checked, lora_id)
+        item, block_hashes = await asyncio.to_thread(self._prepare, checked, lora_id, salt)
         user_id = request_id if request_id is not None else f"req-{next(self._counter)}"
-        wire = ReplicaRequest(item.token_ids, params, priority, delta, lora_request)
+        wire = ReplicaRequest(item.token_ids, params, priority, delta, lora_request, salt)
         request = RoutedRequest(wire, block_hashes)
         if self._closed:
             raise EmberError("the router has been shut down")
@@ -208,12 +211,17 @@ class ReplicaRouter:
     async def __aexit__(self, *exc_info: object) -> None:
         await self.shutdown()
 
-    def _prepare(self, prompt: PromptType, lora_int_id: int | None) -> tuple[Any, list[int]]:
+    def _prepare(
+        self, prompt: PromptType, lora_int_id: int | None, cache_salt: str | None = None
+    ) -> tuple[Any, list[int]]:
         """The prompt's token ids and the block hashes an engine could reuse (every full block before the last
-        token, which an engine always computes) for a request with adapter `lora_int_id` (or the base model)."""
+        token, which an engine always computes) for a request with adapter `lora_int_id` (or the base model)
+        and `cache_salt` (or none)."""
         (item,) = normalize_prompts([prompt], self.tokenizer)
         matchable = item.token_ids[: (len(item.token_ids) - 1) // self.block_size * self.block_size]
-        return item, _core.prefix_block_hashes(matchable, self.block_size, lora_int_id) if matchable else []
+        if not matchable:
+            return item, []
+        return item, _core.prefix_block_hashes(matchable, self.block_size, lora_int_id, cache_salt)
 
     async def _unload_all(self, lora_int_id: int) -> list[bool]:
         return list(await asyncio.gather(*(r.unload_lora(lora_int_id) for r in self._pool.replicas)))

@@ -49,6 +49,8 @@ class ReplicaRequest:
     """Whether outputs carry only what is new (as `AsyncEngine.generate`'s `delta`)."""
     lora_request: LoRARequest | None = None
     """The LoRA adapter it runs with (None: the base model); the replica's engine loads it on first use."""
+    cache_salt: str | None = None
+    """Its cache salt (None: none): it shares cached prefixes only with requests of the same salt."""
 
 
 @dataclass(frozen=True)
@@ -96,6 +98,7 @@ class ReplicaWorker:
             priority=request.priority,
             delta=request.delta,
             lora_request=request.lora_request,
+            cache_salt=request.cache_salt,
         )
         try:
             async for out in stream:

@@ -182,7 +182,8 @@ class OpenAiServer:
             max_tokens = resolve_max_tokens(len(ids), job.max_tokens, self.engine.max_model_len, prompt_param)
             params = job.body.sampling_params(max_tokens, job.logprobs, job.constraint)
             delta = job.body.stream
-            stream = TrackedStream(self.engine, self.metrics, ids, params, job.body.priority, delta, lora)
+            body = job.body
+            stream = TrackedStream(self.engine, self.metrics, ids, params, body.priority, delta, lora, body.cache_salt)
             streams.append(stream)
         return streams
 

@@ -27,9 +27,10 @@ class EngineClient(Protocol):
         priority: int = 0,
         delta: bool = False,
         lora_request: LoRARequest | None = None,
+        cache_salt: str | None = None,
     ) -> AsyncIterator[RequestOutput]:
         """Streams one request's outputs (with a LoRA adapter when given; the server passes one only when LoRA
-        is enabled)."""
+        is enabled; with a cache salt when the body has one)."""
         ...
 
     def abort(self, request_id: str) -> bool:

@@ -59,11 +59,14 @@ class TrackedStream:
         priority: int,
         delta: bool,
         lora: LoRARequest | None = None,
+        cache_salt: str | None = None,
     ) -> None:
         self._engine = engine
         self.request_id = f"http-{next(_request_ids)}"
-        # Only adapter requests pass lora_request, so engines without LoRA support serve the base model.
-        extra = {} if lora is None else {"lora_request": lora}
+        # Only adapter (salted) requests pass lora_request (cache_salt), so engines without them serve the rest.
+        extra: dict[str, object] = {} if lora is None else {"lora_request": lora}
+        if cache_salt is not None:
+            extra["cache_salt"] = cache_salt
         self._stream = engine.generate(
             token_ids, params, request_id=self.request_id, priority=priority, delta=delta, **extra
         )

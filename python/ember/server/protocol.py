@@ -66,6 +66,8 @@ class SamplingFields(BaseModel):
     skip_special_tokens: bool = True
     include_stop_str_in_output: bool = False
     priority: int = 0
+    # vLLM's prefix-cache salt: the request reuses cached prefixes only of requests with the same salt.
+    cache_salt: str | None = Field(default=None, min_length=1)
     # Structured output: OpenAI's response_format, vLLM's structured_outputs and its older guided_* fields.
     response_format: dict[str, Any] | None = None
     structured_outputs: StructuredOutputsBody | None = None

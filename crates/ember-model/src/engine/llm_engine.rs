@@ -57,6 +57,17 @@ fn invalid(message: String) -> EngineError {
     EngineError::InvalidRequest(message)
 }
 
+/// A request's `cache_salt` as the key its block hashes mix in; empty text is refused.
+fn cache_salt_key(cache_salt: &str) -> Result<u64, EngineError> {
+    if cache_salt.is_empty() {
+        return Err(EngineError::InvalidParam(InvalidParam {
+            field: "cache_salt",
+            message: "cache_salt must be a non-empty string when given".into(),
+        }));
+    }
+    Ok(ember_core::cache_salt_key(cache_salt))
+}
+
 impl LlmEngine {
     /// Opens the model, loads it onto the chosen device's backend and sizes the KV cache.
     pub fn new(args: &EngineArgs) -> Result<Self, EngineError> {
@@ -191,6 +202,9 @@ impl LlmEngine {
     /// `fork_of` names a live sibling with the same prompt (another completion of an `n > 1`
     /// request): this request then shares the sibling's prompt blocks once they are computed
     /// instead of computing them again. `lora` runs it with that adapter (loaded on first use).
+    /// `cache_salt` (vLLM's name; non-empty text) joins its block hashes
+    /// ([`ember_core::cache_salt_key`]): only requests with the same salt share cached prefixes.
+    #[allow(clippy::too_many_arguments)]
     pub fn add_request(
         &mut self,
         request_id: &str,
@@ -199,6 +213,7 @@ impl LlmEngine {
         priority: i32,
         fork_of: Option<&str>,
         lora: Option<&LoraRef>,
+        cache_salt: Option<&str>,
     ) -> Result<(), EngineError> {
         // Ids must have an embedding row and a token text: the smaller vocabulary bounds them.
         let vocab_size = self.tokenizer.vocab_size().min(self.vocab_size);
@@ -215,6 +230,7 @@ impl LlmEngine {
                 ),
             }));
         }
+        let cache_salt = cache_salt.map(cache_salt_key).transpose()?;
         let request_id: RequestId = Arc::from(request_id);
         if self.requests.contains_key(&request_id) {
             return Err(invalid(format!("request_id '{request_id}' is already in use")));
@@ -244,7 +260,8 @@ impl LlmEngine {
             now_s(),
         )
         .with_fork_of(fork_of.map(RequestId::from))
-        .with_lora_id(lora_id);
+        .with_lora_id(lora_id)
+        .with_cache_salt(cache_salt);
         if let Err(e) = self.scheduler.add_request(request) {
             self.structured.remove(&request_id);
             self.release_lora(&request_id);

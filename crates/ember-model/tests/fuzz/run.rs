@@ -198,7 +198,7 @@ fn load_and_generate(path: &Path, float32: bool) -> Result<(), String> {
     .map_err(|e| format!("the fuzz request's parameters are invalid: {e}"))?;
     let _ = engine.tokenizer().encode("a b, c!", true);
     if engine
-        .add_request("r", vec![0, 1, 2, 3], params, 0, None, None)
+        .add_request("r", vec![0, 1, 2, 3], params, 0, None, None, None)
         .is_ok()
     {
         for _ in 0..6 {
