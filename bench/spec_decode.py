@@ -56,7 +56,7 @@ DRAFT_BATCH_SIZES = (1, 4, 16)
 # num_speculative_tokens per suite, tuned on the shared machine (bench/RESULTS.md, issue 16 round 6): the n-gram
 # proposer's drafts are capped by its match (see `max_drafts_for_match`), the draft model's run at acceptance ~1.
 NGRAM_K = 5
-DRAFT_K = 12
+DRAFT_K = 16
 
 
 def run_once(engine: Any, convs: list, params: Any) -> dict[str, Any]:
