@@ -53,9 +53,11 @@ from spec_prompts import WORKLOADS, conversations, single_stream_prompts
 
 BATCH_SIZES = (1, 2, 4, 16)
 DRAFT_BATCH_SIZES = (1, 4, 16)
-# num_speculative_tokens per suite, tuned on the shared machine (bench/RESULTS.md, issue 16 round 6): the n-gram
-# proposer's drafts are capped by its match (see `max_drafts_for_match`), the draft model's run at acceptance ~1.
-NGRAM_K = 5
+# num_speculative_tokens per suite, tuned by CPU time per token on the shared machine (bench/RESULTS.md, issue 16
+# round 6): n-gram 5 / 8 / 12 / 16 were within ~4 % (12 best; the proposer's match caps most drafts, see
+# `max_drafts_for_match`); the draft model, accepted in full, gained up to 16 (1.90x at 5, 2.04x at 8 and 12,
+# 2.12-2.27x at 16).
+NGRAM_K = 12
 DRAFT_K = 16
 
 
