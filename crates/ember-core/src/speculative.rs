@@ -298,7 +298,10 @@ mod tests {
             record.record(k, k);
             k = record.num_to_propose(16, true);
         }
-        assert_eq!(k, 16, "a draft accepted in full grows back to num_speculative_tokens");
+        assert_eq!(
+            k, 16,
+            "a draft accepted in full grows back to num_speculative_tokens"
+        );
     }
 
     #[test]

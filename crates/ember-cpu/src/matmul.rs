@@ -195,7 +195,9 @@ const BIG_WORK: usize = 1 << 24;
 const FLOAT_COL_BLOCK: usize = 16;
 
 /// Float-weight columns `c_start..c_end` of every row, in blocks of [`FLOAT_COL_BLOCK`]
-/// weight rows (`c_start` is a multiple of 8, so every block but the last is whole tiles).
+/// weight rows (`c_start` is a multiple of 8, so every block but the last is whole tiles); in a
+/// block, tiles of 4 rows, then 2, then 1 (each output's accumulation order is the same in every
+/// tile shape).
 #[allow(clippy::too_many_arguments)]
 pub(crate) fn float_cols(
     isa: Isa,
@@ -208,40 +210,24 @@ pub(crate) fn float_cols(
     bias: Option<&[f32]>,
 ) {
     for b0 in (c_start..c_end).step_by(FLOAT_COL_BLOCK) {
-        let b_end = (b0 + FLOAT_COL_BLOCK).min(c_end);
-        float_block(isa, w, x, rows, b0, b_end, out, bias);
-    }
-}
-
-/// Every row against weight rows `c_start..c_end`: tiles of 4 rows, then 2, then 1 (each
-/// output's accumulation order is the same in every tile shape).
-#[allow(clippy::too_many_arguments)]
-fn float_block(
-    isa: Isa,
-    w: &CpuMatrix,
-    x: &[f32],
-    rows: usize,
-    c_start: usize,
-    c_end: usize,
-    out: OutPtr,
-    bias: Option<&[f32]>,
-) {
-    let mut r0 = 0;
-    while rows - r0 >= 4 {
-        for c0 in (c_start..c_end).step_by(2) {
-            store::<4, 2>(tile::<4, 2>(isa, w, x, r0, c0), r0, c0, w.rows(), out, bias);
+        let cols = b0..(b0 + FLOAT_COL_BLOCK).min(c_end);
+        let mut r0 = 0;
+        while rows - r0 >= 4 {
+            for c0 in cols.clone().step_by(2) {
+                store::<4, 2>(tile::<4, 2>(isa, w, x, r0, c0), r0, c0, w.rows(), out, bias);
+            }
+            r0 += 4;
         }
-        r0 += 4;
-    }
-    if rows - r0 >= 2 {
-        for c0 in (c_start..c_end).step_by(4) {
-            store::<2, 4>(tile::<2, 4>(isa, w, x, r0, c0), r0, c0, w.rows(), out, bias);
+        if rows - r0 >= 2 {
+            for c0 in cols.clone().step_by(4) {
+                store::<2, 4>(tile::<2, 4>(isa, w, x, r0, c0), r0, c0, w.rows(), out, bias);
+            }
+            r0 += 2;
         }
-        r0 += 2;
-    }
-    if rows - r0 == 1 {
-        for c0 in (c_start..c_end).step_by(8) {
-            store::<1, 8>(tile::<1, 8>(isa, w, x, r0, c0), r0, c0, w.rows(), out, bias);
+        if rows - r0 == 1 {
+            for c0 in cols.step_by(8) {
+                store::<1, 8>(tile::<1, 8>(isa, w, x, r0, c0), r0, c0, w.rows(), out, bias);
+            }
         }
     }
 }
