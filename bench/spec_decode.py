@@ -18,10 +18,16 @@ Greedy decoding. The `grounded` workload (default) stops at the end of turn, as 
 speculative run are checked equal to the plain run's (a mismatch aborts the run), and throughput counts the
 tokens actually generated.
 Throughput is generated tokens per second of wall time, prefill included (the prompts are the same for all; the
-prefix cache is cleared before every timed run, so no repeat reuses an earlier run's prompt KV), and
-per second of the process's CPU time (steadier on a shared machine; with one thread it is the work done);
-acceptance is accepted / proposed drafts, the mean accepted length is accepted drafts per verification. Each
-engine first runs one short warm-up request; each case runs `--repeats` times and the fastest counts.
+prefix cache is cleared before every timed run, so no repeat reuses an earlier run's prompt KV), beside the
+process's CPU milliseconds per generated token (steadier on a shared machine; with one thread it is the work
+done); acceptance is accepted / proposed drafts, the mean accepted length is accepted drafts per verification.
+Each engine first runs one short warm-up request. Each case runs `--repeats` rounds (default 3), one run of every
+engine per round in turn (A/B alternated); a row shows the median tok/s and its range over the rounds, and the
+median speedup over the rounds (each round's run against the baseline's run of that round) and its range, so
+the run-to-run noise is printed beside every figure.
+
+`num_speculative_tokens` (`--k`) defaults per suite to the value tuned by a k sweep (NGRAM_K, DRAFT_K; see
+bench/RESULTS.md); `--draft-ks 5 8 12 16` adds one q4-draft engine per value at batch 1 to run that sweep.
 
 (b) The draft-model method on the same workload at batch 1, 4 and 16: the model computed in float32 (exact
 arithmetic) without speculation (plain-f32), and with its own Q4_1 arithmetic drafting for it (`{"method":
@@ -30,7 +36,7 @@ default cap); tokens checked equal to plain-f32's.
 
     python bench/spec_decode.py [--model PATH] [--threads 2] [--workload grounded|copy] [--max-tokens N]
         [--prompts 6] [--draft-prompts 0] [--batch-sizes 1 4 16] [--quick]
-        [--suite ngram|draft]
+        [--suite ngram|draft] [--k K] [--draft-ks K ...] [--repeats 3]
 
 Prints a table and writes bench/out/spec_decode-<date>.json.
 """
@@ -38,6 +44,7 @@ Prints a table and writes bench/out/spec_decode-<date>.json.
 from __future__ import annotations
 
 import argparse
+import statistics
 import time
 from typing import Any
 
@@ -46,64 +53,98 @@ from spec_prompts import WORKLOADS, conversations, single_stream_prompts
 
 BATCH_SIZES = (1, 2, 4, 16)
 DRAFT_BATCH_SIZES = (1, 4, 16)
+# num_speculative_tokens per suite, tuned by CPU time per token on the shared machine (bench/RESULTS.md, issue 16
+# round 6): n-gram 5 / 8 / 12 / 16 were within ~4 % (12 best; the proposer's match caps most drafts, see
+# `max_drafts_for_match`); the draft model, accepted in full, gained up to 16 (1.90x at 5, 2.04x at 8 and 12,
+# 2.12-2.27x at 16).
+NGRAM_K = 12
+DRAFT_K = 16
 
 
-def run(engine: Any, convs: list, params: Any, repeats: int) -> dict[str, Any]:
-    """Fastest of `repeats` runs of `convs` on `engine`: tokens, tok/s and the speculation counters' deltas."""
-    best: dict[str, Any] | None = None
+def run_once(engine: Any, convs: list, params: Any) -> dict[str, Any]:
+    """One run of `convs` on `engine`: tokens, wall and CPU time, tok/s, CPU ms per generated token and the
+    speculation counters' deltas."""
+    engine.reset_prefix_cache()  # every run pays its prompts' prefill, as a new request does
+    before = engine.stats()
+    start, start_cpu = time.perf_counter(), time.process_time()
+    outs = engine.chat(convs, params, use_tqdm=False)
+    wall_s, cpu_s = time.perf_counter() - start, time.process_time() - start_cpu
+    after = engine.stats()
+    num_generated = sum(len(o.outputs[0].token_ids) for o in outs)
+    proposed = after["num_spec_proposed_tokens"] - before["num_spec_proposed_tokens"]
+    accepted = after["num_spec_accepted_tokens"] - before["num_spec_accepted_tokens"]
+    verifications = after["num_spec_verify_steps"] - before["num_spec_verify_steps"]
+    return {
+        "token_ids": [o.outputs[0].token_ids for o in outs],
+        "num_generated": num_generated,
+        "num_verifications": verifications,
+        "wall_s": wall_s,
+        "tok_s": num_generated / wall_s,
+        "cpu_s": cpu_s,
+        "cpu_ms_per_token": 1e3 * cpu_s / num_generated,
+        "num_proposed": proposed,
+        "num_accepted": accepted,
+        "acceptance_rate": accepted / proposed if proposed else 0.0,
+        "mean_accepted_len": accepted / verifications if verifications else 0.0,
+    }
+
+
+def alternating_runs(engines: dict[str, Any], convs: list, params: Any, repeats: int) -> dict[str, list[dict]]:
+    """`repeats` rounds of one run per engine (A/B alternated, so drifting load hits every engine alike), each
+    speculative run's tokens checked equal to the first engine's."""
+    names = list(engines)
+    runs: dict[str, list[dict[str, Any]]] = {name: [] for name in names}
     for _ in range(repeats):
-        engine.reset_prefix_cache()  # every run pays its prompts' prefill, as a new request does
-        before = engine.stats()
-        start, start_cpu = time.perf_counter(), time.process_time()
-        outs = engine.chat(convs, params, use_tqdm=False)
-        wall_s, cpu_s = time.perf_counter() - start, time.process_time() - start_cpu
-        after = engine.stats()
-        num_generated = sum(len(o.outputs[0].token_ids) for o in outs)
-        proposed = after["num_spec_proposed_tokens"] - before["num_spec_proposed_tokens"]
-        accepted = after["num_spec_accepted_tokens"] - before["num_spec_accepted_tokens"]
-        verifications = after["num_spec_verify_steps"] - before["num_spec_verify_steps"]
-        result = {
-            "token_ids": [o.outputs[0].token_ids for o in outs],
-            "num_generated": num_generated,
-            "num_verifications": verifications,
-            "wall_s": wall_s,
-            "tok_s": num_generated / wall_s,
-            "cpu_s": cpu_s,
-            "tok_per_cpu_s": num_generated / cpu_s,
-            "num_proposed": proposed,
-            "num_accepted": accepted,
-            "acceptance_rate": accepted / proposed if proposed else 0.0,
-            "mean_accepted_len": accepted / verifications if verifications else 0.0,
-        }
-        if best is None or result["wall_s"] < best["wall_s"]:
-            best = result
-    assert best is not None
-    return best
+        for name in names:
+            result = run_once(engines[name], convs, params)
+            if name != names[0] and result["token_ids"] != runs[names[0]][-1]["token_ids"]:
+                raise SystemExit(f"{name}: tokens differ from {names[0]}")
+            runs[name].append(result)
+    return runs
+
+
+def summarize(runs: list[dict[str, Any]], baseline: list[dict[str, Any]]) -> dict[str, Any]:
+    """One engine's repeats against the baseline's (paired by round): median tok/s and CPU ms per token, the
+    median speedup (wall and CPU) over the rounds and its range, and the counters (the same in every run)."""
+    speedups = [r["tok_s"] / b["tok_s"] for r, b in zip(runs, baseline, strict=True)]
+    cpu_speedups = [b["cpu_ms_per_token"] / r["cpu_ms_per_token"] for r, b in zip(runs, baseline, strict=True)]
+    first = runs[0]
+    return {
+        **{k: first[k] for k in ("num_generated", "num_verifications", "num_proposed", "num_accepted")},
+        **{k: first[k] for k in ("acceptance_rate", "mean_accepted_len")},
+        "tok_s": statistics.median(r["tok_s"] for r in runs),
+        "tok_s_runs": [r["tok_s"] for r in runs],
+        "cpu_ms_per_token": statistics.median(r["cpu_ms_per_token"] for r in runs),
+        "speedup": statistics.median(speedups),
+        "speedup_range": [min(speedups), max(speedups)],
+        "cpu_speedup": statistics.median(cpu_speedups),
+    }
 
 
 def single_streams(engines: dict[str, Any], suite: str, convs: list, params: Any, repeats: int) -> list[dict[str, Any]]:
-    """Each prompt of `convs` alone on every engine (the first is the baseline): one row per engine with batch
-    "1xN", the summed tokens over the summed fastest walls, and the mean and per-prompt speedups."""
+    """Each prompt of `convs` alone on every engine (the first is the baseline; A/B alternated per prompt): one
+    row per engine with batch "1xN": per round the mean of the per-prompt speedups; the median over the rounds
+    and its range; per prompt the median speedup."""
     from tqdm import tqdm
 
     names = list(engines)
-    results: dict[str, list[dict[str, Any]]] = {name: [] for name in names}
-    cases = [(i, name) for i in range(len(convs)) for name in names]
-    for i, name in tqdm(cases, desc=f"spec_decode {suite} 1x{len(convs)}"):
-        result = run(engines[name], [convs[i]], params, repeats)
-        if name != names[0] and result["token_ids"] != results[names[0]][i]["token_ids"]:
-            raise SystemExit(f"{name} on single-stream prompt {i}: tokens differ from {names[0]}")
-        results[name].append(result)
+    per_prompt = [alternating_runs(engines, [c], params, repeats) for c in tqdm(convs, desc=f"spec_decode {suite}")]
     rows = []
     for name in names:
-        per_prompt = results[name]
-        pairs = list(zip(per_prompt, results[names[0]], strict=True))
-        speedups = [r["tok_s"] / p["tok_s"] for r, p in pairs]
-        cpu_speedups = [r["tok_per_cpu_s"] / p["tok_per_cpu_s"] for r, p in pairs]
+        prompts = [summarize(p[name], p[names[0]]) for p in per_prompt]
+        rounds = [
+            statistics.fmean(p[name][r]["tok_s"] / p[names[0]][r]["tok_s"] for p in per_prompt) for r in range(repeats)
+        ]
+        cpu_rounds = [
+            statistics.fmean(p[names[0]][r]["cpu_ms_per_token"] / p[name][r]["cpu_ms_per_token"] for p in per_prompt)
+            for r in range(repeats)
+        ]
         num_tokens, proposed, accepted, verifications = (
-            sum(r[key] for r in per_prompt)
+            sum(r[key] for r in prompts)
             for key in ("num_generated", "num_proposed", "num_accepted", "num_verifications")
         )
+        walls = [sum(p[name][r]["wall_s"] for p in per_prompt) for r in range(repeats)]
+        cpus = [sum(p[name][r]["cpu_s"] for p in per_prompt) for r in range(repeats)]
         rows.append(
             {
                 "suite": suite,
@@ -111,18 +152,18 @@ def single_streams(engines: dict[str, Any], suite: str, convs: list, params: Any
                 "engine": name,
                 "num_generated": num_tokens,
                 "num_verifications": verifications,
-                "wall_s": sum(r["wall_s"] for r in per_prompt),
-                "tok_s": num_tokens / sum(r["wall_s"] for r in per_prompt),
-                "cpu_s": sum(r["cpu_s"] for r in per_prompt),
-                "tok_per_cpu_s": num_tokens / sum(r["cpu_s"] for r in per_prompt),
+                "tok_s": num_tokens / statistics.median(walls),
+                "tok_s_runs": [num_tokens / w for w in walls],
+                "cpu_ms_per_token": 1e3 * statistics.median(cpus) / num_tokens,
                 "num_proposed": proposed,
                 "num_accepted": accepted,
                 "acceptance_rate": accepted / proposed if proposed else 0.0,
                 "mean_accepted_len": accepted / verifications if verifications else 0.0,
-                "speedup": sum(speedups) / len(speedups),
-                "cpu_speedup": sum(cpu_speedups) / len(cpu_speedups),
-                "per_prompt_speedups": speedups,
-                "per_prompt_num_generated": [r["num_generated"] for r in per_prompt],
+                "speedup": statistics.median(rounds),
+                "speedup_range": [min(rounds), max(rounds)],
+                "cpu_speedup": statistics.median(cpu_rounds),
+                "per_prompt_speedups": [r["speedup"] for r in prompts],
+                "per_prompt_num_generated": [r["num_generated"] for r in prompts],
             }
         )
     return rows
@@ -131,7 +172,19 @@ def single_streams(engines: dict[str, Any], suite: str, convs: list, params: Any
 def main() -> None:
     parser = common_parser(__doc__, "CPU threads of every engine (default: 2)", "batch 1, 2 and 4 only, one repeat")
     add_workload_arguments(parser)
-    parser.add_argument("--k", type=int, default=5, help="num_speculative_tokens (default: 5)")
+    parser.add_argument(
+        "--k",
+        type=int,
+        default=None,
+        help=f"num_speculative_tokens of both suites (default: {NGRAM_K} for ngram, {DRAFT_K} for draft)",
+    )
+    parser.add_argument(
+        "--draft-ks",
+        type=int,
+        nargs="*",
+        default=[],
+        help="a k sweep: one more q4-draft engine (any batch size) per value, run at batch 1 only (default: none)",
+    )
     parser.add_argument(
         "--cap", type=int, default=None, help="max_num_seqs_to_speculate of ngram+cap (default: the engine's default)"
     )
@@ -142,7 +195,12 @@ def main() -> None:
         default=None,
         help=f"batch sizes to run (default: {BATCH_SIZES} for ngram, {DRAFT_BATCH_SIZES} for draft)",
     )
-    parser.add_argument("--repeats", type=int, default=2, help="runs per case, fastest counts (default: 2)")
+    parser.add_argument(
+        "--repeats",
+        type=int,
+        default=3,
+        help="rounds per case, engines alternated; the median counts and the range is printed (default: 3)",
+    )
     parser.add_argument(
         "--prompts",
         type=int,
@@ -201,7 +259,7 @@ def bench(args: argparse.Namespace) -> dict[str, Any]:
     common = {"num_threads": args.threads, "max_model_len": 1024, "kv_cache_memory_bytes": 256 << 20}
     suites: list[tuple[str, tuple[int, ...], dict[str, Any]]] = []
     if args.suite in ("ngram", "both"):
-        ngram = {"method": "ngram", "num_speculative_tokens": args.k}
+        ngram = {"method": "ngram", "num_speculative_tokens": args.k or NGRAM_K}
         capped = ngram if args.cap is None else {**ngram, "max_num_seqs_to_speculate": args.cap}
         suites.append(
             (
@@ -215,8 +273,13 @@ def bench(args: argparse.Namespace) -> dict[str, Any]:
             )
         )
     if args.suite in ("draft", "both"):
-        draft = {"method": "draft_model", "model": str(model), "num_speculative_tokens": args.k, "dtype": "auto"}
+        draft = {"method": "draft_model", "model": str(model), "num_speculative_tokens": args.k or DRAFT_K}
+        draft["dtype"] = "auto"
         f32 = {"dtype": "float32"}
+        sweep = {
+            f"q4-draft k={k}": {**f32, "speculative_config": {**draft, "num_speculative_tokens": k}}
+            for k in args.draft_ks
+        }
         suites.append(
             (
                 "draft",
@@ -225,6 +288,7 @@ def bench(args: argparse.Namespace) -> dict[str, Any]:
                     "plain-f32": f32,
                     "q4-draft": {**f32, "speculative_config": {**draft, "max_num_seqs_to_speculate": 0}},
                     "q4-draft+cap": {**f32, "speculative_config": draft},
+                    **sweep,
                 },
             )
         )
@@ -235,20 +299,13 @@ def bench(args: argparse.Namespace) -> dict[str, Any]:
         engines = {name: Engine(model, **common, **extra) for name, extra in configs.items()}
         for engine in engines.values():  # first touch of the weights and caches, outside the timings
             engine.chat(conversations(args.workload, 1, args.seed + 99), SamplingParams(max_tokens=8), use_tqdm=False)
-        baseline = next(iter(engines))
-        plain_by_batch: dict[int, dict[str, Any]] = {}
-        cases = [(b, name) for b in batch_sizes for name in engines]
-        for batch, name in tqdm(cases, desc=f"spec_decode {suite}"):
+        for batch in tqdm(batch_sizes, desc=f"spec_decode {suite}"):
             convs = conversations(args.workload, batch, args.seed + batch)
-            result = run(engines[name], convs, params, repeats)
-            token_ids = result.pop("token_ids")
-            if name == baseline:
-                plain_by_batch[batch] = {"token_ids": token_ids, **result}
-            elif token_ids != plain_by_batch[batch]["token_ids"]:
-                raise SystemExit(f"{name} at batch {batch}: tokens differ from {baseline}")
-            result["speedup"] = result["tok_s"] / plain_by_batch[batch]["tok_s"]
-            result["cpu_speedup"] = result["tok_per_cpu_s"] / plain_by_batch[batch]["tok_per_cpu_s"]
-            rows.append({"suite": suite, "batch": batch, "engine": name, **result})
+            running = {name: e for name, e in engines.items() if batch == 1 or " k=" not in name}
+            runs = alternating_runs(running, convs, params, repeats)
+            baseline = runs[next(iter(running))]
+            for name, engine_runs in runs.items():
+                rows.append({"suite": suite, "batch": batch, "engine": name, **summarize(engine_runs, baseline)})
         num_prompts = args.prompts if suite == "ngram" else args.draft_prompts
         if num_prompts:
             rows.extend(
@@ -258,13 +315,16 @@ def bench(args: argparse.Namespace) -> dict[str, Any]:
             )
         del engines
     print(
-        f"\n{'batch':>5} {'engine':<13} {'tok/s':>8} {'speedup':>8} {'tok/cpu-s':>10} {'cpu speedup':>12} "
-        f"{'accept':>7} {'mean len':>9}"
+        f"\n{'batch':>5} {'engine':<16} {'tok/s':>7} {'tok/s range':>13} {'speedup':>8} {'range':>13} "
+        f"{'cpu ms/tok':>10} {'cpu speedup':>11} {'accept':>6} {'mean len':>8}"
     )
     for r in rows:
+        lo, hi = min(r["tok_s_runs"]), max(r["tok_s_runs"])
+        s_lo, s_hi = r["speedup_range"]
         print(
-            f"{r['batch']!s:>5} {r['engine']:<13} {r['tok_s']:>8.1f} {r['speedup']:>7.2f}x {r['tok_per_cpu_s']:>10.1f} "
-            f"{r['cpu_speedup']:>11.2f}x {r['acceptance_rate']:>7.2f} {r['mean_accepted_len']:>9.2f}"
+            f"{r['batch']!s:>5} {r['engine']:<16} {r['tok_s']:>7.1f} {f'{lo:.1f}-{hi:.1f}':>13} {r['speedup']:>7.2f}x "
+            f"{f'{s_lo:.2f}-{s_hi:.2f}x':>13} {r['cpu_ms_per_token']:>10.2f} {r['cpu_speedup']:>10.2f}x "
+            f"{r['acceptance_rate']:>6.2f} {r['mean_accepted_len']:>8.2f}"
         )
     for r in rows:
         if "per_prompt_speedups" in r and r["engine"] not in ("plain", "plain-f32"):
@@ -277,7 +337,9 @@ def bench(args: argparse.Namespace) -> dict[str, Any]:
         "workload": args.workload,
         "max_tokens": args.max_tokens,
         "ignore_eos": params.ignore_eos,
-        "num_speculative_tokens": args.k,
+        "num_speculative_tokens": {"ngram": args.k or NGRAM_K, "draft": args.k or DRAFT_K},
+        "draft_ks": args.draft_ks,
+        "repeats": repeats,
         "cap": args.cap,
         "seed": args.seed,
         "num_single_stream_prompts": args.prompts,

@@ -9,8 +9,9 @@ proposal (one row), and verifications by rows (1 + drafts). The tokens of both e
 prompt runs `--repeats` times on each engine and every run's steps count (the per-kind means then average
 over the repeats).
 
-Prints, per engine: steps, tokens and wall time of each kind; the mean step time by rows (a draft-model step
-includes the draft's forwards); the speculative engine's
+Prints, per engine: steps, tokens and wall time of each kind; the mean and median step time by rows, in wall
+time and in process CPU time (with `--threads 1` the work done, steadier than wall time on a shared machine; a
+draft-model step includes the draft's forwards); the speculative engine's
 extra cost per one-row step over the plain engine's (the proposal and host work a step without a draft pays);
 the speedup with and without the prefill; and the decode speedup if every verification cost no more than a
 plain step (the part of the gap to the ideal that is verification cost, not missing drafts). The prefix cache is
@@ -49,19 +50,20 @@ def main() -> None:
 
 
 def timed_steps(engine: Any, request_id: str, prompt_ids: list[int], params: Any) -> list[dict[str, Any]]:
-    """One request alone on `engine`, stepped to the end: per step its wall time, drafts verified and tokens."""
+    """One request alone on `engine`, stepped to the end: per step its wall and CPU time, drafts verified and
+    tokens."""
     core = engine._core
     engine.reset_prefix_cache()  # the prefill computes the whole prompt, as for a new request
     core.add_request(request_id, prompt_ids, params)
     steps = []
     while core.has_unfinished_requests():
         before = core.stats()["num_spec_proposed_tokens"]
-        start = time.perf_counter()
+        start, start_cpu = time.perf_counter(), time.process_time()
         outputs = core.step()
-        wall_s = time.perf_counter() - start
+        wall_s, cpu_s = time.perf_counter() - start, time.process_time() - start_cpu
         num_drafts = int(core.stats()["num_spec_proposed_tokens"] - before)
         token_ids = [t for out in outputs for t in out.new_token_ids]
-        steps.append({"wall_s": wall_s, "num_drafts": num_drafts, "token_ids": token_ids})
+        steps.append({"wall_s": wall_s, "cpu_s": cpu_s, "num_drafts": num_drafts, "token_ids": token_ids})
     return steps
 
 
@@ -78,7 +80,7 @@ def step_kind(index: int, step: dict[str, Any]) -> str:
 
 
 def summarize(all_steps: list[list[dict[str, Any]]]) -> dict[str, dict[str, float]]:
-    """Per step kind: steps, tokens, total and mean wall time over every run."""
+    """Per step kind: steps, tokens, total and mean wall time, and mean and median CPU time over every run."""
     kinds: dict[str, list[dict[str, Any]]] = defaultdict(list)
     for steps in all_steps:
         for index, step in enumerate(steps):
@@ -90,6 +92,8 @@ def summarize(all_steps: list[list[dict[str, Any]]]) -> dict[str, dict[str, floa
             "wall_s": sum(s["wall_s"] for s in steps),
             "mean_ms": 1e3 * statistics.fmean(s["wall_s"] for s in steps),
             "median_ms": 1e3 * statistics.median(s["wall_s"] for s in steps),
+            "mean_cpu_ms": 1e3 * statistics.fmean(s["cpu_s"] for s in steps),
+            "median_cpu_ms": 1e3 * statistics.median(s["cpu_s"] for s in steps),
         }
         for kind, steps in sorted(kinds.items(), key=lambda item: (item[0] != "prefill", len(item[0]), item[0]))
     }
@@ -126,12 +130,15 @@ def bench(args: argparse.Namespace) -> dict[str, Any]:
         runs[name].append({"prompt": i, "steps": steps})
     summaries = {name: summarize([run["steps"] for run in engine_runs]) for name, engine_runs in runs.items()}
     plain_decode_ms = summaries["plain"]["decode 1 row"]["mean_ms"]
-    print(f"\n{'engine':<6} {'step kind':<15} {'steps':>6} {'tokens':>7} {'wall s':>8} {'mean ms':>8} {'median ms':>9}")
+    print(
+        f"\n{'engine':<6} {'step kind':<15} {'steps':>6} {'tokens':>7} {'wall s':>8} {'mean ms':>8} {'median ms':>9} "
+        f"{'cpu ms':>7} {'med cpu':>8}"
+    )
     for name, summary in summaries.items():
         for kind, s in summary.items():
             print(
                 f"{name:<6} {kind:<15} {s['num_steps']:>6} {s['num_tokens']:>7} {s['wall_s']:>8.3f} "
-                f"{s['mean_ms']:>8.2f} {s['median_ms']:>9.2f}"
+                f"{s['mean_ms']:>8.2f} {s['median_ms']:>9.2f} {s['mean_cpu_ms']:>7.2f} {s['median_cpu_ms']:>8.2f}"
             )
     speculative = summaries["spec"]
     total = {name: sum(s["wall_s"] for s in summary.values()) for name, summary in summaries.items()}

@@ -8,7 +8,8 @@
 - bench/throughput.py: llama.cpp's multi-stream context keeps the library's default
   `kv_unified` off, so each stream attends over its own cells only.
 - bench/spec_decode.py / spec_steps.py: the grounded workload stops at the end of turn (the copy workload runs
-  past it), and the step breakdown classes every step and emits the plain engine's tokens.
+  past it), spec_decode pairs each round's runs for the median speedup and its range, and the step breakdown
+  classes every step and emits the plain engine's tokens.
 """
 
 from __future__ import annotations
@@ -74,6 +75,23 @@ def test_spec_workloads_stop_where_they_say() -> None:
     copy = spec_decode.workload_params(argparse.Namespace(workload="copy", max_tokens=None))
     assert (grounded.ignore_eos, grounded.max_tokens) == (False, 256)
     assert (copy.ignore_eos, copy.max_tokens) == (True, 96)
+
+
+def test_spec_decode_pairs_rounds_and_reports_the_median_and_range() -> None:
+    def runs(*tok_s: float) -> list[dict]:
+        return [
+            {"tok_s": t, "cpu_ms_per_token": 100 / t, "num_generated": 10, "num_verifications": 2}
+            | {"num_proposed": 8, "num_accepted": 6, "acceptance_rate": 0.75, "mean_accepted_len": 3.0}
+            for t in tok_s
+        ]
+
+    # Round 2 is slow for both engines (a load spike): paired by round, its speedup stays 2x.
+    plain, spec = runs(10.0, 5.0, 11.0), runs(20.0, 10.0, 33.0)
+    row = spec_decode.summarize(spec, plain)
+    assert row["tok_s"] == 20.0 and row["tok_s_runs"] == [20.0, 10.0, 33.0]
+    assert row["speedup"] == 2.0 and row["speedup_range"] == [2.0, 3.0]
+    assert row["cpu_speedup"] == pytest.approx(2.0) and row["cpu_ms_per_token"] == 5.0
+    assert spec_decode.summarize(plain, plain)["speedup_range"] == [1.0, 1.0]
 
 
 def test_spec_steps_classes_every_step_and_matches_plain_tokens(default_gguf: Path, tmp_path: Path) -> None:

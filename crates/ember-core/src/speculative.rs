@@ -287,6 +287,24 @@ mod tests {
     }
 
     #[test]
+    fn adaptive_length_grows_back_to_the_cap_when_every_draft_is_accepted() {
+        let mut record = AcceptanceRecord::default();
+        record.record(16, 4);
+        let after_miss = record.num_to_propose(16, true);
+        assert!(after_miss < 16, "{after_miss}");
+        let mut k = after_miss;
+        // The moving rate climbs back in six verifications (5, 9, 12, 13, 15, 15, then 16 drafts).
+        for _ in 0..6 {
+            record.record(k, k);
+            k = record.num_to_propose(16, true);
+        }
+        assert_eq!(
+            k, 16,
+            "a draft accepted in full grows back to num_speculative_tokens"
+        );
+    }
+
+    #[test]
     fn config_fields_are_range_checked_by_name() {
         assert_eq!(SpeculativeConfig::ngram(4, 1, 4).validate(), Ok(()));
         let err = SpeculativeConfig::ngram(0, 1, 4).validate().unwrap_err();
