@@ -86,11 +86,15 @@ pub fn lora_shrink(
     }
     let isa = if isa.is_supported() { isa } else { Isa::Scalar };
     let (quantized, float): (Vec<_>, Vec<_>) = segments.iter().partition(|s| s.matrix.dtype().is_quantized());
-    let mut products = quantized_shrinks(pool, isa, x, &quantized)?;
-    products.extend(float_shrinks(pool, isa, x, &float));
+    let quantized_products = quantized_shrinks(pool, isa, x, &quantized)?;
+    let float_products = float_shrinks(pool, isa, x, &float);
+    let products = quantized_products
+        .iter()
+        .map(CpuTensor::as_slice)
+        .chain(float_products.iter().map(Vec::as_slice));
     let width = segments.iter().map(|s| s.matrix.rows()).max().unwrap_or(0);
     let mut out = CpuTensor::zeros(x.rows(), width)?;
-    for (s, product) in quantized.iter().chain(&float).zip(&products) {
+    for (s, product) in quantized.iter().chain(&float).zip(products) {
         let rank = s.matrix.rows();
         for (&r, row) in s.row_ids.iter().zip(product.chunks_exact(rank)) {
             out.row_mut(r as usize)[..rank].copy_from_slice(row);
@@ -103,13 +107,14 @@ pub fn lora_shrink(
 /// quantized matmul on `x`'s kept quantization (`CpuTensor::quantized`, shared with the base
 /// projections that read `x`), its rows gathered per segment. Many small segments run as tasks
 /// of one parallel region, each product on its task's thread; a segment big enough to split
-/// runs alone, split by the matmul itself.
+/// runs alone, split by the matmul itself. The products' buffers go back to the recycler when
+/// the caller drops them.
 fn quantized_shrinks(
     pool: &ThreadPool,
     isa: Isa,
     x: &CpuTensor,
     segments: &[&LoraSegment<'_, CpuMatrix>],
-) -> BackendResult<Vec<Vec<f32>>> {
+) -> BackendResult<Vec<CpuTensor>> {
     let Some(block_len) = segments
         .first()
         .and_then(|s| s.matrix.layout())
@@ -121,7 +126,8 @@ fn quantized_shrinks(
     let gathered: Vec<QuantActs> = segments.iter().map(|s| gather_acts(acts, s.row_ids)).collect();
     let mut products = Vec::with_capacity(segments.len());
     for s in segments {
-        products.push(CpuTensor::zeros(s.row_ids.len(), s.matrix.rows())?);
+        // The tiles store every output element.
+        products.push(CpuTensor::for_overwrite(s.row_ids.len(), s.matrix.rows())?);
     }
     let work_of = |s: &LoraSegment<'_, CpuMatrix>| s.row_ids.len() * s.matrix.rows() * x.cols();
     if segments.iter().any(|s| work_of(s) >= PAR_WORK) {
@@ -142,7 +148,7 @@ fn quantized_shrinks(
             .map(|m| m.into_inner().unwrap_or_else(PoisonError::into_inner))
             .collect();
     }
-    Ok(products.into_iter().map(CpuTensor::into_vec).collect())
+    Ok(products)
 }
 
 /// Rows `row_ids` of `acts`, in order: bit-equal to quantizing the gathered float rows (each

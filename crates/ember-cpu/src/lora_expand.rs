@@ -14,14 +14,19 @@ use crate::quant::{f16_to_f32, read_u16};
 use crate::tensor::CpuTensor;
 use ember_core::{BackendResult, LoraSegment};
 use rayon::ThreadPool;
+use std::ops::Range;
 
 /// Output columns per expand task (whole Q8_0 blocks).
 const EXPAND_COLS_PER_TASK: usize = 128;
-/// Ranks up to which an expand task decodes a Q8_0 `lora_B` block into a stack buffer.
-const STACK_RANK: usize = 64;
 /// Outputs per Q8_0 block of a quantized `lora_B`'s transpose.
 const Q8_0_COLS: usize = 32;
 const _: () = assert!(EXPAND_COLS_PER_TASK.is_multiple_of(Q8_0_COLS));
+
+thread_local! {
+    /// The expand's decoded panels on this thread (see [`expand_cols`]), reused by every task
+    /// it runs.
+    static DECODED: std::cell::RefCell<Vec<f32>> = const { std::cell::RefCell::new(Vec::new()) };
+}
 
 /// `(outputs, rank)` of a `lora_B`: `[out, rank]` as stored, a quantized one's from its
 /// transpose `[rank, out]`.
@@ -85,16 +90,25 @@ fn expand_cols(
     c1: usize,
     out: OutPtr,
 ) {
-    #[cfg(target_arch = "x86_64")]
-    if isa != Isa::Scalar && isa.is_supported() {
-        // SAFETY: every family but the scalar one needs AVX2, FMA and F16C (`is_supported`),
-        // the features the function is compiled for.
-        return unsafe { expand_cols_avx2(s, shrunk, n, c0, c1, out) };
-    }
-    // Elsewhere (AArch64) the portable body serves every kernel family.
-    #[cfg(not(target_arch = "x86_64"))]
-    let _ = isa;
-    expand_cols_any(s, shrunk, n, c0, c1, out, false);
+    // Decoded panels in the thread's buffer: this runs per task, thousands of times a step,
+    // and a fresh buffer would be zeroed each time.
+    let need = expand_shape(s.matrix).1 * Q8_0_COLS;
+    DECODED.with_borrow_mut(|buf| {
+        if buf.len() < need {
+            buf.resize(need, 0.0);
+        }
+        let decoded = &mut buf[..need];
+        #[cfg(target_arch = "x86_64")]
+        if isa != Isa::Scalar && isa.is_supported() {
+            // SAFETY: every family but the scalar one needs AVX2, FMA and F16C
+            // (`is_supported`), the features the function is compiled for.
+            return unsafe { expand_cols_avx2(s, shrunk, n, c0..c1, out, decoded) };
+        }
+        // Elsewhere (AArch64) the portable body serves every kernel family.
+        #[cfg(not(target_arch = "x86_64"))]
+        let _ = isa;
+        expand_cols_any(s, shrunk, n, c0..c1, out, decoded, false);
+    });
 }
 
 /// [`expand_cols`] compiled for AVX2 + FMA + F16C (the axpys vectorize 8 wide, the Q8_0
@@ -105,11 +119,11 @@ unsafe fn expand_cols_avx2(
     s: &LoraSegment<'_, CpuMatrix>,
     shrunk: &CpuTensor,
     n: usize,
-    c0: usize,
-    c1: usize,
+    cols: Range<usize>,
     out: OutPtr,
+    decoded: &mut [f32],
 ) {
-    expand_cols_any(s, shrunk, n, c0, c1, out, true);
+    expand_cols_any(s, shrunk, n, cols, out, decoded, true);
 }
 
 /// The body of [`expand_cols`]: each element is `sum_k t[k] * B[c, k]` in `k` order, then
@@ -121,9 +135,9 @@ fn expand_cols_any(
     s: &LoraSegment<'_, CpuMatrix>,
     shrunk: &CpuTensor,
     n: usize,
-    c0: usize,
-    c1: usize,
+    Range { start: c0, end: c1 }: Range<usize>,
     out: OutPtr,
+    decoded: &mut [f32],
     simd: bool,
 ) {
     let rank = expand_shape(s.matrix).1;
@@ -147,18 +161,8 @@ fn expand_cols_any(
             return;
         }
     };
-    // A Q8_0 block's 32 outputs decoded: two panels `[rank, EXPAND_LANES]`, on the stack up
-    // to rank [`STACK_RANK`] (this runs per task, thousands of times a step).
-    let mut on_stack = [0.0f32; STACK_RANK * Q8_0_COLS];
-    let mut on_heap = Vec::new();
-    let decoded: &mut [f32] = match transposed {
-        Transposed::Q8_0(_) if rank <= STACK_RANK => &mut on_stack[..rank * Q8_0_COLS],
-        Transposed::Q8_0(_) => {
-            on_heap.resize(rank * Q8_0_COLS, 0.0);
-            &mut on_heap
-        }
-        Transposed::F32(_) => &mut [],
-    };
+    // `[rank, 32]`: a Q8_0 block's 32 outputs decoded, two panels `[rank, EXPAND_LANES]`.
+    let decoded = &mut decoded[..rank * Q8_0_COLS];
     for c in (c0..c1).step_by(EXPAND_LANES) {
         let lanes = EXPAND_LANES.min(c1 - c);
         // `[rank, lanes]` of the transpose at columns c..c + lanes, with its row stride.

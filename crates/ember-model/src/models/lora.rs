@@ -104,9 +104,7 @@ impl<B: Backend> LoraWeights<B> {
 }
 
 /// Elements per Q8_0 block.
-const Q8_0_BLOCK_LEN: usize = 32;
-/// Stored bytes per Q8_0 block (an f16 scale and 32 quants).
-const Q8_0_BLOCK_BYTES: usize = 34;
+const Q8_0_BLOCK_LEN: usize = WeightDType::Q8_0.block_len();
 
 /// `lora_B` (`b`, `[num_outputs, rank]`) on the backend for `lora_expand`: in `factor_dtype`,
 /// except off the exact path (`factor_dtype` not F32) where `num_outputs` is whole 32-element
@@ -148,10 +146,11 @@ fn factor_matrix<B: Backend>(
                 .collect(),
         ),
         WeightDType::Q8_0 => {
-            let mut bytes = vec![0u8; values.len() / Q8_0_BLOCK_LEN * Q8_0_BLOCK_BYTES];
+            let block_bytes = WeightDType::Q8_0.block_bytes();
+            let mut bytes = vec![0u8; values.len() / Q8_0_BLOCK_LEN * block_bytes];
             for (block, out) in values
                 .chunks_exact(Q8_0_BLOCK_LEN)
-                .zip(bytes.chunks_exact_mut(Q8_0_BLOCK_BYTES))
+                .zip(bytes.chunks_exact_mut(block_bytes))
             {
                 ember_cpu::quant::encode_q8_0_block(block, out);
             }
