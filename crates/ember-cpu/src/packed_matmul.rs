@@ -176,6 +176,15 @@ impl Job<'_> {
                     *d = v + bias;
                 }
             }
+            // A whole group's 16 outputs as one fixed-size copy (vector moves, not a
+            // `memcpy` call per tile row).
+            None if len == LANES => {
+                let (dst, src): (&mut [f32; LANES], &[f32; LANES]) = (
+                    dst.try_into().expect("16 lanes"),
+                    lanes.try_into().expect("16 lanes"),
+                );
+                *dst = *src;
+            }
             None => dst.copy_from_slice(&lanes[..len]),
         }
     }
