@@ -163,7 +163,13 @@ mod x86 {
         check(keys, head_dim);
         let n = keys.offs.len();
         let chunks = if C == 0 { head_dim / 8 } else { C };
-        for (j, &off) in keys.offs.iter().enumerate() {
+        // SAFETY: the rows were checked; `C > 0` only with `head_dim = 8 C`.
+        let done = if C > 0 {
+            unsafe { scores_quads::<DT, C>(q, keys, scale, out) }
+        } else {
+            0
+        };
+        for (j, &off) in keys.offs.iter().enumerate().skip(done) {
             let k = keys.bytes[elem_byte(keys.dtype, off)..].as_ptr();
             // With `C` fixed, the key row is widened once for all heads.
             // SAFETY: `8 c + 8 <= head_dim` elements of the checked row.
@@ -188,6 +194,89 @@ mod x86 {
                 out[g * n + j] = s * scale;
             }
         }
+    }
+
+    /// Scores of the context rows in quads `4 i..4 i + 4` (rows widened once for all heads),
+    /// each quad's four sums reduced together; returns the rows done (a multiple of 4). The
+    /// reduction adds the same lanes in the same order as `hsum` (`dot_scalar::hsum8`), so
+    /// the scores equal the one-row-at-a-time ones bit for bit.
+    ///
+    /// # Safety
+    /// `head_dim = 8 C`; the key rows were checked (`check`).
+    #[target_feature(enable = "avx2,fma,f16c")]
+    unsafe fn scores_quads<const DT: u8, const C: usize>(
+        q: &[f32],
+        keys: &KvRows<'_>,
+        scale: f32,
+        out: &mut [f32],
+    ) -> usize {
+        let (n, head_dim) = (keys.offs.len(), 8 * C);
+        let mut wide = [[0.0f32; 128]; 4];
+        assert!(head_dim <= 128);
+        let mut j = 0;
+        while j + 4 <= n {
+            for (t, row) in wide.iter_mut().enumerate() {
+                let k = keys.bytes[elem_byte(keys.dtype, keys.offs[j + t])..].as_ptr();
+                for c in 0..C {
+                    // SAFETY: `8 c + 8 <= head_dim` elements of the checked row, and of `row`.
+                    unsafe { _mm256_storeu_ps(row.as_mut_ptr().add(8 * c), load_w::<DT>(k, 8 * c)) };
+                }
+            }
+            for (g, qg) in q.chunks_exact(head_dim).enumerate() {
+                let span = &keys.spans[g];
+                let dot = |t: usize| {
+                    let mut acc = _mm256_setzero_ps();
+                    for c in 0..C {
+                        // SAFETY: `8 c + 8 <= head_dim` elements of `qg` and of `wide[t]`.
+                        let (qv, kv) = unsafe {
+                            (
+                                _mm256_loadu_ps(qg.as_ptr().add(8 * c)),
+                                _mm256_loadu_ps(wide[t].as_ptr().add(8 * c)),
+                            )
+                        };
+                        acc = _mm256_add_ps(acc, _mm256_mul_ps(qv, kv));
+                    }
+                    acc
+                };
+                let dst = &mut out[g * n + j..g * n + j + 4];
+                if span.start <= j && j + 4 <= span.end {
+                    let sums = hsum4([dot(0), dot(1), dot(2), dot(3)]);
+                    // SAFETY: `dst` holds 4 f32.
+                    unsafe { _mm_storeu_ps(dst.as_mut_ptr(), _mm_mul_ps(sums, _mm_set1_ps(scale))) };
+                } else {
+                    for (t, d) in dst.iter_mut().enumerate() {
+                        if span.contains(&(j + t)) {
+                            *d = hsum(dot(t)) * scale;
+                        }
+                    }
+                }
+            }
+            j += 4;
+        }
+        j
+    }
+
+    /// `[hsum(a[0]), .., hsum(a[3])]`: the same additions of the same lanes as `hsum`, four
+    /// vectors at a time.
+    #[target_feature(enable = "avx2,fma,f16c")]
+    fn hsum4(a: [__m256; 4]) -> __m128 {
+        // t_k = low half + high half of a[k]: [t0 | t2] and [t1 | t3].
+        let t02 = _mm256_add_ps(
+            _mm256_permute2f128_ps(a[0], a[2], 0x20),
+            _mm256_permute2f128_ps(a[0], a[2], 0x31),
+        );
+        let t13 = _mm256_add_ps(
+            _mm256_permute2f128_ps(a[1], a[3], 0x20),
+            _mm256_permute2f128_ps(a[1], a[3], 0x31),
+        );
+        // u_k = [t_k0 + t_k2, t_k1 + t_k3]: [u0 u1 | u2 u3].
+        let u = _mm256_add_ps(
+            _mm256_shuffle_ps(t02, t13, 0x44),
+            _mm256_shuffle_ps(t02, t13, 0xee),
+        );
+        // r_k = u_k0 + u_k1: [r0 r1 r0 r1 | r2 r3 r2 r3].
+        let r = _mm256_add_ps(_mm256_shuffle_ps(u, u, 0x88), _mm256_shuffle_ps(u, u, 0xdd));
+        _mm_movelh_ps(_mm256_castps256_ps128(r), _mm256_extractf128_ps(r, 1))
     }
 
     /// Weighted sum with `C` 8-element chunks per head (`C = 0`: any head size).

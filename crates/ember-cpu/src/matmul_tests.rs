@@ -60,7 +60,7 @@ fn repacked_kernels_equal_the_unpacked_reference() {
         let bytes = random_weight_bytes(&mut rng, dtype, n, k);
         let row_bytes = bytes.len() / n;
         let w = make_matrix(&bytes, dtype, n, k);
-        for rows in [1, 2, 3, 4, 7, 9, 12] {
+        for rows in [1, 2, 3, 4, 6, 7, 8, 9, 12, 14, 16] {
             let x = CpuTensor::from_vec(rows, k, rng.vec(rows * k, 2.0)).unwrap();
             let acts = QuantActs::quantize(x.as_slice(), rows, k, act_block(dtype));
             let want: Vec<f32> = (0..rows * n)

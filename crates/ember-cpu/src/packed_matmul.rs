@@ -2,8 +2,8 @@
 //! tiles of (activation rows x 16 weight rows), and the split over threads.
 //!
 //! The same tile kernels serve decode (one row), batched decode and prefill (many rows): a
-//! tile reads each weight vector once for up to 4 activation rows (8 for some formats on
-//! AVX-512) and each activation broadcast once for 16 weight rows. The activations are
+//! tile reads each weight vector once for up to 4 activation rows (8 on AVX-512 for the
+//! formats without sub-block scales) and each activation broadcast once for 16 weight rows. The activations are
 //! quantized once per input tensor (`CpuTensor::quantized`), shared by the projections that
 //! read it. With many rows, each thread sweeps the rows over
 //! L2-sized chunks of its weight groups. Every kernel family computes the reference
@@ -116,10 +116,15 @@ impl Job<'_> {
         while c0 < g1 {
             let c1 = (c0 + span).min(g1);
             let mut r0 = 0;
-            if self.eight_row_tiles() {
+            if self.wide_tiles() {
                 while rows - r0 >= 8 {
                     self.tiles::<8>(r0, c0, c1);
                     r0 += 8;
+                }
+                // A 6-row rest (a speculative verification of 1 + 5 rows) in one tile.
+                if rows - r0 >= 6 {
+                    self.tiles::<6>(r0, c0, c1);
+                    r0 += 6;
                 }
             }
             while rows - r0 >= 4 {
@@ -138,13 +143,13 @@ impl Job<'_> {
         }
     }
 
-    /// Whether 8-row tiles pay: on AVX-512 (32 vector registers hold 8 rows' block and float
-    /// sums when the format has no sub-block scales) for the formats whose weight vectors
-    /// take extra work per load (high-bit masks, the IQ4_NL table), which 8 rows share.
-    /// Measured on Zen 4: 4-7 % faster for Q5_0, Q5_1 and IQ4_NL, no gain for the others.
-    fn eight_row_tiles(&self) -> bool {
+    /// Whether 6- and 8-row tiles pay: on AVX-512 (32 vector registers hold 8 rows' block and
+    /// float sums) for the formats without sub-block scales (the K-quants' per-field sums
+    /// would not fit). Each weight vector is then loaded (and its fields and high bits
+    /// extracted) once per 8 rows instead of once per 4.
+    fn wide_tiles(&self) -> bool {
         let l = &self.layout;
-        self.isa == Isa::Avx512Vnni && !l.fmt.scales && (l.high_bits > 0 || l.fmt.table)
+        self.isa == Isa::Avx512Vnni && !l.fmt.scales
     }
 
     /// Tiles of activation rows `r0..r0 + R` over weight groups `c0..c1`.
@@ -170,6 +175,15 @@ impl Job<'_> {
                 for ((d, &v), &bias) in dst.iter_mut().zip(lanes).zip(&b[c0..c0 + len]) {
                     *d = v + bias;
                 }
+            }
+            // A whole group's 16 outputs as one fixed-size copy (vector moves, not a
+            // `memcpy` call per tile row).
+            None if len == LANES => {
+                let (dst, src): (&mut [f32; LANES], &[f32; LANES]) = (
+                    dst.try_into().expect("16 lanes"),
+                    lanes.try_into().expect("16 lanes"),
+                );
+                *dst = *src;
             }
             None => dst.copy_from_slice(&lanes[..len]),
         }
