@@ -4,8 +4,8 @@
 # and caches it as .cache/llama-server/bin/llama-server. A prerequisite of bench/serve.py, not
 # of the tests: `bash scripts/build_llama_server.sh` (about 10 minutes on 2 cores the first time).
 #
-# Flags: Release, GGML_NATIVE (this CPU's instruction sets, as pip's build of the library),
-# static libraries, no web UI (no download of prebuilt assets), no OpenSSL (loopback HTTP only).
+# Flags: Release, GGML_NATIVE (this CPU's instruction sets, as scripts/test.sh builds the library)
+# without AMX (its matmuls segfault on Sapphire Rapids in this llama.cpp), static libraries, no web UI (no download of prebuilt assets), no OpenSSL (loopback HTTP only).
 set -euo pipefail
 cd "$(dirname "$0")/.."
 ROOT=$PWD
@@ -40,6 +40,7 @@ echo "extracting vendor/llama.cpp from $SDIST"
 tar -xzf "$SDIST" -C "$CACHE/src" --strip-components=3 "llama_cpp_python-$VERSION/vendor/llama.cpp"
 
 "$CMAKE" -S "$CACHE/src" -B "$CACHE/build" -DCMAKE_BUILD_TYPE=Release -DGGML_NATIVE=ON \
+    -DCMAKE_C_FLAGS="-mno-amx-tile -mno-amx-int8 -mno-amx-bf16" -DCMAKE_CXX_FLAGS="-mno-amx-tile -mno-amx-int8 -mno-amx-bf16" \
     -DBUILD_SHARED_LIBS=OFF -DLLAMA_BUILD_SERVER=ON -DLLAMA_BUILD_TESTS=OFF -DLLAMA_BUILD_EXAMPLES=OFF \
     -DLLAMA_BUILD_APP=OFF -DLLAMA_BUILD_UI=OFF -DLLAMA_USE_PREBUILT_UI=OFF -DLLAMA_OPENSSL=OFF
 "$CMAKE" --build "$CACHE/build" --target llama-server -j "${CMAKE_BUILD_PARALLEL_LEVEL:-2}"

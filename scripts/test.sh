@@ -22,11 +22,19 @@ PY=$ROOT/.venv/bin/python
 "$PY" --version
 
 stage "test dependencies (requirements/test.txt)"
+# llama.cpp (the reference) is built for this CPU (GGML_NATIVE) but without its AMX matmuls: on
+# Sapphire Rapids machines llama-cpp-python 0.3.36's AMX path segfaults in the first eval
+# (ggml_backend_amx_mul_mat). Explicit -mno-amx-* win over -march=native in GCC whatever their order.
+NO_AMX="-mno-amx-tile -mno-amx-int8 -mno-amx-bf16"
+LLAMA_CMAKE_ARGS="-DCMAKE_C_FLAGS='$NO_AMX' -DCMAKE_CXX_FLAGS='$NO_AMX'"
 stamp=.venv/.requirements-test.sha256
-want=$(sha256sum requirements/test.txt | cut -d' ' -f1)
+want=$( (cat requirements/test.txt; echo "$LLAMA_CMAKE_ARGS") | sha256sum | cut -d' ' -f1)
 if [[ ! -f $stamp || $(cat "$stamp") != "$want" ]]; then
-    # llama-cpp-python builds llama.cpp from source; pip's wheel cache makes later runs fast.
-    CMAKE_BUILD_PARALLEL_LEVEL=2 "$PY" -m pip install --disable-pip-version-check -r requirements/test.txt
+    # llama-cpp-python builds llama.cpp from source (minutes), first and without pip's wheel
+    # cache, so a wheel cached with other flags is never reused; then the rest.
+    CMAKE_ARGS=$LLAMA_CMAKE_ARGS CMAKE_BUILD_PARALLEL_LEVEL=2 "$PY" -m pip install --disable-pip-version-check \
+        --no-cache-dir --no-deps --force-reinstall "$LLAMA_CPP_PYTHON"
+    "$PY" -m pip install --disable-pip-version-check -r requirements/test.txt
     echo "$want" >"$stamp"
 else
     echo "up to date"
